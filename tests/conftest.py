@@ -1,0 +1,64 @@
+"""Shared fixtures. Real data lives in ../shared/data; tests that need it FAIL (never skip) when it is missing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EHRFM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data; fails the test (not skip) when absent, as CI requires."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"shared data missing: {p} (expected ../shared/data beside the repo; set EHRFM_SHARED_DATA)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def synthea_bundles() -> Path:
+    """Folder of 615 Synthea FHIR R4 bundles (.json.gz)."""
+    return shared_path("synthea-fhir", "bundles")
+
+
+@pytest.fixture(scope="session")
+def mimic_demo() -> Path:
+    """MIMIC-IV Clinical Database Demo v2.2 root (hosp/, icu/)."""
+    return shared_path("mimic-iv-demo")
+
+
+@pytest.fixture(scope="session")
+def mimic_demo_meds() -> Path:
+    """The MEDS-style events parquet of the same 100 MIMIC demo patients."""
+    return shared_path("mimic-iv-demo-meds", "mimic_iv_demo_meds_events.parquet")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session for the whole test run (start-up costs ~7 s)."""
+    from ehrfm.spark import get_spark
+
+    s = get_spark("ehrfm-tests", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
+    yield s
+    s.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``gpu`` tests where no CUDA GPU is present (CPU tests always run)."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
