@@ -1,0 +1,296 @@
+"""Write Spark events as a MEDS 0.4 dataset in the layout of docs/CONVENTIONS.md.
+
+Shards are written by the executors themselves (``mapInArrow`` + pyarrow) rather than by Spark's parquet
+writer, for two reasons: the files get the exact ``EVENTS_SCHEMA`` types MEDS tools expect (Spark cannot
+write ``large_string`` or naive timestamps through its own writer), and each task checks the ordering
+invariants of the rows it writes and reports per-file statistics back to the driver. Paths may be any
+filesystem pyarrow understands (local, ``hdfs://``, ``s3://``, ``gs://``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import ehrfm
+from ehrfm.prepare.splits import DEFAULT_RATIOS, split_column, validate_ratios
+from ehrfm.schema import (
+    CODE,
+    CODES_SCHEMA,
+    EVENTS_SCHEMA,
+    REJECTS_SCHEMA,
+    SPLITS,
+    SPLITS_SCHEMA,
+    SUBJECT_ID,
+    TIME,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+DEFAULT_ROWS_PER_SHARD = 2_000_000
+SUBJECT_IDS_SCHEMA = pa.schema(
+    [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field("source_id", pa.string())]
+)
+_STATS_SCHEMA = "file string, rows long, subjects long, min_subject long, max_subject long"
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local path or URI."""
+    if "://" not in uri:
+        import os
+
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path
+
+
+def check_sorted_table(table: pa.Table, where: str) -> int:
+    """Check MEDS ordering in one Arrow table: rows of a subject contiguous, sorted by (time nulls first, code).
+
+    Returns the number of distinct subjects; raises ``ValueError`` naming ``where`` and the first bad row.
+    """
+    n = table.num_rows
+    if n == 0:
+        return 0
+    sid = table.column(SUBJECT_ID).to_numpy(zero_copy_only=False)
+    time_col = table.column(TIME).cast(pa.int64())
+    tnull = time_col.is_null().to_numpy(zero_copy_only=False)
+    t = time_col.fill_null(0).to_numpy(zero_copy_only=False)
+    # sort key per row: (subject, time is not null, time, code)
+    same_sub = sid[1:] == sid[:-1]
+    same_null = tnull[1:] == tnull[:-1]
+    bad = sid[1:] < sid[:-1]
+    bad |= same_sub & ~tnull[:-1] & tnull[1:]  # a static row after a timed one
+    bad |= same_sub & same_null & ~tnull[1:] & (t[1:] < t[:-1])
+    codes = table.column(CODE).combine_chunks()
+    code_down = pc.less(codes.slice(1), codes.slice(0, n - 1)).fill_null(False).to_numpy(zero_copy_only=False)
+    bad |= same_sub & same_null & (tnull[1:] | (t[1:] == t[:-1])) & code_down
+    idx = np.flatnonzero(bad)
+    if idx.size:
+        i = int(idx[0]) + 1
+        raise ValueError(f"{where}: row {i} (subject_id={sid[i]}) breaks the (subject_id, time, code) ordering")
+    starts = np.concatenate([[True], ~same_sub])
+    subjects = int(starts.sum())
+    if len(np.unique(sid)) != subjects:
+        raise ValueError(f"{where}: a subject's rows are not contiguous")
+    return subjects
+
+
+def _shard_writer(data_uri: str) -> Any:
+    """The function each Spark task runs: write its sorted partition to one parquet file, return stats."""
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+        tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
+        if not tables:
+            return
+        table = pa.concat_tables(tables)
+        cols = []
+        for f in EVENTS_SCHEMA:
+            col = table.column(f.name)
+            if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+                col = col.cast(pa.timestamp("us", tz="UTC")).cast(pa.timestamp("us"))
+            cols.append(col.cast(f.type))
+        table = pa.Table.from_arrays(cols, schema=EVENTS_SCHEMA)
+        name = f"part-{part:05d}.parquet"
+        subjects = check_sorted_table(table, name)
+        fs, base = _fs(data_uri)
+        pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
+        sid = table.column(SUBJECT_ID)
+        yield pa.RecordBatch.from_pylist(
+            [
+                {
+                    "file": name,
+                    "rows": table.num_rows,
+                    "subjects": subjects,
+                    "min_subject": pc.min(sid).as_py(),
+                    "max_subject": pc.max(sid).as_py(),
+                }
+            ]
+        )
+
+    return write
+
+
+def conform_events(events_df: DataFrame) -> DataFrame:
+    """Select and cast ``events_df`` to the EVENTS_SCHEMA columns (missing optional columns become null)."""
+    from pyspark.sql import functions as F
+
+    spark_types = {
+        SUBJECT_ID: "bigint",
+        TIME: "timestamp",
+        CODE: "string",
+        "numeric_value": "float",
+        "text_value": "string",
+        "encounter_id": "string",
+        "unit": "string",
+        "source": "string",
+    }
+    missing = [c for c in (SUBJECT_ID, CODE) if c not in events_df.columns]
+    if missing:
+        raise ValueError(f"events are missing required column(s) {missing}; have {events_df.columns}")
+    cols = [
+        (F.col(name) if name in events_df.columns else F.lit(None)).cast(typ).alias(name)
+        for name, typ in spark_types.items()
+    ]
+    return events_df.select(*cols)
+
+
+def _write_small(table: pa.Table, uri: str) -> None:
+    fs, path = _fs(uri)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def _write_json(obj: dict[str, Any], uri: str) -> None:
+    fs, path = _fs(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(obj, indent=2, default=str).encode())
+
+
+def dataset_metadata(dataset_name: str, etl_name: str, dataset_version: str | None = None) -> dict[str, Any]:
+    """MEDS DatasetMetadataSchema dict for an ehrfm-written dataset (validated with the meds package)."""
+    import meds
+
+    meta: dict[str, Any] = {
+        "dataset_name": dataset_name,
+        "dataset_version": dataset_version or dt.date.today().isoformat(),
+        "etl_name": etl_name,
+        "etl_version": ehrfm.__version__,
+        "meds_version": meds.__version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
+        "raw_source_id_columns": ["encounter_id"],
+        "code_modifier_columns": ["unit"],
+        "other_extension_columns": ["source"],
+    }
+    meds.DatasetMetadataSchema.validate(meta)
+    return meta
+
+
+def write_meds_dataset(
+    spark: SparkSession,
+    events_df: DataFrame,
+    output: str,
+    *,
+    dataset_name: str,
+    etl_name: str,
+    code_descriptions: DataFrame | None = None,
+    rejects: DataFrame | None = None,
+    subject_ids: DataFrame | None = None,
+    summary: dict[str, Any] | None = None,
+    split_ratios: Sequence[float] = DEFAULT_RATIOS,
+    split_seed: int = 0,
+    rows_per_shard: int | None = None,
+) -> dict[str, Any]:
+    """Write ``events_df`` (EVENTS_SCHEMA-like Spark DataFrame) as a MEDS dataset under ``output``.
+
+    Layout: ``data/part-*.parquet`` (a subject in one file; sorted by subject_id, time with static rows
+    first, code), ``metadata/{dataset.json,codes.parquet,subject_splits.parquet,subject_ids.parquet}``,
+    ``rejects/part-*.parquet`` and ``summary.json``. ``code_descriptions`` has columns (code,
+    description); ``subject_ids`` (subject_id, source_id). Returns the summary dict written to summary.json.
+    """
+    from pyspark.sql import functions as F
+
+    ratios = validate_ratios(split_ratios)
+    out = output.rstrip("/")
+    fs, base = _fs(out)
+    for sub in ("data", "metadata", "rejects"):
+        fs.create_dir(f"{base}/{sub}", recursive=True)
+        for info in fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+                fs.delete_file(info.path)  # a rerun must not leave stale shards behind
+
+    events = conform_events(events_df).persist()
+    n_events = events.count()
+    per = rows_per_shard or DEFAULT_ROWS_PER_SHARD
+    n_shards = max(1, math.ceil(n_events / per))
+    # hash-partition by subject so a subject lands in exactly one shard, then sort inside each shard
+    ordered = events.repartition(n_shards, SUBJECT_ID).sortWithinPartitions(
+        F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(), F.col(CODE)
+    )
+    stats = ordered.mapInArrow(_shard_writer(f"{out}/data"), _STATS_SCHEMA).collect()
+    files = sorted((r.asDict() for r in stats), key=lambda r: r["file"])
+
+    subjects = events.select(SUBJECT_ID).distinct().withColumn("split", split_column(SUBJECT_ID, ratios, split_seed))
+    split_rows = subjects.orderBy(SUBJECT_ID).collect()
+    n_subjects = len(split_rows)
+    if sum(f["rows"] for f in files) != n_events or sum(f["subjects"] for f in files) != n_subjects:
+        raise RuntimeError(f"shard statistics do not reconcile: {files} vs {n_events} events, {n_subjects} subjects")
+    _write_small(
+        pa.table(
+            {SUBJECT_ID: [r[SUBJECT_ID] for r in split_rows], "split": [r["split"] for r in split_rows]},
+            schema=SPLITS_SCHEMA,
+        ),
+        f"{out}/metadata/subject_splits.parquet",
+    )
+
+    codes = events.groupBy(CODE).agg(F.count(F.lit(1)).alias("n"))
+    if code_descriptions is not None:
+        desc = code_descriptions.select(F.col("code").cast("string"), F.col("description").cast("string"))
+        desc = desc.where(F.col("description").isNotNull()).groupBy("code").agg(F.min("description").alias("description"))
+        codes = codes.join(desc, on=CODE, how="left")
+    else:
+        codes = codes.withColumn("description", F.lit(None).cast("string"))
+    code_rows = codes.orderBy(CODE).collect()
+    _write_small(
+        pa.table(
+            {
+                "code": [r[CODE] for r in code_rows],
+                "description": [r["description"] for r in code_rows],
+                "parent_codes": [None] * len(code_rows),
+            },
+            schema=CODES_SCHEMA,
+        ),
+        f"{out}/metadata/codes.parquet",
+    )
+
+    if subject_ids is None:
+        id_rows = [(r[SUBJECT_ID], str(r[SUBJECT_ID])) for r in split_rows]
+    else:
+        ids = subject_ids.select(F.col(SUBJECT_ID).cast("bigint"), F.col("source_id").cast("string")).distinct()
+        id_rows = [(r[0], r[1]) for r in ids.orderBy(SUBJECT_ID).collect()]
+    _write_small(
+        pa.table({SUBJECT_ID: [r[0] for r in id_rows], "source_id": [r[1] for r in id_rows]}, schema=SUBJECT_IDS_SCHEMA),
+        f"{out}/metadata/subject_ids.parquet",
+    )
+
+    n_rejects = 0
+    if rejects is not None:
+        rej = rejects.select(
+            *[F.col(f.name).cast("bigint" if f.name == "record_index" else "string") for f in REJECTS_SCHEMA]
+        ).persist()
+        n_rejects = rej.count()
+        # a handful of files at most; Spark's writer keeps this scalable to any number of rejects
+        rej.coalesce(max(1, min(8, n_rejects // 1_000_000))).write.mode("overwrite").parquet(f"{out}/rejects")
+        rej.unpersist()
+    events.unpersist()
+
+    meta = dataset_metadata(dataset_name, etl_name)
+    _write_json(meta, f"{out}/metadata/dataset.json")
+    split_counts = {s: sum(1 for r in split_rows if r["split"] == s) for s in SPLITS}
+    result = {
+        **(summary or {}),
+        "dataset_name": dataset_name,
+        "events": n_events,
+        "subjects": n_subjects,
+        "codes": len(code_rows),
+        "rejects": n_rejects,
+        "splits": split_counts,
+        "split_ratios": list(ratios),
+        "split_seed": split_seed,
+        "shards": files,
+    }
+    _write_json(result, f"{out}/summary.json")
+    return result
