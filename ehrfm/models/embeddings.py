@@ -1,0 +1,83 @@
+"""EHRMamba input embeddings.
+
+Each token is the sum of (Fallahpour et al., 2024, "EHRMamba"):
+concept + token type + visit order + visit segment embeddings, plus age and absolute time, which are
+continuous and enter through Time2Vec features (one linear + periodic sinusoids with learned frequencies)
+projected to ``d_model``. The sum goes through LayerNorm then dropout.
+
+Positions: the Mamba backbones are recurrent and need no position embedding (order is implicit in the
+scan); the transformer gets positions from RoPE inside attention. Neither adds a learned position table
+here, so the same embedding module serves every backbone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ehrfm.models.config import ModelConfig
+
+# Scales chosen so the inputs of the periodic features are O(1..100): ages in years as they come,
+# absolute time (days since 1970) in years since 2000 — the model sees calendar drift, not raw 2e4 days.
+_TIME_ORIGIN_DAYS = 10957.0  # 2000-01-01
+_DAYS_PER_YEAR = 365.25
+
+
+class Time2Vec(nn.Module):
+    """Time2Vec (Kazemi et al., 2019): ``[w0*t + b0, sin(w*t + b)]`` projected to ``d_model``."""
+
+    def __init__(self, d_model: int, n_features: int = 16) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+        self.periodic = nn.Linear(1, n_features - 1)
+        self.proj = nn.Linear(n_features, d_model)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """t (...) float -> (..., d_model)."""
+        t = t.unsqueeze(-1).float()
+        feats = torch.cat([self.linear(t), torch.sin(self.periodic(t))], dim=-1)
+        return self.proj(feats.to(self.proj.weight.dtype))
+
+
+class EHRMambaEmbeddings(nn.Module):
+    """Token streams -> input vectors (b, l, d_model)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.concept = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, d)
+        self.visit_order = nn.Embedding(cfg.max_visit_orders, d)
+        self.visit_segment = nn.Embedding(cfg.visit_segment_size, d)
+        self.age = Time2Vec(d) if cfg.use_age else None
+        self.time = Time2Vec(d) if cfg.use_time else None
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        concept_ids: Tensor,
+        type_ids: Tensor | None = None,
+        ages: Tensor | None = None,
+        times: Tensor | None = None,
+        visit_orders: Tensor | None = None,
+        visit_segments: Tensor | None = None,
+    ) -> Tensor:
+        """All streams have the same shape (b, l) (or (b,) for one recurrent step); missing streams count
+        as zeros. Returns (..., d_model)."""
+        cfg = self.cfg
+        if int(concept_ids.max()) >= cfg.vocab_size or int(concept_ids.min()) < 0:
+            raise ValueError(f"concept_ids outside [0, vocab_size={cfg.vocab_size}): check the vocabulary file")
+        x = self.concept(concept_ids)
+        if type_ids is not None:
+            x = x + self.token_type(type_ids.long().clamp(0, cfg.type_vocab_size - 1))
+        if visit_orders is not None:
+            x = x + self.visit_order(visit_orders.long().clamp(0, cfg.max_visit_orders - 1))
+        if visit_segments is not None:
+            x = x + self.visit_segment(visit_segments.long().clamp(0, cfg.visit_segment_size - 1))
+        if self.age is not None and ages is not None:
+            x = x + self.age(ages)
+        if self.time is not None and times is not None:
+            x = x + self.time((times.float() - _TIME_ORIGIN_DAYS) / _DAYS_PER_YEAR)
+        return self.dropout(self.norm(x))
