@@ -1,0 +1,127 @@
+"""Count features for the supervised baselines: per-code event counts in time windows ending at
+``prediction_time`` (inclusive; NOTHING after it), plus age and sex.
+
+How it stays fast: events are sorted by (subject, time) once; for each label row and window the events
+in ``[prediction_time - w, prediction_time]`` are then one contiguous slice of that array, located with two
+``merge_asof`` joins; the slices become a sparse (rows x codes) count matrix in one ``coo_matrix`` call.
+Static events (null time) count in the all-history window only. The code vocabulary is fitted on TRAIN
+rows only: codes present in the history of at least ``min_count`` train rows, the ``max_codes`` most common.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ehrfm.schema import BIRTH_CODE, PREDICTION_TIME, SUBJECT_ID
+
+STATIC_TIME = np.iinfo(np.int64).min // 2  # sorts before every real time; never inside a finite window
+DAY_US = 86_400 * 1_000_000
+
+
+def _us(s: pd.Series) -> np.ndarray:
+    """Timestamps as int64 microseconds (NaT -> STATIC_TIME)."""
+    t = pd.to_datetime(s).astype("datetime64[us]")
+    out = t.to_numpy().astype("int64")
+    out[t.isna().to_numpy()] = STATIC_TIME
+    return out
+
+
+@dataclass
+class SortedEvents:
+    """Events sorted by (subject, time): subject (m,), time_us (m,), code index (m,) into ``codes``."""
+
+    subject: np.ndarray
+    time_us: np.ndarray
+    code_idx: np.ndarray
+    codes: list[str]
+
+    @classmethod
+    def from_frame(cls, events: pd.DataFrame) -> SortedEvents:
+        """From a DataFrame with subject_id, time, code."""
+        t = _us(events["time"])
+        subj = events[SUBJECT_ID].to_numpy(dtype=np.int64)
+        order = np.lexsort((t, subj))
+        cat = pd.Categorical(events["code"].to_numpy()[order])
+        return cls(subj[order], t[order], np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories])
+
+
+def _asof(ev: SortedEvents, subj: np.ndarray, t: np.ndarray, direction: Literal["backward", "forward"]) -> np.ndarray:
+    """Position in ``ev`` of the last event <= t ('backward') or first event >= t ('forward'); -1 if none."""
+    left = pd.DataFrame({"s": subj, "t": t, "r": np.arange(len(t))}).sort_values("t", kind="stable")
+    right = pd.DataFrame({"s": ev.subject, "t": ev.time_us, "pos": np.arange(len(ev.subject))})
+    right = right.sort_values("t", kind="stable")
+    m = pd.merge_asof(left, right, on="t", by="s", direction=direction, allow_exact_matches=True)
+    out = np.full(len(t), -1, dtype=np.int64)
+    got = m["pos"].notna().to_numpy()
+    out[m["r"].to_numpy()[got]] = m["pos"].to_numpy()[got].astype(np.int64)
+    return out
+
+
+def window_counts(ev: SortedEvents, subj: np.ndarray, pt_us: np.ndarray, window_days: float | None) -> sp.csr_matrix:
+    """(n_rows, len(ev.codes)) counts of each code in [pt - window, pt] (all history when window is None)."""
+    n = len(subj)
+    uniq, first = np.unique(ev.subject, return_index=True)
+    last = np.append(first[1:], len(ev.subject))
+    k = np.searchsorted(uniq, subj)
+    known = (k < len(uniq)) & (uniq[np.minimum(k, len(uniq) - 1)] == subj)
+    s_start = np.where(known, first[np.minimum(k, len(uniq) - 1)], 0)
+    s_end = np.where(known, last[np.minimum(k, len(uniq) - 1)], 0)
+    end_pos = _asof(ev, subj, pt_us, "backward")
+    end = np.where(end_pos >= 0, end_pos + 1, s_start)
+    if window_days is None:
+        start = s_start
+    else:
+        start_pos = _asof(ev, subj, pt_us - int(window_days * DAY_US), "forward")
+        start = np.where(start_pos >= 0, start_pos, s_end)
+    lengths = np.maximum(end - start, 0)
+    rows = np.repeat(np.arange(n), lengths)
+    offsets = np.repeat(start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    idx = np.arange(lengths.sum()) + offsets
+    data = np.ones(len(idx), dtype=np.float32)
+    return sp.coo_matrix((data, (rows, ev.code_idx[idx])), shape=(n, len(ev.codes))).tocsr()
+
+
+@dataclass
+class CountFeaturizer:
+    """Fit the code vocabulary on train rows, then build [counts per window | age | sex] matrices."""
+
+    windows_days: tuple[float | None, ...] = (30.0, 365.0, None)
+    min_count: int = 5
+    max_codes: int = 1000
+    vocab: list[str] = field(default_factory=list)
+
+    def feature_names(self) -> list[str]:
+        """Column names: ``<code>@<window>d`` / ``<code>@all``, then age_years, sex_F, sex_M."""
+        names = [f"{c}@{'all' if w is None else f'{w:g}d'}" for w in self.windows_days for c in self.vocab]
+        return names + ["age_years", "sex_F", "sex_M"]
+
+    def fit_transform(self, events: pd.DataFrame, rows: pd.DataFrame, train_mask: np.ndarray) -> sp.csr_matrix:
+        """Fit the vocabulary on ``rows[train_mask]`` and return features for all ``rows`` (n, n_features)."""
+        ev = SortedEvents.from_frame(events)
+        subj = rows[SUBJECT_ID].to_numpy(dtype=np.int64)
+        pt = _us(rows[PREDICTION_TIME])
+        hist = window_counts(ev, subj, pt, None)
+        doc_freq = np.asarray((hist[np.asarray(train_mask)] > 0).sum(axis=0)).ravel()
+        keep = np.flatnonzero(doc_freq >= self.min_count)
+        keep = keep[np.argsort(-doc_freq[keep], kind="stable")][: self.max_codes]
+        keep = np.sort(keep)
+        self.vocab = [ev.codes[i] for i in keep]
+        blocks = [(hist if w is None else window_counts(ev, subj, pt, w))[:, keep] for w in self.windows_days]
+        return sp.hstack([*blocks, sp.csr_matrix(demographics(events, rows))], format="csr")
+
+
+def demographics(events: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """(n, 3): age in years at prediction_time (NaN without MEDS_BIRTH), sex_F, sex_M (0/1)."""
+    births = events.loc[events["code"] == BIRTH_CODE].groupby(SUBJECT_ID)["time"].min()
+    sex = events.loc[events["code"].isin(["GENDER//F", "GENDER//M"])].groupby(SUBJECT_ID)["code"].last()
+    birth = rows[SUBJECT_ID].map(births)
+    age = (pd.to_datetime(rows[PREDICTION_TIME]) - pd.to_datetime(birth)).dt.total_seconds() / (365.25 * 86400)
+    s = rows[SUBJECT_ID].map(sex)
+    return np.column_stack(
+        [age.to_numpy(dtype=float), (s == "GENDER//F").to_numpy(dtype=float), (s == "GENDER//M").to_numpy(dtype=float)]
+    )
