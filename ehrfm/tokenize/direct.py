@@ -1,0 +1,102 @@
+"""The one-process population path (no Spark): the same :func:`tokenize_subject` called per subject,
+plus reading/writing helpers and the summary table both engines print."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ehrfm.prepare.bins import Bins
+from ehrfm.schema import LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TOKENS_SCHEMA
+from ehrfm.tokenize.config import TokenizeConfig
+from ehrfm.tokenize.tokenizer import tokenize_subject
+from ehrfm.vocab import Vocabulary
+
+
+def read_label_tables(labels_dir: str | Path, tasks: Sequence[str]) -> pd.DataFrame:
+    """``<labels>/<task>.parquet`` (file or folder of parts) for each task, concatenated with a ``task`` column."""
+    frames = []
+    for task in tasks:
+        path = Path(labels_dir) / f"{task}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"label table for task {task!r} not found: {path}")
+        table = pq.read_table(path)
+        cols = [c for c in LABELS_SCHEMA.names if c in table.column_names]
+        for c in (SUBJECT_ID, PREDICTION_TIME):
+            if c not in cols:
+                raise ValueError(f"{path}: missing label column {c!r}")
+        frames.append(table.select(cols).to_pandas().assign(task=task))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[SUBJECT_ID, PREDICTION_TIME, "task"])
+
+
+def iter_rows(
+    events: pd.DataFrame,
+    labels: pd.DataFrame | None,
+    splits: Mapping[int, str] | None,
+    vocab: Vocabulary,
+    bins: Bins,
+    cfg: TokenizeConfig,
+    *,
+    pretrain: bool = True,
+    progress: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Token rows of every subject in ``events`` ∪ ``labels`` (subject order ascending)."""
+    ev_groups: dict[int, pd.DataFrame] = {int(k): g for k, g in events.groupby(SUBJECT_ID, sort=False)}  # type: ignore[arg-type]
+    lab_groups: dict[int, pd.DataFrame] = {}
+    if labels is not None and len(labels):
+        lab_groups = {int(k): g for k, g in labels.groupby(SUBJECT_ID, sort=False)}  # type: ignore[arg-type]
+    subjects = sorted(set(ev_groups) | set(lab_groups))
+    empty = events.iloc[0:0]
+    for sid in tqdm(subjects, desc="tokenize", unit="subj", disable=not progress):
+        split = splits.get(sid) if splits is not None else None
+        yield from tokenize_subject(
+            ev_groups.get(sid, empty), vocab, bins, cfg, labels=lab_groups.get(sid), split=split, pretrain=pretrain
+        )
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Row dicts → a pyarrow Table in TOKENS_SCHEMA."""
+    if not rows:
+        return TOKENS_SCHEMA.empty_table()
+    cols = {f.name: [r[f.name] for r in rows] for f in TOKENS_SCHEMA}
+    return pa.Table.from_pydict(cols, schema=TOKENS_SCHEMA)
+
+
+def write_local(table: pa.Table, output: str | Path, tasks: Sequence[str]) -> list[str]:
+    """Write ``<output>/pretrain/part-0.parquet`` and ``<output>/tasks/<task>/part-0.parquet``."""
+    written = []
+    task_col = table.column("task").to_numpy(zero_copy_only=False)
+    for sub, mask in [("pretrain", pd.isna(task_col))] + [(f"tasks/{t}", task_col == t) for t in tasks]:
+        folder = Path(output) / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.parquet"):
+            old.unlink()
+        pq.write_table(table.filter(pa.array(np.asarray(mask, dtype=bool))), folder / "part-0.parquet")
+        written.append(str(folder))
+    return written
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, split): rows, label prevalence (mean label), event rate, length p50/p90/p99/max.
+
+    ``frame`` needs columns task, split, length, label, event (one row per token row).
+    """
+    f = frame.assign(task=frame["task"].fillna("(pretrain)"), split=frame["split"].fillna("(none)"))
+    g = f.groupby(["task", "split"], sort=True)
+    out = g.agg(
+        rows=("length", "size"),
+        label_mean=("label", "mean"),
+        event_rate=("event", "mean"),
+        len_p50=("length", lambda s: float(np.percentile(s, 50))),
+        len_p90=("length", lambda s: float(np.percentile(s, 90))),
+        len_p99=("length", lambda s: float(np.percentile(s, 99))),
+        len_max=("length", "max"),
+    )
+    return out.reset_index()
