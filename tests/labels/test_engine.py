@@ -1,0 +1,151 @@
+"""Index / prediction_time / outcome-window logic on hand-made timelines, one edge case per test."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ehrfm.labels import label_subject, load_task
+from ehrfm.labels.engine import labels_to_arrow
+from ehrfm.schema import LABELS_SCHEMA
+from tests.labels.timelines import D, T0, ev, stay
+
+BIRTH = (-(20 * 365 * D), "MEDS_BIRTH", None)
+
+
+def lab(events: pd.DataFrame, task: str) -> pd.DataFrame:
+    return label_subject(events, load_task(task))
+
+
+def h(hours: float) -> pd.Timestamp:
+    return T0 + pd.Timedelta(hours=hours)
+
+
+def test_readmission_exactly_at_30_days_is_positive_one_minute_later_negative() -> None:
+    end_a = 48.0
+    on_time = ev(1, [BIRTH, *stay("a", 0, end_a), *stay("b", end_a + 30 * D, end_a + 31 * D)])
+    late = ev(1, [BIRTH, *stay("a", 0, end_a), *stay("b", end_a + 30 * D + 1 / 60, end_a + 31 * D)])
+    got = lab(on_time, "readmission_30d")
+    assert got["prediction_time"].tolist()[0] == h(end_a)
+    assert got["boolean_value"].tolist()[0] is True
+    got_late = lab(late, "readmission_30d")
+    assert got_late["boolean_value"].tolist()[0] is False  # record goes on past 30 d: a known negative
+    # the second stay's discharge has no follow-up after it: censored, no row
+    assert len(got) == 1 and len(got_late) == 1
+
+
+def test_readmission_at_the_discharge_instant_is_input_not_outcome() -> None:
+    # B starts AT A's discharge (= prediction_time): visible to the model, so it cannot be the outcome
+    events = ev(1, [BIRTH, *stay("a", 0, 48), *stay("b", 48, 96), (48 + 40 * D, "LAB//X", None)])
+    got = lab(events, "readmission_30d")
+    assert got[got["prediction_time"] == h(48)]["boolean_value"].tolist() == [False]
+
+
+def test_short_followup_without_readmission_is_censored_but_death_is_negative() -> None:
+    short = ev(1, [BIRTH, *stay("a", 0, 48), (48 + 10 * D, "LAB//X", None)])
+    assert lab(short, "readmission_30d").empty
+    assert lab(short, "mortality_30d_post_discharge").empty
+    dies = ev(1, [BIRTH, *stay("a", 0, 48), (48 + 10 * D, "MEDS_DEATH", None)])
+    assert lab(dies, "readmission_30d")["boolean_value"].tolist() == [False]
+    assert lab(dies, "mortality_30d_post_discharge")["boolean_value"].tolist() == [True]
+    tte = lab(dies, "death_1y_tte")
+    assert tte["duration_days"].tolist() == [pytest.approx(10.0)] and tte["event"].tolist() == [1]
+    cens = lab(short, "death_1y_tte")
+    assert cens["duration_days"].tolist() == [pytest.approx(10.0)] and cens["event"].tolist() == [0]
+
+
+def test_death_exactly_at_discharge_excludes_discharge_tasks_and_is_inhospital_death() -> None:
+    events = ev(1, [BIRTH, *stay("a", 0, 72), (72, "MEDS_DEATH", None)])
+    for task in ("readmission_30d", "mortality_30d_post_discharge", "death_1y_tte", "next_visit_codes"):
+        assert lab(events, task).empty, task
+    got = lab(events, "mortality_inhospital")
+    assert got["prediction_time"].tolist() == [h(24)] and got["boolean_value"].tolist() == [True]
+
+
+def test_death_timed_at_a_date_2359_after_a_date_precision_discharge() -> None:
+    # MIMIC: dischtime 00:00 of the death day, death at 23:59:59 (a date) -> attributed to the stay (24 h grace)
+    start = pd.Timestamp("2020-01-01 08:00")
+    end = pd.Timestamp("2020-01-05 00:00")
+    events = ev(1, [BIRTH, (start, "ENCOUNTER//INPATIENT//START", "a"), (end, "ENCOUNTER//INPATIENT//END", "a"),
+                    (pd.Timestamp("2020-01-05 23:59:59"), "MEDS_DEATH", None)])
+    assert lab(events, "mortality_inhospital")["boolean_value"].tolist() == [True]
+    assert lab(events, "mortality_30d_post_discharge").empty
+    assert lab(events, "readmission_30d").empty
+    # a death on the next day is a post-discharge death
+    later = events.copy()
+    later.loc[later["code"] == "MEDS_DEATH", "time"] = pd.Timestamp("2020-01-06 23:59:59")
+    assert lab(later, "mortality_inhospital")["boolean_value"].tolist() == [False]
+    assert lab(later, "mortality_30d_post_discharge")["boolean_value"].tolist() == [True]
+
+
+def test_stays_shorter_than_24h_are_not_indexed_at_admission_plus_24h() -> None:
+    short = ev(1, [BIRTH, *stay("a", 0, 23.9), (50 * D, "LAB//X", None)])
+    assert lab(short, "mortality_inhospital").empty and lab(short, "los_gt_7d").empty
+    exactly = ev(1, [BIRTH, *stay("a", 0, 24), (50 * D, "LAB//X", None)])
+    assert lab(exactly, "mortality_inhospital").empty  # the END at prediction_time is visible: not ongoing
+
+
+def test_los_is_measured_in_time_between_start_and_end() -> None:
+    # many events inside the stay do not change its length
+    filler = [(24 + i / 10, "LAB//X", "a") for i in range(50)]
+    seven = ev(1, [BIRTH, *stay("a", 0, 7 * D), *filler])
+    more = ev(1, [BIRTH, *stay("a", 0, 7 * D + 1 / 60)])
+    assert lab(seven, "los_gt_7d")["boolean_value"].tolist() == [False]
+    assert lab(more, "los_gt_7d")["boolean_value"].tolist() == [True]
+    open_stay = ev(1, [BIRTH, (0, "ENCOUNTER//INPATIENT//START", "a"), (30, "LAB//X", "a")])
+    assert lab(open_stay, "los_gt_7d").empty  # never closed: unknown length
+
+
+def test_overlapping_encounters() -> None:
+    # B starts inside A: not a readmission after A (it began before A's discharge)
+    events = ev(1, [BIRTH, *stay("a", 0, 100), *stay("b", 50, 200), (200 + 60 * D, "LAB//X", None)])
+    got = lab(events, "readmission_30d").set_index("prediction_time")["boolean_value"]
+    assert got.to_dict() == {h(100): False, h(200): False}
+    # both stays are ongoing 24 h after their own admission
+    assert lab(events, "mortality_inhospital")["prediction_time"].tolist() == [h(24), h(74)]
+
+
+def test_subject_without_inpatient_stay_has_no_rows_in_schema() -> None:
+    events = ev(7, [BIRTH, (None, "GENDER//F", None), *stay("x", 0, 1, kind="AMBULATORY"), (10, "LAB//X", "x")])
+    for task in ("readmission_30d", "mortality_inhospital", "los_gt_7d", "death_1y_tte", "next_visit_codes"):
+        got = lab(events, task)
+        assert got.empty and list(got.columns) == LABELS_SCHEMA.names
+        assert labels_to_arrow(got).schema == LABELS_SCHEMA
+
+
+def test_inhospital_death_window_ends_at_encounter_end_plus_grace() -> None:
+    after = ev(1, [BIRTH, *stay("a", 0, 72), (72 + 25, "MEDS_DEATH", None)])
+    assert lab(after, "mortality_inhospital")["boolean_value"].tolist() == [False]
+    before_pred = ev(1, [BIRTH, *stay("a", 0, 72), (24, "MEDS_DEATH", None)])
+    assert lab(before_pred, "mortality_inhospital").empty  # dead AT prediction time: not alive
+
+
+def test_tte_censors_at_horizon_and_record_end() -> None:
+    long = ev(1, [BIRTH, *stay("a", 0, 48), (48 + 500 * D, "LAB//X", None), (48 + 600 * D, "MEDS_DEATH", None)])
+    got = lab(long, "death_1y_tte")
+    assert got["duration_days"].tolist() == [pytest.approx(365.0)] and got["event"].tolist() == [0]
+    none = ev(1, [BIRTH, *stay("a", 0, 48)])
+    assert lab(none, "death_1y_tte").empty  # the record ends at the discharge: no follow-up
+
+
+def test_next_visit_codes_uses_the_next_encounter_by_id_or_time_span() -> None:
+    events = ev(1, [
+        BIRTH, *stay("a", 0, 48), (48, "DIAGNOSIS//ICD//10//A01", "a"),  # index stay's own codes: inputs
+        *stay("b", 100, 150), (150, "DIAGNOSIS//ICD//10//B02", "b"),  # MIMIC style: at b's discharge, by id
+        (120, "DIAGNOSIS//ICD//10//C03", None),  # no id, inside b's span
+        (160, "DIAGNOSIS//ICD//10//D04", None),  # after b: not recorded at b
+        *stay("c", 300, 320), (320, "DIAGNOSIS//ICD//10//E05", "c"),
+    ])
+    got = lab(events, "next_visit_codes").set_index("prediction_time")["target_codes"]
+    assert list(got[h(48)]) == ["DIAGNOSIS//ICD//10//B02", "DIAGNOSIS//ICD//10//C03"]
+    assert list(got[h(150)]) == ["DIAGNOSIS//ICD//10//E05"]
+    assert h(320) not in got.index  # no next encounter
+
+
+def test_post_prediction_event_cannot_change_an_earlier_label() -> None:
+    """Leakage: events after the outcome window never change a label."""
+    base = [BIRTH, *stay("a", 0, 48), *stay("b", 48 + 10 * D, 48 + 12 * D), (48 + 40 * D, "LAB//X", None)]
+    a = lab(ev(1, base), "readmission_30d")
+    planted = ev(1, [*base, (48 + 35 * D, "ENCOUNTER//INPATIENT//START", "z"), (48 + 36 * D, "MEDS_DEATH", None)])
+    b = lab(planted, "readmission_30d")
+    pd.testing.assert_frame_equal(a.iloc[:1], b.iloc[:1])

@@ -1,0 +1,94 @@
+"""Hand-made MEDS timelines for the label tests."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ehrfm.schema import EVENT_COLUMNS
+
+T0 = pd.Timestamp("2020-01-01 08:00")
+
+
+def ev(subject: int, rows: list[tuple[object, str, str | None]]) -> pd.DataFrame:
+    """Events of one subject from (time | hours-after-T0 | None, code, encounter_id) tuples."""
+    out = []
+    for t, code, enc in rows:
+        if t is None:
+            time = pd.NaT
+        elif isinstance(t, (int, float)):
+            time = T0 + pd.Timedelta(hours=float(t))
+        else:
+            time = pd.Timestamp(str(t))
+        out.append({"subject_id": subject, "time": time, "code": code, "numeric_value": None,
+                    "text_value": None, "encounter_id": enc, "unit": None, "source": "test"})
+    df = pd.DataFrame(out, columns=EVENT_COLUMNS)
+    df["time"] = pd.to_datetime(df["time"]).astype("datetime64[us]")
+    return df
+
+
+def stay(enc: str, start_h: float, end_h: float, kind: str = "INPATIENT") -> list[tuple[object, str, str | None]]:
+    """START and END rows of one encounter (hours after T0)."""
+    return [(start_h, f"ENCOUNTER//{kind}//START", enc), (end_h, f"ENCOUNTER//{kind}//END", enc)]
+
+
+D = 24.0  # hours per day
+
+
+def random_population(n_subjects: int, seed: int = 0) -> pd.DataFrame:
+    """A deterministic random MEDS population exercising every task: stays (some overlapping, some
+    shorter than 24 h, some open), diagnoses by encounter id and by time, deaths in and after stays."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(n_subjects):
+        sid = 1000 + s
+        rows: list[tuple[object, str, str | None]] = [BIRTH_ROW, (None, "GENDER//" + "FM"[s % 2], None)]
+        t = float(rng.uniform(0, 100 * D))
+        for k in range(int(rng.integers(0, 5))):
+            kind = "INPATIENT" if rng.random() < 0.7 else "AMBULATORY"
+            length = float(rng.choice([6.0, 24.0, 3 * D, 8 * D, 20 * D]))
+            enc = f"{sid}-{k}"
+            rows += stay(enc, t, t + length, kind)
+            rows.append((t + length, f"DIAGNOSIS//ICD//10//X{int(rng.integers(0, 6))}", enc))
+            rows.append((t + length / 2, f"LAB//L{int(rng.integers(0, 3))}", None))
+            if rng.random() < 0.2:
+                rows.append((t + length / 3, f"DIAGNOSIS//ICD//9//Y{int(rng.integers(0, 3))}", None))
+            t += length + float(rng.choice([-12.0, 0.0, 5 * D, 29 * D, 30 * D, 45 * D, 400 * D]))
+        u = rng.random()
+        if u < 0.15:
+            rows.append((t - 1, "MEDS_DEATH", None))  # around the last stay's end
+        elif u < 0.3:
+            rows.append((t + float(rng.uniform(0, 60 * D)), "MEDS_DEATH", None))
+        else:
+            rows.append((t + float(rng.uniform(0, 500 * D)), "LAB//L0", None))
+        frames.append(ev(sid, rows))
+    df = pd.concat(frames, ignore_index=True)
+    # MEDS order: subject contiguous, static rows first, then time
+    df["_static"] = df["time"].notna()
+    return df.sort_values(["subject_id", "_static", "time", "code"], kind="stable").drop(columns="_static")
+
+
+BIRTH_ROW: tuple[object, str, str | None] = (-(20 * 365 * D), "MEDS_BIRTH", None)
+
+
+def write_meds(df: pd.DataFrame, root: object, n_files: int = 2) -> None:
+    """Write ``df`` as an ingested MEDS dataset (data/part-*.parquet, metadata/subject_splits.parquet)."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ehrfm.schema import EVENTS_SCHEMA, SPLITS_SCHEMA
+
+    out = Path(str(root))
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    subjects = sorted(df["subject_id"].unique())
+    for i in range(n_files):
+        part = df[df["subject_id"].isin(subjects[i::n_files])]
+        pq.write_table(pa.Table.from_pandas(part, schema=EVENTS_SCHEMA, preserve_index=False),
+                       out / "data" / f"part-{i}.parquet")
+    splits = pd.DataFrame({"subject_id": subjects, "split": [("train", "tuning", "held_out")[s % 3] for s in subjects]})
+    pq.write_table(pa.Table.from_pandas(splits, schema=SPLITS_SCHEMA, preserve_index=False),
+                   out / "metadata" / "subject_splits.parquet")
