@@ -1,0 +1,21 @@
+"""Synthetic FHIR R4 population with planted, documented risk (see docs/synthetic_population.md).
+
+Public API: :func:`generate` writes a population, :func:`read_truth` / :func:`oracle_auroc` read its
+truth table, :func:`simulate` builds one patient in memory.
+"""
+
+from ehrfm.synth.generate import format_summary, generate
+from ehrfm.synth.timeline import SynthConfig, simulate
+from ehrfm.synth.truth import TRUTH_FILE, TRUTH_SCHEMA, auroc, oracle_auroc, read_truth
+
+__all__ = [
+    "TRUTH_FILE",
+    "TRUTH_SCHEMA",
+    "SynthConfig",
+    "auroc",
+    "format_summary",
+    "generate",
+    "oracle_auroc",
+    "read_truth",
+    "simulate",
+]

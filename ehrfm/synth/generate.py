@@ -1,0 +1,136 @@
+"""Write a synthetic population: FHIR R4 NDJSON per resource type, the truth table and a summary.
+
+Layout of ``<output>/``::
+
+    Patient.ndjson Encounter.ndjson Condition.ndjson Observation.ndjson
+    MedicationRequest.ndjson Procedure.ndjson Medication.ndjson     (``.ndjson.gz`` with gzip=True)
+    truth/index_events.parquet   truth/summary.json
+
+Patient ``i`` (0-based) depends only on (seed, i), so the files of N patients are a byte prefix of the
+files of M > N patients with the same seed (uncompressed; with gzip the decompressed text is).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow.parquet as pq
+
+from ehrfm.synth.fhir import RESOURCE_TYPES, medication_lines, patient_lines
+from ehrfm.synth.record import MORTALITY_TASK, READMISSION_TASK, TruthRow
+from ehrfm.synth.timeline import SynthConfig, simulate
+from ehrfm.synth.truth import TRUTH_FILE, auroc, truth_table
+
+SUMMARY_FILE = Path("truth") / "summary.json"
+
+
+def _open(path: Path, compress: bool) -> IO[str]:
+    if compress:
+        # mtime=0 and no file name in the header: identical bytes on every run
+        raw = open(path.with_name(path.name + ".gz"), "wb")  # noqa: SIM115 (closed by the caller)
+        gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
+        return io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
+    return open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+
+
+def generate(
+    n_patients: int,
+    seed: int,
+    output: str | Path,
+    config: SynthConfig | None = None,
+    *,
+    compress: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate ``n_patients`` patients with ``seed`` into ``output``; returns the summary dict.
+
+    The folder is created; existing population files in it are overwritten.
+    """
+    if n_patients < 1:
+        raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    cfg = config or SynthConfig()
+    out = Path(output)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    for rt in RESOURCE_TYPES:  # no stale file of the other compression may remain
+        for suffix in (".ndjson", ".ndjson.gz"):
+            (out / f"{rt}{suffix}").unlink(missing_ok=True)
+    files = {rt: _open(out / f"{rt}.ndjson", compress) for rt in RESOURCE_TYPES}
+    counts: Counter[str] = Counter()
+    enc_classes: Counter[str] = Counter()
+    truth_rows: list[tuple[str, TruthRow]] = []
+    deaths = in_hospital = 0
+    try:
+        meds = medication_lines()
+        files["Medication"].write("\n".join(meds) + "\n")
+        counts["Medication"] = len(meds)
+        bar = _progress(n_patients, progress)
+        for i in range(n_patients):
+            rec = simulate(seed, i, cfg)
+            for rt, lines in patient_lines(rec).items():
+                if lines:
+                    files[rt].write("\n".join(lines))
+                    files[rt].write("\n")
+                    counts[rt] += len(lines)
+            enc_classes.update(e.cls for e in rec.encounters)
+            truth_rows.extend((rec.id, t) for t in rec.truth)
+            deaths += rec.death is not None
+            in_hospital += any(e.disposition == "exp" for e in rec.encounters)
+            if bar is not None and (i + 1) % 100 == 0:
+                bar.update(100)
+        if bar is not None:
+            bar.update(n_patients % 100)
+            bar.close()
+    finally:
+        for f in files.values():
+            f.close()
+    table = truth_table(truth_rows)
+    pq.write_table(table, out / TRUTH_FILE)
+    summary = {
+        "n_patients": n_patients, "seed": seed, "start_year": cfg.start_year, "years": cfg.years,
+        "deaths": deaths, "in_hospital_deaths": in_hospital,
+        "encounters": dict(sorted(enc_classes.items())),
+        "resources": {rt: counts[rt] for rt in RESOURCE_TYPES},
+        "tasks": {task: _task_summary(truth_rows, task) for task in (READMISSION_TASK, MORTALITY_TASK)},
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _task_summary(rows: list[tuple[str, TruthRow]], task: str) -> dict[str, float]:
+    import numpy as np
+
+    p = np.array([t.true_prob for _, t in rows if t.task == task], dtype=np.float64)
+    y = np.array([t.outcome for _, t in rows if t.task == task], dtype=np.int8)
+    if p.size == 0:
+        return {"index_events": 0}
+    return {"index_events": int(p.size), "prevalence": float(y.mean()), "mean_true_prob": float(p.mean()),
+            "oracle_auroc": auroc(y, p)}
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="patient", desc="synth", mininterval=0.5)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A printable multi-line summary of :func:`generate`'s result."""
+    lines = [f"patients {summary['n_patients']}  (seed {summary['seed']}, {summary['start_year']}"
+             f"-{summary['start_year'] + summary['years']}; deaths {summary['deaths']},"
+             f" in hospital {summary['in_hospital_deaths']})"]
+    lines.append("encounters  " + "  ".join(f"{k} {v}" for k, v in summary["encounters"].items()))
+    lines.append("resources   " + "  ".join(f"{k} {v}" for k, v in summary["resources"].items()))
+    for task, s in summary["tasks"].items():
+        if s.get("index_events"):
+            lines.append(f"{task:<22} index events {s['index_events']:>7}  prevalence {s['prevalence']:.3f}"
+                         f"  mean true_prob {s['mean_true_prob']:.3f}  oracle AUROC {s['oracle_auroc']:.3f}")
+        else:
+            lines.append(f"{task:<22} no index events")
+    return "\n".join(lines)
