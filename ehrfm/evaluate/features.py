@@ -115,13 +115,36 @@ class CountFeaturizer:
         return sp.hstack([*blocks, sp.csr_matrix(demographics(events, rows))], format="csr")
 
 
+def last_at_or_before(events: pd.DataFrame, rows: pd.DataFrame, prefix: str) -> pd.DataFrame | None:
+    """Per label row, the last event whose code starts with ``prefix`` at or before prediction_time.
+
+    Static events (null time) count as before. Returns DataFrame(value: code without prefix, time_us)
+    aligned with ``rows`` (NaN where none), or None when no event has the prefix at all.
+    """
+    ev = events.loc[events["code"].str.startswith(prefix)]
+    if ev.empty:
+        return None
+    t = _us(ev["time"])
+    right = pd.DataFrame({"s": ev[SUBJECT_ID].to_numpy(), "t": t, "time_us": t, "value": ev["code"].str[len(prefix):].to_numpy()})
+    left = pd.DataFrame({"s": rows[SUBJECT_ID].to_numpy(), "t": _us(rows[PREDICTION_TIME]), "r": np.arange(len(rows))})
+    m = pd.merge_asof(left.sort_values("t"), right.sort_values("t", kind="stable"), on="t", by="s", direction="backward")
+    return m.set_index("r")[["value", "time_us"]].reindex(np.arange(len(rows)))
+
+
+def age_years(events: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """(n,) age in years at prediction_time from the MEDS_BIRTH at or before it (NaN when none)."""
+    rows = rows.reset_index(drop=True)
+    birth = last_at_or_before(events, rows, BIRTH_CODE)
+    if birth is None:
+        return np.full(len(rows), np.nan)
+    pt = _us(rows[PREDICTION_TIME]).astype(float)
+    return np.asarray((pt - birth["time_us"].to_numpy(dtype=float)) / (365.25 * DAY_US), dtype=float)
+
+
 def demographics(events: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
-    """(n, 3): age in years at prediction_time (NaN without MEDS_BIRTH), sex_F, sex_M (0/1)."""
-    births = events.loc[events["code"] == BIRTH_CODE].groupby(SUBJECT_ID)["time"].min()
-    sex = events.loc[events["code"].isin(["GENDER//F", "GENDER//M"])].groupby(SUBJECT_ID)["code"].last()
-    birth = rows[SUBJECT_ID].map(births)
-    age = (pd.to_datetime(rows[PREDICTION_TIME]) - pd.to_datetime(birth)).dt.total_seconds() / (365.25 * 86400)
-    s = rows[SUBJECT_ID].map(sex)
-    return np.column_stack(
-        [age.to_numpy(dtype=float), (s == "GENDER//F").to_numpy(dtype=float), (s == "GENDER//M").to_numpy(dtype=float)]
-    )
+    """(n, 3): age in years at prediction_time (NaN without MEDS_BIRTH), sex_F, sex_M (0/1) — only
+    events at or before prediction_time are used, like every other feature."""
+    rows = rows.reset_index(drop=True)
+    sex = last_at_or_before(events, rows, "GENDER//")
+    s = sex["value"] if sex is not None else pd.Series([None] * len(rows))
+    return np.column_stack([age_years(events, rows), (s == "F").to_numpy(dtype=float), (s == "M").to_numpy(dtype=float)])

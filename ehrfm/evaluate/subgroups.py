@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ehrfm.evaluate.bootstrap import MetricValue
-from ehrfm.evaluate.features import _us
-from ehrfm.schema import BIRTH_CODE, PREDICTION_TIME, SUBJECT_ID
+from ehrfm.evaluate.features import age_years, last_at_or_before
+from ehrfm.schema import BIRTH_CODE
 
 ATTRIBUTE_PREFIXES: dict[str, str] = {
     "sex": "GENDER//",
@@ -37,30 +37,17 @@ def age_band(age_years: float) -> str:
     return next(name for lo, hi, name in AGE_BANDS if lo <= age_years < hi)
 
 
-def _last_at_or_before(events: pd.DataFrame, rows: pd.DataFrame, prefix: str) -> pd.Series | None:
-    ev = events.loc[events["code"].str.startswith(prefix)]
-    if ev.empty:
-        return None
-    right = pd.DataFrame({"s": ev[SUBJECT_ID].to_numpy(), "t": _us(ev["time"]), "v": ev["code"].str[len(prefix):].to_numpy()})
-    left = pd.DataFrame({"s": rows[SUBJECT_ID].to_numpy(), "t": _us(rows[PREDICTION_TIME]), "r": np.arange(len(rows))})
-    m = pd.merge_asof(left.sort_values("t"), right.sort_values("t", kind="stable"), on="t", by="s", direction="backward")
-    return m.set_index("r")["v"].reindex(np.arange(len(rows))).fillna("unknown")
-
-
 def subgroup_attributes(events: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """(len(rows), k) string attributes per label row: age_band plus whichever of ATTRIBUTE_PREFIXES exist.
 
     events: at least subject_id, time, code (demographic codes suffice); rows: subject_id, prediction_time.
     """
     rows = rows.reset_index(drop=True)
-    births = events.loc[events["code"] == BIRTH_CODE].groupby(SUBJECT_ID)["time"].min()
-    birth = pd.to_datetime(rows[SUBJECT_ID].map(births))
-    age = (pd.to_datetime(rows[PREDICTION_TIME]) - birth).dt.total_seconds() / (365.25 * 86400)
-    out = pd.DataFrame({"age_band": [age_band(float(a)) for a in age.to_numpy(dtype=float)]})
+    out = pd.DataFrame({"age_band": [age_band(float(a)) for a in age_years(events, rows)]})
     for name, prefix in ATTRIBUTE_PREFIXES.items():
-        vals = _last_at_or_before(events, rows, prefix)
+        vals = last_at_or_before(events, rows, prefix)
         if vals is not None:
-            out[name] = vals.to_numpy()
+            out[name] = vals["value"].fillna("unknown").to_numpy()
     return out
 
 
