@@ -8,7 +8,8 @@ import pytest
 from ehrfm.labels import label_subject, load_task
 from ehrfm.labels.engine import labels_to_arrow
 from ehrfm.schema import LABELS_SCHEMA
-from tests.labels.timelines import D, T0, ev, stay
+
+from .timelines import T0, D, ev, stay
 
 BIRTH = (-(20 * 365 * D), "MEDS_BIRTH", None)
 

@@ -11,7 +11,8 @@ from ehrfm.labels import label_events, load_tasks
 from ehrfm.labels.dataset import label_dataset
 from ehrfm.labels.direct import read_labels
 from ehrfm.schema import LABELS_SCHEMA
-from tests.labels.timelines import random_population, write_meds
+
+from .timelines import random_population, write_meds
 
 
 @pytest.mark.spark
