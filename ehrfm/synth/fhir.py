@@ -63,10 +63,15 @@ def _qty(value: float, unit: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": UCUM, "code": unit}
 
 
+def medication_id(key: str) -> str:
+    """FHIR id of a catalog Medication (ids allow letters, digits, '-' and '.')."""
+    return "med-" + key.replace("_", "-")
+
+
 def medication_lines() -> list[str]:
     """The Medication catalog (identical for every population size, so files stay prefix-stable)."""
     return [
-        _DUMPS({"resourceType": "Medication", "id": f"med-{key}", "status": "active", "code": _cc(code)})
+        _DUMPS({"resourceType": "Medication", "id": medication_id(key), "status": "active", "code": _cc(code)})
         for key, code in MEDICATION_RESOURCES.items()
     ]
 
@@ -174,7 +179,7 @@ def _med_requests(rec: PatientRecord, subj: dict[str, str]) -> list[str]:
             "intent": "order",
         }
         if m.by_reference:
-            res["medicationReference"] = {"reference": f"Medication/med-{m.key}"}
+            res["medicationReference"] = {"reference": f"Medication/{medication_id(m.key)}"}
         else:
             res["medicationCodeableConcept"] = _cc(MEDS[m.key])
         res.update({"subject": subj, "encounter": {"reference": f"Encounter/{m.encounter_id}"},

@@ -4,7 +4,7 @@ Layout of ``<output>/``::
 
     Patient.ndjson Encounter.ndjson Condition.ndjson Observation.ndjson
     MedicationRequest.ndjson Procedure.ndjson Medication.ndjson     (``.ndjson.gz`` with gzip=True)
-    truth/index_events.parquet   truth/summary.json
+    truth/index_events.parquet   truth/summary.yaml
 
 Patient ``i`` (0-based) depends only on (seed, i), so the files of N patients are a byte prefix of the
 files of M > N patients with the same seed (uncompressed; with gzip the decompressed text is).
@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow.parquet as pq
+import yaml
 
 from ehrfm.synth.fhir import RESOURCE_TYPES, medication_lines, patient_lines
 from ehrfm.synth.record import MORTALITY_TASK, READMISSION_TASK, TruthRow
 from ehrfm.synth.timeline import SynthConfig, simulate
 from ehrfm.synth.truth import TRUTH_FILE, auroc, truth_table
 
-SUMMARY_FILE = Path("truth") / "summary.json"
+# not .json: FHIR readers given the population folder search it recursively for *.json Bundles
+SUMMARY_FILE = Path("truth") / "summary.yaml"
 
 
 def _open(path: Path, compress: bool) -> IO[str]:
@@ -97,7 +98,7 @@ def generate(
         "resources": {rt: counts[rt] for rt in RESOURCE_TYPES},
         "tasks": {task: _task_summary(truth_rows, task) for task in (READMISSION_TASK, MORTALITY_TASK)},
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY_FILE).write_text(yaml.safe_dump(summary, sort_keys=False))
     return summary
 
 

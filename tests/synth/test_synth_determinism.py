@@ -1,0 +1,56 @@
+"""Same seed + N => identical bytes; N patients are a prefix of M > N patients; seeds differ."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from ehrfm.synth import TRUTH_FILE, generate
+from ehrfm.synth.fhir import RESOURCE_TYPES
+
+
+def _files(folder: Path, suffix: str = ".ndjson") -> dict[str, bytes]:
+    return {rt: (folder / f"{rt}{suffix}").read_bytes() for rt in RESOURCE_TYPES}
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(40, 3, a, progress=False)
+    generate(40, 3, b, progress=False)
+    assert _files(a) == _files(b)
+    assert (a / TRUTH_FILE).read_bytes() == (b / TRUTH_FILE).read_bytes()
+
+
+def test_prefix_property(tmp_path: Path) -> None:
+    small, big = tmp_path / "small", tmp_path / "big"
+    generate(25, 5, small, progress=False)
+    generate(60, 5, big, progress=False)
+    fs, fb = _files(small), _files(big)
+    for rt in RESOURCE_TYPES:
+        assert fs[rt], rt
+        assert fb[rt].startswith(fs[rt]), f"{rt}: 25 patients are not a prefix of 60"
+        assert len(fb[rt]) > len(fs[rt]) or rt == "Medication"
+    ts = pq.read_table(small / TRUTH_FILE)
+    tb = pq.read_table(big / TRUTH_FILE)
+    assert ts.num_rows > 0
+    assert tb.slice(0, ts.num_rows).equals(ts)
+
+
+def test_other_seed_differs(tmp_path: Path) -> None:
+    generate(10, 1, tmp_path / "s1", progress=False)
+    generate(10, 2, tmp_path / "s2", progress=False)
+    assert _files(tmp_path / "s1")["Observation"] != _files(tmp_path / "s2")["Observation"]
+
+
+def test_gzip_is_deterministic_and_same_content(tmp_path: Path) -> None:
+    generate(15, 9, tmp_path / "g1", compress=True, progress=False)
+    generate(15, 9, tmp_path / "g2", compress=True, progress=False)
+    generate(15, 9, tmp_path / "plain", progress=False)
+    g1, g2 = _files(tmp_path / "g1", ".ndjson.gz"), _files(tmp_path / "g2", ".ndjson.gz")
+    assert g1 == g2
+    plain = _files(tmp_path / "plain")
+    for rt in RESOURCE_TYPES:
+        assert gzip.decompress(g1[rt]) == plain[rt]
+    assert not (tmp_path / "g1" / "Patient.ndjson").exists()
