@@ -1,6 +1,2 @@
-"""MIMIC-IV (hosp/ + icu/ CSV) -> MEDS ingest on Spark; mapping rules live in ``rules.yaml``."""
-
-from ehrfm.ingest.mimic.ingest import ingest_mimic
-from ehrfm.ingest.mimic.rules import load_rules
-
-__all__ = ["ingest_mimic", "load_rules"]
+"""MIMIC-IV (hosp/ + icu/ CSV) -> MEDS ingest on Spark (:func:`ehrfm.ingest.mimic.ingest.ingest_mimic`);
+the mapping rules live in ``rules.yaml``. Kept import-light so ``ehrfm --help`` stays fast."""

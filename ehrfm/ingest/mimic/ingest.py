@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from ehrfm.ingest.mimic.prepare import PREPARE, find_table, parse_time, read_csv, with_row_index
-from ehrfm.ingest.mimic.rules import EventRule, MimicRules, TableSpec, first_missing, load_rules, template_column
+from ehrfm.ingest.mimic.rules import (
+    EventRule,
+    MimicRules,
+    TableSpec,
+    first_missing,
+    load_rules,
+    template_column,
+)
 from ehrfm.ingest.writer import write_meds_dataset
 from ehrfm.prepare.splits import DEFAULT_RATIOS
 from ehrfm.schema import BIRTH_CODE, EVENT_COLUMNS, SUBJECT_ID
