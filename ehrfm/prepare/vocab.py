@@ -86,5 +86,6 @@ def build_vocab(counts: dict[str, int], *, min_count: int, n_bins: int, tasks: I
     """
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
-    kept = {c: n for c, n in counts.items() if n >= min_count}
+    # sorted so vocab.json is byte-identical whichever engine counted (dict order is written out)
+    kept = {c: counts[c] for c in sorted(counts, key=lambda c: (-counts[c], c)) if counts[c] >= min_count}
     return Vocabulary.build(fixed_tokens(n_bins, tasks), kept)
