@@ -67,12 +67,14 @@ def default_horizons(test: np.ndarray, quantiles: Sequence[float] = (0.25, 0.5, 
 
 def harrell_c(event: np.ndarray, duration: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's concordance index (higher risk should fail earlier)."""
+    if len(event) < 2:
+        raise DegenerateMetric("fewer than two rows")
     if not np.asarray(event).astype(bool).any():
         raise DegenerateMetric("no events")
     try:
         return float(concordance_index_censored(np.asarray(event).astype(bool), duration, risk)[0])
-    except ZeroDivisionError as e:
-        raise DegenerateMetric("no comparable pairs") from e
+    except (ZeroDivisionError, ValueError) as e:  # sksurv: "no comparable pairs" and input checks
+        raise DegenerateMetric(f"sksurv: {e}") from e
 
 
 def tte_metrics(

@@ -68,6 +68,8 @@ def test_no_events_is_nan_with_reason() -> None:
     train = surv_array(EV, DUR)
     res, _ = tte_metrics(train, np.zeros(5), DUR[:5], np.arange(5), -DUR[:5], horizons=[2], n_boot=5)
     assert math.isnan(res["harrell_c"].value) and res["harrell_c"].reason == "no events"
+    one, _ = tte_metrics(train, EV[:1], DUR[:1], np.arange(1), -DUR[:1], horizons=[2], n_boot=5)  # a 1-row subgroup
+    assert one["harrell_c"].reason == "fewer than two rows" and math.isnan(one["uno_c"].value)
 
 
 def test_bad_duration_names_the_field() -> None:
