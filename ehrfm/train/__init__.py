@@ -1,0 +1,1 @@
+"""Lightning training: the shared streaming loop, next-token pretraining, configs."""
