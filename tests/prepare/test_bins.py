@@ -1,0 +1,76 @@
+"""Numeric bins: quantile cut points on train only, ties, file round trip, Spark == pandas."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark workers use this interpreter
+
+from ehrfm.prepare.bins import Bins, fit_bins_pandas, fit_bins_spark, load_bins  # noqa: E402
+
+SPLITS = pd.DataFrame({"subject_id": [1, 2, 3, 4], "split": ["train", "train", "tuning", "held_out"]})
+
+
+def events(rows: list[tuple[int, str, float | None]]) -> pd.DataFrame:
+    return pd.DataFrame({"subject_id": [r[0] for r in rows], "code": [r[1] for r in rows],
+                         "numeric_value": np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float32)})
+
+
+RNG = np.random.default_rng(0)
+BASE = ([(1 + i % 2, "LAB//A", float(v)) for i, v in enumerate(RNG.normal(10, 3, 200).round(2))]
+        + [(1, "LAB//B", 0.0)] * 30 + [(2, "LAB//B", 1.0)] * 10  # heavy ties
+        + [(1, "LAB//C", 1.0)] * 3  # too few values
+        + [(1, "LAB//A", None), (1, "LAB//A", float("inf"))])  # ignored
+
+
+def test_quantile_edges_ties_and_min_count() -> None:
+    b = fit_bins_pandas(events(BASE), SPLITS, n_bins=4, min_count=5)
+    a_vals = np.array([r[2] for r in BASE[:200]], dtype=np.float32).astype(np.float64)
+    assert b.edges["LAB//A"] == pytest.approx(np.quantile(a_vals, [0.25, 0.5, 0.75]).tolist())
+    assert b.edges["LAB//B"] == [0.0, 0.25]  # cut points 0, 0, 0.25 (linear interpolation), de-duplicated
+    assert "LAB//C" not in b.edges
+    assert b.bin_of("LAB//B", 0.0) == 1 and b.bin_of("LAB//B", -1) == 0 and b.bin_of("LAB//B", 5) == 2
+    assert b.bin_of("LAB//A", float("nan")) is None and b.bin_of("NOPE", 1.0) is None
+    vals = np.array([-100.0, b.edges["LAB//A"][1], np.nan, 100.0])  # a cut point goes to the upper bin
+    assert b.bins_of("LAB//A", vals).tolist() == [0, 2, -1, 3]
+    with pytest.raises(ValueError, match="n_bins"):
+        fit_bins_pandas(events(BASE), SPLITS, n_bins=1)
+
+
+def test_held_out_and_tuning_changes_do_not_change_bins(tmp_path) -> None:
+    noise = [(3, "LAB//A", 1000.0)] * 100 + [(4, "LAB//A", -50.0)] * 100 + [(4, "LAB//NEW", 1.0)] * 20
+    fit_bins_pandas(events(BASE), SPLITS).save(tmp_path / "a.json")
+    fit_bins_pandas(events(BASE + noise), SPLITS).save(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_train_changes_do_change_bins() -> None:
+    base = fit_bins_pandas(events(BASE), SPLITS)
+    more = fit_bins_pandas(events(BASE + [(1, "LAB//A", 1000.0)] * 50), SPLITS)
+    assert base.edges["LAB//A"] != more.edges["LAB//A"]
+
+
+def test_file_round_trip(tmp_path) -> None:
+    b = fit_bins_pandas(events(BASE), SPLITS, n_bins=7, min_count=3)
+    b.save(tmp_path / "bins.json")
+    back = load_bins(tmp_path / "bins.json")
+    assert (back.n_bins, back.edges, back.min_count) == (7, b.edges, 3)
+    (tmp_path / "bad.json").write_text('{"format": "x"}')
+    with pytest.raises(ValueError, match="not an ehrfm bins file"):
+        load_bins(tmp_path / "bad.json")
+    assert isinstance(back, Bins)
+
+
+@pytest.mark.spark
+def test_spark_bins_equal_pandas(spark) -> None:
+    ev = events(BASE + [(3, "LAB//A", 1000.0)] * 5)
+    sp = fit_bins_spark(spark.createDataFrame(ev), spark.createDataFrame(SPLITS), n_bins=4, min_count=5)
+    pd_bins = fit_bins_pandas(ev, SPLITS, n_bins=4, min_count=5)
+    assert sp.edges.keys() == pd_bins.edges.keys()
+    for code, edges in pd_bins.edges.items():
+        assert sp.edges[code] == pytest.approx(edges, rel=1e-12), code
