@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ehrfm.prepare.splits import parse_ratios
@@ -94,3 +95,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"ehrfm ingest {args.source}: unavailable ({args._ingest_error})", file=sys.stderr)
         return 2
     return int(importlib.import_module(module).run(args) or 0)
+
+
+def job_main(source: str, argv: Sequence[str]) -> int:
+    """Main of the ``etl/ingest_<source>.py`` spark-submit jobs: the same options as ``ehrfm ingest <source>``."""
+    module_name, help_text = SOURCES[source]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"etl/ingest_{source}.py", description=help_text)
+    module.add_arguments(parser)
+    add_common_arguments(parser)
+    args = parser.parse_args(list(argv))
+    args.source = source
+    return int(module.run(args) or 0)

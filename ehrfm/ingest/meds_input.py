@@ -68,10 +68,11 @@ def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], w
     return found
 
 
-def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) -> DataFrame:
+def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) -> tuple[DataFrame, int]:
+    """Candidate events of one parquet file (with ``_reason`` for rejects) and its row count."""
     from pyspark.sql import functions as F
 
-    df, _ = with_row_index(spark.read.parquet(uri))
+    df, n_rows = with_row_index(spark.read.parquet(uri))
 
     def col(key: str, typ: str) -> Column:
         name = cols[key]
@@ -90,7 +91,7 @@ def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) 
         unparsed = F.col(tname).isNotNull() & time_col.isNull()
         reason = reason.when(unparsed, F.concat(F.lit(f"unparseable time ({tname}): "), F.col(tname)))
         fld = fld.when(unparsed, F.lit(tname))
-    return df.select(
+    out = df.select(
         sid.alias("subject_id"),
         time_col.alias("time"),
         code.alias("code"),
@@ -104,6 +105,7 @@ def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) 
         reason.alias("_reason"),
         fld.alias("_field"),
     )
+    return out, n_rows
 
 
 def ingest_meds(
@@ -137,8 +139,8 @@ def ingest_meds(
         "source": "source" if "source" in columns else None,
     }
     parts = [_events_of_file(spark, f, cols) for f in tqdm(files, desc="meds files", unit="file", leave=False)]
-    allrows = reduce(lambda a, b: a.unionByName(b), parts).persist()
-    n_in = allrows.count()
+    n_in = sum(n for _, n in parts)
+    allrows = reduce(lambda a, b: a.unionByName(b), [df for df, _ in parts])
     events = allrows.where(F.col("_reason").isNull()).drop("_file", "_row", "_reason", "_field")
     rejects = allrows.where(F.col("_reason").isNotNull()).select(
         F.col("_file").alias("source_file"),
@@ -171,7 +173,6 @@ def ingest_meds(
         split_seed=split_seed,
         rows_per_shard=rows_per_shard,
     )
-    allrows.unpersist()
     if result["events"] + result["rejects"] != n_in:
         raise RuntimeError(f"MEDS input: {n_in} rows in but {result['events']} events + {result['rejects']} rejects")
     return result

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import ehrfm
-from ehrfm.prepare.splits import DEFAULT_RATIOS, split_column, validate_ratios
+from ehrfm.prepare.splits import DEFAULT_RATIOS, assign_splits, validate_ratios
 from ehrfm.schema import (
     CODE,
     CODES_SCHEMA,
@@ -41,7 +41,12 @@ DEFAULT_ROWS_PER_SHARD = 2_000_000
 SUBJECT_IDS_SCHEMA = pa.schema(
     [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field("source_id", pa.string())]
 )
-_STATS_SCHEMA = "file string, rows long, subjects long, min_subject long, max_subject long"
+# what each shard-writing task returns: one row of file statistics, then one row per code (with its count)
+# and one row per subject — so the driver gets codes and subjects without more passes over the events
+_STATS_ARROW = pa.schema(
+    [("file", pa.string()), ("rows", pa.int64()), ("subjects", pa.int64()), ("code", pa.string()), ("subject_id", pa.int64())]
+)
+_STATS_SCHEMA = "file string, rows long, subjects long, code string, subject_id long"
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -109,17 +114,22 @@ def _shard_writer(data_uri: str) -> Any:
         subjects = check_sorted_table(table, name)
         fs, base = _fs(data_uri)
         pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
-        sid = table.column(SUBJECT_ID)
-        yield pa.RecordBatch.from_pylist(
-            [
-                {
-                    "file": name,
-                    "rows": table.num_rows,
-                    "subjects": subjects,
-                    "min_subject": pc.min(sid).as_py(),
-                    "max_subject": pc.max(sid).as_py(),
-                }
-            ]
+        counts = pc.value_counts(table.column(CODE))
+        yield pa.RecordBatch.from_pydict(
+            {
+                "file": [name] * (1 + len(counts)),
+                "rows": [table.num_rows] + counts.field("counts").to_pylist(),
+                "subjects": [subjects] + [None] * len(counts),
+                "code": [None] + counts.field("values").to_pylist(),
+                "subject_id": [None] * (1 + len(counts)),
+            },
+            schema=_STATS_ARROW,
+        )
+        ids = pc.unique(table.column(SUBJECT_ID)).to_pylist()
+        yield pa.RecordBatch.from_pydict(
+            {"file": [name] * len(ids), "rows": [None] * len(ids), "subjects": [None] * len(ids),
+             "code": [None] * len(ids), "subject_id": ids},
+            schema=_STATS_ARROW,
         )
 
     return write
@@ -220,36 +230,37 @@ def write_meds_dataset(
     ordered = events.repartition(n_shards, SUBJECT_ID).sortWithinPartitions(
         F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(), F.col(CODE)
     )
-    stats = ordered.mapInArrow(_shard_writer(f"{out}/data"), _STATS_SCHEMA).collect()
-    files = sorted((r.asDict() for r in stats), key=lambda r: r["file"])
-
-    subjects = events.select(SUBJECT_ID).distinct().withColumn("split", split_column(SUBJECT_ID, ratios, split_seed))
-    split_rows = subjects.orderBy(SUBJECT_ID).collect()
-    n_subjects = len(split_rows)
-    if sum(f["rows"] for f in files) != n_events or sum(f["subjects"] for f in files) != n_subjects:
-        raise RuntimeError(f"shard statistics do not reconcile: {files} vs {n_events} events, {n_subjects} subjects")
+    stats = ordered.mapInArrow(_shard_writer(f"{out}/data"), _STATS_SCHEMA).toArrow()
+    is_file = pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])).to_numpy(zero_copy_only=False)
+    file_rows = stats.filter(pa.array(is_file)).select(["file", "rows", "subjects"]).sort_by("file").to_pylist()
+    subject_arr = np.sort(stats["subject_id"].drop_null().to_numpy())
+    n_subjects = len(subject_arr)
+    # a subject in two shards would be counted twice here; hash partitioning makes this impossible
+    if sum(f["rows"] for f in file_rows) != n_events or sum(f["subjects"] for f in file_rows) != n_subjects:
+        raise RuntimeError(f"shard statistics do not reconcile: {file_rows} vs {n_events} events")
+    if n_subjects != len(np.unique(subject_arr)):
+        raise RuntimeError("a subject landed in more than one shard")
+    # the numpy twin of split_column (tested to agree exactly): no extra Spark pass over the events
+    split_arr = assign_splits(subject_arr, ratios, split_seed)
     _write_small(
-        pa.table(
-            {SUBJECT_ID: [r[SUBJECT_ID] for r in split_rows], "split": [r["split"] for r in split_rows]},
-            schema=SPLITS_SCHEMA,
-        ),
+        pa.table({SUBJECT_ID: subject_arr, "split": split_arr.astype(str)}, schema=SPLITS_SCHEMA),
         f"{out}/metadata/subject_splits.parquet",
     )
 
-    codes = events.groupBy(CODE).agg(F.count(F.lit(1)).alias("n"))
-    if code_descriptions is not None:
+    code_counts = stats.filter(pc.is_valid(stats["code"])).group_by("code").aggregate([("rows", "sum")])
+    code_list = sorted(code_counts["code"].to_pylist())
+    described: dict[str, str] = {}
+    if code_descriptions is not None and code_list:
         desc = code_descriptions.select(F.col("code").cast("string"), F.col("description").cast("string"))
-        desc = desc.where(F.col("description").isNotNull()).groupBy("code").agg(F.min("description").alias("description"))
-        codes = codes.join(desc, on=CODE, how="left")
-    else:
-        codes = codes.withColumn("description", F.lit(None).cast("string"))
-    code_rows = codes.orderBy(CODE).collect()
+        present = spark.createDataFrame([(c,) for c in code_list], "code string")
+        desc = desc.where(F.col("description").isNotNull()).join(F.broadcast(present), on="code", how="inner")
+        described = {r["code"]: r["d"] for r in desc.groupBy("code").agg(F.min("description").alias("d")).collect()}
     _write_small(
         pa.table(
             {
-                "code": [r[CODE] for r in code_rows],
-                "description": [r["description"] for r in code_rows],
-                "parent_codes": [None] * len(code_rows),
+                "code": code_list,
+                "description": [described.get(c) for c in code_list],
+                "parent_codes": [None] * len(code_list),
             },
             schema=CODES_SCHEMA,
         ),
@@ -257,7 +268,7 @@ def write_meds_dataset(
     )
 
     if subject_ids is None:
-        id_rows = [(r[SUBJECT_ID], str(r[SUBJECT_ID])) for r in split_rows]
+        id_rows = [(int(i), str(i)) for i in subject_arr]
     else:
         ids = subject_ids.select(F.col(SUBJECT_ID).cast("bigint"), F.col("source_id").cast("string")).distinct()
         id_rows = [(r[0], r[1]) for r in ids.orderBy(SUBJECT_ID).collect()]
@@ -270,27 +281,30 @@ def write_meds_dataset(
     if rejects is not None:
         rej = rejects.select(
             *[F.col(f.name).cast("bigint" if f.name == "record_index" else "string") for f in REJECTS_SCHEMA]
-        ).persist()
-        n_rejects = rej.count()
-        # a handful of files at most; Spark's writer keeps this scalable to any number of rejects
-        rej.coalesce(max(1, min(8, n_rejects // 1_000_000))).write.mode("overwrite").parquet(f"{out}/rejects")
-        rej.unpersist()
+        )
+        # Spark's writer keeps this scalable to any number of rejects; the count comes from the footers
+        rej.coalesce(1).write.mode("overwrite").parquet(f"{out}/rejects")
+        rfs, rbase = _fs(f"{out}/rejects")
+        for info in rfs.get_file_info(pafs.FileSelector(rbase)):
+            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+                with rfs.open_input_file(info.path) as fh:
+                    n_rejects += pq.ParquetFile(fh).metadata.num_rows
     events.unpersist()
 
     meta = dataset_metadata(dataset_name, etl_name)
     _write_json(meta, f"{out}/metadata/dataset.json")
-    split_counts = {s: sum(1 for r in split_rows if r["split"] == s) for s in SPLITS}
+    split_counts = {s: int((split_arr == s).sum()) for s in SPLITS}
     result = {
         **(summary or {}),
         "dataset_name": dataset_name,
         "events": n_events,
         "subjects": n_subjects,
-        "codes": len(code_rows),
+        "codes": len(code_list),
         "rejects": n_rejects,
         "splits": split_counts,
         "split_ratios": list(ratios),
         "split_seed": split_seed,
-        "shards": files,
+        "shards": file_rows,
     }
     _write_json(result, f"{out}/summary.json")
     return result
