@@ -1,0 +1,226 @@
+"""Benchmark: Spark FHIR ingest (``ehrfm.ingest.fhir.ingest_fhir``) on synthetic populations.
+
+For each size (default 1k, 10k, 50k patients) a population is generated once into a cache folder
+(``$EHRFM_BENCH_CACHE`` or /tmp/ehrfm-bench-cache; reused when seed and size match), then:
+
+- floor: read every NDJSON line and ``json.loads`` it in this one Python process (no mapping, no Spark);
+- ingest: ``ingest_fhir(spark, [folder], out)`` on one ``local[2]`` session (started once, not timed),
+  while a thread samples the RSS of this process tree (Python driver + JVM + Python workers).
+
+Prints a table and writes bench/results/ingest.json. Ratios are measured side by side in one run.
+
+    .venv/bin/python bench/ingest.py --sizes 1000,10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ehrfm.synth import generate  # noqa: E402
+from ehrfm.synth.fhir import RESOURCE_TYPES  # noqa: E402
+from ehrfm.synth.generate import SUMMARY_FILE  # noqa: E402
+
+
+class RssSampler(threading.Thread):
+    """Samples the summed RSS of a process and all its descendants every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak: dict[str, float] = {"total": 0.0, "python_driver": 0.0, "jvm": 0.0, "python_workers": 0.0}
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        """One sample: RSS in MB by role (JVM = java processes; workers = other descendants)."""
+        parts = {"python_driver": self.root.memory_info().rss, "jvm": 0, "python_workers": 0}
+        for child in self.root.children(recursive=True):
+            try:
+                rss = child.memory_info().rss
+                role = "jvm" if "java" in child.name().lower() else "python_workers"
+            except psutil.Error:  # exited between listing and reading
+                continue
+            parts[role] += rss
+        mb = {k: v / 2**20 for k, v in parts.items()}
+        mb["total"] = sum(mb.values())
+        for k, v in mb.items():
+            self.peak[k] = max(self.peak[k], v)
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> dict[str, float]:
+        """Stop sampling; returns the peaks (MB; each role's own peak, ``total`` the peak of the sum)."""
+        self._stop_event.set()
+        self.join()
+        return {k: round(v, 1) for k, v in self.peak.items()}
+
+
+def population(cache: Path, n: int, seed: int) -> tuple[Path, float | None]:
+    """The cached population folder for (n, seed), generated when missing; returns (folder, gen seconds)."""
+    folder = cache / f"synth_n{n}_s{seed}"
+    summary = folder / SUMMARY_FILE
+    if summary.exists():
+        meta = yaml.safe_load(summary.read_text())
+        if meta.get("n_patients") == n and meta.get("seed") == seed:
+            return folder, None
+    t0 = time.perf_counter()
+    generate(n, seed, folder, progress=True)
+    return folder, time.perf_counter() - t0
+
+
+def floor(folder: Path) -> tuple[int, float]:
+    """Read and JSON-parse every resource of the population in one process: (resources, seconds)."""
+    t0 = time.perf_counter()
+    n = 0
+    for rt in RESOURCE_TYPES:
+        with open(folder / f"{rt}.ndjson", encoding="utf-8") as f:
+            for line in f:
+                json.loads(line)
+                n += 1
+    return n, time.perf_counter() - t0
+
+
+def _ingest_fn() -> Any:
+    """``ingest_fhir`` from the package, or from its module while the package does not export it."""
+    import ehrfm.ingest.fhir as pkg
+
+    if hasattr(pkg, "ingest_fhir"):
+        return pkg.ingest_fhir
+    from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
+
+    return ingest_fhir
+
+
+def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str) -> dict[str, Any]:
+    """Generate (or reuse), measure the floor and the ingest for one population size."""
+    ingest_fhir = _ingest_fn()
+    folder, gen_s = population(cache, n, seed)
+    size_mb = sum((folder / f"{rt}.ndjson").stat().st_size for rt in RESOURCE_TYPES) / 2**20
+    resources, floor_s = floor(folder)
+    out = cache / f"ingest_out_n{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    sampler = RssSampler(os.getpid())
+    sampler.start()
+    t0 = time.perf_counter()
+    summary = ingest_fhir(spark, [str(folder)], str(out), validate=validate)
+    ingest_s = time.perf_counter() - t0
+    peak = sampler.stop()
+    shutil.rmtree(out, ignore_errors=True)
+    events = int(summary.get("events", 0))
+    return {
+        "patients": n, "resources": resources, "input_mb": round(size_mb, 1), "events": events,
+        "rejects": summary.get("rejects"), "generate_s": None if gen_s is None else round(gen_s, 2),
+        "floor_s": round(floor_s, 2), "floor_resources_per_s": round(resources / floor_s),
+        "ingest_s": round(ingest_s, 2), "events_per_s": round(events / ingest_s),
+        "resources_per_s": round(resources / ingest_s), "ratio_to_floor": round(ingest_s / floor_s, 2),
+        "peak_rss_mb": peak,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints a table and writes the JSON results."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000,50000", help="comma-separated population sizes")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=os.environ.get("EHRFM_BENCH_CACHE", "/tmp/ehrfm-bench-cache"))
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--validate", default="auto", help="ingest_fhir validate= (auto | full | none)")
+    ap.add_argument("--output", default=str(REPO / "bench" / "results" / "ingest.json"))
+    ap.add_argument("--warmup", type=int, default=100,
+                    help="patients of an untimed first ingest (JVM/JIT and worker warm-up); 0 = none")
+    args = ap.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+    if not sizes or min(sizes) < 1:
+        ap.error("--sizes needs at least one positive size")
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    # Spark's Python workers must run this interpreter (the venv), not whatever `python` is on PATH
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from ehrfm.spark import get_spark
+
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    spark = get_spark("ehrfm-bench-ingest", master=args.master)
+    startup_s = time.perf_counter() - t0
+    warmup_s = None
+    if args.warmup > 0:
+        print(f"--- warm-up: {args.warmup} patients (not reported)", flush=True)
+        warmup_s = run_size(spark, cache, args.warmup, args.seed, args.validate)["ingest_s"]
+    rows = []
+    for n in sizes:
+        print(f"--- {n} patients", flush=True)
+        rows.append(run_size(spark, cache, n, args.seed, args.validate))
+    spark.stop()
+    scaling = _scaling(rows)
+    result = {
+        "benchmark": "ingest_fhir on synthetic FHIR NDJSON",
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "master": args.master, "validate": args.validate, "seed": args.seed,
+        "spark_startup_s": round(startup_s, 2), "warmup_patients": args.warmup, "warmup_ingest_s": warmup_s,
+        "rows": rows, "scaling": scaling,
+        "note": "floor = read + json.loads of the same files in one Python process; ratio = ingest_s / floor_s."
+                " Timings are noisy when the CPU is shared (see loadavg).",
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(_table(rows))
+    for s in scaling:
+        print(f"scaling {s['from']} -> {s['to']} patients: time x{s['time_ratio']} for data x{s['size_ratio']}"
+              f" (exponent {s['exponent']}; 1.0 = linear)")
+    print(f"spark startup {startup_s:.1f} s; load average before {load_before[0]:.1f}; wrote {out}")
+    return 0
+
+
+def _scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Time growth between consecutive sizes; the exponent is log(time ratio) / log(event ratio)."""
+    out = []
+    for a, b in zip(rows, rows[1:], strict=False):
+        if b["events"] > a["events"] > 0:
+            tr, sr = b["ingest_s"] / a["ingest_s"], b["events"] / a["events"]
+            out.append({"from": a["patients"], "to": b["patients"], "time_ratio": round(tr, 2),
+                        "size_ratio": round(sr, 2), "exponent": round(math.log(tr) / math.log(sr), 2)})
+    return out
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'patients':>9} {'resources':>10} {'MB':>7} {'events':>10} {'floor s':>8} {'ingest s':>9}"
+            f" {'events/s':>9} {'x floor':>8} {'peak RSS MB':>12} {'(jvm/drv/workers)':>19}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        p = r["peak_rss_mb"]
+        lines.append(
+            f"{r['patients']:>9} {r['resources']:>10} {r['input_mb']:>7.0f} {r['events']:>10} {r['floor_s']:>8.1f}"
+            f" {r['ingest_s']:>9.1f} {r['events_per_s']:>9} {r['ratio_to_floor']:>8.1f} {p['total']:>12.0f}"
+            f" {p['jvm']:>7.0f}/{p['python_driver']:.0f}/{p['python_workers']:.0f}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
