@@ -33,7 +33,7 @@ class _Timeline:
 
     subject_id: int
     ev: pd.DataFrame  # timed events, time-sorted (stable)
-    encounters: dict[str, _Encounter]
+    encounters: dict[tuple[str, str], _Encounter]  # (encounter_id, class) -> START/END times
     death: pd.Timestamp | None  # earliest MEDS_DEATH
     death_encounters: set[str]  # encounter ids carried by MEDS_DEATH rows
     first_time: pd.Timestamp | None
@@ -51,9 +51,11 @@ def _timeline(events: pd.DataFrame, record_end: pd.Timestamp | None) -> _Timelin
     ev[ENCOUNTER_ID] = enc_id.astype(object).where(enc_id.notna(), None)
     starts = ev[ev[CODE].str.match(ENCOUNTER_START.pattern) & ev[ENCOUNTER_ID].notna()]
     ends = ev[ev[CODE].str.match(ENCOUNTER_END.pattern) & ev[ENCOUNTER_ID].notna()]
-    s = starts.groupby(ENCOUNTER_ID)[TIME].min()
-    e = ends.groupby(ENCOUNTER_ID)[TIME].max()
-    encounters = {str(k): _Encounter(s.get(k), e.get(k)) for k in set(s.index) | set(e.index)}
+    # keyed by (id, class): MIMIC gives the ED visit before an admission the admission's id (hadm_id),
+    # and a stay's length must be measured between the INPATIENT START and END, not from the ED arrival
+    s = starts.groupby([starts[ENCOUNTER_ID].astype(str), starts[CODE].map(_encounter_class)])[TIME].min()
+    e = ends.groupby([ends[ENCOUNTER_ID].astype(str), ends[CODE].map(_encounter_class)])[TIME].max()
+    encounters = {k: _Encounter(s.get(k), e.get(k)) for k in set(s.index) | set(e.index)}
     deaths = ev[ev[CODE] == DEATH_CODE]
     return _Timeline(
         subject_id=int(subject_ids[0]),
@@ -64,6 +66,32 @@ def _timeline(events: pd.DataFrame, record_end: pd.Timestamp | None) -> _Timelin
         first_time=ev[TIME].min() if len(ev) else None,
         record_end=record_end if record_end is not None else (ev[TIME].max() if len(ev) else None),
     )
+
+
+def _encounter_class(code: str) -> str:
+    """``ENCOUNTER//INPATIENT//START`` -> ``INPATIENT``."""
+    return code.split("//")[1]
+
+
+def _find_encounter(tl: _Timeline, code: str, enc_id: object) -> _Encounter | None:
+    """The index event's encounter: same id and, for an encounter code, the same class (else INPATIENT,
+    else any class with that id)."""
+    if enc_id is None:
+        return None
+    key = str(enc_id)
+    if ENCOUNTER_START.match(code) or ENCOUNTER_END.match(code):
+        return tl.encounters.get((key, _encounter_class(code)))
+    same = [k for k in tl.encounters if k[0] == key]
+    pick = (key, "INPATIENT") if (key, "INPATIENT") in tl.encounters else (min(same) if same else None)
+    return tl.encounters[pick] if pick else None
+
+
+def _visit_span(tl: _Timeline, enc_id: str) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """[first START, last END] over every encounter class that carries ``enc_id`` (one visit)."""
+    encs = [v for k, v in tl.encounters.items() if k[0] == enc_id]
+    starts = [x.start for x in encs if x.start is not None]
+    ends = [x.end for x in encs if x.end is not None]
+    return (min(starts) if starts else None, max(ends) if ends else None)
 
 
 def _empty() -> pd.DataFrame:
@@ -111,9 +139,9 @@ def _label(tl: _Timeline, spec: TaskSpec) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     index_rows = ev[codes_matching(ev[CODE], spec.index.codes)]
     outcome_mask = codes_matching(ev[CODE], spec.outcome.codes)
-    for t_index, enc_id in zip(index_rows[TIME], index_rows[ENCOUNTER_ID], strict=True):
+    for t_index, code, enc_id in zip(index_rows[TIME], index_rows[CODE], index_rows[ENCOUNTER_ID], strict=True):
         pred = t_index + spec.prediction_offset
-        enc = tl.encounters.get(str(enc_id)) if enc_id is not None else None
+        enc = _find_encounter(tl, code, enc_id)
         if not _eligible(tl, spec, pred, enc, enc_id):
             continue
         row = _outcome(tl, spec, pred, enc, enc_id, outcome_mask)
@@ -199,9 +227,9 @@ def _forecast(tl: _Timeline, spec: TaskSpec, pred: pd.Timestamp) -> dict[str, ob
     if opens.empty:
         return None  # no next encounter in the record: censored
     nxt = str(opens[ENCOUNTER_ID].iloc[0])
-    enc = tl.encounters[nxt]
-    start = enc.start if enc.start is not None else opens[TIME].iloc[0]
-    end = enc.end if enc.end is not None else start
+    span_start, span_end = _visit_span(tl, nxt)
+    start = span_start if span_start is not None else opens[TIME].iloc[0]
+    end = span_end if span_end is not None else start
     target = codes_matching(ev[CODE], o.codes)
     ids = ev[ENCOUNTER_ID].astype(object)
     same = ids.map(lambda x: x is not None and str(x) == nxt).astype(bool)

@@ -1,0 +1,101 @@
+"""Real-data cross-check on the MIMIC-IV demo: the engine's labels (ingest -> Spark label job) equal an
+independent pandas computation written here directly from hosp/admissions.csv.gz and hosp/patients.csv.gz.
+
+Only those two tables are ingested (a module-scoped fixture, to stay inside the time budget), so the
+subject's record end -- the follow-up used for censoring -- is computable from them independently too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ehrfm.labels import load_tasks
+from ehrfm.labels.dataset import label_dataset
+from ehrfm.labels.direct import read_labels
+
+TASKS = ["readmission_30d", "mortality_inhospital", "los_gt_7d"]
+H24, D30, D7 = pd.Timedelta(hours=24), pd.Timedelta(days=30), pd.Timedelta(days=7)
+
+
+@pytest.fixture(scope="module")
+def mimic_labels(mimic_demo: Path, spark: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    from ehrfm.ingest.mimic.ingest import ingest_mimic
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    root = tmp_path_factory.mktemp("mimic")
+    (root / "raw" / "hosp").mkdir(parents=True)
+    for table in ("admissions", "patients"):
+        shutil.copy(mimic_demo / "hosp" / f"{table}.csv.gz", root / "raw" / "hosp")
+    ingest_mimic(spark, str(root / "raw"), str(root / "meds"))  # type: ignore[arg-type]
+    label_dataset(spark, root / "meds", load_tasks(TASKS), root / "labels")  # type: ignore[arg-type]
+    yield {t: read_labels(root / "labels" / f"{t}.parquet").to_pandas() for t in TASKS}
+
+
+@pytest.fixture(scope="module")
+def raw(mimic_demo: Path) -> pd.DataFrame:
+    """One row per admission with the subject's death time and record end, straight from the CSVs."""
+    adm = pd.read_csv(mimic_demo / "hosp" / "admissions.csv.gz",
+                      parse_dates=["admittime", "dischtime", "deathtime", "edregtime", "edouttime"])
+    pat = pd.read_csv(mimic_demo / "hosp" / "patients.csv.gz", parse_dates=["dod"])
+    # death: the in-hospital deathtime, else the date of death at 23:59:59
+    inhosp = adm.groupby("subject_id")["deathtime"].min()
+    dod = pat.set_index("subject_id")["dod"] + pd.Timedelta("23:59:59")
+    death = inhosp.reindex(dod.index).fillna(dod)
+    times = pd.concat([adm[["subject_id", c]].rename(columns={c: "t"})
+                       for c in ("admittime", "dischtime", "deathtime", "edregtime", "edouttime")])
+    record_end = pd.concat([times, death.rename("t").reset_index()]).groupby("subject_id")["t"].max()
+    adm["death"] = adm["subject_id"].map(death)
+    adm["record_end"] = adm["subject_id"].map(record_end)
+    return adm
+
+
+def _as_set(df: pd.DataFrame) -> set[tuple[int, pd.Timestamp, bool]]:
+    return {(int(s), pd.Timestamp(t), bool(v)) for s, t, v in zip(df["subject_id"], df["prediction_time"],
+                                                                 df["boolean_value"], strict=True)}
+
+
+def _expected_readmissions(adm: pd.DataFrame) -> pd.DataFrame:
+    alive = adm["death"].isna() | (adm["death"] > adm["dischtime"] + H24)
+    index = adm[(adm["hospital_expire_flag"] == 0) & alive]
+    pairs = index.merge(adm[["subject_id", "hadm_id", "admittime"]], on="subject_id", suffixes=("", "_next"))
+    gap = pairs["admittime_next"] - pairs["dischtime"]
+    hit = pairs[(pairs["hadm_id_next"] != pairs["hadm_id"]) & (gap > pd.Timedelta(0)) & (gap <= D30)]
+    index = index.assign(value=index["hadm_id"].isin(hit["hadm_id"]))
+    died = index["death"].notna() & (index["death"] <= index["dischtime"] + D30)
+    known = index["value"] | died | (index["record_end"] >= index["dischtime"] + D30)
+    return index[known].rename(columns={"dischtime": "prediction_time", "value": "boolean_value"})
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_readmission_30d_matches_admissions_csv(mimic_labels: dict, raw: pd.DataFrame) -> None:
+    expected = _expected_readmissions(raw)
+    got = mimic_labels["readmission_30d"]
+    assert _as_set(got) == _as_set(expected)
+    # SOURCE.md: 53 index admissions (26 patients) are followed by an admission 0-30 d after discharge; none
+    # of them is an in-hospital death and none starts exactly at the discharge, so all 53 stay positive
+    pos = got[got["boolean_value"]]
+    assert len(pos) == 53 and pos["subject_id"].nunique() == 26
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_inhospital_mortality_and_los_match_admissions_csv(mimic_labels: dict, raw: pd.DataFrame) -> None:
+    pred = raw["admittime"] + H24
+    index = raw[(raw["dischtime"] > pred) & (raw["death"].isna() | (raw["death"] > pred))].copy()
+    index["prediction_time"] = index["admittime"] + H24
+    index["boolean_value"] = index["hospital_expire_flag"] == 1
+    assert _as_set(mimic_labels["mortality_inhospital"]) == _as_set(index)
+    # 15 in-hospital deaths in the demo; one stay lasted under 24 h (not indexed at admission + 24 h)
+    assert raw["hospital_expire_flag"].sum() == 15
+    assert mimic_labels["mortality_inhospital"]["boolean_value"].sum() == 14
+    index["boolean_value"] = (index["dischtime"] - index["admittime"]) > D7
+    assert _as_set(mimic_labels["los_gt_7d"]) == _as_set(index)
+    assert mimic_labels["los_gt_7d"]["boolean_value"].sum() == index["boolean_value"].sum() > 0
