@@ -140,10 +140,12 @@ def simulate(seed: int, index: int, cfg: SynthConfig) -> PatientRecord:
                 death = min(death, res.death_at)
         rec.encounters.append(enc)
         busy_until = enc.end
-        if enc.start <= death <= enc.end + HOUR:  # no unmodelled death inside an encounter
-            death = enc.end + int(d.uniform(1.0, 30.0) * DAY)
+        # no unmodelled death inside an encounter or within 2 days of its end (label engines read a death
+        # up to 24 h after a discharge as a death in hospital)
+        if enc.start <= death <= enc.end + 2 * DAY:
+            death = enc.end + int(d.uniform(2.0, 30.0) * DAY)
         if pending is not None and death <= pending:  # the planted readmission must happen
             death = pending + int(d.uniform(30.0, 365.0) * DAY)
     if death < end:
-        rec.death = max(death, busy_until + HOUR)
+        rec.death = max(death, busy_until + 2 * DAY)
     return rec

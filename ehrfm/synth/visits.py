@@ -159,7 +159,9 @@ def inpatient(s: PatientState, t: int, record_end: int) -> tuple[Encounter, Stay
         s.panel(eid, end - int(d.uniform(1.0, 4.0) * HOUR), k_dis, wbc_shift=0.0)
         s.vitals(eid, end - 2 * HOUR)
     s.kidney, s.kidney_t = k_dis, end
-    _inpatient_orders(s, eid, t, end, dx, max(v for _, v in s.creatinine[-6:]))
+    # orders depend only on what is known at admission: nothing before the mortality prediction time
+    # (admission + 24 h) may carry information about later labs or the outcome
+    _inpatient_orders(s, eid, t, end, dx, adm["creatinine"])
     disposition = "exp" if died else ("snf" if s.age(end) > 75 and d.bernoulli(0.3) else "home")
     enc = Encounter(eid, "IMP", t, end, dx, disposition)
     if died:
@@ -177,11 +179,11 @@ def inpatient(s: PatientState, t: int, record_end: int) -> tuple[Encounter, Stay
         return enc, StayResult(end, False, end + int(d.uniform(0.5, 29.0) * DAY), None, None)
     death_at = None
     if d.bernoulli(risk.post_discharge_death_prob(f)):
-        death_at = end + int(d.uniform(1.0, 365.0) * DAY)
+        death_at = end + int(d.uniform(2.0, 365.0) * DAY)
     return enc, StayResult(end, False, None, end + BLOCK_WINDOW, death_at)
 
 
-def _inpatient_orders(s: PatientState, eid: str, t: int, end: int, dx: str, peak_cr: float) -> None:
+def _inpatient_orders(s: PatientState, eid: str, t: int, end: int, dx: str, adm_cr: float) -> None:
     """Procedures and medication orders of a stay."""
     d = s.d
     procs = s.rec.procedures
@@ -193,7 +195,7 @@ def _inpatient_orders(s: PatientState, eid: str, t: int, end: int, dx: str, peak
         procs.append(ProcedureRow(eid, t + 6 * HOUR, "pci"))
     if dx == "gi_bleed":
         procs.append(ProcedureRow(eid, t + 8 * HOUR, "endoscopy"))
-    if peak_cr > 3.5 and end - t > DAY:
+    if adm_cr > 3.5 and end - t > DAY:
         procs.append(ProcedureRow(eid, t + 20 * HOUR, "hemodialysis"))
     meds = s.rec.meds
     if dx in _INFECTION:

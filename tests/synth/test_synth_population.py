@@ -146,6 +146,23 @@ def test_truth_is_realised_in_the_data(population: tuple[Path, dict],
     assert all(neg > 0 and pos > 0 for neg, pos in n_checked.values()), n_checked
 
 
+def test_deaths_are_unambiguous(resources: dict[str, list[dict[str, Any]]]) -> None:
+    """A death is either the end of a stay (disposition 'exp') or > 2 days after every encounter: label
+    engines that read a death within 24 h of a discharge as in-hospital give the planted labels."""
+    deceased = {p["id"]: _us(p["deceasedDateTime"]) for p in resources["Patient"] if "deceasedDateTime" in p}
+    for e in resources["Encounter"]:
+        pid = e["subject"]["reference"].removeprefix("Patient/")
+        if pid not in deceased:
+            continue
+        end = _us(e["period"]["end"])
+        died_here = e["class"]["code"] == "IMP" and e["hospitalization"]["dischargeDisposition"]["coding"][0][
+            "code"] == "exp"
+        if died_here:
+            assert deceased[pid] == end
+        else:
+            assert deceased[pid] > end + 2 * DAY_US - 1_000_000, e["id"]
+
+
 def test_planted_signal_is_real(population: tuple[Path, dict]) -> None:
     folder, _ = population
     truth = read_truth(folder)
