@@ -39,6 +39,14 @@ class SortedEvents:
     time_us: np.ndarray
     code_idx: np.ndarray
     codes: list[str]
+    _by_time: pd.DataFrame | None = None  # (s, t, pos) sorted by t, built once for every merge_asof
+
+    def by_time(self) -> pd.DataFrame:
+        """Events as DataFrame(s, t, pos) sorted by time (pos = index in the subject-sorted arrays)."""
+        if self._by_time is None:
+            right = pd.DataFrame({"s": self.subject, "t": self.time_us, "pos": np.arange(len(self.subject))})
+            self._by_time = right.sort_values("t", kind="stable")
+        return self._by_time
 
     @classmethod
     def from_frame(cls, events: pd.DataFrame) -> SortedEvents:
@@ -53,9 +61,7 @@ class SortedEvents:
 def _asof(ev: SortedEvents, subj: np.ndarray, t: np.ndarray, direction: Literal["backward", "forward"]) -> np.ndarray:
     """Position in ``ev`` of the last event <= t ('backward') or first event >= t ('forward'); -1 if none."""
     left = pd.DataFrame({"s": subj, "t": t, "r": np.arange(len(t))}).sort_values("t", kind="stable")
-    right = pd.DataFrame({"s": ev.subject, "t": ev.time_us, "pos": np.arange(len(ev.subject))})
-    right = right.sort_values("t", kind="stable")
-    m = pd.merge_asof(left, right, on="t", by="s", direction=direction, allow_exact_matches=True)
+    m = pd.merge_asof(left, ev.by_time(), on="t", by="s", direction=direction, allow_exact_matches=True)
     out = np.full(len(t), -1, dtype=np.int64)
     got = m["pos"].notna().to_numpy()
     out[m["r"].to_numpy()[got]] = m["pos"].to_numpy()[got].astype(np.int64)

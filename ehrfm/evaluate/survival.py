@@ -51,10 +51,10 @@ def risk_from_survival(surv: np.ndarray, grid: np.ndarray) -> np.ndarray:
 def valid_times(train: np.ndarray, test: np.ndarray, requested: Sequence[float]) -> tuple[np.ndarray, list[float]]:
     """Horizons usable by IPCW metrics: inside [min test time, max test time) and < max train time.
 
-    Returns (kept sorted times, dropped times)."""
+    Returns (kept sorted unique times, dropped times)."""
     lo = float(test["time"].min())
     hi = min(float(test["time"].max()), float(train["time"].max()))
-    req = sorted(float(t) for t in requested)
+    req = sorted({float(t) for t in requested})  # duplicates (few distinct event times) break IBS
     kept = [t for t in req if lo <= t < hi]
     return np.asarray(kept, dtype=float), [t for t in req if t not in kept]
 

@@ -55,6 +55,7 @@ def test_step_lookup_and_valid_horizons() -> None:
     kept, dropped = valid_times(surv_array(EV, DUR), surv_array(EV[:10], DUR[:10]), [0.5, 5, 9.5, 10, 30])
     assert list(kept) == [5.0, 9.5] and dropped == [0.5, 10.0, 30.0]
     kept, _ = valid_times(surv_array(EV[:5], DUR[:5]), surv_array(EV, DUR), [3, 7])
+    assert list(valid_times(surv_array(EV, DUR), surv_array(EV, DUR), [4, 4, 4])[0]) == [4.0]
     assert list(kept) == [3.0]  # 7 is past the train follow-up (max 5): the censoring model cannot reach it
 
 
