@@ -73,7 +73,10 @@ def validate_meds_dataset(path: str) -> ValidationReport:
             nulls = table.column(col).null_count
             if nulls:
                 raise MedsValidationError(f"{name}: {nulls} null value(s) in required column {col!r}")
-        report.subjects += check_sorted_table(table, name)
+        try:
+            report.subjects += check_sorted_table(table, name)
+        except ValueError as e:
+            raise MedsValidationError(str(e)) from e
         for sid in set(table.column(SUBJECT_ID).to_pylist()):
             if sid in subject_file:
                 raise MedsValidationError(f"subject_id={sid} spans two files: {subject_file[sid]} and {name}")
