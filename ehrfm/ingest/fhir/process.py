@@ -11,10 +11,12 @@ from typing import Any
 
 from ehrfm.ingest.fhir.mapper import Event, MapContext, Reject, make_reject, map_resource
 from ehrfm.ingest.fhir.records import Record
+from ehrfm.ingest.fhir.rules import Rules
 from ehrfm.ingest.fhir.validate import is_known_type, validate_resource
 
 UNREADABLE = "<unreadable>"  # summary key for records whose resourceType could not be read
 MAPPED, REJECTED, SKIPPED = "mapped", "rejected", "skipped"
+MAP, UNKNOWN = "map", "unknown"
 
 
 @dataclass
@@ -24,6 +26,13 @@ class Outcome:
     status: str
     events: list[Event] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+
+
+def classify(resource_type: str, rules: Rules) -> str:
+    """``"map"`` (a rule exists), ``"skipped"`` (a FHIR type we do not map, by design) or ``"unknown"``."""
+    if resource_type in rules.resources:
+        return MAP
+    return SKIPPED if is_known_type(resource_type) else UNKNOWN
 
 
 def process_record(rec: Record, ctx: MapContext, validate: bool) -> Outcome:
@@ -36,9 +45,10 @@ def process_record(rec: Record, ctx: MapContext, validate: bool) -> Outcome:
     raw_type = res.get("resourceType")
     if not isinstance(raw_type, str) or not raw_type:
         return Outcome(REJECTED, rejects=[make_reject(ctx, None, rid, "resourceType", "missing resourceType")])
-    if raw_type not in ctx.rules.resources:
-        if is_known_type(raw_type):
-            return Outcome(SKIPPED)
+    kind = classify(raw_type, ctx.rules)
+    if kind == SKIPPED:
+        return Outcome(SKIPPED)
+    if kind == UNKNOWN:
         return Outcome(REJECTED, rejects=[make_reject(ctx, raw_type, rid, "resourceType", f"unknown resourceType {raw_type!r}")])
     if validate:
         problem = validate_resource(res, ctx.rules)

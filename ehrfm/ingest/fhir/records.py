@@ -74,20 +74,33 @@ def _parses_as_object(line: bytes) -> bool:
         return False
 
 
+def _nonblank_lines(content: bytes, count: int) -> list[bytes]:
+    """The first ``count`` non-blank lines (without splitting the whole, possibly pretty-printed, file)."""
+    found: list[bytes] = []
+    pos = 0
+    while len(found) < count and pos < len(content):
+        nl = content.find(b"\n", pos)
+        end = len(content) if nl < 0 else nl
+        if content[pos:end].strip():
+            found.append(content[pos:end])
+        pos = end + 1
+    return found
+
+
 def iter_file_records(source_file: str, data: bytes) -> Iterator[Record]:
     """Records of one file (see module doc). ``record_index``: entry index (Bundle) or line (NDJSON), 0-based."""
     content, problem = decompress(data)
-    lines = content.split(b"\n")
-    nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
-    if problem is None and not nonblank:
+    head = _nonblank_lines(content, 3)
+    if problem is None and not head:
         yield Record(source_file, 0, error="empty file")
         return
-    ndjson = bool(nonblank) and (
-        (len(nonblank) > 1 and _parses_as_object(lines[nonblank[0]]))
-        or (len(nonblank) > 2 and not _parses_as_object(lines[nonblank[0]]) and _parses_as_object(lines[nonblank[1]]))
+    # NDJSON: several lines and the first parses as an object (or, the first being damaged, the second
+    # does); a pretty-printed document's first line ("{") never parses on its own
+    ndjson = len(head) > 1 and (
+        _parses_as_object(head[0]) or (len(head) > 2 and _parses_as_object(head[1]))
     )
     if ndjson:
-        yield from _ndjson_records(source_file, lines, problem)
+        yield from _ndjson_records(source_file, content.split(b"\n"), problem)
     elif problem is not None:
         yield Record(source_file, 0, error=problem)
     else:
