@@ -32,10 +32,13 @@ def _time_major(u: torch.Tensor, g: int) -> torch.Tensor:
 def _chunk_forward(
     dl: torch.Tensor, du: torch.Tensor, A: torch.Tensor, Bc: torch.Tensor, h0: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """States of one chunk. dl, du: (T, b, g, hg) = delta and delta*u; A: (g, hg, n); Bc: (T, b, g, n);
-    h0: (b, g, hg, n) state before the chunk. Returns (decays, states), both (T, b, g, hg, n)."""
-    decay = torch.exp(dl.unsqueeze(-1) * A)
-    states = du.unsqueeze(-1) * Bc.unsqueeze(3)
+    """States of one chunk. dl, du: (T, b, g, hg) = delta and delta*u; A: (g, n, hg); Bc: (T, b, g, n);
+    h0: (b, g, n, hg) state before the chunk. Returns (decays, states), both (T, b, g, n, hg).
+
+    The channel axis is innermost on purpose: the broadcasts and the exp then run over contiguous
+    runs of dim/groups values (vectorised), and every reduction over dstate is a sum of rows."""
+    decay = (dl.unsqueeze(3) * A).exp_()
+    states = du.unsqueeze(3) * Bc.unsqueeze(-1)
     states[0].addcmul_(decay[0], h0)
     for t in range(1, states.shape[0]):
         states[t].addcmul_(decay[t], states[t - 1])  # h_t = dBu_t + exp(delta_t A) h_{t-1}
@@ -43,7 +46,10 @@ def _chunk_forward(
 
 
 class _ChunkedScan(torch.autograd.Function):
-    """y = scan(u, delta, A, B, C) in time-major grouped layout; also returns the last state."""
+    """y = scan(delta, u, A, B, C) in time-major grouped layout; also returns the last state.
+
+    Inputs: dl, u (L, b, g, hg); A (g, n, hg); B, C (L, b, g, n). Outputs: y (L, b, g, hg),
+    last state (b, g, n, hg)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -56,17 +62,17 @@ class _ChunkedScan(torch.autograd.Function):
         chunk: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         length, b, g, hg = dl.shape
-        n = A.shape[-1]
+        n = A.shape[1]
         du = dl * u
         y = dl.new_empty(length, b, g, hg)
-        h = dl.new_zeros(b, g, hg, n)
+        h = dl.new_zeros(b, g, n, hg)
         starts = list(range(0, length, chunk))
-        boundary = dl.new_empty(len(starts), b, g, hg, n)  # state entering each chunk
+        boundary = dl.new_empty(len(starts), b, g, n, hg)  # state entering each chunk
         for i, s in enumerate(starts):
             e = min(s + chunk, length)
             boundary[i] = h
             _, states = _chunk_forward(dl[s:e], du[s:e], A, B[s:e], h)
-            y[s:e] = torch.matmul(states, C[s:e].unsqueeze(-1)).squeeze(-1)
+            y[s:e] = (states * C[s:e].unsqueeze(-1)).sum(3)  # y_t = sum_n h_t C_t
             h = states[-1].clone()
         ctx.save_for_backward(dl, u, A, B, C, boundary)
         ctx.chunk = chunk
@@ -77,11 +83,10 @@ class _ChunkedScan(torch.autograd.Function):
         dl, u, A, B, C, boundary = ctx.saved_tensors
         chunk = ctx.chunk
         length = dl.shape[0]
+        dy = dy.contiguous()
         du_in = dl * u
-        d_dl = torch.empty_like(dl)
-        d_u = torch.empty_like(u)
-        d_B = torch.empty_like(B)
-        d_C = torch.empty_like(C)
+        d_dl, d_u = torch.empty_like(dl), torch.empty_like(u)
+        d_B, d_C = torch.empty_like(B), torch.empty_like(C)
         d_A = torch.zeros_like(A)
         carry = dlast.contiguous() if dlast is not None else torch.zeros_like(boundary[0])
         starts = list(range(0, length, chunk))
@@ -89,23 +94,25 @@ class _ChunkedScan(torch.autograd.Function):
             s = starts[i]
             e = min(s + chunk, length)
             h0 = boundary[i]
-            decay, states = _chunk_forward(dl[s:e], du_in[s:e], A, B[s:e], h0)
-            dy_c = dy[s:e]
-            # adjoint state G_t = dL/dh_t, run backwards inside the chunk
-            G = dy_c.unsqueeze(-1) * C[s:e].unsqueeze(3)
+            dl_c, u_c, du_c, B_c, dy_c = dl[s:e], u[s:e], du_in[s:e], B[s:e], dy[s:e]
+            decay, states = _chunk_forward(dl_c, du_c, A, B_c, h0)
+            # adjoint state G_t = dL/dh_t = dy_t C_t + exp(delta_{t+1} A) G_{t+1}, backwards in time
+            G = dy_c.unsqueeze(3) * C[s:e].unsqueeze(-1)
             G[-1].add_(carry)
             for t in range(G.shape[0] - 2, -1, -1):
                 G[t].addcmul_(decay[t + 1], G[t + 1])
-            d_C[s:e] = torch.matmul(states.transpose(-1, -2), dy_c.unsqueeze(-1)).squeeze(-1)
-            d_du = torch.matmul(G, B[s:e].unsqueeze(-1)).squeeze(-1)  # dL/d(delta*u)
-            d_B[s:e] = torch.matmul(G.transpose(-1, -2), du_in[s:e].unsqueeze(-1)).squeeze(-1)
+            d_C[s:e] = (states * dy_c.unsqueeze(3)).sum(-1)
+            d_du = (G * B_c.unsqueeze(-1)).sum(3)  # dL/d(delta * u)
+            d_B[s:e] = (G * du_c.unsqueeze(3)).sum(-1)
             carry = decay[0] * G[0]
-            # dL/d(delta A) = G_t * h_{t-1} * exp(delta_t A); reuse the states buffer for h_{t-1}
-            prev = torch.cat([h0.unsqueeze(0), states[:-1]], dim=0)
-            dx = prev.mul_(G).mul_(decay)
-            d_dl[s:e] = (dx * A).sum(-1) + d_du * u[s:e]
-            d_u[s:e] = d_du * dl[s:e]
-            d_A += torch.einsum("tbghn,tbgh->ghn", dx, dl[s:e])
+            # dL/d(delta A) = G_t * h_{t-1} * exp(delta_t A); h_{t-1} is h0 then states[:-1]
+            dx = torch.empty_like(G)
+            torch.mul(G[0], h0, out=dx[0])
+            torch.mul(G[1:], states[:-1], out=dx[1:])
+            dx.mul_(decay)
+            d_dl[s:e] = (dx * A).sum(3) + d_du * u_c
+            d_u[s:e] = d_du * dl_c
+            d_A += (dx * dl_c.unsqueeze(3)).sum((0, 1))
         return d_dl, d_u, d_A, d_B, d_C, None
 
 
@@ -147,7 +154,7 @@ def selective_scan_chunked(
         t4 = t4.repeat_interleave(g // t4.shape[1], dim=1)
         return t4.permute(3, 0, 1, 2).contiguous()
 
-    Ag = A.to(ct).reshape(g, dim // g, n)
+    Ag = A.to(ct).reshape(g, dim // g, n).transpose(1, 2)  # (g, n, dim/g): channel axis innermost
     y_t, last = _ChunkedScan.apply(
         _time_major(dl, g), _time_major(uf, g), Ag, grouped(B), grouped(C), chunk_size
     )
@@ -156,4 +163,4 @@ def selective_scan_chunked(
     if z is not None:
         out = out * F.silu(z.to(ct))
     out = out.to(u.dtype)
-    return (out, last.reshape(b, dim, n)) if return_last_state else out
+    return (out, last.transpose(2, 3).reshape(b, dim, n)) if return_last_state else out
