@@ -249,6 +249,8 @@ def build_report(
     events = load_events(meds_dir, [SUBJECT_ID, "time", "code"], None if baselines else SUBGROUP_CODE_PREFIXES)
     truth_df = pd.read_parquet(truth) if isinstance(truth, (str, Path)) else truth
     report: dict[str, Any] = {"config": asdict(cfg), "tasks": {}}
+    # predictions for tasks that have no labels here are not silently dropped: they are listed
+    report["prediction_tasks_without_labels"] = sorted(set(preds["task"].astype(str)) - set(lab))
     base_frames = []
     for task in tqdm(list(lab), desc="evaluate", disable=not progress):
         labels_t = attach_split(lab[task], splits, task)

@@ -109,6 +109,8 @@ def tte_metrics(
                 raise DegenerateMetric("no horizon inside the follow-up range")
             try:
                 return fn(i)
+            except DegenerateMetric:
+                raise
             except (ValueError, ZeroDivisionError) as e:  # sksurv raises ValueError on out-of-range times
                 raise DegenerateMetric(f"sksurv: {e}") from e
 

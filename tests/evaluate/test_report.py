@@ -88,6 +88,7 @@ def test_cli_baselines_only(synth: Synth, tmp_path: Path, capsys: pytest.Capture
     assert "baseline_lr" in capsys.readouterr().out
     rep = json.loads((tmp_path / "report.json").read_text())
     assert list(rep["tasks"]) == ["readmission"] and rep["config"]["n_boot"] == 5
+    assert rep["prediction_tasks_without_labels"] == []
 
 
 def test_bad_predictions_are_named() -> None:

@@ -71,6 +71,7 @@ def test_no_events_is_nan_with_reason() -> None:
     assert math.isnan(res["harrell_c"].value) and res["harrell_c"].reason == "no events"
     one, _ = tte_metrics(train, EV[:1], DUR[:1], np.arange(1), -DUR[:1], horizons=[2], n_boot=5)  # a 1-row subgroup
     assert one["harrell_c"].reason == "fewer than two rows" and math.isnan(one["uno_c"].value)
+    assert one["mean_auc"].reason == "no horizon inside the follow-up range"
 
 
 def test_bad_duration_names_the_field() -> None:
