@@ -10,7 +10,7 @@ from typing import Any
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.ingest.fhir.ids import subject_id_for
 from ehrfm.ingest.fhir.mapper import MapContext, map_resource
-from ehrfm.ingest.fhir.spark_ingest import map_rows
+from ehrfm.ingest.fhir.spark_rows import pending_rows
 from ehrfm.schema import EVENTS_SCHEMA, REJECTS_SCHEMA
 
 PID = "p-1"
@@ -147,9 +147,9 @@ def test_bundle_to_events_resolves_urn_uuid_and_validates() -> None:
 def test_auto_mode_adds_validator_reason_and_samples() -> None:
     bad = obs(effectiveDateTime="2020-02-30", valueQuantity={"value": "x"})
     good = obs(id="o2")
-    rows = [SimpleNamespace(source_file="f", record_index=i, payload=json.dumps(r), error=None, field=None,
-                            subject_id=SID, floor=None, med_key=None, med_payload=None) for i, r in enumerate([bad, good])]
-    out = list(map_rows(rows, "auto", us("2030-01-01T00:00:00"), sample_every=1))
+    rows = [SimpleNamespace(source_file="f", record_index=i, payload=json.dumps(r), subject_id=SID, floor=None,
+                            med_key=None, med_payload=None) for i, r in enumerate([bad, good])]
+    out = list(pending_rows(rows, "auto", us("2030-01-01T00:00:00"), every=1))
     (rej,) = [r for r in out if r[0] == "R"]
     assert "unparseable time" in rej[14] and "FHIR validation" in rej[14]
     samples = [r for r in out if r[0] == "V"]

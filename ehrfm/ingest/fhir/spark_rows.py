@@ -1,0 +1,142 @@
+"""The per-file and per-partition Python functions the Spark path runs on executors (no Spark import:
+they are plain generators of tuples, testable without a session).
+
+Every row has the columns of :data:`ROW_SCHEMA`; ``kind`` says which are used:
+
+====  ======================================================================================
+E     an event (EVENTS_SCHEMA columns; ``time`` as int microseconds)
+R     a reject (REJECTS_SCHEMA columns; ``reason`` holds the reason)
+S     one record's outcome: ``resource_type`` (or ``<unreadable>``), ``status``, ``n_events``
+D     a code description (``code``, ``text_value`` = description)
+V     "auto" validation sample: ``status`` valid/invalid, ``reason``
+P     a record whose mapping needs lookups from other files: ``payload`` JSON + join keys
+B     a birth floor (``subject_id``, ``floor``)
+M     a Medication lookup target (``med_key``, ``payload``)
+I     a subject id and its source id (``subject_id``, ``patient_ref``)
+====  ======================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ehrfm.ingest.fhir.bundle import lookups
+from ehrfm.ingest.fhir.mapper import MapContext, reference_id, subject_of
+from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, UNREADABLE, Outcome, classify, process_record
+from ehrfm.ingest.fhir.records import Record, iter_file_records
+from ehrfm.ingest.fhir.rules import Rules, load_rules
+from ehrfm.ingest.fhir.validate import validate_resource
+
+ROW_SCHEMA = (
+    "kind string, subject_id long, time long, code string, numeric_value float, text_value string, "
+    "encounter_id string, unit string, source string, source_file string, record_index long, "
+    "resource_type string, resource_id string, field string, reason string, status string, n_events int, "
+    "floor long, med_key string, payload string, patient_ref string"
+)
+_COLUMNS = [c.strip().split(" ")[0] for c in ROW_SCHEMA.split(",")]
+_INDEX = {c: i for i, c in enumerate(_COLUMNS)}
+_MED_TYPES = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
+
+
+def row(kind: str, **values: Any) -> tuple[Any, ...]:
+    """A ROW_SCHEMA tuple with ``kind`` and the given columns set (others null)."""
+    out: list[Any] = [None] * len(_COLUMNS)
+    out[0] = kind
+    for k, v in values.items():
+        out[_INDEX[k]] = v
+    return tuple(out)
+
+
+def sampled(source_file: str, index: int, every: int) -> bool:
+    """Deterministic 1-in-``every`` sample of records (crc32 of the location)."""
+    return every > 0 and zlib.crc32(f"{source_file}#{index}".encode()) % every == 0
+
+
+def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: Rules, validate: str,
+                  every: int) -> Iterator[tuple[Any, ...]]:
+    if validate == "auto" and res is not None and rec.error is None:
+        if out.status == REJECTED and out.rejects:
+            # the validator usually names the root cause of what the mapper tripped on
+            problem = validate_resource(res, rules)
+            if problem is not None:
+                out.rejects[0]["reason"] += f"; FHIR validation: {problem[1]}"
+                out.rejects[0]["field"] = out.rejects[0]["field"] or problem[0]
+        elif out.status == MAPPED and sampled(rec.source_file, rec.record_index, every):
+            problem = validate_resource(res, rules)
+            yield row("V", source_file=rec.source_file, record_index=rec.record_index, resource_type=rec.resource_type,
+                      resource_id=rec.resource_id, field=problem[0] if problem else None,
+                      reason=problem[1] if problem else None, status="invalid" if problem else "valid")
+    yield row("S", resource_type=rec.resource_type or UNREADABLE, status=out.status, n_events=len(out.events))
+    for e in out.events:
+        yield row("E", **e)
+    for r in out.rejects:
+        yield row("R", **r)
+
+
+def _med_key(res: dict[str, Any]) -> str | None:
+    ref = res.get("medicationReference") or (res.get("medication") or {}).get("reference")
+    target = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(target, str) and not target.startswith("#"):
+        return f"Medication/{reference_id(target)}"
+    return None
+
+
+def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
+    """Pass 1 for one file: map every record whose lookups the file itself answers (final E/R/S/D/V
+    rows) and emit the rest as P rows, plus the B/M/I lookup rows.
+
+    A record mapped with the file's own birth floor is final: the global floor (minimum over all
+    Patient records of the subject) can only be lower, so the check it passed still passes. Records
+    the mapper rejects, or that lack the birth or Medication in this file, wait for pass 2.
+    """
+    rules = load_rules()
+    records = list(iter_file_records(path, bytes(content)))
+    births, meds = lookups(records, rules)
+    ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us)
+    for birth_sid, floor in births.items():
+        yield row("B", subject_id=birth_sid, floor=floor)
+    seen: set[tuple[int, str]] = set()
+    for rec in records:
+        res = rec.resource if rec.error is None else None
+        rtype = rec.resource_type
+        if res is None or rtype is None or classify(rtype, rules) != MAP:
+            if res is not None and rtype == "Medication" and rec.resource_id:
+                yield row("M", med_key=f"Medication/{rec.resource_id}", payload=json.dumps(res),
+                          source_file=path, record_index=rec.record_index)
+            yield from _outcome_rows(rec, res, process_record(rec, ctx, validate == "full"), rules, validate, every)
+            continue
+        sid = subject_of(res, rules)
+        if sid is not None:
+            pref = rec.resource_id if rtype == "Patient" else next(
+                (reference_id(res.get(f)) for f in rules.subject_fields if res.get(f) is not None), None)
+            if pref and (sid, pref) not in seen:
+                seen.add((sid, pref))
+                yield row("I", subject_id=sid, patient_ref=pref)
+        med_key = _med_key(res) if rtype in _MED_TYPES else None
+        if sid is not None and sid in births and (med_key is None or med_key in meds):
+            out = process_record(rec, ctx, validate == "full")
+            if out.status != REJECTED:
+                yield from _outcome_rows(rec, res, out, rules, validate, every)
+                continue
+        yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
+                  payload=json.dumps(res))
+    for code, desc in ctx.descriptions.items():
+        yield row("D", code=code, text_value=desc)
+
+
+def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
+    """Pass 2 on one partition: P rows joined with the global birth floor (``floor``) and Medication
+    (``med_payload``) -> final E/R/S/D/V rows."""
+    rules = load_rules()
+    ctx = MapContext(rules=rules, max_time_us=max_time_us)
+    for r in rows:
+        res = json.loads(r.payload)
+        rec = Record(r.source_file, r.record_index, resource=res)
+        ctx.birth_floor_us = {r.subject_id: r.floor} if r.floor is not None else {}
+        ctx.medications = {r.med_key: json.loads(r.med_payload)} if r.med_payload is not None else {}
+        yield from _outcome_rows(rec, res, process_record(rec, ctx, validate == "full"), rules, validate, every)
+    for code, desc in ctx.descriptions.items():
+        yield row("D", code=code, text_value=desc)
