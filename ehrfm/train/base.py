@@ -56,7 +56,11 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    # plain tensors/ints only: Lightning loads checkpoints with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "numpy": [kind, torch.from_numpy(np.asarray(keys).copy()), int(pos), int(has_gauss),
+                                       float(cached)],
                              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -65,7 +69,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
