@@ -9,7 +9,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "ehrfm"
 
 FORBIDDEN = {
-    "torch": ["ingest", "prepare", "labels", "tokenize", "schema.py", "vocab.py", "spark.py", "synth"],
+    "torch": ["ingest", "prepare", "labels", "tokenize", "schema.py", "vocab.py", "spark.py", "synth", "evaluate"],
     "pyspark": ["ops", "models", "train", "data"],
     "mlflow": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "data", "synth", "evaluate"],
     "lightning": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "synth"],
