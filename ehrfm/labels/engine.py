@@ -192,7 +192,12 @@ def _outcome(
         window_end = pred + o.within
         known_end = spec.censoring.followup == "none" or (tl.record_end is not None and tl.record_end >= window_end)
     ev = tl.ev
-    hit = mask & (ev[TIME] > pred) & (ev[TIME] <= window_end)
+    in_window = ev[TIME] <= window_end
+    if o.same_encounter and enc_id is not None:
+        # events linked to the index encounter by id belong to it even when timed after a date-precision END
+        # (MIMIC: dischtime 00:00, deathtime later that day, both with the hadm_id)
+        in_window |= ev[ENCOUNTER_ID].map(lambda x: x is not None and str(x) == str(enc_id)).astype(bool)
+    hit = mask & (ev[TIME] > pred) & in_window
     if o.other_encounter and enc_id is not None:
         hit &= ev[ENCOUNTER_ID].map(lambda x: x is None or str(x) != str(enc_id)).astype(bool)
     t_event = ev.loc[hit, TIME].min() if hit.any() else None

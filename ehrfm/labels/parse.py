@@ -29,7 +29,7 @@ DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TOP = {"name", "kind", "description", "index", "prediction_time", "outcome", "exclusions", "censoring"}
 _INDEX = {"codes", "require"}
-_OUTCOME = {"codes", "within", "until", "grace", "other_encounter", "encounter_duration_gt", "at",
+_OUTCOME = {"codes", "within", "until", "grace", "other_encounter", "same_encounter", "encounter_duration_gt", "at",
             "next_encounter", "allow_empty"}
 _EXCL = {"death_during_encounter", "min_history"}
 _CENS = {"followup", "death"}
@@ -123,6 +123,7 @@ def _parse_outcome(o: dict[str, Any], kind: str, w: str) -> OutcomeSpec:
         codes=codes, within=within, until=until,
         grace=parse_duration(o.get("grace", "0h"), f"{w}: outcome.grace"),
         other_encounter=_bool(o.get("other_encounter", False), f"{w}: outcome.other_encounter"),
+        same_encounter=_bool(o.get("same_encounter", False), f"{w}: outcome.same_encounter"),
         encounter_duration_gt=None if los is None else parse_duration(los, f"{w}: outcome.encounter_duration_gt"),
         at=at,
         next_encounter=_patterns(o.get("next_encounter", "regex:ENCOUNTER//[^/]+//START"),

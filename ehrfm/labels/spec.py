@@ -86,6 +86,7 @@ class OutcomeSpec:
     until: str | None = None  # "encounter_end": window end = the index encounter's END (+ grace)
     grace: pd.Timedelta = pd.Timedelta(0)
     other_encounter: bool = False  # the outcome event must not belong to the index encounter
+    same_encounter: bool = False  # events carrying the index encounter's id count even after the window end
     encounter_duration_gt: pd.Timedelta | None = None  # binary on the index encounter's END - START
     at: str | None = None  # "next_encounter" (forecast)
     next_encounter: tuple[CodePattern, ...] = ()  # START codes that open the "next encounter"

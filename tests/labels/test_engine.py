@@ -63,20 +63,29 @@ def test_death_exactly_at_discharge_excludes_discharge_tasks_and_is_inhospital_d
     assert got["prediction_time"].tolist() == [h(24)] and got["boolean_value"].tolist() == [True]
 
 
-def test_death_timed_at_a_date_2359_after_a_date_precision_discharge() -> None:
-    # MIMIC: dischtime 00:00 of the death day, death at 23:59:59 (a date) -> attributed to the stay (24 h grace)
-    start = pd.Timestamp("2020-01-01 08:00")
-    end = pd.Timestamp("2020-01-05 00:00")
-    events = ev(1, [BIRTH, (start, "ENCOUNTER//INPATIENT//START", "a"), (end, "ENCOUNTER//INPATIENT//END", "a"),
-                    (pd.Timestamp("2020-01-05 23:59:59"), "MEDS_DEATH", None)])
+def test_death_timed_at_a_date_2359_after_a_same_day_discharge_is_post_discharge() -> None:
+    # MIMIC out-of-hospital death: patients.dod (a date) -> 23:59:59, no encounter id, after a 10:00 discharge
+    events = ev(1, [BIRTH, *stay("a", 0, 26), (pd.Timestamp("2020-01-02 23:59:59"), "MEDS_DEATH", None)])
+    assert h(26) == pd.Timestamp("2020-01-02 10:00")
+    assert lab(events, "mortality_inhospital")["boolean_value"].tolist() == [False]
+    assert lab(events, "mortality_30d_post_discharge")["boolean_value"].tolist() == [True]
+    assert lab(events, "readmission_30d")["boolean_value"].tolist() == [False]  # died first: complete follow-up
+
+
+def test_inhospital_death_after_a_date_precision_discharge_is_linked_by_encounter_id() -> None:
+    # MIMIC in-hospital death: dischtime recorded as 00:00, deathtime 22:20 that day, both with the hadm_id
+    start, end = pd.Timestamp("2020-01-01 08:00"), pd.Timestamp("2020-01-05 00:00")
+    death = (pd.Timestamp("2020-01-05 22:20"), "MEDS_DEATH", "a")
+    events = ev(1, [BIRTH, (start, "ENCOUNTER//INPATIENT//START", "a"), (end, "ENCOUNTER//INPATIENT//END", "a"), death])
     assert lab(events, "mortality_inhospital")["boolean_value"].tolist() == [True]
-    assert lab(events, "mortality_30d_post_discharge").empty
-    assert lab(events, "readmission_30d").empty
-    # a death on the next day is a post-discharge death
-    later = events.copy()
-    later.loc[later["code"] == "MEDS_DEATH", "time"] = pd.Timestamp("2020-01-06 23:59:59")
-    assert lab(later, "mortality_inhospital")["boolean_value"].tolist() == [False]
-    assert lab(later, "mortality_30d_post_discharge")["boolean_value"].tolist() == [True]
+    for task in ("mortality_30d_post_discharge", "readmission_30d", "death_1y_tte"):
+        assert lab(events, task).empty, task
+
+
+def test_ed_visit_sharing_the_admission_id_does_not_stretch_the_stay() -> None:
+    # MIMIC: the ED visit before an admission carries the admission's hadm_id
+    events = ev(1, [BIRTH, *stay("a", -20, 2, kind="EMERGENCY"), *stay("a", 0, 7 * D - 1)])
+    assert lab(events, "los_gt_7d")["boolean_value"].tolist() == [False]  # 7 d - 1 h from the INPATIENT START
 
 
 def test_stays_shorter_than_24h_are_not_indexed_at_admission_plus_24h() -> None:

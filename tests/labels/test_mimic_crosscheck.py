@@ -62,7 +62,8 @@ def _as_set(df: pd.DataFrame) -> set[tuple[int, pd.Timestamp, bool]]:
 
 
 def _expected_readmissions(adm: pd.DataFrame) -> pd.DataFrame:
-    alive = adm["death"].isna() | (adm["death"] > adm["dischtime"] + H24)
+    # discharged alive: not an in-hospital death (those carry the hadm_id), death (if any) after the discharge
+    alive = adm["death"].isna() | (adm["death"] > adm["dischtime"])
     index = adm[(adm["hospital_expire_flag"] == 0) & alive]
     pairs = index.merge(adm[["subject_id", "hadm_id", "admittime"]], on="subject_id", suffixes=("", "_next"))
     gap = pairs["admittime_next"] - pairs["dischtime"]

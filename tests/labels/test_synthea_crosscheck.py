@@ -28,7 +28,7 @@ from ehrfm.labels.direct import read_labels
 
 N_BUNDLES = 10
 TASKS = ["readmission_30d", "death_1y_tte"]
-H24, D30, D365 = pd.Timedelta(hours=24), pd.Timedelta(days=30), pd.Timedelta(days=365)
+D30, D365 = pd.Timedelta(days=30), pd.Timedelta(days=365)
 _IMP = re.compile(rb'"code"\s*:\s*"IMP"')
 
 
@@ -73,8 +73,8 @@ def synthea_labels(subset: list[Path], spark: object, tmp_path_factory: pytest.T
 
 
 def _index(stays: pd.DataFrame, record_end: pd.Series) -> pd.DataFrame:
-    """Discharges of living patients whose stay did not end in death (death after END + 24 h or never)."""
-    ok = stays["death"].isna() | (stays["death"] > stays["end"] + H24)
+    """Discharges of living patients (death after END, or never; Synthea deaths carry no encounter)."""
+    ok = stays["death"].isna() | (stays["death"] > stays["end"])
     index = stays[ok].copy()
     index["record_end"] = index["subject_id"].map(record_end)
     return index.sort_values(["subject_id", "end"]).drop_duplicates(["subject_id", "end"])
