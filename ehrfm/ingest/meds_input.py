@@ -24,6 +24,7 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ehrfm.ingest.mimic.prepare import parse_time, with_row_index
@@ -72,7 +73,10 @@ def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) 
     """Candidate events of one parquet file (with ``_reason`` for rejects) and its row count."""
     from pyspark.sql import functions as F
 
-    df, n_rows = with_row_index(spark.read.parquet(uri))
+    df, _ = with_row_index(spark.read.parquet(uri))
+    fs, path = _fs(uri)
+    with fs.open_input_file(path) as fh:  # the row count from the footer: no pass over the data
+        n_rows = pq.ParquetFile(fh).metadata.num_rows
 
     def col(key: str, typ: str) -> Column:
         name = cols[key]

@@ -25,7 +25,7 @@ from ehrfm.ingest.mimic.rules import (
 )
 from ehrfm.ingest.writer import write_meds_dataset
 from ehrfm.prepare.splits import DEFAULT_RATIOS
-from ehrfm.schema import BIRTH_CODE, EVENT_COLUMNS, SUBJECT_ID
+from ehrfm.schema import EVENT_COLUMNS, SUBJECT_ID
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -146,8 +146,8 @@ def code_descriptions(spark: SparkSession, root: str, rules: MimicRules) -> Data
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
-def mimic_candidates(spark: SparkSession, root: str, rules: MimicRules) -> tuple[DataFrame, _Tables]:
-    """All candidate rows of all rules (not yet checked against birth), and the table cache."""
+def mimic_candidates(spark: SparkSession, root: str, rules: MimicRules) -> tuple[DataFrame, DataFrame, _Tables]:
+    """All candidate rows of all rules (not yet checked against birth), the births, and the table cache."""
     tables = _Tables(spark, root, rules)
     if tables.load("patients") is None:
         raise FileNotFoundError(f"MIMIC input {root!r}: hosp/patients.csv(.gz) not found (expected <root>/hosp, <root>/icu)")
@@ -163,23 +163,30 @@ def mimic_candidates(spark: SparkSession, root: str, rules: MimicRules) -> tuple
                 continue
             prepared[rule.table] = PREPARE[spec.prepare](raw, tables.load) if spec.prepare else raw
         parts.append(rule_candidates(prepared[rule.table], rule, spec))
-    return reduce(lambda a, b: a.unionByName(b), parts), tables
+    return reduce(lambda a, b: a.unionByName(b), parts), births(prepared["patients"]), tables
 
 
-def check_against_birth(candidates: DataFrame) -> DataFrame:
+def births(patients: DataFrame) -> DataFrame:
+    """(subject_id, _birth) from the prepared patients table (same rule as the MEDS_BIRTH events)."""
+    from pyspark.sql import functions as F
+
+    return (
+        patients.select(F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID), F.col("_birth_time").alias("_birth"))
+        .where(F.col(SUBJECT_ID).isNotNull() & F.col("_birth").isNotNull())
+        .groupBy(SUBJECT_ID)
+        .agg(F.min("_birth").alias("_birth"))
+    )
+
+
+def check_against_birth(candidates: DataFrame, birth: DataFrame) -> DataFrame:
     """Reject candidates of subjects absent from patients, and events timed before the subject's birth."""
     from pyspark.sql import functions as F
 
-    births = (
-        candidates.where((F.col("code") == BIRTH_CODE) & F.col("_reason").isNull())
-        .groupBy(SUBJECT_ID)
-        .agg(F.min("time").alias("_birth"))
-    )
-    df = candidates.join(F.broadcast(births), on=SUBJECT_ID, how="left")
+    df = candidates.join(F.broadcast(birth), on=SUBJECT_ID, how="left")
     ok = F.col("_reason").isNull()
     reason = (
         F.when(~ok, F.col("_reason"))
-        .when(F.col("_birth").isNull(), F.lit("subject_id not in patients"))
+        .when(F.col("_birth").isNull(), F.lit("subject_id not in patients (or no birth)"))
         .when(F.col("time") < F.col("_birth"), F.lit("time before birth"))
     )
     fld = F.when(~ok, F.col("_field")).when(F.col("_birth").isNull(), F.lit(SUBJECT_ID)).when(
@@ -203,11 +210,14 @@ def ingest_mimic(
     from pyspark.sql import functions as F
 
     rules = rules or load_rules()
-    candidates, tables = mimic_candidates(spark, input_root, rules)
-    checked = check_against_birth(candidates).persist()
-    counts = checked.groupBy("_table", "_rule", "_reason").count().collect()
+    candidates, birth, tables = mimic_candidates(spark, input_root, rules)
+    checked = check_against_birth(candidates, birth).persist()
+    counts = checked.groupBy("_table", "_rule", "_reason").agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last")).collect()
     per_rule: dict[str, dict[str, Any]] = {}
     for r in counts:
+        info = tables.info[r["_table"]]
+        if info.get("rows") is None:  # gzip tables are not counted up front: every row reaches a rule without `when`
+            info["rows_seen"] = max(info.get("rows_seen", 0), (r["last"] or -1) + 1)
         entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {}})
         if r["_reason"] is None:
             entry["events"] += r["count"]
@@ -227,6 +237,9 @@ def ingest_mimic(
     subject_ids = patients.select(
         F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID), F.trim(F.col(SUBJECT_ID)).alias("source_id")
     ).where(F.col(SUBJECT_ID).isNotNull())
+    for info in tables.info.values():
+        if info.get("rows") is None and "rows_seen" in info:
+            info["rows"] = info.pop("rows_seen")
     summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule}
     result = write_meds_dataset(
         spark,

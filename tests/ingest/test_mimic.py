@@ -1,0 +1,109 @@
+"""`ehrfm ingest mimic` on the real MIMIC-IV demo (100 patients): counts, timing rules, rejects, validation.
+
+One ingest per module (module-scoped fixture); every test reads its output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ehrfm.ingest.validate import validate_meds_dataset
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, mimic_demo: Path, tmp_path_factory) -> tuple[Path, dict, pd.DataFrame]:  # type: ignore[no-untyped-def]
+    from ehrfm.ingest.mimic.ingest import ingest_mimic
+
+    out = tmp_path_factory.mktemp("mimic") / "meds"
+    summary = ingest_mimic(spark, str(mimic_demo), str(out))
+    events = pd.read_parquet(out / "data")
+    return out, summary, events
+
+
+def _csv(root: Path, table: str) -> pd.DataFrame:
+    return pd.read_csv(root / f"{table}.csv.gz", dtype=str, keep_default_na=False, na_values=[""])
+
+
+def test_headline_counts(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
+    _, summary, ev = ingested
+    assert summary["subjects"] == 100 and ev.subject_id.nunique() == 100
+    assert (ev.code == "ENCOUNTER//INPATIENT//START").sum() == 275
+    death = ev[ev.code == "MEDS_DEATH"]
+    assert death.subject_id.nunique() == 31 and len(death) == 31  # exactly one death per deceased subject
+    assert (death.source == "mimic:admissions").sum() == 15  # in-hospital deaths keep their deathtime
+    labs = ev[ev.source == "mimic:labevents"]
+    assert labs.code.str.startswith("LAB//").all()
+    assert labs.numeric_value.notna().sum() == 95_246
+    assert len(labs) == 107_727  # every labevents row became an event
+    assert labs[labs.text_value.notna()].numeric_value.isna().all()  # text only where there is no number
+    assert (ev.code == "MEDS_BIRTH").sum() == 100 and ev.code.str.startswith("GENDER//").sum() == 100
+    assert ev[ev.time.isna()].code.str.startswith("GENDER//").all()  # the only static rows
+
+
+def test_diagnoses_and_procedures_are_timed_at_discharge(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
+    _, _, ev = ingested
+    end = ev[ev.code == "ENCOUNTER//INPATIENT//END"].set_index("encounter_id").time
+    start = ev[ev.code == "ENCOUNTER//INPATIENT//START"].set_index("encounter_id").time
+    coded = ev[ev.code.str.match(r"^(DIAGNOSIS|PROCEDURE)//ICD//")]
+    assert len(coded) == 4_506 + 722
+    assert (coded.time.values == end.loc[coded.encounter_id].values).all()
+    assert (coded.time.values > start.loc[coded.encounter_id].values).all()
+
+
+def test_birth_and_death_follow_the_conventions(ingested: tuple[Path, dict, pd.DataFrame], mimic_demo: Path) -> None:
+    _, _, ev = ingested
+    pat = _csv(mimic_demo / "hosp", "patients").set_index("subject_id")
+    adm = _csv(mimic_demo / "hosp", "admissions")
+    birth = ev[ev.code == "MEDS_BIRTH"].set_index("subject_id").time
+    for sid, t in birth.items():
+        year = int(pat.loc[str(sid), "anchor_year"]) - int(pat.loc[str(sid), "anchor_age"])
+        assert t == pd.Timestamp(year=year, month=1, day=1)
+    death = ev[ev.code == "MEDS_DEATH"].set_index("subject_id")
+    in_hosp = adm.dropna(subset=["deathtime"]).set_index("subject_id").deathtime
+    for sid, row in death.iterrows():
+        if str(sid) in in_hosp.index:
+            assert row.time == pd.Timestamp(in_hosp.loc[str(sid)])
+        else:  # date of death only: 23:59:59 that day
+            assert row.time == pd.Timestamp(pat.loc[str(sid), "dod"]) + pd.Timedelta(hours=23, minutes=59, seconds=59)
+
+
+def test_omr_blood_pressure_is_split(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
+    _, _, ev = ingested
+    sys_bp = ev[ev.code == "OMR//Blood Pressure//SYSTOLIC"]
+    dia_bp = ev[ev.code == "OMR//Blood Pressure//DIASTOLIC"]
+    assert len(sys_bp) == len(dia_bp) > 0 and sys_bp.numeric_value.notna().all()
+    assert (sys_bp.numeric_value.values > dia_bp.numeric_value.values).mean() > 0.95
+    assert (ev[ev.source == "mimic:omr"].time.dt.strftime("%H:%M:%S") == "23:59:59").all()
+
+
+def test_rejects_point_at_their_rows_and_counts_reconcile(ingested: tuple[Path, dict, pd.DataFrame], mimic_demo: Path) -> None:
+    out, summary, ev = ingested
+    rej = pd.read_parquet(out / "rejects")
+    assert len(rej) == summary["rejects"] > 0
+    emar = _csv(mimic_demo / "hosp", "emar")
+    er = rej[rej.resource_type == "emar"]
+    assert er.source_file.str.endswith("hosp/emar.csv.gz").all() and (er.field == "medication").all()
+    assert emar.loc[er.record_index, "medication"].isna().all()  # the row index points at the bad row
+    assert (emar.loc[er.record_index, "emar_id"].values == er.resource_id.values).all()
+    # every emar row is an event or a reject
+    assert (ev.source == "mimic:emar").sum() + len(er) == len(emar) == summary["tables"]["emar"]["rows"]
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["tables"]["chartevents"]["absent"] is True  # tolerated: not in the demo
+    assert stored["rules"]["labevents:{_lab_code}"]["events"] == 107_727
+
+
+def test_codes_have_descriptions_and_dataset_validates(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
+    out, summary, ev = ingested
+    codes = pd.read_parquet(out / "metadata" / "codes.parquet").set_index("code")
+    assert set(codes.index) == set(ev.code)
+    dx = codes[codes.index.str.startswith("DIAGNOSIS//ICD//")]
+    assert dx.description.notna().mean() > 0.99
+    assert codes.loc["LAB//MIMIC//50912", "description"].startswith("Creatinine")
+    report = validate_meds_dataset(str(out))
+    assert report.events == summary["events"] == len(ev) and report.subjects == 100
