@@ -21,8 +21,8 @@ Row layout::
   visit_orders count visits from 1 inside the row (interval tokens carry the previous visit's number);
   visit_segments are 1/2 alternating inside visits, 0 outside.
 - Truncation to ``cfg.max_len`` keeps the leading and trailing tokens and the most recent visit tokens,
-  starting at a ``[VS]``; only when a single visit is longer than the budget does the row start inside
-  it (never on a value-bin token). Visit numbers then restart at 1.
+  starting at a ``[VS]``; when a single visit is longer than the budget the row starts inside it (never
+  on a value-bin token) behind a re-inserted ``[VS]``. Visit numbers then restart at 1.
 - ``text_value`` is not tokenized. Codes outside the vocabulary become ``[UNK]``.
 """
 
@@ -125,18 +125,25 @@ def _dynamic(tl: Timeline, n: int, vocab: Vocabulary, bins: Bins, cfg: TokenizeC
     return out
 
 
-def _truncate_start(dyn: _Stream, budget: int) -> int:
-    """Index where the kept dynamic part starts: the first [VS] within the last ``budget`` tokens."""
+def _truncate_start(dyn: _Stream, budget: int) -> tuple[int, bool]:
+    """Where the kept dynamic part starts, and whether a ``[VS]`` must be re-inserted there.
+
+    Normally the first ``[VS]`` within the last ``budget`` tokens. When a single visit is longer than
+    the budget, the row starts inside it (never on a value-bin token) behind a re-inserted ``[VS]``,
+    so every row still opens on a visit boundary and visits stay balanced.
+    """
     n = len(dyn.ids)
     if n <= budget:
-        return 0
-    lo = n - max(budget, 0)
-    for i in range(lo, n):
+        return 0, False
+    if budget <= 1:
+        return n, False
+    for i in range(n - budget, n):
         if dyn.types[i] == TokenType.VISIT_START:
-            return i
-    while lo < n and dyn.types[lo] == TokenType.VALUE_BIN:  # one visit longer than the budget
+            return i, False
+    lo = n - (budget - 1)
+    while lo < n and dyn.types[lo] in (TokenType.VALUE_BIN, TokenType.VISIT_END, TokenType.REGISTER):
         lo += 1
-    return lo
+    return lo, lo < n
 
 
 def _build_row(
@@ -157,7 +164,7 @@ def _build_row(
     lead_type = TokenType.SPECIAL if task is None else TokenType.TASK
     static = static[: max(cfg.max_len - 2 - (task is not None), 0)]
     budget = cfg.max_len - 1 - len(static) - (task is not None)
-    s0 = _truncate_start(dyn, budget)
+    s0, reopen = _truncate_start(dyn, budget)
     # leading tokens take the time of the first kept dynamic token (else the cut, else birth, else 0)
     first_t = dyn.t[s0] if s0 < len(dyn.t) else (cut if cut is not None else (tl.birth_us or 0))
     out = _Stream()
@@ -166,6 +173,8 @@ def _build_row(
         out.add(vocab.id(c), TokenType.STATIC, first_t, 0, False)
     # renumber kept visits from 1 (a kept part always starts inside or at the start of a visit)
     base = dyn.order[s0] - 1 if s0 < len(dyn.t) else 0
+    if reopen:
+        out.add(vocab.id(VS), TokenType.VISIT_START, first_t, 1, True)
     for i in range(s0, len(dyn.ids)):
         out.add(dyn.ids[i], dyn.types[i], dyn.t[i], max(dyn.order[i] - base, 0), dyn.in_visit[i])
     if task is not None:

@@ -104,10 +104,14 @@ def test_truncation_keeps_lead_and_starts_at_a_visit(vocab, bins) -> None:
     assert cut["length"] <= 12 and full["length"] > 12
     assert cut["visit_orders"].tolist()[2:] == [1] * 8  # renumbered from 1 inside the row
     assert cut["times"][0] == cut["times"][2]
-    # one visit longer than the budget: start inside it, never on a value-bin token
+    # one visit longer than the budget: start inside it behind a re-inserted [VS], never on a value-bin token
     [tiny] = tokenize_subject(patient(), vocab, bins, TokenizeConfig(max_len=8))
-    assert tiny["length"] <= 8 and tokens(tiny, vocab)[:2] == ["[CLS]", "GENDER//F"]
-    assert tiny["type_ids"][2] != TokenType.VALUE_BIN
+    assert tokens(tiny, vocab) == ["[CLS]", "GENDER//F", "[VS]", "DIAGNOSIS//Y", "ENCOUNTER//INPATIENT//END", "[VE]", "[REG]"]
+    [tiny] = tokenize_subject(patient(), vocab, bins, TokenizeConfig(max_len=9))
+    assert tokens(tiny, vocab) == ["[CLS]", "GENDER//F", "[VS]", "LAB//A", "[Q3]", "DIAGNOSIS//Y",
+                                   "ENCOUNTER//INPATIENT//END", "[VE]", "[REG]"]
+    assert tiny["visit_orders"].tolist() == [0, 0] + [1] * 7 and tiny["visit_segments"].tolist()[2] == 1
+    assert tiny["times"][2] == tiny["times"][3]  # the re-inserted [VS] takes the first kept event's time
 
 
 def test_long_rows_work_at_8192(vocab, bins) -> None:
