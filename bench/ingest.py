@@ -33,8 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ehrfm.synth import generate  # noqa: E402
-from ehrfm.synth.fhir import RESOURCE_TYPES  # noqa: E402
-from ehrfm.synth.generate import SUMMARY_FILE  # noqa: E402
+from ehrfm.synth.generate import SUMMARY_FILE, population_files  # noqa: E402
 
 
 class RssSampler(threading.Thread):
@@ -74,16 +73,17 @@ class RssSampler(threading.Thread):
         return {k: round(v, 1) for k, v in self.peak.items()}
 
 
-def population(cache: Path, n: int, seed: int) -> tuple[Path, float | None]:
-    """The cached population folder for (n, seed), generated when missing; returns (folder, gen seconds)."""
-    folder = cache / f"synth_n{n}_s{seed}"
+def population(cache: Path, n: int, seed: int, per_file: int) -> tuple[Path, float | None]:
+    """The cached population folder for (n, seed, per_file), generated when missing; returns
+    (folder, generation seconds or None when reused)."""
+    folder = cache / f"synth_n{n}_s{seed}_f{per_file}"
     summary = folder / SUMMARY_FILE
     if summary.exists():
         meta = yaml.safe_load(summary.read_text())
-        if meta.get("n_patients") == n and meta.get("seed") == seed:
+        if (meta.get("n_patients"), meta.get("seed"), meta.get("patients_per_file")) == (n, seed, per_file):
             return folder, None
     t0 = time.perf_counter()
-    generate(n, seed, folder, progress=True)
+    generate(n, seed, folder, patients_per_file=per_file, progress=True)
     return folder, time.perf_counter() - t0
 
 
@@ -91,8 +91,8 @@ def floor(folder: Path) -> tuple[int, float]:
     """Read and JSON-parse every resource of the population in one process: (resources, seconds)."""
     t0 = time.perf_counter()
     n = 0
-    for rt in RESOURCE_TYPES:
-        with open(folder / f"{rt}.ndjson", encoding="utf-8") as f:
+    for path in population_files(folder):
+        with open(path, encoding="utf-8") as f:
             for line in f:
                 json.loads(line)
                 n += 1
@@ -110,11 +110,12 @@ def _ingest_fn() -> Any:
     return ingest_fhir
 
 
-def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str) -> dict[str, Any]:
+def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str, per_file: int) -> dict[str, Any]:
     """Generate (or reuse), measure the floor and the ingest for one population size."""
     ingest_fhir = _ingest_fn()
-    folder, gen_s = population(cache, n, seed)
-    size_mb = sum((folder / f"{rt}.ndjson").stat().st_size for rt in RESOURCE_TYPES) / 2**20
+    folder, gen_s = population(cache, n, seed, per_file)
+    files = population_files(folder)
+    size_mb = sum(p.stat().st_size for p in files) / 2**20
     resources, floor_s = floor(folder)
     out = cache / f"ingest_out_n{n}"
     shutil.rmtree(out, ignore_errors=True)
@@ -127,7 +128,8 @@ def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str) -> dict[
     shutil.rmtree(out, ignore_errors=True)
     events = int(summary.get("events", 0))
     return {
-        "patients": n, "resources": resources, "input_mb": round(size_mb, 1), "events": events,
+        "patients": n, "files": len(files), "resources": resources, "input_mb": round(size_mb, 1),
+        "events": events,
         "rejects": summary.get("rejects"), "generate_s": None if gen_s is None else round(gen_s, 2),
         "floor_s": round(floor_s, 2), "floor_resources_per_s": round(resources / floor_s),
         "ingest_s": round(ingest_s, 2), "events_per_s": round(events / ingest_s),
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--validate", default="auto", help="ingest_fhir validate= (auto | full | none)")
     ap.add_argument("--output", default=str(REPO / "bench" / "results" / "ingest.json"))
+    ap.add_argument("--patients-per-file", type=int, default=1000,
+                    help="shard size of the NDJSON files (bulk-export style; 0 = one file per resource type)")
     ap.add_argument("--warmup", type=int, default=100,
                     help="patients of an untimed first ingest (JVM/JIT and worker warm-up); 0 = none")
     args = ap.parse_args(argv)
@@ -167,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     warmup_s = None
     if args.warmup > 0:
         print(f"--- warm-up: {args.warmup} patients (not reported)", flush=True)
-        warmup_s = run_size(spark, cache, args.warmup, args.seed, args.validate)["ingest_s"]
+        warmup_s = run_size(spark, cache, args.warmup, args.seed, args.validate,
+                            args.patients_per_file)["ingest_s"]
     rows = []
     for n in sizes:
         print(f"--- {n} patients", flush=True)
-        rows.append(run_size(spark, cache, n, args.seed, args.validate))
+        rows.append(run_size(spark, cache, n, args.seed, args.validate, args.patients_per_file))
     spark.stop()
     scaling = _scaling(rows)
     result = {
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "master": args.master, "validate": args.validate, "seed": args.seed,
+        "patients_per_file": args.patients_per_file,
         "spark_startup_s": round(startup_s, 2), "warmup_patients": args.warmup, "warmup_ingest_s": warmup_s,
         "rows": rows, "scaling": scaling,
         "note": "floor = read + json.loads of the same files in one Python process; ratio = ingest_s / floor_s."
@@ -209,13 +215,13 @@ def _scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'patients':>9} {'resources':>10} {'MB':>7} {'events':>10} {'floor s':>8} {'ingest s':>9}"
+    head = (f"{'patients':>9} {'files':>6} {'resources':>10} {'MB':>7} {'events':>10} {'floor s':>8} {'ingest s':>9}"
             f" {'events/s':>9} {'x floor':>8} {'peak RSS MB':>12} {'(jvm/drv/workers)':>19}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r["peak_rss_mb"]
         lines.append(
-            f"{r['patients']:>9} {r['resources']:>10} {r['input_mb']:>7.0f} {r['events']:>10} {r['floor_s']:>8.1f}"
+            f"{r['patients']:>9} {r['files']:>6} {r['resources']:>10} {r['input_mb']:>7.0f} {r['events']:>10} {r['floor_s']:>8.1f}"
             f" {r['ingest_s']:>9.1f} {r['events_per_s']:>9} {r['ratio_to_floor']:>8.1f} {p['total']:>12.0f}"
             f" {p['jvm']:>7.0f}/{p['python_driver']:.0f}/{p['python_workers']:.0f}"
         )

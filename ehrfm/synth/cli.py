@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-_DEFAULTS: dict[str, Any] = {"n_patients": 1000, "seed": 0, "start_year": 2015, "years": 10, "gzip": False}
+_DEFAULTS: dict[str, Any] = {"n_patients": 1000, "seed": 0, "start_year": 2015, "years": 10, "gzip": False,
+                             "patients_per_file": 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first calendar year of the record (default 2015)")
     parser.add_argument("--years", type=int, default=None, help="length of the record in years (default 10)")
     parser.add_argument("--gzip", action="store_true", default=None, help="write .ndjson.gz files")
+    parser.add_argument("--patients-per-file", type=int, default=None,
+                        help="shard each resource type into <Type>.000.ndjson, ... of this many patients"
+                             " (default 0: one file per type)")
     parser.add_argument("--config", default=None,
-                        help="YAML file with any of: n_patients, seed, start_year, years, gzip")
+                        help="YAML file with any of: n_patients, seed, start_year, years, gzip, patients_per_file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -64,12 +68,14 @@ def run(args: argparse.Namespace) -> int:
         n = int(opts["n_patients"])
         if n < 1:
             raise ValueError(f"--n-patients must be >= 1, got {n}")
+        if int(opts["patients_per_file"]) < 0:
+            raise ValueError(f"--patients-per-file must be >= 0, got {opts['patients_per_file']}")
     except (ValueError, OSError) as exc:
         print(f"ehrfm synth: error: {exc}", file=sys.stderr)
         return 2
     t0, c0 = time.perf_counter(), time.process_time()
     summary = generate(n, int(opts["seed"]), args.output, cfg, compress=bool(opts["gzip"]),
-                       progress=not args.no_progress)
+                       patients_per_file=int(opts["patients_per_file"]), progress=not args.no_progress)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(format_summary(summary))
     # CPU seconds too: on a shared machine wall time overstates the cost

@@ -39,6 +39,45 @@ def _open(path: Path, compress: bool) -> IO[str]:
     return open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
 
 
+def population_files(folder: str | Path) -> list[Path]:
+    """The NDJSON files (plain or .gz) of a population folder, sorted (truth/ excluded)."""
+    out = Path(folder)
+    files = [p for rt in RESOURCE_TYPES for p in out.glob(f"{rt}.*") if _is_ours(p.name, rt)]
+    return sorted(files)
+
+
+def _is_ours(name: str, rt: str) -> bool:
+    """``<rt>.ndjson[.gz]`` or a shard ``<rt>.<digits>.ndjson[.gz]``."""
+    rest = name[len(rt) + 1:].removesuffix(".gz").removesuffix("ndjson")
+    return name.startswith(rt + ".") and name.removesuffix(".gz").endswith(".ndjson") and (
+        rest == "" or (rest.endswith(".") and rest[:-1].isdigit()))
+
+
+class _Sink:
+    """One output stream per resource type; with ``per_file`` a new shard every ``per_file`` patients
+    (like a FHIR bulk export's several files per type), so readers can split the work by file."""
+
+    def __init__(self, out: Path, compress: bool, per_file: int) -> None:
+        self.out, self.compress, self.per_file = out, compress, per_file
+        self.files: dict[str, IO[str]] = {}
+        self.shard = -1
+
+    def for_patient(self, index: int) -> dict[str, IO[str]]:
+        shard = index // self.per_file if self.per_file else 0
+        if shard != self.shard:
+            self.close(keep=("Medication",))
+            suffix = f".{shard:03d}.ndjson" if self.per_file else ".ndjson"
+            for rt in RESOURCE_TYPES:
+                if rt != "Medication":
+                    self.files[rt] = _open(self.out / f"{rt}{suffix}", self.compress)
+            self.shard = shard
+        return self.files
+
+    def close(self, keep: tuple[str, ...] = ()) -> None:
+        for rt in [r for r in self.files if r not in keep]:
+            self.files.pop(rt).close()
+
+
 def generate(
     n_patients: int,
     seed: int,
@@ -46,32 +85,38 @@ def generate(
     config: SynthConfig | None = None,
     *,
     compress: bool = False,
+    patients_per_file: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate ``n_patients`` patients with ``seed`` into ``output``; returns the summary dict.
 
-    The folder is created; existing population files in it are overwritten.
+    ``patients_per_file`` > 0 writes shards ``<Type>.000.ndjson``, ``<Type>.001.ndjson``, ... of that
+    many patients each (``Medication.ndjson`` stays one file). The folder is created; existing
+    population files in it are removed first.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    if patients_per_file < 0:
+        raise ValueError(f"patients_per_file must be >= 0, got {patients_per_file}")
     cfg = config or SynthConfig()
     out = Path(output)
     (out / "truth").mkdir(parents=True, exist_ok=True)
-    for rt in RESOURCE_TYPES:  # no stale file of the other compression may remain
-        for suffix in (".ndjson", ".ndjson.gz"):
-            (out / f"{rt}{suffix}").unlink(missing_ok=True)
-    files = {rt: _open(out / f"{rt}.ndjson", compress) for rt in RESOURCE_TYPES}
+    for stale in population_files(out):  # no file of an earlier layout or compression may remain
+        stale.unlink()
+    sink = _Sink(out, compress, patients_per_file)
     counts: Counter[str] = Counter()
     enc_classes: Counter[str] = Counter()
     truth_rows: list[tuple[str, TruthRow]] = []
     deaths = in_hospital = 0
     try:
         meds = medication_lines()
-        files["Medication"].write("\n".join(meds) + "\n")
+        sink.files["Medication"] = _open(out / "Medication.ndjson", compress)
+        sink.files["Medication"].write("\n".join(meds) + "\n")
         counts["Medication"] = len(meds)
         bar = _progress(n_patients, progress)
         for i in range(n_patients):
             rec = simulate(seed, i, cfg)
+            files = sink.for_patient(i)
             for rt, lines in patient_lines(rec).items():
                 if lines:
                     files[rt].write("\n".join(lines))
@@ -87,12 +132,12 @@ def generate(
             bar.update(n_patients % 100)
             bar.close()
     finally:
-        for f in files.values():
-            f.close()
+        sink.close()
     table = truth_table(truth_rows)
     pq.write_table(table, out / TRUTH_FILE)
     summary = {
         "n_patients": n_patients, "seed": seed, "start_year": cfg.start_year, "years": cfg.years,
+        "patients_per_file": patients_per_file, "gzip": compress,
         "deaths": deaths, "in_hospital_deaths": in_hospital,
         "encounters": dict(sorted(enc_classes.items())),
         "resources": {rt: counts[rt] for rt in RESOURCE_TYPES},

@@ -54,3 +54,22 @@ def test_gzip_is_deterministic_and_same_content(tmp_path: Path) -> None:
     for rt in RESOURCE_TYPES:
         assert gzip.decompress(g1[rt]) == plain[rt]
     assert not (tmp_path / "g1" / "Patient.ndjson").exists()
+
+
+def test_shards_concatenate_to_the_single_files(tmp_path: Path) -> None:
+    from ehrfm.synth.generate import population_files
+
+    generate(25, 8, tmp_path / "one", progress=False)
+    generate(25, 8, tmp_path / "sh", patients_per_file=10, progress=False)
+    one = _files(tmp_path / "one")
+    for rt in RESOURCE_TYPES:
+        if rt == "Medication":
+            assert (tmp_path / "sh" / "Medication.ndjson").read_bytes() == one[rt]
+            continue
+        shards = sorted((tmp_path / "sh").glob(f"{rt}.*.ndjson"))
+        assert [p.name for p in shards] == [f"{rt}.{k:03d}.ndjson" for k in range(3)]
+        assert b"".join(p.read_bytes() for p in shards) == one[rt]
+    assert (tmp_path / "sh" / "Patient.002.ndjson").read_text().count("\n") == 5
+    # regenerating with another layout leaves no stale file behind
+    generate(5, 8, tmp_path / "sh", progress=False)
+    assert [p.name for p in population_files(tmp_path / "sh")] == sorted(f"{rt}.ndjson" for rt in RESOURCE_TYPES)
