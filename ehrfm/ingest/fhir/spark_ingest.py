@@ -16,6 +16,7 @@ Two passes over the records, both running the pure-Python code of the one-patien
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -81,10 +82,13 @@ def ingest_fhir(
     steps = tqdm(total=3, desc="fhir ingest", unit="pass", disable=not progress)
     mode, every = validate, sample_every
 
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
     # pass 1: per file; the file bytes are decompressed and parsed exactly once
     rows1 = _file_rows_rdd(spark, files, mode, limit, every)
     spark.createDataFrame(rows1, ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass1")
     p1 = spark.read.parquet(f"{tmp}/pass1")
+    seconds["pass1_files"] = round(time.perf_counter() - clock, 1)
     steps.update()
 
     # pass 2: cross-file lookups by joins, then the same per-record code for the pending records
@@ -98,6 +102,7 @@ def ingest_fhir(
     rows2 = pending.rdd.mapPartitions(lambda rs: pending_rows(rs, mode, limit, every))
     spark.createDataFrame(rows2, ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass2")
     out = p1.where(F.col("kind").isin("E", "R", "S", "D", "V")).unionByName(spark.read.parquet(f"{tmp}/pass2"))
+    seconds["pass2_cross_file"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
     steps.update()
 
     summary = _summary(out)
@@ -112,12 +117,15 @@ def ingest_fhir(
                    .select("subject_id", F.col("patient_ref").alias("source_id")).distinct())
     collisions = subject_ids.groupBy("subject_id").count().where(F.col("count") > 1).count()
     summary["subject_id_collisions"] = int(collisions)
+    seconds["summary"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
+    summary["seconds"] = seconds
     steps.set_postfix_str("write MEDS")
     result = write_meds_dataset(
         spark, events, output, dataset_name=dataset_name, etl_name=etl_name, code_descriptions=descriptions,
         rejects=rejects, subject_ids=subject_ids, summary=summary, split_ratios=split_ratios, split_seed=split_seed)
     steps.update()
     steps.close()
+    result["seconds"] = {**seconds, "write": round(time.perf_counter() - clock - sum(seconds.values()), 1)}
     if not keep_tmp:
         cleanup(spark, tmp)
     return result
