@@ -11,7 +11,15 @@ parallel scan (``pscan``, when ``mambapy`` is installed), and with ``--gpu`` mam
     python bench/scan.py --gpu                # on a CUDA machine, kernels when mamba-ssm imports
 """
 
+# ruff: noqa: E402  (sys.path is cleaned before the imports, see below)
 from __future__ import annotations
+
+import os
+import sys
+
+# a script's folder goes first on sys.path, and bench/ holds scripts named like stdlib modules
+# (tokenize.py): drop it before anything imports the stdlib module of the same name
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse
 import json
@@ -89,6 +97,21 @@ def copy_bandwidth(device: str, mb: int = 512) -> float:
         sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * src.numel() * 4 / best
+
+
+def exp_rate(device: str, numel: int = 2**20) -> float:
+    """exp() evaluations per second on a cache-sized tensor (the scan's compute floor: one exp per
+    (batch, dim, dstate, step) for Mamba-1, per (batch, head, step) for SSD), best of 20."""
+    x = -torch.rand(numel, device=device)
+    out = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(20):
+        sync(device)
+        t = time.perf_counter()
+        torch.exp(x, out=out)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return numel / best
 
 
 def timed(fn: Callable[[], Any], device: str, repeats: int) -> tuple[float, Any, float]:
@@ -171,6 +194,7 @@ def run_scan(args: argparse.Namespace, device: str, bw: float) -> list[dict[str,
         in_bytes = sum(prob[k].numel() * 4 for k in ("u", "delta", "B", "C"))
         out_bytes = prob["u"].numel() * 4
         floors = {"fwd": (in_bytes + out_bytes) / bw, "fwd+bwd": 2 * (in_bytes + out_bytes) / bw}
+        exp_floor = b * d * n * length / args.exp_rate
         for impl, fn in impls.items():
             for mode in ("fwd", "fwd+bwd"):
                 row: dict[str, Any] = {
@@ -184,6 +208,14 @@ def run_scan(args: argparse.Namespace, device: str, bw: float) -> list[dict[str,
                     row["status"] = "not run" if impl != "pscan" or have_pscan else "mambapy not installed"
                     rows.append(row)
                     continue
+                if impl == "pscan" and device == "cpu":
+                    # pscan materialises ~12 (batch, L, dim, dstate) fp32 tensors in fwd+bwd
+                    need = 12 * b * d * n * length * 4
+                    free = psutil.virtual_memory().available
+                    if need > 0.6 * free:
+                        row["status"] = f"not run (needs ~{need / 2**30:.1f} GB, {free / 2**30:.1f} GB free)"
+                        rows.append(row)
+                        continue
                 inp = {k: v.clone().requires_grad_(mode != "fwd") for k, v in prob.items()}
 
                 def call(
@@ -209,6 +241,8 @@ def run_scan(args: argparse.Namespace, device: str, bw: float) -> list[dict[str,
                     peak_mb=mb,
                     floor_s=floors[mode],
                     x_floor=secs / floors[mode],
+                    exp_floor_s=exp_floor,
+                    x_exp_floor=secs / exp_floor,
                 )
                 rows.append(row)
                 print(_fmt(row), flush=True)
@@ -283,6 +317,8 @@ def run_ssd(args: argparse.Namespace, device: str, bw: float) -> list[dict[str, 
                     peak_mb=mb,
                     floor_s=floor,
                     x_floor=secs / floor,
+                    exp_floor_s=b * h * length / args.exp_rate,
+                    x_exp_floor=secs / (b * h * length / args.exp_rate),
                 )
                 rows.append(row)
                 print(_fmt(row), flush=True)
@@ -295,7 +331,8 @@ def _fmt(r: dict[str, Any]) -> str:
         return f"{head} {r.get('status')}"
     return (
         f"{head} {r['seconds']:9.4f} s  err abs {r['max_abs_err']:.1e} rel {r['rel_err']:.1e} (vs {r['vs']})  "
-        f"peak +{r['peak_mb']:7.0f} MB  floor {r['floor_s'] * 1e3:7.2f} ms  x{r['x_floor']:7.1f}"
+        f"peak +{r['peak_mb']:6.0f} MB  traffic floor {r['floor_s'] * 1e3:6.2f} ms x{r['x_floor']:6.1f}  "
+        f"exp floor {r['exp_floor_s'] * 1e3:7.2f} ms x{r['x_exp_floor']:6.1f}"
     )
 
 
@@ -309,16 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=64, help="chunk size of our Mamba-1 chunked scan")
     ap.add_argument("--ssd-chunk", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--ref-max-len", type=int, default=2048, help="run the reference loop up to this L")
+    ap.add_argument("--ref-max-len", type=int, default=512, help="run the reference loop up to this L")
     ap.add_argument("--pscan-max-len", type=int, default=8192)
     ap.add_argument("--skip-ssd", action="store_true")
     ap.add_argument("--gpu", action="store_true", help="run on CUDA, adding mamba-ssm's kernels")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     device = "cuda" if args.gpu else "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.gpu and not torch.cuda.is_available():
         ap.error("--gpu needs a CUDA device")
     bw = copy_bandwidth(device)
+    args.exp_rate = exp_rate(device)
     machine = torch.cuda.get_device_name() if args.gpu else f"{platform.processor() or platform.machine()}"
     print(
         f"device {device} ({machine}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
@@ -335,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "cpu_count": psutil.cpu_count(),
         "copy_bandwidth_GBps": bw / 1e9,
+        "exp_per_s": args.exp_rate,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "note": "shared machine: timings are noisy",
         "rows": rows,
