@@ -8,10 +8,17 @@ spark-submit's configuration (``ehrfm.spark.get_spark`` never overrides its mast
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
-from ehrfm.labels import cli
+# Python puts this script's folder first on sys.path, and etl/ holds jobs named like stdlib modules
+# (etl/tokenize.py shadows ``tokenize``, which pandas needs): import nothing from here.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+
+from ehrfm.labels import cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,3 +37,13 @@ def test_cli_writes_tables_and_summary(spark: object, tmp_path: Path, capsys: py
     rows = {r["task"]: r["rows"] for r in summary if r["split"] == "all"}
     assert rows == {t: read_labels(out / f"{t}.parquet").num_rows for t in ("readmission_30d", "los_gt_7d")}
     assert min(rows.values()) > 0
+
+
+def test_spark_submit_job_has_the_cli_options() -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(repo / "etl" / "label.py"), "--help"], capture_output=True, text=True,
+                         check=True, cwd=repo)
+    assert "--meds" in out.stdout and "--tasks-dir" in out.stdout
