@@ -1,0 +1,140 @@
+"""Backbone benchmark: forward+backward tokens/s and peak memory of the mamba, mamba2 and transformer
+backbones at (about) equal parameter count, for L = 512, 2048, 8192 at a fixed token budget per batch
+(B = budget / L), on the CPU (or ``--device cuda``).
+
+Each (backbone, L) point runs in its own subprocess so the peak RSS (``ru_maxrss``) belongs to that point
+alone; memory is reported as peak RSS and as the growth over the RSS after building the model (what the
+activations cost). Prints a table, writes ``bench/results/backbones.json`` and the ratio t(8192)/t(2048)
+per backbone (1.0 = linear in L at a fixed token budget; attention is quadratic, so it should grow).
+
+    .venv/bin/python bench/backbones.py                      # defaults: d_model 64, 16k tokens
+    .venv/bin/python bench/backbones.py --lengths 512 2048 --tokens 8192 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
+# Layers per backbone for ~equal parameters: a Mamba block is ~6 d^2 (in/out projections, expand 2),
+# a transformer layer ~12 d^2 (4 d^2 attention + 8 d^2 MLP), so the transformer gets half the layers.
+LAYERS = {"mamba": 4, "mamba2": 4, "transformer": 2}
+
+
+def _config(backbone: str, d_model: int, max_len: int) -> Any:
+    from ehrfm.models import ModelConfig
+
+    return ModelConfig(vocab_size=1000, backbone=backbone, d_model=d_model, n_layers=LAYERS[backbone], dropout=0.0,
+                       max_len=max_len, headdim=32, chunk_size=64, n_heads=max(1, d_model // 32))
+
+
+def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int, device: str) -> dict[str, Any]:
+    """One point (run inside the child process): seconds per fwd+bwd step, tokens/s, memory."""
+    import psutil
+    import torch
+
+    from ehrfm.models import EHRFoundationModel
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    batch = max(1, tokens // length)
+    model = EHRFoundationModel(_config(backbone, d_model, length)).to(device)
+    ids = torch.randint(7, 1000, (batch, length), device=device)
+    ages = torch.rand(batch, length, device=device) * 80
+    rss0 = psutil.Process().memory_info().rss
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        out = model(concept_ids=ids, ages=ages, times=ages * 365)
+        assert out.logits is not None
+        out.logits.float().logsumexp(-1).mean().backward()
+        model.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up (allocations, kernel selection)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    from ehrfm.ops import current_ops_path
+
+    sec = min(times)  # least-disturbed repeat: the CPU is shared
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "backbone": backbone, "L": length, "B": batch, "tokens": batch * length, "d_model": d_model,
+        "n_layers": LAYERS[backbone], "parameters": model.num_parameters(), "seconds": round(sec, 4),
+        "tokens_per_s": round(batch * length / sec, 1), "peak_rss_mb": round(peak / 2**20, 1),
+        "rss_growth_mb": round((peak - rss0) / 2**20, 1),
+        "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
+        "ops_path": current_ops_path() or "none", "device": device, "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every point in a subprocess, print the table, write JSON."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbones", nargs="+", default=list(LAYERS))
+    p.add_argument("--lengths", nargs="+", type=int, default=[512, 2048, 8192])
+    p.add_argument("--tokens", type=int, default=16384, help="tokens per batch (B = tokens / L)")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per point before it is recorded as timed out")
+    p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--_child", nargs=2, metavar=("BACKBONE", "L"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._child:
+        print(json.dumps(measure(args._child[0], int(args._child[1]), args.tokens, args.d_model, args.repeats,
+                                 args.device)))
+        return 0
+
+    rows: list[dict[str, Any]] = []
+    print(f"{'backbone':<12}{'L':>6}{'B':>5}{'params':>10}{'s/step':>9}{'tok/s':>10}{'peak MB':>9}{'+MB':>8}  ops")
+    for backbone in args.backbones:
+        for length in args.lengths:
+            cmd = [sys.executable, __file__, "--_child", backbone, str(length), "--tokens", str(args.tokens),
+                   "--d-model", str(args.d_model), "--repeats", str(args.repeats), "--device", args.device]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+            except subprocess.TimeoutExpired:
+                row = {"backbone": backbone, "L": length, "error": f"timed out after {args.timeout:.0f} s"}
+            except subprocess.CalledProcessError as exc:
+                row = {"backbone": backbone, "L": length, "error": exc.stderr.strip().splitlines()[-1][:200]}
+            rows.append(row)
+            if "error" in row:
+                print(f"{backbone:<12}{length:>6}  {row['error']}")
+            else:
+                print(f"{backbone:<12}{length:>6}{row['B']:>5}{row['parameters']:>10}{row['seconds']:>9.3f}"
+                      f"{row['tokens_per_s']:>10.0f}{row['peak_rss_mb']:>9.0f}{row['rss_growth_mb']:>8.0f}  {row['ops_path']}")
+            sys.stdout.flush()
+    ratios: dict[str, float | None] = {}
+    for backbone in args.backbones:
+        t = {r["L"]: r.get("seconds") for r in rows if r["backbone"] == backbone}
+        ratios[backbone] = round(t[8192] / t[2048], 2) if t.get(8192) and t.get(2048) else None
+    print("t(8192)/t(2048) at a fixed token budget:", json.dumps(ratios))
+    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "python": platform.python_version()},
+              "settings": {k: v for k, v in vars(args).items() if k not in ("_child", "output")},
+              "note": "CPU shared with other jobs while measured: timings are noisy (min over repeats)",
+              "rows": rows, "t8192_over_t2048": ratios}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
