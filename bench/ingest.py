@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """Benchmark: Spark FHIR ingest (``ehrfm.ingest.fhir.ingest_fhir``) on synthetic populations.
 
 For each size (default 1k, 10k, 50k patients) a population is generated once into a cache folder
@@ -14,16 +15,21 @@ Prints a table and writes bench/results/ingest.json. Ratios are measured side by
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder is sys.path[0]: a sibling module named like a stdlib one (bench/tokenize.py)
+# would shadow it for every import below. Drop the folder; the repository root is added instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import math
 import os
 import platform
 import shutil
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -32,8 +38,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ehrfm.synth import generate  # noqa: E402
-from ehrfm.synth.generate import SUMMARY_FILE, population_files  # noqa: E402
+from ehrfm.synth import generate
+from ehrfm.synth.generate import SUMMARY_FILE, population_files
 
 
 class RssSampler(threading.Thread):
