@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from types import SimpleNamespace
 from typing import Any
 
 from ehrfm.ingest.fhir.bundle import bundle_to_events
@@ -147,8 +146,8 @@ def test_bundle_to_events_resolves_urn_uuid_and_validates() -> None:
 def test_auto_mode_adds_validator_reason_and_samples() -> None:
     bad = obs(effectiveDateTime="2020-02-30", valueQuantity={"value": "x"})
     good = obs(id="o2")
-    rows = [SimpleNamespace(source_file="f", record_index=i, payload=json.dumps(r), subject_id=SID, floor=None,
-                            med_key=None, med_payload=None) for i, r in enumerate([bad, good])]
+    rows = [{"source_file": "f", "record_index": i, "payload": json.dumps(r), "subject_id": SID, "floor": None,
+             "med_key": None, "med_payload": None} for i, r in enumerate([bad, good])]
     out = list(pending_rows(rows, "auto", us("2030-01-01T00:00:00"), every=1))
     (rej,) = [r for r in out if r[0] == "R"]
     assert "unparseable time" in rej[14] and "FHIR validation" in rej[14]

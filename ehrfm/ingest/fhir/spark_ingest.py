@@ -17,32 +17,53 @@ Two passes over the records, both running the pure-Python code of the one-patien
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
 
 from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
 from ehrfm.ingest.fhir.paths import cleanup, expand_inputs
 from ehrfm.ingest.fhir.process import Summary
-from ehrfm.ingest.fhir.spark_rows import ROW_SCHEMA, file_rows, pending_rows
+from ehrfm.ingest.fhir.spark_rows import ROW_SCHEMA, file_rows, pending_rows, to_batch
 from ehrfm.ingest.fhir.times import US_PER_DAY, now_us
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
-def _file_rows_rdd(spark: SparkSession, files: Sequence[tuple[str, int]], validate: str, limit: int, every: int) -> Any:
-    """Pass-1 rows of all files as an RDD. Spark's file sources drop zero-length files (they have no
-    split), so those go through :func:`file_rows` from a parallelized list instead (-> "empty file")."""
+def _pass1(validate: str, limit: int, every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function: batches of (path, content) -> one batch of ROW_SCHEMA rows per file."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            paths, contents = batch.column(0), batch.column(1)
+            for i in range(batch.num_rows):
+                yield to_batch(list(file_rows(paths[i].as_py(), contents[i].as_py() or b"", validate, limit, every)))
+
+    return run
+
+
+def _pass2(validate: str, limit: int, every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function: batches of pending records (joined) -> ROW_SCHEMA batches."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            rows = list(pending_rows(batch.to_pylist(), validate, limit, every))
+            if rows:
+                yield to_batch(rows)
+
+    return run
+
+
+def _files_df(spark: SparkSession, files: Sequence[tuple[str, int]]) -> DataFrame:
+    """(path, content) of every input. Spark's file sources drop zero-length files (they have no split),
+    so those are added as rows with empty content (they become "empty file" rejects)."""
     nonempty = [f for f, n in files if n > 0]
-    empty = [f for f, n in files if n == 0]
-    rdd = spark.sparkContext.emptyRDD()
-    if nonempty:
-        raw = spark.read.format("binaryFile").load(nonempty).select("path", "content")
-        rdd = raw.rdd.flatMap(lambda r: file_rows(r.path, r.content, validate, limit, every))
-    if empty:
-        rdd = rdd.union(spark.sparkContext.parallelize(empty, 1).flatMap(
-            lambda p: file_rows(p, b"", validate, limit, every)))
-    return rdd
+    empty = spark.createDataFrame([(f, b"") for f, n in files if n == 0], "path string, content binary")
+    if not nonempty:
+        return empty
+    return spark.read.format("binaryFile").load(nonempty).select("path", "content").unionByName(empty)
 
 
 def ingest_fhir(
@@ -85,8 +106,8 @@ def ingest_fhir(
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
     # pass 1: per file; the file bytes are decompressed and parsed exactly once
-    rows1 = _file_rows_rdd(spark, files, mode, limit, every)
-    spark.createDataFrame(rows1, ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass1")
+    _files_df(spark, files).mapInArrow(_pass1(mode, limit, every), ROW_SCHEMA).write.mode("overwrite").parquet(
+        f"{tmp}/pass1")
     p1 = spark.read.parquet(f"{tmp}/pass1")
     seconds["pass1_files"] = round(time.perf_counter() - clock, 1)
     steps.update()
@@ -99,8 +120,7 @@ def ingest_fhir(
     pending = (p1.where(F.col("kind") == "P")
                .select("source_file", "record_index", "subject_id", "med_key", "payload")
                .join(births, on="subject_id", how="left").join(meds, on="med_key", how="left"))
-    rows2 = pending.rdd.mapPartitions(lambda rs: pending_rows(rs, mode, limit, every))
-    spark.createDataFrame(rows2, ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass2")
+    pending.mapInArrow(_pass2(mode, limit, every), ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass2")
     out = p1.where(F.col("kind").isin("E", "R", "S", "D", "V")).unionByName(spark.read.parquet(f"{tmp}/pass2"))
     seconds["pass2_cross_file"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
     steps.update()
@@ -137,7 +157,7 @@ def _summary(out: DataFrame) -> dict[str, Any]:
 
     s = Summary()
     groups = (out.where(F.col("kind").isin("S", "V")).groupBy("kind", "resource_type", "status")
-              .agg(F.count(F.lit(1)).alias("n"), F.sum("n_events").alias("ev")).collect())
+              .agg(F.sum(F.coalesce("n_records", F.lit(1))).alias("n"), F.sum("n_events").alias("ev")).collect())
     checked = invalid = 0
     for r in groups:
         if r["kind"] == "S":

@@ -6,7 +6,7 @@ Every row has the columns of :data:`ROW_SCHEMA`; ``kind`` says which are used:
 ====  ======================================================================================
 E     an event (EVENTS_SCHEMA columns; ``time`` as int microseconds)
 R     a reject (REJECTS_SCHEMA columns; ``reason`` holds the reason)
-S     one record's outcome: ``resource_type`` (or ``<unreadable>``), ``status``, ``n_events``
+S     outcome counts: ``resource_type`` (or ``<unreadable>``), ``status``, ``n_records``, ``n_events``
 D     a code description (``code``, ``text_value`` = description)
 V     "auto" validation sample: ``status`` valid/invalid, ``reason``
 P     a record whose mapping needs lookups from other files: ``payload`` JSON + join keys
@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+import pyarrow as pa
 
 from ehrfm.ingest.fhir.bundle import lookups
 from ehrfm.ingest.fhir.mapper import MapContext, reference_id, subject_of
@@ -33,10 +36,12 @@ from ehrfm.ingest.fhir.validate import validate_resource
 ROW_SCHEMA = (
     "kind string, subject_id long, time long, code string, numeric_value float, text_value string, "
     "encounter_id string, unit string, source string, source_file string, record_index long, "
-    "resource_type string, resource_id string, field string, reason string, status string, n_events int, "
-    "floor long, med_key string, payload string, patient_ref string"
+    "resource_type string, resource_id string, field string, reason string, status string, n_events long, "
+    "n_records long, floor long, med_key string, payload string, patient_ref string"
 )
 _COLUMNS = [c.strip().split(" ")[0] for c in ROW_SCHEMA.split(",")]
+_ARROW_TYPES = {"string": pa.string(), "long": pa.int64(), "float": pa.float32()}
+ARROW_SCHEMA = pa.schema([(c.strip().split(" ")[0], _ARROW_TYPES[c.strip().split(" ")[1]]) for c in ROW_SCHEMA.split(",")])
 _INDEX = {c: i for i, c in enumerate(_COLUMNS)}
 _MED_TYPES = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
 
@@ -55,8 +60,20 @@ def sampled(source_file: str, index: int, every: int) -> bool:
     return every > 0 and zlib.crc32(f"{source_file}#{index}".encode()) % every == 0
 
 
+def to_batch(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    """ROW_SCHEMA tuples -> one Arrow record batch (what ``mapInArrow`` hands back to Spark)."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_COLUMNS)
+    return pa.RecordBatch.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA, strict=True)],
+                                      schema=ARROW_SCHEMA)
+
+
+def _status_rows(counts: Counter[tuple[str, str]], events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
+    for (rtype, status), n in counts.items():
+        yield row("S", resource_type=rtype, status=status, n_records=n, n_events=events[(rtype, status)])
+
+
 def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: Rules, validate: str,
-                  every: int) -> Iterator[tuple[Any, ...]]:
+                  every: int, counts: Counter[tuple[str, str]], events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
     if validate == "auto" and res is not None and rec.error is None:
         if out.status == REJECTED and out.rejects:
             # the validator usually names the root cause of what the mapper tripped on
@@ -69,7 +86,9 @@ def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: 
             yield row("V", source_file=rec.source_file, record_index=rec.record_index, resource_type=rec.resource_type,
                       resource_id=rec.resource_id, field=problem[0] if problem else None,
                       reason=problem[1] if problem else None, status="invalid" if problem else "valid")
-    yield row("S", resource_type=rec.resource_type or UNREADABLE, status=out.status, n_events=len(out.events))
+    key = (rec.resource_type or UNREADABLE, out.status)
+    counts[key] += 1
+    events[key] += len(out.events)
     for e in out.events:
         yield row("E", **e)
     for r in out.rejects:
@@ -96,6 +115,8 @@ def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every:
     records = list(iter_file_records(path, bytes(content)))
     births, meds = lookups(records, rules)
     ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us)
+    counts: Counter[tuple[str, str]] = Counter()
+    events: Counter[tuple[str, str]] = Counter()
     for birth_sid, floor in births.items():
         yield row("B", subject_id=birth_sid, floor=floor)
     seen: set[tuple[int, str]] = set()
@@ -106,7 +127,8 @@ def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every:
             if res is not None and rtype == "Medication" and rec.resource_id:
                 yield row("M", med_key=f"Medication/{rec.resource_id}", payload=json.dumps(res),
                           source_file=path, record_index=rec.record_index)
-            yield from _outcome_rows(rec, res, process_record(rec, ctx, validate == "full"), rules, validate, every)
+            yield from _outcome_rows(rec, res, process_record(rec, ctx, validate == "full"), rules, validate, every,
+                                     counts, events)
             continue
         sid = subject_of(res, rules)
         if sid is not None:
@@ -119,10 +141,11 @@ def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every:
         if sid is not None and sid in births and (med_key is None or med_key in meds):
             out = process_record(rec, ctx, validate == "full")
             if out.status != REJECTED:
-                yield from _outcome_rows(rec, res, out, rules, validate, every)
+                yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
                 continue
         yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
                   payload=json.dumps(res))
+    yield from _status_rows(counts, events)
     for code, desc in ctx.descriptions.items():
         yield row("D", code=code, text_value=desc)
 
@@ -132,11 +155,15 @@ def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int, every: in
     (``med_payload``) -> final E/R/S/D/V rows."""
     rules = load_rules()
     ctx = MapContext(rules=rules, max_time_us=max_time_us)
+    counts: Counter[tuple[str, str]] = Counter()
+    events: Counter[tuple[str, str]] = Counter()
     for r in rows:
-        res = json.loads(r.payload)
-        rec = Record(r.source_file, r.record_index, resource=res)
-        ctx.birth_floor_us = {r.subject_id: r.floor} if r.floor is not None else {}
-        ctx.medications = {r.med_key: json.loads(r.med_payload)} if r.med_payload is not None else {}
-        yield from _outcome_rows(rec, res, process_record(rec, ctx, validate == "full"), rules, validate, every)
+        res = json.loads(r["payload"])
+        rec = Record(r["source_file"], r["record_index"], resource=res)
+        ctx.birth_floor_us = {r["subject_id"]: r["floor"]} if r["floor"] is not None else {}
+        ctx.medications = {r["med_key"]: json.loads(r["med_payload"])} if r["med_payload"] is not None else {}
+        out = process_record(rec, ctx, validate == "full")
+        yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
+    yield from _status_rows(counts, events)
     for code, desc in ctx.descriptions.items():
         yield row("D", code=code, text_value=desc)
