@@ -9,8 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from ehrfm.labels.parse import DEFAULT_TASKS_DIR, available_tasks, load_tasks
-from ehrfm.labels.spec import TaskSpecError
+# no pandas / Spark at import time: ``ehrfm --help`` imports every stage module to build its parser
+DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the task specs, label the dataset with Spark, print and save the summary."""
+    from ehrfm.labels.parse import available_tasks, load_tasks
+    from ehrfm.labels.spec import TaskSpecError
+
     try:
         specs = load_tasks(args.tasks, args.tasks_dir)
     except (KeyError, TaskSpecError) as e:
