@@ -23,8 +23,10 @@ import sys
 
 # This file is named like the stdlib `tokenize` module; run as a script its folder is sys.path[0], where it
 # would shadow the stdlib module for every later import (numpy, inspect, ...). Drop that entry first.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
+from pathlib import Path  # noqa: E402
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -32,7 +34,6 @@ import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pandas as pd  # noqa: E402

@@ -5,10 +5,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
-from ehrfm.prepare import cli
+# Python puts this script's folder first on sys.path, and etl/ holds jobs named like stdlib modules
+# (etl/tokenize.py): drop it before any other import so the stdlib ones are found.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+
+from ehrfm.prepare import cli  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="etl/prepare.py", description=__doc__)

@@ -5,10 +5,18 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ehrfm.tokenize import cli
+# This file is named like the stdlib `tokenize` module; run as a script its folder is sys.path[0], where it
+# would shadow the stdlib module for every later import (numpy, inspect, ...). Drop that entry first.
+from pathlib import Path  # noqa: E402
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+
+from ehrfm.tokenize import cli  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="etl/tokenize.py", description=__doc__)
