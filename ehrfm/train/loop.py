@@ -43,7 +43,8 @@ def build_trainer(cfg: TrainerConfig, ckpt_dir: Path, grad_clip: float | None = 
         max_steps=cfg.max_steps,
         max_epochs=-1,  # the training stream is one long epoch; max_steps ends it
         accumulate_grad_batches=cfg.accumulate_grad_batches,
-        val_check_interval=cfg.val_check_interval * cfg.accumulate_grad_batches,  # in micro-batches
+        # in micro-batches; capped so a short run still validates once at its end
+        val_check_interval=min(cfg.val_check_interval, cfg.max_steps) * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.limit_val_batches if has_validation else 0,
         num_sanity_val_steps=0,

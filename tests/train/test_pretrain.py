@@ -150,18 +150,18 @@ def _final_state(out: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("backbone", ["mamba"])
 def test_exact_resume(standin_tokens: Path, tmp_path: Path, backbone: str) -> None:
     # dropout on, gradient accumulation, a validation between kill and end, several data epochs
-    sets = [*TINY, f"model.backbone={backbone}", "model.dropout=0.2", "trainer.max_steps=14",
+    sets = [*TINY, f"model.backbone={backbone}", "model.dropout=0.2", "trainer.max_steps=10",
             "trainer.accumulate_grad_batches=2", "trainer.checkpoint_every_n_steps=3",
             "trainer.val_check_interval=4", "tracking.enabled=false"]
     cfg = load_pretrain_config(None, sets)
     whole = run_pretraining(cfg, standin_tokens, tmp_path / "whole")
 
     with pytest.raises(SimulatedKill):
-        run_pretraining(cfg, standin_tokens, tmp_path / "killed", callbacks=[Kill(at_step=9)])
+        run_pretraining(cfg, standin_tokens, tmp_path / "killed", callbacks=[Kill(at_step=6)])
     ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 9 and ckpt["ehrfm"]["micro_batches_seen"] == 18
+    assert ckpt["global_step"] == 6 and ckpt["ehrfm"]["micro_batches_seen"] == 12
     resumed = run_pretraining(cfg, standin_tokens, tmp_path / "killed", resume="auto")
-    assert resumed["resumed_from"] and resumed["global_step"] == 14
+    assert resumed["resumed_from"] and resumed["global_step"] == 10
 
     a, b = _final_state(tmp_path / "whole"), _final_state(tmp_path / "killed")
     for k in a:

@@ -1,0 +1,228 @@
+"""MTF end to end on a tiny planted task dataset: sampling, few-shot, training, saving, predictions in the
+evaluation contract accepted by ``build_report``, and the CLI (LoRA + few-shot + MLflow nesting)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ehrfm.models import EHRFoundationModel, ModelConfig
+from ehrfm.schema import CLS, INTERVAL_TOKENS, TOKENS_SCHEMA, TokenType, task_token
+from ehrfm.vocab import Vocabulary
+
+TASKS = {"bin_a": "binary", "bin_b": "binary", "tte_c": "tte", "fc_d": "forecast"}
+DX = [f"DIAGNOSIS//ICD//10//D{i}" for i in range(12)]
+LABS = [f"LAB//LOINC//{i}" for i in range(8)]
+T0 = pd.Timestamp("2020-01-01")
+
+
+def _split(sid: int) -> str:
+    b = sid % 10
+    return "train" if b < 6 else ("tuning" if b < 8 else "held_out")
+
+
+def write_task_tokens(root: Path, n: int = 160, seed: int = 0) -> tuple[Path, Path, Path]:
+    """tokens/ (vocab, pretrain + task rows), labels/ and meds/ of ``n`` subjects with planted labels:
+    bin_a = D0 in history, bin_b = D1 and D2, tte_c events early when D3, fc_d targets = the history's D4..D7."""
+    rng = np.random.default_rng(seed)
+    vocab = Vocabulary.build([*INTERVAL_TOKENS, *[task_token(t) for t in TASKS], *DX, *LABS])
+    tokens, labels, meds = root / "tokens", root / "labels", root / "meds"
+    for p in (tokens / "pretrain", labels, meds / "data", meds / "metadata"):
+        p.mkdir(parents=True, exist_ok=True)
+    vocab.save(tokens / "vocab.json")
+    pre: dict[str, list] = {f.name: [] for f in TOKENS_SCHEMA}
+    task_rows: dict[str, dict[str, list]] = {t: {f.name: [] for f in TOKENS_SCHEMA} for t in TASKS}
+    lab_rows: dict[str, list[dict]] = {t: [] for t in TASKS}
+    events = []
+    for sid in range(n):
+        codes = list(rng.choice(DX + LABS, size=int(rng.integers(6, 30))))
+        has = {c: c in codes for c in DX}
+        pt = T0 + pd.Timedelta(days=int(sid))
+        for k, c in enumerate(codes):
+            events.append({"subject_id": sid, "time": pt - pd.Timedelta(hours=len(codes) - k), "code": c})
+        day = float((pt - pd.Timestamp("1970-01-01")).days)
+
+        def row(lead: str, trail: str | None) -> dict[str, list]:
+            ids = [vocab.id(lead)] + [vocab.id(c) for c in codes] + ([vocab.id(trail)] if trail else [])
+            typ = [TokenType.TASK if trail else TokenType.SPECIAL] + [TokenType.CODE] * len(codes) + (
+                [TokenType.TASK] if trail else [])
+            m = len(ids)
+            return {"concept_ids": ids, "type_ids": typ, "ages": [50.0] * m, "times": [day] * m,
+                    "visit_orders": [1] * m, "visit_segments": [1] * m}
+
+        def add(dst: dict[str, list], streams: dict[str, list], task: str | None, **lab: object) -> None:
+            vals = {"subject_id": sid, "split": _split(sid), "task": task, "prediction_time": pt if task else None,
+                    "length": len(streams["concept_ids"]), **streams, "label": None, "duration_days": None,
+                    "event": None, "target_ids": None, **lab}
+            for k2, v in vals.items():
+                dst[k2].append(v)
+
+        add(pre, row(CLS, None), None)
+        ya = float(has[DX[0]] if rng.random() > 0.1 else not has[DX[0]])
+        yb = float(has[DX[1]] and has[DX[2]])
+        dur = float(rng.uniform(5, 120) if has[DX[3]] else rng.uniform(100, 500))
+        ev = int(dur <= 365 and rng.random() < 0.8)
+        dur = min(dur, 365.0)
+        tgt = [d for d in DX[4:8] if has[d]] or [DX[4]]
+        for t, lab in (("bin_a", {"label": ya}), ("bin_b", {"label": yb}),
+                       ("tte_c", {"duration_days": dur, "event": ev}), ("fc_d", {"target_ids": [vocab.id(c) for c in tgt]})):
+            add(task_rows[t], row(task_token(t), task_token(t)), t, **lab)
+            base = {"subject_id": sid, "prediction_time": pt}
+            if t.startswith("bin"):
+                lab_rows[t].append({**base, "boolean_value": bool(lab["label"])})
+            elif t == "tte_c":
+                lab_rows[t].append({**base, "duration_days": dur, "event": ev})
+            else:
+                lab_rows[t].append({**base, "target_codes": tgt})
+    pq.write_table(pa.Table.from_pydict(pre, schema=TOKENS_SCHEMA), tokens / "pretrain" / "part-0.parquet")
+    for t, rows in task_rows.items():
+        (tokens / "tasks" / t).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pydict(rows, schema=TOKENS_SCHEMA), tokens / "tasks" / t / "part-0.parquet")
+        pd.DataFrame(lab_rows[t]).to_parquet(labels / f"{t}.parquet", index=False)
+    pd.DataFrame(events).to_parquet(meds / "data" / "part-0.parquet", index=False)
+    pd.DataFrame({"subject_id": np.arange(n, dtype=np.int64), "split": [_split(i) for i in range(n)]}).to_parquet(
+        meds / "metadata" / "subject_splits.parquet", index=False)
+    return tokens, labels, meds
+
+
+def write_pretrained(root: Path, vocab_path: Path, backbone: str = "mamba2") -> Path:
+    """A randomly initialised tiny model saved like `ehrfm pretrain` (``<run>/model``)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(Vocabulary.load(vocab_path)), backbone=backbone, d_model=32, n_layers=1,
+                      headdim=16, chunk_size=16, max_len=64, dropout=0.0)
+    model_dir = EHRFoundationModel(cfg).save_pretrained(root / "model")
+    (model_dir / "vocab.json").write_text(vocab_path.read_text())
+    return root
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    root = tmp_path_factory.mktemp("ft")
+    tokens, labels, meds = write_task_tokens(root)
+    return tokens, labels, meds, write_pretrained(root / "pretrain_run", tokens / "vocab.json")
+
+
+def _cfg(steps: int = 60, *extra: str):  # type: ignore[no-untyped-def]
+    from ehrfm.train.finetune_run import load_finetune_config
+
+    return load_finetune_config(None, [f"trainer.max_steps={steps}", "trainer.val_check_interval=20",
+                                       "trainer.checkpoint_every_n_steps=20", "trainer.progress_bar=false",
+                                       "data.max_tokens=640", "data.max_len=64", "tracking.enabled=false",
+                                       "optim.lr=3e-3", "optim.warmup_steps=5", "patience=0", *extra])
+
+
+def test_task_balanced_sampler_mixes_tasks_and_is_deterministic(planted: tuple[Path, ...]) -> None:
+    from ehrfm.train.finetune import MultiTaskDataset, TaskBalancedSampler
+    from ehrfm.train.finetune_run import _datasets
+
+    tokens = planted[0]
+    data = MultiTaskDataset(list(TASKS), _datasets(tokens, list(TASKS), "train"))
+    s = TaskBalancedSampler(data, [1.0, 1.0, 1.0, 3.0], max_tokens=640, max_len=64, seed=0, total=200)
+    batches = list(s)
+    tasks = np.array([data.locate(i)[0] for b in batches for i in b])
+    share = np.bincount(tasks, minlength=4) / len(tasks)
+    assert abs(share[3] - 0.5) < 0.06 and all(abs(x - 1 / 6) < 0.05 for x in share[:3])
+    assert np.mean([len({data.locate(i)[0] for i in b}) > 1 for b in batches]) > 0.9  # batches mix tasks
+    assert batches[57] == TaskBalancedSampler(data, [1, 1, 1, 3], 640, 64, 0, 200, start=57).batch(57)
+    width = [max(min(int(data.lengths[i]), 64) for i in b) for b in batches]
+    assert all(len(b) * (-(-w // 8) * 8) <= 640 for b, w in zip(batches, width, strict=True))
+
+
+def test_few_shot_rows_stratified_and_seeded(planted: tuple[Path, ...]) -> None:
+    from ehrfm.train.finetune_run import _datasets, few_shot_rows
+
+    ds = _datasets(planted[0], ["bin_b"], "train")[0]
+    y = np.array([ds[i]["label"] for i in range(len(ds))])
+    rows = few_shot_rows(ds, "binary", 8, seed=1)
+    assert len(rows) == 8 and len(set(rows.tolist())) == 8
+    assert 1 <= y[rows].sum() < 8  # the rare class is present, not everything
+    assert np.array_equal(rows, few_shot_rows(ds, "binary", 8, seed=1))
+    assert not np.array_equal(rows, few_shot_rows(ds, "binary", 8, seed=2))
+    assert len(few_shot_rows(ds, "binary", 10_000, seed=0)) == len(ds)
+
+
+def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: tuple[Path, ...], tmp_path: Path) -> None:
+    from ehrfm.evaluate import build_report
+    from ehrfm.train.finetune_run import run_finetuning
+    from ehrfm.train.predict import FinetunedModel, predict
+
+    tokens, labels, meds, ckpt = planted
+    cfg = _cfg(60)
+    losses: list[float] = []
+
+    import lightning.pytorch as pl
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+            losses.append(float(outputs["loss"]))
+
+    summary = run_finetuning(cfg, ckpt, tokens, list(TASKS), tmp_path / "run", callbacks=[Record()])
+    assert summary["global_step"] == 60
+    assert np.mean(losses[-15:]) < 0.85 * np.mean(losses[:15])
+    assert summary["tuning"]["bin_a"]["auroc"] > 0.75  # the planted D0 signal was learnt
+    fm = FinetunedModel.load(tmp_path / "run")
+    assert set(fm.heads.heads) == {"bin_a", "bin_b", "tte_c"}  # forecast reads the LM head
+    assert fm.heads.heads["bin_a"] is not fm.heads.heads["bin_b"]
+    preds = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    again = predict(tmp_path / "run" / "model", tokens, ["bin_a"], ["held_out"], progress=False)
+    merged = preds[(preds.task == "bin_a") & (preds.split == "held_out")].merge(again, on=["subject_id", "prediction_time"])
+    np.testing.assert_allclose(merged["prob_x"], merged["prob_y"], atol=1e-6)  # reloaded model == trained one
+    assert list(preds.columns[:5]) == ["subject_id", "prediction_time", "task", "split", "model"]
+    assert set(preds["model"]) == {"ehrfm_mamba2"} and set(preds["split"]) == {"tuning", "held_out"}
+    tte = preds[preds.task == "tte_c"]
+    surv = np.stack(tte["survival"].to_numpy())
+    assert surv.shape[1] == 5 and np.all(np.diff(surv, axis=1) <= 0) and np.allclose(surv[:, 0], 1.0)
+    np.testing.assert_allclose(tte["risk"], 1 - surv[:, -1])
+    fc = preds[preds.task == "fc_d"]
+    assert all(len(c) == 10 and all(x.startswith("DIAGNOSIS//") for x in c) for c in fc["topk_codes"])
+    assert all(np.all(np.diff(p) <= 0) for p in fc["topk_probs"])
+    report = build_report(preds, labels, meds, list(TASKS), tmp_path / "report", [], None, progress=False)
+    assert report["tasks"]["bin_a"]["models"]["ehrfm_mamba2"]["metrics"]["auroc"]["value"] > 0.7
+    assert report["tasks"]["tte_c"]["models"]["ehrfm_mamba2"]["n"] == int((preds.task == "tte_c").sum() / 2)
+    assert report["prediction_tasks_without_labels"] == []
+
+
+def test_shared_head_is_one_module(planted: tuple[Path, ...]) -> None:
+    from ehrfm.train.heads import HeadSpec, TaskHeads
+
+    heads = TaskHeads([HeadSpec("a", "binary"), HeadSpec("b", "binary"), HeadSpec("c", "tte")], 16, shared_head=True)
+    assert heads.heads["a"] is heads.heads["b"] and heads.heads["c"] is not heads.heads["a"]
+
+
+def test_cli_lora_few_shot_nested_mlflow(planted: tuple[Path, ...], tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ehrfm.tracking import Tracker
+    from ehrfm.train import finetune_cli
+
+    tokens, labels, meds, ckpt = planted
+    # a pretraining run with a tracked run id, as `ehrfm pretrain` leaves it
+    pre = Tracker(ckpt, "ehrfm-pretrain")
+    parent = pre.start_run("pretrain")
+    (ckpt / "summary.json").write_text(json.dumps({"mlflow_run_id": parent}))
+    parser = argparse.ArgumentParser()
+    finetune_cli.add_arguments(parser)
+    args = parser.parse_args(["--checkpoint", str(ckpt), "--data", str(tokens), "--tasks", "bin_a,tte_c",
+                              "--output", str(tmp_path / "run"), "--lora", "--few-shot", "16",
+                              "--set", "trainer.max_steps=6", "--set", "trainer.val_check_interval=3",
+                              "--set", "data.max_tokens=640", "--set", "data.max_len=64",
+                              "--set", "trainer.progress_bar=false",
+                              "--labels", str(labels), "--meds", str(meds), "--bootstrap", "0"])
+    assert finetune_cli.run(args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["mode"] == "lora" and summary["train_rows"] == {"bin_a": 16, "tte_c": 16}
+    assert 0 < summary["lora_parameters"] < summary["trainable_parameters"] < 20_000
+    run = MlflowClient(Tracker(ckpt, "x").tracking_uri).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert any(k.startswith("heldout_auroc/bin_a") for k in run.data.metrics)
+    assert (tmp_path / "run" / "report" / "report.md").exists()
+    cfg = EHRFoundationModel.from_pretrained(tmp_path / "run" / "model").state_dict()
+    assert not any("lora" in k for k in cfg)  # merged: loads without LoRA code
