@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -69,18 +70,31 @@ def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], w
     return found
 
 
+def parquet_footer(uri: str) -> tuple[pa.Schema, int]:
+    """Arrow schema and row count of one parquet file from its footer; rejects timestamp[ns] clearly."""
+    fs, path = _fs(uri)
+    with fs.open_input_file(path) as fh:
+        pf = pq.ParquetFile(fh)
+        schema, n_rows = pf.schema_arrow, pf.metadata.num_rows
+    for f in schema:
+        if pa.types.is_timestamp(f.type) and f.type.unit == "ns":
+            raise ValueError(
+                f"MEDS input {uri}: column {f.name!r} is timestamp[ns], which Spark cannot read; MEDS uses "
+                "timestamp[us] (rewrite it, e.g. pandas to_parquet(..., coerce_timestamps='us'))"
+            )
+    return schema, n_rows
+
+
 def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) -> tuple[DataFrame, int]:
     """Candidate events of one parquet file (with ``_reason`` for rejects) and its row count."""
     from pyspark.sql import functions as F
 
+    _, n_rows = parquet_footer(uri)
     df, _ = with_row_index(spark.read.parquet(uri))
-    fs, path = _fs(uri)
-    with fs.open_input_file(path) as fh:  # the row count from the footer: no pass over the data
-        n_rows = pq.ParquetFile(fh).metadata.num_rows
 
     def col(key: str, typ: str) -> Column:
         name = cols[key]
-        return F.col(name).cast(typ) if name else F.lit(None).cast(typ)
+        return F.col(name).try_cast(typ) if name else F.lit(None).cast(typ)
 
     tname = cols["time"]
     text_time = tname is not None and dict(df.dtypes)[tname] == "string"
@@ -131,7 +145,7 @@ def ingest_meds(
     from pyspark.sql import functions as F
 
     files, root = list_parquet(input_path)
-    columns = spark.read.parquet(files[0]).columns
+    columns = parquet_footer(files[0])[0].names
     cols: dict[str, str | None] = {
         "subject": _pick(columns, subject_col, ["subject_id"], "subject", True),
         "time": _pick(columns, time_col, ["time"], "time", True),

@@ -7,11 +7,11 @@ import json
 import random
 from pathlib import Path
 
+import meds
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import meds
 from ehrfm.ingest.validate import MedsValidationError, validate_meds_dataset
 from ehrfm.ingest.writer import check_sorted_table
 from ehrfm.prepare.splits import assign_split

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ehrfm.prepare.splits import assign_split, assign_splits, parse_ratios, split_column, split_hash, validate_ratios
+from ehrfm.prepare.splits import (
+    assign_split,
+    assign_splits,
+    parse_ratios,
+    split_column,
+    split_hash,
+    validate_ratios,
+)
 
 EDGE_IDS = [0, 1, -1, 2**63 - 1, -(2**63), 10014729, 123456789012]
 
