@@ -7,13 +7,13 @@ built from the Bundle itself, the way the Spark path builds them with joins.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.ids import subject_id_for
 from ehrfm.ingest.fhir.mapper import MapContext, birth_floor
 from ehrfm.ingest.fhir.process import Summary, process_record, summary_key
@@ -80,9 +80,9 @@ def bundle_to_events(
             entries = bundle.get("entry") or []
             if not isinstance(entries, list):
                 raise ValueError("Bundle.entry must be a list")
-            records = list(bundle_entry_records(source_file, entries))
+            records = list(bundle_entry_records(source_file, entries, copy=True))
         else:
-            records = [Record(source_file, 0, resource=json.loads(json.dumps(bundle)))]
+            records = [Record(source_file, 0, resource=jsonio.loads(jsonio.dumps(bundle)))]
     elif isinstance(bundle, (str, bytes)):
         records = list(iter_file_records(source_file, bundle.encode() if isinstance(bundle, str) else bundle))
     else:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 DEFAULTS: dict[str, Any] = {"input": None, "output": None, "validate": "auto", "master": None,
-                            "dataset_name": "fhir", "sample_every": 20}
+                            "dataset_name": "fhir", "sample_every": 50}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", default=None, help="Spark master (default: $EHRFM_SPARK_MASTER or local[*])")
     parser.add_argument("--dataset-name", dest="dataset_name", default=None, help="MEDS dataset_name (default: fhir)")
     parser.add_argument("--sample-every", dest="sample_every", type=int, default=None,
-                        help="auto validation samples 1 record in N (default 20)")
+                        help="auto validation samples 1 mapped record in N (default 50)")
     parser.add_argument("--config", type=Path, default=None, help="YAML file with any of the options above")
 
 

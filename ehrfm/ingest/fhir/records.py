@@ -11,11 +11,12 @@ mapper follows, so a resource carries everything it needs once it leaves its Bun
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from ehrfm.ingest.fhir import jsonio
 
 # fields holding the references the mapper follows (subject, encounter, medication)
 _REF_FIELDS = ("subject", "patient", "encounter", "context", "medicationReference")
@@ -69,7 +70,7 @@ def decompress(data: bytes) -> tuple[bytes, str | None]:
 
 def _parses_as_object(line: bytes) -> bool:
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(jsonio.loads(line), dict)
     except ValueError:
         return False
 
@@ -123,7 +124,7 @@ def _ndjson_records(source_file: str, lines: list[bytes], problem: str | None) -
 
 def _line_record(source_file: str, index: int, line: bytes) -> Record:
     try:
-        obj = json.loads(line)
+        obj = jsonio.loads(line)
     except ValueError as e:
         return Record(source_file, index, error=f"malformed JSON: {e}")
     if not isinstance(obj, dict):
@@ -135,7 +136,7 @@ def _line_record(source_file: str, index: int, line: bytes) -> Record:
 
 def _document_records(source_file: str, content: bytes) -> Iterator[Record]:
     try:
-        doc = json.loads(content)
+        doc = jsonio.loads(content)
     except ValueError as e:
         yield Record(source_file, 0, error=f"malformed JSON file: {e}")
         return
@@ -152,15 +153,21 @@ def _document_records(source_file: str, content: bytes) -> Iterator[Record]:
     yield from bundle_entry_records(source_file, entries)
 
 
-def bundle_entry_records(source_file: str, entries: list[Any]) -> Iterator[Record]:
-    """Records of Bundle entries, with ``urn:uuid:`` references rewritten to ``Type/id``."""
+def bundle_entry_records(source_file: str, entries: list[Any], copy: bool = False) -> Iterator[Record]:
+    """Records of Bundle entries, with ``urn:uuid:`` references rewritten to ``Type/id``.
+
+    ``copy``: work on shallow copies of the resources, leaving a caller's Bundle unmodified (serving);
+    not needed for Bundles this module parsed itself.
+    """
     full_urls: dict[str, str] = {}
     resources: list[dict[str, Any] | None] = []
     for entry in entries:
         res = entry.get("resource") if isinstance(entry, dict) else None
         url = entry.get("fullUrl") if isinstance(entry, dict) else None
-        # shallow copy: the caller's Bundle (serving) is never modified by the rewrites below
-        res = dict(res) if isinstance(res, dict) else None
+        if not isinstance(res, dict):
+            res = None
+        elif copy:  # the rewrites below replace top-level keys only, so a shallow copy suffices
+            res = dict(res)
         resources.append(res)
         if res is not None and isinstance(url, str) and isinstance(res.get("resourceType"), str):
             if "id" not in res and url.startswith("urn:uuid:"):

@@ -75,7 +75,7 @@ def ingest_fhir(
     dataset_name: str = "fhir",
     etl_name: str = "ehrfm.ingest.fhir",
     max_time_us: int | None = None,
-    sample_every: int = 20,
+    sample_every: int = 50,
     split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
     keep_tmp: bool = False,

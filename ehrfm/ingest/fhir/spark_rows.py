@@ -18,7 +18,6 @@ I     a subject id and its source id (``subject_id``, ``patient_ref``)
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.bundle import lookups
 from ehrfm.ingest.fhir.mapper import MapContext, reference_id, subject_of
 from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, UNREADABLE, Outcome, classify, process_record
@@ -125,7 +125,7 @@ def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every:
         rtype = rec.resource_type
         if res is None or rtype is None or classify(rtype, rules) != MAP:
             if res is not None and rtype == "Medication" and rec.resource_id:
-                yield row("M", med_key=f"Medication/{rec.resource_id}", payload=json.dumps(res),
+                yield row("M", med_key=f"Medication/{rec.resource_id}", payload=jsonio.dumps(res),
                           source_file=path, record_index=rec.record_index)
             yield from _outcome_rows(rec, res, process_record(rec, ctx, validate == "full"), rules, validate, every,
                                      counts, events)
@@ -144,7 +144,7 @@ def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every:
                 yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
                 continue
         yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
-                  payload=json.dumps(res))
+                  payload=jsonio.dumps(res))
     yield from _status_rows(counts, events)
     for code, desc in ctx.descriptions.items():
         yield row("D", code=code, text_value=desc)
@@ -158,10 +158,10 @@ def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int, every: in
     counts: Counter[tuple[str, str]] = Counter()
     events: Counter[tuple[str, str]] = Counter()
     for r in rows:
-        res = json.loads(r["payload"])
+        res = jsonio.loads(r["payload"])
         rec = Record(r["source_file"], r["record_index"], resource=res)
         ctx.birth_floor_us = {r["subject_id"]: r["floor"]} if r["floor"] is not None else {}
-        ctx.medications = {r["med_key"]: json.loads(r["med_payload"])} if r["med_payload"] is not None else {}
+        ctx.medications = {r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None else {}
         out = process_record(rec, ctx, validate == "full")
         yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
     yield from _status_rows(counts, events)
