@@ -42,6 +42,7 @@ from ehrfm.ops import (
     ssd_chunked,
     ssd_ref,
 )
+from ehrfm.ops.scan_chunked import DEFAULT_CHUNK
 
 OUT = Path(__file__).resolve().parent / "results" / "scan.json"
 
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--heads", type=int, default=2, help="SSD heads (headdim = dim / heads)")
-    ap.add_argument("--chunk", type=int, default=64, help="chunk size of our Mamba-1 chunked scan")
+    ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="chunk size of our Mamba-1 chunked scan")
     ap.add_argument("--ssd-chunk", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ref-max-len", type=int, default=512, help="run the reference loop up to this L")

@@ -10,7 +10,8 @@ import torch
 
 from ehrfm.ops import reference
 from ehrfm.ops.dispatch import choose
-from ehrfm.ops.scan_chunked import DEFAULT_CHUNK, selective_scan_chunked
+from ehrfm.ops.scan_chunked import selective_scan_chunked
+from ehrfm.ops.ssd import DEFAULT_CHUNK as SSD_CHUNK
 from ehrfm.ops.ssd import ssd_chunked
 
 
@@ -86,7 +87,7 @@ def ssd_chunk_scan(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = SSD_CHUNK,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
