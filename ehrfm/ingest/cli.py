@@ -66,6 +66,13 @@ def spark_from_args(args: argparse.Namespace, app_name: str = "ehrfm-ingest") ->
     """The Spark session for an ingest run, honouring ``--master`` and ``--conf``."""
     # Python workers must run this interpreter (it has pyarrow and ehrfm); spark-submit users set their own.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Launched by spark-submit: attach to its JVM first, so that SparkConf() inside get_spark sees the
+        # submitted --master/--conf (before the gateway exists SparkConf() is an empty dict, and get_spark
+        # would then impose local[*] and its defaults over spark-submit's settings).
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()
     from ehrfm.spark import get_spark
 
     return get_spark(app_name, master=getattr(args, "master", None), conf=parse_conf(getattr(args, "conf", [])))

@@ -304,6 +304,7 @@ def write_meds_dataset(
         "splits": split_counts,
         "split_ratios": list(ratios),
         "split_seed": split_seed,
+        "spark_master": spark.conf.get("spark.master", None),
         "shards": file_rows,
     }
     _write_json(result, f"{out}/summary.json")
