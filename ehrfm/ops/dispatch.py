@@ -105,12 +105,14 @@ def choose(op: str, *tensors: torch.Tensor | None) -> tuple[str, Any | None]:
     global _last_path
     on_gpu = any(t is not None and t.is_cuda for t in tensors)
     forced = forced_path()
-    kernel, reason = (None, "inputs are not on a CUDA device")
+    kernel: Any | None = None
+    reason = f"forced by set_ops_path/{ENV_VAR}" if forced else "inputs are not on a CUDA device"
     if forced == "cuda" or (forced is None and on_gpu):
         if on_gpu:
             kernel, reason = load_kernel(op)
         if forced == "cuda" and kernel is None:
-            raise RuntimeError(f"{op}: path 'cuda' was forced but {reason}; {INSTALL_HINT}")
+            why = reason if on_gpu else "inputs are not on a CUDA device"
+            raise RuntimeError(f"{op}: path 'cuda' was forced but {why}; {INSTALL_HINT}")
     path = forced if forced is not None else ("cuda" if kernel is not None else "chunked")
     _last_path = path
     _announce(op, path, reason)
@@ -127,6 +129,7 @@ def _announce(op: str, path: str, reason: str) -> None:
     elif path == "ref":
         msg = f"ehrfm.ops.{op}: using the reference loop over time (slow; forced by set_ops_path/{ENV_VAR})"
     else:
-        msg = f"ehrfm.ops.{op}: using the chunked PyTorch path ({reason}); for the fast GPU kernel {INSTALL_HINT}"
+        kind = "chunked PyTorch" if op in ("selective_scan", "ssd_chunk_scan") else "PyTorch"
+        msg = f"ehrfm.ops.{op}: using the {kind} path ({reason}); for the fast GPU kernel {INSTALL_HINT}"
     log.warning(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=4)

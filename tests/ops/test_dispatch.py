@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -79,7 +80,10 @@ def test_bad_path_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_forcing_cuda_on_cpu_tensors_fails_with_the_install_hint() -> None:
-    with ops_path("cuda"), pytest.raises(RuntimeError, match=r"pip install ehrfm\[cuda\]"):
+    with (
+        ops_path("cuda"),
+        pytest.raises(RuntimeError, match=r"not on a CUDA device.*pip install ehrfm\[cuda\]"),
+    ):
         selective_scan(**_inp())
 
 
@@ -96,3 +100,25 @@ def test_path_is_announced_once_per_op_and_path(caplog: pytest.LogCaptureFixture
     assert "chunked PyTorch path" in msgs[0] and "pip install ehrfm[cuda]" in msgs[0]
     assert "reference loop" in msgs[1]
     assert [r.getMessage() for r in caplog.records if r.name == "ehrfm.ops"] == msgs
+
+
+def test_auto_choice_for_gpu_tensors_uses_the_kernel_when_it_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_like = SimpleNamespace(is_cuda=True)  # choose() only looks at .is_cuda
+    kernel = object()
+    monkeypatch.setattr(dispatch_mod, "load_kernel", lambda op: (kernel, ""))
+    assert dispatch_mod.choose("selective_scan", gpu_like) == ("cuda", kernel)  # type: ignore[arg-type]
+    assert current_ops_path() == "cuda"
+    monkeypatch.setattr(dispatch_mod, "load_kernel", lambda op: (None, "mamba_ssm unavailable (ImportError)"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dispatch_mod.choose("selective_scan", gpu_like) == ("chunked", None)  # type: ignore[arg-type]
+    assert "mamba_ssm unavailable" in str(caught[0].message)
+    with ops_path("ref"):
+        assert dispatch_mod.choose("selective_scan", gpu_like)[0] == "ref"  # type: ignore[arg-type]
+
+
+def test_missing_kernel_package_is_reported_not_raised() -> None:
+    dispatch_mod._kernel_cache.pop("causal_conv1d", None)
+    fn, reason = dispatch_mod.load_kernel("causal_conv1d")
+    if fn is None:  # the CPU case: the package is absent or cannot load its CUDA extension
+        assert "causal_conv1d" in reason
