@@ -57,10 +57,26 @@ def with_row_index(df: DataFrame) -> tuple[DataFrame, int | None]:
     return df.withColumn("_row", row.cast("bigint")).drop("_pid", "_mid"), total
 
 
+def csv_header(uri: str) -> list[str]:
+    """Column names from the first line of a CSV(.gz), read with pyarrow (Spark would run a job for it)."""
+    import csv
+    import io
+
+    fs, path = _fs(uri)
+    compression = "gzip" if uri.endswith(".gz") else None
+    with fs.open_input_stream(path, compression=compression) as raw:
+        first = io.TextIOWrapper(raw, encoding="utf-8", newline="").readline()
+    return next(csv.reader([first]))
+
+
 def read_csv(spark: SparkSession, uri: str) -> DataFrame:
     """Read one MIMIC CSV(.gz) with every column as string (quotes escaped by doubling, as MIMIC ships)."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    schema = StructType([StructField(c, StringType()) for c in csv_header(uri)])
     return (
-        spark.read.option("header", True)
+        spark.read.schema(schema)
+        .option("header", True)
         .option("escape", '"')
         .option("mode", "PERMISSIVE")
         .csv(uri)
