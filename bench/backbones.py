@@ -13,16 +13,21 @@ per backbone (1.0 = linear in L at a fixed token budget; attention is quadratic,
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import resource
-import subprocess
 import sys
-import time
-import warnings
 from pathlib import Path
-from typing import Any
+
+# Running ``python bench/backbones.py`` puts bench/ first on sys.path, where bench/tokenize.py would shadow
+# the stdlib ``tokenize`` module (inspect -> linecache -> tokenize) once torch is imported.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from typing import Any  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
 # Layers per backbone for ~equal parameters: a Mamba block is ~6 d^2 (in/out projections, expand 2),

@@ -113,3 +113,20 @@ def test_out_of_vocabulary_ids_fail_clearly() -> None:
     model = _model("mamba")
     with pytest.raises(ValueError, match="vocab_size=40"):
         model(concept_ids=torch.tensor([[1, 2, V]]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_cuda_matches_cpu_and_steps(backbone: str) -> None:
+    model, s = _model(backbone), _streams()
+    with torch.no_grad():
+        cpu = model(**s).logits
+        gpu_model = model.to("cuda")
+        gs = {k: v.cuda() for k, v in s.items()}
+        gpu = gpu_model(**gs).logits
+        cache = gpu_model.allocate_inference_cache(2)
+        stepped = torch.stack([gpu_model.step({k: v[:, t] for k, v in gs.items()}, cache).logits  # type: ignore[misc]
+                               for t in range(19)], dim=1)
+    assert cpu is not None and gpu is not None
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(stepped, gpu, rtol=1e-3, atol=1e-3)
