@@ -6,22 +6,23 @@ Example::
     ehrfm ingest fhir --config etl/fhir.yaml --validate full --master local[4]
 
 A ``--config`` YAML may hold any of ``input`` (list), ``output``, ``validate``, ``master``,
-``dataset_name``, ``sample_every``; flags given on the command line win.
+``dataset_name``, ``sample_every``, ``max_time``; flags given on the command line win.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ehrfm.ingest.fhir.times import TimeParseError, parse_fhir_time
+
 DEFAULTS: dict[str, Any] = {"input": None, "output": None, "validate": "auto", "master": None,
-                            "dataset_name": "fhir", "sample_every": 50}
+                            "dataset_name": "fhir", "sample_every": 50, "max_time": None}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-name", dest="dataset_name", default=None, help="MEDS dataset_name (default: fhir)")
     parser.add_argument("--sample-every", dest="sample_every", type=int, default=None,
                         help="auto validation samples 1 mapped record in N (default 50)")
+    parser.add_argument("--max-time", dest="max_time", default=None,
+                        help="FHIR date/time after which events are impossible (default: now + 1 day); "
+                             "fix it to make reruns reproducible")
     parser.add_argument("--config", type=Path, default=None, help="YAML file with any of the options above")
 
 
@@ -62,6 +66,11 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--output is required")
     if opts["validate"] not in ("auto", "none", "full"):
         raise ValueError(f"validate must be auto, none or full, got {opts['validate']!r}")
+    if opts["max_time"] is not None:
+        try:
+            opts["max_time_us"] = parse_fhir_time(str(opts["max_time"]))
+        except TimeParseError as e:
+            raise ValueError(f"--max-time: {e}") from None
     return opts
 
 
@@ -72,14 +81,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"ehrfm ingest fhir: {e}", file=sys.stderr)
         return 2
-    # Spark's Python workers must run this interpreter (it has ehrfm and pyarrow)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from ehrfm.ingest.cli import spark_from_args
     from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
-    from ehrfm.spark import get_spark
 
-    spark = get_spark("ehrfm-ingest-fhir", master=opts["master"])
-    result = ingest_fhir(spark, opts["input"], opts["output"], validate=opts["validate"],
-                         dataset_name=opts["dataset_name"], sample_every=int(opts["sample_every"]), progress=True)
+    args.master = opts["master"]
+    # spark_from_args honours --master/--conf, spark-submit, and points the Python workers at this interpreter
+    spark = spark_from_args(args, app_name="ehrfm-ingest-fhir")
+    result = ingest_fhir(
+        spark, opts["input"], opts["output"], validate=opts["validate"], dataset_name=opts["dataset_name"],
+        sample_every=int(opts["sample_every"]), max_time_us=opts.get("max_time_us"), split_ratios=getattr(args, "split_ratios", (0.8, 0.1, 0.1)),
+        split_seed=getattr(args, "split_seed", 0), rows_per_shard=getattr(args, "rows_per_shard", None), progress=True)
     keys = ("files", "events", "subjects", "codes", "rejects", "reconciled", "validation_sample", "splits")
     print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
     print(f"wrote {opts['output']} (summary.json, data/, metadata/, rejects/)")

@@ -78,6 +78,7 @@ def ingest_fhir(
     sample_every: int = 50,
     split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
+    rows_per_shard: int | None = None,
     keep_tmp: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -142,7 +143,8 @@ def ingest_fhir(
     steps.set_postfix_str("write MEDS")
     result = write_meds_dataset(
         spark, events, output, dataset_name=dataset_name, etl_name=etl_name, code_descriptions=descriptions,
-        rejects=rejects, subject_ids=subject_ids, summary=summary, split_ratios=split_ratios, split_seed=split_seed)
+        rejects=rejects, subject_ids=subject_ids, summary=summary, split_ratios=split_ratios, split_seed=split_seed,
+        rows_per_shard=rows_per_shard)
     steps.update()
     steps.close()
     result["seconds"] = {**seconds, "write": round(time.perf_counter() - clock - sum(seconds.values()), 1)}
