@@ -82,6 +82,7 @@ def test_rejects_name_field_and_reason() -> None:
     c = ctx(birth_floor_us={SID: us("1990-01-01T00:00:00")})
     cases = {
         "no subject": (obs(subject=None), "subject|patient", "missing subject reference"),
+        "group subject": (obs(subject={"reference": "Group/g1"}), "subject", "not a Patient reference"),
         "bad time": (obs(effectiveDateTime="2020-02-30"), "effectiveDateTime", "unparseable time"),
         "no time": (obs(effectiveDateTime=None), None, "missing time"),
         "before birth": (obs(effectiveDateTime="1980-01-01"), "effectiveDateTime", "before the subject's birth"),

@@ -315,8 +315,12 @@ def map_resource(resource: dict[str, Any], ctx: MapContext) -> tuple[list[Event]
             raise MappingError("status", f"status {resource['status']}")
         sid = subject_of(resource, ctx.rules)
         if sid is None:
-            raise MappingError("id" if rtype == "Patient" else "|".join(ctx.rules.subject_fields),
-                               "missing Patient id" if rtype == "Patient" else "missing subject reference")
+            if rtype == "Patient":
+                raise MappingError("id", "missing Patient id")
+            present, _ = first_path(resource, ctx.rules.subject_fields)
+            if present is not None:  # e.g. a Group or Device subject: no patient timeline to put it on
+                raise MappingError(present, "subject is not a Patient reference")
+            raise MappingError("|".join(ctx.rules.subject_fields), "missing subject reference")
         if rule.handler == "patient":
             events = _map_patient(resource, sid, ctx)
             own = birth_floor(resource, ctx.rules)
