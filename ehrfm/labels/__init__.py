@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ehrfm.labels.dataset import label_dataset
     from ehrfm.labels.direct import label_events, read_labels
-    from ehrfm.labels.engine import label_subject, label_subject_tasks, labels_to_arrow
+    from ehrfm.labels.engine import label_subject, label_subject_rows, label_subject_tasks, rows_to_arrow
     from ehrfm.labels.parse import available_tasks, load_task, load_tasks, parse_spec, warn_missing_codes
     from ehrfm.labels.spec import TaskSpec, TaskSpecError
 
@@ -23,7 +23,8 @@ _WHERE = {
     "read_labels": "direct",
     "label_subject": "engine",
     "label_subject_tasks": "engine",
-    "labels_to_arrow": "engine",
+    "label_subject_rows": "engine",
+    "rows_to_arrow": "engine",
     "available_tasks": "parse",
     "load_task": "parse",
     "load_tasks": "parse",
@@ -40,11 +41,12 @@ __all__ = [
     "label_events",
     "label_subject",
     "label_subject_tasks",
-    "labels_to_arrow",
+    "label_subject_rows",
     "load_task",
     "load_tasks",
     "parse_spec",
     "read_labels",
+    "rows_to_arrow",
     "warn_missing_codes",
 ]
 

@@ -1,4 +1,4 @@
-"""``label_dataset``: the label engine at scale with Spark — the SAME ``label_subject_tasks`` per subject.
+"""``label_dataset``: the label engine at scale with Spark — the SAME ``label_subject_rows`` per subject.
 
 Plan: read the MEDS events (4 columns), attach each subject's last event time (``record_end``: follow-up
 censoring must see every event, not only the few codes the tasks read), keep only the codes the tasks read,
@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ehrfm.labels.direct import dataset_codes, read_labels, read_splits, summarize
-from ehrfm.labels.engine import label_subject_tasks, labels_to_arrow
+from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.parse import warn_missing_codes
 from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex
 from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
@@ -50,8 +50,8 @@ def _label_group(specs: list[TaskSpec]) -> Any:
         pdf = table.to_pandas()
         record_end = pd.Timestamp(pdf[RECORD_END].iloc[0]) if len(pdf) else None
         parts = []
-        for name, df in label_subject_tasks(pdf.drop(columns=[RECORD_END]), specs, record_end).items():
-            t = labels_to_arrow(df)
+        for name, rows in label_subject_rows(pdf.drop(columns=[RECORD_END]), specs, record_end).items():
+            t = rows_to_arrow(rows)
             parts.append(t.append_column(TASK, pa.array([name] * t.num_rows, pa.string())))
         schema = LABELS_SCHEMA.append(pa.field(TASK, pa.string()))
         return pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()

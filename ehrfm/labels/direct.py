@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ehrfm.labels.engine import label_subject_tasks, labels_to_arrow
+from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.spec import TaskSpec
 from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
 
@@ -37,16 +37,11 @@ def label_events(events: pd.DataFrame, specs: Iterable[TaskSpec]) -> dict[str, p
     Returns ``{task name: pa.Table in LABELS_SCHEMA}`` sorted by (subject_id, prediction_time).
     """
     specs = list(specs)
-    parts: dict[str, list[pd.DataFrame]] = {s.name: [] for s in specs}
+    rows: dict[str, list[dict[str, object]]] = {s.name: [] for s in specs}
     for _, group in events.groupby(SUBJECT_ID, sort=True):
-        for name, df in label_subject_tasks(group, specs).items():
-            if len(df):
-                parts[name].append(df)
-    out = {}
-    for name, frames in parts.items():
-        table = pa.concat_tables([labels_to_arrow(f) for f in frames]) if frames else LABELS_SCHEMA.empty_table()
-        out[name] = sort_labels(table)
-    return out
+        for name, subject_rows in label_subject_rows(group, specs).items():
+            rows[name].extend(subject_rows)
+    return {name: sort_labels(rows_to_arrow(r)) for name, r in rows.items()}
 
 
 def read_labels(path: str | Path) -> pa.Table:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -62,11 +63,18 @@ def patterns_regex(patterns: tuple[CodePattern, ...]) -> str:
     return "|".join(f"(?:{p.regex})" for p in patterns)
 
 
+@lru_cache(maxsize=256)
+def _compiled(patterns: tuple[CodePattern, ...]) -> re.Pattern[str]:
+    return re.compile(patterns_regex(patterns))
+
+
 def codes_matching(codes: pd.Series, patterns: tuple[CodePattern, ...]) -> pd.Series:
-    """Boolean mask of ``codes`` (strings) that match any pattern."""
-    if not patterns:
-        return pd.Series(False, index=codes.index)
-    return codes.astype("string").str.match(patterns_regex(patterns)).fillna(False).astype(bool)
+    """Boolean mask of ``codes`` (strings) that match any pattern (the regex runs once per distinct code)."""
+    if not patterns or len(codes) == 0:
+        return pd.Series(False, index=codes.index, dtype=bool)
+    rx = _compiled(patterns)
+    hits = [c for c in pd.unique(codes.dropna()) if rx.match(str(c))]
+    return codes.isin(hits)
 
 
 @dataclass(frozen=True)
