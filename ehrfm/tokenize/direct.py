@@ -100,3 +100,16 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         len_max=("length", "max"),
     )
     return out.reset_index()
+
+
+def read_tokens(path: str | Path) -> pa.Table:
+    """Read token parquet (a folder of ``*.parquet`` as either engine writes, or one file) as TOKENS_SCHEMA.
+
+    Spark names list items ``element`` and drops non-null flags; the cast restores the exact schema.
+    """
+    p = Path(path)
+    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    if not files:
+        return TOKENS_SCHEMA.empty_table()
+    tables = [pq.read_table(f).select(TOKENS_SCHEMA.names).cast(TOKENS_SCHEMA) for f in files]
+    return pa.concat_tables(tables)

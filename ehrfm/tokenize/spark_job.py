@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ehrfm.prepare.bins import Bins
 from ehrfm.schema import (
@@ -28,6 +27,7 @@ from ehrfm.schema import (
     TOKENS_SCHEMA,
 )
 from ehrfm.tokenize.config import TokenizeConfig
+from ehrfm.tokenize.direct import read_tokens  # noqa: F401  (re-exported: readers need no Spark)
 from ehrfm.tokenize.tokenizer import COLUMNS, rows_to_frame, tokenize_subject
 from ehrfm.vocab import Vocabulary
 
@@ -139,13 +139,3 @@ def write_tokens(rows: SparkDataFrame, output: str | Path, tasks: Sequence[str])
         part = rows.where(cond).sortWithinPartitions(SUBJECT_ID, PREDICTION_TIME)
         part.write.mode("overwrite").parquet(path)
         yield path
-
-
-def read_tokens(path: str | Path) -> pa.Table:
-    """Read token parquet (a folder of ``*.parquet`` or one file) cast to TOKENS_SCHEMA."""
-    p = Path(path)
-    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
-    if not files:
-        return TOKENS_SCHEMA.empty_table()
-    tables = [pq.read_table(f).select(TOKENS_SCHEMA.names) for f in files]
-    return pa.concat_tables([t.cast(TOKENS_SCHEMA) for t in tables])

@@ -13,7 +13,7 @@ import pytest
 
 from ehrfm.cli import main
 from ehrfm.schema import PREDICTION_TIME, SPLITS, TokenType
-from ehrfm.tokenize.spark_job import read_tokens
+from ehrfm.tokenize.direct import read_tokens
 from ehrfm.vocab import Vocabulary
 
 # a subset of tables keeps the ingest inside the test budget: encounters, demographics, diagnoses, numeric labs

@@ -13,8 +13,8 @@ from tok_helpers import population
 from ehrfm.cli import main
 from ehrfm.schema import EVENTS_SCHEMA, LABELS_SCHEMA, SPLITS_SCHEMA, TOKENS_SCHEMA
 from ehrfm.tokenize import TokenizeConfig
-from ehrfm.tokenize.direct import iter_rows, rows_to_table
-from ehrfm.tokenize.spark_job import read_tokens, tokenize_spark, write_tokens
+from ehrfm.tokenize.direct import iter_rows, read_tokens, rows_to_table
+from ehrfm.tokenize.spark_job import tokenize_spark, write_tokens
 
 KEY = [("task", "ascending"), ("subject_id", "ascending"), ("prediction_time", "ascending")]
 
