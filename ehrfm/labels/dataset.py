@@ -9,7 +9,7 @@ then ``groupBy(subject_id).applyInArrow`` once for all tasks. Each task is writt
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ehrfm.labels.direct import dataset_codes, read_labels, read_splits, summarize
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
-from ehrfm.labels.parse import warn_missing_codes
+from ehrfm.labels.parse import DEFAULT_TASKS_DIR, load_task, load_tasks, warn_missing_codes
 from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex
 from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
 
@@ -76,27 +76,36 @@ def label_frame(events: DataFrame, specs: list[TaskSpec]) -> DataFrame:
 
 
 def label_dataset(
-    spark: SparkSession, meds_dir: str | Path, tasks: list[TaskSpec], output: str | Path, progress: bool = False
+    spark: SparkSession,
+    meds_dir: str | Path,
+    tasks: str | Sequence[str | TaskSpec],
+    output: str | Path,
+    progress: bool = False,
+    tasks_dir: str | Path = DEFAULT_TASKS_DIR,
 ) -> pd.DataFrame:
-    """Label an ingested MEDS dataset for ``tasks``; write ``<output>/<task>.parquet/`` per task.
+    """Label an ingested MEDS dataset; write ``<output>/<task>.parquet/`` per task.
 
-    Returns the summary (:func:`~ehrfm.labels.direct.summarize`): rows and prevalence per task and split.
-    Warns for task code patterns that match no code of the dataset.
+    ``tasks``: specs, task names, ``"a,b"`` or ``"all"`` (names are read from ``tasks_dir``).
+    Returns the summary (:func:`~ehrfm.labels.direct.summarize`): rows, subjects, positives and
+    prevalence per task and split. Warns for task code patterns that match no code of the dataset.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    warn_missing_codes(tasks, dataset_codes(meds_dir))
+    specs: list[TaskSpec] = (load_tasks(tasks, tasks_dir) if isinstance(tasks, str)
+                             else [t if isinstance(t, TaskSpec) else load_task(t, tasks_dir) for t in tasks])
+
+    warn_missing_codes(specs, dataset_codes(meds_dir))
     events = spark.read.parquet(str(Path(meds_dir) / "data"))
-    labels = label_frame(events, tasks).persist(StorageLevel.MEMORY_AND_DISK)
+    labels = label_frame(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     tables = {}
-    iterator: Iterable[TaskSpec] = tasks
+    iterator: Iterable[TaskSpec] = specs
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(tasks, desc="label", unit="task")
+        iterator = tqdm(specs, desc="label", unit="task")
     for spec in iterator:
         path = out / f"{spec.name}.parquet"
         (labels.where(F.col(TASK) == spec.name).drop(TASK)
@@ -104,4 +113,4 @@ def label_dataset(
          .write.mode("overwrite").parquet(str(path)))
         tables[spec.name] = read_labels(path)
     labels.unpersist()
-    return summarize(tables, {s.name: s.kind for s in tasks}, read_splits(meds_dir))
+    return summarize(tables, {s.name: s.kind for s in specs}, read_splits(meds_dir))

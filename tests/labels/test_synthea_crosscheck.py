@@ -116,6 +116,7 @@ def test_death_1y_tte_matches_raw_json(subset: list[Path], synthea_labels: dict)
                                   strict=True)} == expected
 
 
+@pytest.mark.slow
 def test_independent_count_reproduces_source_md(synthea_bundles: Path) -> None:
     """The raw-JSON reader above reproduces SOURCE.md's 131 30-day inpatient readmissions (next IMP start
     0-30 days after the previous IMP end) over all 615 bundles -- so the subset comparison is trustworthy.
