@@ -87,8 +87,9 @@ class PretrainModule(StreamingModule):
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         if totals[1] > 0:
             mean = float(totals[0] / totals[1])
-            self.log("val_loss", mean, sync_dist=False)
-            self.log("val_ppl", math.exp(min(mean, 50.0)), prog_bar=True, sync_dist=False)
+            # already reduced over ranks; sync_dist averages identical values (and keeps Lightning quiet)
+            self.log("val_loss", mean, sync_dist=True)
+            self.log("val_ppl", math.exp(min(mean, 50.0)), prog_bar=True, sync_dist=True)
 
     def hparams_dict(self) -> dict[str, Any]:
         """Model config as a dict (for logging)."""

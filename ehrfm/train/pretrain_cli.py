@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from ehrfm.train.pretrain_run import run_pretraining
 
     summary = run_pretraining(cfg, args.data, args.output, resume=args.resume)
+    if summary["global_rank"] != 0:  # under DDP only rank zero reports
+        return 0
     print(json.dumps(summary, indent=2))
     print(f"model: {args.output}/model  checkpoints: {args.output}/checkpoints")
     return 0

@@ -92,6 +92,7 @@ def run_pretraining(cfg: PretrainConfig, data_dir: str | Path, output: str | Pat
         "backbone": model_cfg.backbone,
         "resumed_from": str(ckpt_path) if ckpt_path else None,
         "mlflow_run_id": tracker.run_id,
+        "global_rank": trainer.global_rank,
     }
     if trainer.is_global_zero:
         model_dir = module.model.save_pretrained(output / "model")
