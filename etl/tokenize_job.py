@@ -1,6 +1,6 @@
 """spark-submit entry point for ``ehrfm tokenize`` (token-stream parquet: pretraining and task rows).
 
-    spark-submit etl/tokenize.py --meds <meds dir> --labels <labels dir> --output <tokens dir> [--max-len 2048]
+    spark-submit etl/tokenize_job.py --meds <meds dir> --labels <labels dir> --output <tokens dir> [--max-len 2048]
 """
 
 from __future__ import annotations
@@ -19,6 +19,6 @@ import argparse  # noqa: E402
 from ehrfm.tokenize import cli  # noqa: E402
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="etl/tokenize.py", description=__doc__)
+    parser = argparse.ArgumentParser(prog="etl/tokenize_job.py", description=__doc__)
     cli.add_arguments(parser)
     sys.exit(cli.run(parser.parse_args()))
