@@ -88,6 +88,8 @@ def test_good_records_become_events(result: tuple[Path, dict, pd.DataFrame, pd.D
     assert death.loc[3] == pd.Timestamp("2152-01-01 09:00:00")  # in-hospital deathtime wins over dod
     assert ev[ev.code == "DIAGNOSIS//ICD//10//I10"].time.tolist() == [pd.Timestamp("2150-03-05 12:00:00")]
     assert (ev.code == "ENCOUNTER//EMERGENCY//START").sum() == 1  # null edregtime is no event and no reject
+    ed = summary["rules"]["admissions:ENCOUNTER//EMERGENCY//START"]
+    assert ed["events"] == 1 and ed["not_applicable"] == 1 and not ed["rejects"]
     assert summary["tables"]["icustays"]["absent"] and summary["tables"]["labevents"]["rows"] == 6
     # reconciliation: every labevents row is one event or one reject
     assert len(labs) + (rej.resource_type == "labevents").sum() == 6

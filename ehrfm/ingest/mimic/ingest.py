@@ -240,6 +240,11 @@ def ingest_mimic(
     for info in tables.info.values():
         if info.get("rows") is None and "rows_seen" in info:
             info["rows"] = info.pop("rows_seen")
+    for rule in rules.events:  # reconcile: rows a `when` rule does not apply to are counted, not lost
+        found = per_rule.get(rule.name)
+        rows = tables.info.get(rule.table, {}).get("rows")
+        if found is not None and rule.when and rows is not None:
+            found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
     summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule}
     result = write_meds_dataset(
         spark,
