@@ -26,8 +26,11 @@ def get_spark(app_name: str = "ehrfm", master: str | None = None, conf: dict[str
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
 
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Launched by spark-submit: attach to its JVM first so SparkConf() sees --master and every --conf.
+        SparkContext._ensure_initialized()
     builder = SparkSession.builder.appName(app_name)
     # Under spark-submit the JVM already carries spark.master (and every --conf): never override those.
     submitted = SparkConf().contains("spark.master")
