@@ -114,15 +114,16 @@ def _ndjson_records(source_file: str, lines: list[bytes], problem: str | None) -
         last = len(lines) - 1
         for i, line in enumerate(lines[:last]):
             if line.strip():
-                yield _line_record(source_file, i, line)
+                yield line_record(source_file, i, line)
         yield Record(source_file, last, error=f"{problem} (after {last} complete lines)")
         return
     for i, line in enumerate(lines):
         if line.strip():
-            yield _line_record(source_file, i, line)
+            yield line_record(source_file, i, line)
 
 
-def _line_record(source_file: str, index: int, line: bytes) -> Record:
+def line_record(source_file: str, index: int, line: bytes) -> Record:
+    """One NDJSON line (non-blank) as a record: the resource, or the reason it cannot be read."""
     try:
         obj = jsonio.loads(line)
     except ValueError as e:

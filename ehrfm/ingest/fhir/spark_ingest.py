@@ -1,17 +1,19 @@
 """The population path: FHIR Bundles / NDJSON files -> a MEDS dataset on disk, with Spark.
 
-Two passes over the records, both running the pure-Python code of the one-patient path
-(:mod:`ehrfm.ingest.fhir.spark_rows`), then the shared MEDS writer:
+Every input is cut into *units* (a whole file, or a byte range of a big plain NDJSON file) that are
+streamed in bounded memory (:mod:`ehrfm.ingest.fhir.spark_units`); the per-record code is the
+one-patient path's (:mod:`ehrfm.ingest.fhir.spark_rows`):
 
-1. **per file** (executors): read the bytes (Spark ``binaryFile``: any Hadoop filesystem), detect
-   Bundle vs NDJSON, split into records and map every record whose lookups the file answers itself
-   (a Synthea-style patient Bundle: all of them). The rest (NDJSON whose Patient or Medication lives
-   in another file, mapper rejects) is kept as JSON with its join keys, with the birth floors and
-   Medications each file provides. Written once to a temporary parquet.
-2. **cross-file** (executors): pending records ⟕ global birth floor (subject_id) ⟕ Medication (key),
-   then the same per-record code.
-3. **write**: :func:`ehrfm.ingest.writer.write_meds_dataset` with events, rejects, descriptions,
-   subject ids and the reconciling summary. Only aggregates ever reach the driver.
+1. **scan** (executors, cheap): per unit its format, newline count (so a range knows the line number
+   of its first line) and the lookup records (Patient birth floors, Medications); only lines that
+   may be one of those are parsed. The lookups are small (one row per patient) and are broadcast.
+2. **map** (executors): every record mapped once with the global lookups, written to a temporary
+   parquet. With NDJSON inputs only, this is the only pass over the data.
+3. **cross-file** (only when Bundle files exist, whose Patients step 1 does not read): the records
+   that lacked a lookup or were rejected ⟕ birth floor ⟕ Medication (broadcast joins), then the same
+   per-record code.
+4. **write**: :func:`ehrfm.ingest.writer.write_meds_dataset` with events, rejects, descriptions,
+   subject ids and the reconciling summary. Only aggregates and the lookups reach the driver.
 """
 
 from __future__ import annotations
@@ -22,24 +24,60 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
 from ehrfm.ingest.fhir.paths import cleanup, expand_inputs
 from ehrfm.ingest.fhir.process import Summary
-from ehrfm.ingest.fhir.spark_rows import ROW_SCHEMA, file_rows, pending_rows, to_batch
+from ehrfm.ingest.fhir.spark_rows import ROW_SCHEMA, pending_rows, to_batch
 from ehrfm.ingest.fhir.times import US_PER_DAY, now_us
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
-def _pass1(validate: str, limit: int, every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``mapInArrow`` function: batches of (path, content) -> one batch of ROW_SCHEMA rows per file."""
+BATCH_ROWS = 8192  # rows per Arrow batch handed back to Spark (bounds a task's memory)
+SPLIT_BYTES = 64 << 20  # plain NDJSON files above this are cut into byte ranges of this size
+PARTITION_BYTES = 32 << 20  # target input bytes per task (small files are grouped, big ones split)
+
+
+def _batches(rows: Iterator[tuple[Any, ...]]) -> Iterator[pa.RecordBatch]:
+    buf: list[tuple[Any, ...]] = []
+    for r in rows:
+        buf.append(r)
+        if len(buf) >= BATCH_ROWS:
+            yield to_batch(buf)
+            buf = []
+    if buf:
+        yield to_batch(buf)
+
+
+def _scan_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function: units -> SCAN_SCHEMA rows (unit facts and lookups)."""
+    from ehrfm.ingest.fhir.spark_rows import arrow_schema
+    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, scan_unit
+
+    schema = arrow_schema(SCAN_SCHEMA)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            paths, contents = batch.column(0), batch.column(1)
-            for i in range(batch.num_rows):
-                yield to_batch(list(file_rows(paths[i].as_py(), contents[i].as_py() or b"", validate, limit, every)))
+            for u in batch.to_pylist():
+                rows = list(scan_unit(u["path"], u["start"], u["end"], u["mode"]))
+                yield to_batch(rows, schema)
+
+    return run
+
+
+def _map_fn(lookup: Any, complete: bool, validate: str, limit: int,
+            every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function: units (with their first line number) -> ROW_SCHEMA batches.
+    ``lookup``: a broadcast of (births, meds)."""
+    from ehrfm.ingest.fhir.spark_units import map_unit
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        births, meds = lookup.value
+        for batch in batches:
+            for u in batch.to_pylist():
+                yield from _batches(map_unit(u, births, meds, complete, validate, limit, every))
 
     return run
 
@@ -49,21 +87,67 @@ def _pass2(validate: str, limit: int, every: int) -> Callable[[Iterator[pa.Recor
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            rows = list(pending_rows(batch.to_pylist(), validate, limit, every))
-            if rows:
-                yield to_batch(rows)
+            yield from _batches(pending_rows(batch.to_pylist(), validate, limit, every))
 
     return run
 
 
-def _files_df(spark: SparkSession, files: Sequence[tuple[str, int]]) -> DataFrame:
-    """(path, content) of every input. Spark's file sources drop zero-length files (they have no split),
-    so those are added as rows with empty content (they become "empty file" rejects)."""
-    nonempty = [f for f, n in files if n > 0]
-    empty = spark.createDataFrame([(f, b"") for f, n in files if n == 0], "path string, content binary")
-    if not nonempty:
-        return empty
-    return spark.read.format("binaryFile").load(nonempty).select("path", "content").unionByName(empty)
+def plan_units(files: Sequence[tuple[str, int]], split_bytes: int = SPLIT_BYTES) -> list[tuple[str, int, int, str]]:
+    """``(path, start, end, mode)`` work units: a big plain NDJSON file becomes ``range`` units of
+    ``split_bytes``; every other file one ``file`` unit (gzip is not splittable; documents are read whole)."""
+    from ehrfm.ingest.fhir.streams import sniff
+
+    units: list[tuple[str, int, int, str]] = []
+    for path, size in files:
+        if size > split_bytes:
+            gz, ndjson = sniff(path)
+            if not gz and ndjson:
+                units += [(path, s, min(s + split_bytes, size), "range") for s in range(0, size, split_bytes)]
+                continue
+        units.append((path, 0, size, "file"))
+    return units
+
+
+def _units_df(spark: SparkSession, units: Sequence[dict[str, Any]], schema: str, parallelism: int) -> DataFrame:
+    """A DataFrame of units, partitioned so that tasks get similar byte counts (largest first into
+    the lightest partition): many small files share a task, a big file's ranges spread out."""
+    total = sum(u["end"] - u["start"] for u in units)
+    n = max(1, min(len(units), max(2 * parallelism, -(-total // PARTITION_BYTES))))
+    groups: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    loads = [0] * n
+    for u in sorted(units, key=lambda u: u["start"] - u["end"]):
+        i = loads.index(min(loads))
+        groups[i].append(u)
+        loads[i] += max(u["end"] - u["start"], 1)
+    cols = [c.strip().split(" ")[0] for c in schema.split(",")]
+    rdd = spark.sparkContext.parallelize([[tuple(u[c] for c in cols) for u in g] for g in groups], n)
+    return spark.createDataFrame(rdd.flatMap(lambda g: g), schema)
+
+
+def _lookups(scan: pa.Table) -> tuple[dict[str, dict[str, Any]], dict[int, int], dict[str, tuple[str, int, str]]]:
+    """From the scan rows: unit facts by (path, start) with ``base`` (line number of the unit's first
+    byte), global birth floors (minimum) and Medications (``(path, offset, JSON)``, first by file, then
+    position)."""
+    facts: dict[str, dict[str, Any]] = {}
+    births: dict[int, int] = {}
+    med_rows: dict[str, tuple[str, int, str]] = {}
+    for r in scan.to_pylist():
+        if r["kind"] == "U":
+            facts[f"{r['path']}#{r['start']}"] = r
+        elif r["kind"] == "B":
+            births[r["subject_id"]] = min(r["floor"], births.get(r["subject_id"], r["floor"]))
+        elif r["kind"] == "M":
+            cand = (r["path"], r["offset"], r["payload"])
+            med_rows[r["med_key"]] = min(cand, med_rows.get(r["med_key"], cand))
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for f in facts.values():
+        by_file.setdefault(f["path"], []).append(f)
+    for parts in by_file.values():
+        base = 0
+        for f in sorted(parts, key=lambda f: f["start"]):
+            f["base"] = base
+            base += f["newlines"] or 0
+    return facts, births, med_rows
 
 
 def ingest_fhir(
@@ -101,29 +185,56 @@ def ingest_fhir(
     files = expand_inputs(spark, inputs)
     limit = max_time_us if max_time_us is not None else now_us() + US_PER_DAY
     tmp = output.rstrip("/") + "/_fhir_tmp"
-    steps = tqdm(total=3, desc="fhir ingest", unit="pass", disable=not progress)
+    steps = tqdm(total=4, desc="fhir ingest", unit="step", disable=not progress)
     mode, every = validate, sample_every
 
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
-    # pass 1: per file; the file bytes are decompressed and parsed exactly once
-    _files_df(spark, files).mapInArrow(_pass1(mode, limit, every), ROW_SCHEMA).write.mode("overwrite").parquet(
-        f"{tmp}/pass1")
-    p1 = spark.read.parquet(f"{tmp}/pass1")
-    seconds["pass1_files"] = round(time.perf_counter() - clock, 1)
+    parallelism = spark.sparkContext.defaultParallelism
+    units = [dict(zip(("path", "start", "end", "mode"), u, strict=True)) for u in plan_units(files)]
+    # 1. scan: formats, line numbers of the ranges, lookups (small: collected and broadcast)
+    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA, WHOLE
+
+    scan = _units_df(spark, units, UNIT_SCHEMA, parallelism).mapInArrow(_scan_fn(), SCAN_SCHEMA).toArrow()
+    facts, births, med_rows = _lookups(scan)
+    meds = {k: jsonio.loads(v[2]) for k, v in med_rows.items()}
+    complete = not any(f["fmt"] == WHOLE for f in facts.values())
+    for u in units:
+        f = facts[f"{u['path']}#{u['start']}"]
+        u.update(fmt=f["fmt"], base=f.get("base", 0), problem=f["problem"], good_len=f["good_len"])
+    lookup = spark.sparkContext.broadcast((births, meds))
+    seconds["scan"] = round(time.perf_counter() - clock, 1)
     steps.update()
 
-    # pass 2: cross-file lookups by joins, then the same per-record code for the pending records
-    births = p1.where(F.col("kind") == "B").groupBy("subject_id").agg(F.min("floor").alias("floor"))
-    meds = (p1.where(F.col("kind") == "M").groupBy("med_key")
-            .agg(F.min(F.struct("source_file", "record_index", "payload")).alias("m"))
-            .select("med_key", F.col("m.payload").alias("med_payload")))
-    pending = (p1.where(F.col("kind") == "P")
-               .select("source_file", "record_index", "subject_id", "med_key", "payload")
-               .join(births, on="subject_id", how="left").join(meds, on="med_key", how="left"))
-    pending.mapInArrow(_pass2(mode, limit, every), ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass2")
-    out = p1.where(F.col("kind").isin("E", "R", "S", "D", "V")).unionByName(spark.read.parquet(f"{tmp}/pass2"))
-    seconds["pass2_cross_file"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
+    # 2. map every record once; rows kept in a temporary parquet (the summary and the writer read it)
+    unit_schema = UNIT_SCHEMA + ", fmt string, base long, problem string, good_len long"
+    (_units_df(spark, units, unit_schema, parallelism).mapInArrow(_map_fn(lookup, complete, mode, limit, every), ROW_SCHEMA)
+     .write.mode("overwrite").parquet(f"{tmp}/pass1"))
+    p1 = spark.read.parquet(f"{tmp}/pass1")
+    out = p1.where(F.col("kind").isin("E", "R", "S", "D", "V"))
+    seconds["map"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
+    steps.update()
+
+    # 3. cross-file lookups for what waited (only with Bundle inputs): broadcast joins, same per-record code
+    if not complete and p1.where(F.col("kind") == "P").limit(1).count():
+        scan_lookups = spark.createDataFrame(
+            [("B", k, v, None, None, None, None) for k, v in births.items()]
+            + [("M", None, None, k, v[2], v[0], v[1]) for k, v in med_rows.items()],
+            "kind string, subject_id long, floor long, med_key string, payload string, source_file string, "
+            "record_index long")
+        lk = p1.where(F.col("kind").isin("B", "M")).select(*scan_lookups.columns).unionByName(scan_lookups)
+        births_df = lk.where(F.col("kind") == "B").groupBy("subject_id").agg(F.min("floor").alias("floor"))
+        meds_df = (lk.where(F.col("kind") == "M").groupBy("med_key")
+                   .agg(F.min(F.struct("source_file", "record_index", "payload")).alias("m"))
+                   .select("med_key", F.col("m.payload").alias("med_payload")))
+        pending = (p1.where(F.col("kind") == "P")
+                   .select("source_file", "record_index", "subject_id", "med_key", "payload")
+                   .join(F.broadcast(births_df), on="subject_id", how="left")
+                   .join(F.broadcast(meds_df), on="med_key", how="left"))
+        pending.mapInArrow(_pass2(mode, limit, every), ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass2")
+        out = out.unionByName(spark.read.parquet(f"{tmp}/pass2"))
+    lookup.unpersist()
+    seconds["cross_file"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
     steps.update()
 
     summary = _summary(out)

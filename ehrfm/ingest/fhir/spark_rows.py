@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from ehrfm.ingest.fhir import jsonio
-from ehrfm.ingest.fhir.bundle import lookups
 from ehrfm.ingest.fhir.mapper import MapContext, reference_id, subject_of
 from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, UNREADABLE, Outcome, classify, process_record
-from ehrfm.ingest.fhir.records import Record, iter_file_records
+from ehrfm.ingest.fhir.records import Record
 from ehrfm.ingest.fhir.rules import Rules, load_rules
 from ehrfm.ingest.fhir.validate import validate_resource
 
@@ -41,7 +40,14 @@ ROW_SCHEMA = (
 )
 _COLUMNS = [c.strip().split(" ")[0] for c in ROW_SCHEMA.split(",")]
 _ARROW_TYPES = {"string": pa.string(), "long": pa.int64(), "float": pa.float32()}
-ARROW_SCHEMA = pa.schema([(c.strip().split(" ")[0], _ARROW_TYPES[c.strip().split(" ")[1]]) for c in ROW_SCHEMA.split(",")])
+
+
+def arrow_schema(ddl: str) -> pa.Schema:
+    """The Arrow schema of a Spark DDL string of ``name type`` pairs (string, long, float)."""
+    return pa.schema([(c.strip().split(" ")[0], _ARROW_TYPES[c.strip().split(" ")[1]]) for c in ddl.split(",")])
+
+
+ARROW_SCHEMA = arrow_schema(ROW_SCHEMA)
 _INDEX = {c: i for i, c in enumerate(_COLUMNS)}
 _MED_TYPES = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
 
@@ -60,11 +66,12 @@ def sampled(source_file: str, index: int, every: int) -> bool:
     return every > 0 and zlib.crc32(f"{source_file}#{index}".encode()) % every == 0
 
 
-def to_batch(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
-    """ROW_SCHEMA tuples -> one Arrow record batch (what ``mapInArrow`` hands back to Spark)."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_COLUMNS)
-    return pa.RecordBatch.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA, strict=True)],
-                                      schema=ARROW_SCHEMA)
+def to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema = ARROW_SCHEMA) -> pa.RecordBatch:
+    """Tuples of ``schema`` (default ROW_SCHEMA) -> one Arrow record batch (what ``mapInArrow`` hands
+    back to Spark)."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    return pa.RecordBatch.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)],
+                                      schema=schema)
 
 
 def _status_rows(counts: Counter[tuple[str, str]], events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
@@ -103,32 +110,27 @@ def _med_key(res: dict[str, Any]) -> str | None:
     return None
 
 
-def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
-    """Pass 1 for one file: map every record whose lookups the file itself answers (final E/R/S/D/V
-    rows) and emit the rest as P rows, plus the B/M/I lookup rows.
+def map_records(path: str, records: Iterable[Record], births: Mapping[int, int], meds: Mapping[str, dict[str, Any]],
+                complete: bool, validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
+    """Map the records of one file (or byte range): final E/R/S/D/V rows and I rows, plus P rows for
+    the records that must wait for the cross-file join (only when ``complete`` is false).
 
-    A record mapped with the file's own birth floor is final: the global floor (minimum over all
-    Patient records of the subject) can only be lower, so the check it passed still passes. Records
-    the mapper rejects, or that lack the birth or Medication in this file, wait for pass 2.
+    ``births`` / ``meds``: the lookups known here. With ``complete`` they are all there are, so every
+    outcome is final. Otherwise a record mapped with these birth floors is still final: the global
+    floor (minimum over all Patient records of the subject) can only be lower, so the check it passed
+    still passes; records the mapper rejects, or that lack the birth or Medication, wait for pass 2.
     """
     rules = load_rules()
-    records = list(iter_file_records(path, bytes(content)))
-    births, meds = lookups(records, rules)
     ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us)
     counts: Counter[tuple[str, str]] = Counter()
     events: Counter[tuple[str, str]] = Counter()
-    for birth_sid, floor in births.items():
-        yield row("B", subject_id=birth_sid, floor=floor)
     seen: set[tuple[int, str]] = set()
+    full = validate == "full"
     for rec in records:
         res = rec.resource if rec.error is None else None
         rtype = rec.resource_type
         if res is None or rtype is None or classify(rtype, rules) != MAP:
-            if res is not None and rtype == "Medication" and rec.resource_id:
-                yield row("M", med_key=f"Medication/{rec.resource_id}", payload=jsonio.dumps(res),
-                          source_file=path, record_index=rec.record_index)
-            yield from _outcome_rows(rec, res, process_record(rec, ctx, validate == "full"), rules, validate, every,
-                                     counts, events)
+            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), rules, validate, every, counts, events)
             continue
         sid = subject_of(res, rules)
         if sid is not None:
@@ -138,9 +140,9 @@ def file_rows(path: str, content: bytes, validate: str, max_time_us: int, every:
                 seen.add((sid, pref))
                 yield row("I", subject_id=sid, patient_ref=pref)
         med_key = _med_key(res) if rtype in _MED_TYPES else None
-        if sid is not None and sid in births and (med_key is None or med_key in meds):
-            out = process_record(rec, ctx, validate == "full")
-            if out.status != REJECTED:
+        if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
+            out = process_record(rec, ctx, full)
+            if complete or out.status != REJECTED:
                 yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
                 continue
         yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
