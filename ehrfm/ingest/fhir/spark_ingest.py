@@ -191,7 +191,7 @@ def ingest_fhir(
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
     parallelism = spark.sparkContext.defaultParallelism
-    units = [dict(zip(("path", "start", "end", "mode"), u, strict=True)) for u in plan_units(files)]
+    units = [dict(zip(("path", "start", "end", "mode"), u, strict=True)) for u in plan_units(files, SPLIT_BYTES)]
     # 1. scan: formats, line numbers of the ranges, lookups (small: collected and broadcast)
     from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA, WHOLE
 
