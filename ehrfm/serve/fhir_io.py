@@ -49,6 +49,8 @@ def _text(row: int, name: str, value: Any, limits: Limits) -> str | bytes:
         value = jsonio.dumps(value)
     if not isinstance(value, (str, bytes)):
         raise InputError(f"row {row}: field {name!r} must be JSON text, got {type(value).__name__}")
+    if isinstance(value, str):
+        value = str(value)  # numpy.str_ (MLflow's "inputs" parsing) is a str that orjson refuses
     size = len(value.encode("utf-8") if isinstance(value, str) else value)
     if size > limits.max_request_bytes:
         raise InputError(f"row {row}: field {name!r} is {size:,} bytes, over the limit "
@@ -140,7 +142,7 @@ def parse_time(row: int, value: Any) -> pd.Timestamp | None:
     if _blank(value):
         return None
     try:
-        ts = pd.Timestamp(value)
+        ts = pd.Timestamp(str(value) if isinstance(value, str) else value)  # numpy.str_ -> str
     except (ValueError, TypeError):
         raise InputError(f"row {row}: field 'prediction_time' is not an ISO 8601 date-time") from None
     if ts is pd.NaT:

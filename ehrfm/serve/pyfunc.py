@@ -81,6 +81,24 @@ def predict_frame(scorer: Scorer, request: Any, limits: Limits | None = None) ->
     return out[list(OUTPUT_COLUMNS)].astype(object).where(out[list(OUTPUT_COLUMNS)].notna(), None)
 
 
+class ServingInputError(MlflowException):  # type: ignore[misc]
+    """Bad input (INVALID_PARAMETER_VALUE -> HTTP 400). The scoring server rewrites ``message`` to
+    ``"Failed to predict data '<the whole request>'. Error: <message>"``; this class keeps only the part
+    after ``Error:`` so a patient's record is not echoed into responses (and the logs of whatever
+    gateway sits in front of the server)."""
+
+    _SEP = "\nError: "
+
+    @property  # type: ignore[override]
+    def message(self) -> str:
+        """The error message, without any echoed request data."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = value.rsplit(self._SEP, 1)[-1] if self._SEP in value else value
+
+
 class EhrfmPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
     """``mlflow.pyfunc`` wrapper around :class:`Scorer` (artifact ``serving`` = a serving folder)."""
 
@@ -95,7 +113,7 @@ class EhrfmPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
         try:
             return predict_frame(self.scorer, model_input, self.limits)
         except InputError as e:
-            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+            raise ServingInputError(str(e), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def signature() -> ModelSignature:
