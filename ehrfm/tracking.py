@@ -9,6 +9,7 @@ routes Lightning's logged metrics through a tracker.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+_BAD_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-legal metric name: ``@`` becomes ``_at_`` (``recall@10`` -> ``recall_at_10``), and any other
+    character outside MLflow's set (alphanumerics, ``_ - . space : /``) becomes ``_``."""
+    return _BAD_METRIC_CHARS.sub("_", name.replace("@", "_at_"))
 
 
 def default_tracking_uri(directory: str | Path) -> str:
@@ -129,7 +139,7 @@ class Tracker(NullTracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         if items:
             self.client.log_batch(self._require_run(), metrics=items)
 

@@ -68,3 +68,11 @@ def test_null_tracker_is_a_no_op(tmp_path: Path) -> None:
     t.end()
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_metric_key_makes_names_mlflow_legal() -> None:
+    from ehrfm.tracking import metric_key
+
+    assert metric_key("tuning_recall@10/next_visit_codes") == "tuning_recall_at_10/next_visit_codes"
+    assert metric_key("auroc (held_out)") == "auroc _held_out_"
+    assert metric_key("val.loss-1:x") == "val.loss-1:x"
