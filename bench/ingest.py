@@ -140,7 +140,7 @@ def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str, per_file
         "floor_s": round(floor_s, 2), "floor_resources_per_s": round(resources / floor_s),
         "ingest_s": round(ingest_s, 2), "events_per_s": round(events / ingest_s),
         "resources_per_s": round(resources / ingest_s), "ratio_to_floor": round(ingest_s / floor_s, 2),
-        "peak_rss_mb": peak,
+        "peak_rss_mb": peak, "stages_s": summary.get("seconds"), "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
 
 
