@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ehrfm.evaluate import kaplan_meier, subgroup_attributes
-from ehrfm.evaluate.data import KEY, attach_split, load_events, load_labels, load_splits
+from ehrfm.evaluate import harrell_c, kaplan_meier, subgroup_attributes
+from ehrfm.evaluate.bootstrap import DegenerateMetric
+from ehrfm.evaluate.data import KEY, attach_split, load_events, load_labels, load_splits, task_kind
 from ehrfm.evaluate.subgroups import SUBGROUP_CODE_PREFIXES
 
 
@@ -35,15 +36,26 @@ def metrics_table(report: dict[str, Any], metrics: Sequence[str] | None = None) 
     return pd.DataFrame(rows)
 
 
-def subgroup_frame(report: dict[str, Any], task: str, metric: str = "auroc") -> pd.DataFrame:
-    """Subgroup rows of one task: attribute, group, n, positives, tiny flag and ``metric`` per model."""
+def subgroup_frame(report: dict[str, Any], tasks: str | Sequence[str], metric: str = "auroc") -> pd.DataFrame:
+    """Subgroup rows of the tasks: task, attribute, group, n, positives, tiny flag and ``metric`` per model
+    (NaN where the metric is undefined in the group)."""
     rows = []
-    for g in report["tasks"][task].get("subgroups", []):
-        r = {k: g[k] for k in ("attribute", "group", "n", "positives", "tiny")}
-        for model, ms in g["metrics"].items():
-            m = ms.get(metric)
-            r[model] = None if m is None else m.get("value")
-        rows.append(r)
+    for task in [tasks] if isinstance(tasks, str) else tasks:
+        for g in report["tasks"][task].get("subgroups", []):
+            r = {"task": task} | {k: g[k] for k in ("attribute", "group", "n", "positives", "tiny")}
+            for model, ms in g["metrics"].items():
+                v = (ms.get(metric) or {}).get("value")
+                r[model] = float("nan") if v is None else float(v)
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def oracle_table(report: dict[str, Any]) -> pd.DataFrame:
+    """Per task: rows scored by the synthetic truth's planted risk and their AUROC (the reachable ceiling)."""
+    rows = []
+    for task, t in report["tasks"].items():
+        o = t.get("oracle")
+        rows.append({"task": task, "n": o["n"] if o else 0, "oracle_auroc": _fmt(o["auroc"]) if o else "no truth rows"})
     return pd.DataFrame(rows)
 
 
@@ -69,11 +81,13 @@ def scored_rows(labels_dir: str | Path, meds_dir: str | Path, task: str,
 def subject_outcome(labels_dir: str | Path, task: str) -> pd.Series:
     """Per subject: 1 when any of its rows of ``task`` is positive (binary) or an event (time-to-event)."""
     lab = load_labels(labels_dir, [task])[task]
-    col = "boolean_value" if "boolean_value" in lab.columns else "event"
-    if col not in lab.columns:
-        raise ValueError(f"task {task!r}: neither boolean_value nor event column (a forecast task?)")
+    kind = task_kind(lab, task)  # label tables carry every value column; the kind says which one holds the label
+    if kind == "forecast":
+        raise ValueError(f"task {task!r} is a forecast task: no single outcome per subject")
+    col = "boolean_value" if kind == "binary" else "event"
     # null labels (e.g. censored before the horizon) count as negative here
-    return lab.groupby("subject_id")[col].max().fillna(0).astype(int).rename(task)
+    value = pd.to_numeric(lab[col], errors="coerce").fillna(0)
+    return value.groupby(lab["subject_id"]).max().astype(int).rename(task)
 
 
 def tte_labels_with_groups(labels_dir: str | Path, meds_dir: str | Path, task: str) -> pd.DataFrame:
@@ -101,3 +115,15 @@ def mean_survival(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]
         grid = np.asarray(d["times_days"].iloc[0], dtype=float)
         out[str(model)] = (grid, np.stack([np.asarray(s, dtype=float) for s in d["survival"]]).mean(0))
     return out
+
+
+def harrell_by_model(rows: pd.DataFrame) -> pd.Series:
+    """Harrell's C per model over ``rows`` (event, duration_days, risk); NaN where it is undefined
+    (no events, no comparable pairs), as small splits often are."""
+    out: dict[str, float] = {}
+    for model, d in rows.dropna(subset=["risk"]).groupby("model", sort=True):
+        try:
+            out[str(model)] = harrell_c(d["event"].to_numpy(), d["duration_days"].to_numpy(), d["risk"].to_numpy())
+        except DegenerateMetric:
+            out[str(model)] = float("nan")
+    return pd.Series(out, name="harrell_c", dtype=float)
