@@ -16,6 +16,8 @@ split, model, prob, risk, survival, times_days, topk_codes, topk_probs).
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -65,9 +67,20 @@ def _scorer(path: str) -> Scorer:
 
 
 def _shipped(spark: SparkSession, folder: Path) -> Callable[[], str]:
-    """Ship ``folder`` to every executor; returns a function giving its local path there."""
-    spark.sparkContext.addFile(str(folder), recursive=True)
-    name = folder.name
+    """Ship ``folder`` to every executor; returns a function giving its local path there.
+
+    SparkFiles are keyed by base name and refuse a second, different folder of the same name in one
+    session, so the folder is staged under a name derived from its content.
+    """
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(folder)).encode())
+        digest.update(f.read_bytes())
+    name = f"ehrfm-serving-{digest.hexdigest()[:16]}"
+    staged = Path(tempfile.gettempdir()) / name
+    if not staged.exists():
+        shutil.copytree(folder, staged)
+    spark.sparkContext.addFile(str(staged), recursive=True)
 
     def where() -> str:
         from pyspark import SparkFiles
@@ -87,6 +100,9 @@ def _contract(rows: list[dict[str, Any]], model_name: str) -> pd.DataFrame:
     frame[SUBJECT_ID] = frame[SUBJECT_ID].astype("int64")
     for c in ("prob", "risk"):
         frame[c] = frame[c].astype("float64")
+    for c in ("survival", "times_days", "topk_codes", "topk_probs"):  # rows of other kinds hold NaN: null lists
+        frame[c] = pd.Series([v if isinstance(v, (list, tuple)) else None for v in frame[c]], index=frame.index,
+                             dtype=object)
     return frame[CONTRACT_COLUMNS]
 
 

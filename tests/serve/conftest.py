@@ -16,7 +16,8 @@ from ehrfm.serve.tiny import tiny_serving_dir
 
 def smallest_bundles(folder: Path, n: int) -> list[Path]:
     """The ``n`` smallest patient bundles (MANIFEST json_bytes; skips the organisation/practitioner files)."""
-    rows = list(csv.DictReader(open(folder.parent / "MANIFEST.csv")))
+    with open(folder.parent / "MANIFEST.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     rows = [r for r in rows if r["patient_id"]]
     rows.sort(key=lambda r: int(r["json_bytes"]))
     return [folder.parent / r["file"] for r in rows[:n]]

@@ -1,0 +1,124 @@
+"""Batch scoring on Spark equals the served / in-process predictions for the same patients and times,
+and the batch-evaluation path (`ehrfm.train.predict.predict`) on the same token rows."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ehrfm.schema import EVENTS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
+from ehrfm.serve.core import Scorer
+from ehrfm.serve.pyfunc import predict_frame
+from ehrfm.serve.score import CONTRACT_COLUMNS, score_meds, score_tokens
+from ehrfm.tokenize import tokenize_subject
+from ehrfm.tokenize.direct import rows_to_table, write_local
+
+pytestmark = pytest.mark.spark
+SCORES = ("prob", "risk", "survival", "topk_probs")
+
+
+def _close(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Same keys, same scores (float tolerance: batches pad differently)."""
+    key = [SUBJECT_ID, PREDICTION_TIME, "task"]
+    a = a.assign(**{PREDICTION_TIME: pd.to_datetime(a[PREDICTION_TIME])}).sort_values(key).reset_index(drop=True)
+    b = b.assign(**{PREDICTION_TIME: pd.to_datetime(b[PREDICTION_TIME])}).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[key], b[key], check_dtype=False)
+    for col in SCORES:
+        for x, y in zip(a[col].map(_val), b[col].map(_val), strict=True):
+            assert (x is None) == (y is None), col
+            if x is not None:
+                np.testing.assert_allclose(np.asarray(x, float), np.asarray(y, float), rtol=1e-4, atol=1e-6)
+    assert a["topk_codes"].map(_val).tolist() == b["topk_codes"].map(_val).tolist()
+
+
+def _val(v: object) -> object:
+    """A cell as a plain value: lists/arrays as lists, NaN/None as None."""
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return list(v)
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+
+@pytest.fixture(scope="module")
+def meds_dir(tmp_path_factory: pytest.TempPathFactory, bundle_events: list[pd.DataFrame]) -> Path:
+    """The bundles' events as a MEDS dataset (all held_out)."""
+    out = tmp_path_factory.mktemp("meds")
+    (out / "data").mkdir()
+    (out / "metadata").mkdir()
+    ev = pd.concat(bundle_events[:3], ignore_index=True)
+    pq.write_table(pa.Table.from_pandas(ev, schema=EVENTS_SCHEMA, preserve_index=False), out / "data" / "part-0.parquet")
+    pd.DataFrame({SUBJECT_ID: ev[SUBJECT_ID].unique(), "split": "held_out"}).to_parquet(
+        out / "metadata" / "subject_splits.parquet", index=False)
+    return out
+
+
+def test_meds_scoring_equals_serving(spark: object, serving_dir: Path, scorer: Scorer, meds_dir: Path,
+                                     bundle_texts: list[str]) -> None:
+    got = score_meds(spark, serving_dir, meds_dir).toPandas()  # type: ignore[arg-type]
+    assert list(got.columns) == CONTRACT_COLUMNS and set(got["split"]) == {"held_out"}
+    served = predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]}))  # same default time: last event
+    _close(got, served)
+    fixed = "2018-03-01T00:00:00"
+    got_fixed = score_meds(spark, serving_dir, meds_dir, prediction_time=fixed).toPandas()  # type: ignore[arg-type]
+    served_fixed = predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3], "prediction_time": [fixed] * 3}))
+    _close(got_fixed, served_fixed)
+    risk = [g.sort_values(SUBJECT_ID)["risk"].dropna().to_numpy() for g in (got, got_fixed)]
+    assert not np.allclose(risk[0], risk[1])  # the time is honoured: an earlier cut changes the risks
+
+
+@pytest.mark.slow
+def test_score_cli_with_registered_model(spark: object, registry: dict[str, str], meds_dir: Path, tmp_path: Path,
+                                         scorer: Scorer, bundle_texts: list[str]) -> None:
+    from ehrfm.serve import score_cli
+
+    args = argparse.Namespace(model="models:/ehrfm@champion", tokens=None, meds=str(meds_dir),
+                              output=str(tmp_path / "pred"), tasks=None, splits=None, prediction_time=None,
+                              tracking_uri=registry["tracking_uri"])
+    assert score_cli.run(args) == 0
+    _close(pd.read_parquet(tmp_path / "pred"), predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]})))
+
+
+def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir: Path, scorer: Scorer,
+                                                     bundle_events: list[pd.DataFrame], tmp_path: Path) -> None:
+    from ehrfm.prepare.bins import load_bins
+    from ehrfm.tokenize import TokenizeConfig
+    from ehrfm.train.predict import predict
+
+    labels, rows = [], []
+    for i, ev in enumerate(bundle_events):
+        times = ev[TIME].dropna().sort_values()
+        for q in (0.5, 1.0):  # two prediction times per subject and task
+            pt = times.iloc[int(q * (len(times) - 1))]
+            for task in scorer.tasks:
+                labels.append({"task": task, SUBJECT_ID: int(ev[SUBJECT_ID].iloc[0]), PREDICTION_TIME: pt,
+                               "boolean_value": bool(i % 2), "duration_days": 10.0, "event": i % 2,
+                               "target_codes": ["DIAGNOSIS//SNOMED//0"]})
+        lab = pd.DataFrame(labels[-2 * len(scorer.tasks):])
+        rows += tokenize_subject(ev, scorer.fm.vocab, load_bins(serving_dir / "bins.json"), TokenizeConfig(),
+                                 labels=lab, split="held_out" if i else "tuning", pretrain=False)
+    tokens = tmp_path / "tokens"
+    write_local(rows_to_table(rows), tokens, scorer.tasks)
+    got = score_tokens(spark, serving_dir, tokens).toPandas()  # type: ignore[arg-type]
+    assert len(got) == len(labels) and set(got["split"]) == {"tuning", "held_out"}
+    lab = pd.DataFrame(labels)
+    served = pd.concat([pd.DataFrame(scorer.score_events(bundle_events[int(i)], pt, [t]))  # the serving path
+                        for (i, pt, t) in zip(lab.index // (2 * len(scorer.tasks)), lab[PREDICTION_TIME], lab["task"],
+                                              strict=True)], ignore_index=True)
+    _close(got, served)
+    batch = predict(serving_dir, tokens, progress=False)  # ehrfm finetune's prediction path
+    _close(got, batch)
+
+    from ehrfm.serve import score_cli
+
+    out = tmp_path / "pred"
+    args = argparse.Namespace(model=str(serving_dir), tokens=str(tokens), meds=None, output=str(out), tasks="death_1y_tte",
+                              splits="held_out", prediction_time=None, tracking_uri=None)
+    assert score_cli.run(args) == 0
+    written = pd.read_parquet(out)
+    assert set(written["task"]) == {"death_1y_tte"} and set(written["split"]) == {"held_out"}
+    assert len(written) == 2 * (len(bundle_events) - 1)
