@@ -142,18 +142,22 @@ def _parses_as_object(line: bytes) -> bool:
 
 
 def sniff(uri: str, max_bytes: int = 1 << 24) -> tuple[bool, bool | None]:
-    """``(gzip, ndjson)`` of a file from its first bytes; ``ndjson`` is ``None`` when the first 3
-    non-blank lines are not within ``max_bytes`` (undecided: treat the file whole)."""
+    """``(gzip, ndjson)`` of a file from its first bytes (read 1 MB at a time); ``ndjson`` is ``None``
+    for gzip, or when the first 3 non-blank lines are not within ``max_bytes`` (undecided: the
+    caller treats the file whole)."""
+    data = b""
     with open_binary(uri) as f:
-        data = f.read(max_bytes)
-    if data[:2] == GZIP_MAGIC:
-        return True, None
-    lines = data.split(b"\n")
-    complete = lines[:-1] if len(data) == max_bytes else lines
-    head = [ln for ln in complete if ln.strip()][:3]
-    if len(head) < 3 and len(data) == max_bytes:
-        return False, None
-    return False, is_ndjson(head)
+        while True:
+            more = f.read(1 << 20)
+            data += more
+            if data[:2] == GZIP_MAGIC:
+                return True, None
+            lines = data.split(b"\n") if not more else data.split(b"\n")[:-1]
+            head = [ln for ln in lines if ln.strip()][:3]
+            if len(head) == 3 or not more:
+                return False, is_ndjson(head)
+            if len(data) >= max_bytes:
+                return False, None
 
 
 def count_newlines(f: IO[bytes] | Any, start: int, end: int) -> int:
