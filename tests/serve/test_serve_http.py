@@ -5,12 +5,6 @@ reaches the server's log; the server is stopped by its process group with bounde
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,15 +17,10 @@ import pytest
 
 from ehrfm.serve.core import Scorer
 from ehrfm.serve.pyfunc import example_bundle, predict_frame
+from ehrfm.serve.server import group_alive, serve
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 1_000_000  # the server's EHRFM_SERVE_MAX_REQUEST_BYTES: the test bundles are ~250 kB
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _post(url: str, body: bytes | str, timeout: float = 60) -> tuple[int, Any]:
@@ -46,53 +35,13 @@ def _post(url: str, body: bytes | str, timeout: float = 60) -> tuple[int, Any]:
 
 @pytest.fixture(scope="module")
 def server(registry: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """Base URL and log file of a running scoring server; stopped (process group) afterwards."""
-    port = _free_port()
+    """Base URL and log file of a running scoring server; afterwards its process group must be gone."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": registry["tracking_uri"],
-           "EHRFM_SERVE_MAX_REQUEST_BYTES": str(MAX_BYTES), "OMP_NUM_THREADS": "1"}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([f"{venv_bin}/mlflow", "models", "serve", "-m", "models:/ehrfm@champion",
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                                env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 75
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"server did not answer /ping (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, log
-    finally:
-        pgid = proc.pid  # start_new_session: the server's pid is its process group id
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            deadline = time.time() + wait  # the uvicorn worker may outlive the parent briefly
-            while time.time() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
-            else:
-                continue
-            break
-        with pytest.raises(ProcessLookupError):
-            os.killpg(pgid, 0)  # no stray process left in the server's group
+    env = {"EHRFM_SERVE_MAX_REQUEST_BYTES": str(MAX_BYTES), "OMP_NUM_THREADS": "1"}
+    with serve("models:/ehrfm@champion", log, tracking_uri=registry["tracking_uri"], env=env) as srv:
+        assert group_alive(srv.pgid)
+        yield srv.url, log
+    assert not group_alive(srv.pgid), "stray scoring-server processes left running"
 
 
 def _patient(bundle_text: str) -> tuple[str, str]:
