@@ -18,8 +18,11 @@ nbclient = pytest.importorskip("nbclient")
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["01_quickstart", "02_cohort_and_timelines", "03_representations", "04_evaluation", "05_survival"]
-TINY = {"EHRFM_NB_PATIENTS": "200", "EHRFM_NB_PRETRAIN_STEPS": "3", "EHRFM_NB_FINETUNE_STEPS": "3",
-        "EHRFM_NB_EMBED_ROWS": "60", "EHRFM_NB_EMBED_LEN": "128", "EHRFM_NB_BOOTSTRAP": "20", "EHRFM_SPARK_MASTER": "local[2]"}
+TINY = {  # ~200 patients, a few training steps, small embedding/bootstrap sizes
+    "EHRFM_NB_PATIENTS": "200", "EHRFM_NB_PRETRAIN_STEPS": "3", "EHRFM_NB_FINETUNE_STEPS": "3",
+    "EHRFM_NB_EMBED_ROWS": "60", "EHRFM_NB_EMBED_LEN": "128", "EHRFM_NB_BOOTSTRAP": "20", "EHRFM_NB_BASELINES": "lr",
+    "EHRFM_SPARK_MASTER": "local[2]",
+}
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -43,7 +46,24 @@ def nb_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
                 os.environ[k] = v
 
 
+def _check_kernel() -> None:
+    """The notebooks run on the ``python3`` kernel; it must be this interpreter (the venv), not a system one."""
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        pytest.fail(f"no 'python3' Jupyter kernel: run `{sys.executable} -m ipykernel install --sys-prefix --name python3`")
+    exe = spec.argv[0]
+    if exe not in ("python", "python3", sys.executable) and Path(exe).resolve() != Path(sys.executable).resolve():
+        pytest.fail(f"the 'python3' kernel runs {exe}, not this venv's {sys.executable}: "
+                    f"run `{sys.executable} -m ipykernel install --sys-prefix --name python3`")
+
+
 def _execute(path: Path) -> nbformat.NotebookNode:
+    _check_kernel()
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
