@@ -13,8 +13,8 @@ The vocabulary and bins are fitted once (``ehrfm prepare``, local engine, untime
 Both write the same rows (checked: row and token counts). Prints a table and writes
 bench/results/tokenize.json.
 
-    .venv/bin/python bench/tokenize.py --sizes 1000          # small
-    .venv/bin/python bench/tokenize.py                       # 10k and 50k
+    .venv/bin/python bench/tokenize_bench.py --sizes 1000          # small
+    .venv/bin/python bench/tokenize_bench.py                 # 10k and 50k
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -28,7 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--mimic", help="use a MIMIC-IV hosp/icu CSV root instead of synthetic data")
     parser.add_argument("--tasks", default=DEFAULT_TASKS)
     parser.add_argument("--max-steps", type=int, default=150, help="pretraining steps")
+    parser.add_argument("--finetune-steps", type=int, default=300, help="finetuning steps")
+    parser.add_argument("--max-len", type=int, default=1024, help="max tokens per row")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
     parser.add_argument("--fresh", action="store_true", help="delete --output first")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _step(name: str, fn: Callable[[], int], log: list[dict[str, object]]) -> bool:
@@ -49,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     meds, labels, tokens, runs = out / "meds", out / "labels", out / "tokens", out / "runs"
+    # One MLflow store for every stage of the demo, artifacts beside it (never ./mlruns).
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
+    from ehrfm.tracking import Tracker
+
+    Tracker(out)  # creates the "ehrfm" experiment with artifact_location <out>/mlartifacts
     log: list[dict[str, object]] = []
     steps: list[tuple[str, Callable[[], int]]] = []
     if args.mimic:
@@ -60,6 +75,31 @@ def run(args: argparse.Namespace) -> int:
             steps.append(("synthetic FHIR population", lambda: ehrfm(
                 ["synth", "--n-patients", str(args.n_patients), "--seed", str(args.seed), "--output", fhir_in])))
         steps.append(("ingest (FHIR R4, Spark)", lambda: ehrfm(["ingest", "fhir", "--input", fhir_in, "--output", str(meds)])))
+    tasks = args.tasks
+    steps += [
+        ("labels (Spark)", lambda: ehrfm(["label", "--meds", str(meds), "--tasks", tasks, "--output", str(labels)])),
+        ("vocabulary + bins (train split)", lambda: ehrfm(["prepare", "--meds", str(meds), "--output", str(tokens), "--tasks", tasks])),
+        ("tokenize (Spark)", lambda: ehrfm(["tokenize", "--meds", str(meds), "--labels", str(labels), "--output", str(tokens),
+                                             "--tasks", tasks, "--max-len", str(args.max_len)])),
+        ("pretrain (tiny)", lambda: ehrfm(["pretrain", "--data", str(tokens), "--output", str(runs / "pretrain"),
+                                            "--set", f"trainer.max_steps={args.max_steps}"])),
+    ]
+    if _has("ehrfm.train.finetune_cli"):
+        steps.append(("finetune (multitask prompted)", lambda: ehrfm(
+            ["finetune", "--checkpoint", str(runs / "pretrain"), "--data", str(tokens), "--tasks", tasks,
+             "--output", str(runs / "finetune"), "--set", f"trainer.max_steps={args.finetune_steps}"])))
+    truth = [] if (args.fhir or args.mimic) else ["--truth", str(out / "synthetic" / "truth" / "index_events.parquet")]
+
+    def _evaluate() -> int:
+        preds = runs / "finetune" / "predictions.parquet"
+        pred_args = ["--predictions", str(preds)] if preds.exists() else []
+        return ehrfm(["evaluate", *pred_args, "--labels", str(labels), "--meds", str(meds), "--output", str(out / "evaluation"),
+                      "--baselines", "lr,hgb,cox", "--bootstrap", str(args.bootstrap), *truth])
+
+    steps.append(("evaluate (model + baselines)", _evaluate))
+    if _has("ehrfm.serve.register_cli"):
+        steps.append(("register (MLflow registry)", lambda: ehrfm(
+            ["register", "--run", str(runs / "finetune"), "--name", "ehrfm", "--alias", "champion"])))
     ok = True
     for name, fn in steps:
         if not _step(name, fn, log):
@@ -71,4 +111,8 @@ def run(args: argparse.Namespace) -> int:
     for row in log:
         print(f"{row['step']!s:<36}{row['seconds']!s:>9}  {row['status']}")
     print(f"\noutputs under {out}")
+    report = out / "evaluation" / "report.md"
+    if report.exists():
+        print(f"evaluation report: {report}")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']} --workers 1")
     return 0 if ok else 1
