@@ -6,9 +6,13 @@ Each (backbone, L) point runs in its own subprocess so the peak RSS (``ru_maxrss
 alone; memory is reported as peak RSS and as the growth over the RSS after building the model (what the
 activations cost). Prints a table, writes ``bench/results/backbones.json`` and the ratio t(8192)/t(2048)
 per backbone (1.0 = linear in L at a fixed token budget; attention is quadratic, so it should grow).
+Times are wall seconds and process CPU seconds (``time.process_time``) per step, min over repeats; on a
+shared, oversubscribed CPU the CPU seconds are the steadier comparison, and ``--threads 1`` avoids OpenMP
+threads spinning against other jobs (the torch default uses every core).
 
     .venv/bin/python bench/backbones.py                      # defaults: d_model 64, 16k tokens
     .venv/bin/python bench/backbones.py --lengths 512 2048 --tokens 8192 --repeats 1
+    .venv/bin/python bench/backbones.py --tokens 8192 --threads 1 # as in bench/results/backbones.json
 """
 
 from __future__ import annotations
@@ -42,14 +46,18 @@ def _config(backbone: str, d_model: int, max_len: int) -> Any:
                        max_len=max_len, headdim=32, chunk_size=64, n_heads=max(1, d_model // 32))
 
 
-def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int, device: str) -> dict[str, Any]:
-    """One point (run inside the child process): seconds per fwd+bwd step, tokens/s, memory."""
+def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int, device: str,
+            threads: int = 0) -> dict[str, Any]:
+    """One point (run inside the child process): seconds per fwd+bwd step, tokens/s, memory.
+    ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default)."""
     import psutil
     import torch
 
     from ehrfm.models import EHRFoundationModel
 
     warnings.filterwarnings("ignore")
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     batch = max(1, tokens // length)
     model = EHRFoundationModel(_config(backbone, d_model, length)).to(device)
@@ -68,11 +76,12 @@ def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int,
             torch.cuda.synchronize()
 
     step()  # warm-up (allocations, kernel selection)
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     from ehrfm.ops import current_ops_path
 
     sec = min(times)  # least-disturbed repeat: the CPU is shared
@@ -80,6 +89,7 @@ def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int,
     return {
         "backbone": backbone, "L": length, "B": batch, "tokens": batch * length, "d_model": d_model,
         "n_layers": LAYERS[backbone], "parameters": model.num_parameters(), "seconds": round(sec, 4),
+        "cpu_seconds": round(min(cpu_times), 4),
         "tokens_per_s": round(batch * length / sec, 1), "peak_rss_mb": round(peak / 2**20, 1),
         "rss_growth_mb": round((peak - rss0) / 2**20, 1),
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
@@ -96,21 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each point (0 = torch default)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per point before it is recorded as timed out")
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--_child", nargs=2, metavar=("BACKBONE", "L"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
         print(json.dumps(measure(args._child[0], int(args._child[1]), args.tokens, args.d_model, args.repeats,
-                                 args.device)))
+                                 args.device, args.threads)))
         return 0
 
     rows: list[dict[str, Any]] = []
-    print(f"{'backbone':<12}{'L':>6}{'B':>5}{'params':>10}{'s/step':>9}{'tok/s':>10}{'peak MB':>9}{'+MB':>8}  ops")
+    print(f"{'backbone':<12}{'L':>6}{'B':>5}{'params':>10}{'s/step':>9}{'cpu s':>8}{'tok/s':>10}{'peak MB':>9}"
+          f"{'+MB':>8}  ops")
     for backbone in args.backbones:
         for length in args.lengths:
             cmd = [sys.executable, __file__, "--_child", backbone, str(length), "--tokens", str(args.tokens),
-                   "--d-model", str(args.d_model), "--repeats", str(args.repeats), "--device", args.device]
+                   "--d-model", str(args.d_model), "--repeats", str(args.repeats), "--device", args.device,
+                   "--threads", str(args.threads)]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,18 +136,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{backbone:<12}{length:>6}  {row['error']}")
             else:
                 print(f"{backbone:<12}{length:>6}{row['B']:>5}{row['parameters']:>10}{row['seconds']:>9.3f}"
-                      f"{row['tokens_per_s']:>10.0f}{row['peak_rss_mb']:>9.0f}{row['rss_growth_mb']:>8.0f}  {row['ops_path']}")
+                      f"{row['cpu_seconds']:>8.3f}{row['tokens_per_s']:>10.0f}{row['peak_rss_mb']:>9.0f}{row['rss_growth_mb']:>8.0f}  {row['ops_path']}")
             sys.stdout.flush()
     ratios: dict[str, float | None] = {}
+    cpu_ratios: dict[str, float | None] = {}
     for backbone in args.backbones:
-        t = {r["L"]: r.get("seconds") for r in rows if r["backbone"] == backbone}
-        ratios[backbone] = round(t[8192] / t[2048], 2) if t.get(8192) and t.get(2048) else None
-    print("t(8192)/t(2048) at a fixed token budget:", json.dumps(ratios))
+        for key, out in (("seconds", ratios), ("cpu_seconds", cpu_ratios)):
+            t = {r["L"]: r.get(key) for r in rows if r["backbone"] == backbone}
+            out[backbone] = round(t[8192] / t[2048], 2) if t.get(8192) and t.get(2048) else None
+    print("t(8192)/t(2048) at a fixed token budget, wall:", json.dumps(ratios), "cpu:", json.dumps(cpu_ratios))
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "python": platform.python_version()},
               "settings": {k: v for k, v in vars(args).items() if k not in ("_child", "output")},
               "note": "CPU shared with other jobs while measured: timings are noisy (min over repeats)",
-              "rows": rows, "t8192_over_t2048": ratios}
+              "rows": rows, "t8192_over_t2048": ratios, "cpu_t8192_over_t2048": cpu_ratios}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {args.output}")
