@@ -179,7 +179,7 @@ def run_scan(args: argparse.Namespace, device: str, bw: float) -> list[dict[str,
         prob = scan_problem(b, d, n, length, device)
         names = ["u", "delta", "A", "B", "C", "D"]
         impls: dict[str, Callable[..., torch.Tensor] | None] = {
-            "chunked": lambda **kw: selective_scan_chunked(**kw, chunk_size=args.chunk),
+            "chunked": lambda **kw: selective_scan_chunked(**kw, chunk_size=args.chunk, segment_size=args.segment),
             "ref": selective_scan_ref if length <= args.ref_max_len else None,
             "pscan": None,
         }
@@ -349,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--heads", type=int, default=2, help="SSD heads (headdim = dim / heads)")
-    ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="chunk size of our Mamba-1 chunked scan")
+    ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                    help="steps per chunk of our Mamba-1 chunked scan (default: chosen from the shape)")
+    ap.add_argument("--segment", type=int, default=None,
+                    help="steps per segment inside a chunk (default: chosen from the shape)")
     ap.add_argument("--ssd-chunk", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ref-max-len", type=int, default=512, help="run the reference loop up to this L")

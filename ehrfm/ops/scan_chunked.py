@@ -3,12 +3,16 @@
 Why this shape: Mamba-1's decay ``exp(delta_t * A)`` is per (channel, state), so the SSD trick of turning
 a chunk into matrix products does not apply (the state index sits inside the exponential), and
 materialising (batch, dim, L, dstate) tensors costs GBs at long L. Instead the sequence is cut into
-chunks of ``chunk_size`` steps. Per chunk, the decays and inputs for all steps are computed in one
-vectorised op in a time-major (T, batch, groups, dim/groups, dstate) buffer that stays cache-sized,
-then the recurrence runs as one fused ``addcmul_`` per step on a contiguous (batch, dim, dstate)
-slice, and the readout ``y_t = H_t C_t`` is one batched matmul. Only the chunk-boundary states are
-saved; the backward recomputes a chunk's states from its boundary (as mamba-ssm's CUDA kernel does)
-and runs the adjoint recurrence ``G_t = dy_t C_t + exp(delta_{t+1} A) G_{t+1}`` the same way.
+chunks of T steps (chosen from the shape so a (T, batch, dim, dstate) buffer is ~2 MB). Per chunk, the
+decays and inputs for all steps are computed in one vectorised op into reused time-major
+(T, batch, groups, dim/groups, dstate) buffers, then the recurrence runs in place: one fused
+``addcmul_`` per step on a contiguous (batch, dim, dstate) slice, or, when a step is small, segmented
+(:mod:`ehrfm.ops.linscan`: ~2 sqrt(T) ops per chunk instead of T); the readout ``y_t = C_t H_t`` is one
+batched matmul. Only the chunk-boundary states are saved; the backward recomputes a chunk's states
+from its boundary (as mamba-ssm's CUDA kernel does) and runs the adjoint recurrence
+``G_t = dy_t C_t + exp(delta_{t+1} A) G_{t+1}`` the same way. The loops run on one intra-op thread
+when a step is small (:func:`ehrfm.ops.linscan.scan_threads`): OpenMP fork/join per tiny op was the
+main cost inside the model on a shared 2-core CPU (about 20x the single-thread CPU time).
 Memory: O(chunk * batch * dim * dstate + L / chunk * batch * dim * dstate)."""
 
 from __future__ import annotations
