@@ -47,7 +47,7 @@ def _add(dst: dict[str, list], sid: int, pt: pd.Timestamp, streams: dict[str, li
         dst[k].append(v)
 
 
-def write_task_tokens(root: Path, n: int = 200, seed: int = 0) -> tuple[Path, Path, Path]:
+def write_task_tokens(root: Path, n: int = 400, seed: int = 0) -> tuple[Path, Path, Path]:
     """tokens/ (vocab, pretrain + task rows), labels/ and meds/ of ``n`` subjects with planted labels:
     bin_a = latest code in D0..D3, bin_b = D1 and D2, tte_c events early when D3, fc_d targets = the history's D4..D7."""
     rng = np.random.default_rng(seed)
@@ -113,13 +113,13 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
     return tokens, labels, meds, write_pretrained(root / "pretrain_run", tokens / "vocab.json")
 
 
-def _cfg(steps: int = 60, *extra: str):  # type: ignore[no-untyped-def]
+def _cfg(steps: int = 80, *extra: str):  # type: ignore[no-untyped-def]
     from ehrfm.train.finetune_run import load_finetune_config
 
     return load_finetune_config(None, [f"trainer.max_steps={steps}", "trainer.val_check_interval=20",
                                        "trainer.checkpoint_every_n_steps=20", "trainer.progress_bar=false",
-                                       "data.max_tokens=640", "data.max_len=64", "tracking.enabled=false",
-                                       "optim.lr=3e-3", "optim.warmup_steps=5", "patience=0", *extra])
+                                       "data.max_tokens=1280", "data.max_len=64", "tracking.enabled=false",
+                                       "optim.lr=5e-3", "optim.warmup_steps=5", "patience=0", *extra])
 
 
 def test_task_balanced_sampler_mixes_tasks_and_is_deterministic(planted: tuple[Path, ...]) -> None:
@@ -158,7 +158,7 @@ def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: tuple[Path, 
     from ehrfm.train.predict import FinetunedModel, predict
 
     tokens, labels, meds, ckpt = planted
-    cfg = _cfg(60)
+    cfg = _cfg(80)
     losses: list[float] = []
 
     import lightning.pytorch as pl
@@ -168,9 +168,9 @@ def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: tuple[Path, 
             losses.append(float(outputs["loss"]))
 
     summary = run_finetuning(cfg, ckpt, tokens, list(TASKS), tmp_path / "run", callbacks=[Record()])
-    assert summary["global_step"] == 60
+    assert summary["global_step"] == 80
     assert np.mean(losses[-15:]) < 0.85 * np.mean(losses[:15])
-    assert summary["tuning"]["bin_a"]["auroc"] > 0.7  # the planted signal was learnt (40 tuning rows)
+    assert summary["tuning"]["bin_a"]["auroc"] > 0.7  # the planted signal was learnt (80 tuning rows)
     fm = FinetunedModel.load(tmp_path / "run")
     assert set(fm.heads.heads) == {"bin_a", "bin_b", "tte_c"}  # forecast reads the LM head
     assert fm.heads.heads["bin_a"] is not fm.heads.heads["bin_b"]
