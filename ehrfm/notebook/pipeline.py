@@ -18,6 +18,8 @@ EHRFM_NB_PRETRAIN_STEPS    pretraining optimizer steps           100
 EHRFM_NB_FINETUNE_STEPS    finetuning optimizer steps (0: skip)  100
 EHRFM_SPARK_MASTER         Spark master of ingest/label          the CLIs' default (local[*])
 =========================  ====================================  ==========================
+
+(The notebooks read a few more, for their own sizes: see notebooks/README.md.)
 """
 
 from __future__ import annotations
