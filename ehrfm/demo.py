@@ -50,6 +50,21 @@ def _step(name: str, fn: Callable[[], int], log: list[dict[str, object]]) -> boo
     return rc == 0
 
 
+def _served(meds: Path) -> int:
+    """Score one held-out patient through the registered pyfunc and print what a client receives."""
+    import pandas as pd
+
+    from ehrfm.serve.example import served_prediction
+
+    out = served_prediction("models:/ehrfm@champion", meds)
+    cols = [c for c in ("subject_id", "prediction_time", "task", "prob", "risk", "topk_codes") if c in out]
+    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
+        print(out[cols].to_string(index=False))
+    if "risk_assessment" in out and len(out):
+        print("\nFHIR RiskAssessment (first task):\n" + str(out["risk_assessment"].iloc[0])[:600])
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline as far as it goes; print a summary table; non-zero exit on a failed step."""
     from ehrfm.cli import main as ehrfm
@@ -99,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     steps.append(("evaluate (model + baselines)", _evaluate))
     if _has("ehrfm.serve.register_cli"):
         steps.append(("register (MLflow registry)", lambda: ehrfm(
-            ["register", "--run", str(runs / "finetune"), "--name", "ehrfm", "--alias", "champion"])))
+            ["register", "--run", str(runs / "finetune"), "--tokens", str(tokens), "--name", "ehrfm", "--alias", "champion"])))
+        steps.append(("served prediction (models:/ehrfm@champion)", lambda: _served(meds)))
     ok = True
     for name, fn in steps:
         if not _step(name, fn, log):
