@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,9 @@ def evaluate_run(run_dir: Path, labels: Path, meds: Path, tasks: list[str], trut
         tracker = Tracker(summary["mlflow_dir"], summary["mlflow_experiment"])
         tracker.run_id = summary["mlflow_run_id"]
         tracker.log_artifacts(run_dir / "report", "report")
-        tracker.log_metrics({f"heldout_{k}/{t}/{m}": v for t, m, k, v in primary_metrics(report) if v is not None})
+        # MLflow metric names allow [A-Za-z0-9_-. :/] only (e.g. no "@" of "recall@10")
+        tracker.log_metrics({re.sub(r"[^\w\-. :/]", "_", f"heldout_{k}/{t}/{m}"): v
+                             for t, m, k, v in primary_metrics(report) if v is not None})
     return report
 
 

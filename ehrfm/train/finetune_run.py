@@ -204,6 +204,8 @@ def run_finetuning(cfg: FinetuneConfig, checkpoint: str | Path, data_dir: str | 
     weights = [float(cfg.task_weights.get(t, 1.0)) for t in tasks]
     module = FinetuneModule(model, vocab, specs, train, val if len(val) else None, cfg.data, cfg.optim, cfg.seed,
                             weights, cfg.heads.shared_head, cfg.heads.dropout, cfg.monitor)
+    counts = {"trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+              "lora_parameters": sum(p.numel() for p in lora_parameters(module.model))}
     name = cfg.model_name or f"ehrfm_{model.config.backbone}"
     resolved = {**cfg.to_dict(), "checkpoint": str(src), "tasks": list(tasks), "heads_resolved": [s.to_dict() for s in specs],
                 "lora_modules": wrapped, "model_name": name}
@@ -248,8 +250,7 @@ def run_finetuning(cfg: FinetuneConfig, checkpoint: str | Path, data_dir: str | 
         "global_step": trainer.global_step, "seconds": round(seconds, 2), "mode": cfg.adapt.mode,
         "few_shot": cfg.adapt.few_shot, "train_rows": {t: len(r) for t, r in zip(tasks, train.rows, strict=True)},
         "tuning_rows": {t: len(d) for t, d in zip(tasks, val_sets, strict=True)},
-        "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "lora_parameters": sum(p.numel() for p in lora_parameters(module.model)) if wrapped else 0,
+        **counts,
         "val_metrics_at_best": val_metrics, "tuning": tuning, "model_name": name,
         "mlflow_run_id": tracker.run_id, "mlflow_parent_run_id": parent[1],
         "mlflow_dir": str((parent[0] or output).resolve()), "mlflow_experiment": cfg.tracking.experiment,
@@ -304,7 +305,7 @@ def _tuning_table(preds: Any, tokens: Path, specs: list[HeadSpec], cfg: Finetune
         else:
             hits = [len(set(c) & {vocab.token(int(j)) for j in targets}) / len(targets)
                     for i, c in zip(idx, p["topk_codes"], strict=True) if (targets := items[i]["target_ids"] or [])]
-            out[spec.task] = {"n": len(p), f"recall@{cfg.topk}": float(np.mean(hits))}
+            out[spec.task] = {"n": len(p), f"recall_at_{cfg.topk}": float(np.mean(hits))}
             continue
         out[spec.task] = {"n": len(p), "positives": int(np.nansum(acc["y"])), **task_metrics(spec.kind, acc)}
     return out
