@@ -132,10 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     result = {"n_patients": args.n_patients, "tasks": tasks, "variants": args.variants, "rows": rows,
               "timings": timings, "machine": {"cpus": os.cpu_count(), "loadavg_before": load0,
                                               "loadavg_after": os.getloadavg(), "shared": True},
-              "pretrain_summary": json.loads((args.root / "pretrain" / "summary.json").read_text())}
+              "pretrain_summary": json.loads((args.root / "pretrain" / "summary.json").read_text()),
+              "finetune_summaries": {v: _finetune_summary(args.root / f"finetune_{v}") for v in args.variants.split(",")
+                                     if v},
+              "note": "stages found cached under --root are not re-timed: see the summaries' seconds"}
     args.output.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {args.output}; full report: {args.root / 'report' / 'report.md'}")
     return 0
+
+
+def _finetune_summary(out: Path) -> dict[str, Any]:
+    s = json.loads((out / "summary.json").read_text())
+    return {k: s.get(k) for k in ("global_step", "seconds", "mode", "few_shot", "train_rows", "trainable_parameters",
+                                  "tuning")}
 
 
 def _fmt(v: float | None) -> str:
