@@ -16,7 +16,10 @@ the file ``ehrfm`` was imported from. The test then asserts that:
   so the checks above can fail;
 * spark-submit's ``--master`` and ``--conf`` were kept (the ingest summary records the master).
 
-Pipeline: ``ehrfm.synth`` FHIR (40 patients) -> ingest_fhir -> label -> prepare -> tokenize_job.
+Pipeline: ``ehrfm.synth`` FHIR (40 patients) -> ingest_fhir -> label -> prepare -> tokenize_job, plus
+ingest_meds (re-ingests that MEDS output) and ingest_mimic (3 MIMIC demo subjects, with ``--rules``: the
+default rules cannot be read from a zip, pinned by a strict xfail below). Not covered: etl/score.py (it
+needs a trained, registered model; too slow for this budget).
 """
 
 from __future__ import annotations
@@ -71,6 +74,22 @@ def _build_zip(dist: Path) -> Path:
     return path
 
 
+def _isolated_env(site: Path, log: Path) -> dict[str, str]:
+    """Environment for spark-submit and its Pythons: the venv, no editable ehrfm, origins logged to ``log``."""
+    bindir = Path(sys.executable).parent
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "SPARK_"))},
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",  # spark-submit needs the venv's bin/
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PYTHONPATH": str(site),  # only the isolating sitecustomize; no repo, no ehrfm
+        "PYTHONNOUSERSITE": "1",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "EHRFM_TEST_REPO": str(REPO),
+        "EHRFM_TEST_ORIGIN_LOG": str(log),
+    }
+
+
 class Submitter:
     """Runs ``spark-submit --master local[2] --conf ... --py-files <zip> etl/<job> ...`` in isolation."""
 
@@ -84,17 +103,7 @@ class Submitter:
         self.spark_submit = bindir / "spark-submit"
         assert self.spark_submit.exists(), f"spark-submit not found beside {sys.executable}"
         self.log = root / "origin.log"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "SPARK_"))},
-            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",  # spark-submit needs the venv's bin/
-            "PYSPARK_PYTHON": sys.executable,
-            "PYSPARK_DRIVER_PYTHON": sys.executable,
-            "PYTHONPATH": str(site),  # only the isolating sitecustomize; no repo, no ehrfm
-            "PYTHONNOUSERSITE": "1",
-            "SPARK_LOCAL_IP": "127.0.0.1",
-            "EHRFM_TEST_REPO": str(REPO),
-            "EHRFM_TEST_ORIGIN_LOG": str(self.log),
-        }
+        self.env = _isolated_env(site, self.log)
 
     def submit(self, job: str, *args: str, py_files: bool = True) -> subprocess.CompletedProcess[str]:
         """Run spark-submit on ``etl/<job>`` (with ``--py-files <zip>`` unless ``py_files`` is False)."""
@@ -123,9 +132,22 @@ class Submitter:
         return any(ln.startswith("start ") and "pyspark" in ln for ln in self.log.read_text().splitlines())
 
 
+def _mimic_subset(src: Path, dst: Path, n_subjects: int = 3) -> None:
+    """Copy patients/admissions/diagnoses_icd of the first subjects (gzip CSV, as shipped)."""
+    patients = pd.read_csv(src / "hosp" / "patients.csv.gz", dtype=str)
+    keep = sorted(patients.subject_id)[:n_subjects]
+    (dst / "hosp").mkdir(parents=True)
+    for table in ("patients", "admissions", "diagnoses_icd"):
+        df = pd.read_csv(src / "hosp" / f"{table}.csv.gz", dtype=str, keep_default_na=False)
+        df[df.subject_id.isin(keep)].to_csv(dst / "hosp" / f"{table}.csv.gz", index=False, compression="gzip")
+
+
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Synthetic FHIR -> ingest_fhir -> label -> prepare -> tokenize_job, each a spark-submit with --py-files."""
+def pipeline(tmp_path_factory: pytest.TempPathFactory, mimic_demo: Path) -> dict[str, Path]:
+    """Synthetic FHIR -> ingest_fhir -> label -> prepare -> tokenize_job, each a spark-submit with --py-files.
+
+    Also ingest_meds (re-ingesting the FHIR job's MEDS output) and ingest_mimic (3 MIMIC demo subjects).
+    """
     root = tmp_path_factory.mktemp("submit_jobs")
     generate(N_PATIENTS, 7, root / "fhir", progress=False)
     submit = Submitter(root)
@@ -144,6 +166,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     procs["tokenize"] = submit("tokenize_job.py", "--meds", str(out["meds"]), "--labels", str(out["labels"]),
                                "--output", str(out["tokens"]), "--max-len", "256")
     workers["tokenize"] = submit.workers_isolated()
+    out["meds2"], out["mimic"], out["mimic_meds"] = root / "meds2", root / "mimic", root / "mimic_meds"
+    procs["ingest_meds"] = submit("ingest_meds.py", "--input", str(out["meds"]), "--output", str(out["meds2"]))
+    _mimic_subset(mimic_demo, out["mimic"])
+    # --rules: the default MIMIC rules cannot be read from inside a zip (see test_mimic_default_rules_from_zip)
+    procs["ingest_mimic"] = submit("ingest_mimic.py", "--input", str(out["mimic"]), "--output", str(out["mimic_meds"]),
+                                   "--rules", str(REPO / "ehrfm" / "ingest" / "mimic" / "rules.yaml"))
     (root / "workers.json").write_text(json.dumps(workers))
     # control: the same isolation WITHOUT --py-files must fail to import ehrfm (else the checks above prove nothing)
     bare = submit.submit("label.py", "--help", py_files=False)
@@ -206,3 +234,34 @@ def test_tokenize_job(pipeline: dict[str, Path]) -> None:
         if "subject_id" in df.columns:
             subjects |= set(df.subject_id.astype(int))
     assert 0 < len(subjects) <= N_PATIENTS
+
+
+def test_ingest_meds_job(pipeline: dict[str, Path]) -> None:
+    summary = json.loads((pipeline["meds2"] / "summary.json").read_text())
+    first = json.loads((pipeline["meds"] / "summary.json").read_text())
+    assert summary["subjects"] == N_PATIENTS and summary["events"] == first["events"]
+    assert summary["spark_master"] == "local[2]"
+    assert validate_meds_dataset(str(pipeline["meds2"])).subjects == N_PATIENTS
+
+
+def test_ingest_mimic_job(pipeline: dict[str, Path]) -> None:
+    summary = json.loads((pipeline["mimic_meds"] / "summary.json").read_text())
+    assert summary["subjects"] == 3 and summary["events"] > 0 and summary["spark_master"] == "local[2]"
+    assert validate_meds_dataset(str(pipeline["mimic_meds"])).subjects == 3
+
+
+class _ZipResourceError(Exception):
+    """The packaged MIMIC rules.yaml could not be opened from inside the zip (the known issue)."""
+
+
+@pytest.mark.xfail(strict=True, raises=_ZipResourceError, reason="ehrfm/ingest/mimic/rules.py reads rules.yaml via Path(__file__), which fails "
+                   "inside a zip/wheel; fix: importlib.resources (then drop --rules above and this xfail)")
+def test_mimic_default_rules_from_zip(tmp_path: Path) -> None:
+    root = Submitter(tmp_path).root  # builds dist/ehrfm.zip and site/sitecustomize.py; no Spark here
+    env = {**_isolated_env(root / "site", root / "rules.log"), "PYTHONPATH": f"{root / 'site'}{os.pathsep}{root / 'dist' / 'ehrfm.zip'}"}
+    code = "import ehrfm, sys; from ehrfm.ingest.mimic.rules import load_rules; load_rules(); print(ehrfm.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "rules.yaml" in proc.stderr and "Not a directory" in proc.stderr:
+        raise _ZipResourceError(proc.stderr.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stderr[-2000:]  # any other failure is a real one, not the xfail
+    assert ".zip" in proc.stdout
