@@ -17,8 +17,8 @@ the file ``ehrfm`` was imported from. The test then asserts that:
 * spark-submit's ``--master`` and ``--conf`` were kept (the ingest summary records the master).
 
 Pipeline: ``ehrfm.synth`` FHIR (40 patients) -> ingest_fhir -> label -> prepare -> tokenize_job, plus
-ingest_meds (re-ingests that MEDS output) and ingest_mimic (3 MIMIC demo subjects, with ``--rules``: the
-default rules cannot be read from a zip, pinned by a strict xfail below). Not covered: etl/score.py (it
+ingest_meds (re-ingests that MEDS output) and ingest_mimic (3 MIMIC demo subjects, default rules read from
+inside the zip). Not covered: etl/score.py (it
 needs a trained, registered model; too slow for this budget).
 """
 
@@ -169,9 +169,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, mimic_demo: Path) -> dict
     out["meds2"], out["mimic"], out["mimic_meds"] = root / "meds2", root / "mimic", root / "mimic_meds"
     procs["ingest_meds"] = submit("ingest_meds.py", "--input", str(out["meds"]), "--output", str(out["meds2"]))
     _mimic_subset(mimic_demo, out["mimic"])
-    # --rules: the default MIMIC rules cannot be read from inside a zip (see test_mimic_default_rules_from_zip)
-    procs["ingest_mimic"] = submit("ingest_mimic.py", "--input", str(out["mimic"]), "--output", str(out["mimic_meds"]),
-                                   "--rules", str(REPO / "ehrfm" / "ingest" / "mimic" / "rules.yaml"))
+    # default rules: read from inside the zip through importlib.resources (see test_mimic_default_rules_from_zip)
+    procs["ingest_mimic"] = submit("ingest_mimic.py", "--input", str(out["mimic"]), "--output", str(out["mimic_meds"]))
     (root / "workers.json").write_text(json.dumps(workers))
     # control: the same isolation WITHOUT --py-files must fail to import ehrfm (else the checks above prove nothing)
     bare = submit.submit("label.py", "--help", py_files=False)
@@ -250,18 +249,10 @@ def test_ingest_mimic_job(pipeline: dict[str, Path]) -> None:
     assert validate_meds_dataset(str(pipeline["mimic_meds"])).subjects == 3
 
 
-class _ZipResourceError(Exception):
-    """The packaged MIMIC rules.yaml could not be opened from inside the zip (the known issue)."""
-
-
-@pytest.mark.xfail(strict=True, raises=_ZipResourceError, reason="ehrfm/ingest/mimic/rules.py reads rules.yaml via Path(__file__), which fails "
-                   "inside a zip/wheel; fix: importlib.resources (then drop --rules above and this xfail)")
 def test_mimic_default_rules_from_zip(tmp_path: Path) -> None:
     root = Submitter(tmp_path).root  # builds dist/ehrfm.zip and site/sitecustomize.py; no Spark here
     env = {**_isolated_env(root / "site", root / "rules.log"), "PYTHONPATH": f"{root / 'site'}{os.pathsep}{root / 'dist' / 'ehrfm.zip'}"}
     code = "import ehrfm, sys; from ehrfm.ingest.mimic.rules import load_rules; load_rules(); print(ehrfm.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0 and "rules.yaml" in proc.stderr and "Not a directory" in proc.stderr:
-        raise _ZipResourceError(proc.stderr.strip().splitlines()[-1])
-    assert proc.returncode == 0, proc.stderr[-2000:]  # any other failure is a real one, not the xfail
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert ".zip" in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ import yaml
 if TYPE_CHECKING:
     from pyspark.sql import Column
 
-RULES_PATH = Path(__file__).with_name("rules.yaml")
+RULES_PATH = Path(__file__).with_name("rules.yaml")  # in a source tree; read through importlib.resources
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 UNKNOWN = "UNKNOWN"
 
@@ -82,7 +83,10 @@ def template_columns(template: str) -> list[str]:
 
 def load_rules(path: str | Path | None = None) -> MimicRules:
     """Parse rules.yaml (or another file in the same format) and check its references."""
-    raw: dict[str, Any] = yaml.safe_load(Path(path or RULES_PATH).read_text())
+    # importlib.resources also reads the packaged default from a zip or wheel (spark-submit --py-files).
+    text = Path(path).read_text() if path else \
+        resources.files("ehrfm.ingest.mimic").joinpath("rules.yaml").read_text(encoding="utf-8")
+    raw: dict[str, Any] = yaml.safe_load(text)
     tables = {name: TableSpec(name=name, **spec) for name, spec in raw["tables"].items()}
     events = []
     for i, r in enumerate(raw["events"]):
