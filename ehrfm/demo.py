@@ -22,14 +22,14 @@ DEFAULT_TASKS = "readmission_30d,mortality_inhospital,mortality_30d_post_dischar
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ehrfm demo``."""
     parser.add_argument("--output", default="demo_out", help="working directory (default ./demo_out)")
-    parser.add_argument("--n-patients", type=int, default=1000, help="synthetic population size")
+    parser.add_argument("--n-patients", type=int, default=2000, help="synthetic population size")
     parser.add_argument("--seed", type=int, default=7)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--fhir", help="use real FHIR R4 bundles/NDJSON (file, folder or glob) instead of synthetic data")
     src.add_argument("--mimic", help="use a MIMIC-IV hosp/icu CSV root instead of synthetic data")
     parser.add_argument("--tasks", default=DEFAULT_TASKS)
-    parser.add_argument("--max-steps", type=int, default=100, help="pretraining steps")
-    parser.add_argument("--finetune-steps", type=int, default=100, help="finetuning steps")
+    parser.add_argument("--max-steps", type=int, default=300, help="pretraining steps")
+    parser.add_argument("--finetune-steps", type=int, default=500, help="finetuning steps")
     parser.add_argument("--max-len", type=int, default=512, help="max tokens per row")
     parser.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the CIs")
     parser.add_argument("--fresh", action="store_true", help="delete --output first")
