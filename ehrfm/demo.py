@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     steps.append(("evaluate (model + baselines)", _evaluate))
     if _has("ehrfm.serve.register_cli"):
         steps.append(("register (MLflow registry)", lambda: ehrfm(
-            ["register", "--run", str(runs / "finetune"), "--tokens", str(tokens), "--name", "ehrfm", "--alias", "champion"])))
+            ["register", "--run", str(runs / "finetune"), "--tokens", str(tokens), "--name", "ehrfm", "--alias", "champion",
+             "--store-dir", str(out)])))
         steps.append(("served prediction (models:/ehrfm@champion)", lambda: _served(meds)))
     ok = True
     for name, fn in steps:
