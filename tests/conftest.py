@@ -43,6 +43,18 @@ def mimic_demo_meds() -> Path:
     return shared_path("mimic-iv-demo-meds", "mimic_iv_demo_meds_events.parquet")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_uri() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``: undo it after each test so one test's store
+    never becomes the next test's default."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     """One local Spark session for the whole test run (start-up costs ~7 s)."""

@@ -275,9 +275,11 @@ def _pretrain_run(src: Path) -> tuple[Path | None, str | None]:
     """(pretraining run folder holding mlflow.db, its run id) when the checkpoint came from `ehrfm pretrain`."""
     run_dir = src.parent
     summary = run_dir / "summary.json"
-    if (run_dir / "mlflow.db").exists() and summary.exists():
-        return run_dir, json.loads(summary.read_text()).get("mlflow_run_id")
-    return None, None
+    if not summary.exists():
+        return None, None
+    # The run id counts even when the store is $MLFLOW_TRACKING_URI rather than <run_dir>/mlflow.db.
+    store_dir = run_dir if (run_dir / "mlflow.db").exists() else None
+    return store_dir, json.loads(summary.read_text()).get("mlflow_run_id")
 
 
 def _tuning_table(preds: Any, tokens: Path, specs: list[HeadSpec], cfg: FinetuneConfig,
