@@ -17,20 +17,26 @@ from torch import Tensor, nn
 
 from ehrfm.models.config import ModelConfig
 
-# Scales chosen so the inputs of the periodic features are O(1..100): ages in years as they come,
-# absolute time (days since 1970) in years since 2000 — the model sees calendar drift, not raw 2e4 days.
-_TIME_ORIGIN_DAYS = 10957.0  # 2000-01-01
-_DAYS_PER_YEAR = 365.25
+# Continuous inputs are centred and scaled to O(1) before Time2Vec: raw ages (~70) and calendar years
+# made the linear Time2Vec term ~50x larger than a concept embedding (N(0, 0.02)), so after the LayerNorm
+# every token looked like "an age" and concept identity was a ~1% perturbation — finetuned heads then
+# ranked patients by age. Ages: (years - 60) / 20; absolute time: decades from 2020.
+_AGE_CENTER, _AGE_SCALE = 60.0, 20.0
+_TIME_ORIGIN_DAYS = 18262.0  # 2020-01-01 (days since 1970)
+_DAYS_PER_DECADE = 3652.5
 
 
 class Time2Vec(nn.Module):
     """Time2Vec (Kazemi et al., 2019): ``[w0*t + b0, sin(w*t + b)]`` projected to ``d_model``."""
 
-    def __init__(self, d_model: int, n_features: int = 16) -> None:
+    def __init__(self, d_model: int, n_features: int = 16, init_std: float = 0.02) -> None:
         super().__init__()
         self.linear = nn.Linear(1, 1)
         self.periodic = nn.Linear(1, n_features - 1)
         self.proj = nn.Linear(n_features, d_model)
+        with torch.no_grad():  # start at the scale of the concept embeddings, not ~50x above it
+            nn.init.normal_(self.proj.weight, std=init_std)
+            self.proj.bias.zero_()
 
     def forward(self, t: Tensor) -> Tensor:
         """t (...) float -> (..., d_model)."""
@@ -50,8 +56,8 @@ class EHRMambaEmbeddings(nn.Module):
         self.token_type = nn.Embedding(cfg.type_vocab_size, d)
         self.visit_order = nn.Embedding(cfg.max_visit_orders, d)
         self.visit_segment = nn.Embedding(cfg.visit_segment_size, d)
-        self.age = Time2Vec(d) if cfg.use_age else None
-        self.time = Time2Vec(d) if cfg.use_time else None
+        self.age = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_age else None
+        self.time = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_time else None
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -77,7 +83,7 @@ class EHRMambaEmbeddings(nn.Module):
         if visit_segments is not None:
             x = x + self.visit_segment(visit_segments.long().clamp(0, cfg.visit_segment_size - 1))
         if self.age is not None and ages is not None:
-            x = x + self.age(ages)
+            x = x + self.age((ages.float() - _AGE_CENTER) / _AGE_SCALE)
         if self.time is not None and times is not None:
-            x = x + self.time((times.float() - _TIME_ORIGIN_DAYS) / _DAYS_PER_YEAR)
+            x = x + self.time((times.float() - _TIME_ORIGIN_DAYS) / _DAYS_PER_DECADE)
         return self.dropout(self.norm(x))

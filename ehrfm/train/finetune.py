@@ -98,31 +98,53 @@ class MultiTaskCollator:
 
 
 class TaskBalancedSampler:
-    """``total`` micro-batches from ``start``; each row: task ~ ``weights``, then a uniform row of it;
-    rows are added while ``rows x padded width <= max_tokens`` (at least one row)."""
+    """``total`` micro-batches from ``start``, task-balanced and length-bucketed.
+
+    Rows come in pools of ``pool_rows``: each row's task ~ ``weights``, then a uniform row of that task;
+    a pool is sorted by length and packed greedily (``rows x padded width <= max_tokens``, at least one
+    row), and its batches are shuffled. Bucketing matters on a CPU: unsorted random rows waste ~45% of
+    each batch on padding (task rows are ~250 tokens at the median, ~500 at p90). Pool ``m`` is a pure
+    function of ``(seed, m)``, so batch ``n`` is too (exact resume without sampler state).
+    """
 
     def __init__(self, data: MultiTaskDataset, weights: Sequence[float], max_tokens: int, max_len: int, seed: int,
-                 total: int, start: int = 0) -> None:
+                 total: int, start: int = 0, pool_rows: int = 256) -> None:
         w = np.asarray(weights, dtype=float) * np.array([len(r) > 0 for r in data.rows])
         if w.sum() <= 0:
             raise ValueError("task-balanced sampler: no task has training rows")
+        if pool_rows < 1:
+            raise ValueError(f"task-balanced sampler: pool_rows={pool_rows} must be >= 1")
         self.p = w / w.sum()
         self.data, self.max_tokens, self.max_len = data, max_tokens, max_len
-        self.seed, self.total, self.start = seed, total, start
+        self.seed, self.total, self.start, self.pool_rows = seed, total, start, pool_rows
+        self._pools: list[list[list[int]]] = []  # pools built so far, in order
+        self._first: list[int] = []  # index of each pool's first batch
+
+    def _pool(self, m: int) -> list[list[int]]:
+        """Batches of pool ``m`` (global row indices), in their shuffled order."""
+        rng = np.random.default_rng([self.seed, m])
+        tasks = rng.choice(len(self.p), size=self.pool_rows, p=self.p)
+        sizes = np.array([len(r) for r in self.data.rows])[tasks]
+        rows = (self.data.offsets[tasks] + (rng.random(self.pool_rows) * sizes).astype(np.int64)).astype(np.int64)
+        widths = np.array([padded_length(int(n), 8, self.max_len) for n in self.data.lengths[rows]])
+        order = np.argsort(widths, kind="stable")
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        for i in order.tolist():  # ascending widths: the newest row sets the batch width
+            if batch and int(widths[i]) * (len(batch) + 1) > self.max_tokens:
+                batches.append(batch)
+                batch = []
+            batch.append(int(rows[i]))
+        batches.append(batch)
+        return [batches[j] for j in rng.permutation(len(batches))]
 
     def batch(self, n: int) -> list[int]:
         """Global indices of micro-batch ``n`` (deterministic in ``(seed, n)``)."""
-        rng = np.random.default_rng([self.seed, n])
-        out: list[int] = []
-        width = 0
-        while True:
-            t = int(rng.choice(len(self.p), p=self.p))
-            i = int(self.data.offsets[t] + rng.integers(len(self.data.rows[t])))
-            w = max(width, padded_length(int(self.data.lengths[i]), 8, self.max_len))
-            if out and w * (len(out) + 1) > self.max_tokens:
-                return out
-            out.append(i)
-            width = w
+        while not self._first or self._first[-1] + len(self._pools[-1]) <= n:
+            self._first.append(self._first[-1] + len(self._pools[-1]) if self._first else 0)
+            self._pools.append(self._pool(len(self._pools)))
+        m = int(np.searchsorted(self._first, n, side="right") - 1)
+        return self._pools[m][n - self._first[m]]
 
     def __iter__(self) -> Iterator[list[int]]:
         for n in range(self.start, self.total):
@@ -167,7 +189,8 @@ class FinetuneModule(StreamingModule):
         total = self.trainer.max_steps * self.trainer.accumulate_grad_batches
         assert isinstance(self.train_data, MultiTaskDataset)
         sampler = TaskBalancedSampler(self.train_data, self.task_weights, self.data_cfg.max_tokens,
-                                      self.data_cfg.max_len, self.seed, total, self.micro_batches_seen)
+                                      self.data_cfg.max_len, self.seed, total, self.micro_batches_seen,
+                                      pool_rows=self.data_cfg.pool_size)
         return DataLoader(self.train_data, batch_sampler=sampler, collate_fn=self.collate,
                           num_workers=self.data_cfg.num_workers, generator=torch.Generator().manual_seed(self.seed))
 

@@ -139,6 +139,28 @@ def test_task_balanced_sampler_mixes_tasks_and_is_deterministic(planted: tuple[P
     assert all(len(b) * (-(-w // 8) * 8) <= 640 for b, w in zip(batches, width, strict=True))
 
 
+def test_task_balanced_sampler_buckets_by_length() -> None:
+    """Rows of very different lengths (as real task rows: ~250 median, ~500 p90): batches are built from
+    length-sorted pools, so real tokens fill most of each padded batch (unsorted random rows fill ~55%)."""
+    from types import SimpleNamespace
+
+    from ehrfm.train.finetune import TaskBalancedSampler
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 512, size=3000)
+    data = SimpleNamespace(rows=[np.arange(1000), np.arange(2000)], offsets=np.array([0, 1000, 3000]),
+                           lengths=lengths)
+    s = TaskBalancedSampler(data, [1.0, 1.0], max_tokens=4096, max_len=512, seed=3, total=300)  # type: ignore[arg-type]
+    batches = list(s)
+    widths = [max(-(-int(lengths[i]) // 8) * 8 for i in b) for b in batches]
+    assert all(len(b) * w <= 4096 for b, w in zip(batches, widths, strict=True))
+    fill = sum(int(lengths[i]) for b in batches for i in b) / sum(len(b) * w for b, w in zip(batches, widths, strict=True))
+    assert fill > 0.85, fill
+    share = np.mean([i < 1000 for b in batches for i in b])
+    assert abs(share - 0.5) < 0.05  # task weights hold per row
+    assert batches[123] == TaskBalancedSampler(data, [1.0, 1.0], 4096, 512, 3, 300, start=200).batch(123)  # type: ignore[arg-type]
+
+
 def test_few_shot_rows_stratified_and_seeded(planted: tuple[Path, ...]) -> None:
     from ehrfm.train.finetune_run import _datasets, few_shot_rows
 
