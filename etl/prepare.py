@@ -1,6 +1,6 @@
 """spark-submit entry point for ``ehrfm prepare`` (vocabulary + value bins on the train split).
 
-    spark-submit etl/prepare.py --meds <meds dir> --output <tokens dir> [--min-count 5] [--n-bins 10]
+    spark-submit etl/prepare.py --meds <meds dir> --output <tokens dir> [--min-count 5] [--n-bins 20]
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meds", required=True, help="ingested MEDS dataset (data/, metadata/subject_splits.parquet)")
     parser.add_argument("--output", required=True, help="tokens folder: vocab.json and bins.json are written here")
     parser.add_argument("--min-count", type=int, default=5, help="min train events for a code to get a token (else [UNK]); also the min train values for a code to get bins")
-    parser.add_argument("--n-bins", type=int, default=10, help="quantile bins per numeric code")
+    parser.add_argument("--n-bins", type=int, default=20,
+                        help="quantile bins per numeric code (20: with 10, the top bin of creatinine starts at ~2.0 "
+                             "mg/dL and hides the trends of the sickest stays; see bench/README.md)")
     parser.add_argument(
         "--tasks",
         default="all",
