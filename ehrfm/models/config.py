@@ -43,6 +43,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     use_age: bool = True
     use_time: bool = True
+    use_time_gap: bool = True  # a third Time2Vec on log1p(days since the previous token)
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     # Mamba-1 / Mamba-2

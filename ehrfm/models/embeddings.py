@@ -3,7 +3,9 @@
 Each token is the sum of (Fallahpour et al., 2024, "EHRMamba"):
 concept + token type + visit order + visit segment embeddings, plus age and absolute time, which are
 continuous and enter through Time2Vec features (one linear + periodic sinusoids with learned frequencies)
-projected to ``d_model``. The sum goes through LayerNorm then dropout.
+projected to ``d_model``. Beyond EHRMamba, a third Time2Vec reads the gap to the previous token (derived from
+the time stream, causal; ``ModelConfig.use_time_gap``) so durations are visible. The sum goes through LayerNorm
+then dropout.
 
 Positions: the Mamba backbones are recurrent and need no position embedding (order is implicit in the
 scan); the transformer gets positions from RoPE inside attention. Neither adds a learned position table
@@ -24,6 +26,10 @@ from ehrfm.models.config import ModelConfig
 _AGE_CENTER, _AGE_SCALE = 60.0, 20.0
 _TIME_ORIGIN_DAYS = 18262.0  # 2020-01-01 (days since 1970)
 _DAYS_PER_DECADE = 3652.5
+# Gap to the previous token: log1p(days) / 4 (0 within a panel, ~0.55 for two days, ~1.5 for a year). Absolute
+# time in decades cannot resolve a 5-day stay (0.0014); the gap stream makes durations — length of stay, time
+# since the last admission — visible to a causal model without looking ahead.
+_GAP_SCALE = 4.0
 
 
 class Time2Vec(nn.Module):
@@ -45,6 +51,17 @@ class Time2Vec(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype))
 
 
+def time_gaps(times: Tensor, prev_times: Tensor | None = None) -> Tensor:
+    """Days since the previous token, >= 0: times (b, l) -> (b, l) with 0 at the first position; or one step
+    times (b,) with ``prev_times`` (b,) (None: 0). Right padding (time 0) after real tokens clamps to 0."""
+    t = times.float()
+    if t.dim() >= 2:
+        prev = torch.cat([t[..., :1], t[..., :-1]], dim=-1)
+    else:
+        prev = t if prev_times is None else prev_times.float()
+    return (t - prev).clamp(min=0.0)
+
+
 class EHRMambaEmbeddings(nn.Module):
     """Token streams -> input vectors (b, l, d_model)."""
 
@@ -58,6 +75,7 @@ class EHRMambaEmbeddings(nn.Module):
         self.visit_segment = nn.Embedding(cfg.visit_segment_size, d)
         self.age = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_age else None
         self.time = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_time else None
+        self.gap = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_time_gap else None
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -69,9 +87,11 @@ class EHRMambaEmbeddings(nn.Module):
         times: Tensor | None = None,
         visit_orders: Tensor | None = None,
         visit_segments: Tensor | None = None,
+        prev_times: Tensor | None = None,
     ) -> Tensor:
         """All streams have the same shape (b, l) (or (b,) for one recurrent step); missing streams count
-        as zeros. Returns (..., d_model)."""
+        as zeros. ``prev_times`` (b,): for one recurrent step, the time of each row's previous token (None:
+        the first token, gap 0). Returns (..., d_model)."""
         cfg = self.cfg
         if int(concept_ids.max()) >= cfg.vocab_size or int(concept_ids.min()) < 0:
             raise ValueError(f"concept_ids outside [0, vocab_size={cfg.vocab_size}): check the vocabulary file")
@@ -86,4 +106,6 @@ class EHRMambaEmbeddings(nn.Module):
             x = x + self.age((ages.float() - _AGE_CENTER) / _AGE_SCALE)
         if self.time is not None and times is not None:
             x = x + self.time((times.float() - _TIME_ORIGIN_DAYS) / _DAYS_PER_DECADE)
+        if self.gap is not None and times is not None:
+            x = x + self.gap(torch.log1p(time_gaps(times, prev_times)) / _GAP_SCALE)
         return self.dropout(self.norm(x))

@@ -134,7 +134,9 @@ class EHRFoundationModel(nn.Module):
             raise ValueError(f"step(): unknown stream(s) {sorted(unknown)}; expected {STREAMS}")
         if tokens["concept_ids"].shape[0] != cache.batch:
             raise ValueError(f"step(): batch {tokens['concept_ids'].shape[0]} != cache batch {cache.batch}")
-        h = self.embeddings(**tokens)
+        h = self.embeddings(**tokens, prev_times=cache.extra.get("prev_times"))
+        if "times" in tokens:
+            cache.extra["prev_times"] = tokens["times"].detach().float().clone()
         for layer, state in zip(self.blocks, cache.layers, strict=True):
             h = layer.step(h, state)
         cache.seen += 1

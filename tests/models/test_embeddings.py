@@ -33,3 +33,22 @@ def test_age_and_time_still_change_the_embedding() -> None:
     other = _embed([8], [40.0], [16500.0])[0]
     cos = torch.nn.functional.cosine_similarity
     assert cos(x[0], x[1], dim=0) > cos(x[0], other, dim=0)
+
+
+def test_time_gaps_sequence_and_step() -> None:
+    from ehrfm.models.embeddings import time_gaps
+
+    t = torch.tensor([[100.0, 100.0, 102.5, 110.0, 0.0, 0.0]])  # right padding has time 0
+    torch.testing.assert_close(time_gaps(t), torch.tensor([[0.0, 0.0, 2.5, 7.5, 0.0, 0.0]]))
+    torch.testing.assert_close(time_gaps(torch.tensor([102.5, 5.0]), torch.tensor([100.0, 1.0])),
+                               torch.tensor([2.5, 4.0]))
+    torch.testing.assert_close(time_gaps(torch.tensor([102.5])), torch.tensor([0.0]))  # first step: no gap
+
+
+def test_length_of_stay_is_visible_through_the_gap_stream() -> None:
+    # the same codes, the last at the same time, after a 1-day vs a 9-day stay: at the last token only the gap
+    # differs, and it moves the embedding far more than the 8-day shift of absolute time does at the first
+    # token (a week is ~0.002 on the decade scale of the time stream)
+    short = _embed([7, 8, 9], [70.0] * 3, [16490.0, 16490.0, 16491.0])
+    long = _embed([7, 8, 9], [70.0] * 3, [16482.0, 16482.0, 16491.0])
+    assert (short[2] - long[2]).norm() > 20 * (short[0] - long[0]).norm()
