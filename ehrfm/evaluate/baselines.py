@@ -68,7 +68,16 @@ def _prepare(X: sp.csr_matrix, train: np.ndarray) -> sp.csr_matrix:
 
 
 def _binary(name: str, X: sp.csr_matrix, y: np.ndarray, train: np.ndarray, tune: np.ndarray, cfg: BaselineConfig) -> np.ndarray:
-    """Fit on train (tuned on tuning), return P(y=1) for every row."""
+    """Fit on train (tuned on tuning), return P(y=1) for every row.
+
+    Train labels of one class (tiny real cohorts: e.g. no in-hospital death among the train subjects) cannot
+    fit a classifier: the baseline then predicts the train rate for every row, with a warning."""
+    if name not in BINARY_BASELINES:
+        raise ValueError(f"unknown binary baseline {name!r} (use {', '.join(BINARY_BASELINES)})")
+    if len(np.unique(y[train])) < 2:
+        warnings.warn(f"baseline_{name}: the train labels hold one class ({y[train][0]:g}) on {int(train.sum())} "
+                      "rows; it predicts that rate for every row", stacklevel=2)
+        return np.full(len(y), float(y[train].mean()))
     if name == "lr":
         Xs = StandardScaler(with_mean=False).fit(X[train]).transform(X)
         best: tuple[float, LogisticRegression] | None = None
@@ -81,15 +90,13 @@ def _binary(name: str, X: sp.csr_matrix, y: np.ndarray, train: np.ndarray, tune:
                 best = (float(score), m)
         assert best is not None
         return best[1].predict_proba(Xs)[:, 1]
-    if name == "hgb":
-        Xd = X.toarray()
-        hgb = HistGradientBoostingClassifier(max_iter=cfg.hgb_max_iter, early_stopping=True, random_state=cfg.seed)
-        if tune.any():
-            hgb.fit(Xd[train], y[train], X_val=Xd[tune], y_val=y[tune])
-        else:
-            hgb.fit(Xd[train], y[train])
-        return hgb.predict_proba(Xd)[:, 1]
-    raise ValueError(f"unknown binary baseline {name!r} (use {', '.join(BINARY_BASELINES)})")
+    Xd = X.toarray()  # hgb
+    hgb = HistGradientBoostingClassifier(max_iter=cfg.hgb_max_iter, early_stopping=True, random_state=cfg.seed)
+    if tune.any() and len(np.unique(y[tune])) > 1:  # its validation score needs both classes there too
+        hgb.fit(Xd[train], y[train], X_val=Xd[tune], y_val=y[tune])
+    else:
+        hgb.fit(Xd[train], y[train])
+    return hgb.predict_proba(Xd)[:, 1]
 
 
 def _tte(

@@ -90,6 +90,16 @@ def test_baselines_cannot_see_the_future_marker(synth: Synth) -> None:
     assert set(pred.columns) >= {"subject_id", "prediction_time", "task", "split", "model", "prob"}
 
 
+def test_binary_baselines_with_one_class_on_train_predict_its_rate(synth: Synth) -> None:
+    """Tiny real cohorts (MIMIC demo, Synthea) can have no positive among the train rows of a task."""
+    labels = attach_split(synth.labels_by_task["readmission"], load_splits(synth.meds))
+    labels.loc[labels["split"] == "train", "boolean_value"] = False
+    with pytest.warns(UserWarning, match="one class"):
+        pred = run_baselines(synth.events, labels, "readmission", "binary", ["lr", "hgb"])
+    assert set(pred["model"]) == {"baseline_lr", "baseline_hgb"} and len(pred) == 2 * len(labels)
+    assert (pred["prob"] == 0.0).all()
+
+
 def test_age_bands() -> None:
     assert [age_band(a) for a in (0, 39.99, 40, 64.9, 65, 79.99, 80, 101)] == [
         "<40", "<40", "40-64", "40-64", "65-79", "65-79", "80+", "80+"]
