@@ -124,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     timings["evaluate_s"] = round(time.time() - t2, 1)
     print(report_table(report))
     rows = summarize(report)
-    print(f"\n{'task':<30}{'model':<26}{'AUROC/C':>9}{'/oracle':>9}")
+    print(f"\n{'task':<30}{'model':<36}{'AUROC/C':>9}{'/oracle':>9}  95% CI")
     for r in rows:
         ratio = "" if r["over_oracle"] is None else f"{r['over_oracle']:.3f}"
-        print(f"{r['task']:<30}{r['model']:<26}{_fmt(r['value']):>9}{ratio:>9}")
+        ci = "" if r["ci"][0] is None else f"  [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        print(f"{r['task']:<30}{r['model']:<36}{_fmt(r['value']):>9}{ratio:>9}{ci}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result = {"n_patients": args.n_patients, "tasks": tasks, "variants": args.variants, "rows": rows,
               "timings": timings, "machine": {"cpus": os.cpu_count(), "loadavg_before": load0,
@@ -167,6 +168,11 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"task": task, "model": model, "metric": key, "value": m.get("value"),
                          "ci": [m.get("ci_low"), m.get("ci_high")], "over_oracle": info.get("auroc_over_oracle"),
                          "n": info.get("n")})
+        for d in res.get("vs_baselines", []):  # paired: model - baseline AUROC on the same subjects
+            m = d["delta_auroc"]
+            rows.append({"task": task, "model": f"{d['model']} - {d['baseline']}", "metric": "delta_auroc",
+                         "value": m.get("value"), "ci": [m.get("ci_low"), m.get("ci_high")], "over_oracle": None,
+                         "n": d["n"]})
     return rows
 
 

@@ -56,6 +56,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         ratios = {m: i["auroc_over_oracle"] for m, i in res["models"].items() if i.get("auroc_over_oracle") is not None}
         if ratios:
             lines += ["Model AUROC / oracle AUROC: " + ", ".join(f"{m} {r:.3f}" for m, r in ratios.items()), ""]
+        if res.get("vs_baselines"):
+            lines += ["AUROC difference, model − baseline (paired subject bootstrap; a CI above 0 = beats it): "
+                      + ", ".join(f"{d['model']} − {d['baseline']} {fmt(d['delta_auroc'])}" for d in res["vs_baselines"]), ""]
         if kind == "tte":
             hs = next((i.get("horizons_days") for i in res["models"].values() if i.get("horizons_days")), None)
             if hs:

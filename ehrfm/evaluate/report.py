@@ -169,9 +169,13 @@ def evaluate_task(
         else:
             info["metrics"] = _eval_forecast(m, cfg, info)
         info["_rows"] = m["_row"].to_numpy()
+        if kind == "binary":
+            info["_p"] = m["prob"].astype(float).to_numpy()
         raw[str(model)] = info
         res["models"][model] = info
     res["subgroups"] = _subgroups(raw, labels, attrs, cfg)
+    if kind == "binary":
+        res["vs_baselines"] = _paired_auroc(raw, labels, cfg)
     if truth is not None and kind == "binary":
         res["oracle"] = _oracle(truth, task, held, cfg)
         if res["oracle"] is not None:
@@ -184,6 +188,24 @@ def evaluate_task(
         for k in [k for k in info if k.startswith("_")]:
             del info[k]
     return res
+
+
+def _paired_auroc(raw: dict[str, dict[str, Any]], labels: pd.DataFrame, cfg: ReportConfig) -> list[dict[str, Any]]:
+    """AUROC(model) - AUROC(baseline) on the rows both predicted, with a paired cluster-bootstrap CI (the same
+    resampled subjects for both): "beats the baseline" is claimed only when the CI excludes 0."""
+    y_all = labels["boolean_value"].astype(float).to_numpy()
+    subjects = labels[SUBJECT_ID].to_numpy()
+    out: list[dict[str, Any]] = []
+    for a in [m for m in raw if not m.startswith("baseline_")]:
+        for b in [m for m in raw if m.startswith("baseline_")]:
+            rows, ia, ib = np.intersect1d(raw[a]["_rows"], raw[b]["_rows"], return_indices=True)
+            if not len(rows):
+                continue
+            y, pa, pb = y_all[rows], raw[a]["_p"][ia], raw[b]["_p"][ib]
+            mv = bootstrap_metrics({"delta": lambda i, y=y, pa=pa, pb=pb: auroc(y[i], pa[i]) - auroc(y[i], pb[i])},
+                                   subjects[rows], cfg.n_boot, cfg.seed)["delta"]
+            out.append({"model": a, "baseline": b, "n": len(rows), "delta_auroc": mv.to_dict()})
+    return out
 
 
 def _subgroups(raw: dict[str, dict[str, Any]], labels: pd.DataFrame, attrs: pd.DataFrame, cfg: ReportConfig) -> list[dict[str, Any]]:

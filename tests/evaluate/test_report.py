@@ -68,6 +68,34 @@ def test_report_side_by_side_and_keys(report: tuple[dict, Path]) -> None:
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(rep, default=str))
 
 
+def test_paired_auroc_difference_vs_baselines(report: tuple[dict, Path]) -> None:
+    rep, out = report
+    rows = {(d["model"], d["baseline"]): d for d in rep["tasks"]["readmission"]["vs_baselines"]}
+    assert set(rows) == {("ehrfm-test", "baseline_lr"), ("ehrfm-test", "baseline_hgb")}
+    models = rep["tasks"]["readmission"]["models"]
+    for (model, base), d in rows.items():
+        delta = d["delta_auroc"]
+        # every model predicted every held-out row: the difference is the difference of the table's AUROCs
+        assert d["n"] == rep["tasks"]["readmission"]["n_eval"]
+        want = models[model]["metrics"]["auroc"]["value"] - models[base]["metrics"]["auroc"]["value"]
+        assert delta["value"] == pytest.approx(want)
+        assert delta["ci_low"] <= delta["value"] <= delta["ci_high"]
+    assert "vs_baselines" not in rep["tasks"]["death_tte"]
+    assert "ehrfm-test − baseline_lr" in (out / "report.md").read_text()
+
+
+def test_paired_auroc_by_hand() -> None:
+    from ehrfm.evaluate.report import ReportConfig, _paired_auroc
+
+    labels = pd.DataFrame({"subject_id": [1, 2, 3, 4, 5, 6], "boolean_value": [0, 0, 1, 1, 0, 1]})
+    raw = {"m": {"_rows": np.array([0, 1, 2, 3, 4, 5]), "_p": np.array([0.1, 0.2, 0.9, 0.8, 0.3, 0.7])},  # AUROC 1
+           "baseline_x": {"_rows": np.array([0, 2, 3, 4, 5]), "_p": np.array([0.5, 0.4, 0.6, 0.7, 0.2])}}  # row 1 missing
+    (d,) = _paired_auroc(raw, labels, ReportConfig(n_boot=0))
+    # on the 5 shared rows: baseline ranks positives (2: 0.4, 3: 0.6, 5: 0.2) vs negatives (0: 0.5, 4: 0.7):
+    # pairs won 1 of 6 -> AUROC 1/6; the model's AUROC there is 1
+    assert d["n"] == 5 and d["delta_auroc"]["value"] == pytest.approx(1 - 1 / 6)
+
+
 def test_report_files_and_markdown(report: tuple[dict, Path]) -> None:
     _, out = report
     md = (out / "report.md").read_text()
