@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,11 @@ def evaluate_task(
     return res
 
 
+def _auroc_delta(y: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> Callable[[np.ndarray], float]:
+    """Row indices -> AUROC(pa) - AUROC(pb) on those rows."""
+    return lambda i: auroc(y[i], pa[i]) - auroc(y[i], pb[i])
+
+
 def _paired_auroc(raw: dict[str, dict[str, Any]], labels: pd.DataFrame, cfg: ReportConfig) -> list[dict[str, Any]]:
     """AUROC(model) - AUROC(baseline) on the rows both predicted, with a paired cluster-bootstrap CI (the same
     resampled subjects for both): "beats the baseline" is claimed only when the CI excludes 0."""
@@ -201,8 +206,7 @@ def _paired_auroc(raw: dict[str, dict[str, Any]], labels: pd.DataFrame, cfg: Rep
             rows, ia, ib = np.intersect1d(raw[a]["_rows"], raw[b]["_rows"], return_indices=True)
             if not len(rows):
                 continue
-            y, pa, pb = y_all[rows], raw[a]["_p"][ia], raw[b]["_p"][ib]
-            mv = bootstrap_metrics({"delta": lambda i, y=y, pa=pa, pb=pb: auroc(y[i], pa[i]) - auroc(y[i], pb[i])},
+            mv = bootstrap_metrics({"delta": _auroc_delta(y_all[rows], raw[a]["_p"][ia], raw[b]["_p"][ib])},
                                    subjects[rows], cfg.n_boot, cfg.seed)["delta"]
             out.append({"model": a, "baseline": b, "n": len(rows), "delta_auroc": mv.to_dict()})
     return out
