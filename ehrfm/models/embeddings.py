@@ -26,7 +26,7 @@ from ehrfm.models.config import ModelConfig
 _AGE_CENTER, _AGE_SCALE = 60.0, 20.0
 _TIME_ORIGIN_DAYS = 18262.0  # 2020-01-01 (days since 1970)
 _DAYS_PER_DECADE = 3652.5
-# Gap to the previous token: log1p(days) / 4 (0 within a panel, ~0.55 for two days, ~1.5 for a year). Absolute
+# Gap to the previous token: log1p(days) / 4 (0 within a panel, ~0.27 for two days, ~1.5 for a year). Absolute
 # time in decades cannot resolve a 5-day stay (0.0014); the gap stream makes durations — length of stay, time
 # since the last admission — visible to a causal model without looking ahead.
 _GAP_SCALE = 4.0
