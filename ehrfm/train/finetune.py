@@ -115,6 +115,7 @@ class TaskBalancedSampler:
         if pool_rows < 1:
             raise ValueError(f"task-balanced sampler: pool_rows={pool_rows} must be >= 1")
         self.p = w / w.sum()
+        self.task_rows = np.array([len(r) for r in data.rows], dtype=np.int64)  # rows per task, fixed
         self.data, self.max_tokens, self.max_len = data, max_tokens, max_len
         self.seed, self.total, self.start, self.pool_rows = seed, total, start, pool_rows
         self._pools: list[list[list[int]]] = []  # pools built so far, in order
@@ -124,7 +125,7 @@ class TaskBalancedSampler:
         """Batches of pool ``m`` (global row indices), in their shuffled order."""
         rng = np.random.default_rng([self.seed, m])
         tasks = rng.choice(len(self.p), size=self.pool_rows, p=self.p)
-        sizes = np.array([len(r) for r in self.data.rows])[tasks]
+        sizes = self.task_rows[tasks]
         rows = (self.data.offsets[tasks] + (rng.random(self.pool_rows) * sizes).astype(np.int64)).astype(np.int64)
         widths = np.array([padded_length(int(n), 8, self.max_len) for n in self.data.lengths[rows]])
         order = np.argsort(widths, kind="stable")
