@@ -114,6 +114,9 @@ class TokenType:
     COUNT = 10
 
 
+# The parallel list streams of a token row, in model-argument order (one definition for data, model, notebooks).
+TOKEN_STREAMS = ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments", "values")
+
 TOKENS_SCHEMA = pa.schema(
     [
         pa.field(SUBJECT_ID, pa.int64(), nullable=False),
@@ -127,6 +130,8 @@ TOKENS_SCHEMA = pa.schema(
         pa.field("times", pa.list_(pa.float32()), nullable=False),  # days since 1970-01-01 (absolute)
         pa.field("visit_orders", pa.list_(pa.int32()), nullable=False),  # 0 before the first visit, then 1..
         pa.field("visit_segments", pa.list_(pa.int8()), nullable=False),  # 0 outside visits, 1/2 alternating
+        # the exact numeric value on its value-bin token, scaled per code by the train bins; NaN elsewhere
+        pa.field("values", pa.list_(pa.float32()), nullable=False),
         # label columns, null for pretraining rows
         pa.field("label", pa.float32()),  # binary tasks: 0/1
         pa.field("duration_days", pa.float32()),

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ehrfm.data.dataset import LABEL_COLUMNS, LIST_COLUMNS
+from ehrfm.data.dataset import LABEL_COLUMNS, LIST_COLUMNS, OPTIONAL_STREAMS
 from ehrfm.schema import PAD_ID
 
 _DTYPES = {"concept_ids": torch.long, "type_ids": torch.long, "ages": torch.float32, "times": torch.float32,
-           "visit_orders": torch.long, "visit_segments": torch.long}
+           "visit_orders": torch.long, "visit_segments": torch.long, "values": torch.float32}
+_FLOATS = ("ages", "times", "values")
 
 
 def padded_length(length: int, multiple: int = 8, max_len: int | None = None) -> int:
@@ -28,8 +29,8 @@ def padded_length(length: int, multiple: int = 8, max_len: int | None = None) ->
 class Collator:
     """Callable for ``DataLoader(collate_fn=...)``: list of dataset items -> dict of tensors.
 
-    Output: the six streams (b, L) with L = longest kept length rounded up to ``pad_to_multiple``
-    (concept ids padded with ``pad_id``, other streams with 0), ``lengths`` (b,), ``subject_id`` (b,),
+    Output: the seven streams (b, L) with L = longest kept length rounded up to ``pad_to_multiple``
+    (concept ids padded with ``pad_id``, values with NaN = no value, other streams with 0), ``lengths`` (b,), ``subject_id`` (b,),
     and for task rows ``label``/``duration_days`` (b,) float (NaN when null) and ``event`` (b,) long (-1).
     """
 
@@ -44,10 +45,10 @@ class Collator:
         width = padded_length(max(kept), self.multiple)
         out: dict[str, Tensor] = {}
         for name in LIST_COLUMNS:
-            fill = self.pad_id if name == "concept_ids" else 0
-            arr = np.full((len(items), width), fill, dtype=np.float32 if name in ("ages", "times") else np.int64)
+            fill = self.pad_id if name == "concept_ids" else (np.nan if name == "values" else 0)
+            arr = np.full((len(items), width), fill, dtype=np.float32 if name in _FLOATS else np.int64)
             for row, (it, n) in enumerate(zip(items, kept, strict=True)):
-                if n:
+                if n and (name in it or name not in OPTIONAL_STREAMS):  # an absent optional stream stays fill
                     arr[row, :n] = it[name][-n:]  # most recent n tokens
             out[name] = torch.from_numpy(arr).to(_DTYPES[name])
         out["lengths"] = torch.tensor(kept, dtype=torch.long)

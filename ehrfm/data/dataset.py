@@ -16,9 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
-from ehrfm.schema import TOKENS_SCHEMA
+from ehrfm.schema import TOKEN_STREAMS, TOKENS_SCHEMA
 
-LIST_COLUMNS = ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments")
+LIST_COLUMNS = TOKEN_STREAMS
+# Streams added after the first token format: files written before them read as all-NaN (no value anywhere).
+OPTIONAL_STREAMS = {"values": float("nan")}
 LABEL_COLUMNS = ("label", "duration_days", "event")
 
 
@@ -40,7 +42,7 @@ def _parquet_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def _read(files: list[Path]) -> pa.Table:
     tables = []
-    need = set(LIST_COLUMNS) | {"subject_id", "length", "split"}
+    need = (set(LIST_COLUMNS) - set(OPTIONAL_STREAMS)) | {"subject_id", "length", "split"}
     for f in files:
         t = pq.read_table(f)
         missing = sorted(need - set(t.column_names))
@@ -54,7 +56,7 @@ class TokenStreamDataset(Dataset[dict[str, Any]]):
     """Rows of token-stream parquet, optionally filtered by ``split`` and ``task``.
 
     ``source``: a folder (all ``*.parquet`` below it), a file, or a list of them. Pretraining rows have
-    ``task`` null; pass ``task=`` to select one task's rows. Each item is a dict with the six streams as
+    ``task`` null; pass ``task=`` to select one task's rows. Each item is a dict with the seven streams as
     1-D numpy arrays, ``subject_id``, ``length`` and, for task rows, the label columns (None when null).
     """
 
@@ -73,6 +75,8 @@ class TokenStreamDataset(Dataset[dict[str, Any]]):
         self._values: dict[str, np.ndarray] = {}
         offsets = None
         for name in LIST_COLUMNS:
+            if name not in table.column_names:
+                continue  # an optional stream absent from older files: filled after the loop
             col = table[name].combine_chunks()
             assert isinstance(col, pa.ListArray)
             off = col.offsets.to_numpy()
@@ -90,6 +94,9 @@ class TokenStreamDataset(Dataset[dict[str, Any]]):
                                  "differs from concept_ids")
             self._values[name] = col.values.to_numpy(zero_copy_only=False)
         self._offsets = offsets if offsets is not None else np.zeros(1, dtype=np.int64)
+        for name, fill in OPTIONAL_STREAMS.items():
+            if name not in self._values:
+                self._values[name] = np.full(int(self._offsets[-1]), fill, dtype=np.float32)
         self._labels = {c: table[c].to_pylist() for c in LABEL_COLUMNS if c in table.column_names}
         self._targets = table["target_ids"].to_pylist() if "target_ids" in table.column_names else None
         self.prediction_times = (table["prediction_time"].to_pylist() if "prediction_time" in table.column_names

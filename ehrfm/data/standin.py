@@ -49,10 +49,12 @@ def _subject(rng: np.random.Generator, vocab: Vocabulary, n_codes: int, max_len:
     times: list[float] = []
     orders: list[int] = []
     segs: list[int] = []
+    values: list[float] = []
     birth = float(rng.uniform(-20000, 5000))  # days since 1970
     t = birth + float(rng.uniform(20, 80)) * 365.25
 
-    def add(tok: str, typ: int, order: int, seg: int) -> None:
+    def add(tok: str, typ: int, order: int, seg: int, value: float = float("nan")) -> None:
+        values.append(value)
         ids.append(vocab.id(tok))
         types.append(typ)
         ages.append((t - birth) / 365.25)
@@ -78,14 +80,15 @@ def _subject(rng: np.random.Generator, vocab: Vocabulary, n_codes: int, max_len:
                 rng.integers(0, n_codes))
             add(f"CODE//{c}", TokenType.CODE, v, seg)
             if c % 15 == 0:  # some codes are labs followed by their value bin
-                add(f"LAB//{(c // 15) % 8}//BIN//{int(rng.integers(0, 5))}", TokenType.VALUE_BIN, v, seg)
+                b = int(rng.integers(0, 5))  # the scaled value lies inside its bin's share of [-0.5, 0.5)
+                add(f"LAB//{(c // 15) % 8}//BIN//{b}", TokenType.VALUE_BIN, v, seg, (b + float(rng.random())) / 5 - 0.5)
             t += float(rng.uniform(0, 0.5))
         add(VE, TokenType.VISIT_END, v, seg)
         add(REG, TokenType.REGISTER, v, seg)
         if len(ids) >= max_len:
             break
     return {"concept_ids": ids, "type_ids": types, "ages": ages, "times": times,
-            "visit_orders": orders, "visit_segments": segs}
+            "visit_orders": orders, "visit_segments": segs, "values": values}
 
 
 def write_standin(out: str | Path, n_subjects: int = 200, seed: int = 0, n_codes: int = 120,

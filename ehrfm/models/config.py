@@ -44,6 +44,7 @@ class ModelConfig:
     use_age: bool = True
     use_time: bool = True
     use_time_gap: bool = True  # a third Time2Vec on log1p(days since the previous token)
+    use_values: bool = True  # a Time2Vec on the exact (scaled) numeric value carried by value-bin tokens
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     # Mamba-1 / Mamba-2

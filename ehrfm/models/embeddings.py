@@ -4,8 +4,10 @@ Each token is the sum of (Fallahpour et al., 2024, "EHRMamba"):
 concept + token type + visit order + visit segment embeddings, plus age and absolute time, which are
 continuous and enter through Time2Vec features (one linear + periodic sinusoids with learned frequencies)
 projected to ``d_model``. Beyond EHRMamba, a third Time2Vec reads the gap to the previous token (derived from
-the time stream, causal; ``ModelConfig.use_time_gap``) so durations are visible. The sum goes through LayerNorm
-then dropout.
+the time stream, causal; ``ModelConfig.use_time_gap``) so durations are visible, and a fourth reads the exact
+numeric value a value-bin token carries (the ``values`` stream, scaled per code by the train bins; NaN = none,
+adds nothing; ``ModelConfig.use_values``) so trends finer than a quantile bin are visible. The sum goes
+through LayerNorm then dropout.
 
 Positions: the Mamba backbones are recurrent and need no position embedding (order is implicit in the
 scan); the transformer gets positions from RoPE inside attention. Neither adds a learned position table
@@ -76,6 +78,7 @@ class EHRMambaEmbeddings(nn.Module):
         self.age = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_age else None
         self.time = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_time else None
         self.gap = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_time_gap else None
+        self.value = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_values else None
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -87,10 +90,11 @@ class EHRMambaEmbeddings(nn.Module):
         times: Tensor | None = None,
         visit_orders: Tensor | None = None,
         visit_segments: Tensor | None = None,
+        values: Tensor | None = None,
         prev_times: Tensor | None = None,
     ) -> Tensor:
         """All streams have the same shape (b, l) (or (b,) for one recurrent step); missing streams count
-        as zeros. ``prev_times`` (b,): for one recurrent step, the time of each row's previous token (None:
+        as zeros (``values``: as NaN, i.e. no value). ``prev_times`` (b,): for one recurrent step, the time of each row's previous token (None:
         the first token, gap 0). Returns (..., d_model)."""
         cfg = self.cfg
         if int(concept_ids.max()) >= cfg.vocab_size or int(concept_ids.min()) < 0:
@@ -108,4 +112,8 @@ class EHRMambaEmbeddings(nn.Module):
             x = x + self.time((times.float() - _TIME_ORIGIN_DAYS) / _DAYS_PER_DECADE)
         if self.gap is not None and times is not None:
             x = x + self.gap(torch.log1p(time_gaps(times, prev_times)) / _GAP_SCALE)
+        if self.value is not None and values is not None:
+            v = values.float()
+            has = torch.isfinite(v)  # NaN: the token carries no value and gets no value term
+            x = x + self.value(torch.where(has, v, torch.zeros_like(v))) * has.unsqueeze(-1).to(x.dtype)
         return self.dropout(self.norm(x))

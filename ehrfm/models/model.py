@@ -22,8 +22,9 @@ from ehrfm.models.layers import RMSNorm
 from ehrfm.models.mamba import MambaMixer
 from ehrfm.models.mamba2 import Mamba2Mixer
 from ehrfm.models.transformer import MLP, CausalSelfAttention
+from ehrfm.schema import TOKEN_STREAMS
 
-STREAMS = ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments")
+STREAMS = TOKEN_STREAMS
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
 
@@ -110,10 +111,11 @@ class EHRFoundationModel(nn.Module):
         times: Tensor | None = None,
         visit_orders: Tensor | None = None,
         visit_segments: Tensor | None = None,
+        values: Tensor | None = None,
         return_logits: bool = True,
     ) -> ModelOutput:
         """Streams (b, l) -> :class:`ModelOutput` with hidden (b, l, d) and logits (b, l, V)."""
-        h = self.embeddings(concept_ids, type_ids, ages, times, visit_orders, visit_segments)
+        h = self.embeddings(concept_ids, type_ids, ages, times, visit_orders, visit_segments, values)
         for layer in self.layers:
             h = layer(h)
         h = self.norm_f(h)

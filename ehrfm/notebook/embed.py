@@ -31,7 +31,7 @@ def _items(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[dict[str, A
     recs = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
     out = []
     for r in recs:
-        item: dict[str, Any] = {k: np.asarray(r[k]) for k in STREAMS}
+        item: dict[str, Any] = {k: np.asarray(r[k]) for k in STREAMS if k in r}  # optional streams may be absent
         item["length"] = len(item["concept_ids"])
         item["subject_id"] = int(r.get("subject_id", -1))
         out.append(item)
@@ -43,7 +43,7 @@ def embed(model: EHRFoundationModel, rows: pd.DataFrame | Sequence[Mapping[str, 
           max_len: int | None = None) -> np.ndarray:
     """(n, d_model) float32: the last real token's final hidden state of each token row.
 
-    rows: token rows (the six streams; a DataFrame from ``load_token_rows`` or dicts); rows longer than
+    rows: token rows (the token streams; a DataFrame from ``load_token_rows`` or dicts); rows longer than
     ``max_len`` keep their most recent tokens. Batches are sorted by length so padding stays small.
     """
     items = _items(rows)
@@ -71,7 +71,7 @@ def visit_prefixes(row: Mapping[str, Any], max_points: int = 12) -> tuple[list[d
     if len(ends) > max_points:
         pick = np.unique(np.linspace(0, len(ends) - 1, max_points).round().astype(int))
         ends = [ends[i] for i in pick]
-    prefixes = [{k: np.asarray(row[k])[:e] for k in STREAMS} | {"subject_id": row.get("subject_id", -1)} for e in ends]
+    prefixes = [{k: np.asarray(row[k])[:e] for k in STREAMS if k in row} | {"subject_id": row.get("subject_id", -1)} for e in ends]
     return prefixes, [int(vo[e - 1]) for e in ends]
 
 

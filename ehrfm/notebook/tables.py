@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 
 from ehrfm.evaluate.data import attach_split, load_labels, load_splits, task_kind
-from ehrfm.schema import TokenType
+from ehrfm.schema import TOKEN_STREAMS, TokenType
 from ehrfm.tokenize.direct import read_tokens
 from ehrfm.vocab import Vocabulary
 
 TYPE_NAMES = {v: k for k, v in vars(TokenType).items() if k.isupper() and isinstance(v, int) and k != "COUNT"}
-STREAMS = ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments")
+STREAMS = TOKEN_STREAMS
 
 
 def load_token_rows(tokens_dir: str | Path, task: str | None = None) -> pd.DataFrame:
@@ -31,7 +31,7 @@ def load_token_rows(tokens_dir: str | Path, task: str | None = None) -> pd.DataF
 def decode_row(row: Mapping[str, Any], vocab: Vocabulary) -> pd.DataFrame:
     """One token row as a table: position, token (decoded id), type, age, date, visit order and segment.
 
-    ``row`` has the six parallel streams (as in TOKENS_SCHEMA); times are days since 1970-01-01.
+    ``row`` has the parallel streams (as in TOKENS_SCHEMA); times are days since 1970-01-01.
     """
     ids = np.asarray(row["concept_ids"], dtype=np.int64)
     days = np.asarray(row["times"], dtype=np.float64)

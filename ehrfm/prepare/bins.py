@@ -6,6 +6,12 @@ exact ``percentile``), de-duplicated. A value ``v`` falls in bin ``searchsorted(
 so bins are ``0..len(edges)`` and a value equal to a cut point goes to the upper bin. Bin ``b`` becomes
 the shared token ``[Q{b}]`` right after the code token (EHRMamba style: code token, then value token).
 
+The same cut points also scale the exact value for the model's ``values`` stream
+(:meth:`Bins.scaled_value`): ``(v - centre) / spread`` with the centre the median cut point and the spread
+the distance between the outer cut points (the central ``1 - 2/n`` of train values), clipped to
+``±VALUE_CLIP``. Bins alone lose what a trend is made of (with 20 bins, creatinine 1.32 and 1.45 share a
+token); the scaled value keeps it, fitted on train only like the bins.
+
 File format (``bins.json``)::
 
     {"format": "ehrfm-bins/1", "n_bins": 10, "min_count": 5, "edges": {"LAB//LOINC//2160-0": [0.7, ...]}}
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkDataFrame
 
 FORMAT = "ehrfm-bins/1"
+VALUE_CLIP = 8.0  # scaled values beyond ±8 spreads are clipped (a typo'd 1e6 must not dominate an embedding)
 
 
 def bin_token(b: int) -> str:
@@ -57,6 +64,17 @@ class Bins:
 
     def __post_init__(self) -> None:
         self._arrays = {c: np.asarray(e, dtype=np.float64) for c, e in self.edges.items()}
+        self._scales = {c: _centre_spread(a) for c, a in self._arrays.items() if a.size}
+
+    def scaled_value(self, code: str, value: float | None) -> float:
+        """``value`` of ``code`` as ``(v - centre) / spread`` from the code's cut points, clipped to
+        ``±VALUE_CLIP``; NaN when the code has no bins or the value is missing/NaN/inf."""
+        if value is None or not math.isfinite(value):
+            return math.nan
+        cs = self._scales.get(code)
+        if cs is None:
+            return math.nan
+        return min(max((value - cs[0]) / cs[1], -VALUE_CLIP), VALUE_CLIP)
 
     def bin_of(self, code: str, value: float | None) -> int | None:
         """Bin index in ``0..n_bins-1`` of ``value`` for ``code``; ``None`` when the code has no bins or
@@ -87,6 +105,16 @@ class Bins:
             "edges": {c: [float(x) for x in self.edges[c]] for c in sorted(self.edges)},
         }
         Path(path).write_text(json.dumps(data, indent=0))
+
+
+def _centre_spread(edges: np.ndarray) -> tuple[float, float]:
+    """(median cut point, outer cut-point distance) of sorted ``edges``; the spread falls back to
+    ``|centre|`` (or 1) when ties collapsed the cut points to one value."""
+    centre = float(np.median(edges))
+    spread = float(edges[-1] - edges[0])
+    if not spread > 0:
+        spread = abs(centre) if centre != 0 else 1.0
+    return centre, spread
 
 
 def load_bins(path: str | Path) -> Bins:

@@ -117,7 +117,7 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path, task
         raise FileNotFoundError(f"--tokens {tokens_dir}: no tasks/<task>/ folder for the model's tasks {local.tasks}")
     where, model_name = _shipped(spark, folder), local.fm.model_name
     cols = [SUBJECT_ID, "split", "task", PREDICTION_TIME, "length", "concept_ids", "type_ids", "ages", "times",
-            "visit_orders", "visit_segments"]
+            "visit_orders", "visit_segments", "values"]
     frames = []
     for t in names:
         local.spec(t)

@@ -113,3 +113,20 @@ def read_tokens(path: str | Path) -> pa.Table:
         return TOKENS_SCHEMA.empty_table()
     tables = [pq.read_table(f).select(TOKENS_SCHEMA.names).cast(TOKENS_SCHEMA) for f in files]
     return pa.concat_tables(tables)
+
+
+def tokens_equal(a: pa.Table, b: pa.Table) -> bool:
+    """Whether two token tables hold the same rows in the same order, NaN ``values`` (no value) comparing
+    equal to NaN (Arrow's ``Table.equals`` treats NaN != NaN)."""
+    if a.schema != b.schema or a.num_rows != b.num_rows:
+        return False
+    floats = [f.name for f in a.schema if pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type)]
+    if not a.drop_columns(floats).equals(b.drop_columns(floats)):
+        return False
+    for name in floats:
+        x, y = a.column(name).combine_chunks(), b.column(name).combine_chunks()
+        if not (np.array_equal(x.offsets.to_numpy(), y.offsets.to_numpy())
+                and np.array_equal(x.values.to_numpy(zero_copy_only=False), y.values.to_numpy(zero_copy_only=False),
+                                   equal_nan=True)):
+            return False
+    return True

@@ -11,7 +11,10 @@ Row layout::
 - Static block: codes with a null time, plus demographic codes (``cfg.static_prefixes``) at or before
   the cut, sorted, de-duplicated; type STATIC, outside visits (visit_order 0, segment 0).
 - Visits (see :mod:`ehrfm.tokenize.timeline`): ``[VS]`` events ``[VE] [REG]``; a numeric value whose code
-  has bins adds its ``[Q{b}]`` token right after the code. Between visits one interval token from the
+  has bins adds its ``[Q{b}]`` token right after the code, and that token carries the exact value in the
+  ``values`` stream (scaled by the code's train bins, :meth:`Bins.scaled_value`; NaN on every other token).
+  The value sits on the bin token, not the code token, so next-token prediction never reads a value it
+  must predict. Between visits one interval token from the
   gap (previous visit's last event → next visit's first event): under 28 days ``[W{days//7}]``, under
   365 days ``[M{min(12, days//30)}]``, else ``[LT]``.
 - The last visit of a task row stays open (no ``[VE] [REG]``) unless it holds a visit-end code
@@ -73,13 +76,15 @@ class _Stream:
         self.t: list[int] = []  # µs
         self.order: list[int] = []
         self.in_visit: list[bool] = []
+        self.values: list[float] = []
 
-    def add(self, tok_id: int, typ: int, t: int, order: int, in_visit: bool) -> None:
+    def add(self, tok_id: int, typ: int, t: int, order: int, in_visit: bool, value: float = float("nan")) -> None:
         self.ids.append(tok_id)
         self.types.append(typ)
         self.t.append(t)
         self.order.append(order)
         self.in_visit.append(in_visit)
+        self.values.append(value)
 
 
 def _end_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -111,7 +116,8 @@ def _dynamic(tl: Timeline, n: int, vocab: Vocabulary, bins: Bins, cfg: TokenizeC
             if ids[i] != UNK_ID and vals[i] == vals[i]:
                 bi = bins.bin_of(codes[i], float(vals[i]))
                 if bi is not None:
-                    out.add(q_ids[bi], TokenType.VALUE_BIN, int(t[i]), order, True)
+                    v = bins.scaled_value(codes[i], float(vals[i]))
+                    out.add(q_ids[bi], TokenType.VALUE_BIN, int(t[i]), order, True, v)
         last = k == len(starts) - 1
         closed = (
             not last
@@ -176,7 +182,7 @@ def _build_row(
     if reopen:
         out.add(vocab.id(VS), TokenType.VISIT_START, first_t, 1, True)
     for i in range(s0, len(dyn.ids)):
-        out.add(dyn.ids[i], dyn.types[i], dyn.t[i], max(dyn.order[i] - base, 0), dyn.in_visit[i])
+        out.add(dyn.ids[i], dyn.types[i], dyn.t[i], max(dyn.order[i] - base, 0), dyn.in_visit[i], dyn.values[i])
     if task is not None:
         assert cut is not None
         out.add(lead_id, TokenType.TASK, cut, out.order[-1], False)
@@ -192,6 +198,7 @@ def _build_row(
         "times": (t_us / US_PER_DAY).astype(np.float32),
         "visit_orders": orders,
         "visit_segments": np.where(in_visit, 1 + (orders - 1) % 2, 0).astype(np.int8),
+        "values": np.asarray(out.values, dtype=np.float32),
     }
 
 

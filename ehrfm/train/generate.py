@@ -117,8 +117,9 @@ def forecast_scores(model: EHRFoundationModel, batch: dict[str, Tensor], vocab: 
     miss = 1.0 - score  # P(code not seen yet)
     types = token_types(vocab)
     idx = (batch["lengths"] - 1).unsqueeze(1)
+    # generated tokens inherit the last token's age/time/visit; never its measured value (they have none)
     ctx = {k: batch[k].gather(1, idx).squeeze(1) for k in STREAMS if k in batch and k not in ("concept_ids",
-                                                                                               "type_ids")}
+                                                                                               "type_ids", "values")}
     for _ in range(rollout_steps):
         nxt = logits.argmax(-1)  # greedy: the most likely next token
         step_in = {"concept_ids": nxt, "type_ids": types[nxt], **ctx}  # ages/times/visit: the last known values

@@ -28,6 +28,8 @@ def _streams(b: int = 2, length: int = 19) -> dict[str, torch.Tensor]:
         "times": 18000 + torch.rand(b, length, generator=g) * 3000,
         "visit_orders": torch.randint(0, 6, (b, length), generator=g),
         "visit_segments": torch.randint(0, 3, (b, length), generator=g),
+        # about half the tokens carry a value (value-bin tokens); NaN = no value
+        "values": torch.randn(b, length, generator=g).masked_fill(torch.rand(b, length, generator=g) < 0.5, float("nan")),
     }
 
 
@@ -41,6 +43,7 @@ def test_shapes_and_causality(backbone: str) -> None:
         changed = {k: v.clone() for k, v in s.items()}
         changed["concept_ids"][:, 12] = (changed["concept_ids"][:, 12] % (V - 1)) + 1
         changed["ages"][:, 12] += 5.0
+        changed["values"][:, 12] = 3.0
         out2 = model(**changed)
     assert out2.logits is not None
     torch.testing.assert_close(out2.logits[:, :12], out.logits[:, :12], rtol=0, atol=1e-6)

@@ -45,6 +45,27 @@ def test_time_gaps_sequence_and_step() -> None:
     torch.testing.assert_close(time_gaps(torch.tensor([102.5])), torch.tensor([0.0]))  # first step: no gap
 
 
+def test_values_move_only_their_tokens_and_nan_means_none() -> None:
+    torch.manual_seed(0)
+    emb = EHRMambaEmbeddings(ModelConfig(vocab_size=50, dropout=0.0)).eval()
+    c = torch.tensor([[7, 8, 9]])
+    streams = {"type_ids": torch.tensor([[6, 7, 6]]), "ages": torch.full((1, 3), 70.0),
+               "times": torch.full((1, 3), 16500.0)}
+    nan = float("nan")
+    with torch.no_grad():
+        none = emb(c, **streams)
+        all_nan = emb(c, **streams, values=torch.tensor([[nan, nan, nan]]))
+        low = emb(c, **streams, values=torch.tensor([[nan, -0.5, nan]]))
+        high = emb(c, **streams, values=torch.tensor([[nan, 0.5, nan]]))
+        step = emb(c[:, 1], **{k: v[:, 1] for k, v in streams.items()}, values=torch.tensor([0.5]),
+                   prev_times=streams["times"][:, 0])
+    torch.testing.assert_close(all_nan, none)  # NaN adds nothing (and never leaks a NaN into the sum)
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low[:, [0, 2]], none[:, [0, 2]])  # embeddings are per token: no spill-over
+    assert (low[0, 1] - high[0, 1]).norm() > 0.05  # a one-spread difference is visible at initialisation
+    torch.testing.assert_close(step, high[:, 1])  # the recurrent path reads the value the same way
+
+
 def test_length_of_stay_is_visible_through_the_gap_stream() -> None:
     # the same codes, the last at the same time, after a 1-day vs a 9-day stay: at the last token only the gap
     # differs, and it moves the embedding far more than the 8-day shift of absolute time does at the first

@@ -74,7 +74,8 @@ def _row(ids: list[int], visits: list[int]) -> dict[str, Any]:
     n = len(ids)
     return {"subject_id": 7, "concept_ids": np.array(ids), "type_ids": np.full(n, TokenType.CODE),
             "ages": np.full(n, 50.0, dtype=np.float32), "times": np.arange(n, dtype=np.float32) + 19000,
-            "visit_orders": np.array(visits), "visit_segments": np.ones(n, dtype=np.int64)}
+            "visit_orders": np.array(visits), "visit_segments": np.ones(n, dtype=np.int64),
+            "values": np.where(np.arange(n) % 3 == 1, 0.3, np.nan).astype(np.float32)}
 
 
 def test_decode_row_maps_ids_back_to_tokens() -> None:

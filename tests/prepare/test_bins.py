@@ -42,6 +42,19 @@ def test_quantile_edges_ties_and_min_count() -> None:
         fit_bins_pandas(events(BASE), SPLITS, n_bins=1)
 
 
+def test_scaled_value_centre_spread_clip_and_ties() -> None:
+    from ehrfm.prepare.bins import VALUE_CLIP
+
+    b = Bins(n_bins=5, edges={"A": [1.0, 2.0, 3.0, 5.0], "T": [4.0], "Z": [0.0]})
+    # centre = median cut point 2.5, spread = 5 - 1 = 4
+    assert b.scaled_value("A", 4.5) == pytest.approx(0.5) and b.scaled_value("A", 0.5) == pytest.approx(-0.5)
+    assert b.scaled_value("A", 1e9) == VALUE_CLIP and b.scaled_value("A", -1e9) == -VALUE_CLIP
+    assert b.scaled_value("T", 6.0) == pytest.approx(0.5)  # ties collapsed the cut points: spread |centre| = 4
+    assert b.scaled_value("Z", 2.0) == pytest.approx(2.0)  # ... or 1 when the centre is 0
+    for code, v in (("A", float("nan")), ("A", None), ("A", float("inf")), ("NOPE", 1.0)):
+        assert np.isnan(b.scaled_value(code, v))
+
+
 def test_held_out_and_tuning_changes_do_not_change_bins(tmp_path) -> None:
     noise = [(3, "LAB//A", 1000.0)] * 100 + [(4, "LAB//A", -50.0)] * 100 + [(4, "LAB//NEW", 1.0)] * 20
     fit_bins_pandas(events(BASE), SPLITS).save(tmp_path / "a.json")

@@ -9,7 +9,7 @@ from tok_helpers import frame, patient, tokens
 
 from ehrfm.schema import TOKENS_SCHEMA, TokenType
 from ehrfm.tokenize import TokenizeConfig, interval_token, tokenize_for_prediction, tokenize_subject
-from ehrfm.tokenize.direct import rows_to_table
+from ehrfm.tokenize.direct import rows_to_table, tokens_equal
 
 CFG = TokenizeConfig()
 VISIT1 = ["[VS]", "LAB//A", "[Q0]", "[VE]", "[REG]"]
@@ -26,7 +26,7 @@ def test_pretrain_row_layout_and_streams(vocab, bins) -> None:
     assert tokens(row, vocab) == ["[CLS]", "GENDER//F", *VISIT1, "[W0]", *VISIT2, "[M1]", *VISIT3]
     assert row["task"] is None and row["prediction_time"] is None and row["split"] == "train"
     n = row["length"]
-    for k in ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments"):
+    for k in ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments", "values"):
         assert len(row[k]) == n, k
     types = row["type_ids"].tolist()
     assert types[:2] == [TokenType.SPECIAL, TokenType.STATIC]
@@ -41,6 +41,21 @@ def test_pretrain_row_layout_and_streams(vocab, bins) -> None:
     assert row["times"][0] == row["times"][2]  # leading tokens take the first visit's time
     assert row["ages"][3] == pytest.approx(60.0, abs=0.01)
     assert np.all(np.diff(row["times"]) >= 0) and np.all(np.diff(row["ages"]) >= 0)
+
+
+def test_exact_values_ride_on_their_bin_tokens(vocab, bins) -> None:
+    # LAB//A cut at 2, 4, 6: centre 4, spread 6 - 2 = 4, so 1.0 -> -0.75, 5.0 -> 0.25, 9.0 -> 1.25
+    [row] = tokenize_subject(patient(), vocab, bins, CFG, split="train")
+    is_bin = row["type_ids"] == TokenType.VALUE_BIN
+    np.testing.assert_allclose(row["values"][is_bin], [-0.75, 0.25, 1.25])
+    assert np.isnan(row["values"][~is_bin]).all()  # codes (incl. LAB//A itself) and specials carry no value
+    # the bin stays coarse, the value does not: 5.0 and 5.9 share [Q2] but not their values
+    moved = patient().assign(numeric_value=lambda d: d["numeric_value"].where(d["numeric_value"] != 5.0, 5.9))
+    [row2] = tokenize_subject(moved, vocab, bins, CFG, split="train")
+    assert row2["concept_ids"].tolist() == row["concept_ids"].tolist()
+    assert row2["values"][is_bin][1] == pytest.approx(0.475)
+    assert not tokens_equal(rows_to_table([row]), rows_to_table([row2]))
+    assert tokens_equal(rows_to_table([row]), rows_to_table([dict(row)]))  # NaN == NaN for this comparison
 
 
 def test_interval_tokens() -> None:
@@ -86,7 +101,7 @@ def test_input_row_order_does_not_matter(vocab, bins) -> None:
     lab = labels("2020-02-15 12:00")
     a = tokenize_subject(ev, vocab, bins, CFG, labels=lab)
     b = tokenize_subject(ev.sample(frac=1.0, random_state=3), vocab, bins, CFG, labels=lab)
-    assert rows_to_table(a).equals(rows_to_table(b))
+    assert tokens_equal(rows_to_table(a), rows_to_table(b))
 
 
 def test_serving_path_equals_task_rows(vocab, bins) -> None:
@@ -94,7 +109,7 @@ def test_serving_path_equals_task_rows(vocab, bins) -> None:
     served = tokenize_for_prediction(patient(), vocab, bins, CFG, pt, ["t2", "t1"])
     assert [r["task"] for r in served] == ["t2", "t1"]
     batch = tokenize_subject(patient(), vocab, bins, CFG, labels=labels(str(pt), task="t1"), pretrain=False)
-    assert rows_to_table(served[1:]).equals(rows_to_table(batch))
+    assert tokens_equal(rows_to_table(served[1:]), rows_to_table(batch))
 
 
 def test_truncation_keeps_lead_and_starts_at_a_visit(vocab, bins) -> None:

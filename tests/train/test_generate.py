@@ -29,7 +29,8 @@ def _batch(lengths: list[int], width: int = 20) -> dict[str, torch.Tensor]:
              "type_ids": torch.randint(1, 9, (b, width), generator=g),
              "ages": 40 + torch.rand(b, width, generator=g), "times": 18000 + 10 * torch.rand(b, width, generator=g),
              "visit_orders": torch.randint(0, 5, (b, width), generator=g),
-             "visit_segments": torch.randint(0, 3, (b, width), generator=g)}
+             "visit_segments": torch.randint(0, 3, (b, width), generator=g),
+             "values": torch.randn(b, width, generator=g).masked_fill(torch.rand(b, width, generator=g) < 0.5, float("nan"))}
     lens = torch.tensor(lengths)
     pad = torch.arange(width).unsqueeze(0) >= lens.unsqueeze(1)
     for k in STREAMS:
