@@ -37,7 +37,7 @@ def _ehrfm(*args: str) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
 
 
-def prepare_data(root: Path, n: int, master: str, pretrain_sets: list[str]) -> None:
+def prepare_data(root: Path, n: int, master: str, pretrain_sets: list[str], max_len: int = 512) -> None:
     """Run the stages whose outputs are missing."""
     if not (root / "synth" / "truth").exists():
         _ehrfm("synth", "--n-patients", str(n), "--seed", "0", "--output", str(root / "synth"), "--no-progress")
@@ -50,7 +50,7 @@ def prepare_data(root: Path, n: int, master: str, pretrain_sets: list[str]) -> N
         _ehrfm("prepare", "--meds", str(root / "meds"), "--output", str(root / "tokens"), "--engine", "local")
     if not (root / "tokens" / "tasks").exists():
         _ehrfm("tokenize", "--meds", str(root / "meds"), "--labels", str(root / "labels"), "--output",
-               str(root / "tokens"), "--max-len", "512", "--engine", "local")
+               str(root / "tokens"), "--max-len", str(max_len), "--engine", "local")
     if not (root / "pretrain" / "model" / "model.pt").exists():
         sets = [x for s in pretrain_sets for x in ("--set", s)]
         _ehrfm("pretrain", "--data", str(root / "tokens"), "--output", str(root / "pretrain"),
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="full", help="comma-separated: full, lora, fewshot<K>")
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--max-len", type=int, default=512, help="tokenize: tokens per row (pretrain/finetune "
+                    "data.max_len follow only via --pretrain-set/--finetune-set)")
     ap.add_argument("--baselines", default="lr,hgb,cox")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "finetune_oracle.json")
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load0, t0 = os.getloadavg(), time.time()
     tasks = [t for t in args.tasks.split(",") if t]
-    prepare_data(args.root, args.n_patients, args.master, args.pretrain_set)
+    prepare_data(args.root, args.n_patients, args.master, args.pretrain_set, args.max_len)
     timings: dict[str, float] = {"data_and_pretrain_s": round(time.time() - t0, 1)}
     preds = []
     for v in [v for v in args.variants.split(",") if v]:

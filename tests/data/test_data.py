@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from ehrfm.data import Collator, StreamingBatchSampler, TokenBudgetBatchSampler, TokenStreamDataset
 from ehrfm.data.standin import write_standin
@@ -143,3 +144,18 @@ def test_distributed_ranks_get_disjoint_equal_shares() -> None:
 def test_budget_smaller_than_one_sequence_is_an_error() -> None:
     with pytest.raises(ValueError, match="max_tokens=16"):
         TokenBudgetBatchSampler([40], max_tokens=16)
+
+
+def test_values_stream_collates_with_nan_padding_and_older_files_read_as_no_value(tmp_path: Path) -> None:
+    a, b = _item(3), _item(10)
+    b["values"] = np.where(np.arange(10) % 2 == 1, np.arange(10) / 10, np.nan).astype(np.float32)
+    batch = Collator(max_len=8)([a, b])  # ``a`` has no values stream at all (a hand-made or older row)
+    assert batch["values"].dtype == torch.float32 and batch["values"].shape == (2, 8)
+    assert torch.isnan(batch["values"][0]).all()
+    np.testing.assert_allclose(batch["values"][1].numpy(), b["values"][-8:])  # truncated with the other streams
+    # a token file written before the values stream existed: every token reads as "no value"
+    old = pq.read_table(write_standin(tmp_path / "old", n_subjects=5, seed=1) / "pretrain" / "part-0.parquet")
+    assert np.isfinite(np.concatenate(old["values"].to_pylist())).any()
+    pq.write_table(old.drop_columns(["values"]), tmp_path / "old" / "pretrain" / "part-0.parquet")
+    ds = TokenStreamDataset(tmp_path / "old" / "pretrain")
+    assert all(np.isnan(ds[i]["values"]).all() and len(ds[i]["values"]) == ds[i]["length"] for i in range(len(ds)))
