@@ -35,7 +35,7 @@ def _row(vocab: Vocabulary, codes: list[str], day: float, lead: str, trail: str 
         [TokenType.TASK] if trail else [])
     m = len(ids)
     return {"concept_ids": ids, "type_ids": typ, "ages": [50.0] * m, "times": [day] * m,
-            "visit_orders": [1] * m, "visit_segments": [1] * m}
+            "visit_orders": [1] * m, "visit_segments": [1] * m, "values": [float("nan")] * m}
 
 
 def _add(dst: dict[str, list], sid: int, pt: pd.Timestamp, streams: dict[str, list], task: str | None,
