@@ -45,6 +45,10 @@ class ModelConfig:
     use_time: bool = True
     use_time_gap: bool = True  # a third Time2Vec on log1p(days since the previous token)
     use_values: bool = True  # a Time2Vec on the exact (scaled) numeric value carried by value-bin tokens
+    # Off by default so configs saved before these inputs existed rebuild the same model; the presets turn them on.
+    use_code_counts: bool = False  # an embedding of how often the token's concept has occurred so far in the row
+    max_code_count: int = 16  # occurrence counts above this share the last embedding row
+    use_value_deltas: bool = False  # a Time2Vec on the change from the same code's previous value in the row
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     # Mamba-1 / Mamba-2
@@ -68,7 +72,7 @@ class ModelConfig:
             raise bad("backbone", f"must be one of {BACKBONES}")
         for name in ("vocab_size", "d_model", "n_layers", "max_len", "type_vocab_size", "max_visit_orders",
                      "visit_segment_size", "d_state", "d_conv", "expand", "headdim", "chunk_size", "ngroups",
-                     "n_heads", "mlp_ratio"):
+                     "n_heads", "mlp_ratio", "max_code_count"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "must be a positive integer")

@@ -6,8 +6,19 @@ continuous and enter through Time2Vec features (one linear + periodic sinusoids 
 projected to ``d_model``. Beyond EHRMamba, a third Time2Vec reads the gap to the previous token (derived from
 the time stream, causal; ``ModelConfig.use_time_gap``) so durations are visible, and a fourth reads the exact
 numeric value a value-bin token carries (the ``values`` stream, scaled per code by the train bins; NaN = none,
-adds nothing; ``ModelConfig.use_values``) so trends finer than a quantile bin are visible. The sum goes
-through LayerNorm then dropout.
+adds nothing; ``ModelConfig.use_values``) so trends finer than a quantile bin are visible. Two optional
+per-row inputs (on in the presets) carry what a small recurrent state finds hard to accumulate itself:
+
+* ``use_code_counts``: an embedding of how many times the token's concept has occurred so far in the row
+  (itself included, saturating at ``max_code_count``): "third admission", "diabetes coded again";
+* ``use_value_deltas``: a Time2Vec on the change of a value since the same code's previous value in the row
+  (the lab "delta check"; NaN = first value or no value, adds nothing), so a rising creatinine is one input,
+  not a comparison across dozens of interleaved tokens.
+
+Both are causal (they read only earlier tokens of the row) and are computed here from ``concept_ids`` and
+``values``: (b, l) in one pass by a stable per-row sort (O(l log l), no (l, l) matrix), or one recurrent step
+at a time from running per-code tables (:func:`step_code_features`); the tests check the two agree. The sum
+goes through LayerNorm then dropout.
 
 Positions: the Mamba backbones are recurrent and need no position embedding (order is implicit in the
 scan); the transformer gets positions from RoPE inside attention. Neither adds a learned position table
@@ -64,6 +75,66 @@ def time_gaps(times: Tensor, prev_times: Tensor | None = None) -> Tensor:
     return (t - prev).clamp(min=0.0)
 
 
+def _sorted_groups(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Stable per-row sort of ``keys`` (b, l): returns the permutation (b, l) and, in sorted order, whether
+    each element starts a new group of equal keys (b, l). Stability keeps equal keys in time order."""
+    sorted_keys, perm = torch.sort(keys, dim=-1, stable=True)
+    first = torch.ones_like(sorted_keys, dtype=torch.bool)
+    first[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
+    return perm, first
+
+
+def code_occurrences(concept_ids: Tensor) -> Tensor:
+    """How many times each token's concept has occurred so far in its row, itself included: (b, l) -> (b, l)
+    int64 >= 1. Example: concepts [5, 7, 5, 5] -> [1, 1, 2, 3]."""
+    c = concept_ids.long()
+    perm, first = _sorted_groups(c)
+    pos = torch.arange(c.shape[-1], device=c.device).expand_as(c)
+    start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), dim=-1).values  # group start, sorted
+    return torch.empty_like(c).scatter_(1, perm, pos - start + 1)
+
+
+def value_deltas(concept_ids: Tensor, values: Tensor) -> Tensor:
+    """Change of each value since the same code's previous value in the row: (b, l) -> (b, l) float, NaN where
+    the token carries no value or its code has no earlier value. A value sits on the bin token right after
+    its code token, so the code of position i is ``concept_ids[i - 1]``."""
+    v = values.float()
+    has = torch.isfinite(v)
+    code = torch.cat([torch.full_like(concept_ids[:, :1], -1), concept_ids[:, :-1]], dim=-1).long()
+    # value-less tokens all share one key that no code uses; their deltas are masked out below
+    keys = torch.where(has, code, torch.full_like(code, -2))
+    perm, first = _sorted_groups(keys)
+    sv = v.gather(1, perm)
+    delta = torch.full_like(sv, float("nan"))
+    delta[:, 1:] = torch.where(first[:, 1:], torch.full_like(sv[:, 1:], float("nan")), sv[:, 1:] - sv[:, :-1])
+    out = torch.empty_like(delta).scatter_(1, perm, delta)
+    return torch.where(has, out, torch.full_like(out, float("nan")))
+
+
+def step_code_features(concept_ids: Tensor, values: Tensor | None, state: dict[str, Tensor],
+                       vocab_size: int) -> tuple[Tensor, Tensor]:
+    """One recurrent step of :func:`code_occurrences` and :func:`value_deltas`: concept_ids (b,), values (b,)
+    or None -> (occurrences (b,), deltas (b,)). ``state`` holds the running tables ``code_counts`` (b, V),
+    ``last_values`` (b, V) and ``prev_concept`` (b,); missing entries start empty and are updated in place."""
+    b = concept_ids.shape[0]
+    c = concept_ids.long()
+    rows = torch.arange(b, device=c.device)
+    counts = state.setdefault("code_counts", torch.zeros(b, vocab_size, dtype=torch.long, device=c.device))
+    last = state.setdefault("last_values", torch.full((b, vocab_size), float("nan"), device=c.device))
+    prev = state.get("prev_concept")
+    counts[rows, c] += 1
+    occ = counts[rows, c].clone()
+    v = values.float() if values is not None else torch.full((b,), float("nan"), device=c.device)
+    delta = torch.full_like(v, float("nan"))
+    if prev is not None:  # a value sits on the token after its code: none on a row's first token
+        has = torch.isfinite(v)
+        code = prev.long()
+        delta = torch.where(has, v - last[rows, code], delta)
+        last[rows[has], code[has]] = v[has]
+    state["prev_concept"] = c.clone()
+    return occ, delta
+
+
 class EHRMambaEmbeddings(nn.Module):
     """Token streams -> input vectors (b, l, d_model)."""
 
@@ -79,6 +150,8 @@ class EHRMambaEmbeddings(nn.Module):
         self.time = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_time else None
         self.gap = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_time_gap else None
         self.value = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_values else None
+        self.count = nn.Embedding(cfg.max_code_count + 1, d) if cfg.use_code_counts else None
+        self.delta = Time2Vec(d, init_std=cfg.initializer_range) if cfg.use_value_deltas else None
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -92,10 +165,12 @@ class EHRMambaEmbeddings(nn.Module):
         visit_segments: Tensor | None = None,
         values: Tensor | None = None,
         prev_times: Tensor | None = None,
+        step_state: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """All streams have the same shape (b, l) (or (b,) for one recurrent step); missing streams count
-        as zeros (``values``: as NaN, i.e. no value). ``prev_times`` (b,): for one recurrent step, the time of each row's previous token (None:
-        the first token, gap 0). Returns (..., d_model)."""
+        as zeros (``values``: as NaN, i.e. no value). For one recurrent step, ``prev_times`` (b,) is the time
+        of each row's previous token (None: the first token, gap 0) and ``step_state`` the running per-code
+        tables of :func:`step_code_features` (required when counts or deltas are on). Returns (..., d_model)."""
         cfg = self.cfg
         if int(concept_ids.max()) >= cfg.vocab_size or int(concept_ids.min()) < 0:
             raise ValueError(f"concept_ids outside [0, vocab_size={cfg.vocab_size}): check the vocabulary file")
@@ -116,4 +191,28 @@ class EHRMambaEmbeddings(nn.Module):
             v = values.float()
             has = torch.isfinite(v)  # NaN: the token carries no value and gets no value term
             x = x + self.value(torch.where(has, v, torch.zeros_like(v))) * has.unsqueeze(-1).to(x.dtype)
+        if self.count is not None or self.delta is not None:
+            x = x + self._code_features(concept_ids, values, step_state)
         return self.dropout(self.norm(x))
+
+    def _code_features(self, concept_ids: Tensor, values: Tensor | None, step_state: dict[str, Tensor] | None
+                       ) -> Tensor:
+        """The occurrence-count and value-delta terms, (..., d_model)."""
+        if concept_ids.dim() == 1:
+            if step_state is None:
+                raise ValueError("one recurrent step with code counts/value deltas needs step_state (the cache)")
+            occ, delta = step_code_features(concept_ids, values, step_state, self.cfg.vocab_size)
+        else:
+            occ = code_occurrences(concept_ids)
+            vals = values if values is not None else torch.full(concept_ids.shape, float("nan"),
+                                                                 device=concept_ids.device)
+            delta = value_deltas(concept_ids, vals)
+        out = torch.zeros((*concept_ids.shape, self.cfg.d_model), device=concept_ids.device,
+                          dtype=self.concept.weight.dtype)
+        if self.count is not None:
+            out = out + self.count(occ.clamp(max=self.cfg.max_code_count))
+        if self.delta is not None:
+            has = torch.isfinite(delta)
+            d = torch.where(has, delta, torch.zeros_like(delta))
+            out = out + self.delta(d) * has.unsqueeze(-1).to(out.dtype)
+        return out

@@ -44,7 +44,7 @@ class InferenceCache:
     layers: list[Any]
     batch: int
     seen: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # per-row tensors (b, ...): prev_times, code tables
 
 
 def _mixer(cfg: ModelConfig) -> nn.Module:
@@ -136,7 +136,7 @@ class EHRFoundationModel(nn.Module):
             raise ValueError(f"step(): unknown stream(s) {sorted(unknown)}; expected {STREAMS}")
         if tokens["concept_ids"].shape[0] != cache.batch:
             raise ValueError(f"step(): batch {tokens['concept_ids'].shape[0]} != cache batch {cache.batch}")
-        h = self.embeddings(**tokens, prev_times=cache.extra.get("prev_times"))
+        h = self.embeddings(**tokens, prev_times=cache.extra.get("prev_times"), step_state=cache.extra)
         if "times" in tokens:
             cache.extra["prev_times"] = tokens["times"].detach().float().clone()
         for layer, state in zip(self.blocks, cache.layers, strict=True):

@@ -85,13 +85,14 @@ def prefill(model: EHRFoundationModel, batch: dict[str, Tensor]) -> tuple[Infere
     for t in range(int(lengths.max())):
         before = [] if not recurrent else [dataclasses.replace(s, **{f.name: getattr(s, f.name).clone() for f in dataclasses.fields(s)
                                             if isinstance(getattr(s, f.name), Tensor)}) for s in cache.layers]
-        prev_times = cache.extra.get("prev_times")
+        extra_before = {k: v.clone() for k, v in cache.extra.items()}
         out = model.step({k: batch[k][:, t] for k in STREAMS if k in batch}, cache)
         done = lengths <= t  # rows already past their last token keep their state
         for new, old in zip(cache.layers if recurrent else [], before, strict=True):
             _freeze(new, old, done)
-        if prev_times is not None and "prev_times" in cache.extra:  # and the time of their last real token
-            cache.extra["prev_times"] = torch.where(done, prev_times, cache.extra["prev_times"])
+        for key, old_extra in extra_before.items():  # and their last token's time and per-code tables
+            mask = done.view(-1, *([1] * (old_extra.dim() - 1)))
+            cache.extra[key] = torch.where(mask, old_extra, cache.extra[key])
         at_end = lengths - 1 == t
         last[at_end] = out.logits.float()[at_end]  # type: ignore[union-attr]
     return cache, last

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ehrfm.models import ModelConfig
-from ehrfm.models.embeddings import EHRMambaEmbeddings
+from ehrfm.models.embeddings import EHRMambaEmbeddings, code_occurrences, step_code_features, value_deltas
 
 
 def _embed(concepts: list[int], ages: list[float], times: list[float], seed: int = 0) -> torch.Tensor:
@@ -73,3 +73,49 @@ def test_length_of_stay_is_visible_through_the_gap_stream() -> None:
     short = _embed([7, 8, 9], [70.0] * 3, [16490.0, 16490.0, 16491.0])
     long = _embed([7, 8, 9], [70.0] * 3, [16482.0, 16482.0, 16491.0])
     assert (short[2] - long[2]).norm() > 20 * (short[0] - long[0]).norm()
+
+
+def test_code_occurrences_by_hand() -> None:
+    c = torch.tensor([[5, 7, 5, 5, 7, 0], [3, 3, 3, 9, 3, 9]])
+    assert code_occurrences(c).tolist() == [[1, 1, 2, 3, 2, 1], [1, 2, 3, 1, 4, 2]]
+
+
+def test_value_deltas_by_hand() -> None:
+    nan = float("nan")
+    # code 10 then its bin token (value), code 11 + value, code 10 + value, code 10 + value, a code without value
+    c = torch.tensor([[10, 4, 11, 4, 10, 5, 10, 6, 12, 13]])
+    v = torch.tensor([[nan, 1.0, nan, 7.0, nan, 1.5, nan, 0.5, nan, nan]])
+    got = value_deltas(c, v)[0].tolist()
+    want = [nan, nan, nan, nan, nan, 0.5, nan, -1.0, nan, nan]
+    assert [g if g == g else None for g in got] == [w if w == w else None for w in want]
+
+
+def test_code_features_step_equals_sequence() -> None:
+    g = torch.Generator().manual_seed(1)
+    c = torch.randint(3, 12, (3, 40), generator=g)
+    v = torch.randn(3, 40, generator=g).masked_fill(torch.rand(3, 40, generator=g) < 0.5, float("nan"))
+    occ, delta = code_occurrences(c), value_deltas(c, v)
+    state: dict[str, torch.Tensor] = {}
+    for t in range(40):
+        o_t, d_t = step_code_features(c[:, t], v[:, t], state, vocab_size=12)
+        assert torch.equal(o_t, occ[:, t])
+        torch.testing.assert_close(d_t, delta[:, t], equal_nan=True)
+    assert torch.isfinite(delta).any() and (occ > 1).any()  # the random rows exercise both features
+
+
+def test_code_features_change_only_repeated_codes_and_later_values() -> None:
+    torch.manual_seed(0)
+    emb = EHRMambaEmbeddings(ModelConfig(vocab_size=50, dropout=0.0, use_code_counts=True,
+                                         use_value_deltas=True)).eval()
+    nan = float("nan")
+    a = torch.tensor([[10, 20, 10, 4, 10, 4]])
+    va = torch.tensor([[nan, nan, nan, 1.0, nan, 2.0]])
+    vb = torch.tensor([[nan, nan, nan, 1.0, nan, 1.0]])
+    with torch.no_grad():
+        xa, xb = emb(a, values=va)[0], emb(a, values=vb)[0]
+        first = emb(torch.tensor([[10, 20, 11, 4, 12, 4]]), values=va)[0]
+    # same value at position 5 but a different delta (+1 vs 0): only position 5's input differs
+    assert torch.allclose(xa[:5], xb[:5]) and not torch.allclose(xa[5], xb[5])
+    # the second occurrence of concept 10 differs from a first occurrence of it
+    assert not torch.allclose(xa[2], xa[0])
+    assert torch.allclose(first[0], xa[0]) and torch.allclose(first[1], xa[1])

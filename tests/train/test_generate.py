@@ -15,10 +15,10 @@ from ehrfm.vocab import Vocabulary
 VOCAB = Vocabulary.build(["[W0]", *[f"DIAGNOSIS//X{i}" for i in range(10)], *[f"LAB//Y{i}" for i in range(10)]])
 
 
-def _model(backbone: str) -> EHRFoundationModel:
+def _model(backbone: str, code_features: bool = True) -> EHRFoundationModel:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(VOCAB), backbone=backbone, d_model=32, n_layers=2, headdim=16, chunk_size=8,
-                      max_len=64, dropout=0.0)
+                      max_len=64, dropout=0.0, use_code_counts=code_features, use_value_deltas=code_features)
     return EHRFoundationModel(cfg).eval()
 
 
@@ -39,9 +39,10 @@ def _batch(lengths: list[int], width: int = 20) -> dict[str, torch.Tensor]:
     return batch
 
 
+@pytest.mark.parametrize("code_features", [False, True])
 @pytest.mark.parametrize("backbone", ["mamba", "mamba2", "transformer"])
-def test_cached_steps_match_full_forward(backbone: str) -> None:
-    model = _model(backbone)
+def test_cached_steps_match_full_forward(backbone: str, code_features: bool) -> None:
+    model = _model(backbone, code_features)
     batch = _batch([20, 20])
     with torch.no_grad():
         full = model(**{k: batch[k] for k in STREAMS}).logits
