@@ -68,3 +68,13 @@ def test_config_saved_beside_weights(tmp_path: Path) -> None:
     assert again.config == cfg
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert (a == b).all(), k
+
+
+def test_configs_saved_before_code_inputs_rebuild_without_them(tmp_path: Path) -> None:
+    # a config.yaml written before use_code_counts/use_value_deltas existed must load the same weights
+    old = ModelConfig(vocab_size=40).to_dict()
+    for key in ("use_code_counts", "max_code_count", "use_value_deltas"):
+        old.pop(key)
+    model = EHRFoundationModel(ModelConfig.from_dict(old))
+    assert model.embeddings.count is None and model.embeddings.delta is None
+    assert load_preset("tiny")["use_code_counts"] is True and load_preset("small")["use_value_deltas"] is True
