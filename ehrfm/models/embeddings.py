@@ -75,6 +75,12 @@ def time_gaps(times: Tensor, prev_times: Tensor | None = None) -> Tensor:
     return (t - prev).clamp(min=0.0)
 
 
+def _where_present(t2v: Time2Vec, v: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t2v(v)`` (..., d_model) where ``v`` is finite, zero where it is NaN (no value: no term)."""
+    has = torch.isfinite(v)
+    return t2v(torch.where(has, v, torch.zeros_like(v))) * has.unsqueeze(-1).to(dtype)
+
+
 def _sorted_groups(keys: Tensor) -> tuple[Tensor, Tensor]:
     """Stable per-row sort of ``keys`` (b, l): returns the permutation (b, l) and, in sorted order, whether
     each element starts a new group of equal keys (b, l). Stability keeps equal keys in time order."""
@@ -188,31 +194,23 @@ class EHRMambaEmbeddings(nn.Module):
         if self.gap is not None and times is not None:
             x = x + self.gap(torch.log1p(time_gaps(times, prev_times)) / _GAP_SCALE)
         if self.value is not None and values is not None:
-            v = values.float()
-            has = torch.isfinite(v)  # NaN: the token carries no value and gets no value term
-            x = x + self.value(torch.where(has, v, torch.zeros_like(v))) * has.unsqueeze(-1).to(x.dtype)
+            x = x + _where_present(self.value, values.float(), x.dtype)
         if self.count is not None or self.delta is not None:
-            x = x + self._code_features(concept_ids, values, step_state)
+            occ, delta = self._code_features(concept_ids, values, step_state)
+            if self.count is not None and occ is not None:
+                x = x + self.count(occ.clamp(max=cfg.max_code_count))
+            if self.delta is not None and delta is not None:
+                x = x + _where_present(self.delta, delta, x.dtype)
         return self.dropout(self.norm(x))
 
     def _code_features(self, concept_ids: Tensor, values: Tensor | None, step_state: dict[str, Tensor] | None
-                       ) -> Tensor:
-        """The occurrence-count and value-delta terms, (..., d_model)."""
+                       ) -> tuple[Tensor | None, Tensor | None]:
+        """Occurrence counts and value deltas, each (b, l) or (b,); a full forward computes only the enabled
+        ones (None otherwise; no deltas without values), a recurrent step always both, to keep its tables whole."""
         if concept_ids.dim() == 1:
             if step_state is None:
                 raise ValueError("one recurrent step with code counts/value deltas needs step_state (the cache)")
-            occ, delta = step_code_features(concept_ids, values, step_state, self.cfg.vocab_size)
-        else:
-            occ = code_occurrences(concept_ids)
-            vals = values if values is not None else torch.full(concept_ids.shape, float("nan"),
-                                                                 device=concept_ids.device)
-            delta = value_deltas(concept_ids, vals)
-        out = torch.zeros((*concept_ids.shape, self.cfg.d_model), device=concept_ids.device,
-                          dtype=self.concept.weight.dtype)
-        if self.count is not None:
-            out = out + self.count(occ.clamp(max=self.cfg.max_code_count))
-        if self.delta is not None:
-            has = torch.isfinite(delta)
-            d = torch.where(has, delta, torch.zeros_like(delta))
-            out = out + self.delta(d) * has.unsqueeze(-1).to(out.dtype)
-        return out
+            return step_code_features(concept_ids, values, step_state, self.cfg.vocab_size)
+        occ = code_occurrences(concept_ids) if self.count is not None else None
+        delta = value_deltas(concept_ids, values) if self.delta is not None and values is not None else None
+        return occ, delta

@@ -59,13 +59,17 @@ def code_mask(vocab: Vocabulary, prefix: str = DIAGNOSIS_PREFIX) -> Tensor:
     return torch.tensor([t.startswith(prefix) for t in vocab.tokens])
 
 
+def _kept(cur: Tensor, prev: Tensor, keep: Tensor) -> Tensor:
+    """``prev``'s rows where ``keep`` (b,) is true, ``cur``'s elsewhere; both (b, ...)."""
+    return torch.where(keep.view(-1, *([1] * (cur.dim() - 1))), prev, cur)
+
+
 def _freeze(new: Any, old: Any, keep: Tensor) -> None:
     """Where ``keep`` (b,) is true, put ``old``'s tensors back into ``new`` (per-layer state dataclass)."""
     for f in dataclasses.fields(new):
         cur, prev = getattr(new, f.name), getattr(old, f.name)
         if isinstance(cur, Tensor):
-            mask = keep.view(-1, *([1] * (cur.dim() - 1)))
-            cur.copy_(torch.where(mask, prev, cur))
+            cur.copy_(_kept(cur, prev, keep))
 
 
 @torch.no_grad()
@@ -91,8 +95,7 @@ def prefill(model: EHRFoundationModel, batch: dict[str, Tensor]) -> tuple[Infere
         for new, old in zip(cache.layers if recurrent else [], before, strict=True):
             _freeze(new, old, done)
         for key, old_extra in extra_before.items():  # and their last token's time and per-code tables
-            mask = done.view(-1, *([1] * (old_extra.dim() - 1)))
-            cache.extra[key] = torch.where(mask, old_extra, cache.extra[key])
+            cache.extra[key] = _kept(cache.extra[key], old_extra, done)
         at_end = lengths - 1 == t
         last[at_end] = out.logits.float()[at_end]  # type: ignore[union-attr]
     return cache, last

@@ -70,7 +70,7 @@ def test_config_saved_beside_weights(tmp_path: Path) -> None:
         assert (a == b).all(), k
 
 
-def test_configs_saved_before_code_inputs_rebuild_without_them(tmp_path: Path) -> None:
+def test_configs_saved_before_code_inputs_rebuild_without_them() -> None:
     # a config.yaml written before use_code_counts/use_value_deltas existed must load the same weights
     old = ModelConfig(vocab_size=40).to_dict()
     for key in ("use_code_counts", "max_code_count", "use_value_deltas"):
