@@ -46,7 +46,7 @@ from ehrfm.labels import load_tasks  # noqa: E402
 from ehrfm.labels.direct import label_events, read_meds_events  # noqa: E402
 from ehrfm.prepare.bins import load_bins  # noqa: E402
 from ehrfm.schema import CODE, ENCOUNTER_ID, NUMERIC_VALUE, SUBJECT_ID, TIME  # noqa: E402
-from ehrfm.tokenize import TokenizeConfig  # noqa: E402
+from ehrfm.tokenize import TokenizerConfig  # noqa: E402
 from ehrfm.tokenize.direct import iter_rows, rows_to_table, write_local  # noqa: E402
 from ehrfm.vocab import Vocabulary  # noqa: E402
 
@@ -88,7 +88,7 @@ def _count(folder: Path) -> tuple[int, int]:
 
 
 def run_spark(spark: Any, meds: Path, work: Path, specs: list[Any], vocab: Vocabulary, bins: Any,
-              cfg: TokenizeConfig) -> dict[str, Any]:
+              cfg: TokenizerConfig) -> dict[str, Any]:
     """Label + tokenize with Spark; returns timings and counts."""
     from pyspark import StorageLevel
 
@@ -112,7 +112,7 @@ def run_spark(spark: Any, meds: Path, work: Path, specs: list[Any], vocab: Vocab
 
 
 def run_direct(meds: Path, work: Path, specs: list[Any], vocab: Vocabulary, bins: Any,
-               cfg: TokenizeConfig) -> dict[str, Any]:
+               cfg: TokenizerConfig) -> dict[str, Any]:
     """Label + tokenize in this process (the per-patient functions, no Spark)."""
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark("ehrfm-bench-tokenize", master=args.master)
     specs = load_tasks("all")
     tasks = [s.name for s in specs]
-    cfg = TokenizeConfig(max_len=args.max_len)
+    cfg = TokenizerConfig(max_len=args.max_len)
     if args.warmup > 0:
         meds = meds_dataset(spark, cache, args.warmup, args.seed)
         vocab, bins = prepare(meds, cache / f"tok_work_n{args.warmup}" / "prep", tasks)

@@ -1,9 +1,9 @@
 """spark-submit job: label an ingested MEDS dataset.
 
-    spark-submit etl/label.py --meds <dir> --tasks all --output <dir> [--tasks-dir tasks/]
+    spark-submit etl/label.py --root <pipeline root> [--tasks '[readmission_30d]'] [--config label.yaml]
 
-A thin main over :mod:`ehrfm.labels.cli` (same options as ``ehrfm label``); the session comes from
-spark-submit's configuration (``ehrfm.spark.get_spark`` never overrides its master).
+A thin main over ``ehrfm label`` (same flags, from :class:`ehrfm.config.label.LabelConfig` and the Layout);
+the session comes from spark-submit's configuration (``ehrfm.spark.get_spark`` never overrides its master).
 """
 
 from __future__ import annotations
@@ -16,17 +16,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-import argparse  # noqa: E402
-
-from ehrfm.labels import cli  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse the ``ehrfm label`` options and run the job."""
-    parser = argparse.ArgumentParser(prog="etl/label.py", description="label tables from tasks/*.yaml (Spark)")
-    cli.add_arguments(parser)
-    return cli.run(parser.parse_args(argv))
-
+from ehrfm.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["label", *sys.argv[1:]]))

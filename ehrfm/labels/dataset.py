@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ehrfm.labels.direct import dataset_codes, read_labels, read_splits, summarize
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
-from ehrfm.labels.parse import DEFAULT_TASKS_DIR, load_task, load_tasks, warn_missing_codes
+from ehrfm.labels.parse import load_task, load_tasks, warn_missing_codes
 from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex
 from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
 
@@ -81,7 +81,7 @@ def label_dataset(
     tasks: str | Sequence[str | TaskSpec],
     output: str | Path,
     progress: bool = False,
-    tasks_dir: str | Path = DEFAULT_TASKS_DIR,
+    tasks_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Label an ingested MEDS dataset; write ``<output>/<task>.parquet/`` per task.
 

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ehrfm import resources
 from ehrfm.labels.spec import (
     KINDS,
     REQUIREMENTS,
@@ -25,7 +26,6 @@ from ehrfm.labels.spec import (
     parse_duration,
 )
 
-DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TOP = {"name", "kind", "description", "index", "prediction_time", "outcome", "exclusions", "censoring"}
 _INDEX = {"codes", "require"}
@@ -148,17 +148,23 @@ def _parse_outcome(o: dict[str, Any], kind: str, w: str) -> OutcomeSpec:
     return out
 
 
-def available_tasks(tasks_dir: str | Path = DEFAULT_TASKS_DIR) -> list[str]:
-    """Task names (file stems) in ``tasks_dir``, sorted."""
-    return sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
+def _folder(tasks_dir: str | Path | None) -> Path:
+    """``tasks_dir`` or, when None, the packaged task specifications."""
+    return Path(tasks_dir) if tasks_dir is not None else resources.tasks_dir()
 
 
-def load_task(name: str, tasks_dir: str | Path = DEFAULT_TASKS_DIR) -> TaskSpec:
+def available_tasks(tasks_dir: str | Path | None = None) -> list[str]:
+    """Task names (file stems) in ``tasks_dir`` (default: the packaged task specs), sorted."""
+    return sorted(p.stem for p in _folder(tasks_dir).glob("*.yaml"))
+
+
+def load_task(name: str, tasks_dir: str | Path | None = None) -> TaskSpec:
     """Load ``<tasks_dir>/<name>.yaml``; an unknown name raises ``KeyError`` listing the known tasks."""
-    path = Path(tasks_dir) / f"{name}.yaml"
+    folder = _folder(tasks_dir)
+    path = folder / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(available_tasks(tasks_dir)) or "(none)"
-        raise KeyError(f"unknown task {name!r} in {tasks_dir} (known: {known})")
+        known = ", ".join(available_tasks(folder)) or "(none)"
+        raise KeyError(f"unknown task {name!r} in {folder} (known: {known})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -169,7 +175,7 @@ def load_task(name: str, tasks_dir: str | Path = DEFAULT_TASKS_DIR) -> TaskSpec:
     return spec
 
 
-def load_tasks(names: str | Iterable[str], tasks_dir: str | Path = DEFAULT_TASKS_DIR) -> list[TaskSpec]:
+def load_tasks(names: str | Iterable[str], tasks_dir: str | Path | None = None) -> list[TaskSpec]:
     """``"all"``, ``"a,b"`` or a list of names -> specs (in the order given)."""
     if isinstance(names, str):
         names = available_tasks(tasks_dir) if names.strip() == "all" else [n.strip() for n in names.split(",")]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ehrfm.prepare.bins import Bins, load_bins
 from ehrfm.schema import CODE, ENCOUNTER_ID, NUMERIC_VALUE, SUBJECT_ID, TIME, task_token
-from ehrfm.tokenize.config import TokenizeConfig
+from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.tokenize.direct import iter_rows, read_label_tables, rows_to_table, summarize, write_local
 from ehrfm.vocab import Vocabulary
 
@@ -33,15 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="tokens folder (holds vocab.json/bins.json from `ehrfm prepare`)")
     parser.add_argument("--tasks", default="all", help="'all' label tables in --labels, or comma-separated task names")
     parser.add_argument("--max-len", type=int, default=None, help="max tokens per row (default 2048, or the config's)")
-    parser.add_argument("--config", default=None, help="YAML with TokenizeConfig fields (max_len, visit_gap_hours, ...)")
+    parser.add_argument("--config", default=None, help="YAML with TokenizerConfig fields (max_len, visit_gap_hours, ...)")
     parser.add_argument("--vocab", default=None, help="vocab.json (default: <output>/vocab.json)")
     parser.add_argument("--bins", default=None, help="bins.json (default: <output>/bins.json)")
     parser.add_argument("--no-pretrain", action="store_true", help="write task rows only")
     parser.add_argument("--engine", choices=("spark", "local"), default="spark", help="Spark (default) or one local process")
 
 
-def load_config(path: str | None, max_len: int | None) -> TokenizeConfig:
-    """TokenizeConfig from an optional YAML file, ``--max-len`` taking precedence."""
+def load_config(path: str | None, max_len: int | None) -> TokenizerConfig:
+    """TokenizerConfig from an optional YAML file, ``--max-len`` taking precedence."""
     data: dict[str, object] = {}
     if path:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -49,7 +49,7 @@ def load_config(path: str | None, max_len: int | None) -> TokenizeConfig:
             raise ValueError(f"{path}: tokenizer config must be a YAML mapping")
     if max_len is not None:
         data["max_len"] = max_len
-    return TokenizeConfig.from_dict(data)
+    return TokenizerConfig.from_dict(data)
 
 
 def resolve_label_tasks(labels: str | None, spec: str, vocab: Vocabulary) -> list[str]:
@@ -70,7 +70,7 @@ def resolve_label_tasks(labels: str | None, spec: str, vocab: Vocabulary) -> lis
     return tasks
 
 
-def _run_spark(args: argparse.Namespace, vocab: Vocabulary, bins: Bins, cfg: TokenizeConfig, tasks: list[str]) -> pd.DataFrame:
+def _run_spark(args: argparse.Namespace, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, tasks: list[str]) -> pd.DataFrame:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark import StorageLevel
 
@@ -93,7 +93,7 @@ def _run_spark(args: argparse.Namespace, vocab: Vocabulary, bins: Bins, cfg: Tok
         rows.unpersist()
 
 
-def _run_local(args: argparse.Namespace, vocab: Vocabulary, bins: Bins, cfg: TokenizeConfig, tasks: list[str]) -> pd.DataFrame:
+def _run_local(args: argparse.Namespace, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, tasks: list[str]) -> pd.DataFrame:
     meds = Path(args.meds)
     table = pq.read_table(meds / "data")
     cols = [c for c in (SUBJECT_ID, TIME, CODE, NUMERIC_VALUE, ENCOUNTER_ID) if c in table.column_names]

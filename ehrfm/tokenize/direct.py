@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ehrfm.prepare.bins import Bins
 from ehrfm.schema import LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TOKENS_SCHEMA
-from ehrfm.tokenize.config import TokenizeConfig
+from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.tokenize.tokenizer import tokenize_subject
 from ehrfm.vocab import Vocabulary
 
@@ -42,7 +42,7 @@ def iter_rows(
     splits: Mapping[int, str] | None,
     vocab: Vocabulary,
     bins: Bins,
-    cfg: TokenizeConfig,
+    cfg: TokenizerConfig,
     *,
     pretrain: bool = True,
     progress: bool = False,

@@ -26,7 +26,7 @@ from ehrfm.schema import (
     TIME,
     TOKENS_SCHEMA,
 )
-from ehrfm.tokenize.config import TokenizeConfig
+from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.tokenize.direct import read_tokens  # noqa: F401  (re-exported: readers need no Spark)
 from ehrfm.tokenize.tokenizer import COLUMNS, rows_to_frame, tokenize_subject
 from ehrfm.vocab import Vocabulary
@@ -103,7 +103,7 @@ def tokenize_spark(
     splits: SparkDataFrame | None,
     vocab: Vocabulary,
     bins: Bins,
-    cfg: TokenizeConfig,
+    cfg: TokenizerConfig,
     *,
     pretrain: bool = True,
 ) -> SparkDataFrame:

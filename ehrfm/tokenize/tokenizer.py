@@ -51,7 +51,7 @@ from ehrfm.schema import (
     TokenType,
     task_token,
 )
-from ehrfm.tokenize.config import TokenizeConfig
+from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.tokenize.timeline import US_PER_DAY, US_PER_HOUR, US_PER_YEAR, Timeline, assign_visits, to_us
 from ehrfm.vocab import Vocabulary
 
@@ -91,7 +91,7 @@ def _end_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
 
 
-def _dynamic(tl: Timeline, n: int, vocab: Vocabulary, bins: Bins, cfg: TokenizeConfig, cut: int | None) -> _Stream:
+def _dynamic(tl: Timeline, n: int, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, cut: int | None) -> _Stream:
     """Visit tokens of the first ``n`` timed events (already cut and without hoisted demographics)."""
     out = _Stream()
     if n == 0:
@@ -153,7 +153,7 @@ def _truncate_start(dyn: _Stream, budget: int) -> tuple[int, bool]:
 
 
 def _build_row(
-    tl: Timeline, vocab: Vocabulary, bins: Bins, cfg: TokenizeConfig, task: str | None, cut: int | None
+    tl: Timeline, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, task: str | None, cut: int | None
 ) -> dict[str, Any]:
     """Token streams of one row (pretraining when ``task`` is None, else cut at ``cut`` µs inclusive)."""
     n = len(tl.t) if cut is None else int(np.searchsorted(tl.t, cut, side="right"))
@@ -234,7 +234,7 @@ def tokenize_subject(
     events: pd.DataFrame,
     vocab: Vocabulary,
     bins: Bins,
-    cfg: TokenizeConfig,
+    cfg: TokenizerConfig,
     *,
     labels: pd.DataFrame | None = None,
     split: str | None = None,
@@ -273,7 +273,7 @@ def tokenize_for_prediction(
     events: pd.DataFrame,
     vocab: Vocabulary,
     bins: Bins,
-    cfg: TokenizeConfig,
+    cfg: TokenizerConfig,
     prediction_time: Any,
     tasks: list[str],
 ) -> list[dict[str, Any]]:

@@ -86,7 +86,7 @@ def test_score_cli_with_registered_model(spark: object, registry: dict[str, str]
 def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir: Path, scorer: Scorer,
                                                      bundle_events: list[pd.DataFrame], tmp_path: Path) -> None:
     from ehrfm.prepare.bins import load_bins
-    from ehrfm.tokenize import TokenizeConfig
+    from ehrfm.tokenize import TokenizerConfig
     from ehrfm.train.predict import predict
 
     labels, rows = [], []
@@ -99,7 +99,7 @@ def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir:
                                "boolean_value": bool(i % 2), "duration_days": 10.0, "event": i % 2,
                                "target_codes": ["DIAGNOSIS//SNOMED//0"]})
         lab = pd.DataFrame(labels[-2 * len(scorer.tasks):])
-        rows += tokenize_subject(ev, scorer.fm.vocab, load_bins(serving_dir / "bins.json"), TokenizeConfig(),
+        rows += tokenize_subject(ev, scorer.fm.vocab, load_bins(serving_dir / "bins.json"), TokenizerConfig(),
                                  labels=lab, split="held_out" if i else "tuning", pretrain=False)
     tokens = tmp_path / "tokens"
     write_local(rows_to_table(rows), tokens, scorer.tasks)

@@ -9,7 +9,7 @@ from tok_helpers import frame
 
 from ehrfm.prepare.bins import Bins
 from ehrfm.prepare.vocab import build_vocab
-from ehrfm.tokenize import TokenizeConfig, tokenize_subject
+from ehrfm.tokenize import TokenizerConfig, tokenize_subject
 from ehrfm.tokenize.direct import rows_to_table, tokens_equal
 
 BASE = pd.Timestamp("2020-01-01")
@@ -27,7 +27,7 @@ event = st.tuples(
 )
 
 
-def _rows(events: list[tuple], pts: list[pd.Timestamp], cfg: TokenizeConfig) -> list[dict]:
+def _rows(events: list[tuple], pts: list[pd.Timestamp], cfg: TokenizerConfig) -> list[dict]:
     ev = frame(7, [("1970-05-05", "MEDS_BIRTH"), (None, "GENDER//F")]
                + [(BASE + pd.Timedelta(hours=h), c, v, e) for h, c, v, e in events])
     lab = pd.DataFrame({"subject_id": 7, "task": ["t1", "t2"] * len(pts), "prediction_time": [p for p in pts for _ in (0, 1)],
@@ -43,7 +43,7 @@ def _rows(events: list[tuple], pts: list[pd.Timestamp], cfg: TokenizeConfig) -> 
     max_len=st.sampled_from([12, 40, 2048]),
 )
 def test_events_after_prediction_time_never_reach_task_rows(events, planted, pt_hours, max_len) -> None:
-    cfg = TokenizeConfig(max_len=max_len)
+    cfg = TokenizerConfig(max_len=max_len)
     pts = [BASE + pd.Timedelta(hours=h, minutes=30) for h in pt_hours]
     clean = _rows(events, pts, cfg)
     for p in pts:
@@ -61,7 +61,7 @@ def test_planted_event_is_visible_without_the_cut() -> None:
     ev = frame(7, [("2020-01-01", "LAB//A", 1.0)])
     planted = pd.concat([ev, frame(7, [("2020-03-01", "DIAGNOSIS//X")])])
     lab = pd.DataFrame({"subject_id": [7], "task": ["t1"], "prediction_time": [pd.Timestamp("2020-02-01")]})
-    a = tokenize_subject(ev, VOCAB, BINS, TokenizeConfig(), labels=lab)
-    b = tokenize_subject(planted, VOCAB, BINS, TokenizeConfig(), labels=lab)
+    a = tokenize_subject(ev, VOCAB, BINS, TokenizerConfig(), labels=lab)
+    b = tokenize_subject(planted, VOCAB, BINS, TokenizerConfig(), labels=lab)
     assert not tokens_equal(rows_to_table(a[:1]), rows_to_table(b[:1]))  # pretraining rows differ
     assert tokens_equal(rows_to_table(a[1:]), rows_to_table(b[1:]))  # task rows do not

@@ -12,7 +12,7 @@ from tok_helpers import population
 
 from ehrfm.cli import main
 from ehrfm.schema import EVENTS_SCHEMA, LABELS_SCHEMA, SPLITS_SCHEMA, TOKENS_SCHEMA
-from ehrfm.tokenize import TokenizeConfig
+from ehrfm.tokenize import TokenizerConfig
 from ehrfm.tokenize.direct import iter_rows, read_tokens, rows_to_table, tokens_equal
 from ehrfm.tokenize.spark_job import tokenize_spark, write_tokens
 
@@ -45,7 +45,7 @@ def write_labels(root: Path, labels: pd.DataFrame) -> Path:
 @pytest.mark.spark
 def test_spark_path_equals_direct_calls(spark, vocab, bins, tmp_path) -> None:
     events, labels, splits = population()
-    cfg = TokenizeConfig(max_len=14)  # small enough that truncation happens too
+    cfg = TokenizerConfig(max_len=14)  # small enough that truncation happens too
     split_of = dict(zip(splits["subject_id"], splits["split"], strict=True))
     direct = rows_to_table(list(iter_rows(events, labels, split_of, vocab, bins, cfg)))
 

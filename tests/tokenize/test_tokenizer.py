@@ -8,10 +8,10 @@ import pytest
 from tok_helpers import frame, patient, tokens
 
 from ehrfm.schema import TOKENS_SCHEMA, TokenType
-from ehrfm.tokenize import TokenizeConfig, interval_token, tokenize_for_prediction, tokenize_subject
+from ehrfm.tokenize import TokenizerConfig, interval_token, tokenize_for_prediction, tokenize_subject
 from ehrfm.tokenize.direct import rows_to_table, tokens_equal
 
-CFG = TokenizeConfig()
+CFG = TokenizerConfig()
 VISIT1 = ["[VS]", "LAB//A", "[Q0]", "[VE]", "[REG]"]
 VISIT2 = ["[VS]", "ENCOUNTER//INPATIENT//START", "DIAGNOSIS//X", "LAB//A", "[Q2]", "ENCOUNTER//INPATIENT//END", "[VE]", "[REG]"]
 VISIT3 = ["[VS]", "ENCOUNTER//INPATIENT//START", "LAB//A", "[Q3]", "DIAGNOSIS//Y", "ENCOUNTER//INPATIENT//END", "[VE]", "[REG]"]
@@ -114,15 +114,15 @@ def test_serving_path_equals_task_rows(vocab, bins) -> None:
 
 def test_truncation_keeps_lead_and_starts_at_a_visit(vocab, bins) -> None:
     [full] = tokenize_subject(patient(), vocab, bins, CFG)
-    [cut] = tokenize_subject(patient(), vocab, bins, TokenizeConfig(max_len=12))
+    [cut] = tokenize_subject(patient(), vocab, bins, TokenizerConfig(max_len=12))
     assert tokens(cut, vocab) == ["[CLS]", "GENDER//F", *VISIT3]  # [M1] before it would not start on [VS]
     assert cut["length"] <= 12 and full["length"] > 12
     assert cut["visit_orders"].tolist()[2:] == [1] * 8  # renumbered from 1 inside the row
     assert cut["times"][0] == cut["times"][2]
     # one visit longer than the budget: start inside it behind a re-inserted [VS], never on a value-bin token
-    [tiny] = tokenize_subject(patient(), vocab, bins, TokenizeConfig(max_len=8))
+    [tiny] = tokenize_subject(patient(), vocab, bins, TokenizerConfig(max_len=8))
     assert tokens(tiny, vocab) == ["[CLS]", "GENDER//F", "[VS]", "DIAGNOSIS//Y", "ENCOUNTER//INPATIENT//END", "[VE]", "[REG]"]
-    [tiny] = tokenize_subject(patient(), vocab, bins, TokenizeConfig(max_len=9))
+    [tiny] = tokenize_subject(patient(), vocab, bins, TokenizerConfig(max_len=9))
     assert tokens(tiny, vocab) == ["[CLS]", "GENDER//F", "[VS]", "LAB//A", "[Q3]", "DIAGNOSIS//Y",
                                    "ENCOUNTER//INPATIENT//END", "[VE]", "[REG]"]
     assert tiny["visit_orders"].tolist() == [0, 0] + [1] * 7 and tiny["visit_segments"].tolist()[2] == 1
@@ -133,7 +133,7 @@ def test_long_rows_work_at_8192(vocab, bins) -> None:
     n = 6000
     times = pd.date_range("2010-01-01", periods=n, freq="3D")
     ev = frame(5, [("1950-01-01", "MEDS_BIRTH")] + [(t, "LAB//A", float(i % 8)) for i, t in enumerate(times)])
-    [row] = tokenize_subject(ev, vocab, bins, TokenizeConfig(max_len=8192))
+    [row] = tokenize_subject(ev, vocab, bins, TokenizerConfig(max_len=8192))
     assert row["length"] <= 8192 and row["length"] > 8000
     assert tokens(row, vocab)[1] == "[VS]"
     assert np.all(np.diff(row["times"]) >= 0)
@@ -165,6 +165,6 @@ def test_bad_input_names_field_and_subject(vocab, bins) -> None:
     with pytest.raises(ValueError, match="subject_id must hold exactly one subject"):
         tokenize_subject(pd.concat([patient(1), patient(2)]), vocab, bins, CFG)
     with pytest.raises(ValueError, match="max_len"):
-        TokenizeConfig(max_len=2)
+        TokenizerConfig(max_len=2)
     with pytest.raises(ValueError, match="unknown tokenizer config field"):
-        TokenizeConfig.from_dict({"max_length": 5})
+        TokenizerConfig.from_dict({"max_length": 5})
