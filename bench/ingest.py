@@ -38,7 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ehrfm.synth import generate
+from ehrfm.synth import SynthConfig, generate
 from ehrfm.synth.generate import SUMMARY_FILE, population_files
 
 
@@ -85,11 +85,11 @@ def population(cache: Path, n: int, seed: int, per_file: int) -> tuple[Path, flo
     folder = cache / f"synth_n{n}_s{seed}_f{per_file}"
     summary = folder / SUMMARY_FILE
     if summary.exists():
-        meta = yaml.safe_load(summary.read_text())
+        meta = (yaml.safe_load(summary.read_text()) or {}).get("config") or {}
         if (meta.get("n_patients"), meta.get("seed"), meta.get("patients_per_file")) == (n, seed, per_file):
             return folder, None
     t0 = time.perf_counter()
-    generate(n, seed, folder, patients_per_file=per_file, progress=True)
+    generate(SynthConfig(n_patients=n, seed=seed, patients_per_file=per_file), folder)
     return folder, time.perf_counter() - t0
 
 
@@ -140,7 +140,8 @@ def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str, per_file
         "floor_s": round(floor_s, 2), "floor_resources_per_s": round(resources / floor_s),
         "ingest_s": round(ingest_s, 2), "events_per_s": round(events / ingest_s),
         "resources_per_s": round(resources / ingest_s), "ratio_to_floor": round(ingest_s / floor_s, 2),
-        "peak_rss_mb": peak, "stages_s": summary.get("seconds"), "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        "peak_rss_mb": peak, "stages_s": summary.get("seconds"),
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
 
 
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "patients_per_file": args.patients_per_file,
         "spark_startup_s": round(startup_s, 2), "warmup_patients": args.warmup, "warmup_ingest_s": warmup_s,
         "rows": rows, "scaling": scaling,
-        "note": "floor = read + json.loads of the same files in one Python process; ratio = ingest_s / floor_s."
+        "note": "floor = read + json.loads of the same files in one Python process;"
+                " ratio = ingest_s / floor_s."
                 " Timings are noisy when the CPU is shared (see loadavg).",
     }
     out = Path(args.output)
@@ -203,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
     for s in scaling:
-        print(f"scaling {s['from']} -> {s['to']} patients: time x{s['time_ratio']} for data x{s['size_ratio']}"
-              f" (exponent {s['exponent']}; 1.0 = linear)")
+        print(f"scaling {s['from']} -> {s['to']} patients: time x{s['time_ratio']}"
+              f" for data x{s['size_ratio']} (exponent {s['exponent']}; 1.0 = linear)")
     print(f"spark startup {startup_s:.1f} s; load average before {load_before[0]:.1f}; wrote {out}")
     return 0
 
@@ -221,14 +223,15 @@ def _scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'patients':>9} {'files':>6} {'resources':>10} {'MB':>7} {'events':>10} {'floor s':>8} {'ingest s':>9}"
-            f" {'events/s':>9} {'x floor':>8} {'peak RSS MB':>12} {'(jvm/drv/workers)':>19}")
+    head = (f"{'patients':>9} {'files':>6} {'resources':>10} {'MB':>7} {'events':>10} {'floor s':>8}"
+            f" {'ingest s':>9} {'events/s':>9} {'x floor':>8} {'peak RSS MB':>12} {'(jvm/drv/workers)':>19}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r["peak_rss_mb"]
         lines.append(
-            f"{r['patients']:>9} {r['files']:>6} {r['resources']:>10} {r['input_mb']:>7.0f} {r['events']:>10} {r['floor_s']:>8.1f}"
-            f" {r['ingest_s']:>9.1f} {r['events_per_s']:>9} {r['ratio_to_floor']:>8.1f} {p['total']:>12.0f}"
+            f"{r['patients']:>9} {r['files']:>6} {r['resources']:>10} {r['input_mb']:>7.0f} {r['events']:>10}"
+            f" {r['floor_s']:>8.1f} {r['ingest_s']:>9.1f} {r['events_per_s']:>9} {r['ratio_to_floor']:>8.1f}"
+            f" {p['total']:>12.0f}"
             f" {p['jvm']:>7.0f}/{p['python_driver']:.0f}/{p['python_workers']:.0f}"
         )
     return "\n".join(lines)

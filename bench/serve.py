@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ holds scripts named like stdlib modules: keep this folder off the import path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny model and the server runner are test helpers (tests/helpers)
 DATA = Path(os.environ.get("EHRFM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "synthea-fhir"
 
 
@@ -111,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import pandas as pd
     import torch
+    from helpers.mlflow_server import serve
+    from helpers.tiny_model import tiny_finetuned
 
     from ehrfm.ingest.fhir.bundle import bundle_to_events
     from ehrfm.serve.register import register
-    from ehrfm.serve.server import serve
-    from ehrfm.serve.tiny import tiny_finetuned
 
     torch.set_num_threads(1)
     shorts = short_bundles(5)

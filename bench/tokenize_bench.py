@@ -42,8 +42,12 @@ import pyarrow.parquet as pq  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ehrfm.config.prepare import PrepareConfig  # noqa: E402
+from ehrfm.config.synth import SynthConfig  # noqa: E402
+from ehrfm.config.tokenize import DEFAULT_MAX_LEN  # noqa: E402
 from ehrfm.labels import load_tasks  # noqa: E402
 from ehrfm.labels.direct import label_events, read_meds_events  # noqa: E402
+from ehrfm.layout import Layout, MedsPaths  # noqa: E402
 from ehrfm.prepare.bins import load_bins  # noqa: E402
 from ehrfm.schema import CODE, ENCOUNTER_ID, NUMERIC_VALUE, SUBJECT_ID, TIME  # noqa: E402
 from ehrfm.tokenize import TokenizerConfig  # noqa: E402
@@ -59,22 +63,22 @@ def meds_dataset(spark: Any, cache: Path, n: int, seed: int) -> Path:
     from ehrfm.synth import generate
 
     meds = cache / f"meds_n{n}_s{seed}"
-    if (meds / "metadata" / "subject_splits.parquet").exists():
+    if MedsPaths(meds).subject_splits.exists():
         return meds
     fhir = cache / f"tok_synth_n{n}_s{seed}"
-    generate(n, seed, fhir, patients_per_file=1000, progress=True)
+    generate(SynthConfig(n_patients=n, seed=seed, patients_per_file=1000, progress=True), fhir)
     shutil.rmtree(meds, ignore_errors=True)
     ingest_fhir(spark, [str(fhir)], str(meds))
     return meds
 
 
 def prepare(meds: Path, out: Path, tasks: list[str]) -> tuple[Vocabulary, Any]:
-    """Fit vocab and bins once (local engine, untimed)."""
-    from ehrfm.cli import main
+    """Fit vocab and bins once (``ehrfm prepare``, local engine, untimed)."""
+    from ehrfm.prepare.stage import run
 
-    if main(["prepare", "--meds", str(meds), "--output", str(out), "--tasks", ",".join(tasks), "--engine", "local"]):
-        raise RuntimeError("prepare failed")
-    return Vocabulary.load(out / "vocab.json"), load_bins(out / "bins.json")
+    layout = Layout(meds=str(meds), tokens=str(out))
+    run(PrepareConfig(tasks=tasks, engine="local"), layout)
+    return Vocabulary.load(layout.token_paths.vocab), load_bins(layout.token_paths.bins)
 
 
 def _count(folder: Path) -> tuple[int, int]:
@@ -98,16 +102,18 @@ def run_spark(spark: Any, meds: Path, work: Path, specs: list[Any], vocab: Vocab
     names = [s.name for s in specs]
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
-    label_dataset(spark, meds, specs, work / "labels")
+    layout = Layout(root=str(work))
+    label_dataset(spark, meds, specs, layout.labels_dir)
     t1 = time.perf_counter()
-    splits = spark.read.parquet(str(meds / "metadata" / "subject_splits.parquet"))
-    rows = tokenize_spark(read_events_spark(spark, meds), read_labels_spark(spark, work / "labels", names), splits,
+    splits = spark.read.parquet(str(MedsPaths(meds).subject_splits))
+    labels = read_labels_spark(spark, layout.labels_dir, names)
+    rows = tokenize_spark(read_events_spark(spark, meds), labels, splits,
                           vocab, bins, cfg).persist(StorageLevel.MEMORY_AND_DISK)
-    for _ in write_tokens(rows, work / "tokens", names):
+    for _ in write_tokens(rows, layout.token_paths.root, names):
         pass
     rows.unpersist()
     t2 = time.perf_counter()
-    n_rows, n_tok = _count(work / "tokens")
+    n_rows, n_tok = _count(layout.token_paths.root)
     return {"label_s": t1 - t0, "tokenize_s": t2 - t1, "total_s": t2 - t0, "rows": n_rows, "tokens": n_tok}
 
 
@@ -121,12 +127,13 @@ def run_direct(meds: Path, work: Path, specs: list[Any], vocab: Vocabulary, bins
     t1 = time.perf_counter()
     labels = [tab.to_pandas().assign(task=name) for name, tab in tables.items() if tab.num_rows]
     lab = pd.concat(labels, ignore_index=True) if labels else None
-    sp = pq.read_table(meds / "metadata" / "subject_splits.parquet").to_pandas()
+    sp = pq.read_table(MedsPaths(meds).subject_splits).to_pandas()
     split_of = dict(zip(sp[SUBJECT_ID].astype(int), sp["split"].astype(str), strict=True))
     table = rows_to_table(list(iter_rows(events, lab, split_of, vocab, bins, cfg)))
-    write_local(table, work / "tokens", [s.name for s in specs])
+    tokens = Layout(root=str(work)).token_paths.root
+    write_local(table, tokens, [s.name for s in specs])
     t2 = time.perf_counter()
-    n_rows, n_tok = _count(work / "tokens")
+    n_rows, n_tok = _count(tokens)
     return {"label_s": t1 - t0, "tokenize_s": t2 - t1, "total_s": t2 - t0, "rows": n_rows, "tokens": n_tok}
 
 
@@ -151,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=os.environ.get("EHRFM_BENCH_CACHE", "/tmp/ehrfm-bench-cache"))
     ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--max-len", type=int, default=2048)
-    ap.add_argument("--warmup", type=int, default=100, help="patients of an untimed first Spark run; 0 = none")
+    ap.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN)
+    ap.add_argument("--warmup", type=int, default=100,
+                    help="patients of an untimed first Spark run; 0 = none")
     ap.add_argument("--output", default=str(REPO / "bench" / "results" / "tokenize.json"))
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         print(f"--- {n} patients", flush=True)
         meds = meds_dataset(spark, cache, n, args.seed)
-        events = sum(pq.read_metadata(f).num_rows for f in (meds / "data").glob("*.parquet"))
+        events = sum(pq.read_metadata(f).num_rows for f in MedsPaths(meds).data.glob("*.parquet"))
         work = cache / f"tok_work_n{n}"
         vocab, bins = prepare(meds, work / "prep", tasks)
         row: dict[str, Any] = {"patients": n, "events": events}
@@ -195,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     spark.stop()
     result = {
         "benchmark": "label + tokenize: Spark local vs one process (same per-patient functions)",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "master": args.master, "seed": args.seed, "max_len": args.max_len, "tasks": tasks, "rows": results,

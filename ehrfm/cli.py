@@ -39,6 +39,8 @@ class Stage:
     """``module:function`` with signature ``run(cfg, layout) -> summary`` (imported only to run)."""
     help: str
     """One line for ``ehrfm --help``."""
+    root: str = "."
+    """Default pipeline root of this stage (``--root``)."""
 
     def config_class(self) -> type[ConfigBase]:
         """The config dataclass."""
@@ -75,7 +77,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("score", "ehrfm.config.serve:ScoreConfig", "ehrfm.serve.stage:run_score",
           "batch-score a population with a registered model (Spark)"),
     Stage("demo", "ehrfm.config.demo:DemoConfig", "ehrfm.demo:run",
-          "the end-to-end demo on the embedded defaults"),
+          "the end-to-end demo on the embedded defaults", root="demo_out"),
 )
 
 
@@ -105,6 +107,7 @@ def stage_parser(st: Stage) -> Any:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
     parser.add_class_arguments(Layout, None, sub_configs=True)
     parser.add_class_arguments(cls, None, sub_configs=True)
+    parser.set_defaults(root=st.root)
     return parser
 
 
@@ -126,9 +129,10 @@ def build_parser() -> Any:
             continue
         if head not in groups:
             group = ArgumentParser(prog=f"ehrfm {head}", description=f"ehrfm {head} <source>")
-            groups[head] = (group, group.add_subcommands(dest="source", required=True))
+            # jsonargparse wants subcommands added in level order: the group first, then its own subcommands
             subs.add_subcommand(head, group, help=f"{head}: " + ", ".join(
                 s.name.partition(" ")[2] for s in STAGES if s.name.startswith(head + " ")))
+            groups[head] = (group, group.add_subcommands(dest="source", required=True))
         groups[head][1].add_subcommand(tail, stage_parser(st), help=st.help)
     return parser
 
@@ -161,11 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ehrfm {name}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        run_stage(name, cfg, layout)
+        summary = run_stage(name, cfg, layout)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"ehrfm {name}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if getattr(summary, "ok", True) is False else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ A pipeline root holds every stage's output::
     <root>/synthetic/                 ehrfm synth (FHIR NDJSON + truth/index_events.parquet)
     <root>/meds/                      ehrfm ingest (MEDS: data/, metadata/, rejects/, summary.json)
     <root>/labels/<task>.parquet      ehrfm label
-    <root>/tokens/                    ehrfm prepare (vocab.json, bins.json) + tokenize (pretrain/, tasks/<task>/)
+    <root>/tokens/                    ehrfm prepare (vocab.json, bins.json)
+                                      + ehrfm tokenize (pretrain/, tasks/<task>/, tokenize.json)
     <root>/runs/pretrain|finetune/    ehrfm pretrain / finetune (model/, checkpoints/, predictions.parquet)
     <root>/evaluation/                ehrfm evaluate (report.json, report.md, plots/)
     <root>/scores/                    ehrfm score
@@ -23,6 +24,20 @@ from pathlib import Path
 
 from ehrfm.config.base import ConfigBase
 
+# Names inside a MEDS folder, relative to its root (posix): MedsPaths joins them to a Path; code that writes
+# to a URI (hdfs://, s3://, where a Path would collapse "//") joins them to the URI string.
+MEDS_DATA = "data"
+MEDS_METADATA = "metadata"
+MEDS_DATASET_JSON = f"{MEDS_METADATA}/dataset.json"
+MEDS_CODES = f"{MEDS_METADATA}/codes.parquet"
+MEDS_SUBJECT_SPLITS = f"{MEDS_METADATA}/subject_splits.parquet"
+MEDS_SUBJECT_IDS = f"{MEDS_METADATA}/subject_ids.parquet"
+MEDS_REJECTS = "rejects"
+MEDS_SUMMARY = "summary.json"
+# Names inside a synthetic population folder (``ehrfm synth``), relative to it.
+SYNTH_TRUTH = "truth/index_events.parquet"
+SYNTH_SUMMARY = "truth/summary.yaml"
+
 
 @dataclass(frozen=True)
 class MedsPaths:
@@ -33,42 +48,42 @@ class MedsPaths:
     @property
     def data(self) -> Path:
         """``data/``: event shards."""
-        return self.root / "data"
+        return self.root / MEDS_DATA
 
     @property
     def metadata(self) -> Path:
         """``metadata/``."""
-        return self.root / "metadata"
+        return self.root / MEDS_METADATA
 
     @property
     def dataset_json(self) -> Path:
         """``metadata/dataset.json`` (MEDS dataset metadata)."""
-        return self.metadata / "dataset.json"
+        return self.root / MEDS_DATASET_JSON
 
     @property
     def codes(self) -> Path:
         """``metadata/codes.parquet`` (every code in data, with descriptions)."""
-        return self.metadata / "codes.parquet"
+        return self.root / MEDS_CODES
 
     @property
     def subject_splits(self) -> Path:
         """``metadata/subject_splits.parquet`` (subject_id, split)."""
-        return self.metadata / "subject_splits.parquet"
+        return self.root / MEDS_SUBJECT_SPLITS
 
     @property
     def subject_ids(self) -> Path:
         """``metadata/subject_ids.parquet`` (subject_id, source_id)."""
-        return self.metadata / "subject_ids.parquet"
+        return self.root / MEDS_SUBJECT_IDS
 
     @property
     def rejects(self) -> Path:
         """``rejects/``: input records that did not become events, with reasons."""
-        return self.root / "rejects"
+        return self.root / MEDS_REJECTS
 
     @property
     def summary(self) -> Path:
         """``summary.json``: per-source in / mapped / rejected / skipped counts."""
-        return self.root / "summary.json"
+        return self.root / MEDS_SUMMARY
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,16 @@ class RunPaths:
         """``predictions.parquet``: held-out predictions of a finetuned model."""
         return self.root / "predictions.parquet"
 
+    @property
+    def config(self) -> Path:
+        """``run_config.yaml``: the run's stage config (``--config`` of it repeats the run)."""
+        return self.root / "run_config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        """``summary.json``: the run's summary (steps, losses, rows, MLflow run id)."""
+        return self.root / "summary.json"
+
 
 @dataclass(frozen=True)
 class Layout(ConfigBase):
@@ -171,11 +196,20 @@ class Layout(ConfigBase):
     @property
     def truth(self) -> Path:
         """Ground truth of the synthetic population (``truth/index_events.parquet``)."""
-        return self.synthetic_dir / "truth" / "index_events.parquet"
+        return self.synthetic_dir / SYNTH_TRUTH
+
+    @property
+    def meds_uri(self) -> str:
+        """The MEDS dataset folder as a string that keeps a URI intact (``hdfs:///meds``: a Path collapses
+        ``//``): what the Spark writers of ``ehrfm ingest`` take."""
+        base = self.meds or self.root
+        if "://" not in base:
+            return str(self._dir(self.meds, "meds"))
+        return base.rstrip("/") if self.meds else f"{base.rstrip('/')}/meds"
 
     @property
     def meds_paths(self) -> MedsPaths:
-        """The MEDS dataset."""
+        """The MEDS dataset (local paths)."""
         return MedsPaths(self._dir(self.meds, "meds"))
 
     @property
@@ -186,6 +220,20 @@ class Layout(ConfigBase):
     def label_table(self, task: str) -> Path:
         """``<labels>/<task>.parquet``."""
         return self.labels_dir / f"{task}.parquet"
+
+    def label_tasks(self) -> list[str]:
+        """Tasks that have a label table in the labels folder, sorted (none when the folder is absent)."""
+        return sorted(p.name[: -len(".parquet")] for p in self.labels_dir.glob("*.parquet"))
+
+    @property
+    def label_summary(self) -> Path:
+        """``<labels>/summary.json``: rows, subjects, positives and prevalence per task and split."""
+        return self.labels_dir / "summary.json"
+
+    @property
+    def label_kinds(self) -> Path:
+        """``<labels>/tasks.json``: task -> kind (binary, time_to_event, forecast) of the tables written."""
+        return self.labels_dir / "tasks.json"
 
     @property
     def token_paths(self) -> TokenPaths:
@@ -230,6 +278,11 @@ class Layout(ConfigBase):
     def tracking_uri(self) -> str:
         """The embedded store's URI (``sqlite:///<root>/mlflow.db``, absolute)."""
         return f"sqlite:///{self.mlflow_db.resolve()}"
+
+    @property
+    def logs_dir(self) -> Path:
+        """``logs/``: per-step logs and configs of a pipeline run by the notebooks."""
+        return self.root_dir / "logs"
 
     @property
     def demo_summary(self) -> Path:

@@ -93,7 +93,9 @@ class NullTracker:
 class Tracker(NullTracker):
     """An MLflow run in ``experiment`` on ``tracking_uri`` (see module docstring for the defaults)."""
 
-    def __init__(self, directory: str | Path, experiment: str = "ehrfm", tracking_uri: str | None = None) -> None:
+    def __init__(self, directory: str | Path, experiment: str = "ehrfm", tracking_uri: str | None = None,
+                 artifacts: str | Path | None = None) -> None:
+        """``artifacts``: artifact folder of a new experiment (default ``<directory>/mlartifacts``)."""
         from mlflow.tracking import MlflowClient
 
         self.directory = Path(directory).resolve()
@@ -102,8 +104,9 @@ class Tracker(NullTracker):
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            artifacts = (self.directory / "mlartifacts").as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+            location = Path(artifacts).resolve() if artifacts is not None else self.directory / "mlartifacts"
+            self.experiment_id = self.client.create_experiment(experiment,
+                                                               artifact_location=location.as_uri())
         else:
             self.experiment_id = found.experiment_id
         self.run_id = None
@@ -165,16 +168,17 @@ class Tracker(NullTracker):
 
 
 def make_tracker(enabled: bool, directory: str | Path, experiment: str = "ehrfm",
-                 tracking_uri: str | None = None) -> NullTracker:
+                 tracking_uri: str | None = None, artifacts: str | Path | None = None) -> NullTracker:
     """A :class:`Tracker`, or a :class:`NullTracker` when ``enabled`` is false."""
-    return Tracker(directory, experiment, tracking_uri) if enabled else NullTracker()
+    return Tracker(directory, experiment, tracking_uri, artifacts) if enabled else NullTracker()
 
 
 class TrackingCallback(pl.Callback):
     """Sends Lightning's logged scalars to a tracker every ``every_n_steps`` optimizer steps and after
     each validation; sets the ``ops_path`` tag once the kernels have run. Rank zero only."""
 
-    def __init__(self, tracker: NullTracker, every_n_steps: int = 10, tags: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, tracker: NullTracker, every_n_steps: int = 10,
+                 tags: Mapping[str, Any] | None = None) -> None:
         self.tracker, self.every = tracker, max(1, every_n_steps)
         self.tags = dict(tags or {})
         self._last_step = -1

@@ -1,26 +1,23 @@
-"""spark-submit entry point for ``ehrfm score`` (batch scoring with a registered model).
+"""spark-submit job: batch scoring with a registered model (``ehrfm score``, same flags).
 
-    spark-submit --master local[2] etl/score.py --model models:/ehrfm@champion --tokens <tokens dir> --output <dir>
-    spark-submit etl/score.py --model models:/ehrfm@champion --meds <MEDS dir> --output <dir>
+    spark-submit --master local[2] etl/score.py --model models:/ehrfm@champion --root <pipeline root>
+    spark-submit etl/score.py --model models:/ehrfm@champion --source meds --meds <MEDS dir> --scores <out dir>
 
-Set MLFLOW_TRACKING_URI (or pass --tracking-uri) for a models:/ URI. The Spark session comes from
+Set MLFLOW_TRACKING_URI (or pass --tracking_uri) for a models:/ URI. The Spark session comes from
 `ehrfm.spark.get_spark`, which keeps spark-submit's --master and --conf.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
+from pathlib import Path
 
-# etl/ holds jobs named like stdlib modules: drop this folder from the import path before other imports
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+# Python puts this script's folder first on sys.path, and etl/ holds jobs named like stdlib modules
+# (etl/tokenize.py shadows ``tokenize``, which pandas needs): import nothing from here.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from ehrfm.serve import score_cli  # noqa: E402
+from ehrfm.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="etl/score.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    score_cli.add_arguments(parser)
-    sys.exit(score_cli.run(parser.parse_args()))
+    sys.exit(main(["score", *sys.argv[1:]]))

@@ -1,24 +1,24 @@
-"""spark-submit entry point for ``ehrfm tokenize`` (token-stream parquet: pretraining and task rows).
+"""spark-submit job: token-stream parquet (pretraining rows and task rows) of an ingested, labelled dataset.
 
-    spark-submit etl/tokenize_job.py --meds <meds dir> --labels <labels dir> --output <tokens dir> [--max-len 2048]
+    spark-submit etl/tokenize_job.py --root <pipeline root> [--meds <meds>] [--labels <labels>]
+        [--tokens <tokens>] [--tokenizer.max_len 2048] [--tasks '[readmission_30d]'] [--config tokenize.yaml]
+
+A thin main over ``ehrfm tokenize`` (same flags, from :class:`ehrfm.config.tokenize.TokenizeConfig` and the
+Layout); the session comes from spark-submit's configuration (``ehrfm.spark.get_spark`` never overrides its
+master).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-# This file is named like the stdlib `tokenize` module; run as a script its folder is sys.path[0], where it
-# would shadow the stdlib module for every later import (numpy, inspect, ...). Drop that entry first.
-from pathlib import Path  # noqa: E402
-
+# Python puts this script's folder first on sys.path; the jobs in etl/ are scripts, not modules, and must not
+# shadow an importable name (a job once called tokenize.py hid the stdlib module): drop that entry first.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-import argparse  # noqa: E402
-
-from ehrfm.tokenize import cli  # noqa: E402
+from ehrfm.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="etl/tokenize_job.py", description=__doc__)
-    cli.add_arguments(parser)
-    sys.exit(cli.run(parser.parse_args()))
+    sys.exit(main(["tokenize", *sys.argv[1:]]))

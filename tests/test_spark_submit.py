@@ -1,4 +1,5 @@
-"""The etl/ jobs run under a real ``spark-submit`` (its --master and --conf are kept) on a tiny MIMIC subset."""
+"""The etl/ jobs run under a real ``spark-submit`` (its --master and --conf are kept) on a tiny MIMIC
+subset."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_spark_submit_ingest_mimic(mimic_demo: Path, tmp_path: Path) -> None:
     cmd = [
         str(spark_submit), "--master", "local[2]", "--conf", "spark.sql.shuffle.partitions=2",
         "--conf", "spark.ui.enabled=false", str(REPO / "etl" / "ingest_mimic.py"),
-        "--input", str(tmp_path / "mimic"), "--output", str(out), "--split-ratios", "0.34,0.33,0.33",
+        "--input", str(tmp_path / "mimic"), "--meds", str(out), "--split_ratios", "[0.34,0.33,0.33]",
     ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

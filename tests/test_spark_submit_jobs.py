@@ -1,4 +1,5 @@
-"""Every data-prep etl/ job runs under a real ``spark-submit`` from a SHIPPED package (``--py-files ehrfm.zip``).
+"""Every data-prep etl/ job runs under a real ``spark-submit`` from a SHIPPED package
+(``--py-files ehrfm.zip``).
 
 The venv has ``ehrfm`` installed editable (a ``__editable__`` meta-path finder, installed by a ``.pth`` file
 in site-packages), so a plain ``--py-files`` run would pass even with a broken zip. To make the zip the only
@@ -16,10 +17,11 @@ the file ``ehrfm`` was imported from. The test then asserts that:
   so the checks above can fail;
 * spark-submit's ``--master`` and ``--conf`` were kept (the ingest summary records the master).
 
-Pipeline: ``ehrfm.synth`` FHIR (40 patients) -> ingest_fhir -> label -> prepare -> tokenize_job, plus
-ingest_meds (re-ingests that MEDS output) and ingest_mimic (3 MIMIC demo subjects, default rules read from
-inside the zip). Not covered: etl/score.py (it
-needs a trained, registered model; too slow for this budget).
+Pipeline (one pipeline root, ``--root``): ``ehrfm.synth`` FHIR (40 patients) -> ingest_fhir -> label ->
+prepare -> tokenize_job, plus ingest_meds (re-ingests that MEDS output) and ingest_mimic (3 MIMIC demo
+subjects). Package data is read from inside the zip: the default FHIR/MIMIC rules and the task
+specifications (label and prepare run without ``--tasks_dir``). Not covered: etl/score.py (it needs a trained,
+registered model; too slow for this budget).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ehrfm.config.synth import SynthConfig
 from ehrfm.ingest.validate import validate_meds_dataset
+from ehrfm.labels.parse import available_tasks
+from ehrfm.layout import Layout
 from ehrfm.synth.generate import generate
+from ehrfm.tokenize import read_tokenizer_config
 
 REPO = Path(__file__).resolve().parents[1]
 N_PATIENTS = 40
@@ -75,7 +81,8 @@ def _build_zip(dist: Path) -> Path:
 
 
 def _isolated_env(site: Path, log: Path) -> dict[str, str]:
-    """Environment for spark-submit and its Pythons: the venv, no editable ehrfm, origins logged to ``log``."""
+    """Environment for spark-submit and its Pythons: the venv, no editable ehrfm, origins logged to
+    ``log``."""
     bindir = Path(sys.executable).parent
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "SPARK_"))},
@@ -124,11 +131,13 @@ class Submitter:
         origins = {ln.split(" ", 2)[2] for ln in lines if ln.startswith("ehrfm ")} - {"None"}
         # the driver (and anything else that exited normally and had imported ehrfm) used the zip only
         assert origins, f"{job}: no process reported importing ehrfm: {lines}"
-        assert all(o.startswith(str(self.zip) + os.sep) for o in origins), f"{job}: ehrfm not from the zip: {origins}"
+        assert all(o.startswith(str(self.zip) + os.sep) for o in origins), \
+            f"{job}: ehrfm not from the zip: {origins}"
         return proc
 
     def workers_isolated(self) -> bool:
-        """True when a PySpark daemon/worker process of the last job started under the isolating sitecustomize."""
+        """True when a PySpark daemon/worker process of the last job started under the isolating
+        sitecustomize."""
         return any(ln.startswith("start ") and "pyspark" in ln for ln in self.log.read_text().splitlines())
 
 
@@ -149,32 +158,35 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, mimic_demo: Path) -> dict
     Also ingest_meds (re-ingesting the FHIR job's MEDS output) and ingest_mimic (3 MIMIC demo subjects).
     """
     root = tmp_path_factory.mktemp("submit_jobs")
-    generate(N_PATIENTS, 7, root / "fhir", progress=False)
+    generate(SynthConfig(n_patients=N_PATIENTS, seed=7, progress=False), root / "fhir")
     submit = Submitter(root)
-    out = {"root": root, "fhir": root / "fhir", "meds": root / "meds", "labels": root / "labels",
-           "tokens": root / "tokens"}
+    layout = Layout(root=str(root))
+    out = {"root": root, "fhir": root / "fhir", "meds": layout.meds_paths.root, "labels": layout.labels_dir,
+           "tokens": layout.token_paths.root}
+    at_root = ["--root", str(root)]
     procs = {}
-    procs["ingest"] = submit("ingest_fhir.py", "--input", str(out["fhir"]), "--output", str(out["meds"]),
-                             "--split-ratios", "0.6,0.2,0.2")
+    procs["ingest"] = submit("ingest_fhir.py", *at_root, "--input", f"[{out['fhir']}]",
+                             "--split_ratios", "[0.6,0.2,0.2]")
     workers = {"ingest": submit.workers_isolated()}
-    procs["label"] = submit("label.py", "--meds", str(out["meds"]), "--tasks", "all",
-                            "--tasks-dir", str(REPO / "tasks"), "--output", str(out["labels"]))
+    # no --tasks_dir: every task specification packaged in the zip (copied out by ehrfm.resources)
+    procs["label"] = submit("label.py", *at_root)
     workers["label"] = submit.workers_isolated()
-    procs["prepare"] = submit("prepare.py", "--meds", str(out["meds"]), "--output", str(out["tokens"]),
-                              "--min-count", "1", "--n-bins", "4", "--tasks-dir", str(REPO / "tasks"))
+    procs["prepare"] = submit("prepare.py", *at_root, "--min_count", "1", "--n_bins", "4")
     workers["prepare"] = submit.workers_isolated()
-    procs["tokenize"] = submit("tokenize_job.py", "--meds", str(out["meds"]), "--labels", str(out["labels"]),
-                               "--output", str(out["tokens"]), "--max-len", "256")
+    procs["tokenize"] = submit("tokenize_job.py", *at_root, "--tokenizer.max_len", "256")
     workers["tokenize"] = submit.workers_isolated()
     out["meds2"], out["mimic"], out["mimic_meds"] = root / "meds2", root / "mimic", root / "mimic_meds"
-    procs["ingest_meds"] = submit("ingest_meds.py", "--input", str(out["meds"]), "--output", str(out["meds2"]))
+    procs["ingest_meds"] = submit("ingest_meds.py", "--input", str(out["meds"]), "--meds", str(out["meds2"]))
     _mimic_subset(mimic_demo, out["mimic"])
-    # default rules: read from inside the zip through importlib.resources (see test_mimic_default_rules_from_zip)
-    procs["ingest_mimic"] = submit("ingest_mimic.py", "--input", str(out["mimic"]), "--output", str(out["mimic_meds"]))
+    # default rules: read from inside the zip through importlib.resources (test_package_data_from_zip)
+    procs["ingest_mimic"] = submit("ingest_mimic.py", "--input", str(out["mimic"]),
+                                   "--meds", str(out["mimic_meds"]))
     (root / "workers.json").write_text(json.dumps(workers))
-    # control: the same isolation WITHOUT --py-files must fail to import ehrfm (else the checks above prove nothing)
+    # control: the same isolation WITHOUT --py-files must fail to import ehrfm (else the checks above prove
+    # nothing)
     bare = submit.submit("label.py", "--help", py_files=False)
-    (root / "bare.json").write_text(json.dumps({"rc": bare.returncode, "output": (bare.stdout + bare.stderr)[-3000:]}))
+    bare_out = (bare.stdout + bare.stderr)[-3000:]
+    (root / "bare.json").write_text(json.dumps({"rc": bare.returncode, "output": bare_out}))
     (root / "stdout.json").write_text(json.dumps({k: p.stdout for k, p in procs.items()}))
     return out
 
@@ -183,6 +195,7 @@ def test_zip_is_the_package(pipeline: dict[str, Path]) -> None:
     zf = zipfile.ZipFile(pipeline["root"] / "dist" / "ehrfm.zip")
     names = set(zf.namelist())
     assert {"ehrfm/__init__.py", "ehrfm/ingest/fhir/rules.yaml", "ehrfm/ingest/mimic/rules.yaml"} <= names
+    assert {f"ehrfm/tasks/{t}.yaml" for t in available_tasks()} <= names
     assert not any("__pycache__" in n for n in names)
 
 
@@ -206,26 +219,30 @@ def test_ingest_fhir_job(pipeline: dict[str, Path]) -> None:
 
 
 def test_label_job(pipeline: dict[str, Path]) -> None:
-    tasks = json.loads((pipeline["labels"] / "tasks.json").read_text())
-    assert set(tasks) == {p.stem for p in (REPO / "tasks").glob("*.yaml")}
+    layout = Layout(root=str(pipeline["root"]))
+    tasks = json.loads(layout.label_kinds.read_text())
+    assert sorted(tasks) == available_tasks() == layout.label_tasks()  # the packaged specs, read from the zip
     for name in tasks:
-        table = pd.read_parquet(pipeline["labels"] / f"{name}.parquet")
+        table = pd.read_parquet(layout.label_table(name))
         assert table.subject_id.nunique() <= N_PATIENTS
-    assert sum(len(pd.read_parquet(pipeline["labels"] / f"{n}.parquet")) for n in tasks) > 0
+    assert sum(len(pd.read_parquet(layout.label_table(n))) for n in tasks) > 0
 
 
 def test_prepare_job(pipeline: dict[str, Path]) -> None:
-    tokens = pipeline["tokens"]
-    assert (tokens / "vocab.json").is_file() and (tokens / "bins.json").is_file()
-    prep = json.loads((tokens / "prepare.json").read_text())
-    assert prep, "prepare.json is empty"
+    tokens = Layout(root=str(pipeline["root"])).token_paths
+    assert tokens.vocab.is_file() and tokens.bins.is_file()
+    prep = json.loads(tokens.prepare_json.read_text())
+    assert prep["config"]["min_count"] == 1 and prep["config"]["n_bins"] == 4
+    assert prep["summary"]["tasks"] == available_tasks()  # prompt tokens of the packaged task specs
 
 
 def test_tokenize_job(pipeline: dict[str, Path]) -> None:
-    tokens = pipeline["tokens"]
-    meta = json.loads((tokens / "tokenize.json").read_text())
-    assert meta["config"]["max_len"] == 256 and meta["summary"]
-    parquet = sorted(p for p in tokens.rglob("*.parquet"))
+    tokens = Layout(root=str(pipeline["root"])).token_paths
+    assert read_tokenizer_config(tokens.root).max_len == 256
+    summary = json.loads(tokens.meta.read_text())["summary"]
+    assert summary["pretrain"] and summary["n_rows"] > 0 and summary["tasks"] == available_tasks()
+    assert tokens.pretrain.is_dir() and all(tokens.task(t).is_dir() for t in summary["tasks"])
+    parquet = sorted(p for p in tokens.root.rglob("*.parquet"))
     assert parquet, "tokenize wrote no parquet"
     subjects: set[int] = set()
     for p in parquet:
@@ -249,10 +266,16 @@ def test_ingest_mimic_job(pipeline: dict[str, Path]) -> None:
     assert validate_meds_dataset(str(pipeline["mimic_meds"])).subjects == 3
 
 
-def test_mimic_default_rules_from_zip(tmp_path: Path) -> None:
+def test_package_data_from_zip(tmp_path: Path) -> None:
     root = Submitter(tmp_path).root  # builds dist/ehrfm.zip and site/sitecustomize.py; no Spark here
-    env = {**_isolated_env(root / "site", root / "rules.log"), "PYTHONPATH": f"{root / 'site'}{os.pathsep}{root / 'dist' / 'ehrfm.zip'}"}
-    code = "import ehrfm, sys; from ehrfm.ingest.mimic.rules import load_rules; load_rules(); print(ehrfm.__file__)"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    env = {**_isolated_env(root / "site", root / "rules.log"),
+           "PYTHONPATH": f"{root / 'site'}{os.pathsep}{root / 'dist' / 'ehrfm.zip'}"}
+    code = ("import ehrfm, sys; from ehrfm.ingest.mimic.rules import load_rules; load_rules(); "
+            "from ehrfm.labels.parse import available_tasks, load_tasks; "
+            "print(ehrfm.__file__); print(len(load_tasks(available_tasks())))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert ".zip" in proc.stdout
+    origin, n_tasks = proc.stdout.split()[-2:]
+    assert ".zip" in origin
+    assert int(n_tasks) == len(available_tasks())  # the packaged task specs, copied out of the zip

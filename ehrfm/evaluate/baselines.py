@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -25,32 +25,14 @@ from sklearn.preprocessing import StandardScaler
 from sksurv.ensemble import RandomSurvivalForest
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 
+from ehrfm.config.evaluate import BINARY_BASELINES, TTE_BASELINES, BaselineConfig
 from ehrfm.evaluate.data import TaskKind
 from ehrfm.evaluate.features import CountFeaturizer
 from ehrfm.evaluate.forecast import frequency_baseline
 from ehrfm.evaluate.survival import surv_array, survival_at
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID, TRAIN_SPLIT, TUNING_SPLIT
 
-BINARY_BASELINES = ("lr", "hgb")
-TTE_BASELINES = ("cox", "rsf")
-
-
-@dataclass
-class BaselineConfig:
-    """Knobs of the baselines (defaults sized for ~10k rows on a laptop)."""
-
-    windows_days: tuple[float | None, ...] = (30.0, 365.0, None)
-    min_count: int = 5
-    max_codes: int = 500
-    lr_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-    hgb_max_iter: int = 200
-    cox_alpha: float = 1.0
-    surv_max_features: int = 100
-    rsf_trees: int = 50
-    rsf_min_leaf: int = 10
-    forecast_k: int = 10
-    grid_points: int = 25
-    seed: int = 0
+__all__ = ["BINARY_BASELINES", "TTE_BASELINES", "BaselineConfig", "run_baselines", "survival_grid"]
 
 
 def _prepare(X: sp.csr_matrix, train: np.ndarray) -> sp.csr_matrix:
@@ -67,7 +49,8 @@ def _prepare(X: sp.csr_matrix, train: np.ndarray) -> sp.csr_matrix:
     return sp.hstack([counts, sp.csr_matrix(demo)], format="csr")
 
 
-def _binary(name: str, X: sp.csr_matrix, y: np.ndarray, train: np.ndarray, tune: np.ndarray, cfg: BaselineConfig) -> np.ndarray:
+def _binary(name: str, X: sp.csr_matrix, y: np.ndarray, train: np.ndarray, tune: np.ndarray,
+            cfg: BaselineConfig) -> np.ndarray:
     """Fit on train (tuned on tuning), return P(y=1) for every row.
 
     Train labels of one class (tiny real cohorts: e.g. no in-hospital death among the train subjects) cannot
@@ -75,8 +58,8 @@ def _binary(name: str, X: sp.csr_matrix, y: np.ndarray, train: np.ndarray, tune:
     if name not in BINARY_BASELINES:
         raise ValueError(f"unknown binary baseline {name!r} (use {', '.join(BINARY_BASELINES)})")
     if len(np.unique(y[train])) < 2:
-        warnings.warn(f"baseline_{name}: the train labels hold one class ({y[train][0]:g}) on {int(train.sum())} "
-                      "rows; it predicts that rate for every row", stacklevel=2)
+        warnings.warn(f"baseline_{name}: the train labels hold one class ({y[train][0]:g}) on "
+                      f"{int(train.sum())} rows; it predicts that rate for every row", stacklevel=2)
         return np.full(len(y), float(y[train].mean()))
     if name == "lr":
         Xs = StandardScaler(with_mean=False).fit(X[train]).transform(X)
@@ -85,22 +68,27 @@ def _binary(name: str, X: sp.csr_matrix, y: np.ndarray, train: np.ndarray, tune:
             m = LogisticRegression(C=c, max_iter=2000).fit(Xs[train], y[train])
             p = m.predict_proba(Xs[tune])[:, 1] if tune.any() else np.array([])
             two = tune.any() and 0 < y[tune].sum() < tune.sum()
-            score = roc_auc_score(y[tune], p) if two else (-log_loss(y[tune], p, labels=[0, 1]) if tune.any() else 0.0)
+            if two:
+                score = roc_auc_score(y[tune], p)
+            else:
+                score = -log_loss(y[tune], p, labels=[0, 1]) if tune.any() else 0.0
             if best is None or score > best[0]:
                 best = (float(score), m)
         assert best is not None
-        return best[1].predict_proba(Xs)[:, 1]
+        return cast(np.ndarray, best[1].predict_proba(Xs)[:, 1])
     Xd = X.toarray()  # hgb
-    hgb = HistGradientBoostingClassifier(max_iter=cfg.hgb_max_iter, early_stopping=True, random_state=cfg.seed)
+    hgb = HistGradientBoostingClassifier(max_iter=cfg.hgb_max_iter, early_stopping=True,
+                                         random_state=cfg.seed)
     if tune.any() and len(np.unique(y[tune])) > 1:  # its validation score needs both classes there too
         hgb.fit(Xd[train], y[train], X_val=Xd[tune], y_val=y[tune])
     else:
         hgb.fit(Xd[train], y[train])
-    return hgb.predict_proba(Xd)[:, 1]
+    return cast(np.ndarray, hgb.predict_proba(Xd)[:, 1])
 
 
 def _tte(
-    name: str, X: sp.csr_matrix, event: np.ndarray, dur: np.ndarray, train: np.ndarray, grid: np.ndarray, cfg: BaselineConfig
+    name: str, X: sp.csr_matrix, event: np.ndarray, dur: np.ndarray, train: np.ndarray, grid: np.ndarray,
+    cfg: BaselineConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit on train; return (risk (n,), survival on grid (n, g))."""
     freq = np.asarray((X[train] != 0).sum(axis=0)).ravel()
@@ -108,7 +96,8 @@ def _tte(
     Xd = StandardScaler().fit(X[train][:, cols].toarray()).transform(X[:, cols].toarray())
     y = surv_array(event[train], dur[train])
     if name == "cox":
-        model: CoxPHSurvivalAnalysis | RandomSurvivalForest = CoxPHSurvivalAnalysis(alpha=cfg.cox_alpha, ties="efron")
+        model: CoxPHSurvivalAnalysis | RandomSurvivalForest = CoxPHSurvivalAnalysis(alpha=cfg.cox_alpha,
+                                                                                    ties="efron")
     elif name == "rsf":
         model = RandomSurvivalForest(
             n_estimators=cfg.rsf_trees, min_samples_leaf=cfg.rsf_min_leaf, max_features="sqrt",
@@ -152,7 +141,8 @@ def run_baselines(
     frames: list[pd.DataFrame] = []
     if kind == "forecast":
         top = frequency_baseline(labels.loc[train, "target_codes"], cfg.forecast_k)
-        return base.assign(model="baseline_freq", topk_codes=pd.Series([top] * len(base), index=base.index, dtype=object))
+        codes = pd.Series([top] * len(base), index=base.index, dtype=object)
+        return base.assign(model="baseline_freq", topk_codes=codes)
     names = [w for w in which if w in (BINARY_BASELINES if kind == "binary" else TTE_BASELINES)]
     if not names:
         return base.iloc[:0].assign(model=pd.Series(dtype=str))

@@ -7,14 +7,14 @@ skewed clinical prevalences equal-width bins leave most bins empty and the top b
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from ehrfm.config.evaluate import ThresholdRule
 from ehrfm.evaluate.bootstrap import DegenerateMetric, MetricFn, MetricValue, bootstrap_metrics
 
-ThresholdRule = Literal["youden", "max_f1", "fixed"]
+__all__ = ["ThresholdRule", "auprc", "auroc", "binary_metrics", "brier", "choose_threshold", "confusion_at",
+           "ece", "equal_mass_bins", "reliability_curve"]
 
 
 def _check_two_classes(y: np.ndarray) -> None:
@@ -82,7 +82,8 @@ def confusion_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, fl
     }
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray, rule: ThresholdRule = "youden", fixed: float = 0.5) -> float:
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: ThresholdRule = "youden",
+                     fixed: float = 0.5) -> float:
     """A decision threshold chosen on (tuning-split) y, p.
 
     ``youden``: maximizes sensitivity + specificity - 1 over ROC thresholds; ``max_f1``: maximizes F1 over
@@ -122,7 +123,8 @@ def binary_metrics(
         raise ValueError(f"length mismatch: y {len(y)}, p {len(p)}, groups {len(groups)}")
     bad = np.flatnonzero(~np.isfinite(p) | (p < 0) | (p > 1))
     if len(bad):
-        raise ValueError(f"field 'prob': row {int(bad[0])} has value {p[bad[0]]!r}, expected a probability in [0, 1]")
+        raise ValueError(f"field 'prob': row {int(bad[0])} has value {p[bad[0]]!r}, expected a probability "
+                         "in [0, 1]")
 
     def at(key: str) -> MetricFn:
         def fn(i: np.ndarray) -> float:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from ehrfm.layout import MedsPaths
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
 
 TaskKind = Literal["binary", "tte", "forecast"]
@@ -35,7 +36,8 @@ def load_labels(labels_dir: str | Path, tasks: list[str] | None = None) -> dict[
     root = Path(labels_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"labels directory not found: {root}")
-    found = {p.name.removesuffix(".parquet"): p for p in sorted(root.iterdir()) if p.suffix == ".parquet" or p.is_dir()}
+    found = {p.name.removesuffix(".parquet"): p for p in sorted(root.iterdir())
+             if p.suffix == ".parquet" or p.is_dir()}
     names = tasks if tasks else sorted(found)
     out: dict[str, pd.DataFrame] = {}
     for t in names:
@@ -52,7 +54,7 @@ def load_labels(labels_dir: str | Path, tasks: list[str] | None = None) -> dict[
 
 def load_splits(meds_dir: str | Path) -> pd.DataFrame:
     """``<meds>/metadata/subject_splits.parquet`` -> DataFrame(subject_id, split)."""
-    path = Path(meds_dir) / "metadata" / "subject_splits.parquet"
+    path = MedsPaths(Path(meds_dir)).subject_splits
     if not path.exists():
         raise FileNotFoundError(f"subject splits not found: {path}")
     return pd.read_parquet(path, columns=[SUBJECT_ID, "split"])
@@ -70,9 +72,10 @@ def attach_split(labels: pd.DataFrame, splits: pd.DataFrame, task: str = "?") ->
     return df
 
 
-def load_events(meds_dir: str | Path, columns: list[str] | None = None, code_prefixes: list[str] | None = None) -> pd.DataFrame:
+def load_events(meds_dir: str | Path, columns: list[str] | None = None,
+                code_prefixes: list[str] | None = None) -> pd.DataFrame:
     """MEDS events from ``<meds>/data/**/*.parquet`` (optionally only codes starting with given prefixes)."""
-    data = Path(meds_dir) / "data"
+    data = MedsPaths(Path(meds_dir)).data
     if not data.is_dir():
         raise FileNotFoundError(f"MEDS data directory not found: {data}")
     dset = ds.dataset(data, format="parquet")
@@ -85,7 +88,7 @@ def load_events(meds_dir: str | Path, columns: list[str] | None = None, code_pre
             flt = cond if flt is None else (flt | cond)
     df = dset.to_table(columns=cols, filter=flt).to_pandas()
     df["time"] = pd.to_datetime(df["time"])
-    return df
+    return cast(pd.DataFrame, df)
 
 
 def validate_predictions(pred: pd.DataFrame) -> pd.DataFrame:

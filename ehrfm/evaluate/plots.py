@@ -9,9 +9,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -42,13 +43,16 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path:
 
 
 def km_vs_predicted(
-    km: tuple[np.ndarray, np.ndarray], predicted: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path
+    km: tuple[np.ndarray, np.ndarray], predicted: dict[str, tuple[np.ndarray, np.ndarray]], title: str,
+    path: Path,
 ) -> Path:
     """Kaplan–Meier of the evaluated rows (step) vs each model's mean predicted survival on its grid."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.step(np.concatenate([[0], km[0]]), np.concatenate([[1], km[1]]), where="post", color="k", label="Kaplan–Meier")
+    ax.step(np.concatenate([[0], km[0]]), np.concatenate([[1], km[1]]), where="post", color="k",
+            label="Kaplan–Meier")
     for name, (grid, mean_s) in predicted.items():
-        ax.step(np.concatenate([[0], grid]), np.concatenate([[1], mean_s]), where="post", label=f"{name} (mean)")
+        ax.step(np.concatenate([[0], grid]), np.concatenate([[1], mean_s]), where="post",
+                label=f"{name} (mean)")
     ax.set(xlabel="days since prediction time", ylabel="survival", title=title, ylim=(0, 1.02))
     ax.legend(fontsize=8)
     return _save(fig, path)

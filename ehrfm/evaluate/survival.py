@@ -12,6 +12,7 @@ function (S = 1 before the first grid time).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from sksurv.metrics import (
@@ -32,7 +33,7 @@ def surv_array(event: np.ndarray, duration: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(duration) | (duration < 0))
     if len(bad):
         raise ValueError(f"field 'duration_days': row {int(bad[0])} has {duration[bad[0]]!r}, expected >= 0")
-    return Surv.from_arrays(event=np.asarray(event).astype(bool), time=duration)
+    return cast(np.ndarray, Surv.from_arrays(event=np.asarray(event).astype(bool), time=duration))
 
 
 def survival_at(surv: np.ndarray, grid: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -45,10 +46,11 @@ def survival_at(surv: np.ndarray, grid: np.ndarray, times: np.ndarray) -> np.nda
 def risk_from_survival(surv: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Scalar risk for concordance: minus the restricted mean survival time over the grid. (n, g) -> (n,)."""
     widths = np.diff(np.concatenate([[0.0], grid]))
-    return -(surv * widths).sum(axis=1)
+    return cast(np.ndarray, -(surv * widths).sum(axis=1))
 
 
-def valid_times(train: np.ndarray, test: np.ndarray, requested: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+def valid_times(train: np.ndarray, test: np.ndarray,
+                requested: Sequence[float]) -> tuple[np.ndarray, list[float]]:
     """Horizons usable by IPCW metrics: inside [min test time, max test time) and < max train time.
 
     Returns (kept sorted unique times, dropped times)."""

@@ -2,11 +2,13 @@
 
 Accepted inputs:
 
-- a MEDS root (``<root>/data/**/*.parquet`` + optional ``<root>/metadata/codes.parquet`` and ``dataset.json``):
+- a MEDS root (``<root>/data/**/*.parquet`` + optional ``<root>/metadata/codes.parquet`` and
+  ``dataset.json``):
   descriptions and the dataset name are carried over;
 - a directory of parquet files, or one parquet file, with MEDS-like columns.
 
-Column mapping (options ``--subject-col``, ``--time-col``, ``--code-col``, ``--numeric-col``, ``--text-col``):
+Column mapping (options ``subject_col``, ``time_col``, ``code_col``, ``numeric_col``, ``text_col`` of
+:class:`ehrfm.config.ingest.MedsIngestConfig`):
 by default ``subject_id``, ``time``, ``code``; the numeric value comes from ``numeric_value`` if present, else
 ``value`` (as in the MIMIC-IV demo MEDS file); the text value from ``text_value`` if present. Extension
 columns ``encounter_id``, ``unit`` and ``source`` pass through when present (``source`` defaults to
@@ -16,9 +18,7 @@ other row becomes exactly one event (nothing is deduplicated), so events + rejec
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from collections.abc import Sequence
 from functools import reduce
 from typing import TYPE_CHECKING, Any
@@ -28,8 +28,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ehrfm.config.base import ConfigError
 from ehrfm.ingest.mimic.prepare import parse_time, with_row_index
 from ehrfm.ingest.writer import _fs, write_meds_dataset
+from ehrfm.layout import MEDS_CODES, MEDS_DATA, MEDS_DATASET_JSON
 from ehrfm.prepare.splits import DEFAULT_RATIOS
 
 if TYPE_CHECKING:
@@ -46,8 +48,8 @@ def list_parquet(path: str) -> tuple[list[str], str | None]:
         return [path], None
     root = None
     search = p
-    if fs.get_file_info(f"{p}/data").type == pafs.FileType.Directory:
-        root, search = path.rstrip("/"), f"{p}/data"
+    if fs.get_file_info(f"{p}/{MEDS_DATA}").type == pafs.FileType.Directory:
+        root, search = path.rstrip("/"), f"{p}/{MEDS_DATA}"
     files = sorted(
         i.path
         for i in fs.get_file_info(pafs.FileSelector(search, recursive=True))
@@ -59,14 +61,16 @@ def list_parquet(path: str) -> tuple[list[str], str | None]:
     return [prefix + f if prefix and not f.startswith(prefix) else f for f in files], root
 
 
-def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, required: bool) -> str | None:
+def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str,
+          required: bool) -> str | None:
     if wanted:
         if wanted not in columns:
-            raise ValueError(f"MEDS input: --{what}-col {wanted!r} is not a column (have {list(columns)})")
+            raise ConfigError(f"{what}_col={wanted!r}: not a column of the MEDS input (have {list(columns)})")
         return wanted
     found = next((c for c in defaults if c in columns), None)
     if found is None and required:
-        raise ValueError(f"MEDS input: no {what} column among {list(defaults)} (have {list(columns)}); use --{what}-col")
+        raise ConfigError(f"{what}_col=None: the MEDS input has no {what} column among {list(defaults)}"
+                          f" (have {list(columns)}); set {what}_col")
     return found
 
 
@@ -156,7 +160,8 @@ def ingest_meds(
         "unit": "unit" if "unit" in columns else None,
         "source": "source" if "source" in columns else None,
     }
-    parts = [_events_of_file(spark, f, cols) for f in tqdm(files, desc="meds files", unit="file", leave=False)]
+    parts = [_events_of_file(spark, f, cols)
+             for f in tqdm(files, desc="meds files", unit="file", leave=False)]
     n_in = sum(n for _, n in parts)
     allrows = reduce(lambda a, b: a.unionByName(b), [df for df, _ in parts])
     events = allrows.where(F.col("_reason").isNull()).drop("_file", "_row", "_reason", "_field")
@@ -172,10 +177,10 @@ def ingest_meds(
     name = dataset_name
     if root is not None:
         fs, p = _fs(root)
-        if fs.get_file_info(f"{p}/metadata/codes.parquet").type == pafs.FileType.File:
-            descriptions = spark.read.parquet(f"{root}/metadata/codes.parquet").select("code", "description")
-        if name is None and fs.get_file_info(f"{p}/metadata/dataset.json").type == pafs.FileType.File:
-            with fs.open_input_stream(f"{p}/metadata/dataset.json") as fh:
+        if fs.get_file_info(f"{p}/{MEDS_CODES}").type == pafs.FileType.File:
+            descriptions = spark.read.parquet(f"{root}/{MEDS_CODES}").select("code", "description")
+        if name is None and fs.get_file_info(f"{p}/{MEDS_DATASET_JSON}").type == pafs.FileType.File:
+            with fs.open_input_stream(f"{p}/{MEDS_DATASET_JSON}") as fh:
                 name = json.loads(fh.read().decode()).get("dataset_name")
     summary = {"source": "meds", "input": input_path, "files": len(files), "rows_in": n_in, "columns": cols}
     result = write_meds_dataset(
@@ -192,42 +197,7 @@ def ingest_meds(
         rows_per_shard=rows_per_shard,
     )
     if result["events"] + result["rejects"] != n_in:
-        raise RuntimeError(f"MEDS input: {n_in} rows in but {result['events']} events + {result['rejects']} rejects")
+        raise RuntimeError(f"MEDS input: {n_in} rows in but {result['events']} events"
+                           f" + {result['rejects']} rejects")
     return result
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``ehrfm ingest meds`` (Spark/split options are added by ``ehrfm.ingest.cli``)."""
-    parser.add_argument("--input", required=True, help="MEDS root (with data/), a folder of parquet, or one parquet file")
-    parser.add_argument("--output", required=True, help="output dataset directory (local path or URI)")
-    parser.add_argument("--subject-col", default=None, help="subject id column (default subject_id)")
-    parser.add_argument("--time-col", default=None, help="time column (default time; strings are parsed)")
-    parser.add_argument("--code-col", default=None, help="code column (default code)")
-    parser.add_argument("--numeric-col", default=None, help="numeric value column (default numeric_value, else value)")
-    parser.add_argument("--text-col", default=None, help="text value column (default text_value when present)")
-    parser.add_argument("--dataset-name", default=None, help="dataset_name (default: the input's, else its name)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the MEDS ingest and print a summary; returns 0 on success."""
-    from ehrfm.ingest.cli import spark_from_args
-    from ehrfm.ingest.mimic.cli import print_summary
-
-    spark = spark_from_args(args, "ehrfm-ingest-meds")
-    t0 = time.perf_counter()
-    summary = ingest_meds(
-        spark,
-        args.input,
-        args.output,
-        subject_col=args.subject_col,
-        time_col=args.time_col,
-        code_col=args.code_col,
-        numeric_col=args.numeric_col,
-        text_col=args.text_col,
-        split_ratios=args.split_ratios,
-        split_seed=args.split_seed,
-        rows_per_shard=args.rows_per_shard,
-        dataset_name=args.dataset_name,
-    )
-    print_summary(summary, time.perf_counter() - t0)
-    return 0

@@ -10,12 +10,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import meds
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from meds.schema import CodeMetadataSchema, DataSchema, DatasetMetadataSchema, SubjectSplitSchema
 
 from ehrfm.ingest.writer import _fs, check_sorted_table
+from ehrfm.layout import MEDS_CODES, MEDS_DATA, MEDS_DATASET_JSON, MEDS_SUBJECT_SPLITS
 from ehrfm.schema import CODE, SUBJECT_ID
 
 
@@ -59,7 +60,7 @@ def validate_meds_dataset(path: str) -> ValidationReport:
     """
     fs, base = _fs(path.rstrip("/"))
     report = ValidationReport(path=path)
-    infos = fs.get_file_info(pafs.FileSelector(f"{base}/data", allow_not_found=True, recursive=True))
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/{MEDS_DATA}", allow_not_found=True, recursive=True))
     files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
     if not files:
         raise MedsValidationError(f"{path}: no data/*.parquet shards")
@@ -68,7 +69,7 @@ def validate_meds_dataset(path: str) -> ValidationReport:
     for f in files:
         name = f[len(base) + 1 :]
         table = pq.read_table(f, filesystem=fs)
-        _validate_schema(meds.DataSchema, table, name)
+        _validate_schema(DataSchema, table, name)
         for col in (SUBJECT_ID, CODE):
             nulls = table.column(col).null_count
             if nulls:
@@ -87,30 +88,32 @@ def validate_meds_dataset(path: str) -> ValidationReport:
         report.files.append(name)
     report.codes_in_data = len(codes)
 
-    codes_path = f"{base}/{meds.code_metadata_filepath}"
+    codes_path = f"{base}/{MEDS_CODES}"
     code_table = pq.read_table(codes_path, filesystem=fs)
-    _validate_schema(meds.CodeMetadataSchema, code_table, meds.code_metadata_filepath)
+    _validate_schema(CodeMetadataSchema, code_table, MEDS_CODES)
     meta_codes = set(code_table.column(CODE).to_pylist())
     report.codes_in_metadata = len(meta_codes)
     missing = sorted(codes - meta_codes)
     if missing:
-        raise MedsValidationError(f"{meds.code_metadata_filepath}: {len(missing)} code(s) in data are missing, e.g. {missing[:5]}")
+        raise MedsValidationError(f"{MEDS_CODES}: {len(missing)} code(s) in data are"
+                                  f" missing, e.g. {missing[:5]}")
 
-    split_table = pq.read_table(f"{base}/{meds.subject_splits_filepath}", filesystem=fs)
-    _validate_schema(meds.SubjectSplitSchema, split_table, meds.subject_splits_filepath)
+    split_table = pq.read_table(f"{base}/{MEDS_SUBJECT_SPLITS}", filesystem=fs)
+    _validate_schema(SubjectSplitSchema, split_table, MEDS_SUBJECT_SPLITS)
     split_ids = split_table.column(SUBJECT_ID).to_pylist()
     if len(set(split_ids)) != len(split_ids):
-        raise MedsValidationError(f"{meds.subject_splits_filepath}: a subject_id appears more than once")
+        raise MedsValidationError(f"{MEDS_SUBJECT_SPLITS}: a subject_id appears more than once")
     unsplit = set(subject_file) - set(split_ids)
     if unsplit:
-        raise MedsValidationError(f"{meds.subject_splits_filepath}: {len(unsplit)} subject(s) without a split, e.g. {sorted(unsplit)[:5]}")
+        raise MedsValidationError(f"{MEDS_SUBJECT_SPLITS}: {len(unsplit)} subject(s) without a"
+                                  f" split, e.g. {sorted(unsplit)[:5]}")
     for s in split_table.column("split").to_pylist():
         report.splits[s] = report.splits.get(s, 0) + 1
 
-    with fs.open_input_stream(f"{base}/{meds.dataset_metadata_filepath}") as fh:
+    with fs.open_input_stream(f"{base}/{MEDS_DATASET_JSON}") as fh:
         meta = json.loads(fh.read().decode())
     try:
-        meds.DatasetMetadataSchema.validate(meta)
+        DatasetMetadataSchema.validate(meta)
     except Exception as e:
-        raise MedsValidationError(f"{meds.dataset_metadata_filepath}: {e}") from e
+        raise MedsValidationError(f"{MEDS_DATASET_JSON}: {e}") from e
     return report

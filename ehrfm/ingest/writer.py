@@ -22,6 +22,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import ehrfm
+from ehrfm.config.ingest import DEFAULT_ROWS_PER_SHARD as DEFAULT_ROWS_PER_SHARD
+from ehrfm.layout import (
+    MEDS_CODES,
+    MEDS_DATA,
+    MEDS_DATASET_JSON,
+    MEDS_METADATA,
+    MEDS_REJECTS,
+    MEDS_SUBJECT_IDS,
+    MEDS_SUBJECT_SPLITS,
+    MEDS_SUMMARY,
+)
 from ehrfm.prepare.splits import DEFAULT_RATIOS, assign_splits, validate_ratios
 from ehrfm.schema import (
     CODE,
@@ -37,14 +48,14 @@ from ehrfm.schema import (
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-DEFAULT_ROWS_PER_SHARD = 2_000_000
 SUBJECT_IDS_SCHEMA = pa.schema(
     [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field("source_id", pa.string())]
 )
 # what each shard-writing task returns: one row of file statistics, then one row per code (with its count)
 # and one row per subject — so the driver gets codes and subjects without more passes over the events
 _STATS_ARROW = pa.schema(
-    [("file", pa.string()), ("rows", pa.int64()), ("subjects", pa.int64()), ("code", pa.string()), ("subject_id", pa.int64())]
+    [("file", pa.string()), ("rows", pa.int64()), ("subjects", pa.int64()), ("code", pa.string()),
+     ("subject_id", pa.int64())]
 )
 _STATS_SCHEMA = "file string, rows long, subjects long, code string, subject_id long"
 
@@ -60,7 +71,8 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def check_sorted_table(table: pa.Table, where: str) -> int:
-    """Check MEDS ordering in one Arrow table: rows of a subject contiguous, sorted by (time nulls first, code).
+    """Check MEDS ordering in one Arrow table: rows of a subject contiguous, sorted by (time nulls first,
+    code).
 
     Returns the number of distinct subjects; raises ``ValueError`` naming ``where`` and the first bad row.
     """
@@ -83,7 +95,8 @@ def check_sorted_table(table: pa.Table, where: str) -> int:
     idx = np.flatnonzero(bad)
     if idx.size:
         i = int(idx[0]) + 1
-        raise ValueError(f"{where}: row {i} (subject_id={sid[i]}) breaks the (subject_id, time, code) ordering")
+        raise ValueError(f"{where}: row {i} (subject_id={sid[i]}) breaks the (subject_id, time, code)"
+                         " ordering")
     starts = np.concatenate([[True], ~same_sub])
     subjects = int(starts.sum())
     if len(np.unique(sid)) != subjects:
@@ -172,20 +185,22 @@ def _write_json(obj: dict[str, Any], uri: str) -> None:
 
 def dataset_metadata(dataset_name: str, etl_name: str, dataset_version: str | None = None) -> dict[str, Any]:
     """MEDS DatasetMetadataSchema dict for an ehrfm-written dataset (validated with the meds package)."""
-    import meds
+    from importlib.metadata import version
+
+    from meds.schema import DatasetMetadataSchema
 
     meta: dict[str, Any] = {
         "dataset_name": dataset_name,
         "dataset_version": dataset_version or dt.date.today().isoformat(),
         "etl_name": etl_name,
         "etl_version": ehrfm.__version__,
-        "meds_version": meds.__version__,
+        "meds_version": version("meds"),
         "created_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
         "raw_source_id_columns": ["encounter_id"],
         "code_modifier_columns": ["unit"],
         "other_extension_columns": ["source"],
     }
-    meds.DatasetMetadataSchema.validate(meta)
+    DatasetMetadataSchema.validate(meta)
     return meta
 
 
@@ -206,7 +221,8 @@ def write_meds_dataset(
 ) -> dict[str, Any]:
     """Write ``events_df`` (EVENTS_SCHEMA-like Spark DataFrame) as a MEDS dataset under ``output``.
 
-    Layout: ``data/part-*.parquet`` (a subject in one file; sorted by subject_id, time with static rows
+    Layout (names from :mod:`ehrfm.layout`, joined as strings so that URIs stay intact):
+    ``data/part-*.parquet`` (a subject in one file; sorted by subject_id, time with static rows
     first, code), ``metadata/{dataset.json,codes.parquet,subject_splits.parquet,subject_ids.parquet}``,
     ``rejects/part-*.parquet`` and ``summary.json``. ``code_descriptions`` has columns (code,
     description); ``subject_ids`` (subject_id, source_id). Returns the summary dict written to summary.json.
@@ -216,7 +232,7 @@ def write_meds_dataset(
     ratios = validate_ratios(split_ratios)
     out = output.rstrip("/")
     fs, base = _fs(out)
-    for sub in ("data", "metadata", "rejects"):
+    for sub in (MEDS_DATA, MEDS_METADATA, MEDS_REJECTS):
         fs.create_dir(f"{base}/{sub}", recursive=True)
         for info in fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True)):
             if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
@@ -230,9 +246,9 @@ def write_meds_dataset(
     ordered = events.repartition(n_shards, SUBJECT_ID).sortWithinPartitions(
         F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(), F.col(CODE)
     )
-    stats = ordered.mapInArrow(_shard_writer(f"{out}/data"), _STATS_SCHEMA).toArrow()
-    is_file = pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])).to_numpy(zero_copy_only=False)
-    file_rows = stats.filter(pa.array(is_file)).select(["file", "rows", "subjects"]).sort_by("file").to_pylist()
+    stats = ordered.mapInArrow(_shard_writer(f"{out}/{MEDS_DATA}"), _STATS_SCHEMA).toArrow()
+    is_file = pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"]))
+    file_rows = stats.filter(is_file).select(["file", "rows", "subjects"]).sort_by("file").to_pylist()
     subject_arr = np.sort(stats["subject_id"].drop_null().to_numpy())
     n_subjects = len(subject_arr)
     # a subject in two shards would be counted twice here; hash partitioning makes this impossible
@@ -244,7 +260,7 @@ def write_meds_dataset(
     split_arr = assign_splits(subject_arr, ratios, split_seed)
     _write_small(
         pa.table({SUBJECT_ID: subject_arr, "split": split_arr.astype(str)}, schema=SPLITS_SCHEMA),
-        f"{out}/metadata/subject_splits.parquet",
+        f"{out}/{MEDS_SUBJECT_SPLITS}",
     )
 
     code_counts = stats.filter(pc.is_valid(stats["code"])).group_by("code").aggregate([("rows", "sum")])
@@ -254,7 +270,8 @@ def write_meds_dataset(
         desc = code_descriptions.select(F.col("code").cast("string"), F.col("description").cast("string"))
         present = spark.createDataFrame([(c,) for c in code_list], "code string")
         desc = desc.where(F.col("description").isNotNull()).join(F.broadcast(present), on="code", how="inner")
-        described = {r["code"]: r["d"] for r in desc.groupBy("code").agg(F.min("description").alias("d")).collect()}
+        firsts = desc.groupBy("code").agg(F.min("description").alias("d")).collect()
+        described = {r["code"]: r["d"] for r in firsts}
     _write_small(
         pa.table(
             {
@@ -264,17 +281,19 @@ def write_meds_dataset(
             },
             schema=CODES_SCHEMA,
         ),
-        f"{out}/metadata/codes.parquet",
+        f"{out}/{MEDS_CODES}",
     )
 
     if subject_ids is None:
         id_rows = [(int(i), str(i)) for i in subject_arr]
     else:
-        ids = subject_ids.select(F.col(SUBJECT_ID).cast("bigint"), F.col("source_id").cast("string")).distinct()
+        ids = subject_ids.select(F.col(SUBJECT_ID).cast("bigint"),
+                                 F.col("source_id").cast("string")).distinct()
         id_rows = [(r[0], r[1]) for r in ids.orderBy(SUBJECT_ID).collect()]
     _write_small(
-        pa.table({SUBJECT_ID: [r[0] for r in id_rows], "source_id": [r[1] for r in id_rows]}, schema=SUBJECT_IDS_SCHEMA),
-        f"{out}/metadata/subject_ids.parquet",
+        pa.table({SUBJECT_ID: [r[0] for r in id_rows], "source_id": [r[1] for r in id_rows]},
+                 schema=SUBJECT_IDS_SCHEMA),
+        f"{out}/{MEDS_SUBJECT_IDS}",
     )
 
     n_rejects = 0
@@ -283,8 +302,8 @@ def write_meds_dataset(
             *[F.col(f.name).cast("bigint" if f.name == "record_index" else "string") for f in REJECTS_SCHEMA]
         )
         # Spark's writer keeps this scalable to any number of rejects; the count comes from the footers
-        rej.coalesce(1).write.mode("overwrite").parquet(f"{out}/rejects")
-        rfs, rbase = _fs(f"{out}/rejects")
+        rej.coalesce(1).write.mode("overwrite").parquet(f"{out}/{MEDS_REJECTS}")
+        rfs, rbase = _fs(f"{out}/{MEDS_REJECTS}")
         for info in rfs.get_file_info(pafs.FileSelector(rbase)):
             if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
                 with rfs.open_input_file(info.path) as fh:
@@ -292,7 +311,7 @@ def write_meds_dataset(
     events.unpersist()
 
     meta = dataset_metadata(dataset_name, etl_name)
-    _write_json(meta, f"{out}/metadata/dataset.json")
+    _write_json(meta, f"{out}/{MEDS_DATASET_JSON}")
     split_counts = {s: int((split_arr == s).sum()) for s in SPLITS}
     result = {
         **(summary or {}),
@@ -307,5 +326,5 @@ def write_meds_dataset(
         "spark_master": spark.conf.get("spark.master", None),
         "shards": file_rows,
     }
-    _write_json(result, f"{out}/summary.json")
+    _write_json(result, f"{out}/{MEDS_SUMMARY}")
     return result

@@ -20,6 +20,7 @@ from ehrfm.labels.direct import dataset_codes, read_labels, read_splits, summari
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.parse import load_task, load_tasks, warn_missing_codes
 from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex
+from ehrfm.layout import Layout, MedsPaths
 from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def label_dataset(
                              else [t if isinstance(t, TaskSpec) else load_task(t, tasks_dir) for t in tasks])
 
     warn_missing_codes(specs, dataset_codes(meds_dir))
-    events = spark.read.parquet(str(Path(meds_dir) / "data"))
+    events = spark.read.parquet(str(MedsPaths(Path(meds_dir)).data))
     labels = label_frame(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def label_dataset(
 
         iterator = tqdm(specs, desc="label", unit="task")
     for spec in iterator:
-        path = out / f"{spec.name}.parquet"
+        path = Layout(labels=str(out)).label_table(spec.name)
         (labels.where(F.col(TASK) == spec.name).drop(TASK)
          .orderBy(SUBJECT_ID, "prediction_time").coalesce(1)
          .write.mode("overwrite").parquet(str(path)))

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.spec import TaskSpec
+from ehrfm.layout import MedsPaths
 from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
 
 ENGINE_COLUMNS = [SUBJECT_ID, TIME, CODE, ENCOUNTER_ID]
@@ -19,11 +20,12 @@ ENGINE_COLUMNS = [SUBJECT_ID, TIME, CODE, ENCOUNTER_ID]
 
 def read_meds_events(meds_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read ``<meds_dir>/data/*.parquet`` (default columns: those the engine reads) into pandas."""
-    data = Path(meds_dir) / "data"
+    data = MedsPaths(Path(meds_dir)).data
     if not data.is_dir():
         raise FileNotFoundError(f"{meds_dir}: no data/ folder (expected an ingested MEDS dataset)")
     table = pq.read_table(data, columns=columns or ENGINE_COLUMNS)
-    return table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
 
 
 def sort_labels(table: pa.Table) -> pa.Table:
@@ -51,12 +53,14 @@ def read_labels(path: str | Path) -> pa.Table:
 
 
 def read_splits(meds_dir: str | Path) -> pd.DataFrame | None:
-    """``metadata/subject_splits.parquet`` as (subject_id, split), or None when absent."""
-    path = Path(meds_dir) / "metadata" / "subject_splits.parquet"
+    """The subject splits of a MEDS dataset (:attr:`MedsPaths.subject_splits`) as (subject_id, split), or None
+    when absent."""
+    path = MedsPaths(Path(meds_dir)).subject_splits
     return pq.read_table(path).to_pandas() if path.exists() else None
 
 
-def summarize(tables: Mapping[str, pa.Table], kinds: Mapping[str, str], splits: pd.DataFrame | None) -> pd.DataFrame:
+def summarize(tables: Mapping[str, pa.Table], kinds: Mapping[str, str],
+              splits: pd.DataFrame | None) -> pd.DataFrame:
     """One row per (task, split): rows, subjects, positives and prevalence (events for time-to-event;
     mean number of target codes for forecasts). ``split`` "all" sums the splits."""
     out = []
@@ -81,9 +85,10 @@ def summarize(tables: Mapping[str, pa.Table], kinds: Mapping[str, str], splits: 
 
 
 def dataset_codes(meds_dir: str | Path) -> list[str]:
-    """Distinct codes of a dataset: ``metadata/codes.parquet`` when present, else a scan of data/."""
-    meta = Path(meds_dir) / "metadata" / "codes.parquet"
-    if meta.exists():
-        return [str(c) for c in pq.read_table(meta, columns=[CODE]).column(CODE).to_pylist()]
-    table = pq.read_table(Path(meds_dir) / "data", columns=[CODE])
+    """Distinct codes of a dataset: its codes metadata (:attr:`MedsPaths.codes`) when present, else a scan of
+    data/."""
+    meds = MedsPaths(Path(meds_dir))
+    if meds.codes.exists():
+        return [str(c) for c in pq.read_table(meds.codes, columns=[CODE]).column(CODE).to_pylist()]
+    table = pq.read_table(meds.data, columns=[CODE])
     return [str(c) for c in pc.unique(table.column(CODE)).to_pylist()]

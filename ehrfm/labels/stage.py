@@ -12,7 +12,8 @@ from ehrfm.layout import Layout
 
 
 def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
-    """Load the task specs, label ``layout.meds`` with Spark into ``layout.labels``, print and save the summary."""
+    """Load the task specs, label ``layout.meds`` with Spark into ``layout.labels``, print and save the
+    summary."""
     from ehrfm.labels.parse import available_tasks, load_tasks
     from ehrfm.labels.spec import TaskSpecError
 
@@ -21,7 +22,8 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
     except (KeyError, TaskSpecError) as e:
         raise ConfigError(f"tasks={cfg.tasks}: {e.args[0] if e.args else e}") from e
     if not specs:
-        raise ConfigError(f"tasks={cfg.tasks}: no tasks selected (known: {', '.join(available_tasks(cfg.tasks_dir))})")
+        known = ", ".join(available_tasks(cfg.tasks_dir))
+        raise ConfigError(f"tasks={cfg.tasks}: no tasks selected (known: {known})")
     meds = layout.meds_paths
     if not meds.data.is_dir():
         raise FileNotFoundError(f"meds={meds.root}: no data/ folder (expected an ingested MEDS dataset)")
@@ -36,10 +38,10 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     kinds = {s.name: s.kind for s in specs}
-    summary.to_json(out / "summary.json", orient="records", indent=1)
-    (out / "tasks.json").write_text(json.dumps(kinds, indent=1))
+    summary.to_json(layout.label_summary, orient="records", indent=1)
+    layout.label_kinds.write_text(json.dumps(kinds, indent=1))
     with_cols = ["task", "kind", "split", "rows", "subjects", "positives", "prevalence"]
     print(summary[with_cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print(f"labels written to {out}/<task>.parquet")
+    print(f"labels written to {layout.label_table('<task>')}")
     return LabelSummary(tasks=kinds, rows=json.loads(summary.to_json(orient="records")),
                         warnings=[str(w.message) for w in caught])

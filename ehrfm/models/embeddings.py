@@ -27,6 +27,8 @@ here, so the same embedding module serves every backbone.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -39,9 +41,9 @@ from ehrfm.models.config import ModelConfig
 _AGE_CENTER, _AGE_SCALE = 60.0, 20.0
 _TIME_ORIGIN_DAYS = 18262.0  # 2020-01-01 (days since 1970)
 _DAYS_PER_DECADE = 3652.5
-# Gap to the previous token: log1p(days) / 4 (0 within a panel, ~0.27 for two days, ~1.5 for a year). Absolute
-# time in decades cannot resolve a 5-day stay (0.0014); the gap stream makes durations — length of stay, time
-# since the last admission — visible to a causal model without looking ahead.
+# Gap to the previous token: log1p(days) / 4 (0 within a panel, ~0.27 for two days, ~1.5 for a year).
+# Absolute time in decades cannot resolve a 5-day stay (0.0014); the gap stream makes durations — length of
+# stay, time since the last admission — visible to a causal model without looking ahead.
 _GAP_SCALE = 4.0
 
 
@@ -61,7 +63,7 @@ class Time2Vec(nn.Module):
         """t (...) float -> (..., d_model)."""
         t = t.unsqueeze(-1).float()
         feats = torch.cat([self.linear(t), torch.sin(self.periodic(t))], dim=-1)
-        return self.proj(feats.to(self.proj.weight.dtype))
+        return cast(Tensor, self.proj(feats.to(self.proj.weight.dtype)))
 
 
 def time_gaps(times: Tensor, prev_times: Tensor | None = None) -> Tensor:
@@ -78,7 +80,7 @@ def time_gaps(times: Tensor, prev_times: Tensor | None = None) -> Tensor:
 def _where_present(t2v: Time2Vec, v: Tensor, dtype: torch.dtype) -> Tensor:
     """``t2v(v)`` (..., d_model) where ``v`` is finite, zero where it is NaN (no value: no term)."""
     has = torch.isfinite(v)
-    return t2v(torch.where(has, v, torch.zeros_like(v))) * has.unsqueeze(-1).to(dtype)
+    return cast(Tensor, t2v(torch.where(has, v, torch.zeros_like(v))) * has.unsqueeze(-1).to(dtype))
 
 
 def _sorted_groups(keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,10 +178,12 @@ class EHRMambaEmbeddings(nn.Module):
         """All streams have the same shape (b, l) (or (b,) for one recurrent step); missing streams count
         as zeros (``values``: as NaN, i.e. no value). For one recurrent step, ``prev_times`` (b,) is the time
         of each row's previous token (None: the first token, gap 0) and ``step_state`` the running per-code
-        tables of :func:`step_code_features` (required when counts or deltas are on). Returns (..., d_model)."""
+        tables of :func:`step_code_features` (required when counts or deltas are on). Returns
+        (..., d_model)."""
         cfg = self.cfg
         if int(concept_ids.max()) >= cfg.vocab_size or int(concept_ids.min()) < 0:
-            raise ValueError(f"concept_ids outside [0, vocab_size={cfg.vocab_size}): check the vocabulary file")
+            raise ValueError(f"concept_ids outside [0, vocab_size={cfg.vocab_size}): check the vocabulary "
+                             "file")
         x = self.concept(concept_ids)
         if type_ids is not None:
             x = x + self.token_type(type_ids.long().clamp(0, cfg.type_vocab_size - 1))
@@ -201,15 +205,17 @@ class EHRMambaEmbeddings(nn.Module):
                 x = x + self.count(occ.clamp(max=cfg.max_code_count))
             if self.delta is not None and delta is not None:
                 x = x + _where_present(self.delta, delta, x.dtype)
-        return self.dropout(self.norm(x))
+        return cast(Tensor, self.dropout(self.norm(x)))
 
     def _code_features(self, concept_ids: Tensor, values: Tensor | None, step_state: dict[str, Tensor] | None
                        ) -> tuple[Tensor | None, Tensor | None]:
         """Occurrence counts and value deltas, each (b, l) or (b,); a full forward computes only the enabled
-        ones (None otherwise; no deltas without values), a recurrent step always both, to keep its tables whole."""
+        ones (None otherwise; no deltas without values), a recurrent step always both, to keep its tables
+        whole."""
         if concept_ids.dim() == 1:
             if step_state is None:
-                raise ValueError("one recurrent step with code counts/value deltas needs step_state (the cache)")
+                raise ValueError("one recurrent step with code counts/value deltas needs step_state "
+                                 "(the cache)")
             return step_code_features(concept_ids, values, step_state, self.cfg.vocab_size)
         occ = code_occurrences(concept_ids) if self.count is not None else None
         delta = value_deltas(concept_ids, values) if self.delta is not None and values is not None else None

@@ -29,7 +29,7 @@ class GatedRMSNorm(RMSNorm):
         super().__init__(dim, eps)
         self.group_size = group_size
 
-    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
         """x, z (..., dim) -> (..., dim)."""
         xf = x.float()
         if z is not None:
@@ -56,7 +56,8 @@ class Rotary(nn.Module):
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate x (b, h, l, hd) at integer ``positions`` (l,) -> (b, h, l, hd)."""
         if int(positions.max()) >= self.cos.shape[0]:
-            raise ValueError(f"sequence position {int(positions.max())} >= ModelConfig.max_len={self.cos.shape[0]}")
+            raise ValueError(f"sequence position {int(positions.max())} >= ModelConfig.max_len="
+                             f"{self.cos.shape[0]}")
         cos = self.cos[positions].to(x.dtype)  # (l, hd/2)
         sin = self.sin[positions].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)

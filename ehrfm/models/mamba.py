@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +69,7 @@ class MambaMixer(nn.Module):
         )
         assert isinstance(y, Tensor)
         assert y.shape[-1] == length
-        return self.out_proj(y.transpose(1, 2).to(hidden.dtype))
+        return cast(Tensor, self.out_proj(y.transpose(1, 2).to(hidden.dtype)))
 
     def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> MambaState:
         """Zero state for ``batch`` sequences."""
@@ -86,7 +87,8 @@ class MambaMixer(nn.Module):
         dt = dt_r @ self.dt_proj.weight.t()  # (b, d_inner)
         a = -torch.exp(self.A_log.float())
         y = ops.selective_state_update(
-            state.ssm, x, dt, a, b_, c_, D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True
+            state.ssm, x, dt, a, b_, c_, D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(),
+            dt_softplus=True,
         )
-        return self.out_proj(y.to(hidden.dtype))
+        return cast(Tensor, self.out_proj(y.to(hidden.dtype)))
 

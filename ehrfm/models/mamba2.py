@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -47,12 +48,14 @@ class Mamba2Mixer(nn.Module):
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         d_inner = self.cfg.d_inner
-        return zxbcdt[..., :d_inner], zxbcdt[..., d_inner : d_inner + self.conv_dim], zxbcdt[..., -self.cfg.n_ssm_heads :]
+        xbc = zxbcdt[..., d_inner : d_inner + self.conv_dim]
+        return zxbcdt[..., :d_inner], xbc, zxbcdt[..., -self.cfg.n_ssm_heads :]
 
     def _split_xbc(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cfg = self.cfg
         gn = cfg.ngroups * cfg.d_state
-        x, b_, c_ = xbc[..., : cfg.d_inner], xbc[..., cfg.d_inner : cfg.d_inner + gn], xbc[..., cfg.d_inner + gn :]
+        x, b_ = xbc[..., : cfg.d_inner], xbc[..., cfg.d_inner : cfg.d_inner + gn]
+        c_ = xbc[..., cfg.d_inner + gn :]
         lead = x.shape[:-1]
         return (
             x.reshape(*lead, cfg.n_ssm_heads, cfg.headdim),
@@ -70,28 +73,31 @@ class Mamba2Mixer(nn.Module):
         x, b_, c_ = self._split_xbc(xbc)  # (b, l, h, p), (b, l, g, n), (b, l, g, n)
         a = -torch.exp(self.A_log.float())
         y = ops.ssd_chunk_scan(
-            x, dt, a, b_, c_, self.cfg.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True
+            x, dt, a, b_, c_, self.cfg.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(),
+            dt_softplus=True,
         )
         assert isinstance(y, Tensor)
         y = self.norm(y.reshape(bsz, length, self.cfg.d_inner), z)
-        return self.out_proj(y.to(hidden.dtype))
+        return cast(Tensor, self.out_proj(y.to(hidden.dtype)))
 
     def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Mamba2State:
         """Zero state for ``batch`` sequences."""
         cfg = self.cfg
         return Mamba2State(
             conv=torch.zeros(batch, self.conv_dim, cfg.d_conv, device=device, dtype=dtype),
-            ssm=torch.zeros(batch, cfg.n_ssm_heads, cfg.headdim, cfg.d_state, device=device, dtype=torch.float32),
+            ssm=torch.zeros(batch, cfg.n_ssm_heads, cfg.headdim, cfg.d_state, device=device,
+                            dtype=torch.float32),
         )
 
     def step(self, hidden: Tensor, state: Mamba2State) -> Tensor:
         """One token: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
         z, xbc, dt = self._split(self.in_proj(hidden))
-        xbc = ops.causal_conv1d_update(xbc, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        xbc = ops.causal_conv1d_update(xbc, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                       "silu")
         x, b_, c_ = self._split_xbc(xbc)  # (b, h, p), (b, g, n), (b, g, n)
         a = -torch.exp(self.A_log.float())
         y = ops.ssd_state_update(
             state.ssm, x, dt, a, b_, c_, D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True
         )
         y = self.norm(y.reshape(hidden.shape[0], self.cfg.d_inner), z)
-        return self.out_proj(y.to(hidden.dtype))
+        return cast(Tensor, self.out_proj(y.to(hidden.dtype)))

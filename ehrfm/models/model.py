@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from ehrfm.models.config import ModelConfig
+from ehrfm.config.base import ConfigError
+from ehrfm.config.model import ModelConfig
 from ehrfm.models.embeddings import EHRMambaEmbeddings
 from ehrfm.models.layers import RMSNorm
 from ehrfm.models.mamba import MambaMixer
@@ -69,7 +70,7 @@ class Block(nn.Module):
     def _mlp(self, h: Tensor) -> Tensor:
         if self.mlp is None or self.mlp_norm is None:
             return h
-        return h + self.mlp(self.mlp_norm(h))
+        return cast(Tensor, h + self.mlp(self.mlp_norm(h)))
 
     def forward(self, h: Tensor) -> Tensor:
         """h (b, l, d) -> (b, l, d)."""
@@ -77,7 +78,7 @@ class Block(nn.Module):
 
     def step(self, h: Tensor, state: Any) -> Tensor:
         """One token h (b, d) -> (b, d); updates ``state`` in place."""
-        return self._mlp(h + self.mixer.step(self.norm(h), state))  # type: ignore[operator]
+        return self._mlp(h + self.mixer.step(self.norm(h), state))
 
 
 class EHRFoundationModel(nn.Module):
@@ -85,6 +86,12 @@ class EHRFoundationModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.vocab_size < 1:
+            raise ConfigError("model.vocab_size=0: not resolved; it comes from the vocabulary file "
+                              "(ModelConfig.resolve or ehrfm.models.from_vocab)")
+        if cfg.backbone == "transformer" and cfg.max_len < 1:
+            raise ConfigError("model.max_len=0: the transformer needs its length (RoPE table, KV cache); "
+                              "set it or resolve it from the tokens (ModelConfig.resolve)")
         self.config = cfg
         self.embeddings = EHRMambaEmbeddings(cfg)
         self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
@@ -154,11 +161,13 @@ class EHRFoundationModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> EHRFoundationModel:
+    def from_pretrained(cls, directory: str | Path,
+                        map_location: str | torch.device = "cpu") -> EHRFoundationModel:
         """Rebuild from a folder written by :meth:`save_pretrained`."""
         directory = Path(directory)
         model = cls(ModelConfig.load(directory / CONFIG_FILE))
-        model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True))
+        state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
         return model
 
     @property

@@ -1,9 +1,11 @@
 """Transformer pieces for the shared pre-norm stack: causal RoPE self-attention through
-``F.scaled_dot_product_attention`` with a preallocated KV cache for token-by-token decoding, and a GELU MLP."""
+``F.scaled_dot_product_attention`` with a preallocated KV cache for token-by-token decoding, and a GELU
+MLP."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +48,13 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self._qkv(x, torch.arange(length, device=x.device))
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self.out_proj(y.transpose(1, 2).reshape(b, length, d))
+        return cast(Tensor, self.out_proj(y.transpose(1, 2).reshape(b, length, d)))
 
     def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         """Empty cache for ``batch`` sequences of up to ``max_len`` tokens."""
         shape = (batch, self.n_heads, self.cfg.max_len, self.head_dim)
-        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype),
+                       torch.zeros(shape, device=device, dtype=dtype))
 
     def step(self, x: Tensor, cache: KVCache) -> Tensor:
         """One token x (b, d) at position ``cache.length`` -> (b, d); appends to the cache."""
@@ -64,7 +67,7 @@ class CausalSelfAttention(nn.Module):
         cache.length = t + 1
         keys, values = cache.k[:, :, : t + 1].to(q.dtype), cache.v[:, :, : t + 1].to(q.dtype)
         y = F.scaled_dot_product_attention(q, keys, values)  # one query sees every cached key
-        return self.out_proj(y.reshape(x.shape[0], -1))
+        return cast(Tensor, self.out_proj(y.reshape(x.shape[0], -1)))
 
 
 class MLP(nn.Module):
@@ -78,5 +81,5 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., d) -> (..., d)."""
-        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+        return cast(Tensor, self.dropout(self.fc2(F.gelu(self.fc1(x)))))
 

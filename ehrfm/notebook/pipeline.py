@@ -1,8 +1,9 @@
 """The notebooks' shared step: a small pipeline output in a work folder, built once and cached.
 
-synth -> ingest (Spark) -> label (Spark) -> prepare -> tokenize -> pretrain -> finetune, each step running
-the same ``ehrfm <stage>`` command a user would type (in a child process, so a notebook kernel does not
-keep a Spark JVM or a Lightning trainer alive). A step is skipped when its marker in ``<work>/.done/``
+synth -> ingest (Spark) -> label (Spark) -> prepare -> tokenize -> pretrain -> finetune: the demo's steps
+(:func:`ehrfm.pipeline.pipeline_steps`) in the demo's folder layout (:class:`~ehrfm.layout.Layout`), each run as
+the ``ehrfm <stage> --config <step>.yaml --root <workdir>`` command a user would type (in a child process, so a
+notebook kernel does not keep a Spark JVM or a Lightning trainer alive). A step is skipped when its marker in ``<work>/.done/``
 records the same settings as now; changing a setting reruns that step and every step after it.
 
 Settings come from environment variables so the test-suite and a user can size the run without editing
@@ -36,12 +37,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from ehrfm.config.demo import DemoConfig
+from ehrfm.config.spark import SparkConfig
+from ehrfm.layout import Layout
+from ehrfm.pipeline import PipelineStep, pipeline_steps
+
 STEPS = ("synth", "ingest", "label", "prepare", "tokenize", "pretrain", "finetune")
 # synthetic records run 2015..2025: a fixed FHIR max-time keeps reruns identical (no "now")
 MAX_TIME = "2030-01-01"
-MAX_LEN = 512
 # the notebooks evaluate binary and time-to-event tasks; forecasting is left out of their finetuning run
-FINETUNE_TASKS = "readmission_30d,mortality_inhospital,mortality_30d_post_discharge,los_gt_7d,death_1y_tte"
+FINETUNE_TASKS = ("readmission_30d", "mortality_inhospital", "mortality_30d_post_discharge", "los_gt_7d",
+                  "death_1y_tte")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -82,98 +88,57 @@ class Settings:
         return s
 
 
-@dataclass(frozen=True)
-class Paths:
-    """Where each step writes inside the work folder."""
-
-    root: Path
-
-    @property
-    def synthetic(self) -> Path:
-        """Synthetic FHIR NDJSON (and ``truth/``)."""
-        return self.root / "synthetic"
-
-    @property
-    def meds(self) -> Path:
-        """Ingested MEDS dataset."""
-        return self.root / "meds"
-
-    @property
-    def labels(self) -> Path:
-        """``<task>.parquet`` label tables."""
-        return self.root / "labels"
-
-    @property
-    def tokens(self) -> Path:
-        """vocab.json, bins.json, pretrain/, tasks/<task>/."""
-        return self.root / "tokens"
-
-    @property
-    def pretrain(self) -> Path:
-        """Pretraining run: model/, checkpoints/, mlflow.db."""
-        return self.root / "pretrain"
-
-    @property
-    def finetune(self) -> Path:
-        """Finetuning run: model/, predictions.parquet."""
-        return self.root / "finetune"
-
-    @property
-    def truth(self) -> Path:
-        """The synthetic population's planted risks (oracle rows in reports)."""
-        return self.synthetic / "truth" / "index_events.parquet"
-
-    @property
-    def predictions(self) -> Path | None:
-        """The finetuned model's predictions, or None when finetuning was skipped."""
-        p = self.finetune / "predictions.parquet"
-        return p if p.exists() else None
-
-    @property
-    def logs(self) -> Path:
-        """One ``<step>.log`` per step run."""
-        return self.root / "logs"
+def notebook_config(s: Settings) -> DemoConfig:
+    """The pipeline the notebooks build: the demo's steps, sized by ``s``, no evaluation or registry."""
+    return DemoConfig(n_patients=s.n_patients, seed=s.seed, max_time=MAX_TIME, pretrain_steps=s.pretrain_steps,
+                      finetune_steps=s.finetune_steps, finetune_tasks=list(FINETUNE_TASKS), engine="local",
+                      evaluate=False, register=False,
+                      spark=SparkConfig(master=os.environ.get("EHRFM_SPARK_MASTER") or None))
 
 
-def _spark_args() -> list[str]:
-    master = os.environ.get("EHRFM_SPARK_MASTER")
-    return ["--master", master] if master else []
+def layout_of(s: Settings) -> Layout:
+    """The notebooks' pipeline root (the work folder)."""
+    return Layout(root=str(s.workdir))
 
 
-def step_command(step: str, s: Settings, p: Paths) -> tuple[list[str], list[Path]]:
-    """(``ehrfm`` arguments, outputs to delete before a rerun) of one step."""
-    cmds: dict[str, tuple[list[str], list[Path]]] = {
-        "synth": (["synth", "--n-patients", str(s.n_patients), "--seed", str(s.seed), "--output", str(p.synthetic),
-                   "--no-progress"], [p.synthetic]),
-        "ingest": (["ingest", "fhir", "--input", str(p.synthetic), "--output", str(p.meds), "--max-time", MAX_TIME,
-                    *_spark_args()], [p.meds]),
-        "label": (["label", "--meds", str(p.meds), "--output", str(p.labels), *_spark_args()], [p.labels]),
-        "prepare": (["prepare", "--meds", str(p.meds), "--output", str(p.tokens), "--engine", "local"], [p.tokens]),
-        # prepare's vocab.json/bins.json live in tokens/ too: only the token rows are cleared
-        "tokenize": (["tokenize", "--meds", str(p.meds), "--labels", str(p.labels), "--output", str(p.tokens),
-                      "--engine", "local", "--max-len", str(MAX_LEN)], [p.tokens / "pretrain", p.tokens / "tasks"]),
-        "pretrain": (["pretrain", "--data", str(p.tokens), "--output", str(p.pretrain),
-                      "--set", f"trainer.max_steps={s.pretrain_steps}",
-                      "--set", f"trainer.val_check_interval={max(1, min(50, s.pretrain_steps))}",
-                      "--set", f"trainer.checkpoint_every_n_steps={max(1, min(50, s.pretrain_steps))}"], [p.pretrain]),
-        "finetune": (["finetune", "--checkpoint", str(p.pretrain), "--data", str(p.tokens), "--output", str(p.finetune),
-                      "--tasks", FINETUNE_TASKS, "--set", f"trainer.max_steps={s.finetune_steps}",
-                      "--set", f"trainer.val_check_interval={max(1, min(50, s.finetune_steps))}",
-                      "--set", f"trainer.checkpoint_every_n_steps={max(1, min(50, s.finetune_steps))}"], [p.finetune]),
-    }
-    if step not in cmds:
-        raise ValueError(f"unknown pipeline step {step!r}; steps are {STEPS}")
-    return cmds[step]
+def predictions(layout: Layout) -> Path | None:
+    """The finetuned model's held-out predictions, or None when finetuning was skipped."""
+    p = layout.finetune_run.predictions
+    return p if p.exists() else None
 
 
-def _key(step: str, s: Settings) -> dict[str, object]:
-    """What a step's output depends on: the settings of the steps up to it (a change reruns what follows)."""
-    key: dict[str, object] = {"n_patients": s.n_patients, "seed": s.seed, "max_len": MAX_LEN, "upto": step}
-    if STEPS.index(step) >= STEPS.index("pretrain"):
-        key["pretrain_steps"] = s.pretrain_steps
-    if step == "finetune":
-        key["finetune_steps"] = s.finetune_steps
-    return key
+def steps_of(s: Settings) -> dict[str, PipelineStep]:
+    """The pipeline steps (synth .. finetune) for ``s``, by key."""
+    return {step.key: step for step in pipeline_steps(notebook_config(s), progress=False)}
+
+
+def _outputs(key: str, layout: Layout) -> list[Path]:
+    """What a rerun of step ``key`` deletes first."""
+    return {
+        "synth": [layout.synthetic_dir], "ingest": [layout.meds_paths.root], "label": [layout.labels_dir],
+        # prepare's vocab.json/bins.json live in tokens/ too: tokenize clears only the token rows
+        "prepare": [layout.token_paths.root], "tokenize": [layout.token_paths.pretrain, layout.token_paths.tasks],
+        "pretrain": [layout.pretrain_run.root], "finetune": [layout.finetune_run.root],
+    }[key]
+
+
+def step_command(step: PipelineStep, layout: Layout) -> list[str]:
+    """``ehrfm`` arguments of one step: its config is written to ``<logs>/<key>.yaml`` and the command is
+    ``ehrfm <stage> --config <that file> --root <workdir>``."""
+    cfg_file = layout.logs_dir / f"{step.key}.yaml"
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file.write_text(step.config.to_yaml())
+    return [*step.stage.split(), "--config", str(cfg_file), "--root", str(layout.root_dir)]
+
+
+def _keys(s: Settings) -> dict[str, object]:
+    """What each step's output depends on: its config and every earlier step's (a change reruns what follows)."""
+    keys: dict[str, object] = {}
+    chain: list[dict[str, object]] = []
+    for key, step in steps_of(s).items():
+        chain.append({"step": key, "stage": step.stage, "config": step.config.to_dict()})
+        keys[key] = list(chain)
+    return keys
 
 
 @dataclass
@@ -188,20 +153,22 @@ class StepResult:
 
 def run_step(step: str, s: Settings, echo: Callable[[str], None] | None = print) -> StepResult:
     """Run one step unless its cached output matches ``s``; raise RuntimeError (with the log's tail) on failure."""
-    p = Paths(s.workdir)
-    marker = s.workdir / ".done" / f"{step}.json"
-    key = _key(step, s)
-    if step == "finetune" and s.finetune_steps <= 0:
+    layout = layout_of(s)
+    steps = steps_of(s)
+    if step not in STEPS:
+        raise ValueError(f"unknown pipeline step {step!r}; steps are {STEPS}")
+    if step not in steps:
         return StepResult(step, "skipped", 0.0)
+    marker = layout.root_dir / ".done" / f"{step}.json"
+    key = json.loads(json.dumps(_keys(s)[step]))
     if marker.exists() and json.loads(marker.read_text()) == key:
         return StepResult(step, "cached", 0.0)
-    args, outputs = step_command(step, s, p)
-    for out in outputs:
+    for out in _outputs(step, layout):
         shutil.rmtree(out, ignore_errors=True)
     for later in STEPS[STEPS.index(step):]:  # what follows was built from the old output
-        (s.workdir / ".done" / f"{later}.json").unlink(missing_ok=True)
-    p.logs.mkdir(parents=True, exist_ok=True)
-    log = p.logs / f"{step}.log"
+        (layout.root_dir / ".done" / f"{later}.json").unlink(missing_ok=True)
+    args = step_command(steps[step], layout)
+    log = layout.logs_dir / f"{step}.log"
     env = {**os.environ, "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")}
     if echo:
         echo(f"[{step}] ehrfm {' '.join(args)}")
@@ -219,17 +186,16 @@ def run_step(step: str, s: Settings, echo: Callable[[str], None] | None = print)
 
 
 def ensure_pipeline(settings: Settings | None = None, upto: str = "finetune",
-                    echo: Callable[[str], None] | None = print) -> tuple[Paths, pd.DataFrame]:
-    """Build (or reuse) every step up to ``upto``; returns the paths and a (step, status, seconds, log) table."""
+                    echo: Callable[[str], None] | None = print) -> tuple[Layout, pd.DataFrame]:
+    """Build (or reuse) every step up to ``upto``; returns the layout and a (step, status, seconds, log) table."""
     s = settings or Settings.from_env()
     if upto not in STEPS:
         raise ValueError(f"upto={upto!r}: steps are {STEPS}")
     s.workdir.mkdir(parents=True, exist_ok=True)
     results = [run_step(step, s, echo) for step in STEPS[: STEPS.index(upto) + 1]]
-    return Paths(s.workdir), pd.DataFrame([asdict(r) for r in results])
+    return layout_of(s), pd.DataFrame([asdict(r) for r in results])
 
 
-def mlflow_ui_command(run_dir: str | Path) -> str:
-    """The command that browses a run folder's MLflow store (the CLIs' default ``<run>/mlflow.db``)."""
-    db = Path(run_dir).resolve() / "mlflow.db"
-    return f"mlflow ui --backend-store-uri sqlite:///{db} --workers 1"
+def mlflow_ui_command(root: str | Path) -> str:
+    """The command that browses a pipeline root's MLflow store (``<root>/mlflow.db``)."""
+    return f"mlflow ui --backend-store-uri {Layout(root=str(root)).tracking_uri()} --workers 1"

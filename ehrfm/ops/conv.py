@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +34,7 @@ def causal_conv1d(
     _activate(x[:0], activation)  # validates the name before any kernel runs
     path, kernel = choose("causal_conv1d", x, weight)
     if path == "cuda" and kernel is not None:
-        return kernel(x, weight, bias, activation=activation)
+        return cast(torch.Tensor, kernel(x, weight, bias, activation=activation))
     width = weight.shape[1]
     out = F.conv1d(
         x,
@@ -64,7 +66,7 @@ def causal_conv1d_update(
     _activate(x[:0], activation)
     path, kernel = choose("causal_conv1d_update", x, conv_state)
     if path == "cuda" and kernel is not None:
-        return kernel(x, conv_state, weight, bias, activation)
+        return cast(torch.Tensor, kernel(x, conv_state, weight, bias, activation))
     conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
     conv_state[:, :, -1] = x
     out = (conv_state * weight.to(conv_state.dtype)).sum(-1)

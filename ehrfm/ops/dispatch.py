@@ -15,7 +15,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -89,7 +89,7 @@ def reset_announcements() -> None:
 def load_kernel(op: str) -> tuple[Any | None, str]:
     """Import the CUDA implementation of ``op`` lazily; returns (callable or None, reason if None)."""
     if op in _kernel_cache:
-        return _kernel_cache[op]
+        return cast(tuple[Any | None, str], _kernel_cache[op])
     module, attr = KERNELS[op]
     try:
         fn: Any = getattr(importlib.import_module(module), attr)

@@ -74,7 +74,7 @@ class _ChunkedScan(torch.autograd.Function):
     last state (b, g, n, hg)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         dl: torch.Tensor,
         u: torch.Tensor,
@@ -105,7 +105,7 @@ class _ChunkedScan(torch.autograd.Function):
         return y, h
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor, dlast: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, dy: torch.Tensor, dlast: torch.Tensor) -> tuple[Any, ...]:
         dl, u, A, B, C, boundary = ctx.saved_tensors
         chunk, segment = ctx.chunk, ctx.segment
         length, b, g, hg = dl.shape
@@ -193,7 +193,7 @@ def selective_scan_chunked(
 
     Ag = A.to(ct).reshape(g, dim // g, n).transpose(1, 2)  # (g, n, dim/g): channel axis innermost
     chunk, segment = _plan(max(1, length), b * dim * n, chunk_size, segment_size)
-    y_t, last = _ChunkedScan.apply(
+    y_t, last = _ChunkedScan.apply(  # type: ignore[no-untyped-call]
         _time_major(dl, g), _time_major(uf, g), Ag, grouped(B), grouped(C), chunk, segment
     )
     y = y_t.reshape(length, b, dim).permute(1, 2, 0)

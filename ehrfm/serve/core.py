@@ -3,7 +3,7 @@
 A *serving folder* is a finetuned model folder (see :mod:`ehrfm.train.predict`) with three more files::
 
     bins.json        numeric-value bins the token streams were written with (``ehrfm prepare``)
-    serve.json       {"max_len": collation length, "tokenize": TokenizeConfig dict, "limits": {...}}
+    serve.json       {"max_len": collation length, "tokenize": TokenizerConfig dict, "limits": {...}}
     tasks/*.yaml     the task specifications (descriptions go into FHIR RiskAssessment outcomes)
 
 Prediction itself is :func:`ehrfm.train.predict.predict_batch`, the function batch evaluation uses, so
@@ -24,10 +24,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ehrfm import resources
+from ehrfm.data.multitask import MultiTaskCollator
 from ehrfm.prepare.bins import Bins, load_bins
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID, TIME
-from ehrfm.tokenize import TokenizeConfig, tokenize_for_prediction
-from ehrfm.train.finetune import MultiTaskCollator
+from ehrfm.tokenize import TokenizerConfig, tokenize_for_prediction
 from ehrfm.train.heads import HeadSpec
 from ehrfm.train.predict import HEADS_SPEC, FinetunedModel, predict_batch
 
@@ -49,7 +50,7 @@ class ServeConfig:
     """``serve.json``: collation length (tokens kept, most recent), tokenizer config, limits, validation."""
 
     max_len: int = 512
-    tokenize: dict[str, Any] = field(default_factory=lambda: TokenizeConfig().to_dict())
+    tokenize: dict[str, Any] = field(default_factory=lambda: TokenizerConfig().to_dict())
     limits: Limits = field(default_factory=Limits)
     validate: str = "full"  # FHIR structural validation of every mapped resource ("full" | "none")
     model_version: str = ""  # filled at registration; goes into RiskAssessment.method
@@ -67,7 +68,7 @@ class ServeConfig:
         unknown += sorted(f"limits.{k}" for k in set(lim) - set(asdict(Limits())))
         if unknown:
             raise ValueError(f"{SERVE_JSON}: unknown key(s) {unknown}")
-        TokenizeConfig.from_dict(d.get("tokenize", {}))  # validate early
+        TokenizerConfig.from_dict(d.get("tokenize", {}))  # validate early
         return cls(limits=Limits(**lim), **d)
 
 
@@ -100,13 +101,13 @@ def build_serving_dir(model_dir: str | Path, output: str | Path, *, tokens_dir: 
     cfg = config or ServeConfig()
     tok_json = Path(tokens_dir) / "tokenize.json" if tokens_dir else None
     if config is None and tok_json is not None and tok_json.exists():
-        cfg.tokenize = TokenizeConfig.from_dict(json.loads(tok_json.read_text()).get("config", {})).to_dict()
+        cfg.tokenize = TokenizerConfig.from_dict(json.loads(tok_json.read_text()).get("config", {})).to_dict()
     ft_cfg = src.parent / "finetune_config.yaml"
     if config is None and ft_cfg.exists():
         cfg.max_len = int(((yaml.safe_load(ft_cfg.read_text()) or {}).get("data") or {}).get("max_len", cfg.max_len))
     (out / SERVE_JSON).write_text(json.dumps(cfg.to_dict(), indent=2))
     meta = json.loads((out / HEADS_SPEC).read_text())
-    task_src = Path(tasks_dir) if tasks_dir else Path(__file__).resolve().parents[2] / "tasks"
+    task_src = Path(tasks_dir) if tasks_dir else resources.tasks_dir()
     (out / TASKS_DIR).mkdir(exist_ok=True)
     for t in meta["tasks"]:
         if (task_src / f"{t}.yaml").exists():
@@ -124,7 +125,7 @@ class Scorer:
         self.bins: Bins = load_bins(d / BINS_JSON)
         self.config = ServeConfig.from_dict(json.loads((d / SERVE_JSON).read_text())) if (d / SERVE_JSON).exists() \
             else ServeConfig()
-        self.tokenize_cfg = TokenizeConfig.from_dict(self.config.tokenize)
+        self.tokenize_cfg = TokenizerConfig.from_dict(self.config.tokenize)
         self.collate = MultiTaskCollator(self.config.max_len)
         self.descriptions = task_descriptions(d / TASKS_DIR)
 

@@ -13,17 +13,18 @@ import mlflow
 import pandas as pd
 import pyarrow.dataset as ds
 
+from ehrfm.layout import MedsPaths
 from ehrfm.schema import CODE, EVENT_COLUMNS, SUBJECT_ID, TIME
 
 
 def pick_subject(meds_dir: str | Path, split: str = "held_out", code_prefix: str = "ENCOUNTER//INPATIENT//") -> int:
     """The held-out subject with the most events among those with an inpatient stay (else any held-out subject)."""
-    meds = Path(meds_dir)
-    splits = pd.read_parquet(meds / "metadata" / "subject_splits.parquet")
+    meds = MedsPaths(Path(meds_dir))
+    splits = pd.read_parquet(meds.subject_splits)
     ids = set(splits.loc[splits["split"] == split, SUBJECT_ID].astype("int64"))
     if not ids:
-        raise ValueError(f"{meds}: no subject in split {split!r}")
-    table = ds.dataset(meds / "data", format="parquet").to_table(columns=[SUBJECT_ID, CODE])
+        raise ValueError(f"{meds.root}: no subject in split {split!r}")
+    table = ds.dataset(meds.data, format="parquet").to_table(columns=[SUBJECT_ID, CODE])
     frame = table.to_pandas()
     frame = frame[frame[SUBJECT_ID].isin(ids)]
     with_stay = frame.loc[frame[CODE].str.startswith(code_prefix), SUBJECT_ID].unique()
@@ -33,7 +34,7 @@ def pick_subject(meds_dir: str | Path, split: str = "held_out", code_prefix: str
 
 def subject_events_json(meds_dir: str | Path, subject_id: int) -> str:
     """The subject's MEDS events as the JSON list the serving input's ``events`` column takes."""
-    dataset = ds.dataset(Path(meds_dir) / "data", format="parquet")
+    dataset = ds.dataset(MedsPaths(Path(meds_dir)).data, format="parquet")
     frame = dataset.to_table(filter=ds.field(SUBJECT_ID) == subject_id, columns=EVENT_COLUMNS).to_pandas()
     frame[TIME] = frame[TIME].map(lambda t: None if pd.isna(t) else t.isoformat())
     records = [{k: (None if (not isinstance(v, str) and pd.isna(v)) else v) for k, v in r.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import Array, ColSpec, Schema
 
@@ -36,6 +38,7 @@ from ehrfm.serve.fhir_io import (
     to_records,
     validate_risk_assessment,
 )
+from ehrfm.serve.model_env import ehrfm_wheel, model_requirements
 
 ARTIFACT = "serving"
 OUTPUT_COLUMNS = ("row", "patient_id", SUBJECT_ID, PREDICTION_TIME, "task", "kind", "model", "prob", "risk",
@@ -81,7 +84,7 @@ def predict_frame(scorer: Scorer, request: Any, limits: Limits | None = None) ->
     return out[list(OUTPUT_COLUMNS)].astype(object).where(out[list(OUTPUT_COLUMNS)].notna(), None)
 
 
-class ServingInputError(MlflowException):  # type: ignore[misc]
+class ServingInputError(MlflowException):
     """Bad input (INVALID_PARAMETER_VALUE -> HTTP 400). The scoring server rewrites ``message`` to
     ``"Failed to predict data '<the whole request>'. Error: <message>"``; this class keeps only the part
     after ``Error:`` so a patient's record is not echoed into responses (and the logs of whatever
@@ -89,7 +92,7 @@ class ServingInputError(MlflowException):  # type: ignore[misc]
 
     _SEP = "\nError: "
 
-    @property  # type: ignore[override]
+    @property
     def message(self) -> str:
         """The error message, without any echoed request data."""
         return self._message
@@ -156,15 +159,33 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame([{"bundle": json.dumps(example_bundle()), "prediction_time": "2020-01-05T12:00:00Z"}])
 
 
-PIP_REQUIREMENTS = ["ehrfm", "mlflow", "torch", "pandas<3", "pyarrow", "fhir.resources", "pyyaml"]
+class _PortablePyfunc:
+    """``mlflow.pyfunc`` as a flavor for ``Model.log``, minus the one machine-specific thing it writes:
+    ``MLmodel`` records each pyfunc artifact's source ``uri`` (here a temporary serving folder) beside its
+    ``path`` inside the model; loading reads only ``path``, so the ``uri`` is dropped."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
+        """``mlflow.pyfunc.save_model`` into ``path``, then rewrite ``MLmodel`` without artifact URIs."""
+        mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        for info in mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME].get("artifacts", {}).values():
+            info.pop("uri", None)
+        mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
 
 
-def log_pyfunc(serving_dir: str | Path, name: str = "ehrfm_pyfunc") -> Any:
-    """Log the pyfunc model (serving folder as artifact, signature, input example) into the active run.
+def log_pyfunc(serving_dir: str | Path, name: str = "ehrfm_pyfunc", *,
+               wheel: str | Path | None = None) -> Any:
+    """Log the pyfunc model (serving folder as artifact, signature, input example) into the active run,
+    with the ehrfm wheel and pinned requirements (:mod:`ehrfm.serve.model_env`), so it loads in an
+    environment built from ``requirements.txt`` alone.
 
-    Returns MLflow's ``ModelInfo`` (``.model_uri``). The ``ehrfm`` package must be importable where the
-    model is served (``--env-manager local`` in this project's environment).
+    ``wheel``: an ehrfm wheel to ship (default: ``$EHRFM_WHEEL``, else built from the running ehrfm).
+    Returns MLflow's ``ModelInfo`` (``.model_uri``).
     """
-    return mlflow.pyfunc.log_model(name=name, python_model=EhrfmPyfunc(), artifacts={ARTIFACT: str(serving_dir)},
-                                   signature=signature(), input_example=input_example(),
-                                   pip_requirements=PIP_REQUIREMENTS)
+    with tempfile.TemporaryDirectory(prefix="ehrfm-wheel-") as tmp:
+        whl = ehrfm_wheel(tmp, wheel)
+        return Model.log(artifact_path=None, name=name, flavor=_PortablePyfunc,
+                         flavor_name="pyfunc.CustomPythonModel", python_model=EhrfmPyfunc(),
+                         artifacts={ARTIFACT: str(serving_dir)},
+                         code_paths=[str(whl)], signature=signature(), input_example=input_example(),
+                         pip_requirements=model_requirements(whl))

@@ -41,11 +41,12 @@ class Registered:
         return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
 
 
-def _log_into_run(client: MlflowClient, run_id: str, serving: Path, config: ServeConfig) -> str:
+def _log_into_run(client: MlflowClient, run_id: str, serving: Path, config: ServeConfig,
+                  wheel: str | Path | None) -> str:
     config.model_version = f"run {run_id}"
     (serving / "serve.json").write_text(json.dumps(config.to_dict(), indent=2))
     with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(serving)
+        info = log_pyfunc(serving, wheel=wheel)
     client.set_tag(run_id, PYFUNC_TAG, info.model_uri)
     return str(info.model_uri)
 
@@ -53,13 +54,15 @@ def _log_into_run(client: MlflowClient, run_id: str, serving: Path, config: Serv
 def register(source: str | Path, name: str = "ehrfm", alias: str | None = "champion", *,
              tracking_uri: str | None = None, store_dir: str | Path = ".", experiment: str = "ehrfm-register",
              tokens_dir: str | Path | None = None, bins: str | Path | None = None,
-             config: ServeConfig | None = None) -> Registered:
+             config: ServeConfig | None = None, wheel: str | Path | None = None) -> Registered:
     """Register ``source`` as a new version of ``name`` and point ``alias`` at it.
 
     ``source``: a finetuned model folder (or `ehrfm finetune` output folder) -> a new run in ``experiment``
     holds the pyfunc; or an MLflow run id -> its ``model/`` artifact (as `ehrfm finetune` logs it) is
     packaged into the same run, unless that run already has a pyfunc (tag ``ehrfm.pyfunc_model_uri``).
     ``tokens_dir``/``bins`` locate ``bins.json`` (and ``tokenize.json``) when the model folder lacks it.
+    The logged model carries the ehrfm wheel (``wheel``, else ``$EHRFM_WHEEL``, else built from the running
+    ehrfm) and pinned requirements: see :mod:`ehrfm.serve.model_env`.
     """
     tracker = Tracker(store_dir, experiment, tracking_uri)  # creates the experiment with its artifact_location
     uri = tracker.tracking_uri
@@ -70,7 +73,7 @@ def register(source: str | Path, name: str = "ehrfm", alias: str | None = "champ
             serving = build_serving_dir(source, Path(tmp) / "serving", tokens_dir=tokens_dir, bins=bins, config=config)
             run_id = tracker.start_run(f"register-{name}", tags={"stage": "register", "source": str(Path(source).resolve())})
             tracker.end("FINISHED")
-            model_uri = _log_into_run(client, run_id, serving, config or _read_config(serving))
+            model_uri = _log_into_run(client, run_id, serving, config or _read_config(serving), wheel)
         else:
             run_id = str(source)
             try:
@@ -83,7 +86,7 @@ def register(source: str | Path, name: str = "ehrfm", alias: str | None = "champ
                                                             dst_path=tmp, tracking_uri=uri)
                 serving = build_serving_dir(local, Path(tmp) / "serving", tokens_dir=tokens_dir, bins=bins,
                                             config=config)
-                model_uri = _log_into_run(client, run_id, serving, config or _read_config(serving))
+                model_uri = _log_into_run(client, run_id, serving, config or _read_config(serving), wheel)
     version = mlflow.register_model(model_uri, name)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)

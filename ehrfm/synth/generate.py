@@ -1,10 +1,10 @@
 """Write a synthetic population: FHIR R4 NDJSON per resource type, the truth table and a summary.
 
-Layout of ``<output>/``::
+Layout of ``<output>/`` (a pipeline's ``Layout.synthetic_dir``)::
 
     Patient.ndjson Encounter.ndjson Condition.ndjson Observation.ndjson
     MedicationRequest.ndjson Procedure.ndjson Medication.ndjson     (``.ndjson.gz`` with gzip=True)
-    truth/index_events.parquet   truth/summary.yaml
+    truth/index_events.parquet   truth/summary.yaml     (ehrfm.layout.SYNTH_TRUTH, SYNTH_SUMMARY)
 
 Patient ``i`` (0-based) depends only on (seed, i), so the files of N patients are a byte prefix of the
 files of M > N patients with the same seed (uncompressed; with gzip the decompressed text is).
@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow.parquet as pq
-import yaml
 
+from ehrfm.config.synth import SynthConfig, SynthSummary
+from ehrfm.layout import SYNTH_SUMMARY
 from ehrfm.synth.fhir import RESOURCE_TYPES, medication_lines, patient_lines
 from ehrfm.synth.record import MORTALITY_TASK, READMISSION_TASK, TruthRow
-from ehrfm.synth.timeline import SynthConfig, simulate
+from ehrfm.synth.timeline import simulate
 from ehrfm.synth.truth import TRUTH_FILE, auroc, truth_table
 
 # not .json: FHIR readers given the population folder search it recursively for *.json Bundles
-SUMMARY_FILE = Path("truth") / "summary.yaml"
+SUMMARY_FILE = Path(SYNTH_SUMMARY)
 
 
 def _open(path: Path, compress: bool) -> IO[str]:
@@ -78,32 +80,20 @@ class _Sink:
             self.files.pop(rt).close()
 
 
-def generate(
-    n_patients: int,
-    seed: int,
-    output: str | Path,
-    config: SynthConfig | None = None,
-    *,
-    compress: bool = False,
-    patients_per_file: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Generate ``n_patients`` patients with ``seed`` into ``output``; returns the summary dict.
+def generate(cfg: SynthConfig, output: str | Path) -> SynthSummary:
+    """Generate the population ``cfg`` into the folder ``output``; returns (and saves) its summary.
 
-    ``patients_per_file`` > 0 writes shards ``<Type>.000.ndjson``, ``<Type>.001.ndjson``, ... of that
+    ``cfg.patients_per_file`` > 0 writes shards ``<Type>.000.ndjson``, ``<Type>.001.ndjson``, ... of that
     many patients each (``Medication.ndjson`` stays one file). The folder is created; existing
     population files in it are removed first.
     """
-    if n_patients < 1:
-        raise ValueError(f"n_patients must be >= 1, got {n_patients}")
-    if patients_per_file < 0:
-        raise ValueError(f"patients_per_file must be >= 0, got {patients_per_file}")
-    cfg = config or SynthConfig()
+    t0, c0 = time.perf_counter(), time.process_time()
+    n_patients, compress = cfg.n_patients, cfg.gzip
     out = Path(output)
-    (out / "truth").mkdir(parents=True, exist_ok=True)
+    (out / TRUTH_FILE).parent.mkdir(parents=True, exist_ok=True)
     for stale in population_files(out):  # no file of an earlier layout or compression may remain
         stale.unlink()
-    sink = _Sink(out, compress, patients_per_file)
+    sink = _Sink(out, compress, cfg.patients_per_file)
     counts: Counter[str] = Counter()
     enc_classes: Counter[str] = Counter()
     truth_rows: list[tuple[str, TruthRow]] = []
@@ -113,9 +103,9 @@ def generate(
         sink.files["Medication"] = _open(out / "Medication.ndjson", compress)
         sink.files["Medication"].write("\n".join(meds) + "\n")
         counts["Medication"] = len(meds)
-        bar = _progress(n_patients, progress)
+        bar = _progress(n_patients, cfg.progress)
         for i in range(n_patients):
-            rec = simulate(seed, i, cfg)
+            rec = simulate(cfg, i)
             files = sink.for_patient(i)
             for rt, lines in patient_lines(rec).items():
                 if lines:
@@ -135,15 +125,15 @@ def generate(
         sink.close()
     table = truth_table(truth_rows)
     pq.write_table(table, out / TRUTH_FILE)
-    summary = {
-        "n_patients": n_patients, "seed": seed, "start_year": cfg.start_year, "years": cfg.years,
-        "patients_per_file": patients_per_file, "gzip": compress,
-        "deaths": deaths, "in_hospital_deaths": in_hospital,
-        "encounters": dict(sorted(enc_classes.items())),
-        "resources": {rt: counts[rt] for rt in RESOURCE_TYPES},
-        "tasks": {task: _task_summary(truth_rows, task) for task in (READMISSION_TASK, MORTALITY_TASK)},
-    }
-    (out / SUMMARY_FILE).write_text(yaml.safe_dump(summary, sort_keys=False))
+    summary = SynthSummary(
+        config=cfg, output=str(out), truth=str(out / TRUTH_FILE), deaths=deaths,
+        in_hospital_deaths=in_hospital,
+        encounters=dict(sorted(enc_classes.items())),
+        resources={rt: counts[rt] for rt in RESOURCE_TYPES},
+        tasks={task: _task_summary(truth_rows, task) for task in (READMISSION_TASK, MORTALITY_TASK)},
+        seconds=round(time.perf_counter() - t0, 3), cpu_seconds=round(time.process_time() - c0, 3),
+    )
+    summary.save(out / SUMMARY_FILE)
     return summary
 
 
@@ -166,14 +156,14 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="patient", desc="synth", mininterval=0.5)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: SynthSummary) -> str:
     """A printable multi-line summary of :func:`generate`'s result."""
-    lines = [f"patients {summary['n_patients']}  (seed {summary['seed']}, {summary['start_year']}"
-             f"-{summary['start_year'] + summary['years']}; deaths {summary['deaths']},"
-             f" in hospital {summary['in_hospital_deaths']})"]
-    lines.append("encounters  " + "  ".join(f"{k} {v}" for k, v in summary["encounters"].items()))
-    lines.append("resources   " + "  ".join(f"{k} {v}" for k, v in summary["resources"].items()))
-    for task, s in summary["tasks"].items():
+    cfg = summary.config
+    lines = [f"patients {cfg.n_patients}  (seed {cfg.seed}, {cfg.start_year}-{cfg.start_year + cfg.years};"
+             f" deaths {summary.deaths}, in hospital {summary.in_hospital_deaths})"]
+    lines.append("encounters  " + "  ".join(f"{k} {v}" for k, v in summary.encounters.items()))
+    lines.append("resources   " + "  ".join(f"{k} {v}" for k, v in summary.resources.items()))
+    for task, s in summary.tasks.items():
         if s.get("index_events"):
             lines.append(f"{task:<22} index events {s['index_events']:>7}  prevalence {s['prevalence']:.3f}"
                          f"  mean true_prob {s['mean_true_prob']:.3f}  oracle AUROC {s['oracle_auroc']:.3f}")

@@ -7,11 +7,10 @@ inserted, a negative discharge keeps spontaneous admissions away for 32 days, a 
 
 from __future__ import annotations
 
-import calendar
 import heapq
 import math
-from dataclasses import dataclass
 
+from ehrfm.config.synth import SynthConfig
 from ehrfm.synth import visits
 from ehrfm.synth.catalog import CHRONIC_KEYS, RACES
 from ehrfm.synth.draw import Draw
@@ -19,31 +18,9 @@ from ehrfm.synth.record import DAY, HOUR, PatientRecord
 from ehrfm.synth.risk import sigmoid
 from ehrfm.synth.state import PatientState
 
+__all__ = ["YEAR", "SynthConfig", "simulate"]  # SynthConfig lives in ehrfm.config.synth
+
 YEAR = 365.25 * DAY
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Calendar window of the record: from Jan 1 of ``start_year`` to Jan 1 of ``start_year + years``."""
-
-    start_year: int = 2015
-    years: int = 10
-
-    def __post_init__(self) -> None:
-        if not 1900 <= self.start_year <= 2100:
-            raise ValueError(f"start_year must be in 1900..2100, got {self.start_year}")
-        if not 1 <= self.years <= 50:
-            raise ValueError(f"years must be in 1..50, got {self.years}")
-
-    @property
-    def start(self) -> int:
-        """Record start (epoch seconds)."""
-        return calendar.timegm((self.start_year, 1, 1, 0, 0, 0))
-
-    @property
-    def end(self) -> int:
-        """Record end (epoch seconds): ages 18-95 are ages at this instant."""
-        return calendar.timegm((self.start_year + self.years, 1, 1, 0, 0, 0))
 
 
 def _chronic_onsets(d: Draw, birth: int, age_end: float) -> dict[str, int]:
@@ -75,9 +52,10 @@ def _background_death(d: Draw, age0: float, t0: int) -> int:
     return t0 + int((math.log(x) / 0.09 - age0) * YEAR)
 
 
-def simulate(seed: int, index: int, cfg: SynthConfig) -> PatientRecord:
-    """Generate patient ``index`` (0-based) of the population with ``seed``: depends on nothing else."""
-    d = Draw(seed, index)
+def simulate(cfg: SynthConfig, index: int) -> PatientRecord:
+    """Generate patient ``index`` (0-based) of the population ``cfg``: depends only on ``cfg.seed``, the
+    calendar window (``start_year``, ``years``) and ``index``."""
+    d = Draw(cfg.seed, index)
     start, end = cfg.start, cfg.end
     sex = "female" if d.bernoulli(0.52) else "male"
     age_end = 18.0 + 77.0 * d.uniform() ** 0.7

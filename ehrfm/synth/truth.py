@@ -14,9 +14,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehrfm.layout import SYNTH_TRUTH
 from ehrfm.synth.record import TruthRow
 
-TRUTH_FILE = Path("truth") / "index_events.parquet"
+TRUTH_FILE = Path(SYNTH_TRUTH)
 TRUTH_SCHEMA = pa.schema(
     [
         pa.field("patient_id", pa.string(), nullable=False),  # FHIR Patient.id
@@ -38,8 +39,9 @@ def truth_table(rows: list[tuple[str, TruthRow]]) -> pa.Table:
             # Patient ids are decimal integers, so the CONVENTIONS.md rule gives subject_id = int(id)
             "subject_id": np.array([int(pid) for pid, _ in rows], dtype=np.int64),
             "task": [t.task for _, t in rows],
-            "prediction_time": pa.array(np.array([t.prediction_time for _, t in rows], dtype="int64") * 1_000_000,
-                                        type=pa.timestamp("us")),
+            "prediction_time": pa.array(
+                np.array([t.prediction_time for _, t in rows], dtype="int64") * 1_000_000,
+                type=pa.timestamp("us")),
             "true_prob": np.array([t.true_prob for _, t in rows], dtype=np.float64),
             "outcome": np.array([t.outcome for _, t in rows], dtype=np.int8),
             "encounter_id": [t.encounter_id for _, t in rows],
@@ -55,7 +57,8 @@ def read_truth(path: str | Path) -> pd.DataFrame:
         p = p / TRUTH_FILE
     if not p.exists():
         raise FileNotFoundError(f"no truth table at {p} (generate the population with `ehrfm synth`)")
-    return pq.read_table(p).to_pandas()
+    df: pd.DataFrame = pq.read_table(p).to_pandas()
+    return df
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float:

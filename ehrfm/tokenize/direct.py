@@ -13,18 +13,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ehrfm.config.tokenize import TokenizerConfig
+from ehrfm.layout import Layout, TokenPaths
 from ehrfm.prepare.bins import Bins
 from ehrfm.schema import LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TOKENS_SCHEMA
-from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.tokenize.tokenizer import tokenize_subject
 from ehrfm.vocab import Vocabulary
 
 
 def read_label_tables(labels_dir: str | Path, tasks: Sequence[str]) -> pd.DataFrame:
-    """``<labels>/<task>.parquet`` (file or folder of parts) for each task, concatenated with a ``task`` column."""
+    """``<labels>/<task>.parquet`` (file or folder of parts) for each task, concatenated with a ``task``
+    column."""
     frames = []
     for task in tasks:
-        path = Path(labels_dir) / f"{task}.parquet"
+        path = Layout(labels=str(labels_dir)).label_table(task)
         if not path.exists():
             raise FileNotFoundError(f"label table for task {task!r} not found: {path}")
         table = pq.read_table(path)
@@ -32,8 +34,11 @@ def read_label_tables(labels_dir: str | Path, tasks: Sequence[str]) -> pd.DataFr
         for c in (SUBJECT_ID, PREDICTION_TIME):
             if c not in cols:
                 raise ValueError(f"{path}: missing label column {c!r}")
-        frames.append(table.select(cols).to_pandas().assign(task=task))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[SUBJECT_ID, PREDICTION_TIME, "task"])
+        frame: pd.DataFrame = table.select(cols).to_pandas()
+        frames.append(frame.assign(task=task))
+    if not frames:
+        return pd.DataFrame(columns=[SUBJECT_ID, PREDICTION_TIME, "task"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def iter_rows(
@@ -57,7 +62,8 @@ def iter_rows(
     for sid in tqdm(subjects, desc="tokenize", unit="subj", disable=not progress):
         split = splits.get(sid) if splits is not None else None
         yield from tokenize_subject(
-            ev_groups.get(sid, empty), vocab, bins, cfg, labels=lab_groups.get(sid), split=split, pretrain=pretrain
+            ev_groups.get(sid, empty), vocab, bins, cfg, labels=lab_groups.get(sid), split=split,
+            pretrain=pretrain,
         )
 
 
@@ -69,12 +75,16 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=TOKENS_SCHEMA)
 
 
-def write_local(table: pa.Table, output: str | Path, tasks: Sequence[str]) -> list[str]:
-    """Write ``<output>/pretrain/part-0.parquet`` and ``<output>/tasks/<task>/part-0.parquet``."""
+def write_local(table: pa.Table, output: str | Path, tasks: Sequence[str], *,
+                pretrain: bool = True) -> list[str]:
+    """Write ``<output>/pretrain/part-0.parquet`` (unless ``pretrain`` is false: that folder is left alone)
+    and ``<output>/tasks/<task>/part-0.parquet``, replacing what they held."""
     written = []
+    paths = TokenPaths(Path(output))
     task_col = table.column("task").to_numpy(zero_copy_only=False)
-    for sub, mask in [("pretrain", pd.isna(task_col))] + [(f"tasks/{t}", task_col == t) for t in tasks]:
-        folder = Path(output) / sub
+    targets = [(paths.pretrain, pd.isna(task_col))] if pretrain else []
+    targets += [(paths.task(t), task_col == t) for t in tasks]
+    for folder, mask in targets:
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.parquet"):
             old.unlink()
@@ -120,13 +130,15 @@ def tokens_equal(a: pa.Table, b: pa.Table) -> bool:
     equal to NaN (Arrow's ``Table.equals`` treats NaN != NaN)."""
     if a.schema != b.schema or a.num_rows != b.num_rows:
         return False
-    floats = [f.name for f in a.schema if pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type)]
+    floats = [f.name for f in a.schema
+              if pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type)]
     if not a.drop_columns(floats).equals(b.drop_columns(floats)):
         return False
     for name in floats:
         x, y = a.column(name).combine_chunks(), b.column(name).combine_chunks()
         if not (np.array_equal(x.offsets.to_numpy(), y.offsets.to_numpy())
-                and np.array_equal(x.values.to_numpy(zero_copy_only=False), y.values.to_numpy(zero_copy_only=False),
+                and np.array_equal(x.values.to_numpy(zero_copy_only=False),
+                                   y.values.to_numpy(zero_copy_only=False),
                                    equal_nan=True)):
             return False
     return True

@@ -2,8 +2,8 @@
 
 Events are grouped by subject and co-grouped with the union of all label tables
 (``groupBy("subject_id").cogroup(...).applyInPandas``), so a subject's label rows meet its events in
-one call of the SAME function the serving path uses. The split is joined afterwards from
-``metadata/subject_splits.parquet`` (a Spark join, not a driver-side dict, so it scales).
+one call of the SAME function the serving path uses. The split is joined afterwards from the MEDS subject
+splits (a Spark join, not a driver-side dict, so it scales).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from ehrfm.config.tokenize import TokenizerConfig
+from ehrfm.layout import Layout, MedsPaths, TokenPaths
 from ehrfm.prepare.bins import Bins
 from ehrfm.schema import (
     CODE,
@@ -26,7 +28,6 @@ from ehrfm.schema import (
     TIME,
     TOKENS_SCHEMA,
 )
-from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.tokenize.direct import read_tokens  # noqa: F401  (re-exported: readers need no Spark)
 from ehrfm.tokenize.tokenizer import COLUMNS, rows_to_frame, tokenize_subject
 from ehrfm.vocab import Vocabulary
@@ -55,7 +56,8 @@ def _spark_type(t: pa.DataType) -> DataType:
     }
     if t not in simple:
         raise TypeError(f"no Spark type for {t}")
-    return simple[t]
+    out: DataType = simple[t]
+    return out
 
 
 def spark_tokens_schema() -> StructType:
@@ -67,20 +69,21 @@ def spark_tokens_schema() -> StructType:
 
 def read_events_spark(spark: SparkSession, meds_dir: str | Path) -> SparkDataFrame:
     """MEDS events of ``<meds>/data`` with the columns the tokenizer uses (``encounter_id`` when present)."""
-    df = spark.read.parquet(str(Path(meds_dir) / "data"))
+    df = spark.read.parquet(str(MedsPaths(Path(meds_dir)).data))
     missing = [c for c in (SUBJECT_ID, TIME, CODE) if c not in df.columns]
     if missing:
         raise ValueError(f"{meds_dir}/data: missing MEDS column(s) {missing}")
     return df.select(*[c for c in EVENT_INPUT_COLUMNS if c in df.columns])
 
 
-def read_labels_spark(spark: SparkSession, labels_dir: str | Path, tasks: Sequence[str]) -> SparkDataFrame | None:
+def read_labels_spark(spark: SparkSession, labels_dir: str | Path,
+                      tasks: Sequence[str]) -> SparkDataFrame | None:
     """Union of ``<labels>/<task>.parquet`` with a ``task`` column (LABELS_SCHEMA columns present)."""
     from pyspark.sql import functions as F
 
     frames = []
     for task in tasks:
-        path = Path(labels_dir) / f"{task}.parquet"
+        path = Layout(labels=str(labels_dir)).label_table(task)
         if not path.exists():
             raise FileNotFoundError(f"label table for task {task!r} not found: {path}")
         df = spark.read.parquet(str(path))
@@ -125,17 +128,20 @@ def tokenize_spark(
     return out.select(*COLUMNS)
 
 
-def write_tokens(rows: SparkDataFrame, output: str | Path, tasks: Sequence[str]) -> Iterator[str]:
-    """Write ``<output>/pretrain`` and ``<output>/tasks/<task>`` (overwrite), yielding each path written.
+def write_tokens(rows: SparkDataFrame, output: str | Path, tasks: Sequence[str], *,
+                 pretrain: bool = True) -> Iterator[str]:
+    """Write ``<output>/pretrain`` (unless ``pretrain`` is false: that folder is left alone) and
+    ``<output>/tasks/<task>`` (overwrite), yielding each path written.
 
     Rows are sorted within files by subject and prediction time so reruns write the same content.
     """
     from pyspark.sql import functions as F
 
-    targets: list[tuple[str, Any]] = [("pretrain", F.col("task").isNull())]
-    targets += [(f"tasks/{t}", F.col("task") == t) for t in tasks]
-    for sub, cond in targets:
-        path = str(Path(output) / sub)
+    paths = TokenPaths(Path(output))
+    targets: list[tuple[Path, Any]] = [(paths.pretrain, F.col("task").isNull())] if pretrain else []
+    targets += [(paths.task(t), F.col("task") == t) for t in tasks]
+    for folder, cond in targets:
+        path = str(folder)
         part = rows.where(cond).sortWithinPartitions(SUBJECT_ID, PREDICTION_TIME)
         part.write.mode("overwrite").parquet(path)
         yield path

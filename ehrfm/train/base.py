@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ehrfm.config.train import DataConfig, OptimConfig
 from ehrfm.data import Collator, StreamingBatchSampler, TokenBudgetBatchSampler, TokenStreamDataset
-from ehrfm.train.config import DataConfig, OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -57,10 +58,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 def _rng_state() -> dict[str, Any]:
     # plain tensors/ints only: Lightning loads checkpoints with torch.load(weights_only=True)
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    state: dict[str, Any] = {"torch": torch.get_rng_state(),
-                             "numpy": [kind, torch.from_numpy(np.asarray(keys).copy()), int(pos), int(has_gauss),
-                                       float(cached)],
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(np.asarray(keys).copy()), int(pos), int(has_gauss), float(cached)]
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": numpy_state,
                              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -84,37 +84,41 @@ class StreamingModule(pl.LightningModule):
     """
 
     def __init__(self, train_data: TokenStreamDataset, val_data: TokenStreamDataset | None, data: DataConfig,
-                 optim: OptimConfig, seed: int) -> None:
+                 optim: OptimConfig, seed: int, max_len: int) -> None:
         super().__init__()
         self.train_data, self.val_data = train_data, val_data
         self.data_cfg, self.optim_cfg, self.seed = data, optim, seed
-        self.collate = Collator(max_len=data.max_len)
+        self.max_len = max_len  # the tokens' row length (tokenize.json): rows are never longer
+        self.collate: Callable[[Sequence[dict[str, Any]]], dict[str, Tensor]] = Collator(max_len=max_len)
         self.micro_batches_seen = 0
         self._pending_rng: dict[str, Any] | None = None
 
     # --- data ----------------------------------------------------------------------------------
     def _sampler(self, dataset: TokenStreamDataset, shuffle: bool) -> TokenBudgetBatchSampler:
         return TokenBudgetBatchSampler(
-            dataset.lengths, self.data_cfg.max_tokens, seed=self.seed, shuffle=shuffle, max_len=self.data_cfg.max_len,
-            pool_size=self.data_cfg.pool_size, rank=self.trainer.global_rank, world_size=self.trainer.world_size,
+            dataset.lengths, self.data_cfg.max_tokens, seed=self.seed, shuffle=shuffle, max_len=self.max_len,
+            pool_size=self.data_cfg.pool_size, rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[Any]:
         """Micro-batches ``micro_batches_seen .. max_steps * accumulate`` of the training stream."""
         total = self.trainer.max_steps * self.trainer.accumulate_grad_batches
-        stream = StreamingBatchSampler(self._sampler(self.train_data, True), total, start=self.micro_batches_seen)
+        stream = StreamingBatchSampler(self._sampler(self.train_data, True), total,
+                                       start=self.micro_batches_seen)
         # a private generator: DataLoader iterators draw a base seed at creation, which must not consume
         # the global RNG (it would shift dropout masks between a resumed and an uninterrupted run)
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train_data, batch_sampler=stream, collate_fn=self.collate,
                           num_workers=self.data_cfg.num_workers, generator=gen)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[Any]:
         """One sequential pass over the validation split."""
         if self.val_data is None or len(self.val_data) == 0:
             return DataLoader(cast(Dataset[Any], []))  # Lightning then skips validation
-        return DataLoader(self.val_data, batch_sampler=self._sampler(self.val_data, False), collate_fn=self.collate,
-                          num_workers=self.data_cfg.num_workers, generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(self.val_data, batch_sampler=self._sampler(self.val_data, False),
+                          collate_fn=self.collate, num_workers=self.data_cfg.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     # --- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ehrfm.data import Collator, TokenBudgetBatchSampler, TokenStreamDataset, padded_length
+from ehrfm.config.train import DataConfig, OptimConfig
+from ehrfm.data import TokenBudgetBatchSampler
 from ehrfm.data.dataset import LIST_COLUMNS
+from ehrfm.data.multitask import MultiTaskCollator, MultiTaskDataset, TaskBalancedSampler
 from ehrfm.models import EHRFoundationModel, pool
 from ehrfm.train.base import StreamingModule
-from ehrfm.train.config import DataConfig, OptimConfig
 from ehrfm.train.generate import code_mask
 from ehrfm.train.heads import HeadSpec, TaskHeads, hazard_nll, survival_curve
 from ehrfm.vocab import Vocabulary
@@ -49,112 +50,6 @@ def task_metrics(kind: str, acc: dict[str, list[Any]]) -> dict[str, float]:
     return {}
 
 
-class MultiTaskDataset(Dataset[dict[str, Any]]):
-    """Rows of several tasks' :class:`TokenStreamDataset` (optionally a subset of each, e.g. few-shot),
-    addressed by one global index; items carry ``task_idx``."""
-
-    def __init__(self, tasks: Sequence[str], datasets: Sequence[TokenStreamDataset],
-                 subsets: Sequence[np.ndarray] | None = None) -> None:
-        self.tasks, self.datasets = list(tasks), list(datasets)
-        self.rows = [np.asarray(s, dtype=np.int64) for s in subsets] if subsets is not None else [
-            np.arange(len(d), dtype=np.int64) for d in datasets]
-        self.offsets = np.concatenate([[0], np.cumsum([len(r) for r in self.rows])]).astype(np.int64)
-        self.lengths = np.concatenate([d.lengths[r] for d, r in zip(self.datasets, self.rows, strict=True)]
-                                      or [np.zeros(0, dtype=np.int64)])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def locate(self, i: int) -> tuple[int, int]:
-        """Global index -> (task index, row index in that task's dataset)."""
-        t = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return t, int(self.rows[t][i - self.offsets[t]])
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        t, j = self.locate(i)
-        item = self.datasets[t][j]
-        item["task_idx"] = t
-        return item
-
-
-class MultiTaskCollator:
-    """:class:`Collator` plus ``task_idx`` (b,) and ``target_ids`` (b, T) padded with -1 (forecast rows)."""
-
-    def __init__(self, max_len: int | None) -> None:
-        self.base = Collator(max_len=max_len)
-
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        """Collate dataset items."""
-        out = self.base(items)
-        out["task_idx"] = torch.tensor([int(it["task_idx"]) for it in items], dtype=torch.long)
-        targets = [list(it.get("target_ids") or []) for it in items]
-        width = max([len(t) for t in targets] + [1])
-        tgt = torch.full((len(items), width), -1, dtype=torch.long)
-        for r, t in enumerate(targets):
-            if t:
-                tgt[r, : len(t)] = torch.tensor(t, dtype=torch.long)
-        out["target_ids"] = tgt
-        return out
-
-
-class TaskBalancedSampler:
-    """``total`` micro-batches from ``start``, task-balanced and length-bucketed.
-
-    Rows come in pools of ``pool_rows``: each row's task ~ ``weights``, then a uniform row of that task;
-    a pool is sorted by length and packed greedily (``rows x padded width <= max_tokens``, at least one
-    row), and its batches are shuffled. Bucketing matters on a CPU: unsorted random rows waste ~45% of
-    each batch on padding (task rows are ~250 tokens at the median, ~500 at p90). Pool ``m`` is a pure
-    function of ``(seed, m)``, so batch ``n`` is too (exact resume without sampler state).
-    """
-
-    def __init__(self, data: MultiTaskDataset, weights: Sequence[float], max_tokens: int, max_len: int, seed: int,
-                 total: int, start: int = 0, pool_rows: int = 256) -> None:
-        w = np.asarray(weights, dtype=float) * np.array([len(r) > 0 for r in data.rows])
-        if w.sum() <= 0:
-            raise ValueError("task-balanced sampler: no task has training rows")
-        if pool_rows < 1:
-            raise ValueError(f"task-balanced sampler: pool_rows={pool_rows} must be >= 1")
-        self.p = w / w.sum()
-        self.task_rows = np.array([len(r) for r in data.rows], dtype=np.int64)  # rows per task, fixed
-        self.data, self.max_tokens, self.max_len = data, max_tokens, max_len
-        self.seed, self.total, self.start, self.pool_rows = seed, total, start, pool_rows
-        self._pools: list[list[list[int]]] = []  # pools built so far, in order
-        self._first: list[int] = []  # index of each pool's first batch
-
-    def _pool(self, m: int) -> list[list[int]]:
-        """Batches of pool ``m`` (global row indices), in their shuffled order."""
-        rng = np.random.default_rng([self.seed, m])
-        tasks = rng.choice(len(self.p), size=self.pool_rows, p=self.p)
-        sizes = self.task_rows[tasks]
-        rows = (self.data.offsets[tasks] + (rng.random(self.pool_rows) * sizes).astype(np.int64)).astype(np.int64)
-        widths = np.array([padded_length(int(n), 8, self.max_len) for n in self.data.lengths[rows]])
-        order = np.argsort(widths, kind="stable")
-        batches: list[list[int]] = []
-        batch: list[int] = []
-        for i in order.tolist():  # ascending widths: the newest row sets the batch width
-            if batch and int(widths[i]) * (len(batch) + 1) > self.max_tokens:
-                batches.append(batch)
-                batch = []
-            batch.append(int(rows[i]))
-        batches.append(batch)
-        return [batches[j] for j in rng.permutation(len(batches))]
-
-    def batch(self, n: int) -> list[int]:
-        """Global indices of micro-batch ``n`` (deterministic in ``(seed, n)``)."""
-        while not self._first or self._first[-1] + len(self._pools[-1]) <= n:
-            self._first.append(self._first[-1] + len(self._pools[-1]) if self._first else 0)
-            self._pools.append(self._pool(len(self._pools)))
-        m = int(np.searchsorted(self._first, n, side="right") - 1)
-        return self._pools[m][n - self._first[m]]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for n in range(self.start, self.total):
-            yield self.batch(n)
-
-    def __len__(self) -> int:
-        return self.total  # full length: Lightning restores its own counter on resume (see base.py)
-
-
 def forecast_loss(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """Multi-label next-visit loss: mean over each row's target codes of ``-log p(code)``, ``p`` the LM's
     next-token distribution restricted to the ``mask`` codes. logits (b, V), targets (b, T) padded with
@@ -172,39 +67,41 @@ class FinetuneModule(StreamingModule):
 
     def __init__(self, model: EHRFoundationModel, vocab: Vocabulary, specs: list[HeadSpec],
                  train_data: MultiTaskDataset, val_data: MultiTaskDataset | None, data: DataConfig,
-                 optim: OptimConfig, seed: int, task_weights: Sequence[float], shared_head: bool = False,
-                 head_dropout: float = 0.1, monitor: str = "loss") -> None:
-        super().__init__(train_data, val_data, data, optim, seed)  # type: ignore[arg-type]
+                 optim: OptimConfig, seed: int, max_len: int, task_weights: Sequence[float],
+                 shared_head: bool = False, head_dropout: float = 0.1, monitor: str = "loss") -> None:
+        super().__init__(train_data, val_data, data, optim, seed, max_len)  # type: ignore[arg-type]
         self.model = model
         self.specs = specs
         self.heads = TaskHeads(specs, model.config.d_model, shared_head, head_dropout)
         self.task_weights = list(task_weights)
         self.monitor = monitor
-        self.collate = MultiTaskCollator(data.max_len)  # type: ignore[assignment]
+        self.collate = MultiTaskCollator(max_len)
         self.register_buffer("dx_mask", code_mask(vocab), persistent=False)
         self._val: dict[str, dict[str, list[Any]]] = {}
 
     # --- data ----------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[Any]:
         """The task-balanced stream from micro-batch ``micro_batches_seen`` on."""
         total = self.trainer.max_steps * self.trainer.accumulate_grad_batches
         assert isinstance(self.train_data, MultiTaskDataset)
         sampler = TaskBalancedSampler(self.train_data, self.task_weights, self.data_cfg.max_tokens,
-                                      self.data_cfg.max_len, self.seed, total, self.micro_batches_seen,
+                                      self.max_len, self.seed, total, self.micro_batches_seen,
                                       pool_rows=self.data_cfg.pool_size)
         return DataLoader(self.train_data, batch_sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.data_cfg.num_workers, generator=torch.Generator().manual_seed(self.seed))
+                          num_workers=self.data_cfg.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[Any]:
         """Every tuning row once, length-bucketed."""
         if self.val_data is None or len(self.val_data) == 0:
             return DataLoader([])  # type: ignore[arg-type]
         sampler = TokenBudgetBatchSampler(self.val_data.lengths, self.data_cfg.max_tokens, seed=self.seed,
-                                          shuffle=False, max_len=self.data_cfg.max_len)
+                                          shuffle=False, max_len=self.max_len)
         return DataLoader(self.val_data, batch_sampler=sampler, collate_fn=self.collate)
 
     # --- steps ---------------------------------------------------------------------------------
-    def task_outputs(self, batch: dict[str, Tensor]) -> Iterator[tuple[HeadSpec, Tensor, Tensor, dict[str, Tensor]]]:
+    def task_outputs(self, batch: dict[str, Tensor]
+                     ) -> Iterator[tuple[HeadSpec, Tensor, Tensor, dict[str, Tensor]]]:
         """Per task present in ``batch``: (spec, row mask (b,), head output, the task's sub-batch)."""
         out = self.model(**{k: batch[k] for k in LIST_COLUMNS}, return_logits=False)
         pooled = pool(out.hidden, batch["lengths"])
@@ -213,8 +110,10 @@ class FinetuneModule(StreamingModule):
             if not bool(rows.any()):
                 continue
             sub = {k: v[rows] for k, v in batch.items()}
-            head_out = self.model.lm_head(pooled[rows]) if spec.kind == "forecast" else self.heads(spec.task,
-                                                                                                  pooled[rows])
+            if spec.kind == "forecast":
+                head_out = self.model.lm_head(pooled[rows])
+            else:
+                head_out = self.heads(spec.task, pooled[rows])
             yield spec, rows, head_out, sub
 
     def _loss(self, spec: HeadSpec, head_out: Tensor, sub: dict[str, Tensor]) -> Tensor:
@@ -258,7 +157,8 @@ class FinetuneModule(StreamingModule):
                 acc["score"].extend((1.0 - survival_curve(head_out)[:, -1]).tolist())
 
     def on_validation_epoch_end(self) -> None:
-        """Per-task ``val_loss/<task>``, ``val_auroc/<task>`` (``val_cindex/<task>``), means, ``val_monitor``."""
+        """Per-task ``val_loss/<task>``, ``val_auroc/<task>`` (``val_cindex/<task>``), their means and
+        ``val_monitor``."""
         losses, aurocs = [], []
         for spec in self.specs:
             acc = self._val.get(spec.task, {})

@@ -16,14 +16,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ehrfm.config.train import DEFAULT_TTE_EDGES
+
 HeadKind = Literal["binary", "tte", "forecast"]
-DEFAULT_EDGES = [0.0, 30.0, 90.0, 180.0, 365.0]
+DEFAULT_EDGES = list(DEFAULT_TTE_EDGES)
 
 
 @dataclass
@@ -38,8 +40,10 @@ class HeadSpec:
         if self.kind not in ("binary", "tte", "forecast"):
             raise ValueError(f"HeadSpec({self.task}).kind={self.kind!r}: expected binary, tte or forecast")
         e = [float(x) for x in self.edges_days]
-        if self.kind == "tte" and (len(e) < 2 or e[0] != 0.0 or any(b <= a for a, b in zip(e, e[1:], strict=False))):
-            raise ValueError(f"HeadSpec({self.task}).edges_days={e}: need 0 = e0 < e1 < ... (at least one bin)")
+        increasing = all(a < b for a, b in zip(e, e[1:], strict=False))
+        if self.kind == "tte" and (len(e) < 2 or e[0] != 0.0 or not increasing):
+            raise ValueError(f"HeadSpec({self.task}).edges_days={e}: need 0 = e0 < e1 < ... (at least one "
+                             "bin)")
         self.edges_days = e
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +91,7 @@ class BinaryHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         """(b, d) -> (b,)."""
-        return self.net(pooled).squeeze(-1)
+        return cast(Tensor, self.net(pooled).squeeze(-1))
 
 
 class HazardHead(nn.Module):
@@ -102,14 +106,15 @@ class HazardHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         """(b, d) -> (b, K)."""
-        return self.net(pooled)
+        return cast(Tensor, self.net(pooled))
 
 
 class TaskHeads(nn.Module):
     """One head per non-forecast task (``shared_head``: every binary task shares one head — the prompt
     token already tells the backbone which task is asked, as in EHRMamba's MTF)."""
 
-    def __init__(self, specs: list[HeadSpec], d_model: int, shared_head: bool = False, dropout: float = 0.1) -> None:
+    def __init__(self, specs: list[HeadSpec], d_model: int, shared_head: bool = False,
+                 dropout: float = 0.1) -> None:
         super().__init__()
         self.specs = {s.task: s for s in specs}
         self.shared_head = shared_head

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from ehrfm.train.config import TrainerConfig
+from ehrfm.config.train import TrainerConfig
 
 LAST = "last.ckpt"
 
@@ -27,7 +27,8 @@ def resolve_precision(cfg: TrainerConfig) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
-def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int, monitor: str = "val_loss") -> list[ModelCheckpoint]:
+def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int,
+                         monitor: str = "val_loss") -> list[ModelCheckpoint]:
     """``last.ckpt`` every ``every_n_steps`` optimizer steps, and ``best.ckpt`` by ``monitor`` (min)."""
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=every_n_steps,
                            save_top_k=0, save_last=True)
@@ -36,8 +37,9 @@ def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int, monitor: str = "val
     return [last, best]
 
 
-def build_trainer(cfg: TrainerConfig, ckpt_dir: Path, grad_clip: float | None = None, callbacks: Sequence[Callback] = (),
-                  monitor: str = "val_loss", has_validation: bool = True) -> pl.Trainer:
+def build_trainer(cfg: TrainerConfig, ckpt_dir: Path, grad_clip: float | None = None,
+                  callbacks: Sequence[Callback] = (), monitor: str = "val_loss",
+                  has_validation: bool = True) -> pl.Trainer:
     """A Lightning Trainer from ``cfg`` with checkpointing into ``ckpt_dir``."""
     return pl.Trainer(
         max_steps=cfg.max_steps,
@@ -70,11 +72,12 @@ def find_resume(ckpt_dir: Path, resume: str | None) -> Path | None:
     last = ckpt_dir / LAST
     if resume is None:
         if last.exists():
-            raise FileExistsError(f"{last} exists: pass --resume auto to continue that run, or use a new --output")
+            raise FileExistsError(f"{last} exists: set trainer.resume=auto (--trainer.resume auto) to "
+                                  "continue that run, or write to another runs folder (--runs)")
         return None
     if resume == "auto":
         return last if last.exists() else None
     path = Path(resume)
     if not path.exists():
-        raise FileNotFoundError(f"--resume {resume}: checkpoint not found")
+        raise FileNotFoundError(f"trainer.resume={resume!r}: checkpoint not found")
     return path

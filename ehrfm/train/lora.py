@@ -14,6 +14,7 @@ restores plain ``nn.Linear`` modules (what gets saved: a merged model loads with
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +53,7 @@ class LoRALinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in) -> (..., out)."""
         delta = (self.dropout(x) @ self.lora_A.t().to(x.dtype)) @ self.lora_B.t().to(x.dtype)
-        return self.base(x) + self.scale * delta
+        return cast(Tensor, self.base(x) + self.scale * delta)
 
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` with ``B A`` folded into its weight."""

@@ -27,9 +27,11 @@ from tqdm import tqdm
 
 from ehrfm.data import TokenBudgetBatchSampler, TokenStreamDataset
 from ehrfm.data.dataset import LIST_COLUMNS
+from ehrfm.data.multitask import MultiTaskCollator
+from ehrfm.layout import TokenPaths
 from ehrfm.models import EHRFoundationModel, pool
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
-from ehrfm.train.finetune import MultiTaskCollator
+from ehrfm.tokenize.meta import read_tokenizer_config
 from ehrfm.train.generate import forecast_scores, topk_codes
 from ehrfm.train.heads import HeadSpec, TaskHeads, survival_curve
 from ehrfm.vocab import Vocabulary
@@ -59,7 +61,8 @@ class FinetunedModel:
         directory = self.model.save_pretrained(directory)
         self.vocab.save(directory / "vocab.json")
         torch.save(self.heads.state_dict(), directory / HEADS_FILE)
-        meta = {"tasks": self.tasks, "heads": [s.to_dict() for s in self.specs], "shared_head": self.heads.shared_head,
+        meta = {"tasks": self.tasks, "heads": [s.to_dict() for s in self.specs],
+                "shared_head": self.heads.shared_head,
                 "head_dropout": _head_dropout(self.heads), "model_name": self.model_name,
                 "forecast": {"topk": self.topk, "rollout_steps": self.rollout_steps}}
         (directory / HEADS_SPEC).write_text(json.dumps(meta, indent=2))
@@ -107,11 +110,13 @@ def predict_batch(fm: FinetunedModel, spec: HeadSpec, batch: dict[str, Tensor]) 
     return {"topk_codes": codes, "topk_probs": probs}
 
 
-def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path, tasks: Sequence[str] | None = None,
-            splits: Sequence[str] = ("tuning", "held_out"), max_tokens: int = 16384, max_len: int = 512,
-            model_name: str | None = None, progress: bool = True) -> pd.DataFrame:
+def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path,
+            tasks: Sequence[str] | None = None, splits: Sequence[str] = ("tuning", "held_out"),
+            max_tokens: int = 16384, max_len: int | None = None, model_name: str | None = None,
+            progress: bool = True) -> pd.DataFrame:
     """Predictions of a finetuned model for the task rows in ``<tokens_dir>/tasks/<task>/`` of ``splits``.
 
+    ``max_len``: collation length; default the tokens' (``tokenize.json``), which no row exceeds.
     Returns one row per (task, subject_id, prediction_time) with the contract columns of
     ``ehrfm.evaluate`` (``model`` = ``model_name`` or the saved name).
     """
@@ -122,12 +127,15 @@ def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path, task
     unknown = [t for t in names if t not in fm.tasks]
     if unknown:
         raise ValueError(f"predict(): task(s) {unknown} have no head in this model (tasks: {fm.tasks})")
+    paths = TokenPaths(Path(tokens_dir))
+    if max_len is None:
+        max_len = read_tokenizer_config(paths.root).max_len
     collate = MultiTaskCollator(max_len)
     frames = []
     for task in names:
         spec = next(s for s in fm.specs if s.task == task)
         for split in splits:
-            ds = TokenStreamDataset(Path(tokens_dir) / "tasks" / task, split=split, task=task)
+            ds = TokenStreamDataset(paths.task(task), split=split, task=task)
             if len(ds) == 0:
                 continue
             sampler = TokenBudgetBatchSampler(ds.lengths, max_tokens, shuffle=False, max_len=max_len)
@@ -143,7 +151,8 @@ def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path, task
             df["task"], df["split"], df["model"] = task, split, model_name or fm.model_name
             frames.append(df)
     if not frames:
-        raise ValueError(f"predict(): no task rows for tasks {names} in splits {list(splits)} under {tokens_dir}")
+        raise ValueError(f"predict(): no task rows for tasks {names} in splits {list(splits)} under "
+                         f"{tokens_dir}")
     out = pd.concat(frames, ignore_index=True)
     out[SUBJECT_ID] = out[SUBJECT_ID].astype("int64")
     out[PREDICTION_TIME] = pd.to_datetime(out[PREDICTION_TIME])

@@ -1,4 +1,4 @@
-"""Next-token pretraining: the Lightning module and ``run_pretraining`` (what ``ehrfm pretrain`` calls)."""
+"""Next-token pretraining: the loss and the Lightning module (the stage runner: :mod:`ehrfm.train.stage`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ehrfm.config.train import DataConfig, LossConfig, OptimConfig
 from ehrfm.data import LIST_COLUMNS, TokenStreamDataset
 from ehrfm.models import EHRFoundationModel, ModelConfig
 from ehrfm.schema import INTERVAL_TOKENS, PAD_ID, SPECIAL_TOKENS
 from ehrfm.train.base import StreamingModule
-from ehrfm.train.config import DataConfig, LossConfig, OptimConfig
 from ehrfm.vocab import Vocabulary
 
 IGNORE = -100
@@ -48,7 +48,7 @@ class PretrainModule(StreamingModule):
     def __init__(self, model_cfg: ModelConfig, vocab: Vocabulary, train_data: TokenStreamDataset,
                  val_data: TokenStreamDataset | None, data: DataConfig, optim: OptimConfig, loss: LossConfig,
                  seed: int) -> None:
-        super().__init__(train_data, val_data, data, optim, seed)
+        super().__init__(train_data, val_data, data, optim, seed, model_cfg.max_len)
         self.model = EHRFoundationModel(model_cfg)
         self.register_buffer("ignore_ids", torch.tensor(excluded_ids(vocab, loss)), persistent=False)
         self._val_sum = 0.0

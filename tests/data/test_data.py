@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers.standin import write_standin
 
 from ehrfm.data import Collator, StreamingBatchSampler, TokenBudgetBatchSampler, TokenStreamDataset
-from ehrfm.data.standin import write_standin
 from ehrfm.schema import CLS, PAD_ID, TOKENS_SCHEMA, VS, TokenType
 from ehrfm.vocab import Vocabulary
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from ehrfm.config.base import ConfigError
+from ehrfm.config.ingest import MedsIngestConfig
 from ehrfm.ingest.validate import validate_meds_dataset
+from ehrfm.layout import Layout, MedsPaths
 
 pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")
-def demo(spark, mimic_demo_meds: Path, tmp_path_factory) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
+def demo(spark, mimic_demo_meds: Path,  # type: ignore[no-untyped-def]
+         tmp_path_factory) -> tuple[Path, dict[str, Any]]:
     from ehrfm.ingest.meds_input import ingest_meds
 
     out = tmp_path_factory.mktemp("meds_in") / "out"
@@ -23,17 +28,19 @@ def demo(spark, mimic_demo_meds: Path, tmp_path_factory) -> tuple[Path, dict]:  
 
 
 @pytest.mark.slow
-def test_demo_meds_parquet_keeps_every_event(demo: tuple[Path, dict], mimic_demo_meds: Path) -> None:
+def test_demo_meds_parquet_keeps_every_event(demo: tuple[Path, dict[str, Any]],
+                                             mimic_demo_meds: Path) -> None:
     out, summary = demo
     assert summary["subjects"] == 100 and summary["events"] == 916_166 and summary["rejects"] == 0
     assert summary["columns"]["numeric"] == "value"  # the file's `value` column became numeric_value
     report = validate_meds_dataset(str(out))
     assert report.events == 916_166 and report.subjects == 100 and report.static_events == 100
     src = pq.read_table(mimic_demo_meds, columns=["code", "value"])
-    got = pq.read_table(out / "data", columns=["code", "numeric_value"])
+    got = pq.read_table(MedsPaths(out).data, columns=["code", "numeric_value"])
     assert got["numeric_value"].null_count == src["value"].null_count
     assert pc_sum(got["numeric_value"]) == pytest.approx(pc_sum(src["value"]), rel=1e-6)
-    assert set(pq.read_table(out / "metadata" / "codes.parquet")["code"].to_pylist()) == set(src["code"].to_pylist())
+    codes = pq.read_table(MedsPaths(out).codes)["code"].to_pylist()
+    assert set(codes) == set(src["code"].to_pylist())
 
 
 def pc_sum(col) -> float:  # type: ignore[no-untyped-def]
@@ -43,36 +50,43 @@ def pc_sum(col) -> float:  # type: ignore[no-untyped-def]
 
 
 def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from ehrfm.ingest.meds_input import ingest_meds
+    """Through the stage runner: ``run(MedsIngestConfig, Layout)`` writes ``layout.meds``."""
+    from ehrfm.ingest.meds_stage import run
 
-    root = tmp_path / "root"
-    (root / "data" / "train").mkdir(parents=True)
-    (root / "metadata").mkdir()
+    root = MedsPaths(tmp_path / "root")
+    (root.data / "train").mkdir(parents=True)
+    root.metadata.mkdir()
     df = pd.DataFrame(
         {
             "subject_id": [2, 1, 1, 1, None],
-            "time": pd.to_datetime([None, "2020-01-02", None, "2020-01-01", "2020-01-01"]),
+            "time": pd.to_datetime(pd.Series([None, "2020-01-02", None, "2020-01-01", "2020-01-01"])),
             "code": ["GENDER//M", "LAB//X", "GENDER//F", None, "LAB//X"],
             "numeric_value": [None, 1.5, None, None, 2.0],
             "unit": [None, "mg", None, None, None],
         }
     )
-    df.to_parquet(root / "data" / "train" / "0.parquet", index=False, coerce_timestamps="us")
+    df.to_parquet(root.data / "train" / "0.parquet", index=False, coerce_timestamps="us")
     pd.DataFrame({"code": ["LAB//X"], "description": ["lab x"], "parent_codes": [None]}).to_parquet(
-        root / "metadata" / "codes.parquet", index=False
+        root.codes, index=False
     )
-    (root / "metadata" / "dataset.json").write_text(json.dumps({"dataset_name": "tiny-meds"}))
-    out = tmp_path / "out"
-    summary = ingest_meds(spark, str(root), str(out), split_ratios=(0.5, 0.25, 0.25), split_seed=3)
-    assert summary["dataset_name"] == "tiny-meds" and summary["events"] == 3 and summary["rejects"] == 2
-    rej = pd.read_parquet(out / "rejects").set_index("record_index").sort_index()
+    root.dataset_json.write_text(json.dumps({"dataset_name": "tiny-meds"}))
+    layout = Layout(root=str(tmp_path / "pipeline"))
+    cfg = MedsIngestConfig(input=str(root.root), split_ratios=(0.5, 0.25, 0.25), split_seed=3)
+    summary = run(cfg, layout)
+    assert summary.dataset_name == "tiny-meds" and summary.events == 3 and summary.rejects == 2
+    assert summary.by_type == {"meds": {"in": 5, "mapped": 3, "events": 3, "rejected": 2, "skipped": 0}}
+    assert summary.reconciled and summary.source == "meds" and sum(summary.splits.values()) == 2
+    out = layout.meds_paths
+    assert summary.output == str(out.root)
+    assert json.loads(out.summary.read_text())["split_seed"] == 3
+    rej = pd.read_parquet(out.rejects).set_index("record_index").sort_index()
     assert list(rej.index) == [3, 4]
     assert rej.loc[3, "reason"] == "missing code" and rej.loc[4, "field"] == "subject_id"
-    codes = pd.read_parquet(out / "metadata" / "codes.parquet").set_index("code")
-    assert codes.loc["LAB//X", "description"] == "lab x" and pd.isna(codes.loc["GENDER//F", "description"])
-    ev = pd.read_parquet(out / "data")
+    codes = pd.read_parquet(out.codes).set_index("code")
+    assert codes.loc["LAB//X", "description"] == "lab x" and bool(codes["description"].isna()["GENDER//F"])
+    ev = pd.read_parquet(out.data)
     assert ev.unit.tolist() == [None, "mg", None] and ev.subject_id.tolist() == [1, 1, 2]
-    assert validate_meds_dataset(str(out)).subjects == 2
+    assert validate_meds_dataset(str(out.root)).subjects == 2
 
 
 def test_bad_column_mapping_is_a_clear_error(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -84,21 +98,8 @@ def test_bad_column_mapping_is_a_clear_error(spark, tmp_path: Path) -> None:  # 
     with pytest.raises(ValueError, match=r"'time' is timestamp\[ns\]"):
         ingest_meds(spark, str(f), str(tmp_path / "o"))
     df.to_parquet(f, coerce_timestamps="us")
-    with pytest.raises(ValueError, match="--numeric-col 'val'"):
+    with pytest.raises(ConfigError, match="numeric_col='val'"):
         ingest_meds(spark, str(f), str(tmp_path / "o"), numeric_col="val")
     with pytest.raises(FileNotFoundError, match="not found"):
         ingest_meds(spark, str(tmp_path / "missing.parquet"), str(tmp_path / "o"))
 
-
-def test_ingest_cli_help_lists_sources_and_validates_options() -> None:
-    from ehrfm.cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(["ingest", "meds", "--input", "a", "--output", "b", "--split-ratios", "0.6,0.2,0.2",
-                              "--conf", "spark.x=1"])
-    assert args.split_ratios == (0.6, 0.2, 0.2) and args.conf == ["spark.x=1"]
-    with pytest.raises(SystemExit):
-        parser.parse_args(["ingest", "meds", "--input", "a", "--output", "b", "--split-ratios", "0.6,0.6,0.2"])
-    sub = next(a for a in parser._subparsers._group_actions if a.dest == "stage")  # type: ignore[union-attr]
-    ingest_help = sub.choices["ingest"].format_help()
-    assert all(s in ingest_help for s in ("fhir", "mimic", "meds"))

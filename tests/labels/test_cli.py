@@ -1,4 +1,5 @@
-"""``ehrfm label`` end to end on a small hand-made MEDS dataset, and its clear errors."""
+"""``ehrfm label`` (the generated CLI and the etl/ job) end to end on a small hand-made MEDS dataset, and its
+clear errors."""
 
 from __future__ import annotations
 
@@ -8,34 +9,56 @@ from pathlib import Path
 import pytest
 
 from ehrfm.cli import main
+from ehrfm.config.label import LabelConfig, LabelSummary
 from ehrfm.labels.direct import read_labels
+from ehrfm.labels.stage import run
+from ehrfm.layout import Layout
 
 from .timelines import random_population, write_meds
 
 
 def test_unknown_task_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_meds(random_population(3), tmp_path / "meds")
-    rc = main(["label", "--meds", str(tmp_path / "meds"), "--tasks", "nope", "--output", str(tmp_path / "o")])
-    assert rc == 2 and "unknown task 'nope'" in capsys.readouterr().err
+    rc = main(["label", "--meds", str(tmp_path / "meds"), "--tasks", "[nope]",
+               "--labels", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ehrfm label: error:" in err and "unknown task 'nope'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_tasks_dir_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_meds(random_population(3), tmp_path / "meds")
+    (tmp_path / "no_tasks").mkdir()
+    rc = main(["label", "--root", str(tmp_path), "--tasks_dir", str(tmp_path / "no_tasks")])
+    assert rc == 2 and "no tasks selected" in capsys.readouterr().err
 
 
 def test_missing_meds_dir_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["label", "--meds", str(tmp_path / "none"), "--output", str(tmp_path / "o")])
+    rc = main(["label", "--root", str(tmp_path)])  # <root>/meds does not exist
     assert rc == 2 and "no data/ folder" in capsys.readouterr().err
 
 
 @pytest.mark.spark
-def test_cli_writes_tables_and_summary(spark: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_tables_and_summary(spark: object, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     write_meds(random_population(20, seed=1), tmp_path / "meds")
-    out = tmp_path / "labels"
-    rc = main(["label", "--meds", str(tmp_path / "meds"), "--tasks", "readmission_30d", "--output", str(out)])
+    out = tmp_path / "elsewhere"
+    rc = main(["label", "--meds", str(tmp_path / "meds"), "--labels", str(out),
+               "--tasks", "[readmission_30d]"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "readmission_30d" in text and "prevalence" in text
-    summary = json.loads((out / "summary.json").read_text())
+    layout = Layout(labels=str(out))
+    summary = json.loads(layout.label_summary.read_text())
     rows = {r["task"]: r["rows"] for r in summary if r["split"] == "all"}
-    assert rows == {"readmission_30d": read_labels(out / "readmission_30d.parquet").num_rows}
+    assert rows == {"readmission_30d": read_labels(layout.label_table("readmission_30d")).num_rows}
+    assert json.loads(layout.label_kinds.read_text()) == {"readmission_30d": "binary"}
     assert min(rows.values()) > 0
+    # the same stage from Python: the summary it returns is what the CLI saved
+    again = run(LabelConfig(tasks=["readmission_30d"]),
+                Layout(meds=str(tmp_path / "meds"), labels=str(tmp_path / "l2")))
+    assert isinstance(again, LabelSummary) and again.tasks == {"readmission_30d": "binary"}
+    assert again.rows == summary and not again.warnings
 
 
 def test_spark_submit_job_has_the_cli_options() -> None:
@@ -43,6 +66,7 @@ def test_spark_submit_job_has_the_cli_options() -> None:
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, str(repo / "etl" / "label.py"), "--help"], capture_output=True, text=True,
-                         check=True, cwd=repo)
-    assert "--meds" in out.stdout and "--tasks-dir" in out.stdout
+    out = subprocess.run([sys.executable, str(repo / "etl" / "label.py"), "--help"], capture_output=True,
+                         text=True, check=True, cwd=repo)
+    for flag in ("--root", "--meds", "--labels", "--tasks", "--tasks_dir", "--spark.master", "--config"):
+        assert flag in out.stdout, flag

@@ -13,8 +13,9 @@ def ev(subject: int, rows: list[tuple[object, str, str | None]]) -> pd.DataFrame
     """Events of one subject from (time | hours-after-T0 | None, code, encounter_id) tuples."""
     out = []
     for t, code, enc in rows:
+        time: pd.Timestamp | None
         if t is None:
-            time = pd.NaT
+            time = None
         elif isinstance(t, (int, float)):
             time = T0 + pd.Timedelta(hours=float(t))
         else:
@@ -26,7 +27,8 @@ def ev(subject: int, rows: list[tuple[object, str, str | None]]) -> pd.DataFrame
     return df
 
 
-def stay(enc: str, start_h: float, end_h: float, kind: str = "INPATIENT") -> list[tuple[object, str, str | None]]:
+def stay(enc: str, start_h: float, end_h: float,
+         kind: str = "INPATIENT") -> list[tuple[object, str, str | None]]:
     """START and END rows of one encounter (hours after T0)."""
     return [(start_h, f"ENCOUNTER//{kind}//START", enc), (end_h, f"ENCOUNTER//{kind}//END", enc)]
 
@@ -73,22 +75,24 @@ BIRTH_ROW: tuple[object, str, str | None] = (-(20 * 365 * D), "MEDS_BIRTH", None
 
 
 def write_meds(df: pd.DataFrame, root: object, n_files: int = 2) -> None:
-    """Write ``df`` as an ingested MEDS dataset (data/part-*.parquet, metadata/subject_splits.parquet)."""
+    """Write ``df`` as an ingested MEDS dataset (data/part-*.parquet and the subject splits)."""
     from pathlib import Path
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ehrfm.layout import MedsPaths
     from ehrfm.schema import EVENTS_SCHEMA, SPLITS_SCHEMA
 
-    out = Path(str(root))
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    meds = MedsPaths(Path(str(root)))
+    meds.data.mkdir(parents=True, exist_ok=True)
+    meds.metadata.mkdir(parents=True, exist_ok=True)
     subjects = sorted(df["subject_id"].unique())
     for i in range(n_files):
         part = df[df["subject_id"].isin(subjects[i::n_files])]
         pq.write_table(pa.Table.from_pandas(part, schema=EVENTS_SCHEMA, preserve_index=False),
-                       out / "data" / f"part-{i}.parquet")
-    splits = pd.DataFrame({"subject_id": subjects, "split": [("train", "tuning", "held_out")[s % 3] for s in subjects]})
+                       meds.data / f"part-{i}.parquet")
+    split_names = [("train", "tuning", "held_out")[s % 3] for s in subjects]
+    splits = pd.DataFrame({"subject_id": subjects, "split": split_names})
     pq.write_table(pa.Table.from_pandas(splits, schema=SPLITS_SCHEMA, preserve_index=False),
-                   out / "metadata" / "subject_splits.parquet")
+                   meds.subject_splits)

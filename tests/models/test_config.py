@@ -1,13 +1,19 @@
-"""ModelConfig: validation names the field, YAML/JSON round trip, presets, vocab size from the vocab file."""
+"""ModelConfig: validation names the field, YAML/JSON round trip, presets, vocab size from the vocab file,
+max_len from the tokens (and a model shorter than its tokens refused)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from helpers.standin import standin_vocabulary
 
-from ehrfm.data.standin import standin_vocabulary
+from ehrfm.config.base import ConfigError
+from ehrfm.config.model import PAD_ID, TOKEN_TYPES
 from ehrfm.models import EHRFoundationModel, ModelConfig, from_vocab, load_preset
+from ehrfm.resources import preset_path
+from ehrfm.schema import PAD_ID as SCHEMA_PAD_ID
+from ehrfm.schema import TokenType
 
 
 @pytest.mark.parametrize(
@@ -24,13 +30,20 @@ from ehrfm.models import EHRFoundationModel, ModelConfig, from_vocab, load_prese
     ],
 )
 def test_validation_names_the_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=rf"ModelConfig\.{field}="):
+    with pytest.raises(ConfigError, match=rf"model\.{field}="):
         ModelConfig(vocab_size=50, **kwargs)
 
 
 def test_unknown_field_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown field.*hidden"):
+    with pytest.raises(ConfigError, match=r"unknown config key.*'hidden'"):
         ModelConfig.from_dict({"vocab_size": 10, "hidden": 3})
+    with pytest.raises(ConfigError, match=r"d_model='wide': expected an integer"):
+        ModelConfig.from_dict({"d_model": "wide"})
+
+
+def test_light_constants_match_the_schema() -> None:
+    # ehrfm.config.model must not import the pyarrow schema: its copies of the two constants must agree
+    assert (PAD_ID, TOKEN_TYPES) == (SCHEMA_PAD_ID, TokenType.COUNT)
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
@@ -48,10 +61,28 @@ def test_presets_and_vocab_size(tmp_path: Path) -> None:
     small = from_vocab(tmp_path / "vocab.json", "small", backbone="mamba2")
     assert (small.d_model, small.n_layers, small.backbone) == (768, 32, "mamba2")
     assert "vocab_size" not in load_preset("small")
-    with pytest.raises(ValueError, match="vocab_size comes from the vocabulary"):
+    with pytest.raises(ConfigError, match="vocab_size comes from the vocabulary"):
         from_vocab(tmp_path / "vocab.json", "tiny", vocab_size=5)
     with pytest.raises(FileNotFoundError, match="preset 'huge'"):
         load_preset("huge")
+    assert ModelConfig.load(preset_path("model", "tiny")) == ModelConfig.from_dict(load_preset("tiny"))
+
+
+def test_vocab_size_and_max_len_come_from_the_data() -> None:
+    preset = ModelConfig.load(preset_path("model", "small"))
+    assert (preset.vocab_size, preset.max_len) == (0, 0) and not preset.is_resolved
+    got = preset.resolve(vocab_size=300, data_max_len=512, source="tokens/tokenize.json")
+    assert (got.vocab_size, got.max_len, got.d_model) == (300, 512, preset.d_model) and got.is_resolved
+    assert preset.replace(max_len=1024).resolve(300, 512).max_len == 1024  # a longer model is kept
+    with pytest.raises(ConfigError, match=r"model\.max_len=256 is shorter than the token rows \(max_len=512 "
+                                          r"in tokens/tokenize\.json\)"):
+        preset.replace(max_len=256).resolve(300, 512, "tokens/tokenize.json")
+    with pytest.raises(ConfigError, match="model.vocab_size=5"):
+        preset.replace(vocab_size=5).resolve(300, 512)
+    with pytest.raises(ConfigError, match="model.vocab_size=0: not resolved"):
+        EHRFoundationModel(preset)
+    with pytest.raises(ConfigError, match="model.max_len=0"):
+        EHRFoundationModel(ModelConfig(vocab_size=40, backbone="transformer", d_model=16, n_heads=2))
 
 
 def test_small_preset_is_ehrmamba_sized() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.tiny_model import tiny_serving_dir
 
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.serve.core import Scorer
-from ehrfm.serve.tiny import tiny_serving_dir
 
 
 def smallest_bundles(folder: Path, n: int) -> list[Path]:

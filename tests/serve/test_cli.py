@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -11,22 +12,29 @@ from ehrfm.cli import build_parser, main
 
 
 def test_stages_are_wired() -> None:
+    from ehrfm.cli import split_namespace, stage
+    from ehrfm.config.serve import RegisterConfig, ScoreConfig
+
     parser = build_parser()
-    args = parser.parse_args(["register", "--run", "x"])
-    assert args._module == "ehrfm.serve.register_cli" and args.alias == "champion" and args.name == "ehrfm"
-    args = parser.parse_args(["score", "--model", "models:/ehrfm@champion", "--meds", "m", "--output", "o"])
-    assert args._module == "ehrfm.serve.score_cli" and args.tokens is None
-    with pytest.raises(SystemExit):  # --tokens and --meds are exclusive
-        parser.parse_args(["score", "--model", "m", "--meds", "a", "--tokens", "b", "--output", "o"])
+    ns = parser.parse_args(["register", "--run", "x"])
+    cfg, _ = split_namespace(stage("register"), ns["register"].as_dict())
+    assert isinstance(cfg, RegisterConfig) and cfg.alias == "champion" and cfg.name == "ehrfm" and cfg.run == "x"
+    ns = parser.parse_args(["score", "--model", "models:/ehrfm@champion", "--source", "meds", "--meds", "m"])
+    cfg, layout = split_namespace(stage("score"), ns["score"].as_dict())
+    assert isinstance(cfg, ScoreConfig) and cfg.source == "meds" and layout.meds == "m"
+    with pytest.raises(SystemExit):  # the source is tokens or meds
+        parser.parse_args(["score", "--source", "labels"])
+    assert main(["score", "--source", "tokens", "--prediction_time", "2020-01-01"]) == 2  # meds only
 
 
-def test_register_errors_name_the_problem(tmp_path: Path, serving_dir: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="heads.json"):
-        main(["register", "--run", str(tmp_path), "--store-dir", str(tmp_path / "store")])
+def test_register_errors_name_the_problem(tmp_path: Path, serving_dir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["register", "--run", str(tmp_path), "--root", str(tmp_path / "store")]) == 2
+    assert "heads.json" in capsys.readouterr().err
     no_bins = tmp_path / "model"
     shutil.copytree(serving_dir.parent / "finetuned", no_bins)
     (no_bins / "bins.json").unlink()
-    with pytest.raises(FileNotFoundError, match="bins.json not found.*pass --bins or --tokens"):
-        main(["register", "--run", str(no_bins), "--store-dir", str(tmp_path / "store")])
+    assert main(["register", "--run", str(no_bins), "--root", str(tmp_path / "store")]) == 2
+    assert re.search("bins.json not found.*--tokens", capsys.readouterr().err)
     with pytest.raises(ValueError, match="neither a folder nor a run id"):
-        main(["register", "--run", "0123abc", "--store-dir", str(tmp_path / "store")])
+        main(["register", "--run", "0123abc", "--root", str(tmp_path / "store")])

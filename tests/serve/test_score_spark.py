@@ -3,7 +3,6 @@ and the batch-evaluation path (`ehrfm.train.predict.predict`) on the same token 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +73,10 @@ def test_meds_scoring_equals_serving(spark: object, serving_dir: Path, scorer: S
 @pytest.mark.slow
 def test_score_cli_with_registered_model(spark: object, registry: dict[str, str], meds_dir: Path, tmp_path: Path,
                                          scorer: Scorer, bundle_texts: list[str]) -> None:
-    from ehrfm.serve import score_cli
+    from ehrfm.cli import main
 
-    args = argparse.Namespace(model="models:/ehrfm@champion", tokens=None, meds=str(meds_dir),
-                              output=str(tmp_path / "pred"), tasks=None, splits=None, prediction_time=None,
-                              tracking_uri=registry["tracking_uri"])
-    assert score_cli.run(args) == 0
+    assert main(["score", "--model", "models:/ehrfm@champion", "--source", "meds", "--meds", str(meds_dir),
+                 "--scores", str(tmp_path / "pred"), "--tracking_uri", registry["tracking_uri"]]) == 0
     _close(pd.read_parquet(tmp_path / "pred"), predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]})))
 
 
@@ -113,12 +110,13 @@ def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir:
     batch = predict(serving_dir, tokens, progress=False)  # ehrfm finetune's prediction path
     _close(got, batch)
 
-    from ehrfm.serve import score_cli
+    from ehrfm.config.serve import ScoreConfig
+    from ehrfm.layout import Layout
+    from ehrfm.serve.stage import run_score
 
     out = tmp_path / "pred"
-    args = argparse.Namespace(model=str(serving_dir), tokens=str(tokens), meds=None, output=str(out), tasks="death_1y_tte",
-                              splits="held_out", prediction_time=None, tracking_uri=None)
-    assert score_cli.run(args) == 0
+    run_score(ScoreConfig(model=str(serving_dir), tasks=["death_1y_tte"], splits=["held_out"]),
+              Layout(root=str(tmp_path), tokens=str(tokens), scores=str(out)))
     written = pd.read_parquet(out)
     assert set(written["task"]) == {"death_1y_tte"} and set(written["split"]) == {"held_out"}
     assert len(written) == 2 * (len(bundle_events) - 1)

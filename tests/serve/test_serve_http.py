@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.mlflow_server import group_alive, serve
 
 from ehrfm.serve.core import Scorer
 from ehrfm.serve.pyfunc import example_bundle, predict_frame
-from ehrfm.serve.server import group_alive, serve
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 1_000_000  # the server's EHRFM_SERVE_MAX_REQUEST_BYTES: the test bundles are ~250 kB

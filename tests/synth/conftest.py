@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from ehrfm.synth import generate
+from ehrfm.synth import SynthConfig, SynthSummary, generate
 
 POP_SEED = 11
 POP_N = 2000
 
 
 @pytest.fixture(scope="session")
-def population(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def population(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthSummary]:
     """A 2,000-patient population (seed 11) and its summary."""
     out = tmp_path_factory.mktemp("synth_pop")
-    summary = generate(POP_N, POP_SEED, out, progress=False)
+    summary = generate(SynthConfig(n_patients=POP_N, seed=POP_SEED, progress=False), out)
     return out, summary

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ehrfm.synth import simulate
+from ehrfm.synth import SynthConfig, simulate
 from ehrfm.synth.fhir import medication_lines, patient_lines
 from ehrfm.synth.record import MORTALITY_TASK, READMISSION_TASK
-from ehrfm.synth.timeline import SynthConfig
 from ehrfm.synth.truth import truth_table
 
 N, SEED = 150, 21
@@ -19,11 +18,11 @@ def test_label_engine_reproduces_the_truth() -> None:
     from ehrfm.labels.direct import label_events
     from ehrfm.labels.parse import load_tasks
 
-    cfg = SynthConfig()
+    cfg = SynthConfig(seed=SEED)
     meds = medication_lines()
     frames, truth_rows = [], []
     for i in range(N):
-        rec = simulate(SEED, i, cfg)
+        rec = simulate(cfg, i)
         truth_rows += [(rec.id, t) for t in rec.truth]
         text = "\n".join(meds + [line for lines in patient_lines(rec).values() for line in lines])
         result = bundle_to_events(text, validate="none", source_file=f"patient-{rec.id}.ndjson")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ehrfm.synth import oracle_auroc, read_truth
+from ehrfm.synth import SynthSummary, oracle_auroc, read_truth
 from ehrfm.synth.record import MORTALITY_TASK, READMISSION_TASK
 
 DAY_US = 86_400 * 1_000_000
@@ -30,18 +30,20 @@ def _us(ts: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def resources(population: tuple[Path, dict]) -> dict[str, list[dict[str, Any]]]:
+def resources(population: tuple[Path, SynthSummary]) -> dict[str, list[dict[str, Any]]]:
     folder, _ = population
     return {rt: _read(folder, rt) for rt in ("Patient", "Encounter", "Condition", "MedicationRequest",
                                             "Procedure", "Medication")}
 
 
-def test_sample_is_valid_fhir_r4(population: tuple[Path, dict]) -> None:
+def test_sample_is_valid_fhir_r4(population: tuple[Path, SynthSummary]) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     folder, _ = population
     n_checked: dict[str, int] = defaultdict(int)
-    for rt in ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure", "Medication"):
+    types = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
+             "Medication")
+    for rt in types:
         with open(folder / f"{rt}.ndjson") as f:
             for i, line in enumerate(f):
                 if i >= 150:
@@ -73,7 +75,8 @@ def test_references_resolve(resources: dict[str, list[dict[str, Any]]]) -> None:
     assert all(r["medicationReference"]["reference"].removeprefix("Medication/") in meds for r in by_ref)
 
 
-def test_realistic_ranges(population: tuple[Path, dict], resources: dict[str, list[dict[str, Any]]]) -> None:
+def test_realistic_ranges(population: tuple[Path, SynthSummary],
+                          resources: dict[str, list[dict[str, Any]]]) -> None:
     _, summary = population
     end_us = _us("2025-01-01T00:00:00Z")
     ages = []
@@ -94,13 +97,13 @@ def test_realistic_ranges(population: tuple[Path, dict], resources: dict[str, li
     assert amb.max() <= 1.0
     codes = {c["code"]["coding"][0]["code"] for c in resources["Condition"]}
     assert {"E11.9", "I50.9", "J44.9", "N18.3", "I10"} <= codes
-    assert summary["deaths"] > summary["in_hospital_deaths"] > 0  # deaths in and out of hospital
-    tasks = summary["tasks"]
+    assert summary.deaths > summary.in_hospital_deaths > 0  # deaths in and out of hospital
+    tasks = summary.tasks
     assert 0.08 <= tasks[READMISSION_TASK]["prevalence"] <= 0.22
     assert 0.03 <= tasks[MORTALITY_TASK]["prevalence"] <= 0.12
 
 
-def test_truth_table_schema(population: tuple[Path, dict]) -> None:
+def test_truth_table_schema(population: tuple[Path, SynthSummary]) -> None:
     folder, _ = population
     import pyarrow.parquet as pq
 
@@ -113,7 +116,7 @@ def test_truth_table_schema(population: tuple[Path, dict]) -> None:
     assert df["true_prob"].between(0, 1).all() and set(df["outcome"].unique()) <= {0, 1}
 
 
-def test_truth_is_realised_in_the_data(population: tuple[Path, dict],
+def test_truth_is_realised_in_the_data(population: tuple[Path, SynthSummary],
                                        resources: dict[str, list[dict[str, Any]]]) -> None:
     folder, _ = population
     truth = read_truth(folder)
@@ -130,14 +133,15 @@ def test_truth_is_realised_in_the_data(population: tuple[Path, dict],
         assert e["class"]["code"] == "IMP"
         assert e["subject"]["reference"] == f"Patient/{row.patient_id}"
         start, end = _us(e["period"]["start"]), _us(e["period"]["end"])
-        n_checked[row.task][row.outcome] += 1
-        if row.task == READMISSION_TASK:
+        task, outcome, pid = str(row.task), int(str(row.outcome)), str(row.patient_id)
+        n_checked[task][outcome] += 1
+        if task == READMISSION_TASK:
             assert t == end
-            readmitted = any(end < s <= end + 30 * DAY_US for s in imp_starts[row.patient_id])
+            readmitted = any(end < s <= end + 30 * DAY_US for s in imp_starts[pid])
             assert readmitted == bool(row.outcome), row
             # a margin past day 30 so any reading of the window's edge gives the same label
             if not row.outcome:
-                assert not any(end < s <= end + 32 * DAY_US for s in imp_starts[row.patient_id])
+                assert not any(end < s <= end + 32 * DAY_US for s in imp_starts[pid])
         else:
             assert t == start + DAY_US and end > t
             died = deceased.get(row.patient_id) == end
@@ -163,7 +167,7 @@ def test_deaths_are_unambiguous(resources: dict[str, list[dict[str, Any]]]) -> N
             assert deceased[pid] > end + 2 * DAY_US - 1_000_000, e["id"]
 
 
-def test_planted_signal_is_real(population: tuple[Path, dict]) -> None:
+def test_planted_signal_is_real(population: tuple[Path, SynthSummary]) -> None:
     folder, _ = population
     truth = read_truth(folder)
     for task, floor in ((READMISSION_TASK, 0.7), (MORTALITY_TASK, 0.65)):

@@ -6,17 +6,21 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from ehrfm.cli import main
+from ehrfm.layout import TokenPaths
 from ehrfm.schema import PREDICTION_TIME, SPLITS, TokenType
+from ehrfm.tokenize import read_tokenizer_config
 from ehrfm.tokenize.direct import read_tokens
 from ehrfm.vocab import Vocabulary
 
-# a subset of tables keeps the ingest inside the test budget: encounters, demographics, diagnoses, numeric labs
+# a subset of tables keeps the ingest inside the test budget: encounters, demographics, diagnoses and
+# numeric labs
 TABLES = {"hosp": ["admissions", "patients", "diagnoses_icd", "labevents"]}
 TASKS = ["mortality_inhospital", "readmission_30d", "death_1y_tte", "next_visit_codes"]
 MAX_LEN = 512
@@ -35,14 +39,15 @@ def tokens_dir(mimic_demo: Path, spark: object, tmp_path_factory: pytest.TempPat
             shutil.copy(mimic_demo / sub / f"{t}.csv.gz", root / "raw" / sub)
     ingest_mimic(spark, str(root / "raw"), str(root / "meds"))  # type: ignore[arg-type]
     label_dataset(spark, root / "meds", load_tasks(TASKS), root / "labels")  # type: ignore[arg-type]
-    out = root / "tokens"
-    assert main(["prepare", "--meds", str(root / "meds"), "--output", str(out), "--tasks", "all"]) == 0
-    assert main(["tokenize", "--meds", str(root / "meds"), "--labels", str(root / "labels"), "--output", str(out),
-                 "--tasks", ",".join(TASKS), "--max-len", str(MAX_LEN)]) == 0
-    yield out
+    layout = ["--meds", str(root / "meds"), "--labels", str(root / "labels"),
+              "--tokens", str(root / "tokens")]
+    assert main(["prepare", *layout]) == 0  # prompt tokens of every packaged task
+    assert main(["tokenize", *layout, "--tasks", f"[{','.join(TASKS)}]",
+                 "--tokenizer.max_len", str(MAX_LEN)]) == 0
+    yield root / "tokens"
 
 
-def _check_row(r: dict, vocab: Vocabulary) -> None:
+def _check_row(r: dict[str, Any], vocab: Vocabulary) -> None:
     n = r["length"]
     assert 0 < n <= MAX_LEN
     for k in ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments"):
@@ -79,12 +84,14 @@ def _check_row(r: dict, vocab: Vocabulary) -> None:
 @pytest.mark.spark
 @pytest.mark.slow
 def test_mimic_demo_token_invariants(tokens_dir: Path) -> None:
-    vocab = Vocabulary.load(tokens_dir / "vocab.json")
-    pre = read_tokens(tokens_dir / "pretrain")
+    paths = TokenPaths(tokens_dir)
+    vocab = Vocabulary.load(paths.vocab)
+    assert read_tokenizer_config(tokens_dir).max_len == MAX_LEN
+    pre = read_tokens(paths.pretrain)
     assert pre.num_rows == 100  # every demo patient has events
     tables: dict[str | None, pa.Table] = {None: pre}
     for t in TASKS:
-        tables[t] = read_tokens(tokens_dir / "tasks" / t)
+        tables[t] = read_tokens(paths.task(t))
         assert tables[t].num_rows > 0, t
     assert tables["death_1y_tte"].column("duration_days").null_count == 0
     assert any(len(x) for x in tables["next_visit_codes"].column("target_ids").to_pylist() if x)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from helpers.meds import write_labels, write_meds
 from tok_helpers import population
 
 from ehrfm.cli import main
-from ehrfm.schema import EVENTS_SCHEMA, LABELS_SCHEMA, SPLITS_SCHEMA, TOKENS_SCHEMA
-from ehrfm.tokenize import TokenizerConfig
+from ehrfm.layout import Layout
+from ehrfm.prepare.bins import Bins
+from ehrfm.schema import EVENTS_SCHEMA, LABELS_SCHEMA, TOKENS_SCHEMA
+from ehrfm.tokenize import TokenizerConfig, read_tokenizer_config
 from ehrfm.tokenize.direct import iter_rows, read_tokens, rows_to_table, tokens_equal
 from ehrfm.tokenize.spark_job import tokenize_spark, write_tokens
+from ehrfm.vocab import Vocabulary
 
 KEY = [("task", "ascending"), ("subject_id", "ascending"), ("prediction_time", "ascending")]
 
@@ -23,27 +26,8 @@ def _sorted(t: pa.Table) -> pa.Table:
     return t.sort_by(KEY).combine_chunks()
 
 
-def write_meds(root: Path, events: pd.DataFrame, splits: pd.DataFrame) -> Path:
-    """A minimal MEDS dataset folder (data/ + metadata/subject_splits.parquet)."""
-    (root / "data").mkdir(parents=True)
-    (root / "metadata").mkdir()
-    ev = events.assign(text_value=None, unit=None, source="test")[EVENTS_SCHEMA.names]
-    pq.write_table(pa.Table.from_pandas(ev, schema=EVENTS_SCHEMA, preserve_index=False), root / "data" / "part-0.parquet")
-    pq.write_table(pa.Table.from_pandas(splits, schema=SPLITS_SCHEMA, preserve_index=False),
-                   root / "metadata" / "subject_splits.parquet")
-    return root
-
-
-def write_labels(root: Path, labels: pd.DataFrame) -> Path:
-    root.mkdir(parents=True)
-    for task, g in labels.groupby("task"):
-        df = g.drop(columns="task").reindex(columns=LABELS_SCHEMA.names)
-        pq.write_table(pa.Table.from_pandas(df, schema=LABELS_SCHEMA, preserve_index=False), root / f"{task}.parquet")
-    return root
-
-
 @pytest.mark.spark
-def test_spark_path_equals_direct_calls(spark, vocab, bins, tmp_path) -> None:
+def test_spark_path_equals_direct_calls(spark: Any, vocab: Vocabulary, bins: Bins, tmp_path: Path) -> None:
     events, labels, splits = population()
     cfg = TokenizerConfig(max_len=14)  # small enough that truncation happens too
     split_of = dict(zip(splits["subject_id"], splits["split"], strict=True))
@@ -65,30 +49,33 @@ def test_spark_path_equals_direct_calls(spark, vocab, bins, tmp_path) -> None:
 
 
 @pytest.mark.spark
-def test_cli_prepare_and_tokenize_end_to_end(spark, tmp_path, capsys) -> None:
+def test_cli_prepare_and_tokenize_end_to_end(spark: Any, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     events, labels, splits = population()
-    meds = write_meds(tmp_path / "meds", events, splits)
+    write_meds(tmp_path / "meds", events, splits)
     lab_dir = write_labels(tmp_path / "labels", labels)
-    out = tmp_path / "tokens"
-    assert main(["prepare", "--meds", str(meds), "--output", str(out), "--min-count", "1", "--n-bins", "4",
-                 "--tasks", "t1,t2"]) == 0
-    assert main(["tokenize", "--meds", str(meds), "--labels", str(lab_dir), "--output", str(out), "--max-len", "64"]) == 0
+    root = ["--root", str(tmp_path)]
+    prep = ["--min_count", "1", "--n_bins", "4", "--tasks", "[t1,t2]"]
+    assert main(["prepare", *root, *prep]) == 0
+    assert main(["tokenize", *root, "--tokenizer.max_len", "64"]) == 0
     text = capsys.readouterr().out
     assert "len_p99" in text and "(pretrain)" in text
-    pre = read_tokens(out / "pretrain")
-    t1 = read_tokens(out / "tasks" / "t1")
+    out = Layout(root=str(tmp_path)).token_paths
+    pre, t1 = read_tokens(out.pretrain), read_tokens(out.task("t1"))
     assert pre.num_rows == 4 and t1.num_rows == 5
     assert set(pre.column("split").to_pylist()) == {"train", "tuning", "held_out"}
-    # the same through the one-process engine
-    local = tmp_path / "tokens_local"
-    assert main(["prepare", "--meds", str(meds), "--output", str(local), "--min-count", "1", "--n-bins", "4",
-                 "--tasks", "t1,t2", "--engine", "local"]) == 0
-    assert (local / "vocab.json").read_text() == (out / "vocab.json").read_text()
-    assert (local / "bins.json").read_text() == (out / "bins.json").read_text()
-    assert main(["tokenize", "--meds", str(meds), "--labels", str(lab_dir), "--output", str(local), "--max-len", "64",
+    assert read_tokenizer_config(out.root).max_len == 64
+    # the same through the one-process engine, into another tokens folder
+    local = Layout(root=str(tmp_path), tokens=str(tmp_path / "tokens_local")).token_paths
+    assert main(["prepare", *root, "--tokens", str(local.root), *prep, "--engine", "local"]) == 0
+    assert local.vocab.read_text() == out.vocab.read_text()
+    assert local.bins.read_text() == out.bins.read_text()
+    assert main(["tokenize", *root, "--tokens", str(local.root), "--tokenizer.max_len", "64",
                  "--engine", "local"]) == 0
-    for sub in ("pretrain", "tasks/t1", "tasks/t2"):
-        assert tokens_equal(_sorted(read_tokens(local / sub)), _sorted(read_tokens(out / sub))), sub
-    with pytest.raises(ValueError, match=r"no prompt token \[TASK:t3\]"):
-        (lab_dir / "t3.parquet").write_bytes((lab_dir / "t1.parquet").read_bytes())
-        main(["tokenize", "--meds", str(meds), "--labels", str(lab_dir), "--output", str(out), "--engine", "local"])
+    for sub in (out.pretrain, out.task("t1"), out.task("t2")):
+        other = local.root / sub.relative_to(out.root)
+        assert tokens_equal(_sorted(read_tokens(other)), _sorted(read_tokens(sub))), sub
+    (lab_dir / "t3.parquet").write_bytes((lab_dir / "t1.parquet").read_bytes())
+    capsys.readouterr()
+    assert main(["tokenize", *root, "--engine", "local"]) == 2
+    assert "no prompt token [TASK:t3]" in capsys.readouterr().err

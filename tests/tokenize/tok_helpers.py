@@ -85,5 +85,7 @@ def population() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             "target_codes": [None, None, None, None, None, ["DIAGNOSIS//Y", "UNKNOWN"]],
         }
     )
-    splits = pd.DataFrame({"subject_id": [1, 2, 3, 4, 5], "split": [TRAIN_SPLIT, TRAIN_SPLIT, "tuning", "held_out", TRAIN_SPLIT]})
+    splits = pd.DataFrame({"subject_id": [1, 2, 3, 4, 5],
+                           "split": [TRAIN_SPLIT, TRAIN_SPLIT, "tuning", "held_out", TRAIN_SPLIT]})
     return events, labels, splits
+

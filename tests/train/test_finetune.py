@@ -1,11 +1,12 @@
 """MTF end to end on a tiny planted task dataset: sampling, few-shot, training, saving, predictions in the
-evaluation contract accepted by ``build_report``, and the CLI (LoRA + few-shot + MLflow nesting)."""
+evaluation contract accepted by ``build_report``, the typed config, the row length taken from the tokens (a
+pretrained model shorter than them refused), and the CLI (LoRA + few-shot + MLflow nesting + the report)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ehrfm.config.base import ConfigError
+from ehrfm.config.tokenize import TokenizerConfig
+from ehrfm.config.train import FinetuneConfig, FinetuneSummary
+from ehrfm.layout import Layout, TokenPaths
 from ehrfm.models import EHRFoundationModel, ModelConfig
 from ehrfm.schema import CLS, INTERVAL_TOKENS, TOKENS_SCHEMA, TokenType, task_token
 from ehrfm.vocab import Vocabulary
@@ -22,6 +27,7 @@ TASKS = {"bin_a": "binary", "bin_b": "binary", "tte_c": "tte", "fc_d": "forecast
 DX = [f"DIAGNOSIS//ICD//10//D{i}" for i in range(12)]
 LABS = [f"LAB//LOINC//{i}" for i in range(8)]
 T0 = pd.Timestamp("2020-01-01")
+MAX_LEN = 64
 
 
 def _split(sid: int) -> str:
@@ -49,7 +55,8 @@ def _add(dst: dict[str, list], sid: int, pt: pd.Timestamp, streams: dict[str, li
 
 def write_task_tokens(root: Path, n: int = 400, seed: int = 0) -> tuple[Path, Path, Path]:
     """tokens/ (vocab, pretrain + task rows), labels/ and meds/ of ``n`` subjects with planted labels:
-    bin_a = latest code in D0..D3, bin_b = D1 and D2, tte_c events early when D3, fc_d targets = the history's D4..D7."""
+    bin_a = latest code in D0..D3, bin_b = D1 and D2, tte_c events early when D3, fc_d targets = the history's
+    D4..D7. Rows are at most 32 tokens; tokenize.json records max_len 64."""
     rng = np.random.default_rng(seed)
     vocab = Vocabulary.build([*INTERVAL_TOKENS, *[task_token(t) for t in TASKS], *DX, *LABS])
     tokens, labels, meds = root / "tokens", root / "labels", root / "meds"
@@ -76,7 +83,8 @@ def write_task_tokens(root: Path, n: int = 400, seed: int = 0) -> tuple[Path, Pa
         dur = min(dur, 365.0)
         tgt = [d for d in DX[4:8] if has[d]] or [DX[4]]
         for t, lab in (("bin_a", {"label": ya}), ("bin_b", {"label": yb}),
-                       ("tte_c", {"duration_days": dur, "event": ev}), ("fc_d", {"target_ids": [vocab.id(c) for c in tgt]})):
+                       ("tte_c", {"duration_days": dur, "event": ev}),
+                       ("fc_d", {"target_ids": [vocab.id(c) for c in tgt]})):
             _add(task_rows[t], sid, pt, _row(vocab, codes, day, task_token(t), task_token(t)), t, **lab)
             base = {"subject_id": sid, "prediction_time": pt}
             if t.startswith("bin"):
@@ -87,47 +95,63 @@ def write_task_tokens(root: Path, n: int = 400, seed: int = 0) -> tuple[Path, Pa
                 lab_rows[t].append({**base, "target_codes": tgt})
     pq.write_table(pa.Table.from_pydict(pre, schema=TOKENS_SCHEMA), tokens / "pretrain" / "part-0.parquet")
     for t, rows in task_rows.items():
-        (tokens / "tasks" / t).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pydict(rows, schema=TOKENS_SCHEMA), tokens / "tasks" / t / "part-0.parquet")
+        folder = TokenPaths(tokens).task(t)
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pydict(rows, schema=TOKENS_SCHEMA), folder / "part-0.parquet")
         pd.DataFrame(lab_rows[t]).to_parquet(labels / f"{t}.parquet", index=False)
     pd.DataFrame(events).to_parquet(meds / "data" / "part-0.parquet", index=False)
-    pd.DataFrame({"subject_id": np.arange(n, dtype=np.int64), "split": [_split(i) for i in range(n)]}).to_parquet(
-        meds / "metadata" / "subject_splits.parquet", index=False)
+    splits = pd.DataFrame({"subject_id": np.arange(n, dtype=np.int64),
+                           "split": [_split(i) for i in range(n)]})
+    splits.to_parquet(meds / "metadata" / "subject_splits.parquet", index=False)
+    record_max_len(tokens, MAX_LEN)
     return tokens, labels, meds
 
 
-def write_pretrained(root: Path, vocab_path: Path, backbone: str = "mamba2") -> Path:
+def record_max_len(tokens: Path, max_len: int) -> None:
+    """``tokens/tokenize.json`` as ``ehrfm tokenize`` leaves it (only the tokenizer config is read here)."""
+    TokenPaths(tokens).meta.write_text(json.dumps({"config": TokenizerConfig(max_len=max_len).to_dict()}))
+
+
+def write_pretrained(run_dir: Path, vocab_path: Path, backbone: str = "mamba2",
+                     max_len: int = MAX_LEN) -> Path:
     """A randomly initialised tiny model saved like `ehrfm pretrain` (``<run>/model``)."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(Vocabulary.load(vocab_path)), backbone=backbone, d_model=32, n_layers=1,
-                      headdim=16, chunk_size=16, max_len=64, dropout=0.0)
-    model_dir = EHRFoundationModel(cfg).save_pretrained(root / "model")
+                      headdim=16, chunk_size=16, max_len=max_len, dropout=0.0)
+    model_dir = EHRFoundationModel(cfg).save_pretrained(run_dir / "model")
     (model_dir / "vocab.json").write_text(vocab_path.read_text())
-    return root
+    return run_dir
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pipeline root with tokens/, labels/ and meds/ of the planted tasks."""
     root = tmp_path_factory.mktemp("ft")
-    tokens, labels, meds = write_task_tokens(root)
-    return tokens, labels, meds, write_pretrained(root / "pretrain_run", tokens / "vocab.json")
+    write_task_tokens(root)
+    return root
 
 
-def _cfg(steps: int = 80, *extra: str):  # type: ignore[no-untyped-def]
-    from ehrfm.train.finetune_run import load_finetune_config
+def _layout(planted: Path, tmp_path: Path, model_max_len: int = MAX_LEN) -> Layout:
+    """The planted data read in place; runs, evaluation and the MLflow store in ``tmp_path``, with a
+    pretrained model in its runs/pretrain/."""
+    layout = Layout(root=str(tmp_path), tokens=str(planted / "tokens"), labels=str(planted / "labels"),
+                    meds=str(planted / "meds"))
+    write_pretrained(layout.pretrain_run.root, layout.token_paths.vocab, max_len=model_max_len)
+    return layout
 
-    return load_finetune_config(None, [f"trainer.max_steps={steps}", "trainer.val_check_interval=20",
-                                       "trainer.checkpoint_every_n_steps=20", "trainer.progress_bar=false",
-                                       "data.max_tokens=1280", "data.max_len=64", "tracking.enabled=false",
-                                       "optim.lr=5e-3", "optim.warmup_steps=5", "patience=0", *extra])
+
+def _cfg(steps: int = 80, **extra: Any) -> FinetuneConfig:
+    return FinetuneConfig().replace(**{
+        "trainer.max_steps": steps, "trainer.val_check_interval": 20, "trainer.checkpoint_every_n_steps": 20,
+        "trainer.progress_bar": False, "data.max_tokens": 1280, "tracking.enabled": False, "optim.lr": 5e-3,
+        "optim.warmup_steps": 5, "patience": 0, **extra})
 
 
-def test_task_balanced_sampler_mixes_tasks_and_is_deterministic(planted: tuple[Path, ...]) -> None:
-    from ehrfm.train.finetune import MultiTaskDataset, TaskBalancedSampler
-    from ehrfm.train.finetune_run import _datasets
+def test_task_balanced_sampler_mixes_tasks_and_is_deterministic(planted: Path) -> None:
+    from ehrfm.data.multitask import MultiTaskDataset, TaskBalancedSampler
+    from ehrfm.train.finetune_run import task_datasets
 
-    tokens = planted[0]
-    data = MultiTaskDataset(list(TASKS), _datasets(tokens, list(TASKS), "train"))
+    data = MultiTaskDataset(list(TASKS), task_datasets(TokenPaths(planted / "tokens"), list(TASKS), "train"))
     s = TaskBalancedSampler(data, [1.0, 1.0, 1.0, 3.0], max_tokens=640, max_len=64, seed=0, total=200)
     batches = list(s)
     tasks = np.array([data.locate(i)[0] for b in batches for i in b])
@@ -144,7 +168,7 @@ def test_task_balanced_sampler_buckets_by_length() -> None:
     length-sorted pools, so real tokens fill most of each padded batch (unsorted random rows fill ~55%)."""
     from types import SimpleNamespace
 
-    from ehrfm.train.finetune import TaskBalancedSampler
+    from ehrfm.data.multitask import TaskBalancedSampler
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(20, 512, size=3000)
@@ -154,17 +178,18 @@ def test_task_balanced_sampler_buckets_by_length() -> None:
     batches = list(s)
     widths = [max(-(-int(lengths[i]) // 8) * 8 for i in b) for b in batches]
     assert all(len(b) * w <= 4096 for b, w in zip(batches, widths, strict=True))
-    fill = sum(int(lengths[i]) for b in batches for i in b) / sum(len(b) * w for b, w in zip(batches, widths, strict=True))
+    fill = sum(int(lengths[i]) for b in batches for i in b) / sum(
+        len(b) * w for b, w in zip(batches, widths, strict=True))
     assert fill > 0.85, fill
     share = np.mean([i < 1000 for b in batches for i in b])
     assert abs(share - 0.5) < 0.05  # task weights hold per row
     assert batches[123] == TaskBalancedSampler(data, [1.0, 1.0], 4096, 512, 3, 300, start=200).batch(123)  # type: ignore[arg-type]
 
 
-def test_few_shot_rows_stratified_and_seeded(planted: tuple[Path, ...]) -> None:
-    from ehrfm.train.finetune_run import _datasets, few_shot_rows
+def test_few_shot_rows_stratified_and_seeded(planted: Path) -> None:
+    from ehrfm.train.finetune_run import few_shot_rows, task_datasets
 
-    ds = _datasets(planted[0], ["bin_b"], "train")[0]
+    ds = task_datasets(TokenPaths(planted / "tokens"), ["bin_b"], "train")[0]
     y = np.array([ds[i]["label"] for i in range(len(ds))])
     rows = few_shot_rows(ds, "binary", 8, seed=1)
     assert len(rows) == 8 and len(set(rows.tolist())) == 8
@@ -174,31 +199,34 @@ def test_few_shot_rows_stratified_and_seeded(planted: tuple[Path, ...]) -> None:
     assert len(few_shot_rows(ds, "binary", 10_000, seed=0)) == len(ds)
 
 
-def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: tuple[Path, ...], tmp_path: Path) -> None:
-    from ehrfm.evaluate import build_report
-    from ehrfm.train.finetune_run import run_finetuning
-    from ehrfm.train.predict import FinetunedModel, predict
-
-    tokens, labels, meds, ckpt = planted
-    cfg = _cfg(80)
-    losses: list[float] = []
-
+def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: Path, tmp_path: Path) -> None:
     import lightning.pytorch as pl
+
+    from ehrfm.evaluate import build_report
+    from ehrfm.train.predict import FinetunedModel, predict
+    from ehrfm.train.stage import run_finetune
+
+    layout = _layout(planted, tmp_path)
+    run = layout.finetune_run
+    losses: list[float] = []
 
     class Record(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
             losses.append(float(outputs["loss"]))
 
-    summary = run_finetuning(cfg, ckpt, tokens, list(TASKS), tmp_path / "run", callbacks=[Record()])
-    assert summary["global_step"] == 80
+    summary = run_finetune(_cfg(80), layout, callbacks=[Record()])
+    assert summary.global_step == 80 and summary.tasks == sorted(TASKS) and summary.max_len == MAX_LEN
     assert np.mean(losses[-15:]) < 0.85 * np.mean(losses[:15])
-    assert summary["tuning"]["bin_a"]["auroc"] > 0.7  # the planted signal was learnt (80 tuning rows)
-    fm = FinetunedModel.load(tmp_path / "run")
+    assert summary.tuning["bin_a"]["auroc"] > 0.7  # the planted signal was learnt (80 tuning rows)
+    assert FinetuneSummary.from_dict(json.loads(run.summary.read_text())).global_step == 80
+    assert FinetuneConfig.load(run.config).tasks == sorted(TASKS)  # the resolved task list is recorded
+    fm = FinetunedModel.load(run.root)
     assert set(fm.heads.heads) == {"bin_a", "bin_b", "tte_c"}  # forecast reads the LM head
     assert fm.heads.heads["bin_a"] is not fm.heads.heads["bin_b"]
-    preds = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
-    again = predict(tmp_path / "run" / "model", tokens, ["bin_a"], ["held_out"], progress=False)
-    merged = preds[(preds.task == "bin_a") & (preds.split == "held_out")].merge(again, on=["subject_id", "prediction_time"])
+    preds = pd.read_parquet(run.predictions)
+    again = predict(run.model, layout.token_paths.root, ["bin_a"], ["held_out"], progress=False)
+    merged = preds[(preds.task == "bin_a") & (preds.split == "held_out")].merge(again, on=["subject_id",
+                                                                                         "prediction_time"])
     np.testing.assert_allclose(merged["prob_x"], merged["prob_y"], atol=1e-6)  # reloaded model == trained one
     assert list(preds.columns[:5]) == ["subject_id", "prediction_time", "task", "split", "model"]
     assert set(preds["model"]) == {"ehrfm_mamba2"} and set(preds["split"]) == {"tuning", "held_out"}
@@ -209,45 +237,59 @@ def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: tuple[Path, 
     fc = preds[preds.task == "fc_d"]
     assert all(len(c) == 10 and all(x.startswith("DIAGNOSIS//") for x in c) for c in fc["topk_codes"])
     assert all(np.all(np.diff(p) <= 0) for p in fc["topk_probs"])
-    report = build_report(preds, labels, meds, list(TASKS), tmp_path / "report", [], None, progress=False)
-    assert report["tasks"]["bin_a"]["models"]["ehrfm_mamba2"]["metrics"]["auroc"]["value"] > 0.65
-    assert report["tasks"]["tte_c"]["models"]["ehrfm_mamba2"]["n"] == int((preds.task == "tte_c").sum() / 2)
-    assert report["prediction_tasks_without_labels"] == []
+    report = build_report(preds, layout.labels_dir, layout.meds_paths.root, list(TASKS), tmp_path / "report",
+                          [], None, progress=False)
+    assert report.tasks["bin_a"].models["ehrfm_mamba2"].metrics["auroc"].value > 0.65
+    assert report.tasks["tte_c"].models["ehrfm_mamba2"].n == int((preds.task == "tte_c").sum() / 2)
+    assert report.prediction_tasks_without_labels == []
 
 
-def test_shared_head_is_one_module(planted: tuple[Path, ...]) -> None:
+def test_pretrained_model_shorter_than_the_tokens_is_refused(planted: Path, tmp_path: Path) -> None:
+    from ehrfm.train.stage import run_finetune
+
+    layout = _layout(planted, tmp_path, model_max_len=32)  # the tokens' rows were cut at 64
+    model_config = layout.pretrain_run.model / "config.yaml"
+    with pytest.raises(ConfigError, match=rf"model\.max_len=32 \({model_config}\) < max_len=64 of the tokens "
+                                          rf"\({layout.token_paths.meta}\)"):
+        run_finetune(_cfg(2, tasks=["bin_a"]), layout)
+    assert not layout.finetune_run.root.exists()
+
+
+def test_shared_head_is_one_module() -> None:
     from ehrfm.train.heads import HeadSpec, TaskHeads
 
-    heads = TaskHeads([HeadSpec("a", "binary"), HeadSpec("b", "binary"), HeadSpec("c", "tte")], 16, shared_head=True)
+    specs = [HeadSpec("a", "binary"), HeadSpec("b", "binary"), HeadSpec("c", "tte")]
+    heads = TaskHeads(specs, 16, shared_head=True)
     assert heads.heads["a"] is heads.heads["b"] and heads.heads["c"] is not heads.heads["a"]
 
 
-def test_cli_lora_few_shot_nested_mlflow(planted: tuple[Path, ...], tmp_path: Path) -> None:
+def test_cli_lora_few_shot_nested_mlflow(planted: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
+    from ehrfm.cli import main
     from ehrfm.tracking import Tracker
-    from ehrfm.train import finetune_cli
 
-    tokens, labels, meds, ckpt = planted
-    # a pretraining run with a tracked run id, as `ehrfm pretrain` leaves it
-    pre = Tracker(ckpt, "ehrfm-pretrain")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    layout = _layout(planted, tmp_path)
+    # a pretraining run with a tracked run id in the layout's store, as `ehrfm pretrain` leaves it
+    pre = Tracker(layout.root_dir, "ehrfm-pretrain", layout.tracking_uri(), layout.mlflow_artifacts)
     parent = pre.start_run("pretrain")
-    (ckpt / "summary.json").write_text(json.dumps({"mlflow_run_id": parent}))
-    parser = argparse.ArgumentParser()
-    finetune_cli.add_arguments(parser)
-    args = parser.parse_args(["--checkpoint", str(ckpt), "--data", str(tokens), "--tasks", "bin_a,tte_c",
-                              "--output", str(tmp_path / "run"), "--lora", "--few-shot", "16",
-                              "--set", "trainer.max_steps=6", "--set", "trainer.val_check_interval=3",
-                              "--set", "data.max_tokens=640", "--set", "data.max_len=64",
-                              "--set", "trainer.progress_bar=false",
-                              "--labels", str(labels), "--meds", str(meds), "--bootstrap", "0"])
-    assert finetune_cli.run(args) == 0
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["mode"] == "lora" and summary["train_rows"] == {"bin_a": 16, "tte_c": 16}
-    assert 0 < summary["lora_parameters"] < summary["trainable_parameters"] < 20_000
-    run = MlflowClient(Tracker(ckpt, "x").tracking_uri).get_run(summary["mlflow_run_id"])
-    assert run.data.tags["mlflow.parentRunId"] == parent
+    layout.pretrain_run.summary.write_text(json.dumps({"mlflow_run_id": parent}))
+    flags = [f"--{k}" if i % 2 == 0 else k for i, k in enumerate([
+        "root", str(tmp_path), "tokens", layout.token_paths.root, "labels", layout.labels_dir, "meds",
+        layout.meds_paths.root])]
+    assert main(["finetune", *map(str, flags), "--tasks", "[bin_a,tte_c]", "--adapt.mode", "lora",
+                 "--adapt.few_shot", "16", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+                 "--data.max_tokens", "640", "--trainer.progress_bar", "false", "--evaluate", "true",
+                 "--report.n_boot", "0"]) == 0
+    summary = FinetuneSummary.from_dict(json.loads(layout.finetune_run.summary.read_text()))
+    assert summary.mode == "lora" and summary.train_rows == {"bin_a": 16, "tte_c": 16}
+    assert 0 < summary.lora_parameters < summary.trainable_parameters < 20_000
+    assert {(r.task, r.metric) for r in summary.report} == {("bin_a", "auroc"), ("tte_c", "harrell_c")}
+    run = MlflowClient(layout.tracking_uri()).get_run(summary.mlflow_run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent == summary.mlflow_parent_run_id
     assert any(k.startswith("heldout_auroc/bin_a") for k in run.data.metrics)
-    assert (tmp_path / "run" / "report" / "report.md").exists()
-    cfg = EHRFoundationModel.from_pretrained(tmp_path / "run" / "model").state_dict()
-    assert not any("lora" in k for k in cfg)  # merged: loads without LoRA code
+    assert (layout.evaluation_dir / "report.md").exists()
+    state = EHRFoundationModel.from_pretrained(layout.finetune_run.model).state_dict()
+    assert not any("lora" in k for k in state)  # merged: loads without LoRA code

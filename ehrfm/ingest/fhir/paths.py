@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ehrfm.config.base import ConfigError
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -23,7 +25,8 @@ def expand_inputs(spark: SparkSession, inputs: Sequence[str]) -> list[tuple[str,
     """Sorted, de-duplicated ``(file URI, length in bytes)`` from files, folders (recursive,
     :data:`INPUT_SUFFIXES`) and globs.
 
-    Raises ``ValueError`` naming an input that matches nothing, or when no input files are found.
+    Raises :class:`~ehrfm.config.base.ConfigError` (a ``ValueError``) naming an input that matches nothing,
+    or when no input files are found.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -32,7 +35,7 @@ def expand_inputs(spark: SparkSession, inputs: Sequence[str]) -> list[tuple[str,
         fs, path = _hadoop(spark, item)
         statuses = fs.globStatus(path)
         if not statuses:
-            raise ValueError(f"--input {item!r}: no such file, folder or glob match")
+            raise ConfigError(f"input={item!r}: no such file, folder or glob match")
         for st in statuses:
             if st.isFile():
                 found[st.getPath().toString()] = int(st.getLen())
@@ -44,7 +47,7 @@ def expand_inputs(spark: SparkSession, inputs: Sequence[str]) -> list[tuple[str,
                 if name.lower().endswith(INPUT_SUFFIXES) and not name.startswith((".", "_")):
                     found[f.getPath().toString()] = int(f.getLen())
     if not found:
-        raise ValueError(f"no FHIR input files ({', '.join(INPUT_SUFFIXES)}) under {list(inputs)}")
+        raise ConfigError(f"input={list(inputs)}: no FHIR input files ({', '.join(INPUT_SUFFIXES)}) there")
     return sorted(found.items())
 
 

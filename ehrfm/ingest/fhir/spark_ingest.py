@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 
 BATCH_ROWS = 8192  # rows per Arrow batch handed back to Spark (bounds a task's memory)
-SPLIT_BYTES = 32 << 20  # plain NDJSON files above this are cut into byte ranges of this size (a few seconds of mapping each)
+# plain NDJSON files above this are cut into byte ranges of this size (a few seconds of mapping each)
+SPLIT_BYTES = 32 << 20
 PARTITION_BYTES = 32 << 20  # target input bytes per task (small files are grouped, big ones split)
 
 
@@ -82,7 +83,8 @@ def _map_fn(lookup: Any, complete: bool, validate: str, limit: int,
     return run
 
 
-def _pass2(validate: str, limit: int, every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _pass2(validate: str, limit: int,
+           every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow`` function: batches of pending records (joined) -> ROW_SCHEMA batches."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -92,7 +94,8 @@ def _pass2(validate: str, limit: int, every: int) -> Callable[[Iterator[pa.Recor
     return run
 
 
-def plan_units(files: Sequence[tuple[str, int]], split_bytes: int = SPLIT_BYTES) -> list[tuple[str, int, int, str]]:
+def plan_units(files: Sequence[tuple[str, int]],
+               split_bytes: int = SPLIT_BYTES) -> list[tuple[str, int, int, str]]:
     """``(path, start, end, mode)`` work units: a big plain NDJSON file becomes ``range`` units of
     ``split_bytes``; every other file one ``file`` unit (gzip is not splittable; documents are read whole)."""
     from ehrfm.ingest.fhir.streams import sniff
@@ -108,7 +111,8 @@ def plan_units(files: Sequence[tuple[str, int]], split_bytes: int = SPLIT_BYTES)
     return units
 
 
-def _units_df(spark: SparkSession, units: Sequence[dict[str, Any]], schema: str, parallelism: int) -> DataFrame:
+def _units_df(spark: SparkSession, units: Sequence[dict[str, Any]], schema: str,
+              parallelism: int) -> DataFrame:
     """A DataFrame of units, partitioned so that tasks get similar byte counts (largest first into
     the lightest partition): many small files share a task, a big file's ranges spread out."""
     total = sum(u["end"] - u["start"] for u in units)
@@ -124,7 +128,9 @@ def _units_df(spark: SparkSession, units: Sequence[dict[str, Any]], schema: str,
     return spark.createDataFrame(rdd.flatMap(lambda g: g), schema)
 
 
-def _lookups(scan: pa.Table) -> tuple[dict[str, dict[str, Any]], dict[int, int], dict[str, tuple[str, int, str]]]:
+def _lookups(
+    scan: pa.Table,
+) -> tuple[dict[str, dict[str, Any]], dict[int, int], dict[str, tuple[str, int, str]]]:
     """From the scan rows: unit facts by (path, start) with ``base`` (line number of the unit's first
     byte), global birth floors (minimum) and Medications (``(path, offset, JSON)``, first by file, then
     position)."""
@@ -191,7 +197,8 @@ def ingest_fhir(
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
     parallelism = spark.sparkContext.defaultParallelism
-    units = [dict(zip(("path", "start", "end", "mode"), u, strict=True)) for u in plan_units(files, SPLIT_BYTES)]
+    units = [dict(zip(("path", "start", "end", "mode"), u, strict=True))
+             for u in plan_units(files, SPLIT_BYTES)]
     # 1. scan: formats, line numbers of the ranges, lookups (small: collected and broadcast)
     from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA, WHOLE
 
@@ -208,7 +215,8 @@ def ingest_fhir(
 
     # 2. map every record once; rows kept in a temporary parquet (the summary and the writer read it)
     unit_schema = UNIT_SCHEMA + ", fmt string, base long, problem string, good_len long"
-    (_units_df(spark, units, unit_schema, parallelism).mapInArrow(_map_fn(lookup, complete, mode, limit, every), ROW_SCHEMA)
+    (_units_df(spark, units, unit_schema, parallelism)
+     .mapInArrow(_map_fn(lookup, complete, mode, limit, every), ROW_SCHEMA)
      .write.mode("overwrite").parquet(f"{tmp}/pass1"))
     p1 = spark.read.parquet(f"{tmp}/pass1")
     out = p1.where(F.col("kind").isin("E", "R", "S", "D", "V"))
@@ -231,7 +239,8 @@ def ingest_fhir(
                    .select("source_file", "record_index", "subject_id", "med_key", "payload")
                    .join(F.broadcast(births_df), on="subject_id", how="left")
                    .join(F.broadcast(meds_df), on="med_key", how="left"))
-        pending.mapInArrow(_pass2(mode, limit, every), ROW_SCHEMA).write.mode("overwrite").parquet(f"{tmp}/pass2")
+        (pending.mapInArrow(_pass2(mode, limit, every), ROW_SCHEMA)
+         .write.mode("overwrite").parquet(f"{tmp}/pass2"))
         out = out.unionByName(spark.read.parquet(f"{tmp}/pass2"))
     lookup.unpersist()
     seconds["cross_file"] = round(max(0.0, time.perf_counter() - clock - sum(seconds.values())), 1)
@@ -254,7 +263,8 @@ def ingest_fhir(
     steps.set_postfix_str("write MEDS")
     result = write_meds_dataset(
         spark, events, output, dataset_name=dataset_name, etl_name=etl_name, code_descriptions=descriptions,
-        rejects=rejects, subject_ids=subject_ids, summary=summary, split_ratios=split_ratios, split_seed=split_seed,
+        rejects=rejects, subject_ids=subject_ids, summary=summary, split_ratios=split_ratios,
+        split_seed=split_seed,
         rows_per_shard=rows_per_shard)
     steps.update()
     steps.close()
@@ -270,7 +280,8 @@ def _summary(out: DataFrame) -> dict[str, Any]:
 
     s = Summary()
     groups = (out.where(F.col("kind").isin("S", "V")).groupBy("kind", "resource_type", "status")
-              .agg(F.sum(F.coalesce("n_records", F.lit(1))).alias("n"), F.sum("n_events").alias("ev")).collect())
+              .agg(F.sum(F.coalesce("n_records", F.lit(1))).alias("n"), F.sum("n_events").alias("ev"))
+              .collect())
     checked = invalid = 0
     for r in groups:
         if r["kind"] == "S":
@@ -284,5 +295,4 @@ def _summary(out: DataFrame) -> dict[str, Any]:
         examples = [f"{r['source_file']}#{r['record_index']}: {r['reason']}" for r in bad]
     result = s.to_dict()
     result["validation_sample"] = {"checked": checked, "invalid": invalid, "examples": examples}
-    print(s.table())
     return result

@@ -55,7 +55,8 @@ def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFram
 
     missing = sorted(c for c in rule.columns() if c not in df.columns)
     if missing:
-        raise ValueError(f"MIMIC rule {rule.name}: table {spec.name} ({spec.path}) has no column(s) {missing}")
+        raise ValueError(f"MIMIC rule {rule.name}: table {spec.name} ({spec.path}) has no column(s)"
+                         f" {missing}")
     if rule.when:
         df = df.where(~_blank(F.col(rule.when)))
     sid = F.trim(F.col(SUBJECT_ID)).try_cast("bigint")
@@ -66,11 +67,13 @@ def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFram
     fld = F.when(sid.isNull(), F.lit(SUBJECT_ID))
     if rule.time:
         reason = reason.when(_blank(F.col(rule.time)), F.lit(f"missing time ({rule.time})"))
-        reason = reason.when(time.isNull(), F.concat(F.lit(f"unparseable time ({rule.time}): "), F.col(rule.time)))
+        unparsed = F.concat(F.lit(f"unparseable time ({rule.time}): "), F.col(rule.time))
+        reason = reason.when(time.isNull(), unparsed)
         fld = fld.when(time.isNull(), F.lit(rule.time))
     reason = reason.when(gap.isNotNull(), F.concat(F.lit("missing value for code "), gap))
     fld = fld.when(gap.isNotNull(), gap)
-    numeric = F.col(rule.numeric).cast("string").try_cast("float") if rule.numeric else F.lit(None).cast("float")
+    numeric = (F.col(rule.numeric).cast("string").try_cast("float") if rule.numeric
+               else F.lit(None).cast("float"))
     return df.select(
         sid.alias(SUBJECT_ID),
         time.alias("time"),
@@ -84,7 +87,8 @@ def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFram
         F.lit(rule.name).alias("_rule"),
         F.col("_file"),
         F.col("_row"),
-        (F.col(spec.id).cast("string") if spec.id in df.columns else F.lit(None).cast("string")).alias("_rid"),
+        (F.col(spec.id).cast("string") if spec.id in df.columns
+         else F.lit(None).cast("string")).alias("_rid"),
         reason.alias("_reason"),
         fld.alias("_field"),
     )
@@ -128,7 +132,8 @@ def code_descriptions(spark: SparkSession, root: str, rules: MimicRules) -> Data
     """(code, description) from the dictionary tables present under ``root`` plus the fixed descriptions."""
     from pyspark.sql import functions as F
 
-    frames = [spark.createDataFrame(sorted(rules.fixed_descriptions.items()), "code string, description string")]
+    fixed = sorted(rules.fixed_descriptions.items())
+    frames = [spark.createDataFrame(fixed, "code string, description string")]
     for d in rules.descriptions:
         uri = find_table(root, d.path)
         if uri is None:
@@ -146,11 +151,13 @@ def code_descriptions(spark: SparkSession, root: str, rules: MimicRules) -> Data
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
-def mimic_candidates(spark: SparkSession, root: str, rules: MimicRules) -> tuple[DataFrame, DataFrame, _Tables]:
+def mimic_candidates(spark: SparkSession, root: str,
+                     rules: MimicRules) -> tuple[DataFrame, DataFrame, _Tables]:
     """All candidate rows of all rules (not yet checked against birth), the births, and the table cache."""
     tables = _Tables(spark, root, rules)
     if tables.load("patients") is None:
-        raise FileNotFoundError(f"MIMIC input {root!r}: hosp/patients.csv(.gz) not found (expected <root>/hosp, <root>/icu)")
+        raise FileNotFoundError(f"MIMIC input {root!r}: hosp/patients.csv(.gz) not found"
+                                " (expected <root>/hosp, <root>/icu)")
     parts = []
     prepared: dict[str, DataFrame] = {}
     for rule in tqdm(rules.events, desc="mimic rules", unit="rule", leave=False):
@@ -159,7 +166,8 @@ def mimic_candidates(spark: SparkSession, root: str, rules: MimicRules) -> tuple
             raw = tables.load(rule.table)
             if raw is None:
                 if not spec.optional:
-                    raise FileNotFoundError(f"MIMIC input {root!r}: required table {spec.path}.csv(.gz) not found")
+                    raise FileNotFoundError(f"MIMIC input {root!r}: required table {spec.path}.csv(.gz)"
+                                            " not found")
                 continue
             prepared[rule.table] = PREPARE[spec.prepare](raw, tables.load) if spec.prepare else raw
         parts.append(rule_candidates(prepared[rule.table], rule, spec))
@@ -171,7 +179,8 @@ def births(patients: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     return (
-        patients.select(F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID), F.col("_birth_time").alias("_birth"))
+        patients.select(F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID),
+                        F.col("_birth_time").alias("_birth"))
         .where(F.col(SUBJECT_ID).isNotNull() & F.col("_birth").isNotNull())
         .groupBy(SUBJECT_ID)
         .agg(F.min("_birth").alias("_birth"))
@@ -212,12 +221,15 @@ def ingest_mimic(
     rules = rules or load_rules()
     candidates, birth, tables = mimic_candidates(spark, input_root, rules)
     checked = check_against_birth(candidates, birth).persist()
-    counts = checked.groupBy("_table", "_rule", "_reason").agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last")).collect()
+    counts = (checked.groupBy("_table", "_rule", "_reason")
+              .agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last")).collect())
     per_rule: dict[str, dict[str, Any]] = {}
     for r in counts:
         info = tables.info[r["_table"]]
-        if info.get("rows") is None:  # gzip tables are not counted up front: every row reaches a rule without `when`
-            info["rows_seen"] = max(info.get("rows_seen", 0), (r["last"] or -1) + 1)
+        # gzip tables are not counted up front: every row reaches a rule without `when`
+        if info.get("rows") is None:
+            last = -1 if r["last"] is None else r["last"]  # row 0 is a row: never `r["last"] or -1`
+            info["rows_seen"] = max(info.get("rows_seen", 0), last + 1)
         entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {}})
         if r["_reason"] is None:
             entry["events"] += r["count"]
@@ -235,7 +247,8 @@ def ingest_mimic(
     patients = tables.load("patients")
     assert patients is not None  # checked in mimic_candidates
     subject_ids = patients.select(
-        F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID), F.trim(F.col(SUBJECT_ID)).alias("source_id")
+        F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID),
+        F.trim(F.col(SUBJECT_ID)).alias("source_id"),
     ).where(F.col(SUBJECT_ID).isNotNull())
     for info in tables.info.values():
         if info.get("rows") is None and "rows_seen" in info:

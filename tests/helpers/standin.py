@@ -16,6 +16,7 @@ persistent per-subject profiles and a code -> value-bin follow-up, so there is s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +43,7 @@ def _interval_token(days: float) -> str:
     return f"[M{months}]" if months <= 12 else "[LT]"
 
 
-def _subject(rng: np.random.Generator, vocab: Vocabulary, n_codes: int, max_len: int) -> dict[str, list]:
+def _subject(rng: np.random.Generator, vocab: Vocabulary, n_codes: int, max_len: int) -> dict[str, list[Any]]:
     ids: list[int] = []
     types: list[int] = []
     ages: list[float] = []
@@ -81,7 +82,8 @@ def _subject(rng: np.random.Generator, vocab: Vocabulary, n_codes: int, max_len:
             add(f"CODE//{c}", TokenType.CODE, v, seg)
             if c % 15 == 0:  # some codes are labs followed by their value bin
                 b = int(rng.integers(0, 5))  # the scaled value lies inside its bin's share of [-0.5, 0.5)
-                add(f"LAB//{(c // 15) % 8}//BIN//{b}", TokenType.VALUE_BIN, v, seg, (b + float(rng.random())) / 5 - 0.5)
+                value = (b + float(rng.random())) / 5 - 0.5
+                add(f"LAB//{(c // 15) % 8}//BIN//{b}", TokenType.VALUE_BIN, v, seg, value)
             t += float(rng.uniform(0, 0.5))
         add(VE, TokenType.VISIT_END, v, seg)
         add(REG, TokenType.REGISTER, v, seg)
@@ -100,7 +102,7 @@ def write_standin(out: str | Path, n_subjects: int = 200, seed: int = 0, n_codes
     vocab = standin_vocabulary(n_codes)
     vocab.save(out / "vocab.json")
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {f.name: [] for f in TOKENS_SCHEMA}
+    rows: dict[str, list[Any]] = {f.name: [] for f in TOKENS_SCHEMA}
     for sid in range(n_subjects):
         seq = _subject(rng, vocab, n_codes, max_len)
         bucket = sid % 10

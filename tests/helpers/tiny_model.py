@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised serving folder, for tests, benchmarks and the serving demo.
+"""A tiny, randomly initialised serving folder, for tests and benchmarks (test-only: not part of ehrfm).
 
 Its predictions are meaningless (no training): it exercises the full serving path (FHIR ingest ->
 tokenizer -> backbone -> heads -> RiskAssessment) with the real save format of ``ehrfm finetune``.

@@ -1,4 +1,4 @@
-"""Run ``mlflow models serve`` for a registered model as a child process (tests, benchmarks, demos).
+"""Run ``mlflow models serve`` for a registered model as a child process (tests and benchmarks only).
 
 The server runs in its own process group (uvicorn forks workers), is waited for on ``/ping`` with a
 deadline, and is stopped by signalling the whole group (SIGTERM, then SIGKILL) with bounded waits.
@@ -67,8 +67,9 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 
 @contextmanager
 def serve(model_uri: str, log: str | Path, *, tracking_uri: str | None = None, port: int | None = None,
-          env: Mapping[str, str] | None = None, start_timeout_s: float = 90, grace_s: float = 10) -> Iterator[Server]:
-    """Start ``mlflow models serve -m model_uri --env-manager local`` on 127.0.0.1 and yield a :class:`Server`.
+          env: Mapping[str, str] | None = None, start_timeout_s: float = 90,
+          grace_s: float = 10) -> Iterator[Server]:
+    """Start ``mlflow models serve -m model_uri --env-manager local`` on 127.0.0.1, yield a :class:`Server`.
 
     The venv's ``bin/`` goes first on PATH (mlflow needs its ``uvicorn``); ``env`` adds variables (e.g.
     ``EHRFM_SERVE_MAX_REQUEST_BYTES``). Raises ``RuntimeError`` with the log tail when ``/ping`` does not
@@ -81,8 +82,8 @@ def serve(model_uri: str, log: str | Path, *, tracking_uri: str | None = None, p
         full_env["MLFLOW_TRACKING_URI"] = tracking_uri
     log = Path(log)
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([f"{venv_bin}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-                                 "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        proc = subprocess.Popen([f"{venv_bin}/mlflow", "models", "serve", "-m", model_uri,
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
                                 env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", proc.pid, log)
     try:

@@ -1,0 +1,83 @@
+"""ehrfm works from its wheel, outside the source tree: build the wheel, install it (offline, with the constraints
+file) into a fresh venv, and run the whole pipeline there — synth -> ingest -> label -> prepare -> tokenize ->
+pretrain -> finetune -> register -> one served prediction — on a tiny population, from a folder that is not the
+checkout. Presets and task specs must come from the installed package data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1200) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out.stdout
+
+
+def build_wheel(dest: Path) -> Path:
+    """``pip wheel`` of the checkout (no deps, no build isolation: setuptools from this venv)."""
+    env = {**os.environ, "PIP_CONSTRAINT": str(REPO / "constraints.txt")}
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(REPO)],
+         cwd=dest, env=env, timeout=600)
+    (wheel,) = dest.glob("ehrfm-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A fresh venv (outside the checkout) with the ehrfm wheel and its ``etl`` extra installed."""
+    base = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(base)
+    venv = base / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+    env["PIP_CONSTRAINT"] = str(REPO / "constraints.txt")
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=base, env=env)
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"),
+          f"{wheel}[etl]"], cwd=base, env=env, timeout=1800)
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    return venv, env
+
+
+def test_installed_package_has_its_data_and_no_checkout(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    venv, env = installed
+    probe = ("import json, ehrfm, ehrfm.resources as r, ehrfm.labels.parse as p\n"
+             "print(json.dumps({'file': ehrfm.__file__, 'tasks': p.available_tasks(),"
+             " 'model': r.available_presets('model'), 'pretrain': r.available_presets('pretrain'),"
+             " 'typed': (r.presets_dir().parent / 'py.typed').exists()}))")
+    info = json.loads(_run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path, env=env).strip())
+    assert not info["file"].startswith(str(REPO)), info["file"]
+    assert "readmission_30d" in info["tasks"] and len(info["tasks"]) >= 6
+    assert {"tiny", "small"} <= set(info["model"]) and "tiny" in info["pretrain"] and info["typed"]
+    assert _run(["ehrfm", "--version"], cwd=tmp_path, env=env).strip().startswith("ehrfm ")
+    assert "--tokenizer.max_len" in _run(["ehrfm", "tokenize", "--help"], cwd=tmp_path, env=env)
+
+
+def test_pipeline_runs_from_the_wheel(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """The demo's steps, each through the installed stage runners, on 60 synthetic patients."""
+    _, env = installed
+    root = tmp_path / "pipe"
+    tasks = "[readmission_30d,mortality_inhospital,death_1y_tte]"
+    out = _run(["ehrfm", "demo", "--root", str(root), "--n_patients", "60", "--seed", "3", "--tasks", tasks,
+                "--max_len", "128", "--pretrain_steps", "3", "--finetune_steps", "3", "--engine", "local",
+                "--evaluate", "false", "--max_time", "2030-01-01", "--spark.master", "local[1]"],
+               cwd=tmp_path, env=env, timeout=1800)
+    summary = json.loads((root / "demo_summary.json").read_text())
+    steps = [s["step"].split(" ")[0] for s in summary["steps"]]
+    assert summary["ok"], summary
+    assert steps[:8] == ["synthetic", "ingest", "labels", "vocabulary", "tokenize", "pretrain", "finetune", "register"]
+    assert steps[-1] == "served"
+    assert "RiskAssessment" in out
+    # nothing was written into the current folder (no ./mlruns) and the model records no temp build paths
+    assert not (tmp_path / "mlruns").exists()
+    tokens = json.loads((root / "tokens" / "tokenize.json").read_text())
+    assert tokens["config"]["max_len"] == 128
