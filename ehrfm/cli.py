@@ -99,7 +99,7 @@ _LAYOUT_KEYS = tuple(f for f in Layout.__dataclass_fields__)
 
 def stage_parser(st: Stage) -> Any:
     """The jsonargparse parser of one stage: ``--config``, ``--print_config``, Layout and config fields."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser  # type: ignore[attr-defined]
 
     cls = st.config_class()
     doc = (cls.__doc__ or st.help).strip().splitlines()[0]

@@ -56,7 +56,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if isinstance(value, hint):
             return value
-        return build(hint, value, key + ".")
+        return build(typing.cast(Any, hint), value, key + ".")
     if origin in (list, tuple, Sequence):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r}: expected a list")
@@ -94,7 +94,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in dataclasses.fields(typing.cast(Any, cls)) if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(
@@ -105,6 +105,11 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
         return cls(**kwargs)
     except TypeError as exc:  # a required field without a value
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from exc
+    except ConfigError as exc:  # a section's own check: name the field by its full dotted key
+        message = str(exc)
+        if prefix and not message.startswith(prefix):
+            raise ConfigError(prefix + message) from None
+        raise
 
 
 def _plain(value: Any) -> Any:

@@ -47,8 +47,10 @@ class IngestConfig(ConfigBase):
 
 @dataclass
 class FhirIngestConfig(IngestConfig):
-    """``ehrfm ingest fhir``: FHIR R4 Bundles / NDJSON -> a MEDS dataset, with rejects and a reconciling
-    summary (Spark)."""
+    """``ehrfm ingest fhir``: FHIR R4 Bundles / NDJSON -> a MEDS dataset with rejects and a summary (Spark).
+
+    Every input record is mapped, rejected (with file, index and reason) or skipped by design; per resource
+    type, in = mapped + rejected + skipped."""
 
     input: list[str] = field(default_factory=list)
     """Bundle JSON / NDJSON files (.json, .ndjson, .jsonl, optionally .gz), folders (searched recursively) or
@@ -70,7 +72,7 @@ class FhirIngestConfig(IngestConfig):
 
 @dataclass
 class MimicIngestConfig(IngestConfig):
-    """``ehrfm ingest mimic``: MIMIC-IV hosp/ + icu/ CSV(.gz) -> a MEDS dataset, driven by a rules table."""
+    """``ehrfm ingest mimic``: MIMIC-IV hosp/ + icu/ CSV(.gz) -> a MEDS dataset via a rules table (Spark)."""
 
     input: str | None = None
     """MIMIC-IV root holding hosp/ and icu/ (local path or URI); required."""
@@ -80,8 +82,9 @@ class MimicIngestConfig(IngestConfig):
 
 @dataclass
 class MedsIngestConfig(IngestConfig):
-    """``ehrfm ingest meds``: an existing MEDS dataset, or a MEDS-like events parquet, -> an ehrfm MEDS
-    dataset (Spark)."""
+    """``ehrfm ingest meds``: a MEDS dataset or a MEDS-like events parquet -> an ehrfm MEDS dataset (Spark).
+
+    Rows without a subject id or code become rejects; every other row becomes one event."""
 
     input: str | None = None
     """A MEDS root (with data/), a folder of parquet files or one parquet file (local path or URI);

@@ -25,7 +25,7 @@ class LabelSummary(ConfigBase):
     """What ``ehrfm label`` wrote: rows, subjects, positives and prevalence per task and split."""
 
     tasks: dict[str, str]
-    """task -> kind (binary, tte, forecast)."""
+    """task -> kind (binary, time_to_event, forecast)."""
     rows: list[dict[str, object]]
     """One record per (task, split): rows, subjects, positives, prevalence."""
     warnings: list[str] = field(default_factory=list)

@@ -100,4 +100,5 @@ def outlier_scores(emb: np.ndarray, k: int = 10) -> np.ndarray:
     z = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
     k = min(k, len(emb) - 1)
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
-    return dist[:, 1:].mean(1)  # column 0 is the row itself
+    mean: np.ndarray = dist[:, 1:].mean(1)  # column 0 is the row itself
+    return mean

@@ -25,7 +25,8 @@ def load_token_rows(tokens_dir: str | Path, task: str | None = None) -> pd.DataF
     folder = base / "pretrain" if task is None else base / "tasks" / task
     if not folder.exists():
         raise FileNotFoundError(f"{folder} not found: run `ehrfm tokenize` (task rows need --labels)")
-    return read_tokens(folder).to_pandas()
+    frame: pd.DataFrame = read_tokens(folder).to_pandas()
+    return frame
 
 
 def decode_row(row: Mapping[str, Any], vocab: Vocabulary) -> pd.DataFrame:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,11 @@ import pandas as pd
 import yaml
 
 from ehrfm import resources
+from ehrfm.config.base import ConfigError
+from ehrfm.config.serve import Limits as Limits  # re-exported: serving code and users import it from here
+from ehrfm.config.serve import ServeConfig
 from ehrfm.data.multitask import MultiTaskCollator
+from ehrfm.layout import TokenPaths
 from ehrfm.prepare.bins import Bins, load_bins
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID, TIME
 from ehrfm.tokenize import TokenizerConfig, tokenize_for_prediction
@@ -34,42 +37,6 @@ from ehrfm.train.predict import HEADS_SPEC, FinetunedModel, predict_batch
 
 SERVE_JSON, BINS_JSON, TASKS_DIR = "serve.json", "bins.json", "tasks"
 RESULT_COLUMNS = ("prob", "risk", "survival", "times_days", "topk_codes", "topk_probs")
-
-
-@dataclass
-class Limits:
-    """Request limits (bad or huge input gets a 4xx naming the limit, not an out-of-memory server)."""
-
-    max_request_bytes: int = 32_000_000  # one bundle / events JSON string
-    max_events: int = 100_000  # events of one patient after mapping
-    max_patients: int = 256  # rows of one request
-
-
-@dataclass
-class ServeConfig:
-    """``serve.json``: collation length (tokens kept, most recent), tokenizer config, limits, validation."""
-
-    max_len: int = 512
-    tokenize: dict[str, Any] = field(default_factory=lambda: TokenizerConfig().to_dict())
-    limits: Limits = field(default_factory=Limits)
-    validate: str = "full"  # FHIR structural validation of every mapped resource ("full" | "none")
-    model_version: str = ""  # filled at registration; goes into RiskAssessment.method
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (``serve.json``)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        d = dict(data)
-        lim = d.pop("limits", {}) or {}
-        unknown = sorted(set(d) - {"max_len", "tokenize", "validate", "model_version"})
-        unknown += sorted(f"limits.{k}" for k in set(lim) - set(asdict(Limits())))
-        if unknown:
-            raise ValueError(f"{SERVE_JSON}: unknown key(s) {unknown}")
-        TokenizerConfig.from_dict(d.get("tokenize", {}))  # validate early
-        return cls(limits=Limits(**lim), **d)
 
 
 def _finetuned_dir(path: Path) -> Path:
@@ -82,9 +49,9 @@ def build_serving_dir(model_dir: str | Path, output: str | Path, *, tokens_dir: 
     """Copy a finetuned model folder (or a finetuning output folder) into ``output`` and add bins,
     ``serve.json`` and task YAMLs.
 
-    ``bins``: explicit ``bins.json``; else ``<model>/bins.json``, else ``<tokens_dir>/bins.json``. The
-    tokenizer config comes from ``<tokens_dir>/tokenize.json`` when present; ``max_len`` from the
-    finetuning run's ``finetune_config.yaml`` (``data.max_len``) when present.
+    ``bins``: explicit ``bins.json``; else ``<model>/bins.json``, else ``<tokens_dir>/bins.json``. Without a
+    ``config``, the tokenizer rules (and with them the served row length ``max_len``) come from the tokens'
+    ``tokenize.json`` when present — the one record of how the training rows were cut.
     """
     src = _finetuned_dir(Path(model_dir))
     if not (src / HEADS_SPEC).exists():
@@ -94,17 +61,15 @@ def build_serving_dir(model_dir: str | Path, output: str | Path, *, tokens_dir: 
     cands = [Path(bins)] if bins else [src / BINS_JSON] + ([Path(tokens_dir) / BINS_JSON] if tokens_dir else [])
     found = next((c for c in cands if c.exists()), None)
     if found is None:
-        raise FileNotFoundError(f"bins.json not found (looked at {[str(c) for c in cands]}): pass --bins or --tokens")
+        raise FileNotFoundError(f"bins.json not found (looked at {[str(c) for c in cands]}): pass --tokens (the tokens "
+                                "folder of the training data)")
     load_bins(found)  # fail now, not at serving time
     if found.resolve() != (out / BINS_JSON).resolve():
         shutil.copy(found, out / BINS_JSON)
     cfg = config or ServeConfig()
-    tok_json = Path(tokens_dir) / "tokenize.json" if tokens_dir else None
+    tok_json = TokenPaths(Path(tokens_dir)).meta if tokens_dir else None
     if config is None and tok_json is not None and tok_json.exists():
-        cfg.tokenize = TokenizerConfig.from_dict(json.loads(tok_json.read_text()).get("config", {})).to_dict()
-    ft_cfg = src.parent / "finetune_config.yaml"
-    if config is None and ft_cfg.exists():
-        cfg.max_len = int(((yaml.safe_load(ft_cfg.read_text()) or {}).get("data") or {}).get("max_len", cfg.max_len))
+        cfg = cfg.replace(tokenize=TokenizerConfig.from_dict(json.loads(tok_json.read_text()).get("config", {})))
     (out / SERVE_JSON).write_text(json.dumps(cfg.to_dict(), indent=2))
     meta = json.loads((out / HEADS_SPEC).read_text())
     task_src = Path(tasks_dir) if tasks_dir else resources.tasks_dir()
@@ -125,8 +90,12 @@ class Scorer:
         self.bins: Bins = load_bins(d / BINS_JSON)
         self.config = ServeConfig.from_dict(json.loads((d / SERVE_JSON).read_text())) if (d / SERVE_JSON).exists() \
             else ServeConfig()
-        self.tokenize_cfg = TokenizerConfig.from_dict(self.config.tokenize)
-        self.collate = MultiTaskCollator(self.config.max_len)
+        self.tokenize_cfg = self.config.tokenize
+        model_len = self.fm.model.config.max_len
+        if model_len and model_len < self.tokenize_cfg.max_len:
+            raise ConfigError(f"{d / SERVE_JSON}: tokenize.max_len={self.tokenize_cfg.max_len} is longer than the "
+                              f"model's max_len={model_len}; serve shorter rows (register --max_len {model_len})")
+        self.collate = MultiTaskCollator(self.tokenize_cfg.max_len)
         self.descriptions = task_descriptions(d / TASKS_DIR)
 
     @property

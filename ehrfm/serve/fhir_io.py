@@ -51,11 +51,12 @@ def _text(row: int, name: str, value: Any, limits: Limits) -> str | bytes:
         raise InputError(f"row {row}: field {name!r} must be JSON text, got {type(value).__name__}")
     if isinstance(value, str):
         value = str(value)  # numpy.str_ (MLflow's "inputs" parsing) is a str that orjson refuses
+    text: str | bytes = value
     size = len(value.encode("utf-8") if isinstance(value, str) else value)
     if size > limits.max_request_bytes:
         raise InputError(f"row {row}: field {name!r} is {size:,} bytes, over the limit "
                          f"max_request_bytes={limits.max_request_bytes:,}")
-    return value
+    return text
 
 
 def _json(row: int, name: str, text: str | bytes) -> Any:
@@ -145,7 +146,7 @@ def parse_time(row: int, value: Any) -> pd.Timestamp | None:
         ts = pd.Timestamp(str(value) if isinstance(value, str) else value)  # numpy.str_ -> str
     except (ValueError, TypeError):
         raise InputError(f"row {row}: field 'prediction_time' is not an ISO 8601 date-time") from None
-    if ts is pd.NaT:
+    if pd.isna(ts):
         return None
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ehrfm.serve.core import ServeConfig, build_serving_dir
+from ehrfm.config.serve import ServeConfig
+from ehrfm.serve.core import build_serving_dir
 from ehrfm.serve.pyfunc import log_pyfunc
 from ehrfm.tracking import Tracker
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,22 +63,40 @@ def test_installed_package_has_its_data_and_no_checkout(installed: tuple[Path, d
     assert "--tokenizer.max_len" in _run(["ehrfm", "tokenize", "--help"], cwd=tmp_path, env=env)
 
 
-def test_pipeline_runs_from_the_wheel(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    """The demo's steps, each through the installed stage runners, on 60 synthetic patients."""
+def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
+    """The ``bash`` blocks of the README's "Usage by layer" section, one command per logical line, in order."""
+    text = readme.read_text()
+    section = text.split("## Usage by layer", 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        joined = block.replace("\\\n", " ")
+        commands += [line for line in (ln.strip() for ln in joined.splitlines()) if line and not line.startswith("#")]
+    return commands
+
+
+def test_readme_commands_are_a_pipeline() -> None:
+    cmds = readme_commands()
+    stages = [c.split()[1] for c in cmds]
+    assert stages == ["synth", "ingest", "label", "prepare", "tokenize", "pretrain", "finetune", "evaluate", "register",
+                      "score"], cmds
+
+
+def test_readme_pipeline_runs_from_the_wheel(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """synth -> ingest -> label -> prepare -> tokenize -> pretrain -> finetune -> evaluate -> register -> score, the
+    README's commands verbatim, with the installed console script, in a folder that is not the checkout."""
     _, env = installed
-    root = tmp_path / "pipe"
-    tasks = "[readmission_30d,mortality_inhospital,death_1y_tte]"
-    out = _run(["ehrfm", "demo", "--root", str(root), "--n_patients", "60", "--seed", "3", "--tasks", tasks,
-                "--max_len", "128", "--pretrain_steps", "3", "--finetune_steps", "3", "--engine", "local",
-                "--evaluate", "false", "--max_time", "2030-01-01", "--spark.master", "local[1]"],
-               cwd=tmp_path, env=env, timeout=1800)
-    summary = json.loads((root / "demo_summary.json").read_text())
-    steps = [s["step"].split(" ")[0] for s in summary["steps"]]
-    assert summary["ok"], summary
-    assert steps[:8] == ["synthetic", "ingest", "labels", "vocabulary", "tokenize", "pretrain", "finetune", "register"]
-    assert steps[-1] == "served"
-    assert "RiskAssessment" in out
-    # nothing was written into the current folder (no ./mlruns) and the model records no temp build paths
-    assert not (tmp_path / "mlruns").exists()
-    tokens = json.loads((root / "tokens" / "tokenize.json").read_text())
-    assert tokens["config"]["max_len"] == 128
+    for cmd in readme_commands():
+        _run(["bash", "-c", cmd], cwd=tmp_path, env=env, timeout=1200)
+    out = tmp_path / "out"
+    assert (out / "meds" / "metadata" / "subject_splits.parquet").exists()
+    assert sorted(p.name for p in (out / "labels").glob("*.parquet")) == sorted(
+        f"{t}.parquet" for t in json.loads((out / "labels" / "tasks.json").read_text()))
+    assert json.loads((out / "tokens" / "tokenize.json").read_text())["config"]["max_len"] == 512
+    assert (out / "runs" / "finetune" / "predictions.parquet").exists()
+    assert (out / "evaluation" / "report.md").exists()
+    assert any((out / "scores").glob("*.parquet"))
+    probe = ("import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version_by_alias('ehrfm', 'champion');"
+             " print(v.version)")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    assert _run(["python", "-c", probe], cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}).strip() == "1"
+    assert not (tmp_path / "mlruns").exists()  # nothing lands in ./mlruns of the current folder
