@@ -42,7 +42,8 @@ LAYERS = {"mamba": 4, "mamba2": 4, "transformer": 2}
 def _config(backbone: str, d_model: int, max_len: int) -> Any:
     from ehrfm.models import ModelConfig
 
-    return ModelConfig(vocab_size=1000, backbone=backbone, d_model=d_model, n_layers=LAYERS[backbone], dropout=0.0,
+    return ModelConfig(vocab_size=1000, backbone=backbone, d_model=d_model, n_layers=LAYERS[backbone],
+                       dropout=0.0,
                        max_len=max_len, headdim=32, chunk_size=64, n_heads=max(1, d_model // 32))
 
 
@@ -106,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each point (0 = torch default)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per point before it is recorded as timed out")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads in each point (0 = torch default)")
+    p.add_argument("--timeout", type=float, default=900,
+                   help="seconds per point before it is recorded as timed out")
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--_child", nargs=2, metavar=("BACKBONE", "L"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     rows: list[dict[str, Any]] = []
-    print(f"{'backbone':<12}{'L':>6}{'B':>5}{'params':>10}{'s/step':>9}{'cpu s':>8}{'tok/s':>10}{'peak MB':>9}"
+    print(
+        f"{'backbone':<12}{'L':>6}{'B':>5}{'params':>10}{'s/step':>9}{'cpu s':>8}{'tok/s':>10}{'peak MB':>9}"
           f"{'+MB':>8}  ops")
     for backbone in args.backbones:
         for length in args.lengths:
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{backbone:<12}{length:>6}  {row['error']}")
             else:
                 print(f"{backbone:<12}{length:>6}{row['B']:>5}{row['parameters']:>10}{row['seconds']:>9.3f}"
-                      f"{row['cpu_seconds']:>8.3f}{row['tokens_per_s']:>10.0f}{row['peak_rss_mb']:>9.0f}{row['rss_growth_mb']:>8.0f}  {row['ops_path']}")
+                      f"{row['cpu_seconds']:>8.3f}{row['tokens_per_s']:>10.0f}{row['peak_rss_mb']:>9.0f}"
+                      f"{row['rss_growth_mb']:>8.0f}  {row['ops_path']}")
             sys.stdout.flush()
     ratios: dict[str, float | None] = {}
     cpu_ratios: dict[str, float | None] = {}
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, out in (("seconds", ratios), ("cpu_seconds", cpu_ratios)):
             t = {r["L"]: r.get(key) for r in rows if r["backbone"] == backbone}
             out[backbone] = round(t[8192] / t[2048], 2) if t.get(8192) and t.get(2048) else None
-    print("t(8192)/t(2048) at a fixed token budget, wall:", json.dumps(ratios), "cpu:", json.dumps(cpu_ratios))
+    print("t(8192)/t(2048) at a fixed token budget, wall:", json.dumps(ratios), "cpu:",
+          json.dumps(cpu_ratios))
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "python": platform.python_version()},
               "settings": {k: v for k, v in vars(args).items() if k not in ("_child", "output")},

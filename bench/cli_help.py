@@ -42,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     from ehrfm.cli import STAGES
 
-    rows = [measure(["--help"], args.repeats)] + [measure([*s.name.split(), "--help"], args.repeats) for s in STAGES]
+    rows = ([measure(["--help"], args.repeats)] + [measure([*s.name.split(), "--help"], args.repeats)
+                                                   for s in STAGES])
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         subprocess.run([sys.executable, "-c", "pass"], check=True)

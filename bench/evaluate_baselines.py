@@ -29,7 +29,8 @@ import pandas as pd
 from ehrfm.evaluate import BaselineConfig, CountFeaturizer, ReportConfig, build_report
 from ehrfm.evaluate.baselines import _binary, _prepare
 
-MIMIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mimic-iv-demo-meds" / "mimic_iv_demo_meds_events.parquet"
+MIMIC = Path(__file__).resolve().parents[
+    1].parent / "shared" / "data" / "mimic-iv-demo-meds" / "mimic_iv_demo_meds_events.parquet"
 
 
 def synthetic(n: int, e: int, codes: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
@@ -54,7 +55,8 @@ def bench_features(n: int, e: int) -> dict[str, Any]:
     y = (np.asarray(X[:, 0].todense()).ravel() > 0).astype(float)  # any learnable target, for fit timing
     Xp = _prepare(X, train)
     tune = rows["subject_id"].to_numpy() % 5 == 3
-    out = {"subjects": n, "events": len(events), "label_rows": len(rows), "features": X.shape[1], "featurize_s": t_feat}
+    out = {"subjects": n, "events": len(events), "label_rows": len(rows), "features": X.shape[1],
+           "featurize_s": t_feat}
     for name in ("lr", "hgb"):
         t = time.perf_counter()
         _binary(name, Xp, y, train, tune, BaselineConfig())
@@ -64,12 +66,15 @@ def bench_features(n: int, e: int) -> dict[str, Any]:
 
 def mimic_dataset(root: Path) -> tuple[Path, Path]:
     """MEDS dir + labels dir for the MIMIC demo (see module docstring)."""
-    df = pd.read_parquet(MIMIC).rename(columns={"value": "numeric_value"})[["subject_id", "time", "code", "numeric_value"]]
+    df = pd.read_parquet(MIMIC).rename(columns={"value": "numeric_value"})[["subject_id", "time", "code",
+                                                                            "numeric_value"]]
     (root / "meds" / "data").mkdir(parents=True)
     (root / "meds" / "metadata").mkdir()
     df.to_parquet(root / "meds" / "data" / "part-0.parquet")
     sids = np.sort(df["subject_id"].unique())
-    pd.DataFrame({"subject_id": sids, "split": np.select([sids % 5 < 3, sids % 5 == 3], ["train", "tuning"], "held_out")}).to_parquet(
+    pd.DataFrame({"subject_id": sids,
+                  "split": np.select([sids % 5 < 3, sids % 5 == 3], ["train", "tuning"],
+                                     "held_out")}).to_parquet(
         root / "meds" / "metadata" / "subject_splits.parquet")
     adm = df[df["code"].str.startswith("HOSPITAL_ADMISSION")].sort_values(["subject_id", "time"])
     dis = df[df["code"].str.startswith("HOSPITAL_DISCHARGE")].sort_values(["subject_id", "time"])
@@ -86,11 +91,14 @@ def mimic_dataset(root: Path) -> tuple[Path, Path]:
             read = bool(len(nxt) and (nxt[0] - t) <= np.timedelta64(30, "D"))
             end = dt if dt is not None else last[s]
             rows.append({"subject_id": s, "prediction_time": t, "boolean_value": read,
-                         "duration_days": max((end - t) / np.timedelta64(1, "D"), 0.01), "event": int(dt is not None)})
+                         "duration_days": max((end - t) / np.timedelta64(1, "D"), 0.01),
+                         "event": int(dt is not None)})
     lab = pd.DataFrame(rows)
     (root / "labels").mkdir()
-    lab[["subject_id", "prediction_time", "boolean_value"]].to_parquet(root / "labels" / "readmission_30d.parquet")
-    lab[["subject_id", "prediction_time", "duration_days", "event"]].to_parquet(root / "labels" / "mortality_tte.parquet")
+    lab[["subject_id", "prediction_time",
+         "boolean_value"]].to_parquet(root / "labels" / "readmission_30d.parquet")
+    lab[["subject_id", "prediction_time", "duration_days",
+         "event"]].to_parquet(root / "labels" / "mortality_tte.parquet")
     return root / "meds", root / "labels"
 
 
@@ -99,12 +107,15 @@ def bench_mimic(n_boot: int) -> dict[str, Any]:
         meds, labels = mimic_dataset(Path(d))
         t = time.perf_counter()
         rep = build_report(None, labels, meds, None, Path(d) / "report", ["lr", "hgb", "cox", "rsf"],
-                           config=ReportConfig(n_boot=n_boot), baseline_config=BaselineConfig(min_count=3), progress=False)
+                           config=ReportConfig(n_boot=n_boot), baseline_config=BaselineConfig(min_count=3),
+                           progress=False)
         elapsed = time.perf_counter() - t
     out: dict[str, Any] = {"report_s": elapsed, "tasks": {}}
     for task, res in rep["tasks"].items():
         out["tasks"][task] = {"n_labels": res["n_labels"], "n_eval": res["n_eval"],
-                              "models": {m: {k: v for k, v in i["metrics"].items() if k in ("auroc", "auprc", "prevalence", "harrell_c", "uno_c", "ibs")}
+                              "models": {m: {k: v for k, v in i["metrics"].items()
+                                             if k in ("auroc", "auprc", "prevalence", "harrell_c", "uno_c",
+                                                      "ibs")}
                                          for m, i in res["models"].items()}}
     return out
 
@@ -119,15 +130,19 @@ def main() -> None:
     res: dict[str, Any] = {"machine": platform.platform(), "cpus": __import__("os").cpu_count(),
                            "note": "shared CPU (2 cores, 8 engineers): timings are noisy upper bounds"}
     res["features"] = f = bench_features(args.subjects, args.events)
-    print(f"{'subjects':>9} {'events':>10} {'rows':>7} {'features':>8} {'featurize s':>11} {'LR fit s':>9} {'HGB fit s':>9}")
-    print(f"{f['subjects']:>9} {f['events']:>10} {f['label_rows']:>7} {f['features']:>8} {f['featurize_s']:>11.2f} {f['lr_fit_s']:>9.2f} {f['hgb_fit_s']:>9.2f}")
+    print(f"{'subjects':>9} {'events':>10} {'rows':>7} {'features':>8} {'featurize s':>11} {'LR fit s':>9} "
+          f"{'HGB fit s':>9}")
+    print(f"{f['subjects']:>9} {f['events']:>10} {f['label_rows']:>7} {f['features']:>8} "
+          f"{f['featurize_s']:>11.2f} {f['lr_fit_s']:>9.2f} {f['hgb_fit_s']:>9.2f}")
     if not args.skip_mimic:
         res["mimic_demo"] = m = bench_mimic(args.bootstrap)
-        print(f"\nMIMIC-IV demo, held-out split, {args.bootstrap} cluster-bootstrap resamples (report built in {m['report_s']:.1f} s)")
+        print(f"\nMIMIC-IV demo, held-out split, {args.bootstrap} cluster-bootstrap resamples (report built "
+              f"in {m['report_s']:.1f} s)")
         print(f"{'task':<16}{'model':<14}{'n_eval':>7}  metrics")
         for task, r in m["tasks"].items():
             for model, mets in r["models"].items():
-                txt = ", ".join(f"{k} {v['value']:.3f} ({v['ci_low']:.3f}-{v['ci_high']:.3f})" if v.get("ci_low") is not None
+                txt = ", ".join(f"{k} {v['value']:.3f} ({v['ci_low']:.3f}-{v['ci_high']:.3f})"
+                                if v.get("ci_low") is not None
                                 else f"{k} {v.get('value')} ({v.get('reason')})" for k, v in mets.items())
                 print(f"{task:<16}{model:<14}{r['n_eval']:>7}  {txt}")
     out = Path(__file__).resolve().parent / "results" / "evaluate_baselines.json"

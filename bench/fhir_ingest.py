@@ -60,14 +60,15 @@ def main() -> None:
         "map": rows,
         "serving_bundle_to_events_full_ms": {"median": round(1000 * statistics.median(latencies), 1),
                                               "max": round(1000 * max(latencies), 1)},
-        "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared: timings are noisy)",
+        "machine": (f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+                    "(shared: timings are noisy)"),
     }
     print(f"{'step':<28}{'seconds':>10}{'resources/s':>14}")
     print(f"{'gunzip + JSON + split':<28}{parse_s:>10.2f}{n_records / parse_s:>14,.0f}")
     for r in rows:
         print(f"{r['step']:<28}{r['seconds']:>10.2f}{r['resources_per_s']:>14,}")
-    print(f"serving (bundle_to_events, validate=full): median {result['serving_bundle_to_events_full_ms']['median']} ms "
-          f"per bundle; {result['machine']}")
+    print("serving (bundle_to_events, validate=full): median "
+          f"{result['serving_bundle_to_events_full_ms']['median']} ms per bundle; {result['machine']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 

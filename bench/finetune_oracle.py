@@ -26,23 +26,27 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ["readmission_30d", "mortality_inhospital", "mortality_30d_post_discharge", "los_gt_7d", "death_1y_tte",
+TASKS = ["readmission_30d", "mortality_inhospital", "mortality_30d_post_discharge", "los_gt_7d",
+         "death_1y_tte",
          "next_visit_codes"]
 
 
 def _ehrfm(*args: str) -> None:
     cmd = [str(REPO / ".venv" / "bin" / "ehrfm"), *args]
     print("+", " ".join(cmd), flush=True)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1",
+           "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
 
 
 def prepare_data(root: Path, n: int, master: str, pretrain_sets: list[str], max_len: int = 512) -> None:
     """Run the stages whose outputs are missing."""
     if not (root / "synth" / "truth").exists():
-        _ehrfm("synth", "--n-patients", str(n), "--seed", "0", "--output", str(root / "synth"), "--no-progress")
+        _ehrfm("synth", "--n-patients", str(n), "--seed", "0", "--output", str(root / "synth"),
+               "--no-progress")
     if not (root / "meds" / "metadata" / "subject_splits.parquet").exists():
-        _ehrfm("ingest", "fhir", "--input", str(root / "synth"), "--output", str(root / "meds"), "--master", master,
+        _ehrfm("ingest", "fhir", "--input", str(root / "synth"), "--output", str(root / "meds"), "--master",
+               master,
                "--validate", "none")
     if not (root / "labels" / "readmission_30d.parquet").exists():
         _ehrfm("label", "--meds", str(root / "meds"), "--output", str(root / "labels"), "--master", master)
@@ -97,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import pandas as pd
+    from ehrfm.train.finetune_cli import report_table
 
     from ehrfm.evaluate import ReportConfig, build_report
-    from ehrfm.train.finetune_cli import report_table
 
     load0, t0 = os.getloadavg(), time.time()
     tasks = [t for t in args.tasks.split(",") if t]
@@ -116,12 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     base = args.root / "report_baselines" / "baseline_predictions.parquet"
     if args.baselines and not base.exists():  # fitted once per population, reused by later variants
         build_report(None, args.root / "labels", args.root / "meds", tasks, base.parent,
-                     [b for b in args.baselines.split(",") if b], truth, ReportConfig(n_boot=0), progress=False)
+                     [b for b in args.baselines.split(",") if b], truth, ReportConfig(n_boot=0),
+                     progress=False)
     if args.baselines:
         preds.append(pd.read_parquet(base))
     timings["baselines_s"] = round(time.time() - t2, 1)
     t2 = time.time()
-    report = build_report(pd.concat(preds, ignore_index=True), args.root / "labels", args.root / "meds", tasks,
+    report = build_report(pd.concat(preds, ignore_index=True), args.root / "labels", args.root / "meds",
+                          tasks,
                           args.root / "report", [], truth, ReportConfig(n_boot=args.bootstrap))
     timings["evaluate_s"] = round(time.time() - t2, 1)
     print(report_table(report))
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
               "timings": timings, "machine": {"cpus": os.cpu_count(), "loadavg_before": load0,
                                               "loadavg_after": os.getloadavg(), "shared": True},
               "pretrain_summary": json.loads((args.root / "pretrain" / "summary.json").read_text()),
-              "finetune_summaries": {v: _finetune_summary(args.root / f"finetune_{v}") for v in args.variants.split(",")
+              "finetune_summaries": {v: _finetune_summary(args.root / f"finetune_{v}")
+                                     for v in args.variants.split(",")
                                      if v},
               "note": "stages found cached under --root are not re-timed: see the summaries' seconds"}
     args.output.write_text(json.dumps(result, indent=2, default=str))
@@ -146,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _finetune_summary(out: Path) -> dict[str, Any]:
     s = json.loads((out / "summary.json").read_text())
-    return {k: s.get(k) for k in ("global_step", "seconds", "mode", "few_shot", "train_rows", "trainable_parameters",
+    return {k: s.get(k)
+            for k in ("global_step", "seconds", "mode", "few_shot", "train_rows", "trainable_parameters",
                                   "tuning")}
 
 
@@ -160,20 +168,24 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
     for task, res in report["tasks"].items():
         oracle = (res.get("oracle") or {}).get("auroc", {})
         if oracle:
-            rows.append({"task": task, "model": "oracle (true prob)", "metric": "auroc", "value": oracle.get("value"),
-                         "ci": [oracle.get("ci_low"), oracle.get("ci_high")], "over_oracle": 1.0, "n": res["oracle"]["n"]})
+            rows.append({"task": task, "model": "oracle (true prob)", "metric": "auroc",
+                         "value": oracle.get("value"),
+                         "ci": [oracle.get("ci_low"), oracle.get("ci_high")], "over_oracle": 1.0,
+                         "n": res["oracle"]["n"]})
         for model, info in res["models"].items():
             mets = info.get("metrics", {})
             key = {"binary": "auroc", "tte": "harrell_c"}.get(res["kind"]) or next(
                 (k for k in mets if k.startswith("recall")), next(iter(mets), ""))
             m = mets.get(key) or {}
             rows.append({"task": task, "model": model, "metric": key, "value": m.get("value"),
-                         "ci": [m.get("ci_low"), m.get("ci_high")], "over_oracle": info.get("auroc_over_oracle"),
+                         "ci": [m.get("ci_low"), m.get("ci_high")],
+                         "over_oracle": info.get("auroc_over_oracle"),
                          "n": info.get("n")})
         for d in res.get("vs_baselines", []):  # paired: model - baseline AUROC on the same subjects
             m = d["delta_auroc"]
             rows.append({"task": task, "model": f"{d['model']} - {d['baseline']}", "metric": "delta_auroc",
-                         "value": m.get("value"), "ci": [m.get("ci_low"), m.get("ci_high")], "over_oracle": None,
+                         "value": m.get("value"), "ci": [m.get("ci_low"), m.get("ci_high")],
+                         "over_oracle": None,
                          "n": d["n"]})
     return rows
 

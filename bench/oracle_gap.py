@@ -89,7 +89,8 @@ def analyse(root: Path, variant: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, analyse, print, write JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", type=Path, required=True, help="a bench/finetune_oracle.py --root after its run")
+    ap.add_argument("--root", type=Path, required=True,
+                    help="a bench/finetune_oracle.py --root after its run")
     ap.add_argument("--variant", default="full")
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "oracle_gap.json")
     args = ap.parse_args(argv)

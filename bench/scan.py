@@ -179,7 +179,8 @@ def run_scan(args: argparse.Namespace, device: str, bw: float) -> list[dict[str,
         prob = scan_problem(b, d, n, length, device)
         names = ["u", "delta", "A", "B", "C", "D"]
         impls: dict[str, Callable[..., torch.Tensor] | None] = {
-            "chunked": lambda **kw: selective_scan_chunked(**kw, chunk_size=args.chunk, segment_size=args.segment),
+            "chunked": lambda **kw: selective_scan_chunked(**kw, chunk_size=args.chunk,
+                                                           segment_size=args.segment),
             "ref": selective_scan_ref if length <= args.ref_max_len else None,
             "pscan": None,
         }
@@ -336,8 +337,9 @@ def _fmt(r: dict[str, Any]) -> str:
     if r.get("status") != "ok":
         return f"{head} {r.get('status')}"
     return (
-        f"{head} {r['seconds']:8.3f} s (cpu {r['cpu_seconds']:8.3f} s)  err abs {r['max_abs_err']:.1e} rel {r['rel_err']:.1e} (vs {r['vs']})  "
-        f"peak +{r['peak_mb']:6.0f} MB  traffic floor {r['floor_s'] * 1e3:6.2f} ms x{r['x_floor']:6.1f}  "
+        f"{head} {r['seconds']:8.3f} s (cpu {r['cpu_seconds']:8.3f} s)  err abs {r['max_abs_err']:.1e} rel "
+        f"{r['rel_err']:.1e} (vs {r['vs']})  peak +{r['peak_mb']:6.0f} MB  traffic floor "
+        f"{r['floor_s'] * 1e3:6.2f} ms x{r['x_floor']:6.1f}  "
         + (f"exp floor {r['exp_floor_s'] * 1e3:7.2f} ms x{r['x_exp_floor']:6.1f}" if r["exp_floor_s"] else "")
     )
 

@@ -31,7 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ holds scripts named like stdlib modules: keep this folder off the import path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(ROOT / "tests"))  # the tiny model and the server runner are test helpers (tests/helpers)
+# the tiny model and the server runner are test helpers (tests/helpers)
+sys.path.insert(0, str(ROOT / "tests"))
 DATA = Path(os.environ.get("EHRFM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "synthea-fhir"
 
 
@@ -76,7 +77,8 @@ def long_bundle(target: int) -> tuple[str, int]:
             break
         other = json.loads(_text(row))
         op = next(e for e in other["entry"] if e["resource"]["resourceType"] == "Patient")["resource"]["id"]
-        moved = json.loads(json.dumps([e for e in other["entry"] if e["resource"]["resourceType"] != "Patient"])
+        moved = json.loads(
+            json.dumps([e for e in other["entry"] if e["resource"]["resourceType"] != "Patient"])
                            .replace(op, pid))
         base["entry"].extend(moved)
         n = _n_events(json.dumps(base))
@@ -85,7 +87,8 @@ def long_bundle(target: int) -> tuple[str, int]:
 
 def _percentiles(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms)
-    return {"n": len(a), "p50_ms": round(float(np.percentile(a, 50)), 1), "p99_ms": round(float(np.percentile(a, 99)), 1),
+    return {"n": len(a), "p50_ms": round(float(np.percentile(a, 50)), 1),
+            "p99_ms": round(float(np.percentile(a, 99)), 1),
             "mean_ms": round(float(a.mean()), 1)}
 
 
@@ -121,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     shorts = short_bundles(5)
     long_text, long_n = long_bundle(args.long_events)
-    sizes = {"short": (int(np.mean([n for _, n in shorts])), [t for t, _ in shorts]), "long": (long_n, [long_text])}
+    sizes = {"short": (int(np.mean([n for _, n in shorts])), [t for t, _ in shorts]),
+             "long": (long_n, [long_text])}
     reps = {"short": args.short_n, "long": args.long_n}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        events = pd.concat([bundle_to_events(t, validate="none").events_df() for t in sizes["short"][1] + [long_text]])
+        events = pd.concat([bundle_to_events(t, validate="none").events_df()
+                            for t in sizes["short"][1] + [long_text]])
         ft = tiny_finetuned(events, Path(tmp) / "finetuned", d_model=64, n_layers=2)
         reg = register(ft, "ehrfm", "champion", store_dir=tmp)
         mlflow.set_tracking_uri(reg.tracking_uri)
@@ -137,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         for hist, (n_ev, payloads) in sizes.items():
             rows.append({"mode": "in-process pyfunc", "history": hist, "events": n_ev,
                          "bytes": int(np.mean([len(p) for p in payloads])),
-                         **_percentiles(time_calls(in_process, payloads, reps[hist])), "load1": os.getloadavg()[0]})
+                         **_percentiles(time_calls(in_process, payloads, reps[hist])),
+                         "load1": os.getloadavg()[0]})
             print(rows[-1], flush=True)
         env = {"OMP_NUM_THREADS": "1", "EHRFM_SERVE_MAX_REQUEST_BYTES": str(200_000_000)}
         with serve(reg.serve_uri, Path(tmp) / "server.log", tracking_uri=reg.tracking_uri, env=env) as srv:
             def http(text: str) -> None:
                 body = json.dumps({"dataframe_records": [{"bundle": text}]}).encode()
-                req = urllib.request.Request(srv.invocations, data=body, headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(srv.invocations, data=body,
+                                             headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=300) as r:
                     assert r.status == 200
                     r.read()
@@ -151,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             for hist, (n_ev, payloads) in sizes.items():
                 rows.append({"mode": "HTTP (mlflow models serve)", "history": hist, "events": n_ev,
                              "bytes": int(np.mean([len(p) for p in payloads])),
-                             **_percentiles(time_calls(http, payloads, reps[hist])), "load1": os.getloadavg()[0]})
+                             **_percentiles(time_calls(http, payloads, reps[hist])),
+                             "load1": os.getloadavg()[0]})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     result = {"machine": f"{os.cpu_count()} CPU cores, shared with other engineers' jobs (see load1)",
-              "model": "tiny preset (mamba d_model=64, 2 layers), random weights, max_len 512, torch 1 thread",
-              "note": "one patient per request; includes JSON parse + FHIR validation + mapping + tokenize + model "
+              "model": ("tiny preset (mamba d_model=64, 2 layers), random weights, max_len 512, "
+                        "torch 1 thread"),
+              "note": "one patient per request; includes JSON parse + FHIR validation + mapping + tokenize + "
+              "model "
                       "+ RiskAssessment; long history = largest Synthea bundles merged under one Patient",
               "rows": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,7 @@ def stage_parser(st: Stage) -> Any:
     from jsonargparse import ActionConfigFile, ArgumentParser  # type: ignore[attr-defined]
 
     cls = st.config_class()
-    doc = (cls.__doc__ or st.help).strip().splitlines()[0]
+    doc = " ".join((cls.__doc__ or st.help).strip().split("\n\n")[0].split())  # the first paragraph
     parser = ArgumentParser(prog=f"ehrfm {st.name}", description=doc, exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
     parser.add_class_arguments(Layout, None, sub_configs=True)
@@ -117,7 +117,8 @@ def build_parser() -> Any:
 
     # Config sections are plain nested groups (--trainer.max_steps), never "pick a subclass" arguments.
     set_parsing_settings(docstring_parse_attribute_docstrings=True,
-                         subclasses_disabled=[lambda cls: isinstance(cls, type) and issubclass(cls, ConfigBase)])
+                         subclasses_disabled=[lambda cls: isinstance(cls, type)
+                                              and issubclass(cls, ConfigBase)])
     parser = ArgumentParser(prog="ehrfm", description="EHR foundation-model toolkit", exit_on_error=True)
     parser.add_argument("--version", action="version", version=f"ehrfm {__version__}")
     subs = parser.add_subcommands(dest="stage", required=True)

@@ -1,8 +1,10 @@
-"""``ehrfm demo``: the end-to-end pipeline on the embedded defaults, ``run(DemoConfig, Layout) -> DemoSummary``.
+"""``ehrfm demo``: the end-to-end pipeline on the embedded defaults, ``run(DemoConfig, Layout) ->
+DemoSummary``.
 
 synthetic FHIR population -> Spark ingest -> labels -> vocabulary/bins -> tokens -> tiny pretrain -> multitask
 finetuning -> evaluation with supervised baselines -> MLflow registry -> one served prediction. The steps are
-:func:`ehrfm.pipeline.pipeline_steps` (the notebooks run the same ones), each run through the same stage runner
+:func:`ehrfm.pipeline.pipeline_steps` (the notebooks run the same ones), each run through the same stage
+runner
 ``ehrfm <stage>`` uses; a summary table is printed at the end. Real data: ``--fhir <bundles>`` or ``--mimic
 <MIMIC-IV root>`` replaces the synthetic population.
 """

@@ -1,7 +1,9 @@
-"""The end-to-end pipeline as data: a list of (title, stage, config) steps over one :class:`~ehrfm.layout.Layout`.
+"""The end-to-end pipeline as data: a list of (title, stage, config) steps over one
+:class:`~ehrfm.layout.Layout`.
 
 ``ehrfm demo`` runs the steps in-process (:func:`ehrfm.cli.run_stage`); the notebooks run the same steps as
-``ehrfm <stage> --config <step>.yaml --root <workdir>`` child processes (:mod:`ehrfm.notebook.pipeline`), so both
+``ehrfm <stage> --config <step>.yaml --root <workdir>`` child processes (:mod:`ehrfm.notebook.pipeline`),
+so both
 build the same folders from the same configs. Light: imports configs only.
 """
 
@@ -37,7 +39,8 @@ class PipelineStep:
 
 def _cadence(steps: int) -> dict[str, int]:
     every = max(1, min(50, steps))
-    return {"trainer.max_steps": steps, "trainer.val_check_interval": every, "trainer.checkpoint_every_n_steps": every}
+    return {"trainer.max_steps": steps, "trainer.val_check_interval": every,
+            "trainer.checkpoint_every_n_steps": every}
 
 
 def pipeline_steps(cfg: DemoConfig, progress: bool = True) -> list[PipelineStep]:
@@ -49,18 +52,22 @@ def pipeline_steps(cfg: DemoConfig, progress: bool = True) -> list[PipelineStep]
     else:
         if cfg.synthetic:
             steps.append(PipelineStep("synth", "synthetic FHIR population", "synth",
-                                      SynthConfig(n_patients=cfg.n_patients, seed=cfg.seed, progress=progress)))
+                                      SynthConfig(n_patients=cfg.n_patients, seed=cfg.seed,
+                                                  progress=progress)))
         steps.append(PipelineStep("ingest", "ingest (FHIR R4, Spark)", "ingest fhir",
-                                  FhirIngestConfig(input=list(cfg.fhir), max_time=cfg.max_time, spark=cfg.spark)))
+                                  FhirIngestConfig(input=list(cfg.fhir), max_time=cfg.max_time,
+                                                   spark=cfg.spark)))
     tasks = list(cfg.tasks)
     steps += [
         PipelineStep("label", "labels (Spark)", "label", LabelConfig(tasks=tasks, spark=cfg.spark)),
         PipelineStep("prepare", "vocabulary + bins (train split)", "prepare",
                      PrepareConfig(tasks=tasks, engine=cfg.engine, spark=cfg.spark)),
         PipelineStep("tokenize", f"tokenize ({cfg.engine})", "tokenize",
-                     TokenizeConfig(tokenizer=TokenizerConfig(max_len=cfg.max_len), tasks=tasks, engine=cfg.engine,
+                     TokenizeConfig(tokenizer=TokenizerConfig(max_len=cfg.max_len), tasks=tasks,
+                                    engine=cfg.engine,
                                     spark=cfg.spark)),
-        PipelineStep("pretrain", "pretrain (tiny)", "pretrain", PretrainConfig().replace(**_cadence(cfg.pretrain_steps))),
+        PipelineStep("pretrain", "pretrain (tiny)", "pretrain",
+                     PretrainConfig().replace(**_cadence(cfg.pretrain_steps))),
     ]
     if cfg.finetune_steps > 0:
         ft = FinetuneConfig(tasks=list(cfg.finetune_tasks or tasks)).replace(**_cadence(cfg.finetune_steps))

@@ -1,10 +1,12 @@
-"""Package data, read with :mod:`importlib.resources` so it works from an installed wheel, not just a checkout.
+"""Package data, read with :mod:`importlib.resources` so it works from an installed wheel, not just a
+checkout.
 
 - presets: ``ehrfm/presets/<kind>/<name>.yaml`` (kinds ``model``, ``pretrain``, ``finetune``);
 - task specifications: ``ehrfm/tasks/*.yaml`` (the language is documented in ``ehrfm/tasks/README.md``).
 
 A user's own files still work by path: every loader that takes a preset or a tasks folder accepts a path.
-``$EHRFM_CONFIG_DIR`` (a folder with ``model/``, ``pretrain/``, ``finetune/``) and ``$EHRFM_TASKS_DIR`` replace
+``$EHRFM_CONFIG_DIR`` (a folder with ``model/``, ``pretrain/``, ``finetune/``) and ``$EHRFM_TASKS_DIR``
+replace
 the packaged folders wholesale.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 PRESET_KINDS = ("model", "pretrain", "finetune")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_dir(package: str) -> Path:
     """A package's data folder on disk. Installed wheels are plain files; when ehrfm is imported from a zip
     (``spark-submit --py-files ehrfm.zip``) the folder is copied once per process into a temp folder."""
@@ -43,7 +45,8 @@ def _copy_tree(node: Traversable, dest: Path) -> None:
 
 
 def presets_dir() -> Path:
-    """Folder holding ``model/``, ``pretrain/``, ``finetune/`` presets (``$EHRFM_CONFIG_DIR`` or the package's)."""
+    """Folder holding ``model/``, ``pretrain/``, ``finetune/`` presets (``$EHRFM_CONFIG_DIR`` or the
+    package's)."""
     env = os.environ.get("EHRFM_CONFIG_DIR")
     return Path(env) if env else _package_dir("ehrfm.presets")
 
@@ -62,7 +65,8 @@ def available_presets(kind: str) -> list[str]:
 
 
 def preset_path(kind: str, preset: str | Path) -> Path:
-    """A preset's YAML file: a name (``tiny``) of the packaged presets of ``kind``, or a path to a YAML file."""
+    """A preset's YAML file: a name (``tiny``) of the packaged presets of ``kind``, or a path to a YAML
+    file."""
     path = Path(preset)
     if path.suffix in (".yaml", ".yml", ".json") or path.parent != Path("."):
         if not path.exists():
@@ -71,6 +75,7 @@ def preset_path(kind: str, preset: str | Path) -> Path:
     found = presets_dir() / kind / f"{preset}.yaml"
     if not found.exists():
         raise FileNotFoundError(
-            f"{kind} preset {str(preset)!r} not found (packaged presets: {available_presets(kind)}; or give a YAML path)"
+            f"{kind} preset {str(preset)!r} not found (packaged presets: {available_presets(kind)}; or give "
+            "a YAML path)"
         )
     return found

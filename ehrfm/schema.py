@@ -77,7 +77,8 @@ LABELS_SCHEMA = pa.schema(
         pa.field("integer_value", pa.int64()),
         pa.field("float_value", pa.float64()),
         pa.field("categorical_value", pa.string()),
-        # time-to-event tasks: days from prediction_time to the event or censoring; event 1 = event, 0 = censored
+        # time-to-event tasks: days from prediction_time to the event or censoring; event 1 = event, 0 =
+        # censored
         pa.field("duration_days", pa.float64()),
         pa.field("event", pa.int8()),
         # forecasting tasks: the target codes (e.g. diagnoses at the next encounter)
@@ -114,7 +115,8 @@ class TokenType:
     COUNT = 10
 
 
-# The parallel list streams of a token row, in model-argument order (one definition for data, model, notebooks).
+# The parallel list streams of a token row, in model-argument order (one definition for data, model,
+# notebooks).
 TOKEN_STREAMS = ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments", "values")
 
 TOKENS_SCHEMA = pa.schema(

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def get_spark(app_name: str = "ehrfm", master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
+def get_spark(app_name: str = "ehrfm", master: str | None = None,
+              conf: dict[str, str] | None = None) -> SparkSession:
     """Return the active Spark session or build one.
 
     ``master`` defaults to ``$EHRFM_SPARK_MASTER`` or ``local[*]`` when not launched by spark-submit

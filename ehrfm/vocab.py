@@ -73,5 +73,6 @@ class Vocabulary:
         """Read a file written by :meth:`save`."""
         data = json.loads(Path(path).read_text())
         if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an ehrfm vocabulary (format={data.get('format')!r}, want {FORMAT!r})")
+            raise ValueError(f"{path}: not an ehrfm vocabulary (format={data.get('format')!r}, want "
+                             f"{FORMAT!r})")
         return cls(tokens=list(data["tokens"]), counts=dict(data.get("counts", {})))

@@ -1,4 +1,5 @@
-"""Shared fixtures. Real data lives in ../shared/data; tests that need it FAIL (never skip) when it is missing."""
+"""Shared fixtures. Real data lives in ../shared/data; tests that need it FAIL (never skip) when it is
+missing."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def shared_path(*parts: str) -> Path:
     """Path under ../shared/data; fails the test (not skip) when absent, as CI requires."""
     p = SHARED_DATA.joinpath(*parts)
     if not p.exists():
-        pytest.fail(f"shared data missing: {p} (expected ../shared/data beside the repo; set EHRFM_SHARED_DATA)")
+        pytest.fail(f"shared data missing: {p} (expected ../shared/data beside the repo; set "
+                    "EHRFM_SHARED_DATA)")
     return p
 
 
@@ -45,7 +47,8 @@ def mimic_demo_meds() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_mlflow_uri() -> Iterator[None]:
-    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``: undo it after each test so one test's store
+    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``: undo it after each test so one
+    test's store
     never becomes the next test's default."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
     yield

@@ -25,7 +25,8 @@ HEAVY = ["torch", "pyspark", "mlflow", "lightning", "sklearn", "sksurv", "pandas
 
 
 def _help(argv: list[str]) -> str:
-    out = subprocess.run([sys.executable, "-m", "ehrfm.cli", *argv], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "ehrfm.cli", *argv], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -96,7 +97,8 @@ def test_every_field_has_a_docstring(name: str) -> None:
                 and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
                 and isinstance(nxt.value.value, str)
             }
-        missing += [f"{klass.__name__}.{f.name}" for f in dataclasses.fields(klass) if f.name not in documented]
+        missing += [f"{klass.__name__}.{f.name}" for f in dataclasses.fields(klass)
+                    if f.name not in documented]
     assert not missing, f"fields without a docstring: {missing}"
 
 
@@ -127,13 +129,16 @@ def test_defaults_round_trip_through_yaml(name: str, tmp_path: Path) -> None:
     assert layout == Layout(root=stage(name).root)
 
 
-def test_print_config_then_config_file_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_print_config_then_config_file_round_trips(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        main(["tokenize", "--root", str(tmp_path), "--tokenizer.max_len", "256", "--tasks", "[a,b]", "--print_config"])
+        main(["tokenize", "--root", str(tmp_path), "--tokenizer.max_len", "256", "--tasks", "[a,b]",
+              "--print_config"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     data = yaml.safe_load(text)
-    assert data["tokenizer"]["max_len"] == 256 and data["tasks"] == ["a", "b"] and data["root"] == str(tmp_path)
+    assert data["tokenizer"]["max_len"] == 256 and data["tasks"] == ["a",
+                                                                     "b"] and data["root"] == str(tmp_path)
     (tmp_path / "tok.yaml").write_text(text)
     ns = build_parser().parse_args(["tokenize", "--config", str(tmp_path / "tok.yaml"), "--engine", "local"])
     cfg, layout = split_namespace(stage("tokenize"), ns["tokenize"].as_dict())

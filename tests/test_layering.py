@@ -23,12 +23,15 @@ RULES: dict[str, tuple[list[str], list[str]]] = {
     "evaluate": (["evaluate"], ["torch", "mlflow", "lightning", "pyspark"]),
     "model layer": (["ops", "models", "data"], ["pyspark", "mlflow", "lightning"]),
     "train": (["train"], ["pyspark", "mlflow"]),
-    "serving": (["serve/core.py", "serve/pyfunc.py", "serve/fhir_io.py"], ["lightning", "pyspark", "sklearn"]),
-    "configs and CLI": (["config", "layout.py", "resources.py", "cli.py"], HEAVY + ["pandas", "numpy", "pyarrow"]),
+    "serving": (["serve/core.py", "serve/pyfunc.py", "serve/fhir_io.py"],
+                ["lightning", "pyspark", "sklearn"]),
+    "configs and CLI": (["config", "layout.py", "resources.py", "cli.py"],
+                        HEAVY + ["pandas", "numpy", "pyarrow"]),
 }
 
 # modules that are Spark jobs or runners by design (their layer's heavy engine is their point)
-ENGINE_MODULES = {"train/stage.py", "train/loop.py", "train/base.py", "train/pretrain.py", "train/finetune.py",
+ENGINE_MODULES = {"train/stage.py", "train/loop.py", "train/base.py", "train/pretrain.py",
+                  "train/finetune.py",
                   "train/pretrain_run.py", "train/finetune_run.py", "train/predict.py"}
 
 
@@ -80,7 +83,8 @@ def test_importing_a_layer_loads_no_forbidden_library(group: str) -> None:
         mods = [m for m in mods if m.removeprefix("ehrfm.").replace(".", "/") + ".py" not in ENGINE_MODULES]
     assert mods, f"no modules found for {group}"
     absent = ["pyspark", "lightning", "pytorch_lightning"] if group == "serving" else []
-    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(mods), json.dumps(banned), json.dumps(absent)],
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(mods), json.dumps(banned),
+                          json.dumps(absent)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     bad = json.loads(out.stdout.strip().splitlines()[-1])
@@ -99,11 +103,14 @@ def _imports(path: Path) -> set[str]:
 
 
 DIRECT_FORBIDDEN = {
-    "torch": ["ingest", "prepare", "labels", "tokenize", "schema.py", "vocab.py", "spark.py", "synth", "evaluate",
+    "torch": ["ingest", "prepare", "labels", "tokenize", "schema.py", "vocab.py", "spark.py", "synth",
+              "evaluate",
               "config", "layout.py"],
     "pyspark": ["ops", "models", "train", "data", "config"],
-    "mlflow": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "data", "synth", "evaluate", "config"],
-    "lightning": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "synth", "data", "serve", "config"],
+    "mlflow": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "data", "synth", "evaluate",
+               "config"],
+    "lightning": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "synth", "data", "serve",
+                  "config"],
 }
 
 
@@ -114,7 +121,8 @@ def test_no_forbidden_import_statement_even_lazy() -> None:
         for part in parts:
             target = PKG / part
             files = [target] if target.suffix == ".py" else sorted(target.rglob("*.py"))
-            bad += [f"{f.relative_to(PKG.parent)} imports {lib}" for f in files if f.exists() and lib in _imports(f)]
+            bad += [f"{f.relative_to(PKG.parent)} imports {lib}" for f in files if f.exists()
+                    and lib in _imports(f)]
     assert not bad, "layering violations:\n" + "\n".join(bad)
 
 

@@ -69,7 +69,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}={value!r}: expected a mapping")
         args = typing.get_args(hint)
         if len(args) == 2:
-            return {_coerce(f"{key}.<key>", k, args[0]): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+            return {_coerce(f"{key}.<key>", k, args[0]): _coerce(f"{key}.{k}", v, args[1])
+                    for k, v in value.items()}
         return dict(value)
     if hint is float and isinstance(value, int | str) and not isinstance(value, bool):
         try:
@@ -143,7 +144,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected key=value with a dotted key, e.g. trainer.max_steps=100")
+            raise ConfigError(f"override {item!r}: expected key=value with a dotted key, e.g. "
+                              "trainer.max_steps=100")
         merge(out, _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else None))
     return out
 
@@ -156,7 +158,8 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``update`` into ``base`` in place (mappings merge, everything else replaces); returns ``base``."""
+    """Deep-merge ``update`` into ``base`` in place (mappings merge, everything else replaces); returns
+    ``base``."""
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             merge(base[key], value)
@@ -178,7 +181,8 @@ class ConfigBase:
         return build(cls, data)
 
     def replace(self: T, **changes: Any) -> T:
-        """A validated copy with ``changes`` (dotted keys allowed: ``replace(**{"trainer.max_steps": 5})``)."""
+        """A validated copy with ``changes`` (dotted keys allowed: ``replace(**{"trainer.max_steps":
+        5})``)."""
         data = self.to_dict()
         for key, value in changes.items():
             merge(data, _nest(key, _plain(value)))
@@ -191,7 +195,8 @@ class ConfigBase:
     def save(self, path: str | Path) -> None:
         """Write YAML (``.yaml``/``.yml``) or JSON (anything else)."""
         path = Path(path)
-        path.write_text(self.to_yaml() if path.suffix in (".yaml", ".yml") else json.dumps(self.to_dict(), indent=2))
+        path.write_text(self.to_yaml() if path.suffix in (".yaml", ".yml")
+                        else json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:

@@ -8,7 +8,8 @@ from typing import Literal
 from ehrfm.config.base import ConfigBase, require
 from ehrfm.config.spark import SparkConfig
 
-ALL_TASKS = ["readmission_30d", "mortality_inhospital", "mortality_30d_post_discharge", "los_gt_7d", "death_1y_tte",
+ALL_TASKS = ["readmission_30d", "mortality_inhospital", "mortality_30d_post_discharge", "los_gt_7d",
+             "death_1y_tte",
              "next_visit_codes"]
 
 
@@ -54,7 +55,8 @@ class DemoConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         require(not (self.fhir and self.mimic), "mimic", self.mimic, "give either fhir or mimic, not both")
-        require(self.n_patients >= 20, "n_patients", self.n_patients, "need at least 20 patients for three splits")
+        require(self.n_patients >= 20, "n_patients", self.n_patients,
+                "need at least 20 patients for three splits")
         require(self.pretrain_steps >= 1, "pretrain_steps", self.pretrain_steps, "must be >= 1")
         require(self.finetune_steps >= 0, "finetune_steps", self.finetune_steps, "must be >= 0")
         require(self.max_len >= 8, "max_len", self.max_len, "must be >= 8")

@@ -25,15 +25,18 @@ class Limits(ConfigBase):
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_events", "max_patients"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1, f"limits.{name}", value, "must be a positive integer")
+            require(isinstance(value, int) and value >= 1, f"limits.{name}", value,
+                    "must be a positive integer")
 
 
 @dataclass
 class ServeConfig(ConfigBase):
-    """``serve.json`` of a registered model: the tokenizer rules its rows were cut with, limits, validation."""
+    """``serve.json`` of a registered model: the tokenizer rules its rows were cut with, limits,
+    validation."""
 
     tokenize: TokenizerConfig = field(default_factory=TokenizerConfig)
-    """Tokenizer rules, as recorded with the training tokens; ``tokenize.max_len`` is the row length served."""
+    """Tokenizer rules, as recorded with the training tokens; ``tokenize.max_len`` is the row length
+    served."""
     limits: Limits = field(default_factory=Limits)
     """Request limits."""
     validate: Literal["full", "none"] = "full"
@@ -44,7 +47,8 @@ class ServeConfig(ConfigBase):
 
 @dataclass
 class RegisterConfig(ConfigBase):
-    """``ehrfm register``: package a finetuned model as a self-contained MLflow pyfunc, register it, set an alias."""
+    """``ehrfm register``: package a finetuned model as a self-contained MLflow pyfunc, register it, set an
+    alias."""
 
     run: str | None = None
     """Finetuned model folder, `ehrfm finetune` output folder, or an MLflow run id (default: the layout's
@@ -97,7 +101,8 @@ class ScoreConfig(ConfigBase):
     model: str = "models:/ehrfm@champion"
     """MLflow model URI (models:/name@alias, runs:/...) or a local serving/model folder."""
     source: Literal["tokens", "meds"] = "tokens"
-    """tokens: the task rows of the layout's tokens (their prediction_time); meds: every subject of the layout's
+    """tokens: the task rows of the layout's tokens (their prediction_time); meds: every subject of the
+    layout's
     MEDS dataset at prediction_time."""
     tasks: list[str] = field(default_factory=list)
     """Tasks to score (empty: every task of the model)."""
@@ -111,7 +116,8 @@ class ScoreConfig(ConfigBase):
     """Spark session settings."""
 
     def __post_init__(self) -> None:
-        require(self.prediction_time is None or self.source == "meds", "prediction_time", self.prediction_time,
+        require(self.prediction_time is None or self.source == "meds", "prediction_time",
+                self.prediction_time,
                 "only with source=meds")
 
 

@@ -97,8 +97,8 @@ class TrainerConfig(ConfigBase):
     seed: int = 0
     """Seed of the weights, the data order and dropout (a resumed run continues the same streams)."""
     resume: str | None = None
-    """Continue a run: auto = from <run>/checkpoints/last.ckpt when present, or a .ckpt path; null = start
-    fresh (an existing last.ckpt is then an error)."""
+    """Continue a run: last (or auto) = from <run>/checkpoints/last.ckpt when present, or a .ckpt path;
+    null = start fresh (an existing last.ckpt is then an error)."""
     max_steps: int = 300
     """Optimizer steps."""
     accumulate_grad_batches: int = 1
@@ -132,7 +132,7 @@ class TrainerConfig(ConfigBase):
         require(self.limit_val_batches >= 0, "trainer.limit_val_batches", self.limit_val_batches,
                 "must be >= 0")
         require(self.resume is None or bool(self.resume), "trainer.resume", self.resume,
-                "auto, a checkpoint path, or null")
+                "last, a checkpoint path, or null")
 
 
 @dataclass

@@ -99,7 +99,8 @@ class TokenStreamDataset(Dataset[dict[str, Any]]):
                 self._values[name] = np.full(int(self._offsets[-1]), fill, dtype=np.float32)
         self._labels = {c: table[c].to_pylist() for c in LABEL_COLUMNS if c in table.column_names}
         self._targets = table["target_ids"].to_pylist() if "target_ids" in table.column_names else None
-        self.prediction_times = (table["prediction_time"].to_pylist() if "prediction_time" in table.column_names
+        self.prediction_times = (table["prediction_time"].to_pylist()
+                                 if "prediction_time" in table.column_names
                                  else None)
 
     def __len__(self) -> int:

@@ -28,7 +28,8 @@ class TokenBudgetBatchSampler:
     takes the same number of steps.
     """
 
-    def __init__(self, lengths: Sequence[int] | np.ndarray, max_tokens: int, seed: int = 0, shuffle: bool = True,
+    def __init__(self, lengths: Sequence[int] | np.ndarray, max_tokens: int, seed: int = 0,
+                 shuffle: bool = True,
                  max_len: int | None = None, pad_to_multiple: int = 8, pool_size: int = 1024,
                  rank: int = 0, world_size: int = 1) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)

@@ -72,8 +72,10 @@ def _timeline(events: pd.DataFrame, record_end: pd.Timestamp | None) -> _Timelin
     order = np.argsort(t, kind="stable")
     t = t[order]
     code = timed[CODE].astype(str).to_numpy(dtype=object)[order]
-    raw_enc = timed[ENCOUNTER_ID] if ENCOUNTER_ID in timed else pd.Series(None, index=timed.index, dtype=object)
-    enc = np.array(["" if pd.isna(x) else str(x) for x in raw_enc.to_numpy(dtype=object)], dtype=object)[order]
+    raw_enc = (timed[ENCOUNTER_ID] if ENCOUNTER_ID in timed
+               else pd.Series(None, index=timed.index, dtype=object))
+    enc = np.array(["" if pd.isna(x) else str(x) for x in raw_enc.to_numpy(dtype=object)],
+                   dtype=object)[order]
     # encounters keyed by (id, class): MIMIC gives the ED visit before an admission the admission's hadm_id,
     # and a stay's length is measured between the INPATIENT START and END, not from the ED arrival
     encounters: dict[tuple[str, str], list[int | None]] = {}
@@ -95,7 +97,8 @@ def _timeline(events: pd.DataFrame, record_end: pd.Timestamp | None) -> _Timelin
         death=int(t[is_death].min()) if is_death.any() else None,
         death_encounters={e for e in enc[is_death] if e},
         first_time=int(t[0]) if len(t) else None,
-        record_end=_us(record_end - pd.Timestamp(0)) if record_end is not None else (int(t[-1]) if len(t) else None),
+        record_end=_us(record_end - pd.Timestamp(0)) if record_end is not None
+        else (int(t[-1]) if len(t) else None),
         _masks={},
     )
 
@@ -121,7 +124,8 @@ def _visit_span(tl: _Timeline, enc_id: str) -> Span:
     return (min(starts) if starts else None, max(ends) if ends else None)
 
 
-def label_subject(events: pd.DataFrame, spec: TaskSpec, record_end: pd.Timestamp | None = None) -> pd.DataFrame:
+def label_subject(events: pd.DataFrame, spec: TaskSpec,
+                  record_end: pd.Timestamp | None = None) -> pd.DataFrame:
     """Labels of one subject for one task.
 
     ``events``: the subject's MEDS events (EVENTS_SCHEMA columns; at least subject_id, time, code,
@@ -136,7 +140,8 @@ def label_subject_tasks(
     events: pd.DataFrame, specs: Iterable[TaskSpec], record_end: pd.Timestamp | None = None
 ) -> dict[str, pd.DataFrame]:
     """:func:`label_subject` for several tasks, sharing the per-subject preprocessing."""
-    return {name: rows_to_arrow(rows).to_pandas() for name, rows in label_subject_rows(events, specs, record_end).items()}
+    return {name: rows_to_arrow(rows).to_pandas()
+            for name, rows in label_subject_rows(events, specs, record_end).items()}
 
 
 def label_subject_rows(
@@ -207,7 +212,8 @@ def _eligible(tl: _Timeline, spec: TaskSpec, pred: int, enc: Span | None, enc_id
     return not (history > 0 and (tl.first_time is None or tl.first_time > pred - history))
 
 
-def _outcome(tl: _Timeline, spec: TaskSpec, pred: int, enc: Span | None, enc_id: str) -> dict[str, object] | None:
+def _outcome(tl: _Timeline, spec: TaskSpec, pred: int, enc: Span | None, enc_id: str) -> dict[str,
+                                                                                              object] | None:
     """The value columns for one prediction time, or None when the row is excluded / censored."""
     o = spec.outcome
     if o.encounter_duration_gt is not None:
@@ -223,7 +229,8 @@ def _outcome(tl: _Timeline, spec: TaskSpec, pred: int, enc: Span | None, enc_id:
     else:
         assert o.within is not None
         window_end = pred + _us(o.within)
-        known_end = spec.censoring.followup == "none" or (tl.record_end is not None and tl.record_end >= window_end)
+        known_end = (spec.censoring.followup == "none"
+                     or (tl.record_end is not None and tl.record_end >= window_end))
     in_window = tl.t <= window_end
     if o.same_encounter and enc_id:
         # events linked to the index encounter by id belong to it even when timed after a date-precision END

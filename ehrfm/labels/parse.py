@@ -29,7 +29,8 @@ from ehrfm.labels.spec import (
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TOP = {"name", "kind", "description", "index", "prediction_time", "outcome", "exclusions", "censoring"}
 _INDEX = {"codes", "require"}
-_OUTCOME = {"codes", "within", "until", "grace", "other_encounter", "same_encounter", "encounter_duration_gt", "at",
+_OUTCOME = {"codes", "within", "until", "grace", "other_encounter", "same_encounter", "encounter_duration_gt",
+            "at",
             "next_encounter", "allow_empty"}
 _EXCL = {"death_during_encounter", "min_history"}
 _CENS = {"followup", "death"}
@@ -41,7 +42,8 @@ def _section(raw: Mapping[str, Any], key: str, allowed: set[str], where: str) ->
         raise TaskSpecError(f"{where}: {key}: must be a mapping, got {type(value).__name__}")
     unknown = sorted(set(value) - allowed)
     if unknown:
-        raise TaskSpecError(f"{where}: {key}.{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+        raise TaskSpecError(f"{where}: {key}.{unknown[0]}: unknown field (allowed: "
+                            f"{', '.join(sorted(allowed))})")
     return dict(value)
 
 
@@ -86,7 +88,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "<spec>") -> TaskSpec:
         require = [require]
     bad = [r for r in require if r not in REQUIREMENTS]
     if bad:
-        raise TaskSpecError(f"{w}: index.require: unknown condition {bad[0]!r} (allowed: {', '.join(REQUIREMENTS)})")
+        raise TaskSpecError(f"{w}: index.require: unknown condition {bad[0]!r} (allowed: "
+                            f"{', '.join(REQUIREMENTS)})")
     index = IndexSpec(codes=_patterns(idx["codes"], f"{w}: index.codes"), require=tuple(require))
     if "prediction_time" not in raw:
         raise TaskSpecError(f"{w}: prediction_time: required (offset from the index event, e.g. 0h or +24h)")
@@ -100,13 +103,16 @@ def parse_spec(raw: Mapping[str, Any], source: str = "<spec>") -> TaskSpec:
         min_history=parse_duration(ex.get("min_history", "0d"), f"{w}: exclusions.min_history"),
     )
     ce = _section(raw, "censoring", _CENS, w)
-    censoring = CensoringSpec(followup=str(ce.get("followup", "record_end")), death=str(ce.get("death", "negative")))
+    censoring = CensoringSpec(followup=str(ce.get("followup", "record_end")),
+                              death=str(ce.get("death", "negative")))
     if censoring.followup not in ("record_end", "none"):
-        raise TaskSpecError(f"{w}: censoring.followup: must be record_end or none, got {censoring.followup!r}")
+        raise TaskSpecError(
+            f"{w}: censoring.followup: must be record_end or none, got {censoring.followup!r}")
     if censoring.death not in ("negative", "exclude"):
         raise TaskSpecError(f"{w}: censoring.death: must be negative or exclude, got {censoring.death!r}")
     return TaskSpec(name=name, kind=kind, index=index, prediction_offset=offset, outcome=outcome,
-                    exclusions=exclusions, censoring=censoring, description=str(raw.get("description", "")).strip())
+                    exclusions=exclusions, censoring=censoring,
+                    description=str(raw.get("description", "")).strip())
 
 
 def _parse_outcome(o: dict[str, Any], kind: str, w: str) -> OutcomeSpec:
@@ -124,7 +130,8 @@ def _parse_outcome(o: dict[str, Any], kind: str, w: str) -> OutcomeSpec:
         grace=parse_duration(o.get("grace", "0h"), f"{w}: outcome.grace"),
         other_encounter=_bool(o.get("other_encounter", False), f"{w}: outcome.other_encounter"),
         same_encounter=_bool(o.get("same_encounter", False), f"{w}: outcome.same_encounter"),
-        encounter_duration_gt=None if los is None else parse_duration(los, f"{w}: outcome.encounter_duration_gt"),
+        encounter_duration_gt=None if los is None else parse_duration(los, f"{w}: "
+                                                                      "outcome.encounter_duration_gt"),
         at=at,
         next_encounter=_patterns(o.get("next_encounter", "regex:ENCOUNTER//[^/]+//START"),
                                  f"{w}: outcome.next_encounter") if at else (),
@@ -140,7 +147,8 @@ def _parse_outcome(o: dict[str, Any], kind: str, w: str) -> OutcomeSpec:
         if not codes:
             raise TaskSpecError(f"{w}: outcome.codes: required")
         if (within is None) == (until is None):
-            raise TaskSpecError(f"{w}: outcome: give exactly one of 'within' (e.g. 30d) or 'until: encounter_end'")
+            raise TaskSpecError(f"{w}: outcome: give exactly one of 'within' (e.g. 30d) or 'until: "
+                                "encounter_end'")
         if within is not None and within <= pd.Timedelta(0):
             raise TaskSpecError(f"{w}: outcome.within: must be positive")
         if at:
@@ -178,12 +186,14 @@ def load_task(name: str, tasks_dir: str | Path | None = None) -> TaskSpec:
 def load_tasks(names: str | Iterable[str], tasks_dir: str | Path | None = None) -> list[TaskSpec]:
     """``"all"``, ``"a,b"`` or a list of names -> specs (in the order given)."""
     if isinstance(names, str):
-        names = available_tasks(tasks_dir) if names.strip() == "all" else [n.strip() for n in names.split(",")]
+        names = (available_tasks(tasks_dir) if names.strip() == "all"
+                 else [n.strip() for n in names.split(",")])
     return [load_task(n, tasks_dir) for n in names if n]
 
 
 def warn_missing_codes(specs: Iterable[TaskSpec], codes: Iterable[str]) -> list[str]:
-    """Warn (and return the messages) for every pattern that matches none of ``codes`` (the dataset's codes)."""
+    """Warn (and return the messages) for every pattern that matches none of ``codes`` (the dataset's
+    codes)."""
     series = pd.Series(sorted(set(codes)), dtype="string")
     msgs = []
     for spec in specs:

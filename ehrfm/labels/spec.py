@@ -46,7 +46,8 @@ class CodePattern:
 
     @property
     def regex(self) -> str:
-        """The pattern as an anchored regular expression (valid in Python ``re`` and Java / Spark ``rlike``)."""
+        """The pattern as an anchored regular expression (valid in Python ``re`` and Java / Spark
+        ``rlike``)."""
         if self.text.startswith("regex:"):
             return f"^(?:{self.text[len('regex:'):]})$"
         if self.text.endswith("*"):
@@ -113,7 +114,8 @@ class ExclusionSpec:
 class CensoringSpec:
     """How missing follow-up and deaths before the outcome are handled."""
 
-    followup: str = "record_end"  # "record_end": follow-up ends at the subject's last event; "none": unlimited
+    # "record_end": follow-up ends at the subject's last event; "none": unlimited
+    followup: str = "record_end"
     death: str = "negative"  # binary, non-death outcome, death in the window first: "negative" | "exclude"
 
 

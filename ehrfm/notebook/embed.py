@@ -18,12 +18,14 @@ from ehrfm.notebook.tables import STREAMS
 
 
 def load_backbone(run_dir: str | Path) -> EHRFoundationModel:
-    """The backbone saved by ``ehrfm pretrain`` or ``ehrfm finetune`` (``<run>/model`` or the folder itself)."""
+    """The backbone saved by ``ehrfm pretrain`` or ``ehrfm finetune`` (``<run>/model`` or the folder
+    itself)."""
     d = Path(run_dir)
     if (d / "model" / "config.yaml").exists():
         d = d / "model"
     if not (d / "config.yaml").exists():
-        raise FileNotFoundError(f"{run_dir}: no model/config.yaml (the output folder of `ehrfm pretrain`/`finetune`)")
+        raise FileNotFoundError(f"{run_dir}: no model/config.yaml (the output folder of `ehrfm "
+                                "pretrain`/`finetune`)")
     return EHRFoundationModel.from_pretrained(d).eval()
 
 
@@ -31,7 +33,8 @@ def _items(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[dict[str, A
     recs = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
     out = []
     for r in recs:
-        item: dict[str, Any] = {k: np.asarray(r[k]) for k in STREAMS if k in r}  # optional streams may be absent
+        # optional streams may be absent
+        item: dict[str, Any] = {k: np.asarray(r[k]) for k in STREAMS if k in r}
         item["length"] = len(item["concept_ids"])
         item["subject_id"] = int(r.get("subject_id", -1))
         out.append(item)
@@ -71,7 +74,8 @@ def visit_prefixes(row: Mapping[str, Any], max_points: int = 12) -> tuple[list[d
     if len(ends) > max_points:
         pick = np.unique(np.linspace(0, len(ends) - 1, max_points).round().astype(int))
         ends = [ends[i] for i in pick]
-    prefixes = [{k: np.asarray(row[k])[:e] for k in STREAMS if k in row} | {"subject_id": row.get("subject_id", -1)} for e in ends]
+    prefixes = [{k: np.asarray(row[k])[:e] for k in STREAMS
+                 if k in row} | {"subject_id": row.get("subject_id", -1)} for e in ends]
     return prefixes, [int(vo[e - 1]) for e in ends]
 
 

@@ -55,12 +55,14 @@ def oracle_table(report: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for task, t in report["tasks"].items():
         o = t.get("oracle")
-        rows.append({"task": task, "n": o["n"] if o else 0, "oracle_auroc": _fmt(o["auroc"]) if o else "no truth rows"})
+        rows.append({"task": task, "n": o["n"] if o else 0,
+                     "oracle_auroc": _fmt(o["auroc"]) if o else "no truth rows"})
     return pd.DataFrame(rows)
 
 
 def scored_rows(labels_dir: str | Path, meds_dir: str | Path, task: str,
-                predictions: Sequence[str | Path | pd.DataFrame | None], split: str = "held_out") -> pd.DataFrame:
+                predictions: Sequence[str | Path | pd.DataFrame | None],
+                split: str = "held_out") -> pd.DataFrame:
     """The task's labels on ``split`` joined to every model's prediction rows (long: one row per model).
 
     predictions: parquet paths or frames in the ``ehrfm.evaluate`` contract (None entries are skipped),
@@ -81,7 +83,8 @@ def scored_rows(labels_dir: str | Path, meds_dir: str | Path, task: str,
 def subject_outcome(labels_dir: str | Path, task: str) -> pd.Series:
     """Per subject: 1 when any of its rows of ``task`` is positive (binary) or an event (time-to-event)."""
     lab = load_labels(labels_dir, [task])[task]
-    kind = task_kind(lab, task)  # label tables carry every value column; the kind says which one holds the label
+    # label tables carry every value column; the kind says which one holds the label
+    kind = task_kind(lab, task)
     if kind == "forecast":
         raise ValueError(f"task {task!r} is a forecast task: no single outcome per subject")
     col = "boolean_value" if kind == "binary" else "event"
@@ -91,8 +94,10 @@ def subject_outcome(labels_dir: str | Path, task: str) -> pd.Series:
 
 
 def tte_labels_with_groups(labels_dir: str | Path, meds_dir: str | Path, task: str) -> pd.DataFrame:
-    """A time-to-event task's labels with ``split`` and subgroup attributes (age_band, sex, ... as available)."""
-    lab = attach_split(load_labels(labels_dir, [task])[task], load_splits(meds_dir), task).reset_index(drop=True)
+    """A time-to-event task's labels with ``split`` and subgroup attributes (age_band, sex, ... as
+    available)."""
+    lab = attach_split(load_labels(labels_dir, [task])[task], load_splits(meds_dir),
+                       task).reset_index(drop=True)
     if "duration_days" not in lab.columns or "event" not in lab.columns:
         raise ValueError(f"task {task!r} is not time-to-event (needs duration_days and event)")
     events = load_events(meds_dir, ["subject_id", "time", "code"], SUBGROUP_CODE_PREFIXES)
@@ -109,7 +114,8 @@ def km_by_group(labels: pd.DataFrame, by: str, min_rows: int = 5) -> dict[str, t
 
 
 def mean_survival(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per model: (grid (g,), mean predicted S (g,)) over ``rows`` with ``survival`` and ``times_days`` lists."""
+    """Per model: (grid (g,), mean predicted S (g,)) over ``rows`` with ``survival`` and ``times_days``
+    lists."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for model, d in rows.dropna(subset=["survival"]).groupby("model", sort=True):
         grid = np.asarray(d["times_days"].iloc[0], dtype=float)
@@ -123,7 +129,8 @@ def harrell_by_model(rows: pd.DataFrame) -> pd.Series:
     out: dict[str, float] = {}
     for model, d in rows.dropna(subset=["risk"]).groupby("model", sort=True):
         try:
-            out[str(model)] = harrell_c(d["event"].to_numpy(), d["duration_days"].to_numpy(), d["risk"].to_numpy())
+            out[str(model)] = harrell_c(d["event"].to_numpy(), d["duration_days"].to_numpy(),
+                                        d["risk"].to_numpy())
         except DegenerateMetric:
             out[str(model)] = float("nan")
     return pd.Series(out, name="harrell_c", dtype=float)

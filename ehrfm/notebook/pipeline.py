@@ -1,9 +1,12 @@
 """The notebooks' shared step: a small pipeline output in a work folder, built once and cached.
 
 synth -> ingest (Spark) -> label (Spark) -> prepare -> tokenize -> pretrain -> finetune: the demo's steps
-(:func:`ehrfm.pipeline.pipeline_steps`) in the demo's folder layout (:class:`~ehrfm.layout.Layout`), each run as
-the ``ehrfm <stage> --config <step>.yaml --root <workdir>`` command a user would type (in a child process, so a
-notebook kernel does not keep a Spark JVM or a Lightning trainer alive). A step is skipped when its marker in ``<work>/.done/``
+(:func:`ehrfm.pipeline.pipeline_steps`) in the demo's folder layout (:class:`~ehrfm.layout.Layout`), each
+run as
+the ``ehrfm <stage> --config <step>.yaml --root <workdir>`` command a user would type (in a child process,
+so a
+notebook kernel does not keep a Spark JVM or a Lightning trainer alive). A step is skipped when its marker
+in ``<work>/.done/``
 records the same settings as now; changing a setting reruns that step and every step after it.
 
 Settings come from environment variables so the test-suite and a user can size the run without editing
@@ -90,7 +93,8 @@ class Settings:
 
 def notebook_config(s: Settings) -> DemoConfig:
     """The pipeline the notebooks build: the demo's steps, sized by ``s``, no evaluation or registry."""
-    return DemoConfig(n_patients=s.n_patients, seed=s.seed, max_time=MAX_TIME, pretrain_steps=s.pretrain_steps,
+    return DemoConfig(n_patients=s.n_patients, seed=s.seed, max_time=MAX_TIME,
+                      pretrain_steps=s.pretrain_steps,
                       finetune_steps=s.finetune_steps, finetune_tasks=list(FINETUNE_TASKS), engine="local",
                       evaluate=False, register=False,
                       spark=SparkConfig(master=os.environ.get("EHRFM_SPARK_MASTER") or None))
@@ -117,7 +121,8 @@ def _outputs(key: str, layout: Layout) -> list[Path]:
     return {
         "synth": [layout.synthetic_dir], "ingest": [layout.meds_paths.root], "label": [layout.labels_dir],
         # prepare's vocab.json/bins.json live in tokens/ too: tokenize clears only the token rows
-        "prepare": [layout.token_paths.root], "tokenize": [layout.token_paths.pretrain, layout.token_paths.tasks],
+        "prepare": [layout.token_paths.root],
+        "tokenize": [layout.token_paths.pretrain, layout.token_paths.tasks],
         "pretrain": [layout.pretrain_run.root], "finetune": [layout.finetune_run.root],
     }[key]
 
@@ -132,7 +137,8 @@ def step_command(step: PipelineStep, layout: Layout) -> list[str]:
 
 
 def _keys(s: Settings) -> dict[str, object]:
-    """What each step's output depends on: its config and every earlier step's (a change reruns what follows)."""
+    """What each step's output depends on: its config and every earlier step's (a change reruns what
+    follows)."""
     keys: dict[str, object] = {}
     chain: list[dict[str, object]] = []
     for key, step in steps_of(s).items():
@@ -152,7 +158,8 @@ class StepResult:
 
 
 def run_step(step: str, s: Settings, echo: Callable[[str], None] | None = print) -> StepResult:
-    """Run one step unless its cached output matches ``s``; raise RuntimeError (with the log's tail) on failure."""
+    """Run one step unless its cached output matches ``s``; raise RuntimeError (with the log's tail) on
+    failure."""
     layout = layout_of(s)
     steps = steps_of(s)
     if step not in STEPS:
@@ -187,7 +194,8 @@ def run_step(step: str, s: Settings, echo: Callable[[str], None] | None = print)
 
 def ensure_pipeline(settings: Settings | None = None, upto: str = "finetune",
                     echo: Callable[[str], None] | None = print) -> tuple[Layout, pd.DataFrame]:
-    """Build (or reuse) every step up to ``upto``; returns the layout and a (step, status, seconds, log) table."""
+    """Build (or reuse) every step up to ``upto``; returns the layout and a (step, status, seconds, log)
+    table."""
     s = settings or Settings.from_env()
     if upto not in STEPS:
         raise ValueError(f"upto={upto!r}: steps are {STEPS}")

@@ -75,7 +75,8 @@ def code_family(token: str) -> str:
 
 def token_counts(rows: pd.DataFrame, vocab: Vocabulary, top: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-family counts and share, the ``top`` most frequent clinical codes with rows containing them)."""
-    ids = np.concatenate([np.asarray(v, dtype=np.int64) for v in rows["concept_ids"]]) if len(rows) else np.array([], int)
+    ids = (np.concatenate([np.asarray(v, dtype=np.int64) for v in rows["concept_ids"]]) if len(rows)
+           else np.array([], int))
     counts = np.bincount(ids, minlength=len(vocab))
     per_row = np.zeros(len(vocab), dtype=np.int64)
     for v in rows["concept_ids"]:

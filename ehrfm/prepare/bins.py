@@ -122,7 +122,8 @@ def load_bins(path: str | Path) -> Bins:
     data = json.loads(Path(path).read_text())
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: not an ehrfm bins file (format={data.get('format')!r}, want {FORMAT!r})")
-    return Bins(n_bins=int(data["n_bins"]), edges=dict(data["edges"]), min_count=int(data.get("min_count", 0)))
+    return Bins(n_bins=int(data["n_bins"]), edges=dict(data["edges"]),
+                min_count=int(data.get("min_count", 0)))
 
 
 def _clean_edges(values: list[float] | np.ndarray) -> list[float]:

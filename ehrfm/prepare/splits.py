@@ -110,8 +110,10 @@ def _np_hash_long(value: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return h
 
 
-def assign_splits(subject_ids: np.ndarray, ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0) -> np.ndarray:
-    """Vectorized :func:`assign_split`: int64 array of shape (n,) -> object array of split names, shape (n,)."""
+def assign_splits(subject_ids: np.ndarray, ratios: Sequence[float] = DEFAULT_RATIOS,
+                  seed: int = 0) -> np.ndarray:
+    """Vectorized :func:`assign_split`: int64 array of shape (n,) -> object array of split names, shape
+    (n,)."""
     t0, t1 = _thresholds(ratios)
     ids = np.asarray(subject_ids, dtype=np.int64).view(np.uint64)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64 by design
@@ -123,7 +125,8 @@ def assign_splits(subject_ids: np.ndarray, ratios: Sequence[float] = DEFAULT_RAT
     return out.astype(object)
 
 
-def split_column(subject_col: str | Column = "subject_id", ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0) -> Column:
+def split_column(subject_col: str | Column = "subject_id", ratios: Sequence[float] = DEFAULT_RATIOS,
+                 seed: int = 0) -> Column:
     """Spark column expression giving the split of ``subject_col`` (cast to bigint); no UDF involved."""
     from pyspark.sql import functions as F
 

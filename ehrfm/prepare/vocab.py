@@ -4,8 +4,10 @@ Token order in ``vocab.json`` (ids are positions, see :class:`ehrfm.vocab.Vocabu
 
 1. the special tokens (ids 0..6),
 2. interval tokens ``[W0]..[W3] [M0]..[M12] [LT]``,
-3. value-bin tokens ``[Q0]..[Q{n_bins-1}]`` (shared by all codes; a numeric value is *code token + bin token*),
-4. fixed demographic tokens (``GENDER//F``, ``GENDER//M``, ``GENDER//UNKNOWN``) so sex never becomes ``[UNK]``,
+3. value-bin tokens ``[Q0]..[Q{n_bins-1}]`` (shared by all codes; a numeric value is *code token + bin
+token*),
+4. fixed demographic tokens (``GENDER//F``, ``GENDER//M``, ``GENDER//UNKNOWN``) so sex never becomes
+``[UNK]``,
 5. one prompt token per task (:func:`ehrfm.schema.task_token`), sorted by task name,
 6. codes seen at least ``min_count`` times (events) on train, by count descending then name.
 

@@ -40,7 +40,8 @@ RESULT_COLUMNS = ("prob", "risk", "survival", "times_days", "topk_codes", "topk_
 
 
 def _finetuned_dir(path: Path) -> Path:
-    return path / "model" if not (path / HEADS_SPEC).exists() and (path / "model" / HEADS_SPEC).exists() else path
+    return (path / "model" if not (path / HEADS_SPEC).exists() and (path / "model" / HEADS_SPEC).exists()
+            else path)
 
 
 def build_serving_dir(model_dir: str | Path, output: str | Path, *, tokens_dir: str | Path | None = None,
@@ -55,21 +56,24 @@ def build_serving_dir(model_dir: str | Path, output: str | Path, *, tokens_dir: 
     """
     src = _finetuned_dir(Path(model_dir))
     if not (src / HEADS_SPEC).exists():
-        raise FileNotFoundError(f"{model_dir}: no {HEADS_SPEC} (expected a finetuned model folder from `ehrfm finetune`)")
+        raise FileNotFoundError(f"{model_dir}: no {HEADS_SPEC} (expected a finetuned model folder from "
+                                "`ehrfm finetune`)")
     out = Path(output)
     shutil.copytree(src, out, dirs_exist_ok=True)
-    cands = [Path(bins)] if bins else [src / BINS_JSON] + ([Path(tokens_dir) / BINS_JSON] if tokens_dir else [])
+    cands = ([Path(bins)] if bins
+             else [src / BINS_JSON] + ([Path(tokens_dir) / BINS_JSON] if tokens_dir else []))
     found = next((c for c in cands if c.exists()), None)
     if found is None:
-        raise FileNotFoundError(f"bins.json not found (looked at {[str(c) for c in cands]}): pass --tokens (the tokens "
-                                "folder of the training data)")
+        raise FileNotFoundError(f"bins.json not found (looked at {[str(c) for c in cands]}): pass --tokens "
+                                "(the tokens folder of the training data)")
     load_bins(found)  # fail now, not at serving time
     if found.resolve() != (out / BINS_JSON).resolve():
         shutil.copy(found, out / BINS_JSON)
     cfg = config or ServeConfig()
     tok_json = TokenPaths(Path(tokens_dir)).meta if tokens_dir else None
     if config is None and tok_json is not None and tok_json.exists():
-        cfg = cfg.replace(tokenize=TokenizerConfig.from_dict(json.loads(tok_json.read_text()).get("config", {})))
+        cfg = cfg.replace(
+            tokenize=TokenizerConfig.from_dict(json.loads(tok_json.read_text()).get("config", {})))
     (out / SERVE_JSON).write_text(json.dumps(cfg.to_dict(), indent=2))
     meta = json.loads((out / HEADS_SPEC).read_text())
     task_src = Path(tasks_dir) if tasks_dir else resources.tasks_dir()
@@ -88,13 +92,14 @@ class Scorer:
         d = Path(directory)
         self.fm = FinetunedModel.load(d)
         self.bins: Bins = load_bins(d / BINS_JSON)
-        self.config = ServeConfig.from_dict(json.loads((d / SERVE_JSON).read_text())) if (d / SERVE_JSON).exists() \
-            else ServeConfig()
+        self.config = (ServeConfig.from_dict(json.loads((d / SERVE_JSON).read_text()))
+                       if (d / SERVE_JSON).exists() else ServeConfig())
         self.tokenize_cfg = self.config.tokenize
         model_len = self.fm.model.config.max_len
         if model_len and model_len < self.tokenize_cfg.max_len:
-            raise ConfigError(f"{d / SERVE_JSON}: tokenize.max_len={self.tokenize_cfg.max_len} is longer than the "
-                              f"model's max_len={model_len}; serve shorter rows (register --max_len {model_len})")
+            raise ConfigError(f"{d / SERVE_JSON}: tokenize.max_len={self.tokenize_cfg.max_len} is longer "
+                              f"than the model's max_len={model_len}; serve shorter rows (register --max_len "
+                              f"{model_len})")
         self.collate = MultiTaskCollator(self.tokenize_cfg.max_len)
         self.descriptions = task_descriptions(d / TASKS_DIR)
 
@@ -110,7 +115,8 @@ class Scorer:
                 return s
         raise KeyError(f"task {task!r} is not served by this model (tasks: {self.tasks})")
 
-    def predict_rows(self, task: str, rows: Sequence[dict[str, Any]], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict_rows(self, task: str, rows: Sequence[dict[str, Any]],
+                     batch_size: int = 32) -> list[dict[str, Any]]:
         """Contract columns (``prob`` | ``risk``/``survival``/``times_days`` | ``topk_*``) for token rows
         (TOKENS_SCHEMA dicts) of ``task``, in input order, through :func:`predict_batch`."""
         spec = self.spec(task)
@@ -137,7 +143,8 @@ class Scorer:
         results = []
         for t, row in zip(names, rows, strict=True):
             res = self.predict_rows(t, [row])[0]
-            results.append({SUBJECT_ID: int(row[SUBJECT_ID]), PREDICTION_TIME: pd.Timestamp(row[PREDICTION_TIME]),
+            results.append({SUBJECT_ID: int(row[SUBJECT_ID]),
+                            PREDICTION_TIME: pd.Timestamp(row[PREDICTION_TIME]),
                             "task": t, "kind": self.spec(t).kind, **res})
         return results
 

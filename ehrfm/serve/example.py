@@ -17,8 +17,10 @@ from ehrfm.layout import MedsPaths
 from ehrfm.schema import CODE, EVENT_COLUMNS, SUBJECT_ID, TIME
 
 
-def pick_subject(meds_dir: str | Path, split: str = "held_out", code_prefix: str = "ENCOUNTER//INPATIENT//") -> int:
-    """The held-out subject with the most events among those with an inpatient stay (else any held-out subject)."""
+def pick_subject(meds_dir: str | Path, split: str = "held_out",
+                 code_prefix: str = "ENCOUNTER//INPATIENT//") -> int:
+    """The held-out subject with the most events among those with an inpatient stay (else any held-out
+    subject)."""
     meds = MedsPaths(Path(meds_dir))
     splits = pd.read_parquet(meds.subject_splits)
     ids = set(splits.loc[splits["split"] == split, SUBJECT_ID].astype("int64"))

@@ -81,7 +81,8 @@ def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full") -
                 if isinstance(e, dict) and isinstance(e.get("resource"), dict)
                 and e["resource"].get("resourceType") == "Patient"]
     if len(patients) != 1:
-        raise InputError(f"row {row}: field 'bundle.entry': expected exactly one Patient resource, found {len(patients)}")
+        raise InputError(f"row {row}: field 'bundle.entry': expected exactly one Patient resource, found "
+                         f"{len(patients)}")
     if not isinstance(patients[0], str) or not patients[0]:
         raise InputError(f"row {row}: field 'Patient.id' is missing: the Patient needs a logical id")
     try:
@@ -118,9 +119,11 @@ def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
         if c not in frame:
             frame[c] = None
     try:
-        frame[TIME] = pd.to_datetime(frame[TIME], utc=True, format="ISO8601").dt.tz_localize(None).astype("datetime64[us]")
+        frame[TIME] = pd.to_datetime(frame[TIME], utc=True,
+                                     format="ISO8601").dt.tz_localize(None).astype("datetime64[us]")
     except (ValueError, TypeError) as e:
-        raise InputError(f"row {row}: field 'events[].time' must be ISO 8601 or null ({type(e).__name__})") from None
+        raise InputError(
+            f"row {row}: field 'events[].time' must be ISO 8601 or null ({type(e).__name__})") from None
     try:
         frame[NUMERIC_VALUE] = pd.to_numeric(frame[NUMERIC_VALUE], errors="raise").astype("float32")
     except (ValueError, TypeError):
@@ -133,7 +136,8 @@ def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
 
 def _check_events(row: int, events: pd.DataFrame, limits: Limits) -> None:
     if len(events) > limits.max_events:
-        raise InputError(f"row {row}: {len(events):,} events, over the limit max_events={limits.max_events:,}")
+        raise InputError(
+            f"row {row}: {len(events):,} events, over the limit max_events={limits.max_events:,}")
     if events[TIME].isna().all():
         raise InputError(f"row {row}: no event has a time (nothing to predict from)")
 
@@ -156,7 +160,8 @@ def parse_request(frame: pd.DataFrame, limits: Limits, validate: str = "full") -
     if len(frame) == 0:
         raise InputError("the request has no rows")
     if len(frame) > limits.max_patients:
-        raise InputError(f"the request has {len(frame)} rows, over the limit max_patients={limits.max_patients}")
+        raise InputError(f"the request has {len(frame)} rows, over the limit "
+                         f"max_patients={limits.max_patients}")
     unknown = sorted(set(frame.columns) - set(INPUT_COLUMNS))
     if unknown:
         raise InputError(f"unknown input column(s) {unknown}; expected {list(INPUT_COLUMNS)}")
@@ -164,13 +169,14 @@ def parse_request(frame: pd.DataFrame, limits: Limits, validate: str = "full") -
     for i, rec in enumerate(frame.to_dict("records")):
         has_b, has_e = not _blank(rec.get("bundle")), not _blank(rec.get("events"))
         if has_b == has_e:
-            raise InputError(f"row {i}: give exactly one of the fields 'bundle' (FHIR R4 Bundle JSON) or 'events' "
-                             "(MEDS events JSON)")
+            raise InputError(f"row {i}: give exactly one of the fields 'bundle' (FHIR R4 Bundle JSON) or "
+                             "'events' (MEDS events JSON)")
         if has_b:
             events, ref = parse_bundle(i, rec["bundle"], limits, validate)
         else:
             events, ref = parse_events(i, rec["events"], limits), None
-        tasks = None if _blank(rec.get("tasks")) else [t.strip() for t in str(rec["tasks"]).split(",") if t.strip()]
+        tasks = (None if _blank(rec.get("tasks"))
+                 else [t.strip() for t in str(rec["tasks"]).split(",") if t.strip()])
         out.append(PatientInput(i, events, ref, parse_time(i, rec.get("prediction_time")), tasks))
     return out
 
@@ -197,11 +203,13 @@ def risk_assessment(result: dict[str, Any], patient_ref: str | None, method: str
                           "whenRange": {"low": _days(0.0), "high": _days(t)}})
     else:
         for code, p in list(zip(result["topk_codes"], result["topk_probs"], strict=True))[:topk_shown]:
-            preds.append({"outcome": {"text": f"{task}: {code}"}, "probabilityDecimal": min(max(float(p), 0.0), 1.0)})
+            preds.append({"outcome": {"text": f"{task}: {code}"},
+                          "probabilityDecimal": min(max(float(p), 0.0), 1.0)})
     subject = f"Patient/{patient_ref}" if patient_ref else f"Patient/{result['subject_id']}"
     when = pd.Timestamp(result["prediction_time"]).strftime("%Y-%m-%dT%H:%M:%S+00:00")
     return {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": subject},
-            "occurrenceDateTime": when, "method": {"text": method}, "code": {"text": task}, "prediction": preds}
+            "occurrenceDateTime": when, "method": {"text": method}, "code": {"text": task},
+            "prediction": preds}
 
 
 def validate_risk_assessment(resource: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,8 @@ def predict_frame(scorer: Scorer, request: Any, limits: Limits | None = None) ->
         except KeyError as e:  # an unknown task name
             raise InputError(f"row {p.row}: field 'tasks': {e.args[0]}") from None
         for r in results:
-            ra = validate_risk_assessment(risk_assessment(r, p.patient_ref, method, scorer.descriptions.get(r["task"], "")))
+            ra = validate_risk_assessment(risk_assessment(r, p.patient_ref, method,
+                                                          scorer.descriptions.get(r["task"], "")))
             rows.append({"row": p.row, "patient_id": p.patient_ref, **r, "model": scorer.fm.model_name,
                          PREDICTION_TIME: pd.Timestamp(r[PREDICTION_TIME]).isoformat(),
                          "risk_assessment": json.dumps(ra)})
@@ -123,7 +124,8 @@ def signature() -> ModelSignature:
     """Input: the optional string columns of :data:`INPUT_COLUMNS`; output: the response columns."""
     inputs = Schema([ColSpec("string", c, required=False) for c in INPUT_COLUMNS])
     outputs = Schema([ColSpec("long", "row"), ColSpec("string", "patient_id", required=False),
-                      ColSpec("long", SUBJECT_ID), ColSpec("string", PREDICTION_TIME), ColSpec("string", "task"),
+                      ColSpec("long", SUBJECT_ID), ColSpec("string", PREDICTION_TIME),
+                      ColSpec("string", "task"),
                       ColSpec("string", "kind"), ColSpec("string", "model"),
                       ColSpec("double", "prob", required=False), ColSpec("double", "risk", required=False),
                       ColSpec(Array("double"), "survival", required=False),
@@ -150,7 +152,8 @@ def example_bundle() -> dict[str, Any]:
             "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
             "subject": {"reference": f"urn:uuid:{pid}"}, "encounter": {"reference": "urn:uuid:example-enc"},
             "effectiveDateTime": "2020-01-02T09:00:00Z",
-            "valueQuantity": {"value": 1.1, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"}}},
+            "valueQuantity": {"value": 1.1, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
+                              "code": "mg/dL"}}},
     ]}
 
 

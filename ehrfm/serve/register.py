@@ -65,14 +65,17 @@ def register(source: str | Path, name: str = "ehrfm", alias: str | None = "champ
     The logged model carries the ehrfm wheel (``wheel``, else ``$EHRFM_WHEEL``, else built from the running
     ehrfm) and pinned requirements: see :mod:`ehrfm.serve.model_env`.
     """
-    tracker = Tracker(store_dir, experiment, tracking_uri)  # creates the experiment with its artifact_location
+    # creates the experiment with its artifact_location
+    tracker = Tracker(store_dir, experiment, tracking_uri)
     uri = tracker.tracking_uri
     mlflow.set_tracking_uri(uri)
     client = tracker.client
     with tempfile.TemporaryDirectory(prefix="ehrfm-register-") as tmp:
         if Path(source).is_dir():
-            serving = build_serving_dir(source, Path(tmp) / "serving", tokens_dir=tokens_dir, bins=bins, config=config)
-            run_id = tracker.start_run(f"register-{name}", tags={"stage": "register", "source": str(Path(source).resolve())})
+            serving = build_serving_dir(source, Path(tmp) / "serving", tokens_dir=tokens_dir, bins=bins,
+                                        config=config)
+            run_id = tracker.start_run(f"register-{name}",
+                                       tags={"stage": "register", "source": str(Path(source).resolve())})
             tracker.end("FINISHED")
             model_uri = _log_into_run(client, run_id, serving, config or _read_config(serving), wheel)
         else:

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkDataFrame
     from pyspark.sql import SparkSession
 
-CONTRACT_DDL = ("subject_id long, prediction_time timestamp, task string, split string, model string, prob double, "
-                "risk double, survival array<double>, times_days array<double>, topk_codes array<string>, "
-                "topk_probs array<double>")
+CONTRACT_DDL = ("subject_id long, prediction_time timestamp, task string, split string, model string, prob "
+                "double, risk double, survival array<double>, times_days array<double>, topk_codes "
+                "array<string>, topk_probs array<double>")
 CONTRACT_COLUMNS = [c.split()[0] for c in CONTRACT_DDL.split(", ")]
 _SCORERS: dict[str, Scorer] = {}
 
@@ -52,7 +52,8 @@ def local_serving_dir(model: str, dst: str | Path | None = None) -> Path:
         prefix="ehrfm-score-"))))
     found = sorted(local.rglob(SERVE_JSON))
     if not found:
-        raise FileNotFoundError(f"--model {model}: no {SERVE_JSON} in the model's artifacts (not an ehrfm pyfunc)")
+        raise FileNotFoundError(f"--model {model}: no {SERVE_JSON} in the model's artifacts (not an ehrfm "
+                                "pyfunc)")
     return found[0].parent
 
 
@@ -100,13 +101,16 @@ def _contract(rows: list[dict[str, Any]], model_name: str) -> pd.DataFrame:
     frame[SUBJECT_ID] = frame[SUBJECT_ID].astype("int64")
     for c in ("prob", "risk"):
         frame[c] = frame[c].astype("float64")
-    for c in ("survival", "times_days", "topk_codes", "topk_probs"):  # rows of other kinds hold NaN: null lists
-        frame[c] = pd.Series([v if isinstance(v, (list, tuple)) else None for v in frame[c]], index=frame.index,
+    # rows of other kinds hold NaN: null lists
+    for c in ("survival", "times_days", "topk_codes", "topk_probs"):
+        frame[c] = pd.Series([v if isinstance(v, (list, tuple)) else None for v in frame[c]],
+                             index=frame.index,
                              dtype=object)
     return frame[CONTRACT_COLUMNS]
 
 
-def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path, tasks: Sequence[str] | None = None,
+def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
+                 tasks: Sequence[str] | None = None,
                  splits: Sequence[str] | None = None) -> SparkDataFrame:
     """Contract rows for the task rows of ``tokens_dir`` (tasks: the model's, filtered by ``tasks``)."""
     from pyspark.sql import functions as F
@@ -114,9 +118,11 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path, task
     local = Scorer(folder)
     names = list(tasks) if tasks else [t for t in local.tasks if (Path(tokens_dir) / "tasks" / t).is_dir()]
     if not names:
-        raise FileNotFoundError(f"--tokens {tokens_dir}: no tasks/<task>/ folder for the model's tasks {local.tasks}")
+        raise FileNotFoundError(f"--tokens {tokens_dir}: no tasks/<task>/ folder for the model's tasks "
+                                f"{local.tasks}")
     where, model_name = _shipped(spark, folder), local.fm.model_name
-    cols = [SUBJECT_ID, "split", "task", PREDICTION_TIME, "length", "concept_ids", "type_ids", "ages", "times",
+    cols = [SUBJECT_ID, "split", "task", PREDICTION_TIME, "length", "concept_ids", "type_ids", "ages",
+            "times",
             "visit_orders", "visit_segments", "values"]
     frames = []
     for t in names:
@@ -134,7 +140,8 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path, task
             for task, grp in pdf.groupby("task", sort=False):
                 recs = cast(list[dict[str, Any]], grp.to_dict("records"))
                 for rec, res in zip(recs, scorer.predict_rows(str(task), recs), strict=True):
-                    out.append({SUBJECT_ID: rec[SUBJECT_ID], PREDICTION_TIME: rec[PREDICTION_TIME], "task": task,
+                    out.append({SUBJECT_ID: rec[SUBJECT_ID], PREDICTION_TIME: rec[PREDICTION_TIME],
+                                "task": task,
                                 "split": rec["split"], **res})
             if out:
                 yield _contract(out, model_name)
@@ -176,6 +183,7 @@ def write_predictions(df: SparkDataFrame, output: str | Path) -> pd.DataFrame:
 
     df.write.mode("overwrite").parquet(str(output))
     back = df.sparkSession.read.parquet(str(output))
-    summary = back.groupBy("task").agg(F.count("*").alias("rows"), F.countDistinct(SUBJECT_ID).alias("subjects"),
+    summary = back.groupBy("task").agg(F.count("*").alias("rows"),
+                                       F.countDistinct(SUBJECT_ID).alias("subjects"),
                                        F.mean("prob").alias("mean_prob"), F.mean("risk").alias("mean_risk"))
     return summary.orderBy("task").toPandas()

@@ -1,4 +1,5 @@
-"""``ehrfm register`` and ``ehrfm score`` stages: ``run_register(RegisterConfig, Layout) -> RegisterSummary`` and
+"""``ehrfm register`` and ``ehrfm score`` stages: ``run_register(RegisterConfig, Layout) ->
+RegisterSummary`` and
 ``run_score(ScoreConfig, Layout) -> ScoreSummary``."""
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
     tokens = layout.token_paths.root
     t0 = time.time()
     reg = register(source, cfg.name, cfg.alias, tracking_uri=cfg.tracking_uri, store_dir=layout.root_dir,
-                   experiment=cfg.experiment, tokens_dir=tokens if tokens.is_dir() else None, config=serve_cfg)
+                   experiment=cfg.experiment, tokens_dir=tokens if tokens.is_dir() else None,
+                   config=serve_cfg)
     print(f"registered {reg.name} version {reg.version}" + (f", alias {reg.alias}" if reg.alias else ""))
     print(f"  logged model : {reg.model_uri} (run {reg.run_id})")
     print(f"  store        : {reg.tracking_uri}")
@@ -47,7 +49,8 @@ def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
 
 
 def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
-    """Resolve the model, score the layout's tokens or MEDS dataset with Spark, write ``layout.scores_dir``."""
+    """Resolve the model, score the layout's tokens or MEDS dataset with Spark, write
+    ``layout.scores_dir``."""
     import mlflow
 
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

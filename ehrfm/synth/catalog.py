@@ -66,7 +66,8 @@ ACUTE_AMB: dict[str, Code] = {
     "uri": Code(ICD10, "J06.9", "Acute upper respiratory infection, unspecified"),
     "back_pain": Code(ICD10, "M54.50", "Low back pain, unspecified"),
     "headache": Code(ICD10, "R51.9", "Headache, unspecified"),
-    "checkup": Code(ICD10, "Z00.00", "Encounter for general adult medical examination without abnormal findings"),
+    "checkup": Code(ICD10, "Z00.00",
+                    "Encounter for general adult medical examination without abnormal findings"),
     "sinusitis": Code(ICD10, "J01.90", "Acute sinusitis, unspecified"),
 }
 
@@ -100,7 +101,8 @@ MEDS: dict[str, Code] = {
     "furosemide": Code(RXNORM, "313988", "Furosemide 40 MG Oral Tablet"),
     "metoprolol": Code(RXNORM, "866414", "24 HR Metoprolol succinate 100 MG Extended Release Oral Tablet"),
     "fluticasone_salmeterol": Code(
-        RXNORM, "896209", "Fluticasone propionate 0.25 MG/ACTUAT / salmeterol 0.05 MG/ACTUAT Dry Powder Inhaler"
+        RXNORM, "896209",
+        "Fluticasone propionate 0.25 MG/ACTUAT / salmeterol 0.05 MG/ACTUAT Dry Powder Inhaler"
     ),
     "albuterol": Code(RXNORM, "745679", "200 ACTUAT Albuterol 0.09 MG/ACTUAT Metered Dose Inhaler"),
     "warfarin": Code(RXNORM, "855332", "Warfarin Sodium 5 MG Oral Tablet"),
@@ -133,7 +135,8 @@ PROCEDURES: dict[str, Code] = {
     "pci": Code(SNOMED, "415070008", "Percutaneous coronary intervention"),
     "ecg": Code(SNOMED, "29303009", "Electrocardiographic procedure"),
     "endoscopy": Code(SNOMED, "386831001", "Endoscopy of upper gastrointestinal tract"),
-    "ecg_office": Code(CPT, "93000", "Electrocardiogram, routine ECG with at least 12 leads; with interpretation and report"),
+    "ecg_office": Code(CPT, "93000", "Electrocardiogram, routine ECG with at least 12 leads; with "
+                       "interpretation and report"),
     "spirometry": Code(CPT, "94010", "Spirometry, including graphic record, total and timed vital capacity"),
 }
 

@@ -28,12 +28,15 @@ from ehrfm.synth.catalog import (
 )
 from ehrfm.synth.record import PatientRecord
 
-RESOURCE_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure", "Medication")
+RESOURCE_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
+                  "Medication")
 _DUMPS = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _CONDITION_CODES: dict[str, Code] = {**CHRONIC, **ACUTE_HOSPITAL, **ACUTE_AMB}
 _TERM = "http://terminology.hl7.org/CodeSystem/"
-_CAT_LAB = [{"coding": [{"system": _TERM + "observation-category", "code": "laboratory", "display": "Laboratory"}]}]
-_CAT_VITAL = [{"coding": [{"system": _TERM + "observation-category", "code": "vital-signs", "display": "Vital Signs"}]}]
+_CAT_LAB = [
+    {"coding": [{"system": _TERM + "observation-category", "code": "laboratory", "display": "Laboratory"}]}]
+_CAT_VITAL = [
+    {"coding": [{"system": _TERM + "observation-category", "code": "vital-signs", "display": "Vital Signs"}]}]
 _CLINICAL = {"coding": [{"system": _TERM + "condition-clinical", "code": "active"}]}
 _VERIFIED = {"coding": [{"system": _TERM + "condition-ver-status", "code": "confirmed"}]}
 _DISPOSITION = {"home": "Home", "snf": "Skilled nursing facility", "exp": "Expired"}
@@ -71,7 +74,8 @@ def medication_id(key: str) -> str:
 def medication_lines() -> list[str]:
     """The Medication catalog (identical for every population size, so files stay prefix-stable)."""
     return [
-        _DUMPS({"resourceType": "Medication", "id": medication_id(key), "status": "active", "code": _cc(code)})
+        _DUMPS({"resourceType": "Medication", "id": medication_id(key), "status": "active",
+                "code": _cc(code)})
         for key, code in MEDICATION_RESOURCES.items()
     ]
 
@@ -86,7 +90,8 @@ def patient_lines(rec: PatientRecord) -> dict[str, list[str]]:
         "extension": [{
             "url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
             "extension": [
-                {"url": "ombCategory", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238", "code": code,
+                {"url": "ombCategory",
+                 "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238", "code": code,
                                                        "display": text}},
                 {"url": "text", "valueString": text},
             ],
@@ -129,7 +134,8 @@ def patient_lines(rec: PatientRecord) -> dict[str, list[str]]:
 
 def _obs_head(category: list[dict[str, Any]], code: str, display: str) -> str:
     """The constant JSON fragment of an Observation kind: ``"category":...,"code":...`` (no braces)."""
-    return _DUMPS({"category": category, "code": {"coding": [{"system": LOINC, "code": code, "display": display}]}})[1:-1]
+    return _DUMPS({"category": category,
+                   "code": {"coding": [{"system": LOINC, "code": code, "display": display}]}})[1:-1]
 
 
 # Observations are ~75% of all resources: their constant parts are serialised once (with the same

@@ -135,7 +135,8 @@ def los_median_days(age: float, chronic: frozenset[str], diagnosis: str, creatin
     """Median inpatient length of stay (days); the stay is log-normal around it with sigma 0.6."""
     base = {"sepsis": 6.0, "pneumonia": 4.5, "hf_exac": 4.5, "copd_exac": 4.0, "aki": 4.0, "nstemi": 3.5,
             "gi_bleed": 3.5}.get(diagnosis, 2.5)
-    return base * math.exp(0.01 * (age - 65.0) + 0.15 * ("hf" in chronic) + 0.2 * _clip(creatinine - 1.2, 0.0, 3.0))
+    return base * math.exp(0.01 * (age - 65.0) + 0.15 * ("hf" in chronic) + 0.2 * _clip(creatinine - 1.2, 0.0,
+                                                                                        3.0))
 
 
 def background_death_hazard_per_year(age: float) -> float:

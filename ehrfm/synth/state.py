@@ -18,7 +18,8 @@ KIDNEY_SD = 0.10
 class PatientState:
     """State of one patient; times are integer seconds unless a name says days."""
 
-    def __init__(self, draw: Draw, rec: PatientRecord, onsets: dict[str, int], entry: int, ckd_add: float) -> None:
+    def __init__(self, draw: Draw, rec: PatientRecord, onsets: dict[str, int], entry: int,
+                 ckd_add: float) -> None:
         self.d = draw
         self.rec = rec
         self.onsets = onsets  # chronic key -> onset time (may precede the entry into the record)
@@ -32,7 +33,8 @@ class PatientState:
         self.kidney = draw.normal(0.0, KIDNEY_SD)
         self.kidney_t = entry
         self.creatinine: list[tuple[int, float]] = []  # (time, value) of every creatinine written
-        self.hb_base = (13.3 if rec.sex == "female" else 14.6) - 1.2 * ("ckd" in onsets) + draw.normal(0.0, 0.7)
+        self.hb_base = ((13.3 if rec.sex == "female" else 14.6) - 1.2 * ("ckd" in onsets) + draw.normal(0.0,
+                                                                                                        0.7))
         self.glucose_base = 95.0 + ("dm" in onsets) * (45.0 + abs(draw.normal(0.0, 30.0)))
         self.hr_base = draw.normal(74.0, 7.0)
         self.sbp_base = draw.normal(122.0, 9.0) + 14.0 * ("htn" in onsets)
@@ -96,12 +98,14 @@ class PatientState:
               wbc_shift: float | None = None, bnp: bool = False) -> dict[str, float]:
         """Write a basic metabolic panel (+ WBC, BNP when asked) at ``t``; returns the written values."""
         d = self.d
-        cr = self.lab(enc_id, t, "creatinine", max(0.3, self.creatinine_mean(t, kidney) + d.normal(0.0, 0.04)))
+        cr = self.lab(enc_id, t, "creatinine",
+                      max(0.3, self.creatinine_mean(t, kidney) + d.normal(0.0, 0.04)))
         out = {"creatinine": cr}
         out["glucose"] = self.lab(enc_id, t, "glucose", max(50.0, self.glucose_base + d.normal(0.0, 12.0)))
         out["sodium"] = self.lab(enc_id, t, "sodium", d.normal(139.0, 2.5) + na_shift)
         out["potassium"] = self.lab(enc_id, t, "potassium", max(2.8, d.normal(4.2, 0.35) + 0.25 * (cr - 1.0)))
-        out["hemoglobin"] = self.lab(enc_id, t, "hemoglobin", max(5.0, self.hb_base + hb_shift + d.normal(0.0, 0.5)))
+        out["hemoglobin"] = self.lab(enc_id, t, "hemoglobin",
+                                     max(5.0, self.hb_base + hb_shift + d.normal(0.0, 0.5)))
         if wbc_shift is not None:
             out["wbc"] = self.lab(enc_id, t, "wbc", max(1.0, d.normal(7.2, 1.6) + wbc_shift))
         if bnp:

@@ -74,7 +74,8 @@ def ambulatory(s: PatientState, t: int) -> Encounter:
 
 def _hospital_dx(s: PatientState, emergency: bool) -> str:
     c = s.recorded
-    items = ("pneumonia", "sepsis", "uti", "aki", "hf_exac", "copd_exac", "nstemi", "gi_bleed", "chest_pain", "syncope")
+    items = ("pneumonia", "sepsis", "uti", "aki", "hf_exac", "copd_exac", "nstemi", "gi_bleed", "chest_pain",
+             "syncope")
     weights = (3.0, 1.5, 2.0, 0.8 + 1.5 * ("ckd" in c), 3.0 * ("hf" in c), 3.0 * ("copd" in c),
                1.0 + 0.5 * ("htn" in c), 1.0, 4.0 if emergency else 0.5, 2.0 if emergency else 0.5)
     return s.d.choice(items, weights)
@@ -129,7 +130,8 @@ def inpatient(s: PatientState, t: int, record_end: int) -> tuple[Encounter, Stay
                   hb_shift=-d.uniform(2.0, 4.0) * (dx == "gi_bleed") - d.uniform(0.0, 1.0),
                   wbc_shift=d.uniform(3.0, 9.0) * (dx in _INFECTION),
                   bnp="hf" in s.recorded or dx in ("hf_exac", "nstemi"))
-    los = min(MAX_LOS_DAYS, d.lognormal(risk.los_median_days(s.age(t), s.chronic_at(t), dx, adm["creatinine"]), 0.6))
+    los = min(MAX_LOS_DAYS,
+              d.lognormal(risk.los_median_days(s.age(t), s.chronic_at(t), dx, adm["creatinine"]), 0.6))
     end = min(t + int(los * DAY), record_end - HOUR)
     died = False
     if end - t > DAY:

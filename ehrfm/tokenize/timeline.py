@@ -81,7 +81,8 @@ class Timeline:
             vals = np.full(len(events), np.nan)
         if ENCOUNTER_ID in events.columns:
             enc = events[ENCOUNTER_ID].to_numpy(dtype=object)
-            enc = np.array([None if (e is None or e is pd.NA or e != e) else str(e) for e in enc], dtype=object)
+            enc = np.array([None if (e is None or e is pd.NA or e != e) else str(e) for e in enc],
+                           dtype=object)
         else:
             enc = np.full(len(events), None, dtype=object)
         is_birth = (codes == BIRTH_CODE) & ~null

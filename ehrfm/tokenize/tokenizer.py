@@ -3,7 +3,8 @@ function runs under Spark (``groupBy().applyInPandas``) and at serving time.
 
 Row layout::
 
-    [CLS] | [TASK:t]   static tokens   [VS] code [Qb] code ... [VE] [REG]  [W2]  [VS] ... [VE] [REG] ... ([TASK:t])
+    [CLS] | [TASK:t]   static tokens   [VS] code [Qb] code ... [VE] [REG]  [W2]  [VS] ... [VE] [REG] ...
+    ([TASK:t])
 
 - Pretraining row (one per subject, all events) starts with ``[CLS]``; a task row (one per label) starts
   with the task's prompt token, which is ALSO appended at the end (EHRMamba MTF), and sees only events
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.prepare.bins import Bins, bin_token
 from ehrfm.schema import (
     CLS,
@@ -51,7 +53,6 @@ from ehrfm.schema import (
     TokenType,
     task_token,
 )
-from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.tokenize.timeline import US_PER_DAY, US_PER_HOUR, US_PER_YEAR, Timeline, assign_visits, to_us
 from ehrfm.vocab import Vocabulary
 
@@ -78,7 +79,8 @@ class _Stream:
         self.in_visit: list[bool] = []
         self.values: list[float] = []
 
-    def add(self, tok_id: int, typ: int, t: int, order: int, in_visit: bool, value: float = float("nan")) -> None:
+    def add(self, tok_id: int, typ: int, t: int, order: int, in_visit: bool,
+            value: float = float("nan")) -> None:
         self.ids.append(tok_id)
         self.types.append(typ)
         self.t.append(t)
@@ -91,7 +93,8 @@ def _end_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
 
 
-def _dynamic(tl: Timeline, n: int, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, cut: int | None) -> _Stream:
+def _dynamic(tl: Timeline, n: int, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig,
+             cut: int | None) -> _Stream:
     """Visit tokens of the first ``n`` timed events (already cut and without hoisted demographics)."""
     out = _Stream()
     if n == 0:
@@ -158,11 +161,13 @@ def _build_row(
     """Token streams of one row (pretraining when ``task`` is None, else cut at ``cut`` µs inclusive)."""
     n = len(tl.t) if cut is None else int(np.searchsorted(tl.t, cut, side="right"))
     prefixes = cfg.static_prefixes
-    hoist = np.array([c.startswith(prefixes) for c in tl.code[:n]], dtype=bool) if prefixes else np.zeros(n, bool)
+    hoist = (np.array([c.startswith(prefixes) for c in tl.code[:n]], dtype=bool) if prefixes
+             else np.zeros(n, bool))
     static = sorted(set(tl.static_codes) | set(tl.code[:n][hoist]))
     if hoist.any():
         keep = np.flatnonzero(~hoist)
-        sub = Timeline(tl.subject_id, tl.birth_us, tl.static_codes, tl.t[keep], tl.code[keep], tl.value[keep], tl.enc[keep])
+        sub = Timeline(tl.subject_id, tl.birth_us, tl.static_codes, tl.t[keep], tl.code[keep], tl.value[keep],
+                       tl.enc[keep])
         dyn = _dynamic(sub, len(keep), vocab, bins, cfg, cut)
     else:
         dyn = _dynamic(tl, n, vocab, bins, cfg, cut)
@@ -182,7 +187,8 @@ def _build_row(
     if reopen:
         out.add(vocab.id(VS), TokenType.VISIT_START, first_t, 1, True)
     for i in range(s0, len(dyn.ids)):
-        out.add(dyn.ids[i], dyn.types[i], dyn.t[i], max(dyn.order[i] - base, 0), dyn.in_visit[i], dyn.values[i])
+        out.add(dyn.ids[i], dyn.types[i], dyn.t[i], max(dyn.order[i] - base, 0), dyn.in_visit[i],
+                dyn.values[i])
     if task is not None:
         assert cut is not None
         out.add(lead_id, TokenType.TASK, cut, out.order[-1], False)
@@ -247,13 +253,15 @@ def tokenize_subject(
     label rows with a ``task`` column plus LABELS_SCHEMA columns (several tasks allowed). List streams are
     NumPy arrays of the schema's dtypes, all of length ``length`` ≤ ``cfg.max_len``.
     """
-    sid_hint = int(labels[SUBJECT_ID].iloc[0]) if labels is not None and len(labels) and SUBJECT_ID in labels else None
+    sid_hint = (int(labels[SUBJECT_ID].iloc[0]) if labels is not None and len(labels) and SUBJECT_ID in labels
+                else None)
     tl = Timeline.from_events(events, subject_id=sid_hint)
     base = {SUBJECT_ID: tl.subject_id, "split": split}
     nulls = {"label": None, "duration_days": None, "event": None, "target_ids": None}
     rows: list[dict[str, Any]] = []
     if pretrain and (len(tl) or len(tl.static_codes)):
-        rows.append({**base, "task": None, PREDICTION_TIME: None, **_build_row(tl, vocab, bins, cfg, None, None), **nulls})
+        rows.append({**base, "task": None, PREDICTION_TIME: None,
+                     **_build_row(tl, vocab, bins, cfg, None, None), **nulls})
     if labels is None or len(labels) == 0:
         return rows
     if "task" not in labels.columns:
@@ -265,7 +273,8 @@ def tokenize_subject(
     for j in sorted(range(len(labels)), key=lambda k: (tasks[k], pt_us[k], k)):
         row = _build_row(tl, vocab, bins, cfg, tasks[j], int(pt_us[j]))
         pt = pd.Timestamp(int(pt_us[j]), unit="us")
-        rows.append({**base, "task": tasks[j], PREDICTION_TIME: pt, **row, **_label_fields(labels.iloc[j], vocab)})
+        rows.append({**base, "task": tasks[j], PREDICTION_TIME: pt, **row,
+                     **_label_fields(labels.iloc[j], vocab)})
     return rows
 
 
@@ -279,7 +288,8 @@ def tokenize_for_prediction(
 ) -> list[dict[str, Any]]:
     """Serving path: one task row per task in ``tasks`` (in that order) at ``prediction_time``
     (inclusive), label columns null. Same code path as :func:`tokenize_subject`."""
-    labels = pd.DataFrame({"task": list(tasks), PREDICTION_TIME: [pd.Timestamp(prediction_time)] * len(tasks)})
+    labels = pd.DataFrame({"task": list(tasks),
+                           PREDICTION_TIME: [pd.Timestamp(prediction_time)] * len(tasks)})
     rows = tokenize_subject(events, vocab, bins, cfg, labels=labels, pretrain=False)
     by_task = {r["task"]: r for r in rows}
     return [by_task[t] for t in tasks]

@@ -17,6 +17,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from ehrfm.config.train import TrainerConfig
 
 LAST = "last.ckpt"
+RESUME_LAST = ("last", "auto")
+"""``trainer.resume`` values meaning "continue from ``last.ckpt`` when there is one"."""
 
 
 def resolve_precision(cfg: TrainerConfig) -> str:
@@ -67,15 +69,15 @@ def build_trainer(cfg: TrainerConfig, ckpt_dir: Path, grad_clip: float | None = 
 
 
 def find_resume(ckpt_dir: Path, resume: str | None) -> Path | None:
-    """``None`` -> start fresh (refusing to overwrite an existing ``last.ckpt``); ``"auto"`` -> ``last.ckpt``
-    when present; anything else is a checkpoint path."""
+    """``None`` -> start fresh (refusing to overwrite an existing ``last.ckpt``); ``"last"`` (or ``"auto"``)
+    -> ``last.ckpt`` when present, else fresh; anything else is a checkpoint path."""
     last = ckpt_dir / LAST
     if resume is None:
         if last.exists():
-            raise FileExistsError(f"{last} exists: set trainer.resume=auto (--trainer.resume auto) to "
+            raise FileExistsError(f"{last} exists: set trainer.resume=last (--trainer.resume last) to "
                                   "continue that run, or write to another runs folder (--runs)")
         return None
-    if resume == "auto":
+    if resume in RESUME_LAST:
         return last if last.exists() else None
     path = Path(resume)
     if not path.exists():

@@ -31,7 +31,6 @@ from ehrfm.data.multitask import MultiTaskCollator
 from ehrfm.layout import TokenPaths
 from ehrfm.models import EHRFoundationModel, pool
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
-from ehrfm.tokenize.meta import read_tokenizer_config
 from ehrfm.train.generate import forecast_scores, topk_codes
 from ehrfm.train.heads import HeadSpec, TaskHeads, survival_curve
 from ehrfm.vocab import Vocabulary
@@ -116,7 +115,8 @@ def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path,
             progress: bool = True) -> pd.DataFrame:
     """Predictions of a finetuned model for the task rows in ``<tokens_dir>/tasks/<task>/`` of ``splits``.
 
-    ``max_len``: collation length; default the tokens' (``tokenize.json``), which no row exceeds.
+    ``max_len``: collation cap; default none: rows are taken whole (``ehrfm tokenize`` already cut them at
+    the tokens' ``max_len``, which finetuning checked against the model's).
     Returns one row per (task, subject_id, prediction_time) with the contract columns of
     ``ehrfm.evaluate`` (``model`` = ``model_name`` or the saved name).
     """
@@ -128,8 +128,6 @@ def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path,
     if unknown:
         raise ValueError(f"predict(): task(s) {unknown} have no head in this model (tasks: {fm.tasks})")
     paths = TokenPaths(Path(tokens_dir))
-    if max_len is None:
-        max_len = read_tokenizer_config(paths.root).max_len
     collate = MultiTaskCollator(max_len)
     frames = []
     for task in names:

@@ -1,4 +1,5 @@
-"""Stand-in data in TOKENS_SCHEMA, dataset filtering/validation, collation/truncation, token-budget batching."""
+"""Stand-in data in TOKENS_SCHEMA, dataset filtering/validation, collation/truncation, token-budget
+batching."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_dataset_filters_and_items(tokens: Path) -> None:
 def test_dataset_rejects_inconsistent_rows(tmp_path: Path) -> None:
     rows = {f.name: [None] for f in TOKENS_SCHEMA}
     rows.update(subject_id=[42], split=["train"], length=[3], concept_ids=[[3, 4, 5]], type_ids=[[1, 6, 6]],
-                ages=[[1.0, 1.0, 1.0]], times=[[0.0, 0.0, 0.0]], visit_orders=[[0, 1, 1]], visit_segments=[[0, 1]])
+                ages=[[1.0, 1.0, 1.0]], times=[[0.0, 0.0, 0.0]], visit_orders=[[0, 1, 1]],
+                visit_segments=[[0, 1]])
     pq.write_table(pa.Table.from_pydict(rows, schema=TOKENS_SCHEMA), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="subject_id=42.*visit_segments"):
         TokenStreamDataset(tmp_path)
@@ -152,10 +154,12 @@ def test_values_stream_collates_with_nan_padding_and_older_files_read_as_no_valu
     batch = Collator(max_len=8)([a, b])  # ``a`` has no values stream at all (a hand-made or older row)
     assert batch["values"].dtype == torch.float32 and batch["values"].shape == (2, 8)
     assert torch.isnan(batch["values"][0]).all()
-    np.testing.assert_allclose(batch["values"][1].numpy(), b["values"][-8:])  # truncated with the other streams
+    # truncated with the other streams
+    np.testing.assert_allclose(batch["values"][1].numpy(), b["values"][-8:])
     # a token file written before the values stream existed: every token reads as "no value"
     old = pq.read_table(write_standin(tmp_path / "old", n_subjects=5, seed=1) / "pretrain" / "part-0.parquet")
     assert np.isfinite(np.concatenate(old["values"].to_pylist())).any()
     pq.write_table(old.drop_columns(["values"]), tmp_path / "old" / "pretrain" / "part-0.parquet")
     ds = TokenStreamDataset(tmp_path / "old" / "pretrain")
-    assert all(np.isnan(ds[i]["values"]).all() and len(ds[i]["values"]) == ds[i]["length"] for i in range(len(ds)))
+    assert all(np.isnan(ds[i]["values"]).all() and len(ds[i]["values"]) == ds[i]["length"]
+               for i in range(len(ds)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -17,28 +18,25 @@ from ehrfm.evaluate import BaselineConfig, Report, ReportConfig, build_report
 from ehrfm.evaluate.data import validate_predictions
 from ehrfm.evaluate.report import _json_default
 from ehrfm.evaluate.stage import run
-from ehrfm.layout import Layout
+from ehrfm.layout import Layout, MedsPaths
 
 
 def _model_predictions(s: Synth) -> pd.DataFrame:
     """A fake 'model': the true probability with noise (binary), a risk-ordered survival curve (TTE), and
     a fixed forecast; for every split so the tuning split can set thresholds."""
-    splits = pd.read_parquet(s.meds / "metadata" / "subject_splits.parquet")
+    splits = pd.read_parquet(MedsPaths(s.meds).subject_splits)
     rng = np.random.default_rng(1)
     t = s.truth_df.merge(splits, on="subject_id")
     grid = [10.0, 30.0, 60.0, 120.0]
     risk = np.clip(t["true_prob"].to_numpy() + rng.normal(0, 0.1, len(t)), 0.01, 0.99)
     surv = [list(np.exp(-np.array(grid) * r / 50)) for r in risk]
-    common = t[["subject_id", "prediction_time", "split"]].assign(model="ehrfm-test")
-    return pd.concat(
-        [
-            common.assign(task="readmission", prob=risk),
-            common.assign(task="death_tte", survival=surv, times_days=[grid] * len(t)),
-            common.assign(task="next_dx",
-                          topk_codes=[[f"DIAGNOSIS//ICD//10//C{i}" for i in range(10)]] * len(t)),
-        ],
-        ignore_index=True,
-    )
+    common: Any = t[["subject_id", "prediction_time", "split"]].assign(model="ehrfm-test")
+    frames = [
+        common.assign(task="readmission", prob=risk),
+        common.assign(task="death_tte", survival=surv, times_days=[grid] * len(t)),
+        common.assign(task="next_dx", topk_codes=[[f"DIAGNOSIS//ICD//10//C{i}" for i in range(10)]] * len(t)),
+    ]
+    return cast(pd.DataFrame, pd.concat(frames, ignore_index=True))
 
 
 CONFIG = ReportConfig(n_boot=20)
@@ -55,12 +53,12 @@ def built(synth: Synth, tmp_path_factory: pytest.TempPathFactory) -> tuple[Repor
 
 
 @pytest.fixture(scope="module")
-def report(built: tuple[Report, Path]) -> tuple[dict, Path]:
+def report(built: tuple[Report, Path]) -> tuple[dict[str, Any], Path]:
     """The report as written to report.json."""
     return built[0].to_dict(), built[1]
 
 
-def test_report_side_by_side_and_keys(report: tuple[dict, Path]) -> None:
+def test_report_side_by_side_and_keys(report: tuple[dict[str, Any], Path]) -> None:
     rep, out = report
     tasks = rep["tasks"]
     assert set(tasks) == {"readmission", "death_tte", "next_dx"}
@@ -105,7 +103,7 @@ def test_typed_results_and_the_config_is_not_modified(built: tuple[Report, Path]
     assert "_curves" not in json.dumps(rep.to_dict(), default=_json_default)
 
 
-def test_paired_auroc_difference_vs_baselines(report: tuple[dict, Path]) -> None:
+def test_paired_auroc_difference_vs_baselines(report: tuple[dict[str, Any], Path]) -> None:
     rep, out = report
     rows = {(d["model"], d["baseline"]): d for d in rep["tasks"]["readmission"]["vs_baselines"]}
     assert set(rows) == {("ehrfm-test", "baseline_lr"), ("ehrfm-test", "baseline_hgb")}
@@ -134,7 +132,7 @@ def test_paired_auroc_by_hand() -> None:
     assert d.n == 5 and d.delta_auroc.value == pytest.approx(1 - 1 / 6)
 
 
-def test_report_files_and_markdown(report: tuple[dict, Path]) -> None:
+def test_report_files_and_markdown(report: tuple[dict[str, Any], Path]) -> None:
     _, out = report
     md = (out / "report.md").read_text()
     for row in ("| ehrfm-test |", "| baseline_lr |", "| baseline_hgb |", "| baseline_cox |",
@@ -187,4 +185,5 @@ def test_bad_predictions_are_named() -> None:
     with pytest.raises(ValueError, match="missing required column 'model'"):
         validate_predictions(ok.drop(columns="model"))
     with pytest.raises(ValueError, match="'survival' needs 'times_days'"):
-        validate_predictions(ok.drop(columns="prob").assign(survival=[[1.0], [1.0]], subject_id=[1, 2]))
+        no_grid = ok.drop(columns="prob").assign(survival=pd.Series([[1.0], [1.0]]), subject_id=[1, 2])
+        validate_predictions(no_grid)

@@ -34,7 +34,8 @@ def raw_counts(folder: Path) -> dict[str, Any]:
     for path in sorted(folder.glob("*.json.gz")):
         entries = json.loads(gzip.decompress(path.read_bytes()))["entry"]
         c["entries"] += len(entries)
-        births = [_when(e["resource"]["birthDate"]) for e in entries if e["resource"]["resourceType"] == "Patient"]
+        births = [_when(e["resource"]["birthDate"]) for e in entries
+                  if e["resource"]["resourceType"] == "Patient"]
         floor = births[0] - dt.timedelta(days=1) if births else dt.datetime.min
         for e in entries:
             r = e["resource"]
@@ -47,11 +48,13 @@ def raw_counts(folder: Path) -> dict[str, Any]:
                 c["classes"][klass] += 1
                 c["early_classes"][klass] += _when(r["period"]["start"]) < floor
             elif rt == "Observation" and "valueQuantity" in r and any(
-                    cd.get("code") == "laboratory" for cat in r.get("category", []) for cd in cat.get("coding", [])):
+                    cd.get("code") == "laboratory" for cat in r.get("category", [])
+                    for cd in cat.get("coding", [])):
                 if _when(r["effectiveDateTime"]) < floor:
                     c["early_labs"] += 1
                 else:
-                    c["labs"][(f"LAB//LOINC//{r['code']['coding'][0]['code']}", r["valueQuantity"]["unit"])] += 1
+                    c["labs"][(f"LAB//LOINC//{r['code']['coding'][0]['code']}",
+                               r["valueQuantity"]["unit"])] += 1
     return c
 
 
@@ -78,7 +81,8 @@ def test_full_synthea_corpus(spark: Any, synthea_bundles: Path, tmp_path: Path) 
     rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
     early_encounters = [r for r in rejects if r["resource_type"] == "Encounter"]
     assert len(early_encounters) == sum(raw["early_classes"].values())
-    assert all("before the subject's birth" in r["reason"] for r in rejects)  # the only problem in this corpus
+    # the only problem in this corpus
+    assert all("before the subject's birth" in r["reason"] for r in rejects)
 
     labs = data.filter(pc.and_(pc.starts_with(data["code"], "LAB//"), pc.is_valid(data["numeric_value"])))
     got = Counter(zip(labs.column("code").to_pylist(), labs.column("unit").to_pylist(), strict=True))

@@ -20,7 +20,8 @@ N_BUNDLES = 20
 
 
 def _reject_key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (Path(r["source_file"]).name, r["record_index"], r["resource_type"], r["resource_id"], r["field"], r["reason"])
+    return (Path(r["source_file"]).name, r["record_index"], r["resource_type"], r["resource_id"], r["field"],
+            r["reason"])
 
 
 @pytest.mark.spark
@@ -41,9 +42,11 @@ def test_spark_and_one_patient_paths_agree(spark: Any, synthea_bundles: Path, tm
     one_rejects = sorted(_reject_key(r) for res in one for r in res.rejects.to_pylist())
     assert spark_rejects == one_rejects
 
-    totals = {k: sum(r.summary.totals()[k] for r in one) for k in ("in", "mapped", "events", "rejected", "skipped")}
+    totals = {k: sum(r.summary.totals()[k] for r in one)
+              for k in ("in", "mapped", "events", "rejected", "skipped")}
     assert result["totals"] == totals and result["reconciled"]
     assert result["subjects"] == N_BUNDLES
-    codes = {r["code"]: r["description"] for r in pq.read_table(tmp_path / "out" / "metadata" / "codes.parquet").to_pylist()}
+    codes = {r["code"]: r["description"]
+             for r in pq.read_table(tmp_path / "out" / "metadata" / "codes.parquet").to_pylist()}
     assert set(codes) == set(expected.column("code").to_pylist())
     assert codes["MEDS_BIRTH"] is None and codes["LAB//LOINC//2339-0"] == "Glucose"

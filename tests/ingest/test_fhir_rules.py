@@ -18,7 +18,8 @@ V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 @pytest.mark.parametrize(
     ("code", "klass"),
     [("IMP", "INPATIENT"), ("ACUTE", "INPATIENT"), ("NONAC", "INPATIENT"), ("EMER", "EMERGENCY"),
-     ("AMB", "AMBULATORY"), ("OBSENC", "OBSERVATION"), ("VR", "VIRTUAL"), ("HH", "HOME"), ("SS", "OBSERVATION")],
+     ("AMB", "AMBULATORY"), ("OBSENC", "OBSERVATION"), ("VR", "VIRTUAL"), ("HH", "HOME"),
+     ("SS", "OBSERVATION")],
 )
 def test_v3_actcode_r4_coding(code: str, klass: str) -> None:
     assert encounter_class({"class": {"system": V3, "code": code}}, RULES) == klass
@@ -33,7 +34,8 @@ def test_v3_actcode_r4_coding(code: str, klass: str) -> None:
 def test_bare_strings_and_other_systems(word: str, klass: str) -> None:
     # DSTU2-style bare string, and a Coding from a local system
     assert encounter_class({"class": word}, RULES) == klass
-    assert encounter_class({"class": {"system": "http://example.org/enc-class", "code": word}}, RULES) == klass
+    assert encounter_class({"class": {"system": "http://example.org/enc-class", "code": word}},
+                           RULES) == klass
 
 
 def test_stu3_r4_r5_shapes() -> None:
@@ -81,10 +83,13 @@ def test_subject_id_for() -> None:
 
 @pytest.mark.parametrize(
     ("text", "iso"),
-    [("2019", "2019-01-01T00:00:00"), ("2019-05", "2019-05-01T00:00:00"), ("2019-05-31", "2019-05-31T00:00:00"),
+    [("2019", "2019-01-01T00:00:00"), ("2019-05", "2019-05-01T00:00:00"),
+     ("2019-05-31", "2019-05-31T00:00:00"),
      ("2019-05-31T23:37:54+00:00", "2019-05-31T23:37:54"), ("2019-05-31T23:37:54Z", "2019-05-31T23:37:54"),
-     ("2019-05-31T23:37:54-05:00", "2019-06-01T04:37:54"), ("2019-05-31T01:00:00.123456+02:00", "2019-05-30T23:00:00.123456"),
-     ("2019-05-31T23:37:54.530+00:00", "2019-05-31T23:37:54.530000"), ("2019-05-31T23:37:54", "2019-05-31T23:37:54")],
+     ("2019-05-31T23:37:54-05:00", "2019-06-01T04:37:54"),
+     ("2019-05-31T01:00:00.123456+02:00", "2019-05-30T23:00:00.123456"),
+     ("2019-05-31T23:37:54.530+00:00", "2019-05-31T23:37:54.530000"),
+     ("2019-05-31T23:37:54", "2019-05-31T23:37:54")],
 )
 def test_times_to_naive_utc_micros(text: str, iso: str) -> None:
     import datetime as dt
@@ -93,7 +98,8 @@ def test_times_to_naive_utc_micros(text: str, iso: str) -> None:
     assert parse_fhir_time(text) == expect
 
 
-@pytest.mark.parametrize("bad", ["2019-02-30", "2019-13-01", "yesterday", "2019/05/31", "2019-05-31T25:00:00Z"])
+@pytest.mark.parametrize("bad",
+                         ["2019-02-30", "2019-13-01", "yesterday", "2019/05/31", "2019-05-31T25:00:00Z"])
 def test_bad_times_raise(bad: str) -> None:
     with pytest.raises(TimeParseError, match="2019|yesterday"):
         parse_fhir_time(bad)

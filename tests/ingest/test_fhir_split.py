@@ -23,17 +23,23 @@ def _ndjson() -> bytes:
         {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197361"}]}}).encode()]
     for p in range(6):
         pid = f"p{p}"
-        lines.append(json.dumps({"resourceType": "Patient", "id": pid, "birthDate": f"19{50 + p}-01-01"}).encode())
+        lines.append(
+            json.dumps({"resourceType": "Patient", "id": pid, "birthDate": f"19{50 + p}-01-01"}).encode())
         for k in range(8):
             lines.append(json.dumps({
-                "resourceType": "Observation", "id": f"o{p}-{k}", "status": "final", "subject": {"reference": f"Patient/{pid}"},
+                "resourceType": "Observation", "id": f"o{p}-{k}", "status": "final",
+                "subject": {"reference": f"Patient/{pid}"},
                 "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
-                "effectiveDateTime": f"{1945 + 4 * k}-06-01T10:00:00Z",  # the early ones are before birth: rejects
+                # the early ones are before birth: rejects
+                "effectiveDateTime": f"{1945 + 4 * k}-06-01T10:00:00Z",
                 "valueQuantity": {"value": k, "unit": "mmol/L"}}).encode())
         lines.append(b"")  # blank lines are counted, never records
-        lines.append(json.dumps({"resourceType": "MedicationRequest", "id": f"mr{p}", "status": "active", "intent": "order",
+        lines.append(
+            json.dumps({"resourceType": "MedicationRequest", "id": f"mr{p}", "status": "active",
+                        "intent": "order",
                                  "subject": {"reference": f"Patient/{pid}"}, "authoredOn": "2020-01-02",
-                                 "medicationReference": {"reference": "Medication/m1" if p % 2 else "Medication/gone"}}).encode())
+                                 "medicationReference": {"reference": "Medication/m1" if p % 2
+                                                         else "Medication/gone"}}).encode())
     lines.insert(30, b'{"resourceType": "Observation", "id": "broken"')  # a malformed line in a middle range
     return b"\n".join(lines) + b"\n"
 
@@ -43,7 +49,8 @@ def _reject_key(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 @pytest.mark.spark
-def test_ranges_give_the_one_patient_result(spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ranges_give_the_one_patient_result(spark: Any, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     content = _ndjson()
     path = tmp_path / "in" / "all.ndjson"
     path.parent.mkdir()
@@ -59,6 +66,7 @@ def test_ranges_give_the_one_patient_result(spark: Any, tmp_path: Path, monkeypa
     assert got.to_pylist() == one.events.to_pylist()
     rejects = sorted(_reject_key(r) for r in pq.read_table(tmp_path / "out" / "rejects").to_pylist())
     assert rejects == sorted(_reject_key(r) for r in one.rejects.to_pylist())
-    assert rejects[[r[0] for r in rejects].index(30)][:4] == (30, None, None, None)  # the malformed line, by number
+    # the malformed line, by number
+    assert rejects[[r[0] for r in rejects].index(30)][:4] == (30, None, None, None)
     assert any(r[2] == "mr0" and "not found" in r[4] for r in rejects)
     assert result["totals"] == one.summary.totals() and result["reconciled"]

@@ -11,7 +11,8 @@ import pytest
 from ehrfm.ingest.fhir import streams
 from ehrfm.ingest.fhir.records import decompress
 
-CONTENT = b"".join([b'{"a": 1}\n', b"\n", b"x" * 37 + b"\n", b"\n\n", b'{"b": "' + b"y" * 300 + b'"}\n', b"tail"])
+CONTENT = b"".join([b'{"a": 1}\n', b"\n", b"x" * 37 + b"\n", b"\n\n", b'{"b": "' + b"y" * 300 + b'"}\n',
+                    b"tail"])
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
@@ -24,7 +25,8 @@ def test_segments_match_split(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, c
 
 
 @pytest.mark.parametrize("split", [1, 2, 9, 10, 38, 50, 1000])
-def test_ranges_cover_every_line_once_with_its_number(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, split: int) -> None:
+def test_ranges_cover_every_line_once_with_its_number(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      split: int) -> None:
     monkeypatch.setattr(streams, "CHUNK", 5)  # reads smaller than lines and ranges
     for content in (CONTENT, CONTENT + b"\n"):
         path = tmp_path / "f.ndjson"
@@ -51,7 +53,8 @@ def _members(*parts: bytes) -> bytes:
     _members(b"good\n") + gzip.compress(b"bad member\n")[:12] + b"\xff" * 40,        # corrupt second member
     b"\x1f\x8bnot really gzip",
 ])
-def test_gunzip_stream_matches_decompress(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data: bytes) -> None:
+def test_gunzip_stream_matches_decompress(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          data: bytes) -> None:
     monkeypatch.setattr(streams, "CHUNK", 4)
     path = tmp_path / "f.gz"
     path.write_bytes(data)

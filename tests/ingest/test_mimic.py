@@ -56,7 +56,8 @@ def test_diagnoses_and_procedures_are_timed_at_discharge(ingested: tuple[Path, d
     assert (coded.time.values > start.loc[coded.encounter_id].values).all()
 
 
-def test_birth_and_death_follow_the_conventions(ingested: tuple[Path, dict, pd.DataFrame], mimic_demo: Path) -> None:
+def test_birth_and_death_follow_the_conventions(ingested: tuple[Path, dict, pd.DataFrame],
+                                                mimic_demo: Path) -> None:
     _, _, ev = ingested
     pat = _csv(mimic_demo / "hosp", "patients").set_index("subject_id")
     adm = _csv(mimic_demo / "hosp", "admissions")
@@ -70,7 +71,8 @@ def test_birth_and_death_follow_the_conventions(ingested: tuple[Path, dict, pd.D
         if str(sid) in in_hosp.index:
             assert row.time == pd.Timestamp(in_hosp.loc[str(sid)])
         else:  # date of death only: 23:59:59 that day
-            assert row.time == pd.Timestamp(pat.loc[str(sid), "dod"]) + pd.Timedelta(hours=23, minutes=59, seconds=59)
+            assert row.time == pd.Timestamp(pat.loc[str(sid), "dod"]) + pd.Timedelta(hours=23, minutes=59,
+                                                                                     seconds=59)
 
 
 def test_omr_blood_pressure_is_split(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
@@ -82,7 +84,8 @@ def test_omr_blood_pressure_is_split(ingested: tuple[Path, dict, pd.DataFrame]) 
     assert (ev[ev.source == "mimic:omr"].time.dt.strftime("%H:%M:%S") == "23:59:59").all()
 
 
-def test_rejects_point_at_their_rows_and_counts_reconcile(ingested: tuple[Path, dict, pd.DataFrame], mimic_demo: Path) -> None:
+def test_rejects_point_at_their_rows_and_counts_reconcile(ingested: tuple[Path, dict, pd.DataFrame],
+                                                          mimic_demo: Path) -> None:
     out, summary, ev = ingested
     rej = pd.read_parquet(out / "rejects")
     assert len(rej) == summary["rejects"] > 0

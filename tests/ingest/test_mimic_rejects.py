@@ -58,10 +58,12 @@ def result(spark, tmp_path_factory) -> tuple[Path, dict, pd.DataFrame, pd.DataFr
     return out, summary, pd.read_parquet(out / "data"), pd.read_parquet(out / "rejects")
 
 
-def test_each_bad_record_is_a_reject_with_its_row(result: tuple[Path, dict, pd.DataFrame, pd.DataFrame]) -> None:
+def test_each_bad_record_is_a_reject_with_its_row(result: tuple[Path, dict, pd.DataFrame,
+                                                                pd.DataFrame]) -> None:
     _, _, _, rej = result
     lab = rej[rej.resource_type == "labevents"].set_index("record_index")
-    assert lab.loc[1, "reason"].startswith("unparseable time (charttime)") and lab.loc[1, "field"] == "charttime"
+    assert lab.loc[1, "reason"].startswith("unparseable time (charttime)") and lab.loc[1,
+                                                                                       "field"] == "charttime"
     assert lab.loc[2, "reason"] == "missing or non-integer subject_id" and lab.loc[2, "field"] == "subject_id"
     assert lab.loc[3, "reason"].startswith("subject_id not in patients")
     assert lab.loc[4, "reason"] == "time before birth"
@@ -100,6 +102,7 @@ def test_rules_table_is_checked(tmp_path: Path) -> None:
     assert {r.table for r in rules.events} <= set(rules.tables)
     assert rules.tables["chartevents"].optional and not rules.tables["patients"].optional
     bad = tmp_path / "rules.yaml"
-    bad.write_text("tables: {patients: {path: hosp/patients, id: subject_id}}\nevents:\n  - {table: nope, code: X}\n")
+    bad.write_text("tables: {patients: {path: hosp/patients, id: subject_id}}\nevents:\n  - {table: nope, "
+                   "code: X}\n")
     with pytest.raises(ValueError, match="unknown table 'nope'"):
         load_rules(bad)

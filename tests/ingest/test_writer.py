@@ -42,10 +42,12 @@ def written(spark, tmp_path_factory) -> tuple[Path, dict]:  # type: ignore[no-un
     df = spark.createDataFrame(
         _rows(), "subject_id long, time timestamp, code string, numeric_value double, text_value string"
     )
-    desc = spark.createDataFrame([("LAB//A", "test A"), ("UNUSED", "not in data")], "code string, description string")
+    desc = spark.createDataFrame([("LAB//A", "test A"), ("UNUSED", "not in data")],
+                                 "code string, description string")
     rej = spark.createDataFrame(
         [("f.csv", 3, "labevents", "x1", "charttime", "unparseable time")],
-        "source_file string, record_index long, resource_type string, resource_id string, field string, reason string",
+        "source_file string, record_index long, resource_type string, resource_id string, field string, "
+        "reason string",
     )
     out = tmp_path_factory.mktemp("meds") / "ds"
     summary = write_meds_dataset(
@@ -80,7 +82,8 @@ def test_shards_are_sorted_contiguous_and_typed(written: tuple[Path, dict]) -> N
         assert t.schema.equals(EVENTS_SCHEMA, check_metadata=False), t.schema
         meds.DataSchema.validate(t)
         rows = t.to_pylist()
-        keys = [(r["subject_id"], r["time"] is not None, r["time"] or dt.datetime.min, r["code"]) for r in rows]
+        keys = [(r["subject_id"], r["time"] is not None, r["time"] or dt.datetime.min, r["code"])
+                for r in rows]
         assert keys == sorted(keys), f"{f.name} not sorted"
         for r in rows:
             assert seen.setdefault(r["subject_id"], f.name) == f.name, "subject spans two files"

@@ -1,5 +1,6 @@
 """Label-test setup. Spark's Python workers must run this interpreter (the venv), not ``python3`` from PATH;
-``ehrfm.spark.get_spark`` does not set it yet (requested from the lead), so set it before the session starts."""
+``ehrfm.spark.get_spark`` does not set it yet (requested from the lead), so set it before the session
+starts."""
 
 from __future__ import annotations
 

@@ -69,14 +69,17 @@ def test_death_timed_at_a_date_2359_after_a_same_day_discharge_is_post_discharge
     assert h(26) == pd.Timestamp("2020-01-02 10:00")
     assert lab(events, "mortality_inhospital")["boolean_value"].tolist() == [False]
     assert lab(events, "mortality_30d_post_discharge")["boolean_value"].tolist() == [True]
-    assert lab(events, "readmission_30d")["boolean_value"].tolist() == [False]  # died first: complete follow-up
+    # died first: complete follow-up
+    assert lab(events, "readmission_30d")["boolean_value"].tolist() == [False]
 
 
 def test_inhospital_death_after_a_date_precision_discharge_is_linked_by_encounter_id() -> None:
     # MIMIC in-hospital death: dischtime recorded as 00:00, deathtime 22:20 that day, both with the hadm_id
     start, end = pd.Timestamp("2020-01-01 08:00"), pd.Timestamp("2020-01-05 00:00")
     death = (pd.Timestamp("2020-01-05 22:20"), "MEDS_DEATH", "a")
-    events = ev(1, [BIRTH, (start, "ENCOUNTER//INPATIENT//START", "a"), (end, "ENCOUNTER//INPATIENT//END", "a"), death])
+    events = ev(1,
+                [BIRTH, (start, "ENCOUNTER//INPATIENT//START", "a"), (end, "ENCOUNTER//INPATIENT//END", "a"),
+                 death])
     assert lab(events, "mortality_inhospital")["boolean_value"].tolist() == [True]
     for task in ("mortality_30d_post_discharge", "readmission_30d", "death_1y_tte"):
         assert lab(events, task).empty, task
@@ -116,7 +119,8 @@ def test_overlapping_encounters() -> None:
 
 
 def test_subject_without_inpatient_stay_has_no_rows_in_schema() -> None:
-    events = ev(7, [BIRTH, (None, "GENDER//F", None), *stay("x", 0, 1, kind="AMBULATORY"), (10, "LAB//X", "x")])
+    events = ev(7,
+                [BIRTH, (None, "GENDER//F", None), *stay("x", 0, 1, kind="AMBULATORY"), (10, "LAB//X", "x")])
     for task in ("readmission_30d", "mortality_inhospital", "los_gt_7d", "death_1y_tte", "next_visit_codes"):
         got = lab(events, task)
         assert got.empty and list(got.columns) == LABELS_SCHEMA.names
@@ -131,7 +135,8 @@ def test_inhospital_death_window_ends_at_encounter_end_plus_grace() -> None:
 
 
 def test_tte_censors_at_horizon_and_record_end() -> None:
-    long = ev(1, [BIRTH, *stay("a", 0, 48), (48 + 500 * D, "LAB//X", None), (48 + 600 * D, "MEDS_DEATH", None)])
+    long = ev(1,
+              [BIRTH, *stay("a", 0, 48), (48 + 500 * D, "LAB//X", None), (48 + 600 * D, "MEDS_DEATH", None)])
     got = lab(long, "death_1y_tte")
     assert got["duration_days"].tolist() == [pytest.approx(365.0)] and got["event"].tolist() == [0]
     none = ev(1, [BIRTH, *stay("a", 0, 48)])
@@ -156,6 +161,8 @@ def test_post_prediction_event_cannot_change_an_earlier_label() -> None:
     """Leakage: events after the outcome window never change a label."""
     base = [BIRTH, *stay("a", 0, 48), *stay("b", 48 + 10 * D, 48 + 12 * D), (48 + 40 * D, "LAB//X", None)]
     a = lab(ev(1, base), "readmission_30d")
-    planted = ev(1, [*base, (48 + 35 * D, "ENCOUNTER//INPATIENT//START", "z"), (48 + 36 * D, "MEDS_DEATH", None)])
+    planted = ev(1,
+                 [*base, (48 + 35 * D, "ENCOUNTER//INPATIENT//START", "z"),
+                  (48 + 36 * D, "MEDS_DEATH", None)])
     b = lab(planted, "readmission_30d")
     pd.testing.assert_frame_equal(a.iloc[:1], b.iloc[:1])

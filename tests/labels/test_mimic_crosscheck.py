@@ -1,7 +1,8 @@
 """Real-data cross-check on the MIMIC-IV demo: the engine's labels (ingest -> Spark label job) equal an
 independent pandas computation written here directly from hosp/admissions.csv.gz and hosp/patients.csv.gz.
 
-Only those (and diagnoses_icd, for the forecast task) are ingested (a module-scoped fixture, to stay inside the time budget), so the
+Only those (and diagnoses_icd, for the forecast task) are ingested (a module-scoped fixture, to stay inside
+the time budget), so the
 subject's record end -- the follow-up used for censoring -- is computable from them independently too.
 """
 
@@ -104,20 +105,25 @@ def test_inhospital_mortality_and_los_match_admissions_csv(mimic_labels: dict, r
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_next_visit_codes_match_diagnoses_icd(mimic_labels: dict, raw: pd.DataFrame, mimic_demo: Path) -> None:
+def test_next_visit_codes_match_diagnoses_icd(mimic_labels: dict, raw: pd.DataFrame,
+                                              mimic_demo: Path) -> None:
     dx = pd.read_csv(mimic_demo / "hosp" / "diagnoses_icd.csv.gz", dtype={"icd_code": str})
     dx["code"] = "DIAGNOSIS//ICD//" + dx["icd_version"].astype(str) + "//" + dx["icd_code"].str.strip()
     codes = dx.groupby("hadm_id")["code"].agg(lambda c: tuple(sorted(set(c))))
-    index = raw[(raw["hospital_expire_flag"] == 0) & (raw["death"].isna() | (raw["death"] > raw["dischtime"]))]
+    index = raw[
+        (raw["hospital_expire_flag"] == 0) & (raw["death"].isna() | (raw["death"] > raw["dischtime"]))]
     # the next visit is the one whose START (ED registration or admission) comes first after the discharge;
     # one ED visit can precede two admissions (10002930: ED 05:04, discharge 11:44, re-admission 11:45)
-    starts = pd.concat([raw[["subject_id", "hadm_id", c]].rename(columns={c: "t"}) for c in ("admittime", "edregtime")])
+    starts = pd.concat([raw[["subject_id", "hadm_id", c]].rename(columns={c: "t"})
+                        for c in ("admittime", "edregtime")])
     pairs = index.merge(starts.dropna(), on="subject_id", suffixes=("", "_next"))
     pairs = pairs[pairs["t"] > pairs["dischtime"]].sort_values(["subject_id", "dischtime", "t"])
     nxt = pairs.drop_duplicates(["subject_id", "dischtime"])
-    expected = {(int(s), t, codes[h]) for s, t, h in zip(nxt["subject_id"], nxt["dischtime"], nxt["hadm_id_next"],
+    expected = {(int(s), t, codes[h])
+                for s, t, h in zip(nxt["subject_id"], nxt["dischtime"], nxt["hadm_id_next"],
                                                          strict=True) if h in codes.index}
     got = mimic_labels["next_visit_codes"]
-    assert {(int(s), t, tuple(c)) for s, t, c in zip(got["subject_id"], got["prediction_time"], got["target_codes"],
+    assert {(int(s), t, tuple(c))
+            for s, t, c in zip(got["subject_id"], got["prediction_time"], got["target_codes"],
                                                      strict=True)} == expected
     assert len(expected) > 100

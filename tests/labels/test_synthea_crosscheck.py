@@ -59,7 +59,8 @@ def subset(synthea_bundles: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def synthea_labels(subset: list[Path], spark: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def synthea_labels(subset: list[Path], spark: object,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -92,8 +93,10 @@ def test_readmission_30d_matches_raw_json(subset: list[Path], synthea_labels: di
     died = index["death"].notna() & (index["death"] <= index["end"] + D30)
     index = index[index["value"] | died | (index["record_end"] >= index["end"] + D30)]
     got = synthea_labels["readmission_30d"]
-    expected = {(int(s), t, bool(v)) for s, t, v in zip(index["subject_id"], index["end"], index["value"], strict=True)}
-    assert {(int(s), t, bool(v)) for s, t, v in zip(got["subject_id"], got["prediction_time"], got["boolean_value"],
+    expected = {(int(s), t, bool(v))
+                for s, t, v in zip(index["subject_id"], index["end"], index["value"], strict=True)}
+    assert {(int(s), t, bool(v))
+            for s, t, v in zip(got["subject_id"], got["prediction_time"], got["boolean_value"],
                                                     strict=True)} == expected
     assert int(got["boolean_value"].sum()) == int(index["value"].sum()) > 100
 
@@ -103,16 +106,19 @@ def test_readmission_30d_matches_raw_json(subset: list[Path], synthea_labels: di
 def test_death_1y_tte_matches_raw_json(subset: list[Path], synthea_labels: dict) -> None:
     index = _index(inpatient_stays(subset), synthea_labels["record_end"])
     event = index["death"].notna() & (index["death"] <= index["end"] + D365)
-    stop = index["death"].where(event, pd.concat([index["record_end"], index["end"] + D365], axis=1).min(axis=1))
+    stop = index["death"].where(event,
+                                pd.concat([index["record_end"], index["end"] + D365], axis=1).min(axis=1))
     index["duration"] = (stop - index["end"]) / pd.Timedelta(days=1)
     index["event"] = event.astype(int)
     index = index[index["duration"] > 0]
     got = synthea_labels["death_1y_tte"]
     assert len(got) == len(index) and int(got["event"].sum()) == int(index["event"].sum()) > 0
     expected = {(int(s), t, int(e), round(float(d), 6))
-                for s, t, e, d in zip(index["subject_id"], index["end"], index["event"], index["duration"], strict=True)}
+                for s, t, e, d in zip(index["subject_id"], index["end"], index["event"], index["duration"],
+                                      strict=True)}
     assert {(int(s), t, int(e), round(float(d), 6))
-            for s, t, e, d in zip(got["subject_id"], got["prediction_time"], got["event"], got["duration_days"],
+            for s, t, e, d in zip(got["subject_id"], got["prediction_time"], got["event"],
+                                  got["duration_days"],
                                   strict=True)} == expected
 
 
@@ -122,7 +128,8 @@ def test_independent_count_reproduces_source_md(synthea_bundles: Path) -> None:
     0-30 days after the previous IMP end) over all 615 bundles -- so the subset comparison is trustworthy.
     The engine's definition differs only by excluding a start exactly AT the discharge (that event is an
     input at prediction time) and discharges whose stay ended in death."""
-    files = [f for f in sorted(synthea_bundles.glob("*.json.gz")) if _IMP.search(gzip.decompress(f.read_bytes()))]
+    files = [f for f in sorted(synthea_bundles.glob("*.json.gz"))
+             if _IMP.search(gzip.decompress(f.read_bytes()))]
     stays = inpatient_stays(files).sort_values(["subject_id", "start"])
     nxt = stays.groupby("subject_id")["start"].shift(-1)
     gap = nxt - stays["end"]

@@ -4,6 +4,7 @@ max_len from the tokens (and a model shorter than its tokens refused)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.standin import standin_vocabulary
@@ -29,7 +30,7 @@ from ehrfm.schema import TokenType
         ({"type_vocab_size": 3}, "type_vocab_size"),
     ],
 )
-def test_validation_names_the_field(kwargs: dict, field: str) -> None:
+def test_validation_names_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError, match=rf"model\.{field}="):
         ModelConfig(vocab_size=50, **kwargs)
 
@@ -109,3 +110,13 @@ def test_configs_saved_before_code_inputs_rebuild_without_them() -> None:
     model = EHRFoundationModel(ModelConfig.from_dict(old))
     assert model.embeddings.count is None and model.embeddings.delta is None
     assert load_preset("tiny")["use_code_counts"] is True and load_preset("small")["use_value_deltas"] is True
+
+
+def test_config_dir_env_replaces_the_packaged_presets(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("backbone: transformer\nd_model: 32\nn_heads: 2\n")
+    monkeypatch.setenv("EHRFM_CONFIG_DIR", str(tmp_path))
+    assert load_preset("mine") == {"backbone": "transformer", "d_model": 32, "n_heads": 2}
+    with pytest.raises(FileNotFoundError, match="preset 'tiny'"):
+        load_preset("tiny")  # the folder replaces the packaged presets wholesale

@@ -44,11 +44,13 @@ def test_pipeline_caches_steps_and_reruns_what_a_setting_changes(tmp_path: Path,
     _, changed = pipeline.ensure_pipeline(more, echo=None)
     assert fake_cli[7:] == ["pretrain", "finetune"]
     assert list(changed["status"]) == ["cached"] * 5 + ["ran"] * 2
-    _, no_ft = pipeline.ensure_pipeline(pipeline.Settings(tmp_path, 50, pretrain_steps=5, finetune_steps=0), echo=None)
+    _, no_ft = pipeline.ensure_pipeline(pipeline.Settings(tmp_path, 50, pretrain_steps=5, finetune_steps=0),
+                                        echo=None)
     assert no_ft["status"].iloc[-1] == "skipped"
 
 
-def test_pipeline_failure_names_step_and_log(tmp_path: Path, fake_cli: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_failure_names_step_and_log(tmp_path: Path, fake_cli: list[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EHRFM_TEST_FAIL", "label")
     with pytest.raises(RuntimeError, match=r"step 'label' failed \(exit 1\).*label\.log:\nran label\nboom"):
         pipeline.ensure_pipeline(pipeline.Settings(workdir=tmp_path, n_patients=50), echo=None)
@@ -80,7 +82,8 @@ def _row(ids: list[int], visits: list[int]) -> dict[str, Any]:
 
 def test_decode_row_maps_ids_back_to_tokens() -> None:
     v = _vocab()
-    ids = [v.id("[CLS]"), v.id("[VS]"), v.id("DIAGNOSIS//ICD//10//I10"), v.id("LAB//LOINC//2160-0"), v.id("[Q1]")]
+    ids = [v.id("[CLS]"), v.id("[VS]"), v.id("DIAGNOSIS//ICD//10//I10"), v.id("LAB//LOINC//2160-0"),
+           v.id("[Q1]")]
     t = tables.decode_row(_row(ids, [0, 1, 1, 1, 1]), v)
     assert t["token"].tolist() == ["[CLS]", "[VS]", "DIAGNOSIS//ICD//10//I10", "LAB//LOINC//2160-0", "[Q1]"]
     assert t["date"].iloc[0] == pd.Timestamp("2022-01-08")  # day 19000 since 1970
@@ -97,13 +100,15 @@ def test_visit_prefixes_end_after_each_visit() -> None:
 
 def test_embed_is_the_last_real_token_state_whatever_the_padding() -> None:
     torch.manual_seed(0)
-    model = EHRFoundationModel(ModelConfig(vocab_size=len(SPECIAL_TOKENS) + 20, d_model=16, n_layers=1)).eval()
+    model = EHRFoundationModel(ModelConfig(vocab_size=len(SPECIAL_TOKENS) + 20, d_model=16,
+                                           n_layers=1)).eval()
     rng = np.random.default_rng(0)
     rows = [_row(list(rng.integers(7, 27, n)), [1] * n) for n in (5, 13, 21)]
     together = embed.embed(model, rows, batch_size=3)
     alone = np.concatenate([embed.embed(model, [r]) for r in rows])
     np.testing.assert_allclose(together, alone, atol=1e-5)
-    full = model(**{k: torch.as_tensor(np.asarray(rows[1][k])[None]) for k in tables.STREAMS}, return_logits=False).hidden
+    full = model(**{k: torch.as_tensor(np.asarray(rows[1][k])[None]) for k in tables.STREAMS},
+                 return_logits=False).hidden
     np.testing.assert_allclose(together[1], full[0, -1].detach().numpy(), atol=1e-5)
 
 

@@ -20,7 +20,8 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["01_quickstart", "02_cohort_and_timelines", "03_representations", "04_evaluation", "05_survival"]
 TINY = {  # ~200 patients, a few training steps, small embedding/bootstrap sizes
     "EHRFM_NB_PATIENTS": "200", "EHRFM_NB_PRETRAIN_STEPS": "3", "EHRFM_NB_FINETUNE_STEPS": "3",
-    "EHRFM_NB_EMBED_ROWS": "60", "EHRFM_NB_EMBED_LEN": "128", "EHRFM_NB_BOOTSTRAP": "20", "EHRFM_NB_BASELINES": "lr",
+    "EHRFM_NB_EMBED_ROWS": "60", "EHRFM_NB_EMBED_LEN": "128", "EHRFM_NB_BOOTSTRAP": "20",
+    "EHRFM_NB_BASELINES": "lr",
     "EHRFM_SPARK_MASTER": "local[2]",
 }
 
@@ -32,7 +33,8 @@ def nb_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     """Tiny pipeline output built once; the env vars that point the notebooks at it (set for the session)."""
     from ehrfm.notebook import pipeline
 
-    env = {**TINY, "EHRFM_NB_WORKDIR": os.environ.get("EHRFM_NB_TEST_WORKDIR") or str(tmp_path_factory.mktemp("nb"))}
+    env = {**TINY,
+           "EHRFM_NB_WORKDIR": os.environ.get("EHRFM_NB_TEST_WORKDIR") or str(tmp_path_factory.mktemp("nb"))}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -47,7 +49,8 @@ def nb_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
 
 
 def _check_kernel() -> None:
-    """The notebooks run on the ``python3`` kernel; it must be this interpreter (the venv), not a system one."""
+    """The notebooks run on the ``python3`` kernel; it must be this interpreter (the venv), not a system
+    one."""
     import sys
 
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -55,9 +58,11 @@ def _check_kernel() -> None:
     try:
         spec = KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
-        pytest.fail(f"no 'python3' Jupyter kernel: run `{sys.executable} -m ipykernel install --sys-prefix --name python3`")
+        pytest.fail(f"no 'python3' Jupyter kernel: run `{sys.executable} -m ipykernel install --sys-prefix "
+                    "--name python3`")
     exe = spec.argv[0]
-    if exe not in ("python", "python3", sys.executable) and Path(exe).resolve() != Path(sys.executable).resolve():
+    if exe not in ("python", "python3",
+                   sys.executable) and Path(exe).resolve() != Path(sys.executable).resolve():
         pytest.fail(f"the 'python3' kernel runs {exe}, not this venv's {sys.executable}: "
                     f"run `{sys.executable} -m ipykernel install --sys-prefix --name python3`")
 
@@ -97,17 +102,23 @@ def test_notebooks_are_numbered_and_stripped() -> None:
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
-        dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                 and (c.outputs or c.execution_count)]
         assert not dirty, f"{p.name}: cells {dirty} have stored outputs; strip them before committing"
 
 
 # what each notebook must show beyond running without errors: (min figures, tables' required columns)
 CHECKS: dict[str, tuple[int, list[list[str]]]] = {
     "01_quickstart": (0, [["step", "status", "seconds"], ["task", "rows"]]),
-    "02_cohort_and_timelines": (3, [["position", "token", "type", "age_years", "date", "visit_order", "visit_segment"],
-                                     ["split", "len_mean", "visits_mean"], ["task", "kind", "split", "prevalence"]]),
+    "02_cohort_and_timelines": (3,
+                                [["position", "token", "type", "age_years", "date", "visit_order",
+                                  "visit_segment"],
+                                     ["split", "len_mean", "visits_mean"],
+                                     ["task", "kind", "split", "prevalence"]]),
     "03_representations": (3, [["subject_id", "length", "visits", "outcome", "outlier_score"]]),
-    "04_evaluation": (1, [["task", "model", "auroc", "auprc", "brier", "ece"], ["attribute", "group", "n", "tiny"]]),
+    "04_evaluation": (1,
+                      [["task", "model", "auroc", "auprc", "brier", "ece"],
+                       ["attribute", "group", "n", "tiny"]]),
     "05_survival": (3, [["task", "model", "harrell_c", "harrell_c_direct"]]),
 }
 
@@ -122,6 +133,8 @@ def test_notebook_runs(name: str, nb_env: dict[str, str]) -> None:
     text = "".join(o.get("text", "") for o in _outputs(nb))
     if name == "01_quickstart":
         assert "mlflow ui --backend-store-uri sqlite:///" in text
-    if name in ("04_evaluation", "05_survival"):  # finetune ran in the tiny pipeline: the model is evaluated too
+    # finetune ran in the tiny pipeline: the model is evaluated too
+    if name in ("04_evaluation", "05_survival"):
         assert "no finetuned predictions" not in text
-        assert any("baseline_" in h and "ehrfm" in h for h in _html_tables(nb)), f"{name}: model and baselines side by side"
+        assert any("baseline_" in h and "ehrfm" in h for h in _html_tables(nb)), (f"{name}: model and "
+                                                                                  "baselines side by side")

@@ -66,7 +66,8 @@ def test_plans_divide_the_chunk_and_stay_in_bounds() -> None:
 
 
 @pytest.mark.parametrize("chunk,segment", [(12, 3), (12, 4), (8, 8), (None, None), (5, 2)])
-def test_chunked_scan_with_segments_matches_reference_and_gradients(chunk: int | None, segment: int | None) -> None:
+def test_chunked_scan_with_segments_matches_reference_and_gradients(chunk: int | None,
+                                                                    segment: int | None) -> None:
     inp = scan_inputs(2, 4, 3, 29, (None, 2), seed=11)  # 29 = ragged last chunk
     out_r, last_r = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True)
     out_c, last_c = selective_scan_chunked(

@@ -1,6 +1,8 @@
-"""ehrfm works from its wheel, outside the source tree: build the wheel, install it (offline, with the constraints
+"""ehrfm works from its wheel, outside the source tree: build the wheel, install it (offline, with the
+constraints
 file) into a fresh venv, and run the whole pipeline there — synth -> ingest -> label -> prepare -> tokenize ->
-pretrain -> finetune -> register -> one served prediction — on a tiny population, from a folder that is not the
+pretrain -> finetune -> register -> one served prediction — on a tiny population, from a folder that is not
+the
 checkout. Presets and task specs must come from the installed package data."""
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1200) -> str:
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    assert out.returncode == 0, (f"{' '.join(cmd)} failed "
+                                 f"({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out.stdout
 
 
 def build_wheel(dest: Path) -> Path:
     """``pip wheel`` of the checkout (no deps, no build isolation: setuptools from this venv)."""
     env = {**os.environ, "PIP_CONSTRAINT": str(REPO / "constraints.txt")}
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(REPO)],
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest),
+          str(REPO)],
          cwd=dest, env=env, timeout=600)
     (wheel,) = dest.glob("ehrfm-*.whl")
     return wheel
@@ -39,7 +43,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     base = tmp_path_factory.mktemp("wheel")
     wheel = build_wheel(base)
     venv = base / "venv"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
     env["PIP_CONSTRAINT"] = str(REPO / "constraints.txt")
     _run([sys.executable, "-m", "venv", str(venv)], cwd=base, env=env)
     _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"),
@@ -49,7 +54,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return venv, env
 
 
-def test_installed_package_has_its_data_and_no_checkout(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_installed_package_has_its_data_and_no_checkout(installed: tuple[Path, dict[str, str]],
+                                                        tmp_path: Path) -> None:
     venv, env = installed
     probe = ("import json, ehrfm, ehrfm.resources as r, ehrfm.labels.parse as p\n"
              "print(json.dumps({'file': ehrfm.__file__, 'tasks': p.available_tasks(),"
@@ -64,25 +70,29 @@ def test_installed_package_has_its_data_and_no_checkout(installed: tuple[Path, d
 
 
 def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
-    """The ``bash`` blocks of the README's "Usage by layer" section, one command per logical line, in order."""
+    """The ``bash`` blocks of the README's "Usage by layer" section, one command per logical line, in
+    order."""
     text = readme.read_text()
     section = text.split("## Usage by layer", 1)[1].split("\n## ", 1)[0]
     commands: list[str] = []
     for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
         joined = block.replace("\\\n", " ")
-        commands += [line for line in (ln.strip() for ln in joined.splitlines()) if line and not line.startswith("#")]
+        commands += [line for line in (ln.strip() for ln in joined.splitlines()) if line
+                     and not line.startswith("#")]
     return commands
 
 
 def test_readme_commands_are_a_pipeline() -> None:
     cmds = readme_commands()
     stages = [c.split()[1] for c in cmds]
-    assert stages == ["synth", "ingest", "label", "prepare", "tokenize", "pretrain", "finetune", "evaluate", "register",
+    assert stages == ["synth", "ingest", "label", "prepare", "tokenize", "pretrain", "finetune", "evaluate",
+                      "register",
                       "score"], cmds
 
 
 def test_readme_pipeline_runs_from_the_wheel(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    """synth -> ingest -> label -> prepare -> tokenize -> pretrain -> finetune -> evaluate -> register -> score, the
+    """synth -> ingest -> label -> prepare -> tokenize -> pretrain -> finetune -> evaluate -> register ->
+    score, the
     README's commands verbatim, with the installed console script, in a folder that is not the checkout."""
     _, env = installed
     for cmd in readme_commands():
@@ -95,8 +105,8 @@ def test_readme_pipeline_runs_from_the_wheel(installed: tuple[Path, dict[str, st
     assert (out / "runs" / "finetune" / "predictions.parquet").exists()
     assert (out / "evaluation" / "report.md").exists()
     assert any((out / "scores").glob("*.parquet"))
-    probe = ("import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version_by_alias('ehrfm', 'champion');"
-             " print(v.version)")
+    probe = ("import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version_by_alias('ehrfm', "
+             "'champion'); print(v.version)")
     uri = f"sqlite:///{out / 'mlflow.db'}"
     assert _run(["python", "-c", probe], cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}).strip() == "1"
     assert not (tmp_path / "mlruns").exists()  # nothing lands in ./mlruns of the current folder

@@ -18,7 +18,8 @@ SPLITS = pd.DataFrame({"subject_id": [1, 2, 3, 4], "split": ["train", "train", "
 
 def events(rows: list[tuple[int, str, float | None]]) -> pd.DataFrame:
     return pd.DataFrame({"subject_id": [r[0] for r in rows], "code": [r[1] for r in rows],
-                         "numeric_value": np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float32)})
+                         "numeric_value": np.array([np.nan if r[2] is None else r[2] for r in rows],
+                                                   dtype=np.float32)})
 
 
 RNG = np.random.default_rng(0)
@@ -49,7 +50,8 @@ def test_scaled_value_centre_spread_clip_and_ties() -> None:
     # centre = median cut point 2.5, spread = 5 - 1 = 4
     assert b.scaled_value("A", 4.5) == pytest.approx(0.5) and b.scaled_value("A", 0.5) == pytest.approx(-0.5)
     assert b.scaled_value("A", 1e9) == VALUE_CLIP and b.scaled_value("A", -1e9) == -VALUE_CLIP
-    assert b.scaled_value("T", 6.0) == pytest.approx(0.5)  # ties collapsed the cut points: spread |centre| = 4
+    # ties collapsed the cut points: spread |centre| = 4
+    assert b.scaled_value("T", 6.0) == pytest.approx(0.5)
     assert b.scaled_value("Z", 2.0) == pytest.approx(2.0)  # ... or 1 when the centre is 0
     for code, v in (("A", float("nan")), ("A", None), ("A", float("inf")), ("NOPE", 1.0)):
         assert np.isnan(b.scaled_value(code, v))

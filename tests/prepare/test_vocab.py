@@ -28,11 +28,13 @@ def events(rows: list[tuple[int, str]]) -> pd.DataFrame:
                          "numeric_value": [None] * len(rows)})
 
 
-BASE = [(1, "A")] * 3 + [(2, "A")] * 2 + [(1, "B")] * 5 + [(2, "C")] + [(1, "MEDS_BIRTH")] * 9 + [(3, "A"), (4, "D")]
+BASE = ([(1, "A")] * 3 + [(2, "A")] * 2 + [(1, "B")] * 5 + [(2, "C")] + [(1, "MEDS_BIRTH")] * 9 + [(3, "A"),
+                                                                                                   (4, "D")])
 
 
 def fit(rows: list[tuple[int, str]], min_count: int = 2) -> Vocabulary:
-    return build_vocab(count_codes_pandas(events(rows), SPLITS), min_count=min_count, n_bins=3, tasks=["b_task", "a_task"])
+    return build_vocab(count_codes_pandas(events(rows), SPLITS), min_count=min_count, n_bins=3,
+                       tasks=["b_task", "a_task"])
 
 
 def test_layout_fixed_tokens_and_min_count() -> None:
@@ -75,5 +77,5 @@ def test_task_names_from_yaml(tmp_path) -> None:
 @pytest.mark.spark
 def test_spark_counts_equal_pandas(spark) -> None:
     ev = events(BASE + [(3, "NEW")] * 4)
-    assert count_codes_spark(spark.createDataFrame(ev[["subject_id", "code"]]), spark.createDataFrame(SPLITS)) == \
-        count_codes_pandas(ev, SPLITS)
+    assert count_codes_spark(spark.createDataFrame(ev[["subject_id", "code"]]),
+                             spark.createDataFrame(SPLITS)) == count_codes_pandas(ev, SPLITS)

@@ -61,5 +61,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory, serving_dir: Path) -> dic
     tracker.log_artifacts(finetuned, "model")
     tracker.end("FINISHED")
     reg = register(run_id, "ehrfm", "champion", store_dir=store, tracking_uri=tracker.tracking_uri)
-    return {"tracking_uri": reg.tracking_uri, "run_id": run_id, "model_uri": reg.model_uri, "store": str(store),
+    return {"tracking_uri": reg.tracking_uri, "run_id": run_id, "model_uri": reg.model_uri,
+            "store": str(store),
             "version": reg.version}

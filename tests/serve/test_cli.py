@@ -18,7 +18,8 @@ def test_stages_are_wired() -> None:
     parser = build_parser()
     ns = parser.parse_args(["register", "--run", "x"])
     cfg, _ = split_namespace(stage("register"), ns["register"].as_dict())
-    assert isinstance(cfg, RegisterConfig) and cfg.alias == "champion" and cfg.name == "ehrfm" and cfg.run == "x"
+    assert isinstance(cfg,
+                      RegisterConfig) and cfg.alias == "champion" and cfg.name == "ehrfm" and cfg.run == "x"
     ns = parser.parse_args(["score", "--model", "models:/ehrfm@champion", "--source", "meds", "--meds", "m"])
     cfg, layout = split_namespace(stage("score"), ns["score"].as_dict())
     assert isinstance(cfg, ScoreConfig) and cfg.source == "meds" and layout.meds == "m"

@@ -30,9 +30,12 @@ def _bundle(**patch: object) -> dict:
     ("{not json", "field 'bundle' is not valid JSON"),
     (json.dumps({"resourceType": "Patient", "id": "p"}), "'bundle.resourceType' must be 'Bundle'"),
     (json.dumps({"resourceType": "Bundle", "entry": []}), "'bundle.entry' must be a non-empty list"),
-    (json.dumps({**example_bundle(), "entry": example_bundle()["entry"][1:]}), "exactly one Patient resource, found 0"),
-    (json.dumps({**example_bundle(), "entry": example_bundle()["entry"][:1] * 2}), "exactly one Patient resource, found 2"),
-    (json.dumps(_bundle(valueQuantity={"value": "abc", "unit": "mg/dL"})), "Observation/example-obs field valueQuantity.value"),
+    (json.dumps({**example_bundle(), "entry": example_bundle()["entry"][1:]}),
+     "exactly one Patient resource, found 0"),
+    (json.dumps({**example_bundle(), "entry": example_bundle()["entry"][:1] * 2}),
+     "exactly one Patient resource, found 2"),
+    (json.dumps(_bundle(valueQuantity={"value": "abc", "unit": "mg/dL"})),
+     "Observation/example-obs field valueQuantity.value"),
     (json.dumps(_bundle(effectiveDateTime="2999-01-01T00:00:00Z")), "far future"),
 ])
 def test_bad_bundles_name_the_problem(payload: str, needle: str) -> None:
@@ -67,8 +70,10 @@ def test_request_shape_errors() -> None:
 
 def test_meds_events_input() -> None:
     ev = [{"subject_id": 7, "time": None, "code": "GENDER//F"},
-          {"subject_id": 7, "time": "2020-01-02T09:00:00", "code": "LAB//LOINC//2160-0", "numeric_value": 1.1},
-          {"subject_id": 7, "time": "2020-01-01T08:00:00Z", "code": "ENCOUNTER//INPATIENT//START", "encounter_id": "e"}]
+          {"subject_id": 7, "time": "2020-01-02T09:00:00", "code": "LAB//LOINC//2160-0",
+           "numeric_value": 1.1},
+          {"subject_id": 7, "time": "2020-01-01T08:00:00Z", "code": "ENCOUNTER//INPATIENT//START",
+           "encounter_id": "e"}]
     frame = parse_events(0, json.dumps(ev), Limits())
     assert frame["code"].tolist() == ["GENDER//F", "ENCOUNTER//INPATIENT//START", "LAB//LOINC//2160-0"]
     assert str(frame["time"].dtype) == "datetime64[us]" and frame["numeric_value"].dtype == "float32"

@@ -5,7 +5,8 @@ imports no Lightning and no Spark, and answers exactly what the in-project pyfun
 no source tree, ehrfm reassembles its own wheel from the installed files for the next registration.
 
 Slow: the install takes ~1 min on the dev machine with a warm pip cache (torch from the local wheel). It
-needs the package index: the machine's local mirrors do not hold the pinned versions (e.g. aiohttp, mlflow)."""
+needs the package index: the machine's local mirrors do not hold the pinned versions (e.g. aiohttp,
+mlflow)."""
 
 from __future__ import annotations
 

@@ -33,19 +33,22 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
                 np.testing.assert_allclose(np.asarray(x, float), np.asarray(y, float), rtol=1e-5, atol=1e-6)
 
 
-def test_bundle_and_meds_inputs_agree(scorer: Scorer, bundle_texts: list[str], bundle_events: list[pd.DataFrame]) -> None:
+def test_bundle_and_meds_inputs_agree(scorer: Scorer, bundle_texts: list[str],
+                                      bundle_events: list[pd.DataFrame]) -> None:
     by_bundle = predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:2]}))
     by_events = predict_frame(scorer, pd.DataFrame({"events": [_events_json(e) for e in bundle_events[:2]]}))
     assert list(by_bundle.columns) == list(OUTPUT_COLUMNS) and len(by_bundle) == 2 * len(scorer.tasks)
     _same(by_bundle, by_events)
     last = [pd.Timestamp(e["time"].max()).isoformat() for e in bundle_events[:2]]
-    assert list(by_bundle["prediction_time"]) == [t for t in last for _ in scorer.tasks]  # default: last event
+    # default: last event
+    assert list(by_bundle["prediction_time"]) == [t for t in last for _ in scorer.tasks]
     assert by_bundle["patient_id"].notna().all() and by_events["patient_id"].isna().all()
     ra = json.loads(by_bundle["risk_assessment"].iloc[0])
     assert ra["subject"]["reference"] == f"Patient/{by_bundle['patient_id'].iloc[0]}"
 
 
-def test_events_after_prediction_time_cannot_reach_the_model(scorer: Scorer, bundle_events: list[pd.DataFrame]) -> None:
+def test_events_after_prediction_time_cannot_reach_the_model(scorer: Scorer,
+                                                             bundle_events: list[pd.DataFrame]) -> None:
     ev = bundle_events[1]
     times = ev["time"].dropna().sort_values().unique()
     cut = pd.Timestamp(times[len(times) // 2])
@@ -89,5 +92,7 @@ def test_registered_pyfunc_matches_scorer(registry: dict[str, str], scorer: Scor
     folder = register(serving_dir.parent / "finetuned", "ehrfm", "champion", store_dir=registry["store"],
                       tracking_uri=registry["tracking_uri"])
     assert folder.run_id != registry["run_id"] and int(folder.version) == int(registry["version"]) + 2
-    assert str(MlflowClient(registry["tracking_uri"]).get_model_version_by_alias("ehrfm", "champion").version) == folder.version
-    MlflowClient(registry["tracking_uri"]).set_registered_model_alias("ehrfm", "champion", registry["version"])
+    assert str(MlflowClient(registry["tracking_uri"])
+               .get_model_version_by_alias("ehrfm", "champion").version) == folder.version
+    MlflowClient(registry["tracking_uri"]).set_registered_model_alias("ehrfm", "champion",
+                                                                      registry["version"])

@@ -25,8 +25,10 @@ SCORES = ("prob", "risk", "survival", "topk_probs")
 def _close(a: pd.DataFrame, b: pd.DataFrame) -> None:
     """Same keys, same scores (float tolerance: batches pad differently)."""
     key = [SUBJECT_ID, PREDICTION_TIME, "task"]
-    a = a.assign(**{PREDICTION_TIME: pd.to_datetime(a[PREDICTION_TIME])}).sort_values(key).reset_index(drop=True)
-    b = b.assign(**{PREDICTION_TIME: pd.to_datetime(b[PREDICTION_TIME])}).sort_values(key).reset_index(drop=True)
+    a = a.assign(**{PREDICTION_TIME: pd.to_datetime(a[PREDICTION_TIME])}).sort_values(key).reset_index(
+        drop=True)
+    b = b.assign(**{PREDICTION_TIME: pd.to_datetime(b[PREDICTION_TIME])}).sort_values(key).reset_index(
+        drop=True)
     pd.testing.assert_frame_equal(a[key], b[key], check_dtype=False)
     for col in SCORES:
         for x, y in zip(a[col].map(_val), b[col].map(_val), strict=True):
@@ -50,7 +52,8 @@ def meds_dir(tmp_path_factory: pytest.TempPathFactory, bundle_events: list[pd.Da
     (out / "data").mkdir()
     (out / "metadata").mkdir()
     ev = pd.concat(bundle_events[:3], ignore_index=True)
-    pq.write_table(pa.Table.from_pandas(ev, schema=EVENTS_SCHEMA, preserve_index=False), out / "data" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pandas(ev, schema=EVENTS_SCHEMA, preserve_index=False),
+                   out / "data" / "part-0.parquet")
     pd.DataFrame({SUBJECT_ID: ev[SUBJECT_ID].unique(), "split": "held_out"}).to_parquet(
         out / "metadata" / "subject_splits.parquet", index=False)
     return out
@@ -60,28 +63,33 @@ def test_meds_scoring_equals_serving(spark: object, serving_dir: Path, scorer: S
                                      bundle_texts: list[str]) -> None:
     got = score_meds(spark, serving_dir, meds_dir).toPandas()  # type: ignore[arg-type]
     assert list(got.columns) == CONTRACT_COLUMNS and set(got["split"]) == {"held_out"}
-    served = predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]}))  # same default time: last event
+    # same default time: last event
+    served = predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]}))
     _close(got, served)
     fixed = "2018-03-01T00:00:00"
     got_fixed = score_meds(spark, serving_dir, meds_dir, prediction_time=fixed).toPandas()  # type: ignore[arg-type]
-    served_fixed = predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3], "prediction_time": [fixed] * 3}))
+    served_fixed = predict_frame(scorer,
+                                 pd.DataFrame({"bundle": bundle_texts[:3], "prediction_time": [fixed] * 3}))
     _close(got_fixed, served_fixed)
     risk = [g.sort_values(SUBJECT_ID)["risk"].dropna().to_numpy() for g in (got, got_fixed)]
     assert not np.allclose(risk[0], risk[1])  # the time is honoured: an earlier cut changes the risks
 
 
 @pytest.mark.slow
-def test_score_cli_with_registered_model(spark: object, registry: dict[str, str], meds_dir: Path, tmp_path: Path,
+def test_score_cli_with_registered_model(spark: object, registry: dict[str, str], meds_dir: Path,
+                                         tmp_path: Path,
                                          scorer: Scorer, bundle_texts: list[str]) -> None:
     from ehrfm.cli import main
 
     assert main(["score", "--model", "models:/ehrfm@champion", "--source", "meds", "--meds", str(meds_dir),
                  "--scores", str(tmp_path / "pred"), "--tracking_uri", registry["tracking_uri"]]) == 0
-    _close(pd.read_parquet(tmp_path / "pred"), predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]})))
+    _close(pd.read_parquet(tmp_path / "pred"),
+           predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]})))
 
 
 def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir: Path, scorer: Scorer,
-                                                     bundle_events: list[pd.DataFrame], tmp_path: Path) -> None:
+                                                     bundle_events: list[pd.DataFrame],
+                                                     tmp_path: Path) -> None:
     from ehrfm.prepare.bins import load_bins
     from ehrfm.tokenize import TokenizerConfig
     from ehrfm.train.predict import predict
@@ -104,7 +112,8 @@ def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir:
     assert len(got) == len(labels) and set(got["split"]) == {"tuning", "held_out"}
     lab = pd.DataFrame(labels)
     served = pd.concat([pd.DataFrame(scorer.score_events(bundle_events[int(i)], pt, [t]))  # the serving path
-                        for (i, pt, t) in zip(lab.index // (2 * len(scorer.tasks)), lab[PREDICTION_TIME], lab["task"],
+                        for (i, pt, t) in zip(lab.index // (2 * len(scorer.tasks)), lab[PREDICTION_TIME],
+                                              lab["task"],
                                               strict=True)], ignore_index=True)
     _close(got, served)
     batch = predict(serving_dir, tokens, progress=False)  # ehrfm finetune's prediction path

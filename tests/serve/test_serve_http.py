@@ -1,4 +1,5 @@
-"""`mlflow models serve` of models:/ehrfm@champion: real Synthea bundles in, predictions + RiskAssessments out;
+"""`mlflow models serve` of models:/ehrfm@champion: real Synthea bundles in, predictions + RiskAssessments
+out;
 malformed input answered with 4xx naming the problem while the server keeps answering; the payload never
 reaches the server's log; the server is stopped by its process group with bounded waits."""
 
@@ -45,11 +46,13 @@ def server(registry: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _patient(bundle_text: str) -> tuple[str, str]:
-    pat = next(e["resource"] for e in json.loads(bundle_text)["entry"] if e["resource"]["resourceType"] == "Patient")
+    pat = next(e["resource"] for e in json.loads(bundle_text)["entry"]
+               if e["resource"]["resourceType"] == "Patient")
     return pat["id"], pat["name"][0]["family"]
 
 
-def test_serves_bundles_and_rejects_bad_input(server: tuple[str, Path], bundle_texts: list[str], scorer: Scorer) -> None:
+def test_serves_bundles_and_rejects_bad_input(server: tuple[str, Path], bundle_texts: list[str],
+                                              scorer: Scorer) -> None:
     url, log = server
     inv = f"{url}/invocations"
     texts = bundle_texts[:3]
@@ -59,13 +62,16 @@ def test_serves_bundles_and_rejects_bad_input(server: tuple[str, Path], bundle_t
     want = predict_frame(scorer, pd.DataFrame({"bundle": texts}))
     assert len(got) == 3 * len(scorer.tasks) and list(got["task"]) == list(want["task"])
     assert list(got["patient_id"]) == list(want["patient_id"])
-    np.testing.assert_allclose(got["prob"].dropna().astype(float), want["prob"].dropna().astype(float), rtol=1e-5)
+    np.testing.assert_allclose(got["prob"].dropna().astype(float), want["prob"].dropna().astype(float),
+                               rtol=1e-5)
     for ra in got["risk_assessment"]:
         res = json.loads(ra)
         assert res["resourceType"] == "RiskAssessment" and res["status"] == "final" and res["prediction"]
 
     # the {"inputs": ...} form with an explicit prediction_time
-    status, body = _post(inv, json.dumps({"inputs": [{"bundle": texts[0], "prediction_time": "2015-01-01T00:00:00Z"}]}))
+    status, body = _post(inv,
+                         json.dumps(
+                             {"inputs": [{"bundle": texts[0], "prediction_time": "2015-01-01T00:00:00Z"}]}))
     assert status == 200, body
     assert {p["prediction_time"] for p in body["predictions"]} == {"2015-01-01T00:00:00"}
 
@@ -75,9 +81,12 @@ def test_serves_bundles_and_rejects_bad_input(server: tuple[str, Path], bundle_t
     cases = [
         ("{this is not json", "Invalid input"),
         (json.dumps({"dataframe_records": [{"bundle": "{broken"}]}), "field 'bundle' is not valid JSON"),
-        (json.dumps({"dataframe_records": [{"bundle": json.dumps(no_patient)}]}), "exactly one Patient resource, found 0"),
-        (json.dumps({"dataframe_records": [{"bundle": json.dumps(bad_obs)}]}), "Observation/example-obs field valueQuantity.value"),
-        (json.dumps({"dataframe_records": [{"bundle": texts[0] + " " * MAX_BYTES}]}), f"max_request_bytes={MAX_BYTES:,}"),
+        (json.dumps({"dataframe_records": [{"bundle": json.dumps(no_patient)}]}),
+         "exactly one Patient resource, found 0"),
+        (json.dumps({"dataframe_records": [{"bundle": json.dumps(bad_obs)}]}),
+         "Observation/example-obs field valueQuantity.value"),
+        (json.dumps({"dataframe_records": [{"bundle": texts[0] + " " * MAX_BYTES}]}),
+         f"max_request_bytes={MAX_BYTES:,}"),
         (json.dumps({"dataframe_records": [{"bundle": texts[0], "tasks": "nope"}]}), "'nope' is not served"),
     ]
     for payload, needle in cases:

@@ -30,7 +30,8 @@ event = st.tuples(
 def _rows(events: list[tuple], pts: list[pd.Timestamp], cfg: TokenizerConfig) -> list[dict]:
     ev = frame(7, [("1970-05-05", "MEDS_BIRTH"), (None, "GENDER//F")]
                + [(BASE + pd.Timedelta(hours=h), c, v, e) for h, c, v, e in events])
-    lab = pd.DataFrame({"subject_id": 7, "task": ["t1", "t2"] * len(pts), "prediction_time": [p for p in pts for _ in (0, 1)],
+    lab = pd.DataFrame({"subject_id": 7, "task": ["t1", "t2"] * len(pts),
+                        "prediction_time": [p for p in pts for _ in (0, 1)],
                         "boolean_value": [True, False] * len(pts)})
     return tokenize_subject(ev, VOCAB, BINS, cfg, labels=lab, pretrain=False)
 

@@ -19,7 +19,8 @@ STANDIN_MAX_LEN = 64
 def standin_tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``vocab.json`` + ``pretrain/part-0.parquet`` with 80 subjects of up to ~70 tokens, and a
     ``tokenize.json`` recording ``max_len`` 64 (what ``ehrfm tokenize`` writes beside its rows)."""
-    out = write_standin(tmp_path_factory.mktemp("tokens"), n_subjects=80, seed=0, n_codes=48, max_len=60)
+    folder = tmp_path_factory.mktemp("tokens")
+    out = Path(write_standin(folder, n_subjects=80, seed=0, n_codes=48, max_len=60))
     config = TokenizerConfig(max_len=STANDIN_MAX_LEN).to_dict()
     TokenPaths(out).meta.write_text(json.dumps({"config": config}))
     return out

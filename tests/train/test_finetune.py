@@ -35,7 +35,8 @@ def _split(sid: int) -> str:
     return "train" if b < 6 else ("tuning" if b < 8 else "held_out")
 
 
-def _row(vocab: Vocabulary, codes: list[str], day: float, lead: str, trail: str | None) -> dict[str, list]:
+def _row(vocab: Vocabulary, codes: list[str], day: float, lead: str,
+         trail: str | None) -> dict[str, list[Any]]:
     ids = [vocab.id(lead)] + [vocab.id(c) for c in codes] + ([vocab.id(trail)] if trail else [])
     typ = [TokenType.TASK if trail else TokenType.SPECIAL] + [TokenType.CODE] * len(codes) + (
         [TokenType.TASK] if trail else [])
@@ -44,8 +45,8 @@ def _row(vocab: Vocabulary, codes: list[str], day: float, lead: str, trail: str 
             "visit_orders": [1] * m, "visit_segments": [1] * m, "values": [float("nan")] * m}
 
 
-def _add(dst: dict[str, list], sid: int, pt: pd.Timestamp, streams: dict[str, list], task: str | None,
-         **lab: object) -> None:
+def _add(dst: dict[str, list[Any]], sid: int, pt: pd.Timestamp, streams: dict[str, list[Any]],
+         task: str | None, **lab: object) -> None:
     vals = {"subject_id": sid, "split": _split(sid), "task": task, "prediction_time": pt if task else None,
             "length": len(streams["concept_ids"]), **streams, "label": None, "duration_days": None,
             "event": None, "target_ids": None, **lab}
@@ -63,9 +64,9 @@ def write_task_tokens(root: Path, n: int = 400, seed: int = 0) -> tuple[Path, Pa
     for p in (tokens / "pretrain", labels, meds / "data", meds / "metadata"):
         p.mkdir(parents=True, exist_ok=True)
     vocab.save(tokens / "vocab.json")
-    pre: dict[str, list] = {f.name: [] for f in TOKENS_SCHEMA}
-    task_rows: dict[str, dict[str, list]] = {t: {f.name: [] for f in TOKENS_SCHEMA} for t in TASKS}
-    lab_rows: dict[str, list[dict]] = {t: [] for t in TASKS}
+    pre: dict[str, list[Any]] = {f.name: [] for f in TOKENS_SCHEMA}
+    task_rows: dict[str, dict[str, list[Any]]] = {t: {f.name: [] for f in TOKENS_SCHEMA} for t in TASKS}
+    lab_rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TASKS}
     events = []
     for sid in range(n):
         codes = list(rng.choice(DX + LABS, size=int(rng.integers(6, 30))))
@@ -174,7 +175,7 @@ def test_task_balanced_sampler_buckets_by_length() -> None:
     lengths = rng.integers(20, 512, size=3000)
     data = SimpleNamespace(rows=[np.arange(1000), np.arange(2000)], offsets=np.array([0, 1000, 3000]),
                            lengths=lengths)
-    s = TaskBalancedSampler(data, [1.0, 1.0], max_tokens=4096, max_len=512, seed=3, total=300)  # type: ignore[arg-type]
+    s = TaskBalancedSampler(data, [1.0, 1.0], max_tokens=4096, max_len=512, seed=3, total=300)
     batches = list(s)
     widths = [max(-(-int(lengths[i]) // 8) * 8 for i in b) for b in batches]
     assert all(len(b) * w <= 4096 for b, w in zip(batches, widths, strict=True))
@@ -183,7 +184,8 @@ def test_task_balanced_sampler_buckets_by_length() -> None:
     assert fill > 0.85, fill
     share = np.mean([i < 1000 for b in batches for i in b])
     assert abs(share - 0.5) < 0.05  # task weights hold per row
-    assert batches[123] == TaskBalancedSampler(data, [1.0, 1.0], 4096, 512, 3, 300, start=200).batch(123)  # type: ignore[arg-type]
+    again = TaskBalancedSampler(data, [1.0, 1.0], 4096, 512, 3, 300, start=200)
+    assert batches[123] == again.batch(123)
 
 
 def test_few_shot_rows_stratified_and_seeded(planted: Path) -> None:
@@ -231,7 +233,7 @@ def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: Path, tmp_pa
     assert list(preds.columns[:5]) == ["subject_id", "prediction_time", "task", "split", "model"]
     assert set(preds["model"]) == {"ehrfm_mamba2"} and set(preds["split"]) == {"tuning", "held_out"}
     tte = preds[preds.task == "tte_c"]
-    surv = np.stack(tte["survival"].to_numpy())
+    surv = np.stack(list(tte["survival"]))
     assert surv.shape[1] == 5 and np.all(np.diff(surv, axis=1) <= 0) and np.allclose(surv[:, 0], 1.0)
     np.testing.assert_allclose(tte["risk"], 1 - surv[:, -1])
     fc = preds[preds.task == "fc_d"]

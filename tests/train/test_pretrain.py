@@ -160,7 +160,7 @@ class Kill(pl.Callback):
 
 
 def _final_state(layout: Layout) -> dict[str, torch.Tensor]:
-    return EHRFoundationModel.from_pretrained(layout.pretrain_run.model).state_dict()
+    return dict(EHRFoundationModel.from_pretrained(layout.pretrain_run.model).state_dict())
 
 
 @pytest.mark.slow
@@ -179,7 +179,7 @@ def test_exact_resume(standin_tokens: Path, tmp_path: Path, backbone: str) -> No
         run_pretrain(cfg, killed_layout, callbacks=[Kill(at_step=6)])
     ckpt = torch.load(killed_layout.pretrain_run.checkpoints / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 6 and ckpt["ehrfm"]["micro_batches_seen"] == 12
-    resumed = run_pretrain(cfg.replace(**{"trainer.resume": "auto"}), killed_layout)
+    resumed = run_pretrain(cfg.replace(**{"trainer.resume": "last"}), killed_layout)
     assert resumed.resumed_from and resumed.global_step == 10
 
     a, b = _final_state(whole_layout), _final_state(killed_layout)

@@ -14,7 +14,8 @@ from ehrfm.ingest.fhir.rules import Rules
 
 
 def _codes_and_texts(value: Any) -> tuple[list[str], list[str]]:
-    """Codes and display/text strings found in a string, Coding, CodeableConcept(R5: CodeableReference) or list."""
+    """Codes and display/text strings found in a string, Coding, CodeableConcept(R5: CodeableReference) or
+    list."""
     codes: list[str] = []
     texts: list[str] = []
     items = value if isinstance(value, list) else [value]

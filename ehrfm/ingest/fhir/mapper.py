@@ -90,9 +90,11 @@ def subject_of(resource: dict[str, Any], rules: Rules) -> int | None:
 
 
 def pick_coding(cc: Any, prefix: str, ctx: MapContext) -> tuple[str, dict[str, Any]]:
-    """``(code string, coding)`` for a CodeableConcept: the preferred system's coding, else the first with a code."""
+    """``(code string, coding)`` for a CodeableConcept: the preferred system's coding, else the first with
+    a code."""
     rules = ctx.rules
-    codings = [c for c in (cc.get("coding") or []) if isinstance(c, dict) and c.get("code")] if isinstance(cc, dict) else []
+    codings = ([c for c in (cc.get("coding") or []) if isinstance(c, dict) and c.get("code")]
+               if isinstance(cc, dict) else [])
     if not codings:
         raise MappingError(None, "no coding with a code")
     prefs = rules.system_preference.get(prefix, ())
@@ -162,14 +164,18 @@ def _encounter_id(resource: dict[str, Any], rules: Rules) -> str | None:
 
 def _map_patient(r: dict[str, Any], sid: int, ctx: MapContext) -> list[Event]:
     rules, src = ctx.rules, "fhir:Patient"
-    events = [_event(sid, None, "GENDER//" + rules.gender.get(str(r.get("gender", "")).lower(), "UNKNOWN"), src)]
+    events = [_event(sid, None, "GENDER//" + rules.gender.get(str(r.get("gender", "")).lower(), "UNKNOWN"),
+                     src)]
     for ext in r.get("extension") or []:
         url = ext.get("url") if isinstance(ext, dict) else None
         if url in (rules.race_extension, rules.ethnicity_extension):
             subs = {s.get("url"): s for s in ext.get("extension") or [] if isinstance(s, dict)}
-            text = (subs.get("text") or {}).get("valueString") or ((subs.get("ombCategory") or {}).get("valueCoding") or {}).get("display")
+            text = ((subs.get("text") or {}).get("valueString")
+                    or ((subs.get("ombCategory") or {}).get("valueCoding") or {}).get("display"))
             if text:
-                events.append(_event(sid, None, ("RACE//" if url == rules.race_extension else "ETHNICITY//") + str(text), src))
+                events.append(_event(sid, None,
+                                     ("RACE//" if url == rules.race_extension else "ETHNICITY//") + str(text),
+                                     src))
     birth = _patient_birth(r, rules)
     if birth is not None:
         events.append(_event(sid, birth[0], BIRTH_CODE, src))
@@ -182,7 +188,8 @@ def _map_patient(r: dict[str, Any], sid: int, ctx: MapContext) -> list[Event]:
 def _patient_birth(r: dict[str, Any], rules: Rules) -> tuple[int, bool] | None:
     """``(birth time, date_only)`` from ``birthDate`` (or its patient-birthTime extension), else ``None``."""
     for ext in (r.get("_birthDate") or {}).get("extension") or []:
-        if isinstance(ext, dict) and ext.get("url") == rules.birth_time_extension and ext.get("valueDateTime"):
+        if (isinstance(ext, dict) and ext.get("url") == rules.birth_time_extension
+                and ext.get("valueDateTime")):
             try:
                 return parse_fhir_time(ext["valueDateTime"]), False
             except TimeParseError as e:
@@ -276,7 +283,8 @@ def _medication_concept(r: dict[str, Any], ctx: MapContext) -> tuple[str, Any]:
         raise MappingError("medication[x]", "missing medication")
     target = ref["reference"]
     if target.startswith("#"):
-        found = next((c for c in r.get("contained") or [] if isinstance(c, dict) and c.get("id") == target[1:]), None)
+        found = next((c for c in r.get("contained") or [] if isinstance(c, dict)
+                      and c.get("id") == target[1:]), None)
     else:
         found = ctx.medications.get(f"Medication/{reference_id(ref, 'Medication')}")
     if found is None:
@@ -333,9 +341,11 @@ def map_resource(resource: dict[str, Any], ctx: MapContext) -> tuple[list[Event]
             if t is None:
                 continue
             if t > ctx.max_time_us:
-                raise MappingError(_time_field(resource, rule, e["code"]), f"impossible time: {e['code']} in the far future")
+                raise MappingError(_time_field(resource, rule, e["code"]),
+                                   f"impossible time: {e['code']} in the far future")
             if floor is not None and t < floor:
-                raise MappingError(_time_field(resource, rule, e["code"]), f"impossible time: {e['code']} before the subject's birth")
+                raise MappingError(_time_field(resource, rule, e["code"]),
+                                   f"impossible time: {e['code']} before the subject's birth")
         return events, []
     except MappingError as e:
         return [], [make_reject(ctx, rtype, resource.get("id"), e.field, e.reason)]
@@ -351,6 +361,7 @@ def _time_field(resource: dict[str, Any], rule: ResourceRule, code: str) -> str 
 
 def make_reject(ctx: MapContext | None, rtype: Any, rid: Any, field_name: str | None, reason: str) -> Reject:
     """A REJECTS_SCHEMA row located at ``ctx.source_file`` / ``ctx.record_index``."""
-    return {"source_file": ctx.source_file if ctx else None, "record_index": ctx.record_index if ctx else None,
+    return {"source_file": ctx.source_file if ctx else None,
+            "record_index": ctx.record_index if ctx else None,
             "resource_type": rtype if isinstance(rtype, str) else None,
             "resource_id": rid if isinstance(rid, str) else None, "field": field_name, "reason": reason}

@@ -44,12 +44,14 @@ def process_record(rec: Record, ctx: MapContext, validate: bool) -> Outcome:
     res = rec.resource or {}
     raw_type = res.get("resourceType")
     if not isinstance(raw_type, str) or not raw_type:
-        return Outcome(REJECTED, rejects=[make_reject(ctx, None, rid, "resourceType", "missing resourceType")])
+        return Outcome(REJECTED,
+                       rejects=[make_reject(ctx, None, rid, "resourceType", "missing resourceType")])
     kind = classify(raw_type, ctx.rules)
     if kind == SKIPPED:
         return Outcome(SKIPPED)
     if kind == UNKNOWN:
-        return Outcome(REJECTED, rejects=[make_reject(ctx, raw_type, rid, "resourceType", f"unknown resourceType {raw_type!r}")])
+        return Outcome(REJECTED, rejects=[make_reject(ctx, raw_type, rid, "resourceType", "unknown "
+                                                      f"resourceType {raw_type!r}")])
     if validate:
         problem = validate_resource(res, ctx.rules)
         if problem is not None:

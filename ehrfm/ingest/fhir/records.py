@@ -89,7 +89,8 @@ def _nonblank_lines(content: bytes, count: int) -> list[bytes]:
 
 
 def iter_file_records(source_file: str, data: bytes) -> Iterator[Record]:
-    """Records of one file (see module doc). ``record_index``: entry index (Bundle) or line (NDJSON), 0-based."""
+    """Records of one file (see module doc). ``record_index``: entry index (Bundle) or line (NDJSON),
+    0-based."""
     content, problem = decompress(data)
     head = _nonblank_lines(content, 3)
     if problem is None and not head:
@@ -129,9 +130,11 @@ def line_record(source_file: str, index: int, line: bytes) -> Record:
     except ValueError as e:
         return Record(source_file, index, error=f"malformed JSON: {e}")
     if not isinstance(obj, dict):
-        return Record(source_file, index, error=f"JSON value is a {type(obj).__name__}, not a resource object")
+        return Record(source_file, index,
+                      error=f"JSON value is a {type(obj).__name__}, not a resource object")
     if obj.get("resourceType") == "Bundle":
-        return Record(source_file, index, resource=obj, error="a Bundle inside NDJSON is not supported", field="resourceType")
+        return Record(source_file, index, resource=obj, error="a Bundle inside NDJSON is not supported",
+                      field="resourceType")
     return Record(source_file, index, resource=obj)
 
 

@@ -71,7 +71,8 @@ class Rules:
         return self.encounter_classes.get(_NON_ALNUM.sub("", text.lower()))
 
     def encounter_keyword_class(self, text: str | None) -> str | None:
-        """CLASS from the first keyword found inside free text (type / serviceType displays), else ``None``."""
+        """CLASS from the first keyword found inside free text (type / serviceType displays), else
+        ``None``."""
         if not text:
             return None
         low = text.lower()
@@ -101,12 +102,14 @@ def parse_rules(data: dict[str, Any]) -> Rules:
             start=_tuple(spec.get("start")),
             end=_tuple(spec.get("end")),
         )
-    classes = {_NON_ALNUM.sub("", str(k).lower()): str(v) for k, v in (data.get("encounter_classes") or {}).items()}
+    classes = {_NON_ALNUM.sub("", str(k).lower()): str(v)
+               for k, v in (data.get("encounter_classes") or {}).items()}
     keywords = tuple((str(k).lower(), str(v)) for k, v in (data.get("encounter_keywords") or []))
     return Rules(
         code_systems={str(k): str(v) for k, v in (data.get("code_systems") or {}).items()},
         system_preference={k: _tuple(v) for k, v in (data.get("system_preference") or {}).items()},
-        observation_categories={str(k).lower(): str(v) for k, v in (data.get("observation_categories") or {}).items()},
+        observation_categories={str(k).lower(): str(v)
+                                for k, v in (data.get("observation_categories") or {}).items()},
         resources=res,
         subject_fields=_tuple(data.get("subject_fields")),
         encounter_fields=_tuple(data.get("encounter_fields")),

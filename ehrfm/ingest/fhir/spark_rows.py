@@ -44,7 +44,8 @@ _ARROW_TYPES = {"string": pa.string(), "long": pa.int64(), "float": pa.float32()
 
 def arrow_schema(ddl: str) -> pa.Schema:
     """The Arrow schema of a Spark DDL string of ``name type`` pairs (string, long, float)."""
-    return pa.schema([(c.strip().split(" ")[0], _ARROW_TYPES[c.strip().split(" ")[1]]) for c in ddl.split(",")])
+    return pa.schema([(c.strip().split(" ")[0], _ARROW_TYPES[c.strip().split(" ")[1]])
+                      for c in ddl.split(",")])
 
 
 ARROW_SCHEMA = arrow_schema(ROW_SCHEMA)
@@ -70,17 +71,20 @@ def to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema = ARROW_SCHEMA) -> p
     """Tuples of ``schema`` (default ROW_SCHEMA) -> one Arrow record batch (what ``mapInArrow`` hands
     back to Spark)."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
-    return pa.RecordBatch.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)],
+    return pa.RecordBatch.from_arrays([pa.array(col, type=f.type)
+                                       for col, f in zip(columns, schema, strict=True)],
                                       schema=schema)
 
 
-def _status_rows(counts: Counter[tuple[str, str]], events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
+def _status_rows(counts: Counter[tuple[str, str]],
+                 events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
     for (rtype, status), n in counts.items():
         yield row("S", resource_type=rtype, status=status, n_records=n, n_events=events[(rtype, status)])
 
 
 def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: Rules, validate: str,
-                  every: int, counts: Counter[tuple[str, str]], events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
+                  every: int, counts: Counter[tuple[str, str]],
+                  events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
     if validate == "auto" and res is not None and rec.error is None:
         if out.status == REJECTED and out.rejects:
             # the validator usually names the root cause of what the mapper tripped on
@@ -90,7 +94,8 @@ def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: 
                 out.rejects[0]["field"] = out.rejects[0]["field"] or problem[0]
         elif out.status == MAPPED and sampled(rec.source_file, rec.record_index, every):
             problem = validate_resource(res, rules)
-            yield row("V", source_file=rec.source_file, record_index=rec.record_index, resource_type=rec.resource_type,
+            yield row("V", source_file=rec.source_file, record_index=rec.record_index,
+                      resource_type=rec.resource_type,
                       resource_id=rec.resource_id, field=problem[0] if problem else None,
                       reason=problem[1] if problem else None, status="invalid" if problem else "valid")
     key = (rec.resource_type or UNREADABLE, out.status)
@@ -110,7 +115,8 @@ def _med_key(res: dict[str, Any]) -> str | None:
     return None
 
 
-def map_records(path: str, records: Iterable[Record], births: Mapping[int, int], meds: Mapping[str, dict[str, Any]],
+def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
+                meds: Mapping[str, dict[str, Any]],
                 complete: bool, validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
     """Map the records of one file (or byte range): final E/R/S/D/V rows and I rows, plus P rows for
     the records that must wait for the cross-file join (only when ``complete`` is false).
@@ -130,7 +136,8 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
         res = rec.resource if rec.error is None else None
         rtype = rec.resource_type
         if res is None or rtype is None or classify(rtype, rules) != MAP:
-            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), rules, validate, every, counts, events)
+            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), rules, validate, every, counts,
+                                     events)
             continue
         sid = subject_of(res, rules)
         if sid is not None:
@@ -152,7 +159,8 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
         yield row("D", code=code, text_value=desc)
 
 
-def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
+def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
+                 every: int) -> Iterator[tuple[Any, ...]]:
     """Pass 2 on one partition: P rows joined with the global birth floor (``floor``) and Medication
     (``med_payload``) -> final E/R/S/D/V rows."""
     rules = load_rules()
@@ -163,7 +171,8 @@ def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int, every: in
         res = jsonio.loads(r["payload"])
         rec = Record(r["source_file"], r["record_index"], resource=res)
         ctx.birth_floor_us = {r["subject_id"]: r["floor"]} if r["floor"] is not None else {}
-        ctx.medications = {r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None else {}
+        ctx.medications = ({r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None
+                           else {})
         out = process_record(rec, ctx, validate == "full")
         yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
     yield from _status_rows(counts, events)

@@ -36,8 +36,8 @@ from ehrfm.ingest.fhir.streams import (
 )
 
 UNIT_SCHEMA = "path string, start long, end long, mode string"
-SCAN_SCHEMA = ("kind string, path string, start long, newlines long, fmt string, problem string, good_len long, "
-               "subject_id long, floor long, med_key string, payload string, offset long")
+SCAN_SCHEMA = ("kind string, path string, start long, newlines long, fmt string, problem string, good_len "
+               "long, subject_id long, floor long, med_key string, payload string, offset long")
 _SCAN_COLS = [c.strip().split(" ")[0] for c in SCAN_SCHEMA.split(",")]
 NDJSON, WHOLE = "ndjson", "whole"
 
@@ -126,7 +126,8 @@ def scan_unit(path: str, start: int, end: int, mode: str) -> Iterator[tuple[Any,
     yield from found.rows(path)
 
 
-def _lookup_lines(found: _Lookups, segs: Iterator[tuple[int, bytes]], last_is_record: Callable[[], bool]) -> int:
+def _lookup_lines(found: _Lookups, segs: Iterator[tuple[int, bytes]],
+                  last_is_record: Callable[[], bool]) -> int:
     """Feed every record line to ``found``; the last segment only when ``last_is_record()`` (asked
     after the stream ends). Returns the number of segments (newlines + 1)."""
     n, prev = 0, None
@@ -205,7 +206,8 @@ class FirstMeds(Mapping[str, dict[str, Any]]):
         return sum(1 for _ in self)
 
 
-def map_unit(unit: Mapping[str, Any], births: Mapping[int, int], meds: Mapping[str, dict[str, Any]], complete: bool,
+def map_unit(unit: Mapping[str, Any], births: Mapping[int, int], meds: Mapping[str, dict[str, Any]],
+             complete: bool,
              validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
     """Step 2 for one unit (a row of the scan's ``U`` output plus ``base``, the line number of its
     first byte): ROW_SCHEMA tuples (see :mod:`ehrfm.ingest.fhir.spark_rows`).
@@ -230,5 +232,6 @@ def map_unit(unit: Mapping[str, Any], births: Mapping[int, int], meds: Mapping[s
         if rec.error is None and rec.resource_type == "Medication" and rec.resource_id:
             yield row("M", med_key=f"Medication/{rec.resource_id}", payload=jsonio.dumps(rec.resource),
                       source_file=path, record_index=rec.record_index)
-    yield from map_records(path, records, MinFloors(local_births, births), FirstMeds(local_meds, meds), complete,
+    yield from map_records(path, records, MinFloors(local_births, births), FirstMeds(local_meds, meds),
+                           complete,
                            validate, max_time_us, every)

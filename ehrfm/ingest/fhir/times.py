@@ -46,7 +46,8 @@ def parse_fhir_time(value: str) -> int:
             sign = -1 if zone[0] == "-" else 1
             tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
         dt = datetime(
-            int(year), int(month or 1), int(day or 1), int(hh or 0), int(mi or 0), int(ss or 0), micro, tzinfo=tz
+            int(year), int(month or 1), int(day or 1), int(hh or 0), int(mi or 0), int(ss or 0), micro,
+            tzinfo=tz
         )
     except ValueError as e:  # month 13, Feb 30, hour 25, offset beyond 24h ...
         raise TimeParseError(f"impossible date/time {value!r}: {e}") from None

@@ -43,8 +43,10 @@ def is_known_type(resource_type: str) -> bool:
 
 
 def fhir_version(resource: dict[str, Any], rules: Rules) -> str:
-    """``"STU3"`` when meta.profile names STU3 or the resource has an STU3-only field for its type, else ``"R4B"``."""
-    profiles = (resource.get("meta") or {}).get("profile") or [] if isinstance(resource.get("meta"), dict) else []
+    """``"STU3"`` when meta.profile names STU3 or the resource has an STU3-only field for its type, else
+    ``"R4B"``."""
+    profiles = ((resource.get("meta") or {}).get("profile") or [] if isinstance(resource.get("meta"), dict)
+                else [])
     for p in profiles:
         low = str(p).lower()
         if any(m in low for m in rules.stu3_profile_markers):

@@ -112,7 +112,8 @@ def prepare_patients(df: DataFrame, load: Loader) -> DataFrame:
     from pyspark.sql import functions as F
 
     year = F.trim(F.col("anchor_year")).try_cast("int") - F.trim(F.col("anchor_age")).try_cast("int")
-    df = df.withColumn("_birth_time", F.make_timestamp(year, F.lit(1), F.lit(1), F.lit(0), F.lit(0), F.lit(0)))
+    df = df.withColumn("_birth_time",
+                       F.make_timestamp(year, F.lit(1), F.lit(1), F.lit(0), F.lit(0), F.lit(0)))
     dod = F.when(F.trim(F.col("dod")) != "", F.col("dod"))
     admissions = load("admissions")
     if admissions is not None:
@@ -151,7 +152,8 @@ def prepare_value_or_text(df: DataFrame, load: Loader) -> DataFrame:
 
 
 def prepare_labevents(df: DataFrame, load: Loader) -> DataFrame:
-    """``_lab_code``: ``LAB//LOINC//<loinc_code>`` when d_labitems maps the itemid, else ``LAB//MIMIC//<itemid>``."""
+    """``_lab_code``: ``LAB//LOINC//<loinc_code>`` when d_labitems maps the itemid, else
+    ``LAB//MIMIC//<itemid>``."""
     from pyspark.sql import functions as F
 
     df = prepare_value_or_text(df, load)
@@ -168,13 +170,15 @@ def prepare_labevents(df: DataFrame, load: Loader) -> DataFrame:
 
 
 def prepare_prescriptions(df: DataFrame, load: Loader) -> DataFrame:
-    """``_med_code``: ``MEDICATION//NDC//<ndc>`` for a real NDC (digits, not all zeros), else ``MEDICATION//MIMIC//<drug>``."""
+    """``_med_code``: ``MEDICATION//NDC//<ndc>`` for a real NDC (digits, not all zeros), else
+    ``MEDICATION//MIMIC//<drug>``."""
     from pyspark.sql import functions as F
 
     ndc = F.trim(F.col("ndc"))
     valid = ndc.rlike("^[0-9]{10,11}$") & ~ndc.rlike("^0+$")
     drug = F.concat(F.lit("MEDICATION//MIMIC//"), F.trim(F.col("drug")))
-    return df.withColumn("_med_code", F.when(valid, F.concat(F.lit("MEDICATION//NDC//"), ndc)).otherwise(drug))
+    return df.withColumn("_med_code",
+                         F.when(valid, F.concat(F.lit("MEDICATION//NDC//"), ndc)).otherwise(drug))
 
 
 def prepare_omr(df: DataFrame, load: Loader) -> DataFrame:

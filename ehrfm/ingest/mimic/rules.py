@@ -52,7 +52,8 @@ class EventRule:
     def columns(self) -> set[str]:
         """Every source column the rule reads."""
         cols = set(template_columns(self.code))
-        cols.update(c for c in (self.time, self.when, self.numeric, self.text, self.unit, self.encounter) if c)
+        cols.update(c for c in (self.time, self.when, self.numeric, self.text, self.unit, self.encounter)
+                    if c)
         return cols
 
 
@@ -97,7 +98,8 @@ def load_rules(path: str | Path | None = None) -> MimicRules:
             raise ValueError(f"rules: events[{i}] names unknown table {rule.table!r}")
         bad = set(rule.unknown) - set(template_columns(rule.code))
         if bad:
-            raise ValueError(f"rules: events[{i}] ({rule.name}) lists unknown={sorted(bad)} not in its code template")
+            raise ValueError(f"rules: events[{i}] ({rule.name}) lists unknown={sorted(bad)} not in its code "
+                             "template")
         events.append(rule)
     descriptions = [DescriptionRule(**d) for d in raw.get("descriptions", [])]
     return MimicRules(tables, events, descriptions, dict(raw.get("fixed_descriptions", {})))

@@ -1,0 +1,3 @@
+"""ehrfm: EHR foundation-model toolkit."""
+
+__version__ = "0.1.0"

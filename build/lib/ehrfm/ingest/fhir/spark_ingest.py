@@ -1,0 +1,298 @@
+"""The population path: FHIR Bundles / NDJSON files -> a MEDS dataset on disk, with Spark.
+
+Every input is cut into *units* (a whole file, or a byte range of a big plain NDJSON file) that are
+streamed in bounded memory (:mod:`ehrfm.ingest.fhir.spark_units`); the per-record code is the
+one-patient path's (:mod:`ehrfm.ingest.fhir.spark_rows`):
+
+1. **scan** (executors, cheap): per unit its format, newline count (so a range knows the line number
+   of its first line) and the lookup records (Patient birth floors, Medications); only lines that
+   may be one of those are parsed. The lookups are small (one row per patient) and are broadcast.
+2. **map** (executors): every record mapped once with the global lookups, written to a temporary
+   parquet. With NDJSON inputs only, this is the only pass over the data.
+3. **cross-file** (only when Bundle files exist, whose Patients step 1 does not read): the records
+   that lacked a lookup or were rejected ⟕ birth floor ⟕ Medication (broadcast joins), then the same
+   per-record code.
+4. **write**: :func:`ehrfm.ingest.writer.write_meds_dataset` with events, rejects, descriptions,
+   subject ids and the reconciling summary. Only aggregates and the lookups reach the driver.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from ehrfm.ingest.fhir import jsonio
+from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
+from ehrfm.ingest.fhir.paths import cleanup, expand_inputs
+from ehrfm.ingest.fhir.process import Summary
+from ehrfm.ingest.fhir.spark_rows import ROW_SCHEMA, pending_rows, to_batch
+from ehrfm.ingest.fhir.times import US_PER_DAY, now_us
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+BATCH_ROWS = 8192  # rows per Arrow batch handed back to Spark (bounds a task's memory)
+# plain NDJSON files above this are cut into byte ranges of this size (a few seconds of mapping each)
+SPLIT_BYTES = 32 << 20
+PARTITION_BYTES = 32 << 20  # target input bytes per task (small files are grouped, big ones split)
+
+
+def _batches(rows: Iterator[tuple[Any, ...]]) -> Iterator[pa.RecordBatch]:
+    buf: list[tuple[Any, ...]] = []
+    for r in rows:
+        buf.append(r)
+        if len(buf) >= BATCH_ROWS:
+            yield to_batch(buf)
+            buf = []
+    if buf:
+        yield to_batch(buf)
+
+
+def _scan_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function: units -> SCAN_SCHEMA rows (unit facts and lookups)."""
+    from ehrfm.ingest.fhir.spark_rows import arrow_schema
+    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, scan_unit
+
+    schema = arrow_schema(SCAN_SCHEMA)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for u in batch.to_pylist():
+                rows = list(scan_unit(u["path"], u["start"], u["end"], u["mode"]))
+                yield to_batch(rows, schema)
+
+    return run
+
+
+def _map_fn(lookup: Any, complete: bool, validate: str, limit: int,
+            every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function: units (with their first line number) -> ROW_SCHEMA batches.
+    ``lookup``: a broadcast of (births, meds)."""
+    from ehrfm.ingest.fhir.spark_units import map_unit
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        births, meds = lookup.value
+        for batch in batches:
+            for u in batch.to_pylist():
+                yield from _batches(map_unit(u, births, meds, complete, validate, limit, every))
+
+    return run
+
+
+def _pass2(validate: str, limit: int,
+           every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function: batches of pending records (joined) -> ROW_SCHEMA batches."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield from _batches(pending_rows(batch.to_pylist(), validate, limit, every))
+
+    return run
+
+
+def plan_units(files: Sequence[tuple[str, int]],
+               split_bytes: int = SPLIT_BYTES) -> list[tuple[str, int, int, str]]:
+    """``(path, start, end, mode)`` work units: a big plain NDJSON file becomes ``range`` units of
+    ``split_bytes``; every other file one ``file`` unit (gzip is not splittable; documents are read whole)."""
+    from ehrfm.ingest.fhir.streams import sniff
+
+    units: list[tuple[str, int, int, str]] = []
+    for path, size in files:
+        if size > split_bytes:
+            gz, ndjson = sniff(path)
+            if not gz and ndjson:
+                units += [(path, s, min(s + split_bytes, size), "range") for s in range(0, size, split_bytes)]
+                continue
+        units.append((path, 0, size, "file"))
+    return units
+
+
+def _units_df(spark: SparkSession, units: Sequence[dict[str, Any]], schema: str,
+              parallelism: int) -> DataFrame:
+    """A DataFrame of units, partitioned so that tasks get similar byte counts (largest first into
+    the lightest partition): many small files share a task, a big file's ranges spread out."""
+    total = sum(u["end"] - u["start"] for u in units)
+    n = max(1, min(len(units), max(2 * parallelism, -(-total // PARTITION_BYTES))))
+    groups: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    loads = [0] * n
+    for u in sorted(units, key=lambda u: u["start"] - u["end"]):
+        i = loads.index(min(loads))
+        groups[i].append(u)
+        loads[i] += max(u["end"] - u["start"], 1)
+    cols = [c.strip().split(" ")[0] for c in schema.split(",")]
+    rdd = spark.sparkContext.parallelize([[tuple(u[c] for c in cols) for u in g] for g in groups], n)
+    return spark.createDataFrame(rdd.flatMap(lambda g: g), schema)
+
+
+def _lookups(
+    scan: pa.Table,
+) -> tuple[dict[str, dict[str, Any]], dict[int, int], dict[str, tuple[str, int, str]]]:
+    """From the scan rows: unit facts by (path, start) with ``base`` (line number of the unit's first
+    byte), global birth floors (minimum) and Medications (``(path, offset, JSON)``, first by file, then
+    position)."""
+    facts: dict[str, dict[str, Any]] = {}
+    births: dict[int, int] = {}
+    med_rows: dict[str, tuple[str, int, str]] = {}
+    for r in scan.to_pylist():
+        if r["kind"] == "U":
+            facts[f"{r['path']}#{r['start']}"] = r
+        elif r["kind"] == "B":
+            births[r["subject_id"]] = min(r["floor"], births.get(r["subject_id"], r["floor"]))
+        elif r["kind"] == "M":
+            cand = (r["path"], r["offset"], r["payload"])
+            med_rows[r["med_key"]] = min(cand, med_rows.get(r["med_key"], cand))
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for f in facts.values():
+        by_file.setdefault(f["path"], []).append(f)
+    for parts in by_file.values():
+        base = 0
+        for f in sorted(parts, key=lambda f: f["start"]):
+            f["base"] = base
+            base += f["newlines"] or 0
+    return facts, births, med_rows
+
+
+def ingest_fhir(
+    spark: SparkSession,
+    inputs: Sequence[str],
+    output: str,
+    *,
+    validate: str = "auto",
+    dataset_name: str = "fhir",
+    etl_name: str = "ehrfm.ingest.fhir",
+    max_time_us: int | None = None,
+    sample_every: int = 50,
+    split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    split_seed: int = 0,
+    rows_per_shard: int | None = None,
+    keep_tmp: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Ingest FHIR Bundle JSON / NDJSON files (plain or .gz) into a MEDS dataset at ``output``.
+
+    ``inputs``: files, folders (searched recursively for *.json, *.ndjson, *.jsonl and their .gz) or
+    globs. ``validate``: "full" rejects every mapped-type resource that fails the FHIR R4B/STU3 models;
+    "none" never validates; "auto" (default) validates the records the mapper rejects (the validator's
+    reason is added) and a deterministic 1-in-``sample_every`` sample of mapped records, reported in
+    ``summary["validation_sample"]`` (use "full" to reject on it). ``max_time_us``: far-future limit
+    (default: now + 1 day). Returns the summary written to ``output/summary.json``.
+    """
+    from pyspark.sql import functions as F
+    from tqdm import tqdm
+
+    if validate not in VALIDATE_CHOICES:
+        raise ValueError(f"validate must be one of {VALIDATE_CHOICES}, got {validate!r}")
+    from ehrfm.ingest.writer import write_meds_dataset
+
+    files = expand_inputs(spark, inputs)
+    limit = max_time_us if max_time_us is not None else now_us() + US_PER_DAY
+    tmp = output.rstrip("/") + "/_fhir_tmp"
+    steps = tqdm(total=4, desc="fhir ingest", unit="step", disable=not progress)
+    mode, every = validate, sample_every
+
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+    parallelism = spark.sparkContext.defaultParallelism
+    units = [dict(zip(("path", "start", "end", "mode"), u, strict=True))
+             for u in plan_units(files, SPLIT_BYTES)]
+    # 1. scan: formats, line numbers of the ranges, lookups (small: collected and broadcast)
+    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA, WHOLE
+
+    scan = _units_df(spark, units, UNIT_SCHEMA, parallelism).mapInArrow(_scan_fn(), SCAN_SCHEMA).toArrow()
+    facts, births, med_rows = _lookups(scan)
+    meds = {k: jsonio.loads(v[2]) for k, v in med_rows.items()}
+    complete = not any(f["fmt"] == WHOLE for f in facts.values())
+    for u in units:
+        f = facts[f"{u['path']}#{u['start']}"]
+        u.update(fmt=f["fmt"], base=f.get("base", 0), problem=f["problem"], good_len=f["good_len"])
+    lookup = spark.sparkContext.broadcast((births, meds))
+    seconds["scan"] = round(time.perf_counter() - clock, 1)
+    steps.update()
+
+    # 2. map every record once; rows kept in a temporary parquet (the summary and the writer read it)
+    unit_schema = UNIT_SCHEMA + ", fmt string, base long, problem string, good_len long"
+    (_units_df(spark, units, unit_schema, parallelism)
+     .mapInArrow(_map_fn(lookup, complete, mode, limit, every), ROW_SCHEMA)
+     .write.mode("overwrite").parquet(f"{tmp}/pass1"))
+    p1 = spark.read.parquet(f"{tmp}/pass1")
+    out = p1.where(F.col("kind").isin("E", "R", "S", "D", "V"))
+    seconds["map"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
+    steps.update()
+
+    # 3. cross-file lookups for what waited (only with Bundle inputs): broadcast joins, same per-record code
+    if not complete and p1.where(F.col("kind") == "P").limit(1).count():
+        scan_lookups = spark.createDataFrame(
+            [("B", k, v, None, None, None, None) for k, v in births.items()]
+            + [("M", None, None, k, v[2], v[0], v[1]) for k, v in med_rows.items()],
+            "kind string, subject_id long, floor long, med_key string, payload string, source_file string, "
+            "record_index long")
+        lk = p1.where(F.col("kind").isin("B", "M")).select(*scan_lookups.columns).unionByName(scan_lookups)
+        births_df = lk.where(F.col("kind") == "B").groupBy("subject_id").agg(F.min("floor").alias("floor"))
+        meds_df = (lk.where(F.col("kind") == "M").groupBy("med_key")
+                   .agg(F.min(F.struct("source_file", "record_index", "payload")).alias("m"))
+                   .select("med_key", F.col("m.payload").alias("med_payload")))
+        pending = (p1.where(F.col("kind") == "P")
+                   .select("source_file", "record_index", "subject_id", "med_key", "payload")
+                   .join(F.broadcast(births_df), on="subject_id", how="left")
+                   .join(F.broadcast(meds_df), on="med_key", how="left"))
+        (pending.mapInArrow(_pass2(mode, limit, every), ROW_SCHEMA)
+         .write.mode("overwrite").parquet(f"{tmp}/pass2"))
+        out = out.unionByName(spark.read.parquet(f"{tmp}/pass2"))
+    lookup.unpersist()
+    seconds["cross_file"] = round(max(0.0, time.perf_counter() - clock - sum(seconds.values())), 1)
+    steps.update()
+
+    summary = _summary(out)
+    summary.update({"inputs": list(inputs), "files": len(files), "validate": validate, "max_time_us": limit})
+    events = out.where(F.col("kind") == "E").select(
+        "subject_id", F.timestamp_micros("time").alias("time"), "code", "numeric_value", "text_value",
+        "encounter_id", "unit", "source")
+    rejects = out.where(F.col("kind") == "R").select(
+        "source_file", "record_index", "resource_type", "resource_id", "field", "reason")
+    descriptions = out.where(F.col("kind") == "D").select("code", F.col("text_value").alias("description"))
+    subject_ids = (p1.where(F.col("kind") == "I")
+                   .select("subject_id", F.col("patient_ref").alias("source_id")).distinct())
+    collisions = subject_ids.groupBy("subject_id").count().where(F.col("count") > 1).count()
+    summary["subject_id_collisions"] = int(collisions)
+    seconds["summary"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
+    summary["seconds"] = seconds
+    steps.set_postfix_str("write MEDS")
+    result = write_meds_dataset(
+        spark, events, output, dataset_name=dataset_name, etl_name=etl_name, code_descriptions=descriptions,
+        rejects=rejects, subject_ids=subject_ids, summary=summary, split_ratios=split_ratios,
+        split_seed=split_seed,
+        rows_per_shard=rows_per_shard)
+    steps.update()
+    steps.close()
+    result["seconds"] = {**seconds, "write": round(time.perf_counter() - clock - sum(seconds.values()), 1)}
+    if not keep_tmp:
+        cleanup(spark, tmp)
+    return result
+
+
+def _summary(out: DataFrame) -> dict[str, Any]:
+    """Per resource type counts and the validation sample; only aggregates are collected."""
+    from pyspark.sql import functions as F
+
+    s = Summary()
+    groups = (out.where(F.col("kind").isin("S", "V")).groupBy("kind", "resource_type", "status")
+              .agg(F.sum(F.coalesce("n_records", F.lit(1))).alias("n"), F.sum("n_events").alias("ev"))
+              .collect())
+    checked = invalid = 0
+    for r in groups:
+        if r["kind"] == "S":
+            s.merge_row(r["resource_type"], {"in": r["n"], r["status"]: r["n"], "events": r["ev"]})
+        else:
+            checked += r["n"]
+            invalid += r["n"] if r["status"] == "invalid" else 0
+    examples = []
+    if invalid:
+        bad = out.where((F.col("kind") == "V") & (F.col("status") == "invalid")).limit(5).collect()
+        examples = [f"{r['source_file']}#{r['record_index']}: {r['reason']}" for r in bad]
+    result = s.to_dict()
+    result["validation_sample"] = {"checked": checked, "invalid": invalid, "examples": examples}
+    return result

@@ -1,0 +1,180 @@
+"""The per-file and per-partition Python functions the Spark path runs on executors (no Spark import:
+they are plain generators of tuples, testable without a session).
+
+Every row has the columns of :data:`ROW_SCHEMA`; ``kind`` says which are used:
+
+====  ======================================================================================
+E     an event (EVENTS_SCHEMA columns; ``time`` as int microseconds)
+R     a reject (REJECTS_SCHEMA columns; ``reason`` holds the reason)
+S     outcome counts: ``resource_type`` (or ``<unreadable>``), ``status``, ``n_records``, ``n_events``
+D     a code description (``code``, ``text_value`` = description)
+V     "auto" validation sample: ``status`` valid/invalid, ``reason``
+P     a record whose mapping needs lookups from other files: ``payload`` JSON + join keys
+B     a birth floor (``subject_id``, ``floor``)
+M     a Medication lookup target (``med_key``, ``payload``)
+I     a subject id and its source id (``subject_id``, ``patient_ref``)
+====  ======================================================================================
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from ehrfm.ingest.fhir import jsonio
+from ehrfm.ingest.fhir.mapper import MapContext, reference_id, subject_of
+from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, UNREADABLE, Outcome, classify, process_record
+from ehrfm.ingest.fhir.records import Record
+from ehrfm.ingest.fhir.rules import Rules, load_rules
+from ehrfm.ingest.fhir.validate import validate_resource
+
+ROW_SCHEMA = (
+    "kind string, subject_id long, time long, code string, numeric_value float, text_value string, "
+    "encounter_id string, unit string, source string, source_file string, record_index long, "
+    "resource_type string, resource_id string, field string, reason string, status string, n_events long, "
+    "n_records long, floor long, med_key string, payload string, patient_ref string"
+)
+_COLUMNS = [c.strip().split(" ")[0] for c in ROW_SCHEMA.split(",")]
+_ARROW_TYPES = {"string": pa.string(), "long": pa.int64(), "float": pa.float32()}
+
+
+def arrow_schema(ddl: str) -> pa.Schema:
+    """The Arrow schema of a Spark DDL string of ``name type`` pairs (string, long, float)."""
+    return pa.schema([(c.strip().split(" ")[0], _ARROW_TYPES[c.strip().split(" ")[1]])
+                      for c in ddl.split(",")])
+
+
+ARROW_SCHEMA = arrow_schema(ROW_SCHEMA)
+_INDEX = {c: i for i, c in enumerate(_COLUMNS)}
+_MED_TYPES = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
+
+
+def row(kind: str, **values: Any) -> tuple[Any, ...]:
+    """A ROW_SCHEMA tuple with ``kind`` and the given columns set (others null)."""
+    out: list[Any] = [None] * len(_COLUMNS)
+    out[0] = kind
+    for k, v in values.items():
+        out[_INDEX[k]] = v
+    return tuple(out)
+
+
+def sampled(source_file: str, index: int, every: int) -> bool:
+    """Deterministic 1-in-``every`` sample of records (crc32 of the location)."""
+    return every > 0 and zlib.crc32(f"{source_file}#{index}".encode()) % every == 0
+
+
+def to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema = ARROW_SCHEMA) -> pa.RecordBatch:
+    """Tuples of ``schema`` (default ROW_SCHEMA) -> one Arrow record batch (what ``mapInArrow`` hands
+    back to Spark)."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    return pa.RecordBatch.from_arrays([pa.array(col, type=f.type)
+                                       for col, f in zip(columns, schema, strict=True)],
+                                      schema=schema)
+
+
+def _status_rows(counts: Counter[tuple[str, str]],
+                 events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
+    for (rtype, status), n in counts.items():
+        yield row("S", resource_type=rtype, status=status, n_records=n, n_events=events[(rtype, status)])
+
+
+def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: Rules, validate: str,
+                  every: int, counts: Counter[tuple[str, str]],
+                  events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
+    if validate == "auto" and res is not None and rec.error is None:
+        if out.status == REJECTED and out.rejects:
+            # the validator usually names the root cause of what the mapper tripped on
+            problem = validate_resource(res, rules)
+            if problem is not None:
+                out.rejects[0]["reason"] += f"; FHIR validation: {problem[1]}"
+                out.rejects[0]["field"] = out.rejects[0]["field"] or problem[0]
+        elif out.status == MAPPED and sampled(rec.source_file, rec.record_index, every):
+            problem = validate_resource(res, rules)
+            yield row("V", source_file=rec.source_file, record_index=rec.record_index,
+                      resource_type=rec.resource_type,
+                      resource_id=rec.resource_id, field=problem[0] if problem else None,
+                      reason=problem[1] if problem else None, status="invalid" if problem else "valid")
+    key = (rec.resource_type or UNREADABLE, out.status)
+    counts[key] += 1
+    events[key] += len(out.events)
+    for e in out.events:
+        yield row("E", **e)
+    for r in out.rejects:
+        yield row("R", **r)
+
+
+def _med_key(res: dict[str, Any]) -> str | None:
+    ref = res.get("medicationReference") or (res.get("medication") or {}).get("reference")
+    target = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(target, str) and not target.startswith("#"):
+        return f"Medication/{reference_id(target)}"
+    return None
+
+
+def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
+                meds: Mapping[str, dict[str, Any]],
+                complete: bool, validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
+    """Map the records of one file (or byte range): final E/R/S/D/V rows and I rows, plus P rows for
+    the records that must wait for the cross-file join (only when ``complete`` is false).
+
+    ``births`` / ``meds``: the lookups known here. With ``complete`` they are all there are, so every
+    outcome is final. Otherwise a record mapped with these birth floors is still final: the global
+    floor (minimum over all Patient records of the subject) can only be lower, so the check it passed
+    still passes; records the mapper rejects, or that lack the birth or Medication, wait for pass 2.
+    """
+    rules = load_rules()
+    ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us)
+    counts: Counter[tuple[str, str]] = Counter()
+    events: Counter[tuple[str, str]] = Counter()
+    seen: set[tuple[int, str]] = set()
+    full = validate == "full"
+    for rec in records:
+        res = rec.resource if rec.error is None else None
+        rtype = rec.resource_type
+        if res is None or rtype is None or classify(rtype, rules) != MAP:
+            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), rules, validate, every, counts,
+                                     events)
+            continue
+        sid = subject_of(res, rules)
+        if sid is not None:
+            pref = rec.resource_id if rtype == "Patient" else next(
+                (reference_id(res.get(f)) for f in rules.subject_fields if res.get(f) is not None), None)
+            if pref and (sid, pref) not in seen:
+                seen.add((sid, pref))
+                yield row("I", subject_id=sid, patient_ref=pref)
+        med_key = _med_key(res) if rtype in _MED_TYPES else None
+        if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
+            out = process_record(rec, ctx, full)
+            if complete or out.status != REJECTED:
+                yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
+                continue
+        yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
+                  payload=jsonio.dumps(res))
+    yield from _status_rows(counts, events)
+    for code, desc in ctx.descriptions.items():
+        yield row("D", code=code, text_value=desc)
+
+
+def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
+                 every: int) -> Iterator[tuple[Any, ...]]:
+    """Pass 2 on one partition: P rows joined with the global birth floor (``floor``) and Medication
+    (``med_payload``) -> final E/R/S/D/V rows."""
+    rules = load_rules()
+    ctx = MapContext(rules=rules, max_time_us=max_time_us)
+    counts: Counter[tuple[str, str]] = Counter()
+    events: Counter[tuple[str, str]] = Counter()
+    for r in rows:
+        res = jsonio.loads(r["payload"])
+        rec = Record(r["source_file"], r["record_index"], resource=res)
+        ctx.birth_floor_us = {r["subject_id"]: r["floor"]} if r["floor"] is not None else {}
+        ctx.medications = ({r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None
+                           else {})
+        out = process_record(rec, ctx, validate == "full")
+        yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
+    yield from _status_rows(counts, events)
+    for code, desc in ctx.descriptions.items():
+        yield row("D", code=code, text_value=desc)

@@ -1,0 +1,55 @@
+"""``ehrfm ingest fhir`` stage: ``run(FhirIngestConfig, Layout) -> IngestSummary``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ehrfm.config.base import ConfigError
+from ehrfm.config.ingest import FhirIngestConfig, IngestSummary
+from ehrfm.layout import Layout
+
+
+def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
+    """Ingest ``cfg.input`` (default: the layout's synthetic population) with Spark into ``layout.meds``.
+
+    Prints the per-resource-type table and returns the summary; raises ``RuntimeError`` (after writing
+    the dataset) when the counts of a resource type do not reconcile (in = mapped + rejected + skipped).
+    """
+    from ehrfm.ingest.fhir.times import TimeParseError, parse_fhir_time
+
+    max_time_us = None
+    if cfg.max_time is not None:
+        try:
+            max_time_us = parse_fhir_time(cfg.max_time)
+        except TimeParseError as e:
+            raise ConfigError(f"max_time={cfg.max_time!r}: {e}") from None
+    inputs = list(cfg.input)
+    if not inputs:
+        if not layout.synthetic_dir.is_dir():
+            raise FileNotFoundError(f"input=[]: no FHIR input given and no synthetic population at "
+                                    f"{layout.synthetic_dir} (run `ehrfm synth` first, or set --input)")
+        inputs = [str(layout.synthetic_dir)]
+    from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
+    from ehrfm.ingest.summary import fhir_counts, make_summary, print_summary
+    from ehrfm.spark import get_spark
+
+    spark = get_spark("ehrfm-ingest-fhir", master=cfg.spark.master, conf=cfg.spark.conf)
+    out = layout.meds_uri
+    named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
+    t0 = time.perf_counter()
+    result = ingest_fhir(spark, inputs, out, validate=cfg.validate, sample_every=cfg.sample_every,
+                         max_time_us=max_time_us, split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
+                         rows_per_shard=cfg.rows_per_shard, progress=True, **named)
+    summary = make_summary("fhir", result, fhir_counts(result), out, time.perf_counter() - t0)
+    print_summary(summary)
+    sample = result.get("validation_sample") or {}
+    if sample.get("checked"):
+        print(f"validation sample: {sample['invalid']:,} of {sample['checked']:,} mapped records invalid"
+              + "".join(f"\n  {x}" for x in sample.get("examples", [])))
+    if result.get("subject_id_collisions"):
+        print(f"warning: {result['subject_id_collisions']} subject_id(s) shared by different Patient ids")
+    if not summary.reconciled:
+        raise RuntimeError(f"ehrfm ingest fhir: counts do not reconcile (in != mapped + rejected + skipped); "
+                           f"see {out}/summary.json")
+    return summary

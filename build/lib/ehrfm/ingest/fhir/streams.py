@@ -1,0 +1,205 @@
+"""Bounded-memory input for the Spark path: open a file by URI, stream it (plain or gzip) as NDJSON
+lines, or read one byte range of a big plain NDJSON file.
+
+The semantics are those of :mod:`ehrfm.ingest.fhir.records` (which reads a whole file at once):
+lines are ``content.split(b"\\n")``, numbered from 0, and a damaged gzip stream yields what
+:func:`ehrfm.ingest.fhir.records.decompress` would return. A byte range ``[start, end)`` owns the
+lines that *start* inside it (the Hadoop convention), so a line straddling a boundary is read once,
+by the range where it starts.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any
+
+from ehrfm.ingest.fhir import jsonio
+
+CHUNK = 1 << 22  # bytes per read: memory per task stays ~ a few chunks plus the longest line
+GZIP_MAGIC = b"\x1f\x8b"
+# a top-level line that may be a Patient or Medication (or a resourceType written with JSON escapes):
+# only these lines are parsed by the lookup scan; a false positive only costs a parse
+LOOKUP_LINE = re.compile(rb'"resourceType"\s*:\s*"(?:Patient"|Medication"|[^"]*\\)')
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of a ``file:`` URI (``file:/x``, ``file:///x``), else ``None``."""
+    if not uri.startswith("file:"):
+        return None
+    rest = uri[5:]
+    return rest[2:] if rest.startswith("///") else rest
+
+
+def open_binary(uri: str) -> IO[bytes] | Any:
+    """Open ``uri`` for binary, seekable reading: local files directly, others through
+    ``pyarrow.fs`` (``s3a://`` is read as ``s3://``; credentials come from pyarrow's usual sources)."""
+    path = local_path(uri)
+    if path is not None or "://" not in uri:
+        return open(path if path is not None else uri, "rb")  # noqa: SIM115 - the caller closes it
+    import pyarrow.fs as pafs
+
+    fs, fpath = pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://", 1))
+    return fs.open_input_file(fpath)
+
+
+def _raw_chunks(f: IO[bytes] | Any) -> Iterator[bytes]:
+    while True:
+        data = f.read(CHUNK)
+        if not data:
+            return
+        yield data
+
+
+class Gunzip:
+    """Streaming twin of :func:`ehrfm.ingest.fhir.records.decompress` (all members, zero padding
+    between them). After iterating :meth:`chunks`: ``problem`` (``None``, "truncated gzip ..." or
+    "corrupt gzip: ...") and ``good_len``, the number of output bytes ``decompress`` would keep
+    (for a corrupt stream, only the members before the damaged one)."""
+
+    def __init__(self, f: IO[bytes] | Any, limit: int | None = None) -> None:
+        self.f, self.limit = f, limit
+        self.problem: str | None = None
+        self.good_len = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        """Decompressed chunks (at most ``limit`` bytes in all when a limit is given)."""
+        emitted, done = 0, 0  # bytes yielded; bytes of completed members
+        d: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        for data in _raw_chunks(self.f):
+            while data:
+                if d is None:  # between members: zero padding, then the next member (if any)
+                    data = data.lstrip(b"\x00")
+                    if not data:
+                        break
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    out = d.decompress(data)
+                except zlib.error as e:
+                    self.problem, self.good_len = f"corrupt gzip: {e}", done
+                    return
+                if self.limit is not None and emitted + len(out) >= self.limit:
+                    yield out[: self.limit - emitted]
+                    self.good_len = self.limit
+                    return
+                emitted += len(out)
+                yield out
+                if d.eof:
+                    data, d, done = d.unused_data, None, emitted
+                else:
+                    data = b""
+        if d is not None:
+            tail = d.flush()
+            if self.limit is not None:
+                tail = tail[: self.limit - emitted]
+            emitted += len(tail)
+            yield tail
+            if not d.eof:
+                self.problem = "truncated gzip: the file ends before the end of the compressed stream"
+        self.good_len = emitted
+
+
+def segments(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(byte offset, line)`` for every element of ``content.split(b"\\n")`` (the last one included,
+    possibly empty), without holding more than one chunk plus the current line."""
+    carry = b""
+    pos = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
+        carry = parts.pop()
+        for p in parts:
+            yield pos, p
+            pos += len(p) + 1
+    yield pos, carry
+
+
+def file_chunks(f: IO[bytes] | Any, gz_limit: int | None = None) -> tuple[Iterator[bytes], Gunzip | None]:
+    """The decompressed chunks of an open file (gzip detected by its magic bytes) and the
+    :class:`Gunzip` reporting problems (``None`` for a plain file)."""
+    head = f.read(2)
+    f.seek(0)
+    if head == GZIP_MAGIC:
+        g = Gunzip(f, gz_limit)
+        return g.chunks(), g
+    return _raw_chunks(f), None
+
+
+def is_ndjson(head: list[bytes]) -> bool:
+    """The detection rule of :func:`ehrfm.ingest.fhir.records.iter_file_records` on the first (up
+    to 3) non-blank lines: several lines and the first (or, it being damaged, the second) parses as
+    an object."""
+    return len(head) > 1 and (_parses_as_object(head[0]) or (len(head) > 2 and _parses_as_object(head[1])))
+
+
+def _parses_as_object(line: bytes) -> bool:
+    try:
+        return isinstance(jsonio.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def sniff(uri: str, max_bytes: int = 1 << 24) -> tuple[bool, bool | None]:
+    """``(gzip, ndjson)`` of a file from its first bytes (read 1 MB at a time); ``ndjson`` is ``None``
+    for gzip, or when the first 3 non-blank lines are not within ``max_bytes`` (undecided: the
+    caller treats the file whole)."""
+    data = b""
+    with open_binary(uri) as f:
+        while True:
+            more = f.read(1 << 20)
+            data += more
+            if data[:2] == GZIP_MAGIC:
+                return True, None
+            lines = data.split(b"\n") if not more else data.split(b"\n")[:-1]
+            head = [ln for ln in lines if ln.strip()][:3]
+            if len(head) == 3 or not more:
+                return False, is_ndjson(head)
+            if len(data) >= max_bytes:
+                return False, None
+
+
+def count_newlines(f: IO[bytes] | Any, start: int, end: int) -> int:
+    """Newlines in bytes ``[start, end)`` of an open plain file."""
+    f.seek(start)
+    n, left = 0, end - start
+    while left > 0:
+        data = f.read(min(CHUNK, left))
+        if not data:
+            break
+        n += data.count(b"\n")
+        left -= len(data)
+    return n
+
+
+def range_lines(f: IO[bytes] | Any, start: int, end: int) -> tuple[int, Iterator[tuple[int, bytes]]]:
+    """Lines of a plain file that start in ``[start, end)``: ``(skipped, iterator of (offset, line))``.
+
+    ``skipped`` is 1 when ``start`` falls inside a line (owned by the previous range), so the first
+    line returned has index ``newlines before start + skipped``. The last line may run past ``end``.
+    """
+    p0 = 0
+    skipped = 0
+    if start > 0:
+        f.seek(start - 1)
+        pos = start - 1
+        found = -1
+        for data in _raw_chunks(f):
+            i = data.find(b"\n")
+            if i >= 0:
+                found = pos + i
+                break
+            pos += len(data)
+        if found < 0 or found + 1 >= end:
+            return 0, iter(())
+        p0, skipped = found + 1, int(found != start - 1)
+    f.seek(p0)
+
+    def lines() -> Iterator[tuple[int, bytes]]:
+        for off, line in segments(_raw_chunks(f)):
+            if p0 + off >= end:
+                return
+            yield p0 + off, line
+
+    return skipped, lines()

@@ -1,0 +1,278 @@
+"""MIMIC-IV (hosp/ + icu/ CSV) -> MEDS dataset on Spark, driven by the rules table in rules.yaml.
+
+Each rule turns the rows of one table into candidate events; a candidate that cannot become an event
+(bad subject id, missing or unparseable time, missing code part, unknown subject, time before birth)
+becomes a reject with its table, file, row index and reason instead. Candidates of all rules are
+unioned once and cached, so the per-rule summary, the events and the rejects come from one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import reduce
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from ehrfm.ingest.mimic.prepare import PREPARE, find_table, parse_time, read_csv, with_row_index
+from ehrfm.ingest.mimic.rules import (
+    EventRule,
+    MimicRules,
+    TableSpec,
+    first_missing,
+    load_rules,
+    template_column,
+)
+from ehrfm.ingest.writer import write_meds_dataset
+from ehrfm.prepare.splits import DEFAULT_RATIOS
+from ehrfm.schema import EVENT_COLUMNS, SUBJECT_ID
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+_META = ["_table", "_rule", "_file", "_row", "_rid", "_reason", "_field"]
+
+
+def _blank(col: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return col.isNull() | (F.trim(col) == "")
+
+
+def _clean(name: str | None) -> Column:
+    """Trimmed string column, null when blank or when the rule names no column."""
+    from pyspark.sql import functions as F
+
+    if not name:
+        return F.lit(None).cast("string")
+    v = F.trim(F.col(name).cast("string"))
+    return F.when(v != "", v)
+
+
+def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFrame:
+    """Candidate events of one rule: EVENT_COLUMNS plus ``_reason`` (null = a good event) and provenance."""
+    from pyspark.sql import functions as F
+
+    missing = sorted(c for c in rule.columns() if c not in df.columns)
+    if missing:
+        raise ValueError(f"MIMIC rule {rule.name}: table {spec.name} ({spec.path}) has no column(s)"
+                         f" {missing}")
+    if rule.when:
+        df = df.where(~_blank(F.col(rule.when)))
+    sid = F.trim(F.col(SUBJECT_ID)).try_cast("bigint")
+    time = parse_time(rule.time, rule.end_of_day) if rule.time else F.lit(None).cast("timestamp")
+    code = template_column(rule.code, rule.unknown)
+    gap = first_missing(rule.code, rule.unknown)
+    reason = F.when(sid.isNull(), F.lit("missing or non-integer subject_id"))
+    fld = F.when(sid.isNull(), F.lit(SUBJECT_ID))
+    if rule.time:
+        reason = reason.when(_blank(F.col(rule.time)), F.lit(f"missing time ({rule.time})"))
+        unparsed = F.concat(F.lit(f"unparseable time ({rule.time}): "), F.col(rule.time))
+        reason = reason.when(time.isNull(), unparsed)
+        fld = fld.when(time.isNull(), F.lit(rule.time))
+    reason = reason.when(gap.isNotNull(), F.concat(F.lit("missing value for code "), gap))
+    fld = fld.when(gap.isNotNull(), gap)
+    numeric = (F.col(rule.numeric).cast("string").try_cast("float") if rule.numeric
+               else F.lit(None).cast("float"))
+    return df.select(
+        sid.alias(SUBJECT_ID),
+        time.alias("time"),
+        code.alias("code"),
+        numeric.alias("numeric_value"),
+        _clean(rule.text).alias("text_value"),
+        _clean(rule.encounter).alias("encounter_id"),
+        _clean(rule.unit).alias("unit"),
+        F.lit(f"mimic:{spec.name}").alias("source"),
+        F.lit(spec.name).alias("_table"),
+        F.lit(rule.name).alias("_rule"),
+        F.col("_file"),
+        F.col("_row"),
+        (F.col(spec.id).cast("string") if spec.id in df.columns
+         else F.lit(None).cast("string")).alias("_rid"),
+        reason.alias("_reason"),
+        fld.alias("_field"),
+    )
+
+
+class _Tables:
+    """Lazily read, row-indexed, cached raw tables (a table used by several rules is read once)."""
+
+    def __init__(self, spark: SparkSession, root: str, rules: MimicRules) -> None:
+        self.spark, self.root, self.rules = spark, root, rules
+        self.frames: dict[str, DataFrame | None] = {}
+        self.info: dict[str, dict[str, Any]] = {}
+
+    def load(self, name: str) -> DataFrame | None:
+        if name not in self.frames:
+            spec = self.rules.tables.get(name)
+            paths = [spec.path] if spec else [f"hosp/{name}", f"icu/{name}"]
+            uri = next((u for u in (find_table(self.root, p) for p in paths) if u), None)
+            if uri is None:
+                self.frames[name] = None
+                self.info[name] = {"file": None, "rows": 0, "absent": True}
+            else:
+                df, n = with_row_index(read_csv(self.spark, uri).withColumn("_file", _lit(uri)))
+                self.frames[name] = df.persist()
+                self.info[name] = {"file": uri, "rows": n}
+        return self.frames[name]
+
+    def release(self) -> None:
+        for df in self.frames.values():
+            if df is not None:
+                df.unpersist()
+
+
+def _lit(value: str) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.lit(value)
+
+
+def code_descriptions(spark: SparkSession, root: str, rules: MimicRules) -> DataFrame:
+    """(code, description) from the dictionary tables present under ``root`` plus the fixed descriptions."""
+    from pyspark.sql import functions as F
+
+    fixed = sorted(rules.fixed_descriptions.items())
+    frames = [spark.createDataFrame(fixed, "code string, description string")]
+    for d in rules.descriptions:
+        uri = find_table(root, d.path)
+        if uri is None:
+            continue
+        df = read_csv(spark, uri)
+        if d.requires and d.requires not in df.columns:
+            continue
+        desc_cols = tuple(c for c in df.columns)
+        frames.append(
+            df.select(
+                template_column(d.code).alias("code"),
+                template_column(d.description, unknown=desc_cols, fallback="?").alias("description"),
+            ).where(F.col("code").isNotNull())
+        )
+    return reduce(lambda a, b: a.unionByName(b), frames)
+
+
+def mimic_candidates(spark: SparkSession, root: str,
+                     rules: MimicRules) -> tuple[DataFrame, DataFrame, _Tables]:
+    """All candidate rows of all rules (not yet checked against birth), the births, and the table cache."""
+    tables = _Tables(spark, root, rules)
+    if tables.load("patients") is None:
+        raise FileNotFoundError(f"MIMIC input {root!r}: hosp/patients.csv(.gz) not found"
+                                " (expected <root>/hosp, <root>/icu)")
+    parts = []
+    prepared: dict[str, DataFrame] = {}
+    for rule in tqdm(rules.events, desc="mimic rules", unit="rule", leave=False):
+        spec = rules.tables[rule.table]
+        if rule.table not in prepared:
+            raw = tables.load(rule.table)
+            if raw is None:
+                if not spec.optional:
+                    raise FileNotFoundError(f"MIMIC input {root!r}: required table {spec.path}.csv(.gz)"
+                                            " not found")
+                continue
+            prepared[rule.table] = PREPARE[spec.prepare](raw, tables.load) if spec.prepare else raw
+        parts.append(rule_candidates(prepared[rule.table], rule, spec))
+    return reduce(lambda a, b: a.unionByName(b), parts), births(prepared["patients"]), tables
+
+
+def births(patients: DataFrame) -> DataFrame:
+    """(subject_id, _birth) from the prepared patients table (same rule as the MEDS_BIRTH events)."""
+    from pyspark.sql import functions as F
+
+    return (
+        patients.select(F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID),
+                        F.col("_birth_time").alias("_birth"))
+        .where(F.col(SUBJECT_ID).isNotNull() & F.col("_birth").isNotNull())
+        .groupBy(SUBJECT_ID)
+        .agg(F.min("_birth").alias("_birth"))
+    )
+
+
+def check_against_birth(candidates: DataFrame, birth: DataFrame) -> DataFrame:
+    """Reject candidates of subjects absent from patients, and events timed before the subject's birth."""
+    from pyspark.sql import functions as F
+
+    df = candidates.join(F.broadcast(birth), on=SUBJECT_ID, how="left")
+    ok = F.col("_reason").isNull()
+    reason = (
+        F.when(~ok, F.col("_reason"))
+        .when(F.col("_birth").isNull(), F.lit("subject_id not in patients (or no birth)"))
+        .when(F.col("time") < F.col("_birth"), F.lit("time before birth"))
+    )
+    fld = F.when(~ok, F.col("_field")).when(F.col("_birth").isNull(), F.lit(SUBJECT_ID)).when(
+        F.col("time") < F.col("_birth"), F.lit("time")
+    )
+    return df.withColumn("_reason", reason).withColumn("_field", fld).drop("_birth")
+
+
+def ingest_mimic(
+    spark: SparkSession,
+    input_root: str,
+    output: str,
+    *,
+    rules: MimicRules | None = None,
+    split_ratios: Sequence[float] = DEFAULT_RATIOS,
+    split_seed: int = 0,
+    rows_per_shard: int | None = None,
+    dataset_name: str = "MIMIC-IV",
+) -> dict[str, Any]:
+    """Ingest a MIMIC-IV root (``hosp/``, ``icu/``) into a MEDS dataset at ``output``; returns the summary."""
+    from pyspark.sql import functions as F
+
+    rules = rules or load_rules()
+    candidates, birth, tables = mimic_candidates(spark, input_root, rules)
+    checked = check_against_birth(candidates, birth).persist()
+    counts = (checked.groupBy("_table", "_rule", "_reason")
+              .agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last")).collect())
+    per_rule: dict[str, dict[str, Any]] = {}
+    for r in counts:
+        info = tables.info[r["_table"]]
+        # gzip tables are not counted up front: every row reaches a rule without `when`
+        if info.get("rows") is None:
+            last = -1 if r["last"] is None else r["last"]  # row 0 is a row: never `r["last"] or -1`
+            info["rows_seen"] = max(info.get("rows_seen", 0), last + 1)
+        entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {}})
+        if r["_reason"] is None:
+            entry["events"] += r["count"]
+        else:
+            entry["rejects"][r["_reason"]] = entry["rejects"].get(r["_reason"], 0) + r["count"]
+    events = checked.where(F.col("_reason").isNull()).select(*EVENT_COLUMNS)
+    rejects = checked.where(F.col("_reason").isNotNull()).select(
+        F.regexp_replace(F.col("_file"), "^file:", "").alias("source_file"),
+        F.col("_row").alias("record_index"),
+        F.col("_table").alias("resource_type"),
+        F.col("_rid").alias("resource_id"),
+        F.col("_field").alias("field"),
+        F.col("_reason").alias("reason"),
+    )
+    patients = tables.load("patients")
+    assert patients is not None  # checked in mimic_candidates
+    subject_ids = patients.select(
+        F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID),
+        F.trim(F.col(SUBJECT_ID)).alias("source_id"),
+    ).where(F.col(SUBJECT_ID).isNotNull())
+    for info in tables.info.values():
+        if info.get("rows") is None and "rows_seen" in info:
+            info["rows"] = info.pop("rows_seen")
+    for rule in rules.events:  # reconcile: rows a `when` rule does not apply to are counted, not lost
+        found = per_rule.get(rule.name)
+        rows = tables.info.get(rule.table, {}).get("rows")
+        if found is not None and rule.when and rows is not None:
+            found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
+    summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule}
+    result = write_meds_dataset(
+        spark,
+        events,
+        output,
+        dataset_name=dataset_name,
+        etl_name="ehrfm.ingest.mimic",
+        code_descriptions=code_descriptions(spark, input_root, rules),
+        rejects=rejects,
+        subject_ids=subject_ids,
+        summary=summary,
+        split_ratios=split_ratios,
+        split_seed=split_seed,
+        rows_per_shard=rows_per_shard,
+    )
+    checked.unpersist()
+    tables.release()
+    return result

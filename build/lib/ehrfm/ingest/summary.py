@@ -1,0 +1,76 @@
+"""The summary of an ``ehrfm ingest`` run: the writer's summary dict (what summary.json holds) as an
+:class:`~ehrfm.config.ingest.IngestSummary`, with per-input-type counts in one shape for every source,
+and its printed form."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from ehrfm.config.ingest import IngestSummary
+from ehrfm.layout import MEDS_DATA, MEDS_METADATA, MEDS_REJECTS, MEDS_SUMMARY
+
+COUNTS = ("in", "mapped", "events", "rejected", "skipped")
+"""Per input type: records in, mapped (became events), events produced, rejected, skipped by design."""
+
+
+def fhir_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Per FHIR resource type (``by_resource_type`` of the FHIR summary)."""
+    return {k: {c: int(row.get(c) or 0) for c in COUNTS} for k, row in result["by_resource_type"].items()}
+
+
+def mimic_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Per MIMIC rule: the rows of its table in, rows that became an event, rejected, and (rules with a
+    ``when`` column) skipped as not applicable. ``in`` is the table's row count when known, so a rule
+    reconciles only when every row of its table is accounted for."""
+    tables = result.get("tables", {})
+    out: dict[str, dict[str, int]] = {}
+    for name, e in result["rules"].items():
+        events, rejected = int(e["events"]), int(sum(e["rejects"].values()))
+        skipped = int(e.get("not_applicable", 0))
+        rows = tables.get(e["table"], {}).get("rows")
+        n_in = int(rows) if rows is not None else events + rejected + skipped
+        out[name] = {"in": n_in, "mapped": events, "events": events, "rejected": rejected, "skipped": skipped}
+    return out
+
+
+def meds_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """One row, ``meds``: input rows, events (one per good row), rejected rows."""
+    events, rejected = int(result["events"]), int(result["rejects"])
+    return {"meds": {"in": int(result["rows_in"]), "mapped": events, "events": events, "rejected": rejected,
+                     "skipped": 0}}
+
+
+def make_summary(source: Literal["fhir", "mimic", "meds"], result: Mapping[str, Any],
+                 by_type: dict[str, dict[str, int]], output: str, seconds: float) -> IngestSummary:
+    """The typed summary of one run from the writer's result dict and the per-type counts."""
+    totals = {c: sum(row[c] for row in by_type.values()) for c in COUNTS}
+    reconciled = all(r["in"] == r["mapped"] + r["rejected"] + r["skipped"] for r in by_type.values())
+    return IngestSummary(
+        source=source, output=output, dataset_name=str(result["dataset_name"]), events=int(result["events"]),
+        subjects=int(result["subjects"]), codes=int(result["codes"]), rejects=int(result["rejects"]),
+        splits={k: int(v) for k, v in result["splits"].items()}, by_type=dict(sorted(by_type.items())),
+        totals=totals, reconciled=reconciled, seconds=round(seconds, 1),
+    )
+
+
+def format_table(summary: IngestSummary) -> str:
+    """The per-input-type counts as a fixed-width text table with a total row."""
+    width = max([len("total"), len("input type")] + [len(k) for k in summary.by_type]) + 2
+    head = f"{'input type':<{width}}" + "".join(f"{c:>11}" for c in COUNTS)
+    lines = [head, "-" * len(head)]
+    for k, row in summary.by_type.items():
+        lines.append(f"{k:<{width}}" + "".join(f"{row[c]:>11,}" for c in COUNTS))
+    lines += ["-" * len(head), f"{'total':<{width}}" + "".join(f"{summary.totals[c]:>11,}" for c in COUNTS)]
+    return "\n".join(lines)
+
+
+def print_summary(summary: IngestSummary) -> None:
+    """Print the table, the dataset counts and where it was written."""
+    print(format_table(summary))
+    print(f"events {summary.events:,}  subjects {summary.subjects:,}  codes {summary.codes:,}  "
+          f"rejects {summary.rejects:,}  ({summary.seconds:.1f} s)"
+          + ("" if summary.reconciled else "  NOT RECONCILED"))
+    print("splits " + json.dumps(summary.splits))
+    print(f"wrote {summary.output} ({MEDS_SUMMARY}, {MEDS_DATA}/, {MEDS_METADATA}/, {MEDS_REJECTS}/)")

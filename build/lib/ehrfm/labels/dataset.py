@@ -1,0 +1,117 @@
+"""``label_dataset``: the label engine at scale with Spark — the SAME ``label_subject_rows`` per subject.
+
+Plan: read the MEDS events (4 columns), attach each subject's last event time (``record_end``: follow-up
+censoring must see every event, not only the few codes the tasks read), keep only the codes the tasks read,
+then ``groupBy(subject_id).applyInArrow`` once for all tasks. Each task is written to
+``<output>/<task>.parquet/`` — a folder with one ``part-*.parquet`` file in LABELS_SCHEMA
+(``prediction_time`` is a timezone-naive ``timestamp[us]``), readable with ``pyarrow.parquet.read_table``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ehrfm.labels.direct import dataset_codes, read_labels, read_splits, summarize
+from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
+from ehrfm.labels.parse import load_task, load_tasks, warn_missing_codes
+from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex
+from ehrfm.layout import Layout, MedsPaths
+from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+RECORD_END = "_record_end"
+TASK = "task"
+OUTPUT_DDL = (
+    "subject_id long, prediction_time timestamp_ntz, boolean_value boolean, integer_value long, "
+    "float_value double, categorical_value string, duration_days double, event tinyint, "
+    "target_codes array<string>, task string"
+)
+_ALWAYS = (CodePattern("regex:ENCOUNTER//[^/]+//(START|END)"), CodePattern(DEATH_CODE))
+
+
+def relevant_codes_regex(specs: Iterable[TaskSpec]) -> str:
+    """Regex of every code the engine reads for ``specs`` (task patterns, encounter START/END, death)."""
+    patterns: tuple[CodePattern, ...] = _ALWAYS
+    for s in specs:
+        patterns += s.all_patterns()
+    return patterns_regex(tuple(dict.fromkeys(patterns)))
+
+
+def _label_group(specs: list[TaskSpec]) -> Any:
+    """The grouped-Arrow function: one subject's events in, all tasks' label rows out (with ``task``)."""
+
+    def fn(table: pa.Table) -> pa.Table:
+        pdf = table.to_pandas()
+        record_end = pd.Timestamp(pdf[RECORD_END].iloc[0]) if len(pdf) else None
+        parts = []
+        for name, rows in label_subject_rows(pdf.drop(columns=[RECORD_END]), specs, record_end).items():
+            t = rows_to_arrow(rows)
+            parts.append(t.append_column(TASK, pa.array([name] * t.num_rows, pa.string())))
+        schema = LABELS_SCHEMA.append(pa.field(TASK, pa.string()))
+        return pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
+
+    return fn
+
+
+def label_frame(events: DataFrame, specs: list[TaskSpec]) -> DataFrame:
+    """Spark DataFrame of label rows for all ``specs`` (OUTPUT_DDL columns, ``task`` names the task)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if ENCOUNTER_ID not in events.columns:
+        events = events.withColumn(ENCOUNTER_ID, F.lit(None).cast("string"))
+    ev = events.select(
+        F.col(SUBJECT_ID).cast("long"), F.col(TIME).cast("timestamp_ntz").alias(TIME),
+        F.col(CODE).cast("string"), F.col(ENCOUNTER_ID).cast("string"),
+    ).where(F.col(TIME).isNotNull())
+    ev = ev.withColumn(RECORD_END, F.max(TIME).over(Window.partitionBy(SUBJECT_ID)))
+    ev = ev.where(F.col(CODE).rlike(relevant_codes_regex(specs)))
+    return ev.groupBy(SUBJECT_ID).applyInArrow(_label_group(specs), OUTPUT_DDL)
+
+
+def label_dataset(
+    spark: SparkSession,
+    meds_dir: str | Path,
+    tasks: str | Sequence[str | TaskSpec],
+    output: str | Path,
+    progress: bool = False,
+    tasks_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Label an ingested MEDS dataset; write ``<output>/<task>.parquet/`` per task.
+
+    ``tasks``: specs, task names, ``"a,b"`` or ``"all"`` (names are read from ``tasks_dir``).
+    Returns the summary (:func:`~ehrfm.labels.direct.summarize`): rows, subjects, positives and
+    prevalence per task and split. Warns for task code patterns that match no code of the dataset.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    specs: list[TaskSpec] = (load_tasks(tasks, tasks_dir) if isinstance(tasks, str)
+                             else [t if isinstance(t, TaskSpec) else load_task(t, tasks_dir) for t in tasks])
+
+    warn_missing_codes(specs, dataset_codes(meds_dir))
+    events = spark.read.parquet(str(MedsPaths(Path(meds_dir)).data))
+    labels = label_frame(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    iterator: Iterable[TaskSpec] = specs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(specs, desc="label", unit="task")
+    for spec in iterator:
+        path = Layout(labels=str(out)).label_table(spec.name)
+        (labels.where(F.col(TASK) == spec.name).drop(TASK)
+         .orderBy(SUBJECT_ID, "prediction_time").coalesce(1)
+         .write.mode("overwrite").parquet(str(path)))
+        tables[spec.name] = read_labels(path)
+    labels.unpersist()
+    return summarize(tables, {s.name: s.kind for s in specs}, read_splits(meds_dir))

@@ -1,0 +1,94 @@
+"""The direct (no Spark) path over many subjects, MEDS reading helpers and the label summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
+from ehrfm.labels.spec import TaskSpec
+from ehrfm.layout import MedsPaths
+from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
+
+ENGINE_COLUMNS = [SUBJECT_ID, TIME, CODE, ENCOUNTER_ID]
+
+
+def read_meds_events(meds_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read ``<meds_dir>/data/*.parquet`` (default columns: those the engine reads) into pandas."""
+    data = MedsPaths(Path(meds_dir)).data
+    if not data.is_dir():
+        raise FileNotFoundError(f"{meds_dir}: no data/ folder (expected an ingested MEDS dataset)")
+    table = pq.read_table(data, columns=columns or ENGINE_COLUMNS)
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
+
+
+def sort_labels(table: pa.Table) -> pa.Table:
+    """Rows ordered by (subject_id, prediction_time): the canonical order both engines write."""
+    return table.sort_by([(SUBJECT_ID, "ascending"), (PREDICTION_TIME, "ascending")])
+
+
+def label_events(events: pd.DataFrame, specs: Iterable[TaskSpec]) -> dict[str, pa.Table]:
+    """Run :func:`~ehrfm.labels.engine.label_subject` over every subject of ``events`` (no Spark).
+
+    Returns ``{task name: pa.Table in LABELS_SCHEMA}`` sorted by (subject_id, prediction_time).
+    """
+    specs = list(specs)
+    rows: dict[str, list[dict[str, object]]] = {s.name: [] for s in specs}
+    for _, group in events.groupby(SUBJECT_ID, sort=True):
+        for name, subject_rows in label_subject_rows(group, specs).items():
+            rows[name].extend(subject_rows)
+    return {name: sort_labels(rows_to_arrow(r)) for name, r in rows.items()}
+
+
+def read_labels(path: str | Path) -> pa.Table:
+    """Read a label table written by either engine (a file or a folder of parts) as LABELS_SCHEMA, sorted."""
+    table = pq.read_table(path)
+    return sort_labels(table.select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA))
+
+
+def read_splits(meds_dir: str | Path) -> pd.DataFrame | None:
+    """The subject splits of a MEDS dataset (:attr:`MedsPaths.subject_splits`) as (subject_id, split), or None
+    when absent."""
+    path = MedsPaths(Path(meds_dir)).subject_splits
+    return pq.read_table(path).to_pandas() if path.exists() else None
+
+
+def summarize(tables: Mapping[str, pa.Table], kinds: Mapping[str, str],
+              splits: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per (task, split): rows, subjects, positives and prevalence (events for time-to-event;
+    mean number of target codes for forecasts). ``split`` "all" sums the splits."""
+    out = []
+    for name, table in tables.items():
+        df = table.select([SUBJECT_ID, "boolean_value", "event", "target_codes"]).to_pandas()
+        df["split"] = "all" if splits is None else df[SUBJECT_ID].map(splits.set_index(SUBJECT_ID)["split"])
+        df["split"] = df["split"].fillna("unassigned")
+        groups = [("all", df)] + ([] if splits is None else list(df.groupby("split", sort=True)))
+        for split, g in groups:
+            kind = kinds[name]
+            if kind == "binary":
+                pos = int(g["boolean_value"].fillna(False).astype(bool).sum())
+            elif kind == "time_to_event":
+                pos = int(g["event"].fillna(0).astype(int).sum())
+            else:
+                pos = int(g["target_codes"].map(lambda v: len(v) if v is not None else 0).sum())
+            n = len(g)
+            out.append({"task": name, "kind": kind, "split": split, "rows": n,
+                        "subjects": int(g[SUBJECT_ID].nunique()), "positives": pos,
+                        "prevalence": (pos / n) if n else float("nan")})
+    return pd.DataFrame(out)
+
+
+def dataset_codes(meds_dir: str | Path) -> list[str]:
+    """Distinct codes of a dataset: its codes metadata (:attr:`MedsPaths.codes`) when present, else a scan of
+    data/."""
+    meds = MedsPaths(Path(meds_dir))
+    if meds.codes.exists():
+        return [str(c) for c in pq.read_table(meds.codes, columns=[CODE]).column(CODE).to_pylist()]
+    table = pq.read_table(meds.data, columns=[CODE])
+    return [str(c) for c in pc.unique(table.column(CODE)).to_pylist()]

@@ -1,0 +1,47 @@
+"""``ehrfm label`` stage: ``run(LabelConfig, Layout) -> LabelSummary``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+from ehrfm.config.base import ConfigError
+from ehrfm.config.label import LabelConfig, LabelSummary
+from ehrfm.layout import Layout
+
+
+def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
+    """Load the task specs, label ``layout.meds`` with Spark into ``layout.labels``, print and save the
+    summary."""
+    from ehrfm.labels.parse import available_tasks, load_tasks
+    from ehrfm.labels.spec import TaskSpecError
+
+    try:
+        specs = load_tasks(cfg.tasks or "all", cfg.tasks_dir)
+    except (KeyError, TaskSpecError) as e:
+        raise ConfigError(f"tasks={cfg.tasks}: {e.args[0] if e.args else e}") from e
+    if not specs:
+        known = ", ".join(available_tasks(cfg.tasks_dir))
+        raise ConfigError(f"tasks={cfg.tasks}: no tasks selected (known: {known})")
+    meds = layout.meds_paths
+    if not meds.data.is_dir():
+        raise FileNotFoundError(f"meds={meds.root}: no data/ folder (expected an ingested MEDS dataset)")
+    from ehrfm.labels.dataset import label_dataset
+    from ehrfm.spark import get_spark
+
+    spark = get_spark("ehrfm-label", master=cfg.spark.master, conf=cfg.spark.conf)
+    out = layout.labels_dir
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = label_dataset(spark, meds.root, specs, out, progress=True)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    kinds = {s.name: s.kind for s in specs}
+    summary.to_json(layout.label_summary, orient="records", indent=1)
+    layout.label_kinds.write_text(json.dumps(kinds, indent=1))
+    with_cols = ["task", "kind", "split", "rows", "subjects", "positives", "prevalence"]
+    print(summary[with_cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"labels written to {layout.label_table('<task>')}")
+    return LabelSummary(tasks=kinds, rows=json.loads(summary.to_json(orient="records")),
+                        warnings=[str(w.message) for w in caught])

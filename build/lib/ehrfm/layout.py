@@ -1,0 +1,290 @@
+"""``Layout``: the folders and files of one pipeline root — the only place their names are spelled.
+
+A pipeline root holds every stage's output::
+
+    <root>/synthetic/                 ehrfm synth (FHIR NDJSON + truth/index_events.parquet)
+    <root>/meds/                      ehrfm ingest (MEDS: data/, metadata/, rejects/, summary.json)
+    <root>/labels/<task>.parquet      ehrfm label
+    <root>/tokens/                    ehrfm prepare (vocab.json, bins.json)
+                                      + ehrfm tokenize (pretrain/, tasks/<task>/, tokenize.json)
+    <root>/runs/pretrain|finetune/    ehrfm pretrain / finetune (model/, checkpoints/, predictions.parquet)
+    <root>/evaluation/                ehrfm evaluate (report.json, report.md, plots/)
+    <root>/scores/                    ehrfm score
+    <root>/mlflow.db, mlartifacts/    the embedded MLflow store (when $MLFLOW_TRACKING_URI is unset)
+
+Each top-level folder can be pointed elsewhere (``--meds /data/mimic_meds``): the fields are the CLI's
+``--root --synthetic --meds --labels --tokens --runs --evaluation --scores``. A MEDS folder on its own (the
+input of a MEDS tool) is described by :class:`MedsPaths`, a tokens folder by :class:`TokenPaths`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ehrfm.config.base import ConfigBase
+
+# Names inside a MEDS folder, relative to its root (posix): MedsPaths joins them to a Path; code that writes
+# to a URI (hdfs://, s3://, where a Path would collapse "//") joins them to the URI string.
+MEDS_DATA = "data"
+MEDS_METADATA = "metadata"
+MEDS_DATASET_JSON = f"{MEDS_METADATA}/dataset.json"
+MEDS_CODES = f"{MEDS_METADATA}/codes.parquet"
+MEDS_SUBJECT_SPLITS = f"{MEDS_METADATA}/subject_splits.parquet"
+MEDS_SUBJECT_IDS = f"{MEDS_METADATA}/subject_ids.parquet"
+MEDS_REJECTS = "rejects"
+MEDS_SUMMARY = "summary.json"
+# Names inside a synthetic population folder (``ehrfm synth``), relative to it.
+SYNTH_TRUTH = "truth/index_events.parquet"
+SYNTH_SUMMARY = "truth/summary.yaml"
+
+
+@dataclass(frozen=True)
+class MedsPaths:
+    """Files of a MEDS dataset folder (MEDS 0.4 layout plus ehrfm's rejects and summary)."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        """``data/``: event shards."""
+        return self.root / MEDS_DATA
+
+    @property
+    def metadata(self) -> Path:
+        """``metadata/``."""
+        return self.root / MEDS_METADATA
+
+    @property
+    def dataset_json(self) -> Path:
+        """``metadata/dataset.json`` (MEDS dataset metadata)."""
+        return self.root / MEDS_DATASET_JSON
+
+    @property
+    def codes(self) -> Path:
+        """``metadata/codes.parquet`` (every code in data, with descriptions)."""
+        return self.root / MEDS_CODES
+
+    @property
+    def subject_splits(self) -> Path:
+        """``metadata/subject_splits.parquet`` (subject_id, split)."""
+        return self.root / MEDS_SUBJECT_SPLITS
+
+    @property
+    def subject_ids(self) -> Path:
+        """``metadata/subject_ids.parquet`` (subject_id, source_id)."""
+        return self.root / MEDS_SUBJECT_IDS
+
+    @property
+    def rejects(self) -> Path:
+        """``rejects/``: input records that did not become events, with reasons."""
+        return self.root / MEDS_REJECTS
+
+    @property
+    def summary(self) -> Path:
+        """``summary.json``: per-source in / mapped / rejected / skipped counts."""
+        return self.root / MEDS_SUMMARY
+
+
+@dataclass(frozen=True)
+class TokenPaths:
+    """Files of a tokens folder (``ehrfm prepare`` + ``ehrfm tokenize``)."""
+
+    root: Path
+
+    @property
+    def vocab(self) -> Path:
+        """``vocab.json``."""
+        return self.root / "vocab.json"
+
+    @property
+    def bins(self) -> Path:
+        """``bins.json``."""
+        return self.root / "bins.json"
+
+    @property
+    def prepare_json(self) -> Path:
+        """``prepare.json``: config and summary of ``ehrfm prepare``."""
+        return self.root / "prepare.json"
+
+    @property
+    def meta(self) -> Path:
+        """``tokenize.json``: the tokenizer config (``max_len`` of these rows), tasks and summary."""
+        return self.root / "tokenize.json"
+
+    @property
+    def pretrain(self) -> Path:
+        """``pretrain/``: one row per subject."""
+        return self.root / "pretrain"
+
+    @property
+    def tasks(self) -> Path:
+        """``tasks/``: one folder per task."""
+        return self.root / "tasks"
+
+    def task(self, name: str) -> Path:
+        """``tasks/<name>/``: one row per label."""
+        return self.tasks / name
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Files of a training run folder (``ehrfm pretrain`` / ``ehrfm finetune``)."""
+
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        """``model/``: weights, model config, vocabulary (what finetune, register and serving read)."""
+        return self.root / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        """``checkpoints/``: Lightning checkpoints (``last.ckpt``, ``best.ckpt``)."""
+        return self.root / "checkpoints"
+
+    @property
+    def predictions(self) -> Path:
+        """``predictions.parquet``: held-out predictions of a finetuned model."""
+        return self.root / "predictions.parquet"
+
+    @property
+    def config(self) -> Path:
+        """``run_config.yaml``: the run's stage config (``--config`` of it repeats the run)."""
+        return self.root / "run_config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        """``summary.json``: the run's summary (steps, losses, rows, MLflow run id)."""
+        return self.root / "summary.json"
+
+
+@dataclass(frozen=True)
+class Layout(ConfigBase):
+    """Where each stage of one pipeline reads and writes (defaults: fixed names under ``root``)."""
+
+    root: str = "."
+    """Pipeline root; every folder below defaults to a fixed name inside it."""
+    synthetic: str | None = None
+    """Synthetic FHIR population (default <root>/synthetic)."""
+    meds: str | None = None
+    """MEDS dataset (default <root>/meds)."""
+    labels: str | None = None
+    """Label tables, one <task>.parquet each (default <root>/labels)."""
+    tokens: str | None = None
+    """Vocabulary, bins and token streams (default <root>/tokens)."""
+    runs: str | None = None
+    """Training runs: pretrain/ and finetune/ (default <root>/runs)."""
+    evaluation: str | None = None
+    """Evaluation report (default <root>/evaluation)."""
+    scores: str | None = None
+    """Batch scores of `ehrfm score` (default <root>/scores)."""
+
+    def _dir(self, override: str | None, name: str) -> Path:
+        return Path(override) if override else Path(self.root) / name
+
+    @property
+    def root_dir(self) -> Path:
+        """The pipeline root as a path."""
+        return Path(self.root)
+
+    @property
+    def synthetic_dir(self) -> Path:
+        """Folder of the synthetic FHIR population."""
+        return self._dir(self.synthetic, "synthetic")
+
+    @property
+    def truth(self) -> Path:
+        """Ground truth of the synthetic population (``truth/index_events.parquet``)."""
+        return self.synthetic_dir / SYNTH_TRUTH
+
+    @property
+    def meds_uri(self) -> str:
+        """The MEDS dataset folder as a string that keeps a URI intact (``hdfs:///meds``: a Path collapses
+        ``//``): what the Spark writers of ``ehrfm ingest`` take."""
+        base = self.meds or self.root
+        if "://" not in base:
+            return str(self._dir(self.meds, "meds"))
+        return base.rstrip("/") if self.meds else f"{base.rstrip('/')}/meds"
+
+    @property
+    def meds_paths(self) -> MedsPaths:
+        """The MEDS dataset (local paths)."""
+        return MedsPaths(self._dir(self.meds, "meds"))
+
+    @property
+    def labels_dir(self) -> Path:
+        """Folder of label tables."""
+        return self._dir(self.labels, "labels")
+
+    def label_table(self, task: str) -> Path:
+        """``<labels>/<task>.parquet``."""
+        return self.labels_dir / f"{task}.parquet"
+
+    def label_tasks(self) -> list[str]:
+        """Tasks that have a label table in the labels folder, sorted (none when the folder is absent)."""
+        return sorted(p.name[: -len(".parquet")] for p in self.labels_dir.glob("*.parquet"))
+
+    @property
+    def label_summary(self) -> Path:
+        """``<labels>/summary.json``: rows, subjects, positives and prevalence per task and split."""
+        return self.labels_dir / "summary.json"
+
+    @property
+    def label_kinds(self) -> Path:
+        """``<labels>/tasks.json``: task -> kind (binary, time_to_event, forecast) of the tables written."""
+        return self.labels_dir / "tasks.json"
+
+    @property
+    def token_paths(self) -> TokenPaths:
+        """The tokens folder."""
+        return TokenPaths(self._dir(self.tokens, "tokens"))
+
+    @property
+    def runs_dir(self) -> Path:
+        """Folder of training runs."""
+        return self._dir(self.runs, "runs")
+
+    @property
+    def pretrain_run(self) -> RunPaths:
+        """The pretraining run."""
+        return RunPaths(self.runs_dir / "pretrain")
+
+    @property
+    def finetune_run(self) -> RunPaths:
+        """The finetuning run."""
+        return RunPaths(self.runs_dir / "finetune")
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """Folder of the evaluation report."""
+        return self._dir(self.evaluation, "evaluation")
+
+    @property
+    def scores_dir(self) -> Path:
+        """Folder of batch scores."""
+        return self._dir(self.scores, "scores")
+
+    @property
+    def mlflow_db(self) -> Path:
+        """The embedded MLflow sqlite store."""
+        return self.root_dir / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        """Artifact folder of the embedded MLflow store (never ./mlruns of the current directory)."""
+        return self.root_dir / "mlartifacts"
+
+    def tracking_uri(self) -> str:
+        """The embedded store's URI (``sqlite:///<root>/mlflow.db``, absolute)."""
+        return f"sqlite:///{self.mlflow_db.resolve()}"
+
+    @property
+    def logs_dir(self) -> Path:
+        """``logs/``: per-step logs and configs of a pipeline run by the notebooks."""
+        return self.root_dir / "logs"
+
+    @property
+    def demo_summary(self) -> Path:
+        """``demo_summary.json`` written by ``ehrfm demo``."""
+        return self.root_dir / "demo_summary.json"

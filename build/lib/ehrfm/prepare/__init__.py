@@ -1,0 +1,1 @@
+"""Prepare stage: subject splits, vocabulary and value bins fitted on the train split."""

@@ -1,0 +1,167 @@
+"""The serving bundle: a finetuned model plus everything needed to go from raw events to predictions.
+
+A *serving folder* is a finetuned model folder (see :mod:`ehrfm.train.predict`) with three more files::
+
+    bins.json        numeric-value bins the token streams were written with (``ehrfm prepare``)
+    serve.json       {"max_len": collation length, "tokenize": TokenizerConfig dict, "limits": {...}}
+    tasks/*.yaml     the task specifications (descriptions go into FHIR RiskAssessment outcomes)
+
+Prediction itself is :func:`ehrfm.train.predict.predict_batch`, the function batch evaluation uses, so
+serving, Spark scoring and ``ehrfm finetune``'s predictions share ONE code path; this module only turns
+events into task rows (:func:`ehrfm.tokenize.tokenize_for_prediction`) and rows into batches.
+No MLflow here: :mod:`ehrfm.serve.pyfunc` wraps it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ehrfm import resources
+from ehrfm.config.base import ConfigError
+from ehrfm.config.serve import Limits as Limits  # re-exported: serving code and users import it from here
+from ehrfm.config.serve import ServeConfig
+from ehrfm.data.multitask import MultiTaskCollator
+from ehrfm.layout import TokenPaths
+from ehrfm.prepare.bins import Bins, load_bins
+from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID, TIME
+from ehrfm.tokenize import TokenizerConfig, tokenize_for_prediction
+from ehrfm.train.heads import HeadSpec
+from ehrfm.train.predict import HEADS_SPEC, FinetunedModel, predict_batch
+
+SERVE_JSON, BINS_JSON, TASKS_DIR = "serve.json", "bins.json", "tasks"
+RESULT_COLUMNS = ("prob", "risk", "survival", "times_days", "topk_codes", "topk_probs")
+
+
+def _finetuned_dir(path: Path) -> Path:
+    return (path / "model" if not (path / HEADS_SPEC).exists() and (path / "model" / HEADS_SPEC).exists()
+            else path)
+
+
+def build_serving_dir(model_dir: str | Path, output: str | Path, *, tokens_dir: str | Path | None = None,
+                      bins: str | Path | None = None, tasks_dir: str | Path | None = None,
+                      config: ServeConfig | None = None) -> Path:
+    """Copy a finetuned model folder (or a finetuning output folder) into ``output`` and add bins,
+    ``serve.json`` and task YAMLs.
+
+    ``bins``: explicit ``bins.json``; else ``<model>/bins.json``, else ``<tokens_dir>/bins.json``. Without a
+    ``config``, the tokenizer rules (and with them the served row length ``max_len``) come from the tokens'
+    ``tokenize.json`` when present — the one record of how the training rows were cut.
+    """
+    src = _finetuned_dir(Path(model_dir))
+    if not (src / HEADS_SPEC).exists():
+        raise FileNotFoundError(f"{model_dir}: no {HEADS_SPEC} (expected a finetuned model folder from "
+                                "`ehrfm finetune`)")
+    out = Path(output)
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    cands = ([Path(bins)] if bins
+             else [src / BINS_JSON] + ([Path(tokens_dir) / BINS_JSON] if tokens_dir else []))
+    found = next((c for c in cands if c.exists()), None)
+    if found is None:
+        raise FileNotFoundError(f"bins.json not found (looked at {[str(c) for c in cands]}): pass --tokens "
+                                "(the tokens folder of the training data)")
+    load_bins(found)  # fail now, not at serving time
+    if found.resolve() != (out / BINS_JSON).resolve():
+        shutil.copy(found, out / BINS_JSON)
+    cfg = config or ServeConfig()
+    tok_json = TokenPaths(Path(tokens_dir)).meta if tokens_dir else None
+    if config is None and tok_json is not None and tok_json.exists():
+        cfg = cfg.replace(
+            tokenize=TokenizerConfig.from_dict(json.loads(tok_json.read_text()).get("config", {})))
+    (out / SERVE_JSON).write_text(json.dumps(cfg.to_dict(), indent=2))
+    meta = json.loads((out / HEADS_SPEC).read_text())
+    task_src = Path(tasks_dir) if tasks_dir else resources.tasks_dir()
+    (out / TASKS_DIR).mkdir(exist_ok=True)
+    for t in meta["tasks"]:
+        if (task_src / f"{t}.yaml").exists():
+            shutil.copy(task_src / f"{t}.yaml", out / TASKS_DIR / f"{t}.yaml")
+    return out
+
+
+class Scorer:
+    """A loaded serving folder: events (or token rows) in, one result dict per (patient, task) out."""
+
+    def __init__(self, directory: str | Path) -> None:
+        """Load everything in ``directory`` (see the module docstring); CPU, eval mode."""
+        d = Path(directory)
+        self.fm = FinetunedModel.load(d)
+        self.bins: Bins = load_bins(d / BINS_JSON)
+        self.config = ServeConfig.from_dict(json.loads((d / SERVE_JSON).read_text())) if (d / SERVE_JSON).exists() \
+            else ServeConfig()
+        self.tokenize_cfg = self.config.tokenize
+        model_len = self.fm.model.config.max_len
+        if model_len and model_len < self.tokenize_cfg.max_len:
+            raise ConfigError(f"{d / SERVE_JSON}: tokenize.max_len={self.tokenize_cfg.max_len} is longer "
+                              f"than the model's max_len={model_len}; serve shorter rows (register --max_len "
+                              f"{model_len})")
+        self.collate = MultiTaskCollator(self.tokenize_cfg.max_len)
+        self.descriptions = task_descriptions(d / TASKS_DIR)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks the model has heads for (head order)."""
+        return self.fm.tasks
+
+    def spec(self, task: str) -> HeadSpec:
+        """Head spec of ``task``; ``KeyError`` naming the known tasks."""
+        for s in self.fm.specs:
+            if s.task == task:
+                return s
+        raise KeyError(f"task {task!r} is not served by this model (tasks: {self.tasks})")
+
+    def predict_rows(self, task: str, rows: Sequence[dict[str, Any]],
+                     batch_size: int = 32) -> list[dict[str, Any]]:
+        """Contract columns (``prob`` | ``risk``/``survival``/``times_days`` | ``topk_*``) for token rows
+        (TOKENS_SCHEMA dicts) of ``task``, in input order, through :func:`predict_batch`."""
+        spec = self.spec(task)
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            batch = self.collate([{**r, "task_idx": 0} for r in chunk])
+            cols = predict_batch(self.fm, spec, batch)
+            out.extend({k: v[j] for k, v in cols.items()} for j in range(len(chunk)))
+        return out
+
+    def score_events(self, events: pd.DataFrame, prediction_time: Any = None,
+                     tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One patient's events (EVENTS_SCHEMA columns) -> one dict per task with ``subject_id``,
+        ``prediction_time``, ``task``, ``kind`` and the contract columns.
+
+        ``prediction_time`` (inclusive) defaults to the last event time; events after it are never seen.
+        """
+        names = list(tasks) if tasks else self.tasks
+        for t in names:
+            self.spec(t)
+        pt = default_prediction_time(events) if prediction_time is None else pd.Timestamp(prediction_time)
+        rows = tokenize_for_prediction(events, self.fm.vocab, self.bins, self.tokenize_cfg, pt, names)
+        results = []
+        for t, row in zip(names, rows, strict=True):
+            res = self.predict_rows(t, [row])[0]
+            results.append({SUBJECT_ID: int(row[SUBJECT_ID]),
+                            PREDICTION_TIME: pd.Timestamp(row[PREDICTION_TIME]),
+                            "task": t, "kind": self.spec(t).kind, **res})
+        return results
+
+
+def default_prediction_time(events: pd.DataFrame) -> pd.Timestamp:
+    """The last event time (the default ``prediction_time``); ``ValueError`` when no event has a time."""
+    times = pd.to_datetime(events[TIME]).dropna() if len(events) else pd.Series([], dtype="datetime64[us]")
+    if times.empty:
+        raise ValueError("prediction_time: the patient has no timed event; pass prediction_time explicitly")
+    return pd.Timestamp(times.max())
+
+
+def task_descriptions(folder: Path) -> dict[str, str]:
+    """task -> one-line description from ``tasks/*.yaml`` (empty when the folder is absent)."""
+    out: dict[str, str] = {}
+    for p in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        spec = yaml.safe_load(p.read_text()) or {}
+        text = " ".join(str(spec.get("description", p.stem)).split())
+        out[str(spec.get("name", p.stem))] = text.split(". ")[0].rstrip(".")  # the first sentence
+    return out

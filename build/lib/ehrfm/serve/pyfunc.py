@@ -1,0 +1,194 @@
+"""The MLflow pyfunc model: FHIR R4 Bundles (or MEDS events) in, risks, survival curves, forecast codes
+and FHIR RiskAssessment resources out.
+
+Request (a DataFrame; over HTTP ``{"dataframe_records": [...]}`` or ``{"inputs": [...]}``): per row one
+of ``bundle`` / ``events`` (JSON text), optional ``prediction_time`` and ``tasks`` (see
+:mod:`ehrfm.serve.fhir_io`). Response: one row per (patient, task) with the columns of
+:data:`OUTPUT_COLUMNS`. Bad input raises ``MlflowException(INVALID_PARAMETER_VALUE)``, which the MLflow
+scoring server answers with HTTP 400 and the message; nothing from the payload is logged.
+
+Limits come from ``serve.json`` and can be overridden per deployment with the environment variables
+``EHRFM_SERVE_MAX_REQUEST_BYTES``, ``EHRFM_SERVE_MAX_EVENTS`` and ``EHRFM_SERVE_MAX_PATIENTS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import Array, ColSpec, Schema
+
+from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
+from ehrfm.serve.core import Limits, Scorer
+from ehrfm.serve.fhir_io import (
+    INPUT_COLUMNS,
+    InputError,
+    parse_request,
+    risk_assessment,
+    to_records,
+    validate_risk_assessment,
+)
+from ehrfm.serve.model_env import ehrfm_wheel, model_requirements
+
+ARTIFACT = "serving"
+OUTPUT_COLUMNS = ("row", "patient_id", SUBJECT_ID, PREDICTION_TIME, "task", "kind", "model", "prob", "risk",
+                  "survival", "times_days", "topk_codes", "topk_probs", "risk_assessment")
+LIMIT_ENV = {"max_request_bytes": "EHRFM_SERVE_MAX_REQUEST_BYTES", "max_events": "EHRFM_SERVE_MAX_EVENTS",
+             "max_patients": "EHRFM_SERVE_MAX_PATIENTS"}
+
+
+def env_limits(base: Limits) -> Limits:
+    """``base`` with any ``EHRFM_SERVE_MAX_*`` environment overrides applied."""
+    values = {}
+    for key, var in LIMIT_ENV.items():
+        raw = os.environ.get(var)
+        if raw is not None:
+            try:
+                values[key] = int(raw)
+            except ValueError:
+                raise ValueError(f"${var}={raw!r}: expected an integer") from None
+    return Limits(**{**base.__dict__, **values})
+
+
+def predict_frame(scorer: Scorer, request: Any, limits: Limits | None = None) -> pd.DataFrame:
+    """Score a request (DataFrame or records) with a loaded :class:`Scorer`; raises :class:`InputError`."""
+    limits = limits or scorer.config.limits
+    patients = parse_request(to_records(request), limits, scorer.config.validate)
+    method = f"{scorer.fm.model_name} ({scorer.fm.model.config.backbone})" + (
+        f" {scorer.config.model_version}" if scorer.config.model_version else "")
+    rows: list[dict[str, Any]] = []
+    for p in patients:
+        try:
+            results = scorer.score_events(p.events, p.prediction_time, p.tasks)
+        except KeyError as e:  # an unknown task name
+            raise InputError(f"row {p.row}: field 'tasks': {e.args[0]}") from None
+        for r in results:
+            ra = validate_risk_assessment(risk_assessment(r, p.patient_ref, method,
+                                                          scorer.descriptions.get(r["task"], "")))
+            rows.append({"row": p.row, "patient_id": p.patient_ref, **r, "model": scorer.fm.model_name,
+                         PREDICTION_TIME: pd.Timestamp(r[PREDICTION_TIME]).isoformat(),
+                         "risk_assessment": json.dumps(ra)})
+    out = pd.DataFrame(rows)
+    for c in OUTPUT_COLUMNS:
+        if c not in out:
+            out[c] = None
+    return out[list(OUTPUT_COLUMNS)].astype(object).where(out[list(OUTPUT_COLUMNS)].notna(), None)
+
+
+class ServingInputError(MlflowException):
+    """Bad input (INVALID_PARAMETER_VALUE -> HTTP 400). The scoring server rewrites ``message`` to
+    ``"Failed to predict data '<the whole request>'. Error: <message>"``; this class keeps only the part
+    after ``Error:`` so a patient's record is not echoed into responses (and the logs of whatever
+    gateway sits in front of the server)."""
+
+    _SEP = "\nError: "
+
+    @property
+    def message(self) -> str:
+        """The error message, without any echoed request data."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = value.rsplit(self._SEP, 1)[-1] if self._SEP in value else value
+
+
+class EhrfmPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+    """``mlflow.pyfunc`` wrapper around :class:`Scorer` (artifact ``serving`` = a serving folder)."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the serving folder once per process."""
+        self.scorer = Scorer(context.artifacts[ARTIFACT])
+        self.limits = env_limits(self.scorer.config.limits)
+
+    # no type hints here on purpose: MLflow derives (and then enforces) a signature from predict's hints
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Score the request; bad input -> ``MlflowException`` with INVALID_PARAMETER_VALUE (HTTP 400)."""
+        try:
+            return predict_frame(self.scorer, model_input, self.limits)
+        except InputError as e:
+            raise ServingInputError(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def signature() -> ModelSignature:
+    """Input: the optional string columns of :data:`INPUT_COLUMNS`; output: the response columns."""
+    inputs = Schema([ColSpec("string", c, required=False) for c in INPUT_COLUMNS])
+    outputs = Schema([ColSpec("long", "row"), ColSpec("string", "patient_id", required=False),
+                      ColSpec("long", SUBJECT_ID), ColSpec("string", PREDICTION_TIME),
+                      ColSpec("string", "task"),
+                      ColSpec("string", "kind"), ColSpec("string", "model"),
+                      ColSpec("double", "prob", required=False), ColSpec("double", "risk", required=False),
+                      ColSpec(Array("double"), "survival", required=False),
+                      ColSpec(Array("double"), "times_days", required=False),
+                      ColSpec(Array("string"), "topk_codes", required=False),
+                      ColSpec(Array("double"), "topk_probs", required=False),
+                      ColSpec("string", "risk_assessment")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def example_bundle() -> dict[str, Any]:
+    """A tiny synthetic one-patient R4 Bundle (no real data): the logged input example."""
+    pid = "example-patient"
+    return {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": f"urn:uuid:{pid}", "resource": {"resourceType": "Patient", "id": pid, "gender": "female",
+                                                      "birthDate": "1960-04-02"}},
+        {"fullUrl": "urn:uuid:example-enc", "resource": {
+            "resourceType": "Encounter", "id": "example-enc", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": f"urn:uuid:{pid}"},
+            "period": {"start": "2020-01-01T08:00:00Z", "end": "2020-01-05T12:00:00Z"}}},
+        {"fullUrl": "urn:uuid:example-obs", "resource": {
+            "resourceType": "Observation", "id": "example-obs", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
+            "subject": {"reference": f"urn:uuid:{pid}"}, "encounter": {"reference": "urn:uuid:example-enc"},
+            "effectiveDateTime": "2020-01-02T09:00:00Z",
+            "valueQuantity": {"value": 1.1, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
+                              "code": "mg/dL"}}},
+    ]}
+
+
+def input_example() -> pd.DataFrame:
+    """One row: the example bundle, scored at its discharge time."""
+    return pd.DataFrame([{"bundle": json.dumps(example_bundle()), "prediction_time": "2020-01-05T12:00:00Z"}])
+
+
+class _PortablePyfunc:
+    """``mlflow.pyfunc`` as a flavor for ``Model.log``, minus the one machine-specific thing it writes:
+    ``MLmodel`` records each pyfunc artifact's source ``uri`` (here a temporary serving folder) beside its
+    ``path`` inside the model; loading reads only ``path``, so the ``uri`` is dropped."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
+        """``mlflow.pyfunc.save_model`` into ``path``, then rewrite ``MLmodel`` without artifact URIs."""
+        mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        for info in mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME].get("artifacts", {}).values():
+            info.pop("uri", None)
+        mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+
+def log_pyfunc(serving_dir: str | Path, name: str = "ehrfm_pyfunc", *,
+               wheel: str | Path | None = None) -> Any:
+    """Log the pyfunc model (serving folder as artifact, signature, input example) into the active run,
+    with the ehrfm wheel and pinned requirements (:mod:`ehrfm.serve.model_env`), so it loads in an
+    environment built from ``requirements.txt`` alone.
+
+    ``wheel``: an ehrfm wheel to ship (default: ``$EHRFM_WHEEL``, else built from the running ehrfm).
+    Returns MLflow's ``ModelInfo`` (``.model_uri``).
+    """
+    with tempfile.TemporaryDirectory(prefix="ehrfm-wheel-") as tmp:
+        whl = ehrfm_wheel(tmp, wheel)
+        return Model.log(artifact_path=None, name=name, flavor=_PortablePyfunc,
+                         flavor_name="pyfunc.CustomPythonModel", python_model=EhrfmPyfunc(),
+                         artifacts={ARTIFACT: str(serving_dir)},
+                         code_paths=[str(whl)], signature=signature(), input_example=input_example(),
+                         pip_requirements=model_requirements(whl))

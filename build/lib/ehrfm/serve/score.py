@@ -1,0 +1,189 @@
+"""Batch scoring with Spark: a registered model over a population, predictions in the evaluation contract.
+
+Two inputs, one prediction function (:meth:`ehrfm.serve.core.Scorer.predict_rows`, i.e.
+:func:`ehrfm.train.predict.predict_batch`, shared with ``ehrfm finetune`` predictions and the server):
+
+- ``tokens``: the task rows of ``<tokens>/tasks/<task>/*.parquet`` (already cut at their prediction_time)
+  scored with ``mapInPandas``;
+- ``meds``: MEDS events grouped per subject (``applyInPandas``) and scored at ``prediction_time`` (one
+  fixed time for everyone, or each subject's last event, as the server does) through the same
+  :meth:`Scorer.score_events` the pyfunc calls.
+
+The serving folder is shipped to the executors with ``SparkContext.addFile`` and loaded once per Python
+worker. Output: parquet in the contract of :mod:`ehrfm.evaluate` (subject_id, prediction_time, task,
+split, model, prob, risk, survival, times_days, topk_codes, topk_probs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import pandas as pd
+
+from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
+from ehrfm.serve.core import SERVE_JSON, Scorer
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql import SparkSession
+
+CONTRACT_DDL = ("subject_id long, prediction_time timestamp, task string, split string, model string, prob "
+                "double, risk double, survival array<double>, times_days array<double>, topk_codes "
+                "array<string>, topk_probs array<double>")
+CONTRACT_COLUMNS = [c.split()[0] for c in CONTRACT_DDL.split(", ")]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def local_serving_dir(model: str, dst: str | Path | None = None) -> Path:
+    """The serving folder of ``model``: a local folder (serving or finetuned model folder) or any MLflow
+    model URI (``models:/ehrfm@champion``, ``runs:/...``), downloaded to ``dst`` (default a temp folder)."""
+    p = Path(model)
+    if p.is_dir():
+        found = sorted(p.rglob(SERVE_JSON))
+        return found[0].parent if found else p
+    import mlflow.artifacts
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(dst or tempfile.mkdtemp(
+        prefix="ehrfm-score-"))))
+    found = sorted(local.rglob(SERVE_JSON))
+    if not found:
+        raise FileNotFoundError(f"--model {model}: no {SERVE_JSON} in the model's artifacts (not an ehrfm "
+                                "pyfunc)")
+    return found[0].parent
+
+
+def _scorer(path: str) -> Scorer:
+    """One :class:`Scorer` per Python worker process and folder (torch model loads are the slow part)."""
+    if path not in _SCORERS:
+        import torch
+
+        torch.set_num_threads(1)  # one task per core: Spark already runs one worker per core
+        _SCORERS[path] = Scorer(path)
+    return _SCORERS[path]
+
+
+def _shipped(spark: SparkSession, folder: Path) -> Callable[[], str]:
+    """Ship ``folder`` to every executor; returns a function giving its local path there.
+
+    SparkFiles are keyed by base name and refuse a second, different folder of the same name in one
+    session, so the folder is staged under a name derived from its content.
+    """
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(folder)).encode())
+        digest.update(f.read_bytes())
+    name = f"ehrfm-serving-{digest.hexdigest()[:16]}"
+    staged = Path(tempfile.gettempdir()) / name
+    if not staged.exists():
+        shutil.copytree(folder, staged)
+    spark.sparkContext.addFile(str(staged), recursive=True)
+
+    def where() -> str:
+        from pyspark import SparkFiles
+
+        return SparkFiles.get(name)
+
+    return where
+
+
+def _contract(rows: list[dict[str, Any]], model_name: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for c in CONTRACT_COLUMNS:
+        if c not in frame:
+            frame[c] = None
+    frame["model"] = model_name
+    frame[PREDICTION_TIME] = pd.to_datetime(frame[PREDICTION_TIME])
+    frame[SUBJECT_ID] = frame[SUBJECT_ID].astype("int64")
+    for c in ("prob", "risk"):
+        frame[c] = frame[c].astype("float64")
+    # rows of other kinds hold NaN: null lists
+    for c in ("survival", "times_days", "topk_codes", "topk_probs"):
+        frame[c] = pd.Series([v if isinstance(v, (list, tuple)) else None for v in frame[c]],
+                             index=frame.index,
+                             dtype=object)
+    return frame[CONTRACT_COLUMNS]
+
+
+def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
+                 tasks: Sequence[str] | None = None,
+                 splits: Sequence[str] | None = None) -> SparkDataFrame:
+    """Contract rows for the task rows of ``tokens_dir`` (tasks: the model's, filtered by ``tasks``)."""
+    from pyspark.sql import functions as F
+
+    local = Scorer(folder)
+    names = list(tasks) if tasks else [t for t in local.tasks if (Path(tokens_dir) / "tasks" / t).is_dir()]
+    if not names:
+        raise FileNotFoundError(f"--tokens {tokens_dir}: no tasks/<task>/ folder for the model's tasks "
+                                f"{local.tasks}")
+    where, model_name = _shipped(spark, folder), local.fm.model_name
+    cols = [SUBJECT_ID, "split", "task", PREDICTION_TIME, "length", "concept_ids", "type_ids", "ages",
+            "times",
+            "visit_orders", "visit_segments", "values"]
+    frames = []
+    for t in names:
+        local.spec(t)
+        df = spark.read.parquet(str(Path(tokens_dir) / "tasks" / t)).select(*cols)
+        frames.append(df.filter(F.col("split").isin(list(splits))) if splits else df)
+    rows = frames[0]
+    for f in frames[1:]:
+        rows = rows.unionByName(f)
+
+    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        scorer = _scorer(where())
+        for pdf in batches:
+            out: list[dict[str, Any]] = []
+            for task, grp in pdf.groupby("task", sort=False):
+                recs = cast(list[dict[str, Any]], grp.to_dict("records"))
+                for rec, res in zip(recs, scorer.predict_rows(str(task), recs), strict=True):
+                    out.append({SUBJECT_ID: rec[SUBJECT_ID], PREDICTION_TIME: rec[PREDICTION_TIME],
+                                "task": task,
+                                "split": rec["split"], **res})
+            if out:
+                yield _contract(out, model_name)
+
+    return rows.mapInPandas(fn, CONTRACT_DDL)
+
+
+def score_meds(spark: SparkSession, folder: Path, meds_dir: str | Path, prediction_time: str | None = None,
+               tasks: Sequence[str] | None = None) -> SparkDataFrame:
+    """Contract rows for every subject of ``<meds>/data`` at ``prediction_time`` (None: last event)."""
+    from ehrfm.tokenize.spark_job import read_events_spark
+
+    local = Scorer(folder)
+    names = list(tasks) if tasks else local.tasks
+    for t in names:
+        local.spec(t)
+    where, model_name = _shipped(spark, folder), local.fm.model_name
+    pt = pd.Timestamp(prediction_time) if prediction_time else None
+    events = read_events_spark(spark, meds_dir)
+    splits_path = Path(meds_dir) / "metadata" / "subject_splits.parquet"
+    split_of: dict[int, str] = {}
+    if splits_path.exists():
+        sp = pd.read_parquet(splits_path)
+        split_of = dict(zip(sp[SUBJECT_ID].astype(int), sp["split"].astype(str), strict=True))
+
+    def fn(pdf: pd.DataFrame) -> pd.DataFrame:
+        scorer = _scorer(where())
+        results = scorer.score_events(pdf, pt, names)
+        for r in results:
+            r["split"] = split_of.get(int(r[SUBJECT_ID]))
+        return _contract(results, model_name)
+
+    return events.groupBy(SUBJECT_ID).applyInPandas(fn, CONTRACT_DDL)
+
+
+def write_predictions(df: SparkDataFrame, output: str | Path) -> pd.DataFrame:
+    """Write ``df`` as parquet to ``output`` (overwrite) and return per-task counts (rows, mean score)."""
+    from pyspark.sql import functions as F
+
+    df.write.mode("overwrite").parquet(str(output))
+    back = df.sparkSession.read.parquet(str(output))
+    summary = back.groupBy("task").agg(F.count("*").alias("rows"),
+                                       F.countDistinct(SUBJECT_ID).alias("subjects"),
+                                       F.mean("prob").alias("mean_prob"), F.mean("risk").alias("mean_risk"))
+    return summary.orderBy("task").toPandas()

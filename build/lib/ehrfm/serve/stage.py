@@ -1,0 +1,79 @@
+"""``ehrfm register`` and ``ehrfm score`` stages: ``run_register(RegisterConfig, Layout) -> RegisterSummary`` and
+``run_score(ScoreConfig, Layout) -> ScoreSummary``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ehrfm.config.base import ConfigError
+from ehrfm.config.serve import RegisterConfig, RegisterSummary, ScoreConfig, ScoreSummary, ServeConfig
+from ehrfm.config.tokenize import TokenizerConfig
+from ehrfm.layout import Layout
+
+
+def _tokenizer(layout: Layout) -> TokenizerConfig:
+    """The tokenizer rules recorded with the layout's tokens (defaults when there are none)."""
+    meta = layout.token_paths.meta
+    if not meta.exists():
+        return TokenizerConfig()
+    return TokenizerConfig.from_dict(json.loads(meta.read_text()).get("config", {}))
+
+
+def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
+    """Register the finetuned model (``cfg.run`` or the layout's finetuning run), print how to serve it."""
+    from ehrfm.serve.register import register
+
+    source = cfg.run or str(layout.finetune_run.root)
+    if cfg.run is None and not layout.finetune_run.root.is_dir():
+        raise FileNotFoundError(f"run: no finetuning run at {layout.finetune_run.root}; pass --run or --runs")
+    tokenizer = _tokenizer(layout)
+    if cfg.max_len is not None:
+        tokenizer = tokenizer.replace(max_len=cfg.max_len)
+    serve_cfg = ServeConfig(tokenize=tokenizer, limits=cfg.limits, validate=cfg.validate)
+    tokens = layout.token_paths.root
+    t0 = time.time()
+    reg = register(source, cfg.name, cfg.alias, tracking_uri=cfg.tracking_uri, store_dir=layout.root_dir,
+                   experiment=cfg.experiment, tokens_dir=tokens if tokens.is_dir() else None,
+                   config=serve_cfg)
+    print(f"registered {reg.name} version {reg.version}" + (f", alias {reg.alias}" if reg.alias else ""))
+    print(f"  logged model : {reg.model_uri} (run {reg.run_id})")
+    print(f"  store        : {reg.tracking_uri}")
+    print(f"  serve with   : MLFLOW_TRACKING_URI={reg.tracking_uri} mlflow models serve -m {reg.serve_uri} "
+          f"--env-manager local -h 127.0.0.1 -p 5001")
+    print(f"done in {time.time() - t0:.1f} s")
+    return RegisterSummary(name=reg.name, version=reg.version, alias=reg.alias, model_uri=reg.model_uri,
+                           run_id=reg.run_id, tracking_uri=reg.tracking_uri, serve_uri=reg.serve_uri)
+
+
+def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
+    """Resolve the model, score the layout's tokens or MEDS dataset with Spark, write ``layout.scores_dir``."""
+    import mlflow
+
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None and layout.mlflow_db.exists():
+        uri = layout.tracking_uri()
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    from ehrfm.serve.score import local_serving_dir, score_meds, score_tokens, write_predictions
+    from ehrfm.spark import get_spark
+
+    t0 = time.time()
+    folder = local_serving_dir(cfg.model)
+    print(f"model {cfg.model} -> {folder}")
+    spark = get_spark("ehrfm-score", master=cfg.spark.master, conf=cfg.spark.conf)
+    tasks = cfg.tasks or None
+    if cfg.source == "tokens":
+        tokens = layout.token_paths.root
+        if not tokens.is_dir():
+            raise ConfigError(f"source=tokens: no tokens folder at {tokens}")
+        df = score_tokens(spark, folder, tokens, tasks, cfg.splits or None)
+    else:
+        df = score_meds(spark, folder, layout.meds_paths.root, cfg.prediction_time, tasks)
+    out = layout.scores_dir
+    summary = write_predictions(df, out)
+    seconds = round(time.time() - t0, 1)
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"{int(summary['rows'].sum())} predictions in {seconds} s -> {out}")
+    return ScoreSummary(output=str(out), rows=json.loads(summary.to_json(orient="records")), seconds=seconds)

@@ -1,0 +1,147 @@
+"""The population path: the per-patient :func:`tokenize_subject` under Spark.
+
+Events are grouped by subject and co-grouped with the union of all label tables
+(``groupBy("subject_id").cogroup(...).applyInPandas``), so a subject's label rows meet its events in
+one call of the SAME function the serving path uses. The split is joined afterwards from the MEDS subject
+splits (a Spark join, not a driver-side dict, so it scales).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ehrfm.config.tokenize import TokenizerConfig
+from ehrfm.layout import Layout, MedsPaths, TokenPaths
+from ehrfm.prepare.bins import Bins
+from ehrfm.schema import (
+    CODE,
+    ENCOUNTER_ID,
+    LABELS_SCHEMA,
+    NUMERIC_VALUE,
+    PREDICTION_TIME,
+    SUBJECT_ID,
+    TIME,
+    TOKENS_SCHEMA,
+)
+from ehrfm.tokenize.direct import read_tokens  # noqa: F401  (re-exported: readers need no Spark)
+from ehrfm.tokenize.tokenizer import COLUMNS, rows_to_frame, tokenize_subject
+from ehrfm.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql import SparkSession
+    from pyspark.sql.types import DataType, StructType
+
+EVENT_INPUT_COLUMNS = (SUBJECT_ID, TIME, CODE, NUMERIC_VALUE, ENCOUNTER_ID)
+
+
+def _spark_type(t: pa.DataType) -> DataType:
+    from pyspark.sql import types as T
+
+    if pa.types.is_list(t):
+        return T.ArrayType(_spark_type(t.value_type), containsNull=False)
+    simple: dict[pa.DataType, Any] = {
+        pa.int64(): T.LongType(),
+        pa.int32(): T.IntegerType(),
+        pa.int8(): T.ByteType(),
+        pa.float32(): T.FloatType(),
+        pa.float64(): T.DoubleType(),
+        pa.string(): T.StringType(),
+        pa.timestamp("us"): T.TimestampNTZType(),  # naive, like MEDS event times
+    }
+    if t not in simple:
+        raise TypeError(f"no Spark type for {t}")
+    out: DataType = simple[t]
+    return out
+
+
+def spark_tokens_schema() -> StructType:
+    """TOKENS_SCHEMA as a Spark schema (timestamps are TIMESTAMP_NTZ, matching MEDS naive times)."""
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(f.name, _spark_type(f.type), f.nullable) for f in TOKENS_SCHEMA])
+
+
+def read_events_spark(spark: SparkSession, meds_dir: str | Path) -> SparkDataFrame:
+    """MEDS events of ``<meds>/data`` with the columns the tokenizer uses (``encounter_id`` when present)."""
+    df = spark.read.parquet(str(MedsPaths(Path(meds_dir)).data))
+    missing = [c for c in (SUBJECT_ID, TIME, CODE) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{meds_dir}/data: missing MEDS column(s) {missing}")
+    return df.select(*[c for c in EVENT_INPUT_COLUMNS if c in df.columns])
+
+
+def read_labels_spark(spark: SparkSession, labels_dir: str | Path,
+                      tasks: Sequence[str]) -> SparkDataFrame | None:
+    """Union of ``<labels>/<task>.parquet`` with a ``task`` column (LABELS_SCHEMA columns present)."""
+    from pyspark.sql import functions as F
+
+    frames = []
+    for task in tasks:
+        path = Layout(labels=str(labels_dir)).label_table(task)
+        if not path.exists():
+            raise FileNotFoundError(f"label table for task {task!r} not found: {path}")
+        df = spark.read.parquet(str(path))
+        for c in (SUBJECT_ID, PREDICTION_TIME):
+            if c not in df.columns:
+                raise ValueError(f"{path}: missing label column {c!r}")
+        cols = [c for c in LABELS_SCHEMA.names if c in df.columns]
+        frames.append(df.select(F.lit(task).alias("task"), *cols))
+    if not frames:
+        return None
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f, allowMissingColumns=True)
+    return out
+
+
+def tokenize_spark(
+    events: SparkDataFrame,
+    labels: SparkDataFrame | None,
+    splits: SparkDataFrame | None,
+    vocab: Vocabulary,
+    bins: Bins,
+    cfg: TokenizerConfig,
+    *,
+    pretrain: bool = True,
+) -> SparkDataFrame:
+    """Token rows for a population (Spark DataFrame in the Spark form of TOKENS_SCHEMA).
+
+    ``splits``: ``subject_id``, ``split`` (None leaves ``split`` null).
+    """
+    schema = spark_tokens_schema()
+
+    def one(ev: pd.DataFrame, lab: pd.DataFrame | None = None) -> pd.DataFrame:
+        return rows_to_frame(tokenize_subject(ev, vocab, bins, cfg, labels=lab, pretrain=pretrain))
+
+    if labels is None:
+        out = events.groupBy(SUBJECT_ID).applyInPandas(one, schema)
+    else:
+        out = events.groupBy(SUBJECT_ID).cogroup(labels.groupBy(SUBJECT_ID)).applyInPandas(one, schema)
+    if splits is not None:
+        out = out.drop("split").join(splits.select(SUBJECT_ID, "split"), on=SUBJECT_ID, how="left")
+    return out.select(*COLUMNS)
+
+
+def write_tokens(rows: SparkDataFrame, output: str | Path, tasks: Sequence[str], *,
+                 pretrain: bool = True) -> Iterator[str]:
+    """Write ``<output>/pretrain`` (unless ``pretrain`` is false: that folder is left alone) and
+    ``<output>/tasks/<task>`` (overwrite), yielding each path written.
+
+    Rows are sorted within files by subject and prediction time so reruns write the same content.
+    """
+    from pyspark.sql import functions as F
+
+    paths = TokenPaths(Path(output))
+    targets: list[tuple[Path, Any]] = [(paths.pretrain, F.col("task").isNull())] if pretrain else []
+    targets += [(paths.task(t), F.col("task") == t) for t in tasks]
+    for folder, cond in targets:
+        path = str(folder)
+        part = rows.where(cond).sortWithinPartitions(SUBJECT_ID, PREDICTION_TIME)
+        part.write.mode("overwrite").parquet(path)
+        yield path
