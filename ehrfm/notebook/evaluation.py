@@ -13,6 +13,7 @@ import pandas as pd
 from ehrfm.evaluate import harrell_c, kaplan_meier, subgroup_attributes
 from ehrfm.evaluate.bootstrap import DegenerateMetric
 from ehrfm.evaluate.data import KEY, attach_split, load_events, load_labels, load_splits, task_kind
+from ehrfm.evaluate.report import Report
 from ehrfm.evaluate.subgroups import SUBGROUP_CODE_PREFIXES
 
 
@@ -23,10 +24,15 @@ def _fmt(m: dict[str, Any]) -> str:
     return f"{v:.3f}" if lo is None or hi is None else f"{v:.3f} ({lo:.3f}–{hi:.3f})"
 
 
-def metrics_table(report: dict[str, Any], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def _plain(report: Report | dict[str, Any]) -> dict[str, Any]:
+    """``report.json`` content of a :class:`~ehrfm.evaluate.report.Report` (dicts pass through)."""
+    return report if isinstance(report, dict) else report.to_dict()
+
+
+def metrics_table(report: Report | dict[str, Any], metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (task, model): n and each requested metric as ``value (CI)`` (all metrics when None)."""
     rows: list[dict[str, Any]] = []
-    for task, t in report["tasks"].items():
+    for task, t in _plain(report)["tasks"].items():
         for model, info in t["models"].items():
             r: dict[str, Any] = {"task": task, "model": model, "n": info.get("n")}
             for name, m in info.get("metrics", {}).items():
@@ -36,12 +42,12 @@ def metrics_table(report: dict[str, Any], metrics: Sequence[str] | None = None) 
     return pd.DataFrame(rows)
 
 
-def subgroup_frame(report: dict[str, Any], tasks: str | Sequence[str], metric: str = "auroc") -> pd.DataFrame:
+def subgroup_frame(report: Report | dict[str, Any], tasks: str | Sequence[str], metric: str = "auroc") -> pd.DataFrame:
     """Subgroup rows of the tasks: task, attribute, group, n, positives, tiny flag and ``metric`` per model
     (NaN where the metric is undefined in the group)."""
     rows = []
     for task in [tasks] if isinstance(tasks, str) else tasks:
-        for g in report["tasks"][task].get("subgroups", []):
+        for g in _plain(report)["tasks"][task].get("subgroups", []):
             r = {"task": task} | {k: g[k] for k in ("attribute", "group", "n", "positives", "tiny")}
             for model, ms in g["metrics"].items():
                 v = (ms.get(metric) or {}).get("value")
@@ -50,10 +56,10 @@ def subgroup_frame(report: dict[str, Any], tasks: str | Sequence[str], metric: s
     return pd.DataFrame(rows)
 
 
-def oracle_table(report: dict[str, Any]) -> pd.DataFrame:
+def oracle_table(report: Report | dict[str, Any]) -> pd.DataFrame:
     """Per task: rows scored by the synthetic truth's planted risk and their AUROC (the reachable ceiling)."""
     rows = []
-    for task, t in report["tasks"].items():
+    for task, t in _plain(report)["tasks"].items():
         o = t.get("oracle")
         rows.append({"task": task, "n": o["n"] if o else 0,
                      "oracle_auroc": _fmt(o["auroc"]) if o else "no truth rows"})

@@ -128,7 +128,7 @@ def run_pretrain(cfg: PretrainConfig, layout: Layout, *,
     try:
         trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except BaseException:
-        tracker.end("FAILED")  # checkpoints written so far stay for trainer.resume=auto
+        tracker.end("FAILED")  # checkpoints written so far stay for trainer.resume=last
         raise
     summary = PretrainSummary(
         global_step=trainer.global_step, train_loss=_metric(trainer, "train_loss"),

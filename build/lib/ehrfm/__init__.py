@@ -1,3 +1,0 @@
-"""ehrfm: EHR foundation-model toolkit."""
-
-__version__ = "0.1.0"

@@ -1,1 +1,0 @@
-"""Prepare stage: subject splits, vocabulary and value bins fitted on the train split."""
