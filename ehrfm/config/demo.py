@@ -15,7 +15,8 @@ ALL_TASKS = ["readmission_30d", "mortality_inhospital", "mortality_30d_post_disc
 
 @dataclass
 class DemoConfig(ConfigBase):
-    """``ehrfm demo``: synthetic FHIR population -> Spark ingest -> labels -> vocabulary/bins -> tokens -> tiny
+    """``ehrfm demo``: synthetic FHIR population -> Spark ingest -> labels -> vocabulary/bins -> tokens ->
+    tiny
     pretraining -> multitask finetuning -> evaluation beside supervised baselines -> MLflow registry -> one
     served prediction."""
 

@@ -30,7 +30,8 @@ class Collator:
     """Callable for ``DataLoader(collate_fn=...)``: list of dataset items -> dict of tensors.
 
     Output: the seven streams (b, L) with L = longest kept length rounded up to ``pad_to_multiple``
-    (concept ids padded with ``pad_id``, values with NaN = no value, other streams with 0), ``lengths`` (b,), ``subject_id`` (b,),
+    (concept ids padded with ``pad_id``, values with NaN = no value, other streams with 0), ``lengths``
+    (b,), ``subject_id`` (b,),
     and for task rows ``label``/``duration_days`` (b,) float (NaN when null) and ``event`` (b,) long (-1).
     """
 

@@ -55,10 +55,12 @@ class SortedEvents:
         subj = events[SUBJECT_ID].to_numpy(dtype=np.int64)
         order = np.lexsort((t, subj))
         cat = pd.Categorical(events["code"].to_numpy()[order])
-        return cls(subj[order], t[order], np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories])
+        return cls(subj[order], t[order], np.asarray(cat.codes, dtype=np.int64),
+                   [str(c) for c in cat.categories])
 
 
-def _asof(ev: SortedEvents, subj: np.ndarray, t: np.ndarray, direction: Literal["backward", "forward"]) -> np.ndarray:
+def _asof(ev: SortedEvents, subj: np.ndarray, t: np.ndarray,
+          direction: Literal["backward", "forward"]) -> np.ndarray:
     """Position in ``ev`` of the last event <= t ('backward') or first event >= t ('forward'); -1 if none."""
     left = pd.DataFrame({"s": subj, "t": t, "r": np.arange(len(t))}).sort_values("t", kind="stable")
     m = pd.merge_asof(left, ev.by_time(), on="t", by="s", direction=direction, allow_exact_matches=True)
@@ -68,7 +70,8 @@ def _asof(ev: SortedEvents, subj: np.ndarray, t: np.ndarray, direction: Literal[
     return out
 
 
-def window_counts(ev: SortedEvents, subj: np.ndarray, pt_us: np.ndarray, window_days: float | None) -> sp.csr_matrix:
+def window_counts(ev: SortedEvents, subj: np.ndarray, pt_us: np.ndarray,
+                  window_days: float | None) -> sp.csr_matrix:
     """(n_rows, len(ev.codes)) counts of each code in [pt - window, pt] (all history when window is None)."""
     n = len(subj)
     uniq, first = np.unique(ev.subject, return_index=True)
@@ -106,7 +109,8 @@ class CountFeaturizer:
         names = [f"{c}@{'all' if w is None else f'{w:g}d'}" for w in self.windows_days for c in self.vocab]
         return names + ["age_years", "sex_F", "sex_M"]
 
-    def fit_transform(self, events: pd.DataFrame, rows: pd.DataFrame, train_mask: np.ndarray) -> sp.csr_matrix:
+    def fit_transform(self, events: pd.DataFrame, rows: pd.DataFrame,
+                      train_mask: np.ndarray) -> sp.csr_matrix:
         """Fit the vocabulary on ``rows[train_mask]`` and return features for all ``rows`` (n, n_features)."""
         ev = SortedEvents.from_frame(events)
         subj = rows[SUBJECT_ID].to_numpy(dtype=np.int64)
@@ -131,9 +135,12 @@ def last_at_or_before(events: pd.DataFrame, rows: pd.DataFrame, prefix: str) -> 
     if ev.empty:
         return None
     t = _us(ev["time"])
-    right = pd.DataFrame({"s": ev[SUBJECT_ID].to_numpy(), "t": t, "time_us": t, "value": ev["code"].str[len(prefix):].to_numpy()})
-    left = pd.DataFrame({"s": rows[SUBJECT_ID].to_numpy(), "t": _us(rows[PREDICTION_TIME]), "r": np.arange(len(rows))})
-    m = pd.merge_asof(left.sort_values("t"), right.sort_values("t", kind="stable"), on="t", by="s", direction="backward")
+    right = pd.DataFrame({"s": ev[SUBJECT_ID].to_numpy(), "t": t, "time_us": t,
+                          "value": ev["code"].str[len(prefix):].to_numpy()})
+    left = pd.DataFrame({"s": rows[SUBJECT_ID].to_numpy(), "t": _us(rows[PREDICTION_TIME]),
+                         "r": np.arange(len(rows))})
+    m = pd.merge_asof(left.sort_values("t"), right.sort_values("t", kind="stable"), on="t", by="s",
+                      direction="backward")
     return m.set_index("r")[["value", "time_us"]].reindex(np.arange(len(rows)))
 
 
@@ -153,4 +160,5 @@ def demographics(events: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     rows = rows.reset_index(drop=True)
     sex = last_at_or_before(events, rows, "GENDER//")
     s = sex["value"] if sex is not None else pd.Series([None] * len(rows))
-    return np.column_stack([age_years(events, rows), (s == "F").to_numpy(dtype=float), (s == "M").to_numpy(dtype=float)])
+    return np.column_stack([age_years(events, rows), (s == "F").to_numpy(dtype=float),
+                            (s == "M").to_numpy(dtype=float)])

@@ -6,7 +6,8 @@ import math
 from typing import Any
 
 COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "binary": [("auroc", "AUROC"), ("auprc", "AUPRC"), ("prevalence", "prevalence"), ("brier", "Brier"), ("ece", "ECE"),
+    "binary": [("auroc", "AUROC"), ("auprc", "AUPRC"), ("prevalence", "prevalence"), ("brier", "Brier"),
+               ("ece", "ECE"),
                ("sensitivity", "sens"), ("specificity", "spec"), ("ppv", "PPV"), ("f1", "F1")],
     "tte": [("harrell_c", "Harrell C"), ("uno_c", "Uno C"), ("mean_auc", "mean t-AUC"), ("ibs", "IBS")],
     "forecast": [],  # filled from the metric names (precision@k, recall@k)
@@ -27,19 +28,21 @@ def fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The whole report as Markdown: per task a side-by-side model table, oracle row, subgroups, plots."""
     cfg = report["config"]
     lines = ["# ehrfm evaluation report", "",
-             f"Split evaluated: `{cfg['eval_split']}`. 95% CIs: cluster bootstrap over subjects, {cfg['n_boot']} "
-             f"resamples, seed {cfg['seed']}. Thresholds chosen on the tuning split ({cfg['threshold_rule']}); "
-             f"ECE with {cfg['ece_bins']} equal-mass bins.", ""]
+             f"Split evaluated: `{cfg['eval_split']}`. 95% CIs: cluster bootstrap over subjects, "
+             f"{cfg['n_boot']} resamples, seed {cfg['seed']}. Thresholds chosen on the tuning split "
+             f"({cfg['threshold_rule']}); ECE with {cfg['ece_bins']} equal-mass bins.", ""]
     for task, res in report["tasks"].items():
         kind = res["kind"]
-        lines += [f"## {task} ({kind})", "", f"{res['n_labels']} labels, {res['n_eval']} on the evaluated split.", ""]
+        lines += [f"## {task} ({kind})", "",
+                  f"{res['n_labels']} labels, {res['n_eval']} on the evaluated split.", ""]
         cols = COLUMNS[kind] or [(k, k) for k in _metric_names(res)]
         extra = ["threshold"] if kind == "binary" else (["events"] if kind == "tte" else [])
         header = ["model", "n", "subjects", *extra, *(c[1] for c in cols)]
@@ -48,19 +51,26 @@ def render_markdown(report: dict[str, Any]) -> str:
             ex = [f"{info['threshold']:.3f}"] if kind == "binary" and "threshold" in info else (
                 [str(info.get("positives", "–"))] if kind == "tte" else [])
             ex += ["–"] * (len(extra) - len(ex))
-            rows.append([model, str(info["n"]), str(info["subjects"]), *ex, *(fmt(info["metrics"].get(c[0])) for c in cols)])
+            rows.append([model, str(info["n"]), str(info["subjects"]), *ex,
+                         *(fmt(info["metrics"].get(c[0])) for c in cols)])
         if res.get("oracle"):
             o = res["oracle"]
-            rows.append(["**oracle (true_prob)**", str(o["n"]), "–", *["–"] * len(extra), fmt(o["auroc"]), *["–"] * (len(cols) - 1)])
+            rows.append(["**oracle (true_prob)**", str(o["n"]), "–", *["–"] * len(extra), fmt(o["auroc"]),
+                         *["–"] * (len(cols) - 1)])
         lines += _table(header, rows) + [""]
-        ratios = {m: i["auroc_over_oracle"] for m, i in res["models"].items() if i.get("auroc_over_oracle") is not None}
+        ratios = {m: i["auroc_over_oracle"] for m, i in res["models"].items()
+                  if i.get("auroc_over_oracle") is not None}
         if ratios:
-            lines += ["Model AUROC / oracle AUROC: " + ", ".join(f"{m} {r:.3f}" for m, r in ratios.items()), ""]
+            lines += ["Model AUROC / oracle AUROC: " + ", ".join(f"{m} {r:.3f}" for m, r in ratios.items()),
+                      ""]
         if res.get("vs_baselines"):
-            lines += ["AUROC difference, model − baseline (paired subject bootstrap; a CI above 0 = beats it): "
-                      + ", ".join(f"{d['model']} − {d['baseline']} {fmt(d['delta_auroc'])}" for d in res["vs_baselines"]), ""]
+            lines += ["AUROC difference, model − baseline (paired subject bootstrap; a CI above 0 = beats "
+                      "it): "
+                      + ", ".join(f"{d['model']} − {d['baseline']} {fmt(d['delta_auroc'])}"
+                                  for d in res["vs_baselines"]), ""]
         if kind == "tte":
-            hs = next((i.get("horizons_days") for i in res["models"].values() if i.get("horizons_days")), None)
+            hs = next((i.get("horizons_days") for i in res["models"].values() if i.get("horizons_days")),
+                      None)
             if hs:
                 lines += [f"Time-dependent AUC horizons (days): {', '.join(f'{h:g}' for h in hs)}.", ""]
         lines += _subgroup_lines(res, kind)

@@ -26,7 +26,8 @@ ATTRIBUTE_PREFIXES: dict[str, str] = {
     "insurance": "INSURANCE//",
     "site": "SITE//",
 }
-AGE_BANDS: list[tuple[float, float, str]] = [(-np.inf, 40, "<40"), (40, 65, "40-64"), (65, 80, "65-79"), (80, np.inf, "80+")]
+AGE_BANDS: list[tuple[float, float, str]] = [(-np.inf, 40, "<40"), (40, 65, "40-64"), (65, 80, "65-79"),
+                                             (80, np.inf, "80+")]
 SUBGROUP_CODE_PREFIXES = [BIRTH_CODE, *ATTRIBUTE_PREFIXES.values()]  # what to read from the events
 
 

@@ -42,7 +42,8 @@ def metrics_table(report: Report | dict[str, Any], metrics: Sequence[str] | None
     return pd.DataFrame(rows)
 
 
-def subgroup_frame(report: Report | dict[str, Any], tasks: str | Sequence[str], metric: str = "auroc") -> pd.DataFrame:
+def subgroup_frame(report: Report | dict[str, Any], tasks: str | Sequence[str],
+                   metric: str = "auroc") -> pd.DataFrame:
     """Subgroup rows of the tasks: task, attribute, group, n, positives, tiny flag and ``metric`` per model
     (NaN where the metric is undefined in the group)."""
     rows = []

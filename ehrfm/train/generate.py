@@ -87,7 +87,9 @@ def prefill(model: EHRFoundationModel, batch: dict[str, Tensor]) -> tuple[Infere
     cache = model.allocate_inference_cache(b)
     last = torch.zeros(b, model.config.vocab_size)
     for t in range(int(lengths.max())):
-        before = [] if not recurrent else [dataclasses.replace(s, **{f.name: getattr(s, f.name).clone() for f in dataclasses.fields(s)
+        before = [] if not recurrent else [dataclasses.replace(s,
+                                                               **{f.name: getattr(s, f.name).clone()
+                                                                  for f in dataclasses.fields(s)
                                             if isinstance(getattr(s, f.name), Tensor)}) for s in cache.layers]
         extra_before = {k: v.clone() for k, v in cache.extra.items()}
         out = model.step({k: batch[k][:, t] for k in STREAMS if k in batch}, cache)
@@ -102,7 +104,8 @@ def prefill(model: EHRFoundationModel, batch: dict[str, Tensor]) -> tuple[Infere
 
 
 @torch.no_grad()
-def forecast_scores(model: EHRFoundationModel, batch: dict[str, Tensor], vocab: Vocabulary, rollout_steps: int = 0,
+def forecast_scores(model: EHRFoundationModel, batch: dict[str, Tensor], vocab: Vocabulary,
+                    rollout_steps: int = 0,
                     first_logits: Tensor | None = None, prefix: str = DIAGNOSIS_PREFIX) -> Tensor:
     """Per-code scores (b, V) in [0, 1], zero outside ``prefix`` codes.
 
@@ -113,7 +116,8 @@ def forecast_scores(model: EHRFoundationModel, batch: dict[str, Tensor], vocab: 
     if rollout_steps == 0 and first_logits is not None:
         return _restricted(first_logits, mask)
     if model.config.backbone == "transformer" and batch["lengths"].shape[0] > 1:
-        rows = [forecast_scores(model, {k: v[i : i + 1] for k, v in batch.items()}, vocab, rollout_steps, None,
+        rows = [forecast_scores(model, {k: v[i : i + 1] for k, v in batch.items()}, vocab, rollout_steps,
+                                None,
                                 prefix) for i in range(batch["lengths"].shape[0])]
         return torch.cat(rows)
     cache, logits = prefill(model, batch)
@@ -123,10 +127,12 @@ def forecast_scores(model: EHRFoundationModel, batch: dict[str, Tensor], vocab: 
     idx = (batch["lengths"] - 1).unsqueeze(1)
     # generated tokens inherit the last token's age/time/visit; never its measured value (they have none)
     ctx = {k: batch[k].gather(1, idx).squeeze(1) for k in STREAMS if k in batch and k not in ("concept_ids",
-                                                                                               "type_ids", "values")}
+                                                                                               "type_ids",
+                                                                                               "values")}
     for _ in range(rollout_steps):
         nxt = logits.argmax(-1)  # greedy: the most likely next token
-        step_in = {"concept_ids": nxt, "type_ids": types[nxt], **ctx}  # ages/times/visit: the last known values
+        # ages/times/visit: the last known values
+        step_in = {"concept_ids": nxt, "type_ids": types[nxt], **ctx}
         logits = model.step(step_in, cache).logits.float()  # type: ignore[union-attr]
         miss = miss * (1.0 - torch.softmax(logits, -1) * mask)
     return 1.0 - miss

@@ -41,7 +41,8 @@ def make_synthetic(root: Path, n: int = 300, seed: int = 0) -> Synth:
             pt = T0 + pd.Timedelta(days=int(k * 400 + rng.integers(0, 300)), hours=12)
             ev.append((s, pt - pd.Timedelta(days=1), f"INSURANCE//{rng.choice(['MEDICARE', 'PRIVATE'])}"))
             for _ in range(int(rng.integers(3, 12))):
-                ev.append((s, pt - pd.Timedelta(days=int(rng.integers(0, 700))), f"DIAGNOSIS//ICD//10//C{rng.integers(0, 15)}"))
+                ev.append((s, pt - pd.Timedelta(days=int(rng.integers(0, 700))),
+                           f"DIAGNOSIS//ICD//10//C{rng.integers(0, 15)}"))
             if risky:
                 ev.append((s, pt - pd.Timedelta(days=int(rng.integers(0, 25))), "DIAGNOSIS//ICD//10//RISK"))
             age = (pt - birth).days / 365.25
@@ -51,21 +52,29 @@ def make_synthetic(root: Path, n: int = 300, seed: int = 0) -> Synth:
                 ev.append((s, pt + pd.Timedelta(days=3), "DIAGNOSIS//ICD//10//FUTURE"))
             dur = float(rng.exponential(100 / (1 + 3 * risky)))
             cens = float(rng.uniform(10, 150))
-            targets = [f"DIAGNOSIS//ICD//10//C{c}" for c in rng.choice(15, size=3, replace=False) if c < 6 or risky]
-            rows.append({"subject_id": s, "prediction_time": pt, "boolean_value": y, "duration_days": min(dur, cens),
+            targets = [f"DIAGNOSIS//ICD//10//C{c}" for c in rng.choice(15, size=3, replace=False) if c < 6
+                       or risky]
+            rows.append({"subject_id": s, "prediction_time": pt, "boolean_value": y,
+                         "duration_days": min(dur, cens),
                          "event": int(dur <= cens), "target_codes": targets})
-            truth.append({"subject_id": s, "task": "readmission", "prediction_time": pt, "true_prob": p, "outcome": y})
-    events = pd.DataFrame(ev, columns=["subject_id", "time", "code"]).sort_values(["subject_id", "time"], na_position="first")
+            truth.append({"subject_id": s, "task": "readmission", "prediction_time": pt, "true_prob": p,
+                          "outcome": y})
+    events = pd.DataFrame(ev, columns=["subject_id", "time", "code"]).sort_values(["subject_id", "time"],
+                                                                                  na_position="first")
     meds = root / "meds"
     (meds / "data").mkdir(parents=True)
     (meds / "metadata").mkdir()
-    full = events.assign(numeric_value=np.nan, text_value=None, encounter_id=None, unit=None, source="synthetic")
+    full = events.assign(numeric_value=np.nan, text_value=None, encounter_id=None, unit=None,
+                         source="synthetic")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pandas(full, schema=EVENTS_SCHEMA, preserve_index=False), meds / "data" / "part-0.parquet")
-    split = np.where(np.arange(1, n + 1) % 5 < 3, "train", np.where(np.arange(1, n + 1) % 5 == 3, "tuning", "held_out"))
-    pd.DataFrame({"subject_id": np.arange(1, n + 1, dtype=np.int64), "split": split}).to_parquet(meds / "metadata" / "subject_splits.parquet")
+    pq.write_table(pa.Table.from_pandas(full, schema=EVENTS_SCHEMA, preserve_index=False),
+                   meds / "data" / "part-0.parquet")
+    split = np.where(np.arange(1, n + 1) % 5 < 3, "train",
+                     np.where(np.arange(1, n + 1) % 5 == 3, "tuning", "held_out"))
+    pd.DataFrame({"subject_id": np.arange(1, n + 1, dtype=np.int64),
+                  "split": split}).to_parquet(meds / "metadata" / "subject_splits.parquet")
     lab = pd.DataFrame(rows)
     labels = root / "labels"
     labels.mkdir()
@@ -75,7 +84,8 @@ def make_synthetic(root: Path, n: int = 300, seed: int = 0) -> Synth:
         "next_dx": lab[["subject_id", "prediction_time", "target_codes"]],
     }
     for task, df in by_task.items():
-        cols = [pa.array(df[f.name], type=f.type) if f.name in df else pa.nulls(len(df), f.type) for f in LABELS_SCHEMA]
+        cols = [pa.array(df[f.name], type=f.type) if f.name in df else pa.nulls(len(df), f.type)
+                for f in LABELS_SCHEMA]
         pq.write_table(pa.Table.from_arrays(cols, schema=LABELS_SCHEMA), labels / f"{task}.parquet")
     (root / "truth").mkdir()
     truth_df = pd.DataFrame(truth)

@@ -35,7 +35,8 @@ def test_hand_computed_values() -> None:
     np.testing.assert_allclose(mean_p, [0.225, 0.6])
     np.testing.assert_allclose(obs, [0.5, 0.5])
     # p >= 0.4 -> predictions 0,1,0,1: tp=fp=fn=tn=1
-    assert confusion_at(Y, P, 0.4) == pytest.approx({"sensitivity": 0.5, "specificity": 0.5, "ppv": 0.5, "f1": 0.5})
+    assert confusion_at(Y, P,
+                        0.4) == pytest.approx({"sensitivity": 0.5, "specificity": 0.5, "ppv": 0.5, "f1": 0.5})
 
 
 def test_thresholds_on_separable_data() -> None:

@@ -18,11 +18,13 @@ PT = pd.Timestamp("2021-01-01 12:00")
 
 def _ev(rows: list[tuple[int, str | None, str]]) -> pd.DataFrame:
     return pd.DataFrame(
-        {"subject_id": [r[0] for r in rows], "time": pd.to_datetime([r[1] for r in rows], format="ISO8601"), "code": [r[2] for r in rows]}
+        {"subject_id": [r[0] for r in rows], "time": pd.to_datetime([r[1] for r in rows], format="ISO8601"),
+         "code": [r[2] for r in rows]}
     )
 
 
-def _feat(events: pd.DataFrame, rows: pd.DataFrame, train: np.ndarray, min_count: int = 1) -> tuple[CountFeaturizer, np.ndarray]:
+def _feat(events: pd.DataFrame, rows: pd.DataFrame, train: np.ndarray,
+          min_count: int = 1) -> tuple[CountFeaturizer, np.ndarray]:
     f = CountFeaturizer(min_count=min_count)
     return f, f.fit_transform(events, rows, train).toarray()
 
@@ -51,7 +53,8 @@ def test_window_counts_by_hand_with_inclusive_boundaries() -> None:
 
 
 def test_vocabulary_is_fitted_on_train_rows_only() -> None:
-    events = _ev([(1, "2020-01-01", "A"), (2, "2020-01-01", "A"), (3, "2020-01-01", "HELDOUT_ONLY"), (3, "2020-01-01", "A")])
+    events = _ev([(1, "2020-01-01", "A"), (2, "2020-01-01", "A"), (3, "2020-01-01", "HELDOUT_ONLY"),
+                  (3, "2020-01-01", "A")])
     rows = pd.DataFrame({"subject_id": [1, 2, 3], "prediction_time": [PT] * 3})
     f, _ = _feat(events, rows, np.array([True, True, False]), min_count=2)
     assert f.vocab == ["A"]
@@ -109,9 +112,11 @@ def test_age_bands() -> None:
 def test_subgroup_attributes_use_last_value_at_or_before_prediction_time() -> None:
     events = _ev([
         (1, None, "GENDER//M"), (1, "1950-06-01", "MEDS_BIRTH"),
-        (1, "2020-01-01", "INSURANCE//PRIVATE"), (1, "2021-01-01 12:00", "INSURANCE//MEDICARE"),  # at pt: used
+        # at pt: used
+        (1, "2020-01-01", "INSURANCE//PRIVATE"), (1, "2021-01-01 12:00", "INSURANCE//MEDICARE"),
         (2, None, "GENDER//F"), (2, "1990-01-01", "MEDS_BIRTH"),
-        (2, "2020-01-01", "INSURANCE//MEDICAID"), (2, "2021-01-02", "INSURANCE//MEDICARE"),  # after pt: not used
+        # after pt: not used
+        (2, "2020-01-01", "INSURANCE//MEDICAID"), (2, "2021-01-02", "INSURANCE//MEDICARE"),
         (3, "2022-01-01", "INSURANCE//MEDICARE"),
     ])
     rows = pd.DataFrame({"subject_id": [1, 2, 3], "prediction_time": [PT] * 3})
@@ -130,5 +135,6 @@ def test_subgroup_table_counts_and_tiny_flag() -> None:
         return {"n_rows": MetricValue(float(len(i)))}
 
     t = subgroup_table(attrs, np.arange(65), pos, compute, min_n=50, min_pos=10)
-    assert [(r["group"], r["n"], r["positives"], r["tiny"]) for r in t] == [("F", 60, 30, False), ("M", 5, 5, True)]
+    assert [(r["group"], r["n"], r["positives"], r["tiny"]) for r in t] == [("F", 60, 30, False),
+                                                                            ("M", 5, 5, True)]
     assert t[1]["metrics"]["n_rows"]["value"] == 5.0

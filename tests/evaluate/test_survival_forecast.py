@@ -39,8 +39,10 @@ def test_survival_curves_metrics_and_ibs() -> None:
     good = (grid[None, :] < DUR[:, None]).astype(float)
     bad = 1 - good
     train = surv_array(EV, DUR + 0.5)
-    g, _ = tte_metrics(train, EV, DUR, np.arange(20), risk_from_survival(good, grid), good, grid, [5, 10, 15], n_boot=10)
-    b, _ = tte_metrics(train, EV, DUR, np.arange(20), risk_from_survival(bad, grid), bad, grid, [5, 10, 15], n_boot=0)
+    g, _ = tte_metrics(train, EV, DUR, np.arange(20), risk_from_survival(good, grid), good, grid, [5, 10, 15],
+                       n_boot=10)
+    b, _ = tte_metrics(train, EV, DUR, np.arange(20), risk_from_survival(bad, grid), bad, grid, [5, 10, 15],
+                       n_boot=0)
     assert g["ibs"].value < 0.05 < b["ibs"].value
     assert g["mean_auc"].value == pytest.approx(1.0)
     assert g["harrell_c"].value > 0.85  # ties within grid steps keep it below 1
@@ -49,7 +51,8 @@ def test_survival_curves_metrics_and_ibs() -> None:
 def test_step_lookup_and_valid_horizons() -> None:
     s = np.array([[0.9, 0.5, 0.2]])
     grid = np.array([10.0, 20.0, 30.0])
-    np.testing.assert_allclose(survival_at(s, grid, np.array([0.0, 10.0, 15.0, 35.0])), [[1.0, 0.9, 0.9, 0.2]])
+    np.testing.assert_allclose(survival_at(s, grid, np.array([0.0, 10.0, 15.0, 35.0])),
+                               [[1.0, 0.9, 0.9, 0.2]])
     np.testing.assert_allclose(risk_from_survival(s, grid), [-(0.9 * 10 + 0.5 * 10 + 0.2 * 10)])
     # test follow-up [1, 10], train up to 20: horizons must lie in [1, 10)
     kept, dropped = valid_times(surv_array(EV, DUR), surv_array(EV[:10], DUR[:10]), [0.5, 5, 9.5, 10, 30])
@@ -69,7 +72,8 @@ def test_no_events_is_nan_with_reason() -> None:
     train = surv_array(EV, DUR)
     res, _ = tte_metrics(train, np.zeros(5), DUR[:5], np.arange(5), -DUR[:5], horizons=[2], n_boot=5)
     assert math.isnan(res["harrell_c"].value) and res["harrell_c"].reason == "no events"
-    one, _ = tte_metrics(train, EV[:1], DUR[:1], np.arange(1), -DUR[:1], horizons=[2], n_boot=5)  # a 1-row subgroup
+    # a 1-row subgroup
+    one, _ = tte_metrics(train, EV[:1], DUR[:1], np.arange(1), -DUR[:1], horizons=[2], n_boot=5)
     assert one["harrell_c"].reason == "fewer than two rows" and math.isnan(one["uno_c"].value)
     assert one["mean_auc"].reason == "no horizon inside the follow-up range"
 

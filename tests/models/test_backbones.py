@@ -29,7 +29,8 @@ def _streams(b: int = 2, length: int = 19) -> dict[str, torch.Tensor]:
         "visit_orders": torch.randint(0, 6, (b, length), generator=g),
         "visit_segments": torch.randint(0, 3, (b, length), generator=g),
         # about half the tokens carry a value (value-bin tokens); NaN = no value
-        "values": torch.randn(b, length, generator=g).masked_fill(torch.rand(b, length, generator=g) < 0.5, float("nan")),
+        "values": torch.randn(b, length, generator=g).masked_fill(torch.rand(b, length, generator=g) < 0.5,
+                                                                  float("nan")),
     }
 
 

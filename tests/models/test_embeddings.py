@@ -82,7 +82,8 @@ def test_code_occurrences_by_hand() -> None:
 
 def test_value_deltas_by_hand() -> None:
     nan = float("nan")
-    # code 10 then its bin token (value), code 11 + value, code 10 + value, code 10 + value, a code without value
+    # code 10 then its bin token (value), code 11 + value, code 10 + value, code 10 + value, a code without
+    # value
     c = torch.tensor([[10, 4, 11, 4, 10, 5, 10, 6, 12, 13]])
     v = torch.tensor([[nan, 1.0, nan, 7.0, nan, 1.5, nan, 0.5, nan, nan]])
     got = value_deltas(c, v)[0].tolist()

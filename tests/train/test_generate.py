@@ -12,12 +12,14 @@ from ehrfm.schema import SPECIAL_TOKENS
 from ehrfm.train.generate import code_mask, forecast_scores, prefill, token_types, topk_codes
 from ehrfm.vocab import Vocabulary
 
-VOCAB = Vocabulary.build(["[W0]", *[f"DIAGNOSIS//X{i}" for i in range(10)], *[f"LAB//Y{i}" for i in range(10)]])
+VOCAB = Vocabulary.build(["[W0]", *[f"DIAGNOSIS//X{i}" for i in range(10)],
+                          *[f"LAB//Y{i}" for i in range(10)]])
 
 
 def _model(backbone: str, code_features: bool = True) -> EHRFoundationModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=len(VOCAB), backbone=backbone, d_model=32, n_layers=2, headdim=16, chunk_size=8,
+    cfg = ModelConfig(vocab_size=len(VOCAB), backbone=backbone, d_model=32, n_layers=2, headdim=16,
+                      chunk_size=8,
                       max_len=64, dropout=0.0, use_code_counts=code_features, use_value_deltas=code_features)
     return EHRFoundationModel(cfg).eval()
 
@@ -27,10 +29,12 @@ def _batch(lengths: list[int], width: int = 20) -> dict[str, torch.Tensor]:
     b = len(lengths)
     batch = {"concept_ids": torch.randint(len(SPECIAL_TOKENS), len(VOCAB), (b, width), generator=g),
              "type_ids": torch.randint(1, 9, (b, width), generator=g),
-             "ages": 40 + torch.rand(b, width, generator=g), "times": 18000 + 10 * torch.rand(b, width, generator=g),
+             "ages": 40 + torch.rand(b, width, generator=g),
+             "times": 18000 + 10 * torch.rand(b, width, generator=g),
              "visit_orders": torch.randint(0, 5, (b, width), generator=g),
              "visit_segments": torch.randint(0, 3, (b, width), generator=g),
-             "values": torch.randn(b, width, generator=g).masked_fill(torch.rand(b, width, generator=g) < 0.5, float("nan"))}
+             "values": torch.randn(b, width, generator=g).masked_fill(torch.rand(b, width, generator=g) < 0.5,
+                                                                      float("nan"))}
     lens = torch.tensor(lengths)
     pad = torch.arange(width).unsqueeze(0) >= lens.unsqueeze(1)
     for k in STREAMS:
@@ -88,4 +92,5 @@ def test_forecast_scores(backbone: str) -> None:
 
 def test_token_types() -> None:
     types = token_types(VOCAB)
-    assert types[VOCAB.id("[VS]")] == 2 and types[VOCAB.id("[W0]")] == 5 and types[VOCAB.id("DIAGNOSIS//X1")] == 6
+    assert types[VOCAB.id("[VS]")] == 2 and types[VOCAB.id("[W0]")] == 5 and types[
+        VOCAB.id("DIAGNOSIS//X1")] == 6

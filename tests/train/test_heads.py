@@ -35,7 +35,8 @@ def test_hazard_nll_hand_case() -> None:
     expected = [
         -(math.log(1 - h[0]) + math.log(h[1])),  # event in (30, 90]: survived bin 0, hazard of bin 1
         -math.log(1 - h[0]),  # censored inside bin 1: only survival through bin 0
-        -(math.log(1 - h[0]) + math.log(1 - h[1]) + math.log(1 - h[2])),  # censored at the edge 180: 3 bins done
+        # censored at the edge 180: 3 bins done
+        -(math.log(1 - h[0]) + math.log(1 - h[1]) + math.log(1 - h[2])),
         -sum(math.log(1 - v) for v in h),  # event after the last edge: alive through every bin
         -math.log(h[0]),  # event at day 0: first bin
     ]

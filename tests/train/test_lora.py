@@ -50,7 +50,8 @@ def test_only_lora_and_head_parameters_train() -> None:
     model.train()
     for _ in range(3):
         out = model(_ids(), return_logits=False).hidden[:, -1]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(heads("a", out), torch.tensor([1.0, 0.0, 1.0]))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(heads("a", out),
+                                                                    torch.tensor([1.0, 0.0, 1.0]))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -58,7 +59,8 @@ def test_only_lora_and_head_parameters_train() -> None:
     for k, v in before.items():  # base weights live under "<name>.base.weight" once wrapped
         key = k if k in after else k.replace(".weight", ".base.weight")
         assert torch.equal(after[key], v), k
-    assert any(float(p.abs().sum()) > 0 for m in model.modules() if isinstance(m, LoRALinear) for p in [m.lora_B])
+    assert any(float(p.abs().sum()) > 0 for m in model.modules() if isinstance(m, LoRALinear)
+               for p in [m.lora_B])
 
 
 def test_rank_validation() -> None:
