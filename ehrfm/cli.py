@@ -140,7 +140,7 @@ def build_parser() -> Any:
 
 def split_namespace(st: Stage, values: dict[str, Any]) -> tuple[ConfigBase, Layout]:
     """Parsed values of one stage -> (validated config, layout); :class:`ConfigError` names a bad field."""
-    values = {k: v for k, v in values.items() if k not in ("config", "__path__", "__default_config__")}
+    values = {k: v for k, v in values.items() if k not in ("config", "__default_config__")}
     layout = Layout.from_dict({k: values.pop(k) for k in _LAYOUT_KEYS if k in values})
     return st.config_class().from_dict(values), layout
 

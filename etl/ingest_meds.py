@@ -12,14 +12,8 @@ never overrides its master).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Python puts this script's folder first on sys.path, and etl/ holds jobs named like stdlib modules
-# (etl/tokenize.py shadows ``tokenize``, which pandas needs): import nothing from here.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from ehrfm.cli import main  # noqa: E402
+from ehrfm.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["ingest", "meds", *sys.argv[1:]]))

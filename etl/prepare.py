@@ -11,14 +11,8 @@ master).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Python puts this script's folder first on sys.path; the jobs in etl/ are scripts, not modules, and must not
-# shadow an importable name (a job once called tokenize.py hid the stdlib module): drop that entry first.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from ehrfm.cli import main  # noqa: E402
+from ehrfm.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["prepare", *sys.argv[1:]]))

@@ -94,13 +94,20 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping, got {data!r}")
+    data = {k: v for k, v in data.items() if k != "__path__"}  # jsonargparse's record of a section's file
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(typing.cast(Any, cls)) if f.init]
-    unknown = sorted(set(data) - set(names))
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls)) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; valid: {[prefix + n for n in names]}"
+            f"unknown config key(s) {[prefix + k for k in unknown]}; valid: {[prefix + n for n in fields]}"
         )
+    for name, value in data.items():
+        # a partial section keeps the other values of this field's default (which may differ from the
+        # section class's own defaults, e.g. a stage's optimizer learning rate)
+        default = _field_default(fields[name])
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(default):
+            data[name] = merge(typing.cast(dict[str, Any], _plain(default)), value)
     kwargs = {name: _coerce(prefix + name, value, hints[name]) for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -111,6 +118,15 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
         if prefix and not message.startswith(prefix):
             raise ConfigError(prefix + message) from None
         raise
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value (calling its factory), or None when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -201,5 +217,4 @@ class ConfigBase:
     @classmethod
     def load(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
         """Read a file written by :meth:`save` (or by hand), apply ``key=value`` overrides, validate."""
-        data = read_mapping(path)
-        return build(cls, merge(data, parse_overrides(overrides)))
+        return cls.from_dict(merge(read_mapping(path), parse_overrides(overrides)))

@@ -13,17 +13,14 @@ reads it from there; ``model.max_len`` is 0 (= that length) unless set larger.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from ehrfm.config.base import ConfigBase, build, merge, parse_overrides, read_mapping, require
+from ehrfm.config.base import ConfigBase, build, read_mapping, require
 from ehrfm.config.evaluate import PrimaryMetric, ReportConfig
 from ehrfm.config.model import ModelConfig
-
-T = TypeVar("T", bound="_StageConfig")
 
 DEFAULT_TTE_EDGES = (0.0, 30.0, 90.0, 180.0, 365.0)
 """Bin edges (days) of the time-to-event heads."""
@@ -192,35 +189,6 @@ class AdaptConfig(ConfigBase):
         require(self.few_shot >= 0, "adapt.few_shot", self.few_shot, "must be >= 0")
 
 
-class _StageConfig(ConfigBase):
-    """``from_dict`` / ``load`` that merge a partial mapping over the stage's defaults (not over each
-    section class's own defaults): a YAML section naming one key keeps the stage's other values, as the CLI
-    does."""
-
-    @classmethod
-    def _prepare(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Hook: rewrite the raw mapping before it is merged (e.g. a preset path given for a section)."""
-        return _without_paths(data)
-
-    @classmethod
-    def from_dict(cls: type[T], data: Mapping[str, Any] | None) -> T:
-        """Build and validate from a (partial) mapping over the defaults; a bad key raises ``ConfigError``."""
-        if data is not None and not isinstance(data, Mapping):
-            return build(cls, data)  # the error names the type
-        defaults = cls().to_dict()
-        return build(cls, merge(defaults, cls._prepare(data or {})))
-
-    @classmethod
-    def load(cls: type[T], path: str | Path, overrides: typing.Sequence[str] = ()) -> T:
-        """Read a YAML/JSON file, apply ``key=value`` overrides, validate (missing keys keep the defaults)."""
-        return cls.from_dict(merge(read_mapping(path), parse_overrides(overrides)))
-
-
-def _without_paths(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy without jsonargparse's ``__path__`` bookkeeping keys (a section loaded from a file has one)."""
-    return {k: _without_paths(v) if isinstance(v, Mapping) else v for k, v in data.items() if k != "__path__"}
-
-
 def _tiny_model() -> ModelConfig:
     return ModelConfig(backbone="mamba2", d_model=64, n_layers=2, dropout=0.1, d_state=16, d_conv=4, expand=2,
                        headdim=16, chunk_size=64, ngroups=1, n_heads=4, mlp_ratio=4, use_code_counts=True,
@@ -228,7 +196,7 @@ def _tiny_model() -> ModelConfig:
 
 
 @dataclass
-class PretrainConfig(_StageConfig):
+class PretrainConfig(ConfigBase):
     """``ehrfm pretrain``: next-token pretraining on the tokens' pretraining rows (Lightning, MLflow)."""
 
     model: ModelConfig = field(default_factory=_tiny_model)
@@ -254,18 +222,18 @@ class PretrainConfig(_StageConfig):
                 "comes from the vocabulary file (tokens/vocab.json); leave it 0")
 
     @classmethod
-    def _prepare(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        """A string ``model`` is a model preset: a packaged name (``small``) or a YAML path."""
-        out = _without_paths(data)
-        if isinstance(out.get("model"), str | Path):
+    def from_dict(cls, data: Mapping[str, Any] | None) -> PretrainConfig:
+        """As :meth:`ConfigBase.from_dict`; a string ``model`` is a model preset: a packaged name
+        (``small``) or a YAML path, read over the default model."""
+        if isinstance(data, Mapping) and isinstance(data.get("model"), str | Path):
             from ehrfm.resources import preset_path
 
-            out["model"] = read_mapping(preset_path("model", out["model"]))
-        return out
+            data = {**data, "model": read_mapping(preset_path("model", data["model"]))}
+        return build(cls, data)
 
 
 @dataclass
-class FinetuneConfig(_StageConfig):
+class FinetuneConfig(ConfigBase):
     """``ehrfm finetune``: multitask prompted finetuning of the pretrained model on the tokens' task rows,
     predictions on the tuning and held-out splits, optionally the evaluation report."""
 

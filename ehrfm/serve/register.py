@@ -9,37 +9,18 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ehrfm.config.serve import ServeConfig
+from ehrfm.config.serve import RegisterSummary, ServeConfig
 from ehrfm.serve.core import build_serving_dir
 from ehrfm.serve.pyfunc import log_pyfunc
 from ehrfm.tracking import Tracker
 
 PYFUNC_TAG = "ehrfm.pyfunc_model_uri"
 RUN_MODEL_ARTIFACT = "model"  # where `ehrfm finetune` logs the finetuned model folder in its run
-
-
-@dataclass
-class Registered:
-    """What :func:`register` did: the registered ``name``/``version``/``alias``, the logged model's URI,
-    the run it lives in, and the ``models:/`` URI to serve."""
-
-    name: str
-    version: str
-    alias: str | None
-    model_uri: str
-    run_id: str
-    tracking_uri: str
-
-    @property
-    def serve_uri(self) -> str:
-        """``models:/name@alias`` (or ``models:/name/version`` without an alias)."""
-        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
 
 
 def _log_into_run(client: MlflowClient, run_id: str, serving: Path, config: ServeConfig,
@@ -55,7 +36,7 @@ def _log_into_run(client: MlflowClient, run_id: str, serving: Path, config: Serv
 def register(source: str | Path, name: str = "ehrfm", alias: str | None = "champion", *,
              tracking_uri: str | None = None, store_dir: str | Path = ".", experiment: str = "ehrfm-register",
              tokens_dir: str | Path | None = None, bins: str | Path | None = None,
-             config: ServeConfig | None = None, wheel: str | Path | None = None) -> Registered:
+             config: ServeConfig | None = None, wheel: str | Path | None = None) -> RegisterSummary:
     """Register ``source`` as a new version of ``name`` and point ``alias`` at it.
 
     ``source``: a finetuned model folder (or `ehrfm finetune` output folder) -> a new run in ``experiment``
@@ -94,7 +75,9 @@ def register(source: str | Path, name: str = "ehrfm", alias: str | None = "champ
     version = mlflow.register_model(model_uri, name)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
-    return Registered(name, str(version.version), alias, model_uri, run_id, uri)
+    serve_uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version.version}"
+    return RegisterSummary(name=name, version=str(version.version), alias=alias, model_uri=model_uri,
+                           run_id=run_id, tracking_uri=uri, serve_uri=serve_uri)
 
 
 def _read_config(serving: Path) -> ServeConfig:

@@ -44,8 +44,7 @@ def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
     print(f"  serve with   : MLFLOW_TRACKING_URI={reg.tracking_uri} mlflow models serve -m {reg.serve_uri} "
           f"--env-manager local -h 127.0.0.1 -p 5001")
     print(f"done in {time.time() - t0:.1f} s")
-    return RegisterSummary(name=reg.name, version=reg.version, alias=reg.alias, model_uri=reg.model_uri,
-                           run_id=reg.run_id, tracking_uri=reg.tracking_uri, serve_uri=reg.serve_uri)
+    return reg
 
 
 def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
