@@ -28,6 +28,7 @@ import pandas as pd
 
 from ehrfm.evaluate import BaselineConfig, CountFeaturizer, ReportConfig, build_report
 from ehrfm.evaluate.baselines import _binary, _prepare
+from ehrfm.layout import Layout
 
 MIMIC = Path(__file__).resolve().parents[
     1].parent / "shared" / "data" / "mimic-iv-demo-meds" / "mimic_iv_demo_meds_events.parquet"
@@ -68,14 +69,15 @@ def mimic_dataset(root: Path) -> tuple[Path, Path]:
     """MEDS dir + labels dir for the MIMIC demo (see module docstring)."""
     df = pd.read_parquet(MIMIC).rename(columns={"value": "numeric_value"})[["subject_id", "time", "code",
                                                                             "numeric_value"]]
-    (root / "meds" / "data").mkdir(parents=True)
-    (root / "meds" / "metadata").mkdir()
-    df.to_parquet(root / "meds" / "data" / "part-0.parquet")
+    lay = Layout(root=str(root))
+    meds = lay.meds_paths
+    meds.data.mkdir(parents=True)
+    meds.metadata.mkdir()
+    df.to_parquet(meds.data / "part-0.parquet")
     sids = np.sort(df["subject_id"].unique())
     pd.DataFrame({"subject_id": sids,
                   "split": np.select([sids % 5 < 3, sids % 5 == 3], ["train", "tuning"],
-                                     "held_out")}).to_parquet(
-        root / "meds" / "metadata" / "subject_splits.parquet")
+                                     "held_out")}).to_parquet(meds.subject_splits)
     adm = df[df["code"].str.startswith("HOSPITAL_ADMISSION")].sort_values(["subject_id", "time"])
     dis = df[df["code"].str.startswith("HOSPITAL_DISCHARGE")].sort_values(["subject_id", "time"])
     death = df[df["code"] == "MEDS_DEATH"].groupby("subject_id")["time"].min()
@@ -94,12 +96,11 @@ def mimic_dataset(root: Path) -> tuple[Path, Path]:
                          "duration_days": max((end - t) / np.timedelta64(1, "D"), 0.01),
                          "event": int(dt is not None)})
     lab = pd.DataFrame(rows)
-    (root / "labels").mkdir()
-    lab[["subject_id", "prediction_time",
-         "boolean_value"]].to_parquet(root / "labels" / "readmission_30d.parquet")
-    lab[["subject_id", "prediction_time", "duration_days",
-         "event"]].to_parquet(root / "labels" / "mortality_tte.parquet")
-    return root / "meds", root / "labels"
+    lay.labels_dir.mkdir()
+    lab[["subject_id", "prediction_time", "boolean_value"]].to_parquet(lay.label_table("readmission_30d"))
+    tte = lab[["subject_id", "prediction_time", "duration_days", "event"]]
+    tte.to_parquet(lay.label_table("mortality_tte"))
+    return meds.root, lay.labels_dir
 
 
 def bench_mimic(n_boot: int) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def bench_mimic(n_boot: int) -> dict[str, Any]:
                            progress=False)
         elapsed = time.perf_counter() - t
     out: dict[str, Any] = {"report_s": elapsed, "tasks": {}}
-    for task, res in rep["tasks"].items():
+    for task, res in rep.to_dict()["tasks"].items():
         out["tasks"][task] = {"n_labels": res["n_labels"], "n_eval": res["n_eval"],
                               "models": {m: {k: v for k, v in i["metrics"].items()
                                              if k in ("auroc", "auprc", "prevalence", "harrell_c", "uno_c",

@@ -2,7 +2,7 @@
 
 Pipeline (each stage skipped when its output exists under ``--root``)::
 
-    ehrfm synth --n-patients N -> ingest fhir -> label -> prepare -> tokenize -> pretrain (tiny)
+    ehrfm synth --n_patients N -> ingest fhir -> label -> prepare -> tokenize -> pretrain (tiny)
     -> ehrfm finetune (MTF, every task; variants: full, lora, few-shot K) -> build_report(lr, hgb, cox, truth)
 
 Prints one table (held-out AUROC / Harrell's C / recall@10 with 95% subject-bootstrap CIs, the ratio to the
@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ehrfm.layout import Layout, RunPaths  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["readmission_30d", "mortality_inhospital", "mortality_30d_post_discharge", "los_gt_7d",
          "death_1y_tte",
@@ -39,26 +42,36 @@ def _ehrfm(*args: str) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
 
 
+def _layout(root: Path, variant: str | None = None) -> Layout:
+    """The bench's pipeline root; each finetuning variant has its own runs folder (shared pretraining)."""
+    return Layout(root=str(root), runs=str(root / f"runs_{variant}") if variant else None)
+
+
+def _overrides(items: list[str]) -> list[str]:
+    """``KEY=VALUE`` overrides as the CLI's dotted flags (``--trainer.max_steps 500``)."""
+    flags = []
+    for item in items:
+        key, _, value = item.partition("=")
+        flags += [f"--{key}", value]
+    return flags
+
+
 def prepare_data(root: Path, n: int, master: str, pretrain_sets: list[str], max_len: int = 512) -> None:
     """Run the stages whose outputs are missing."""
-    if not (root / "synth" / "truth").exists():
-        _ehrfm("synth", "--n-patients", str(n), "--seed", "0", "--output", str(root / "synth"),
-               "--no-progress")
-    if not (root / "meds" / "metadata" / "subject_splits.parquet").exists():
-        _ehrfm("ingest", "fhir", "--input", str(root / "synth"), "--output", str(root / "meds"), "--master",
-               master,
-               "--validate", "none")
-    if not (root / "labels" / "readmission_30d.parquet").exists():
-        _ehrfm("label", "--meds", str(root / "meds"), "--output", str(root / "labels"), "--master", master)
-    if not (root / "tokens" / "vocab.json").exists():
-        _ehrfm("prepare", "--meds", str(root / "meds"), "--output", str(root / "tokens"), "--engine", "local")
-    if not (root / "tokens" / "tasks").exists():
-        _ehrfm("tokenize", "--meds", str(root / "meds"), "--labels", str(root / "labels"), "--output",
-               str(root / "tokens"), "--max-len", str(max_len), "--engine", "local")
-    if not (root / "pretrain" / "model" / "model.pt").exists():
-        sets = [x for s in pretrain_sets for x in ("--set", s)]
-        _ehrfm("pretrain", "--data", str(root / "tokens"), "--output", str(root / "pretrain"),
-               "--set", "trainer.progress_bar=false", *sets)
+    lay, r = _layout(root), ["--root", str(root)]
+    spark = ["--spark.master", master]
+    if not lay.truth.exists():
+        _ehrfm("synth", *r, "--n_patients", str(n), "--seed", "0", "--progress", "false")
+    if not lay.meds_paths.subject_splits.exists():
+        _ehrfm("ingest", "fhir", *r, *spark, "--validate", "none")
+    if not lay.label_table("readmission_30d").exists():
+        _ehrfm("label", *r, *spark)
+    if not lay.token_paths.vocab.exists():
+        _ehrfm("prepare", *r, "--engine", "local")
+    if not lay.token_paths.tasks.exists():
+        _ehrfm("tokenize", *r, "--tokenizer.max_len", str(max_len), "--engine", "local")
+    if not (lay.pretrain_run.model / "model.pt").exists():
+        _ehrfm("pretrain", *r, "--trainer.progress_bar", "false", *_overrides(pretrain_sets))
 
 
 def variant_args(name: str) -> list[str]:
@@ -66,21 +79,22 @@ def variant_args(name: str) -> list[str]:
     if name == "full":
         return []
     if name == "lora":
-        return ["--lora", "--set", "optim.lr=3e-3"]
+        return ["--adapt.mode", "lora", "--optim.lr", "3e-3"]
     if name.startswith("fewshot"):
-        return ["--few-shot", name.removeprefix("fewshot")]
+        return ["--adapt.few_shot", name.removeprefix("fewshot")]
     raise SystemExit(f"unknown variant {name!r} (full, lora, fewshot<K>)")
 
 
 def run_variant(root: Path, name: str, tasks: list[str], sets: list[str]) -> Path:
-    """``ehrfm finetune`` for one variant into ``<root>/finetune_<name>`` (skipped when predictions exist)."""
-    out = root / f"finetune_{name}"
-    if not (out / "predictions.parquet").exists():
-        extra = [x for s in sets for x in ("--set", s)]
-        _ehrfm("finetune", "--checkpoint", str(root / "pretrain"), "--data", str(root / "tokens"), "--tasks",
-               ",".join(tasks), "--output", str(out), "--set", f"model_name=ehrfm_{name}",
-               "--set", "trainer.progress_bar=false", *variant_args(name), *extra)
-    return out
+    """``ehrfm finetune`` for one variant into ``<root>/runs_<name>/finetune`` (skipped when predictions
+    exist), starting from the shared pretraining run."""
+    run = _layout(root, name).finetune_run
+    if not run.predictions.exists():
+        _ehrfm("finetune", "--root", str(root), "--runs", str(_layout(root, name).runs_dir),
+               "--pretrained", str(_layout(root).pretrain_run.root), "--tasks", f"[{','.join(tasks)}]",
+               "--model_name", f"ehrfm_{name}", "--trainer.progress_bar", "false", *variant_args(name),
+               *_overrides(sets))
+    return run.root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,17 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="full", help="comma-separated: full, lora, fewshot<K>")
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--max-len", type=int, default=512, help="tokenize: tokens per row (pretrain/finetune "
-                    "data.max_len follow only via --pretrain-set/--finetune-set)")
+    ap.add_argument("--max-len", type=int, default=512, help="tokenize: tokens per row (pretraining and "
+                    "finetuning read it from the tokens)")
     ap.add_argument("--baselines", default="lr,hgb,cox")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "finetune_oracle.json")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import pandas as pd
-    from ehrfm.train.finetune_cli import report_table
 
     from ehrfm.evaluate import ReportConfig, build_report
+    from ehrfm.evaluate.stage import primary_table
 
     load0, t0 = os.getloadavg(), time.time()
     tasks = [t for t in args.tasks.split(",") if t]
@@ -114,24 +127,25 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.time()
         out = run_variant(args.root, v, tasks, args.finetune_set)
         timings[f"finetune_{v}_s"] = round(time.time() - t1, 1)
-        preds.append(pd.read_parquet(out / "predictions.parquet"))
+        preds.append(pd.read_parquet(RunPaths(out).predictions))
     t2 = time.time()
-    truth = args.root / "synth" / "truth" / "index_events.parquet"
+    lay = _layout(args.root)
+    truth = lay.truth
     base = args.root / "report_baselines" / "baseline_predictions.parquet"
     if args.baselines and not base.exists():  # fitted once per population, reused by later variants
-        build_report(None, args.root / "labels", args.root / "meds", tasks, base.parent,
+        build_report(None, lay.labels_dir, lay.meds_paths.root, tasks, base.parent,
                      [b for b in args.baselines.split(",") if b], truth, ReportConfig(n_boot=0),
                      progress=False)
     if args.baselines:
         preds.append(pd.read_parquet(base))
     timings["baselines_s"] = round(time.time() - t2, 1)
     t2 = time.time()
-    report = build_report(pd.concat(preds, ignore_index=True), args.root / "labels", args.root / "meds",
+    report = build_report(pd.concat(preds, ignore_index=True), lay.labels_dir, lay.meds_paths.root,
                           tasks,
                           args.root / "report", [], truth, ReportConfig(n_boot=args.bootstrap))
     timings["evaluate_s"] = round(time.time() - t2, 1)
-    print(report_table(report))
-    rows = summarize(report)
+    print(primary_table(report.primary_metrics()))
+    rows = summarize(report.to_dict())
     print(f"\n{'task':<30}{'model':<36}{'AUROC/C':>9}{'/oracle':>9}  95% CI")
     for r in rows:
         ratio = "" if r["over_oracle"] is None else f"{r['over_oracle']:.3f}"
@@ -141,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"n_patients": args.n_patients, "tasks": tasks, "variants": args.variants, "rows": rows,
               "timings": timings, "machine": {"cpus": os.cpu_count(), "loadavg_before": load0,
                                               "loadavg_after": os.getloadavg(), "shared": True},
-              "pretrain_summary": json.loads((args.root / "pretrain" / "summary.json").read_text()),
-              "finetune_summaries": {v: _finetune_summary(args.root / f"finetune_{v}")
+              "pretrain_summary": json.loads(lay.pretrain_run.summary.read_text()),
+              "finetune_summaries": {v: _finetune_summary(_layout(args.root, v).finetune_run)
                                      for v in args.variants.split(",")
                                      if v},
               "note": "stages found cached under --root are not re-timed: see the summaries' seconds"}
@@ -151,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _finetune_summary(out: Path) -> dict[str, Any]:
-    s = json.loads((out / "summary.json").read_text())
+def _finetune_summary(run: RunPaths) -> dict[str, Any]:
+    s = json.loads(run.summary.read_text())
     return {k: s.get(k)
             for k in ("global_step", "seconds", "mode", "few_shot", "train_rows", "trainable_parameters",
                                   "tuning")}

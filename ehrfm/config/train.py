@@ -246,6 +246,9 @@ class FinetuneConfig(ConfigBase):
     tte)."""
     patience: int = 4
     """Validations without improvement before stopping (0: never stop early)."""
+    pretrained: str | None = None
+    """The pretrained model to start from: a model folder or an `ehrfm pretrain` run folder (default: the
+    layout's pretraining run). Lets several finetuning runs (--runs elsewhere) share one pretraining."""
     model_name: str | None = None
     """The predictions' model column (default ehrfm_<backbone>)."""
     topk: int = 10

@@ -195,7 +195,11 @@ def run_finetune(cfg: FinetuneConfig, layout: Layout, *, callbacks: Sequence[Cal
 
     ``callbacks``: extra Lightning callbacks (tests, notebooks).
     """
-    tokens, src, run = layout.token_paths, layout.pretrain_run.model, layout.finetune_run
+    tokens, run = layout.token_paths, layout.finetune_run
+    src = layout.pretrain_run.model
+    if cfg.pretrained is not None:  # a model folder, or a run folder holding model/
+        given = Path(cfg.pretrained)
+        src = RunPaths(given).model if RunPaths(given).model.is_dir() else given
     if not ((src / MODEL_CONFIG).exists() and (src / MODEL_WEIGHTS).exists()):
         raise FileNotFoundError(f"{src}: no pretrained model ({MODEL_CONFIG} + {MODEL_WEIGHTS}); run "
                                 "`ehrfm pretrain` first (or point --runs at the runs folder holding "
