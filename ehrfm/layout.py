@@ -181,12 +181,13 @@ class Layout(ConfigBase):
     """Batch scores of `ehrfm score` (default <root>/scores)."""
 
     def _dir(self, override: str | None, name: str) -> Path:
-        return Path(override) if override else Path(self.root) / name
+        # absolute: Spark executors (and pyarrow writers on them) run in their own working folders
+        return Path(override).absolute() if override else self.root_dir / name
 
     @property
     def root_dir(self) -> Path:
-        """The pipeline root as a path."""
-        return Path(self.root)
+        """The pipeline root as an absolute path (relative roots are taken from the current folder)."""
+        return Path(self.root).absolute()
 
     @property
     def synthetic_dir(self) -> Path:

@@ -104,7 +104,7 @@ def test_flags_build_the_config_and_layout() -> None:
     cfg, layout = split_namespace(stage("ingest meds"), ns["ingest"]["meds"].as_dict())
     assert cfg == MedsIngestConfig(input="x.parquet", split_ratios=(0.6, 0.2, 0.2), numeric_col="value",
                                    spark=SparkConfig(conf={"spark.x": "1"}))
-    assert layout.meds_paths.root == Path("out")
+    assert layout.meds_paths.root == Path("out").absolute()  # executors write where the driver reads
     ns = build_parser().parse_args(["ingest", "fhir", "--input+", "a", "--input+", "b/*.json"])
     cfg, _ = split_namespace(stage("ingest fhir"), ns["ingest"]["fhir"].as_dict())
     assert isinstance(cfg, FhirIngestConfig) and cfg.input == ["a", "b/*.json"]
@@ -130,11 +130,11 @@ def test_errors_before_spark_name_the_field(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_output_is_the_layouts_meds_folder_and_a_uri_stays_intact() -> None:
-    assert Layout(root="out").meds_uri == str(Path("out") / "meds")
+    assert Layout(root="out").meds_uri == str(Path("out").absolute() / "meds")
     assert Layout(root="out", meds="/data/m/").meds_uri == str(Path("/data/m"))
     assert Layout(meds="hdfs:///meds/mimic/").meds_uri == "hdfs:///meds/mimic"
     assert Layout(root="s3://bucket/run").meds_uri == "s3://bucket/run/meds"
-    assert Layout(root="s3://bucket/run", meds="local").meds_uri == "local"
+    assert Layout(root="s3://bucket/run", meds="local").meds_uri == str(Path("local").absolute())
 
 
 def test_meds_file_names_match_the_meds_package() -> None:
