@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ehrfm.evaluate.data import attach_split, load_labels, load_splits, task_kind
+from ehrfm.layout import TokenPaths
 from ehrfm.schema import TOKEN_STREAMS, TokenType
 from ehrfm.tokenize.direct import read_tokens
 from ehrfm.vocab import Vocabulary
@@ -21,8 +22,8 @@ STREAMS = TOKEN_STREAMS
 
 def load_token_rows(tokens_dir: str | Path, task: str | None = None) -> pd.DataFrame:
     """Token rows as a DataFrame (TOKENS_SCHEMA columns): pretraining rows, or one task's rows."""
-    base = Path(tokens_dir)
-    folder = base / "pretrain" if task is None else base / "tasks" / task
+    base = TokenPaths(Path(tokens_dir))
+    folder = base.pretrain if task is None else base.task(task)
     if not folder.exists():
         raise FileNotFoundError(f"{folder} not found: run `ehrfm tokenize` (task rows need --labels)")
     frame: pd.DataFrame = read_tokens(folder).to_pandas()

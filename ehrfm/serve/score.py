@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
+from ehrfm.layout import MedsPaths, TokenPaths
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
 from ehrfm.serve.core import SERVE_JSON, Scorer
 
@@ -116,7 +117,8 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
     from pyspark.sql import functions as F
 
     local = Scorer(folder)
-    names = list(tasks) if tasks else [t for t in local.tasks if (Path(tokens_dir) / "tasks" / t).is_dir()]
+    tokens = TokenPaths(Path(tokens_dir))
+    names = list(tasks) if tasks else [t for t in local.tasks if tokens.task(t).is_dir()]
     if not names:
         raise FileNotFoundError(f"--tokens {tokens_dir}: no tasks/<task>/ folder for the model's tasks "
                                 f"{local.tasks}")
@@ -127,7 +129,7 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
     frames = []
     for t in names:
         local.spec(t)
-        df = spark.read.parquet(str(Path(tokens_dir) / "tasks" / t)).select(*cols)
+        df = spark.read.parquet(str(tokens.task(t))).select(*cols)
         frames.append(df.filter(F.col("split").isin(list(splits))) if splits else df)
     rows = frames[0]
     for f in frames[1:]:
@@ -161,7 +163,7 @@ def score_meds(spark: SparkSession, folder: Path, meds_dir: str | Path, predicti
     where, model_name = _shipped(spark, folder), local.fm.model_name
     pt = pd.Timestamp(prediction_time) if prediction_time else None
     events = read_events_spark(spark, meds_dir)
-    splits_path = Path(meds_dir) / "metadata" / "subject_splits.parquet"
+    splits_path = MedsPaths(Path(meds_dir)).subject_splits
     split_of: dict[int, str] = {}
     if splits_path.exists():
         sp = pd.read_parquet(splits_path)
