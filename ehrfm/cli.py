@@ -76,6 +76,8 @@ STAGES: tuple[Stage, ...] = (
           "register a finetuned model in the MLflow registry (self-contained)"),
     Stage("score", "ehrfm.config.serve:ScoreConfig", "ehrfm.serve.stage:run_score",
           "batch-score a population with a registered model (Spark)"),
+    Stage("serve", "ehrfm.config.server:ServerConfig", "ehrfm.serve.server.stage:run",
+          "serve a registered model over HTTP: MLflow protocol, FHIR $risk, CDS Hooks (hardened)"),
     Stage("demo", "ehrfm.config.demo:DemoConfig", "ehrfm.demo:run",
           "the end-to-end demo on the embedded defaults", root="demo_out"),
 )

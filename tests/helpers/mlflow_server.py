@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,16 +75,41 @@ def serve(model_uri: str, log: str | Path, *, tracking_uri: str | None = None, p
     ``EHRFM_SERVE_MAX_REQUEST_BYTES``). Raises ``RuntimeError`` with the log tail when ``/ping`` does not
     answer within ``start_timeout_s``. The process group is gone when the context exits.
     """
+    venv_bin = str(Path(sys.executable).parent)
     port = port or free_port()
+    cmd = [f"{venv_bin}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with _started(cmd, port, log, tracking_uri=tracking_uri, env=env, start_timeout_s=start_timeout_s,
+                  grace_s=grace_s) as server:
+        yield server
+
+
+@contextmanager
+def ehrfm_serve(model: str, log: str | Path, *, args: Sequence[str] = (), tracking_uri: str | None = None,
+                port: int | None = None, env: Mapping[str, str] | None = None, start_timeout_s: float = 180,
+                grace_s: float = 10) -> Iterator[Server]:
+    """Start ``ehrfm serve --model model --port <free>`` (plus ``args``) on 127.0.0.1, like :func:`serve`;
+    ``/ping`` answers once every worker has loaded the model."""
+    venv_bin = str(Path(sys.executable).parent)
+    port = port or free_port()
+    cmd = [f"{venv_bin}/ehrfm", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port), *args]
+    with _started(cmd, port, log, tracking_uri=tracking_uri, env=env, start_timeout_s=start_timeout_s,
+                  grace_s=grace_s) as server:
+        yield server
+
+
+@contextmanager
+def _started(cmd: Sequence[str], port: int, log: str | Path, *, tracking_uri: str | None,
+             env: Mapping[str, str] | None, start_timeout_s: float, grace_s: float) -> Iterator[Server]:
+    """Run ``cmd`` in its own process group until ``/ping`` answers; stop the group on exit."""
     venv_bin = str(Path(sys.executable).parent)
     full_env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", **(env or {})}
     if tracking_uri:
         full_env["MLFLOW_TRACKING_URI"] = tracking_uri
     log = Path(log)
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([f"{venv_bin}/mlflow", "models", "serve", "-m", model_uri,
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                                env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(list(cmd), env=full_env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", proc.pid, log)
     try:
         deadline = time.time() + start_timeout_s
