@@ -10,6 +10,21 @@ under one Patient (references rewritten) until it reaches ``--long-events``. Eac
 patient; the time includes JSON parsing, FHIR validation, mapping, tokenization, the model and the
 RiskAssessment output. The model sees the most recent ``max_len`` (512) tokens.
 Timings on a shared, loaded CPU are noisy: the load average is recorded beside them.
+
+``--load``: throughput under concurrency, ``ehrfm serve`` and ``mlflow models serve`` side by side in one run.
+
+    .venv/bin/python bench/serve.py --load [--seconds 60] [--clients 8] [--workers 2] [--servers ehrfm,mlflow]
+
+Both serve the same registered tiny model (``models:/ehrfm@champion`` in a temporary sqlite store), one
+after the other (never both at once: on a 2-core machine they would measure each other), each with
+``--workers`` scoring processes. ``--clients`` threads POST real Synthea bundles of 0.24-3.8 MB
+(sampled from MANIFEST.csv, one patient per request) to ``/invocations`` as
+``{"dataframe_records": [{"bundle": ...}]}`` for ``--seconds`` (no new request starts after that; those in
+flight finish). Reports throughput (2xx answers per second of wall time), p50/p95/p99 latency of the 2xx
+answers, non-2xx answers and client errors by status, and the resident memory of the server's whole
+process tree (psutil): after start-up, before the timed load (after an untimed warm-up), its peak while
+loaded (sampled every 0.5 s), and after. Table on stdout; ``bench/results/serve_load.json`` with the
+machine (cores, load average) and the ratios.
 """
 
 from __future__ import annotations
@@ -17,12 +32,19 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import http.client
 import json
 import os
+import platform
+import random
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +65,14 @@ def _manifest() -> list[dict[str, str]]:
 
 
 def _text(row: dict[str, str]) -> str:
-    return gzip.open(DATA / row["file"]).read().decode("utf-8")
+    with gzip.open(DATA / row["file"]) as fh:
+        return fh.read().decode("utf-8")
 
 
 def _n_events(text: str) -> int:
     from ehrfm.ingest.fhir.bundle import bundle_to_events
 
-    return bundle_to_events(text, validate="none").events.num_rows
+    return int(bundle_to_events(text, validate="none").events.num_rows)
 
 
 def short_bundles(k: int, lo: int = 85, hi: int = 140) -> list[tuple[str, int]]:
@@ -102,15 +125,231 @@ def time_calls(call: Any, payloads: list[str], n: int) -> list[float]:
         out.append((time.perf_counter() - t0) * 1000)
     return out
 
+# ---------------------------------------------------------------------------------------------------------
+# --load: ehrfm serve vs mlflow models serve under concurrent clients
+
+LOAD_BYTES = (240_000, 3_800_000)  # the bundle sizes of the issue's load measurement
+PING_TIMEOUT_S = 300.0  # start-up: the model loads in every worker, on a loaded machine
+
+
+def load_bundles(k: int, seed: int) -> list[str]:
+    """``k`` real patient bundles (JSON text) sampled with ``seed`` among those of 0.24-3.8 MB."""
+    rows = [r for r in _manifest() if LOAD_BYTES[0] <= int(r["json_bytes"]) <= LOAD_BYTES[1]]
+    return [_text(r) for r in random.Random(seed).sample(rows, min(k, len(rows)))]
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and all its descendants (workers come and go: skip the gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += p.memory_info().rss
+    return total
+
+
+class RssPeak(threading.Thread):
+    """Samples :func:`tree_rss` every ``every_s`` until :meth:`stop`; ``peak`` is the largest sample."""
+
+    def __init__(self, pid: int, every_s: float = 0.5) -> None:
+        super().__init__(daemon=True, name="rss-peak")
+        self.pid, self.every_s, self.peak = pid, every_s, tree_rss(pid)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        """Sample until stopped."""
+        while not self._done.wait(self.every_s):
+            self.peak = max(self.peak, tree_rss(self.pid))
+
+    def stop(self) -> int:
+        """Stop sampling; the peak in bytes."""
+        self._done.set()
+        self.join(timeout=5)
+        return self.peak
+
+
+def post(url: str, body: bytes, timeout: float) -> str:
+    """POST ``body`` as JSON; the HTTP status as text, or the client-side failure's exception name."""
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+            return str(r.status)
+    except urllib.error.HTTPError as e:
+        e.read()
+        return str(e.code)
+    except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out: no HTTP answer
+        return type(e).__name__
+
+
+def drive(url: str, bodies: list[bytes], order: list[int], clients: int, seconds: float, timeout: float,
+          max_requests: int | None = None) -> tuple[list[tuple[str, float]], float]:
+    """``clients`` threads POST ``bodies`` (request j sends ``bodies[order[j % len(order)]]``) until
+    ``seconds`` have passed (or ``max_requests`` were started); requests in flight then finish.
+    Returns (status, latency ms) per request and the wall time in seconds."""
+    lock, results = threading.Lock(), []
+    counter = iter(range(10**9))
+    t0 = time.perf_counter()
+
+    def client() -> None:
+        while time.perf_counter() - t0 < seconds:
+            with lock:
+                j = next(counter)
+            if max_requests is not None and j >= max_requests:
+                return
+            t = time.perf_counter()
+            status = post(url, bodies[order[j % len(order)]], timeout)
+            with lock:
+                results.append((status, (time.perf_counter() - t) * 1000))
+
+    threads = [threading.Thread(target=client, name=f"client-{i}") for i in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results, time.perf_counter() - t0
+
+
+def load_row(results: list[tuple[str, float]], wall_s: float) -> dict[str, Any]:
+    """Throughput, latency percentiles of the 2xx answers, and the rest counted by status."""
+    ok = [ms for status, ms in results if status.startswith("2")]
+    a = np.asarray(ok) if ok else np.asarray([np.nan])
+    errors = Counter(status for status, _ in results if not status.startswith("2"))
+    return {"requests": len(results), "ok": len(ok), "errors": dict(sorted(errors.items())),
+            "wall_s": round(wall_s, 1), "throughput_rps": round(len(ok) / wall_s, 3),
+            **{f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)},
+            "mean_ms": round(float(a.mean()), 1)}
+
+
+def server_cmd(server: str, model_uri: str, port: int, workers: int) -> list[str]:
+    """The command line of ``server`` (``ehrfm`` or ``mlflow``) on 127.0.0.1:``port`` (the ``PATH`` given to
+    it puts this venv's ``bin/`` first: mlflow starts its ``uvicorn`` from there)."""
+    venv_bin = str(Path(sys.executable).parent)
+    if server == "ehrfm":
+        return [f"{venv_bin}/ehrfm", "serve", "--model", model_uri, "--host", "127.0.0.1",
+                "--port", str(port), "--workers", str(workers)]
+    if server == "mlflow":
+        return [f"{venv_bin}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
+    raise ValueError(f"--servers: unknown server {server!r} (ehrfm, mlflow)")
+
+
+def load_main(args: argparse.Namespace) -> int:
+    """``--load``: both servers on one registered tiny model, one after the other; table and JSON."""
+    import pandas as pd
+    import psutil
+    import torch
+
+    # the tests' runner: own process group, /ping with a deadline, group stop with bounded waits
+    from helpers.mlflow_server import _started, free_port
+    from helpers.tiny_model import tiny_finetuned
+
+    from ehrfm.ingest.fhir.bundle import bundle_to_events
+    from ehrfm.serve.register import register
+
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for s in servers:
+        server_cmd(s, "", 0, 1)  # fail on a bad name before minutes of set-up
+    output = Path(args.output or ROOT / "bench" / "results" / "serve_load.json")
+    torch.set_num_threads(1)
+    texts = load_bundles(args.bundles, args.seed)
+    bodies = [json.dumps({"dataframe_records": [{"bundle": t}]}).encode() for t in texts]
+    order = list(range(len(bodies)))
+    random.Random(args.seed + 1).shuffle(order)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-load-") as tmp:
+        # vocabulary and bins from a few of the sampled patients (the weights are random anyway)
+        events = pd.concat([bundle_to_events(t, validate="none").events_df() for t in texts[:6]])
+        ft = tiny_finetuned(events, Path(tmp) / "finetuned", d_model=64, n_layers=2)
+        reg = register(ft, "ehrfm", "champion", store_dir=tmp)
+        # no bearer token in the way (ehrfm serve reads it from the environment)
+        os.environ.pop("EHRFM_SERVE_TOKEN", None)
+        env = {"OMP_NUM_THREADS": "1"}
+        for server in servers:
+            port = free_port()
+            log = Path(tmp) / f"{server}.log"
+            row: dict[str, Any] = {"server": server, "workers": args.workers, "clients": args.clients,
+                                   "seconds": args.seconds, "load1_before": round(os.getloadavg()[0], 2)}
+            print(f"[{server}] starting: {' '.join(server_cmd(server, reg.serve_uri, port, args.workers))}",
+                  flush=True)
+            try:
+                with _started(server_cmd(server, reg.serve_uri, port, args.workers), port, log,
+                              tracking_uri=reg.tracking_uri, env=env, start_timeout_s=PING_TIMEOUT_S,
+                              grace_s=10) as srv:
+                    row["rss_ready_mb"] = round(tree_rss(srv.pgid) / 2**20)
+                    # untimed warm-up: every worker has loaded the model and scored a few requests
+                    drive(srv.invocations, bodies, order, args.workers, 1e9, args.client_timeout,
+                          max_requests=2 * args.workers)
+                    row["rss_before_mb"] = round(tree_rss(srv.pgid) / 2**20)
+                    sampler = RssPeak(srv.pgid)
+                    sampler.start()
+                    results, wall = drive(srv.invocations, bodies, order, args.clients, args.seconds,
+                                          args.client_timeout)
+                    row["rss_peak_mb"] = round(sampler.stop() / 2**20)
+                    row["rss_after_mb"] = round(tree_rss(srv.pgid) / 2**20)
+                    row["processes"] = 1 + len(psutil.Process(srv.pgid).children(recursive=True))
+                    row.update(load_row(results, wall))
+            except RuntimeError as e:  # did not start: the message holds the log tail
+                row["error"] = str(e).splitlines()[0]
+                print(e, flush=True)
+            row["load1_after"] = round(os.getloadavg()[0], 2)
+            rows.append(row)
+            print(row, flush=True)
+    print(pd.DataFrame(rows).drop(columns=["errors"], errors="ignore").to_string(index=False))
+    for row in rows:
+        print(f"{row['server']}: errors by status {row.get('errors', row.get('error'))}")
+    by = {r["server"]: r for r in rows if "throughput_rps" in r}
+    ratios = {}
+    if {"ehrfm", "mlflow"} <= by.keys():
+        ours, theirs = by["ehrfm"], by["mlflow"]
+        keys = ("throughput_rps", "p50_ms", "p99_ms", "rss_peak_mb")
+        ratios = {k: round(ours[k] / theirs[k], 3) for k in keys
+                  if theirs[k] and ours[k] == ours[k] and theirs[k] == theirs[k]}  # x == x: not NaN
+        print(f"ehrfm / mlflow: {ratios}")
+    result = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                    "note": "shared with other engineers' jobs unless load1 says otherwise"},
+        "model": "tiny preset (mamba d_model=64, 2 layers), random weights, models:/ehrfm@champion",
+        "workload": {"bundles": len(bodies), "bundle_bytes": [min(map(len, texts)), max(map(len, texts))],
+                     "seed": args.seed, "clients": args.clients, "seconds": args.seconds,
+                     "workers": args.workers, "order": servers,
+                     "request": '{"dataframe_records": [{"bundle": <bundle JSON text>}]} to /invocations'},
+        "rows": rows, "ratio_ehrfm_over_mlflow": ratios,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1))
+    print(f"-> {output}")
+    return 0 if all("error" not in r for r in rows) else 1
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the table; write the JSON."""
+    """Run the benchmark (latency, or ``--load``); print the table; write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short-n", type=int, default=20)
     ap.add_argument("--long-n", type=int, default=5)
     ap.add_argument("--long-events", type=int, default=5000)
-    ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "serve.json"))
+    ap.add_argument("--load", action="store_true", help="throughput under concurrent clients, both servers")
+    ap.add_argument("--seconds", type=float, default=60.0, help="--load: timed load per server")
+    ap.add_argument("--clients", type=int, default=8, help="--load: concurrent client threads")
+    ap.add_argument("--workers", type=int, default=2, help="--load: scoring processes per server")
+    ap.add_argument("--servers", default="ehrfm,mlflow", help="--load: which servers, in this order")
+    ap.add_argument("--bundles", type=int, default=24, help="--load: real bundles sampled (0.24-3.8 MB)")
+    ap.add_argument("--seed", type=int, default=0, help="--load: bundle sample and request order")
+    ap.add_argument("--client-timeout", type=float, default=120.0, help="--load: per request, seconds")
+    ap.add_argument("--output", default=None,
+                    help="default bench/results/serve.json (serve_load.json with --load)")
     args = ap.parse_args(argv)
+    if args.load:
+        return load_main(args)
+    args.output = args.output or str(ROOT / "bench" / "results" / "serve.json")
 
     import mlflow
     import pandas as pd
