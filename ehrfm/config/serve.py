@@ -13,7 +13,9 @@ from ehrfm.config.tokenize import TokenizerConfig
 
 @dataclass
 class Limits(ConfigBase):
-    """Request limits: bad or huge input gets a 4xx naming the limit, not an out-of-memory server."""
+    """Request limits: bad or huge input gets a 4xx naming the limit, not an out-of-memory server. Every limit
+    is checked before the work it bounds (bytes before parsing, JSON shape and resource counts before
+    mapping), so a hostile request costs milliseconds."""
 
     max_request_bytes: int = 32_000_000
     """Largest bundle / events JSON string of one row."""
@@ -21,12 +23,27 @@ class Limits(ConfigBase):
     """Most events of one patient after mapping."""
     max_patients: int = 256
     """Most rows of one request."""
+    max_body_bytes: int = 64_000_000
+    """Whole request: the server enforces it while streaming the body; ``predict_frame`` checks the sum of
+    all rows' bundle/events text against it too."""
+    max_json_depth: int = 64
+    """Deepest nesting of one row's JSON (FHIR Bundles nest about 10 levels)."""
+    max_json_elements: int = 4_000_000
+    """Most JSON values (containers and scalars) in one row's JSON."""
+    max_resources: int = 100_000
+    """Most entries of one Bundle, counted before any mapping or validation."""
+    max_clock_skew_s: int = 300
+    """An explicit ``prediction_time`` later than now + this many seconds is refused."""
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_events", "max_patients"):
+        for name in ("max_request_bytes", "max_events", "max_patients", "max_body_bytes", "max_json_depth",
+                     "max_json_elements", "max_resources"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1, f"limits.{name}", value,
-                    "must be a positive integer")
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"limits.{name}",
+                    value, "must be a positive integer")
+        skew = self.max_clock_skew_s
+        require(isinstance(skew, int) and not isinstance(skew, bool) and skew >= 0, "limits.max_clock_skew_s",
+                skew, "must be a non-negative integer (seconds)")
 
 
 @dataclass
@@ -43,6 +60,13 @@ class ServeConfig(ConfigBase):
     """FHIR structural validation of every mapped resource at serving time."""
     model_version: str = ""
     """Filled at registration; goes into RiskAssessment.method."""
+    strict: bool = False
+    """false (default): a rejected resource is left out and the patient scored on the rest (``partial``,
+    the rejects listed in ``issues``); true: any rejected resource refuses the patient (422)."""
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.strict, bool), "strict", self.strict, "must be true or false")
+        require(self.validate in ("full", "none"), "validate", self.validate, "must be 'full' or 'none'")
 
 
 @dataclass
@@ -100,25 +124,33 @@ class ScoreConfig(ConfigBase):
 
     model: str = "models:/ehrfm@champion"
     """MLflow model URI (models:/name@alias, runs:/...) or a local serving/model folder."""
-    source: Literal["tokens", "meds"] = "tokens"
+    source: Literal["tokens", "meds", "fhir"] = "tokens"
     """tokens: the task rows of the layout's tokens (their prediction_time); meds: every subject of the
-    layout's
-    MEDS dataset at prediction_time."""
+    layout's MEDS dataset at prediction_time; fhir: every FHIR Bundle file (one patient each) under
+    ``input``, scored as the server scores it."""
+    input: str | None = None
+    """source=fhir: folder of Bundle files (``*.json``, ``*.json.gz``, searched recursively)."""
+    rejects: str | None = None
+    """source=fhir: parquet folder of the files that could not be scored (file, status, message); default
+    ``<scores>_rejects`` next to the predictions."""
     tasks: list[str] = field(default_factory=list)
     """Tasks to score (empty: every task of the model)."""
     splits: list[str] = field(default_factory=list)
     """source=tokens: splits to score (empty: all)."""
     prediction_time: str | None = None
-    """source=meds: one ISO time for everyone (default: each subject's last event, as served)."""
+    """source=meds or fhir: one ISO time for everyone (default: each subject's last event, as served)."""
     tracking_uri: str | None = None
     """MLflow store of a models:/ URI (default: $MLFLOW_TRACKING_URI, else the layout's sqlite store)."""
     spark: SparkConfig = field(default_factory=SparkConfig)
     """Spark session settings."""
 
     def __post_init__(self) -> None:
-        require(self.prediction_time is None or self.source == "meds", "prediction_time",
-                self.prediction_time,
-                "only with source=meds")
+        require(self.prediction_time is None or self.source in ("meds", "fhir"), "prediction_time",
+                self.prediction_time, "only with source=meds or source=fhir")
+        require((self.input is not None) == (self.source == "fhir"), "input", self.input,
+                "give the folder of Bundle files with source=fhir, and only then")
+        require(self.rejects is None or self.source == "fhir", "rejects", self.rejects,
+                "only with source=fhir")
 
 
 @dataclass
@@ -131,3 +163,7 @@ class ScoreSummary(ConfigBase):
     """Per task: rows and mean score."""
     seconds: float
     """Wall time."""
+    rejects: str | None = None
+    """source=fhir: parquet folder of the files that could not be scored (file, status, message)."""
+    rejected: int = 0
+    """source=fhir: how many files could not be scored."""

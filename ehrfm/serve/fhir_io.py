@@ -3,114 +3,278 @@
 Input: a DataFrame (or records) with, per row, ``bundle`` (a FHIR R4 Bundle as JSON text, one patient) or
 ``events`` (a JSON list of MEDS events ``{subject_id, time, code, numeric_value?, encounter_id?}``), and
 optionally ``prediction_time`` (ISO 8601; default the last event time) and ``tasks`` (comma-separated).
-Bad input raises :class:`InputError` with a message naming the row and the field, never echoing values
-(a patient's data must not reach logs through an error message).
+
+Partial records: by default a resource the ingest rejects (FHIR validation, an impossible time, a bad
+value, a subject other than the Bundle's Patient) is left out and the patient is scored on the rest; the
+rejects are kept as :class:`Issue` rows (``PatientInput.issues``) and answered as a FHIR OperationOutcome
+(:func:`operation_outcome`). ``strict=True`` refuses the patient instead. The Patient itself missing or
+rejected always refuses the row.
+
+Bad input raises :class:`InputError` with an HTTP-like ``status`` (400 malformed, 413 over a limit, 422
+well-formed but unscorable) and a message naming the row, the field and the limit. Messages never hold a
+value from the payload (a patient's data must not reach logs through an error message): reasons coming
+from the mapper are scrubbed of the offending resource's values (:func:`scrub`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.bundle import bundle_to_events
+from ehrfm.ingest.fhir.ids import subject_id_for
+from ehrfm.ingest.fhir.mapper import subject_of
+from ehrfm.ingest.fhir.records import bundle_entry_records
+from ehrfm.ingest.fhir.rules import load_rules
+from ehrfm.ingest.fhir.validate import is_known_type
 from ehrfm.schema import CODE, ENCOUNTER_ID, EVENT_COLUMNS, NUMERIC_VALUE, SUBJECT_ID, TIME
 from ehrfm.serve.core import Limits
 
 INPUT_COLUMNS = ("bundle", "events", "prediction_time", "tasks")
 UCUM = "http://unitsofmeasure.org"
+BAD_REQUEST, TOO_LARGE, UNPROCESSABLE = 400, 413, 422
+MAX_TASKS_CHARS = 4_096
+"""A ``tasks`` value longer than this is refused before it is split (a task list is a few names)."""
+MAX_LISTED_ISSUES = 1_000
+"""Issues listed one by one in an OperationOutcome; the rest are counted in one more issue."""
+_SHOWN_IN_ERRORS = 3  # rejects quoted in a strict-mode error message
 
 
 class InputError(ValueError):
-    """A request the model cannot score; the message names the row, the field and the problem."""
+    """A request the model cannot score; the message names the row, the field and the problem.
+
+    ``status``: 400 malformed JSON or a field of the wrong shape, 413 over a size or count limit, 422
+    well-formed but unscorable (the default).
+    """
+
+    def __init__(self, message: str, status: int = UNPROCESSABLE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Issue:
+    """One resource left out of a patient's record: where it was (request ``row``, Bundle ``entry``,
+    its type and id), the ``field`` to blame (dotted path, ``|`` between alternatives) and why (scrubbed of
+    payload values). ``resource_type`` is None unless it is a FHIR type: a misspelt type is payload text."""
+
+    row: int
+    entry: int | None
+    resource_type: str | None
+    resource_id: str | None
+    field: str | None
+    reason: str
 
 
 @dataclass
 class PatientInput:
     """One request row, parsed: ``events`` in EVENTS_SCHEMA columns, ``patient_ref`` the FHIR Patient id
-    (None for MEDS input), ``prediction_time`` (None = last event), ``tasks`` (None = every task)."""
+    (None for MEDS input), ``prediction_time`` (None = last event), ``tasks`` (None = every task),
+    ``issues`` the resources left out of a partial record."""
 
     row: int
     events: pd.DataFrame
     patient_ref: str | None
     prediction_time: pd.Timestamp | None
     tasks: list[str] | None
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """True when some resource was left out."""
+        return bool(self.issues)
 
 
 def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
 
 
-def _text(row: int, name: str, value: Any, limits: Limits) -> str | bytes:
-    if isinstance(value, (dict, list)):  # already-parsed JSON (e.g. a Python caller): measure its text
-        value = jsonio.dumps(value)
-    if not isinstance(value, (str, bytes)):
-        raise InputError(f"row {row}: field {name!r} must be JSON text, got {type(value).__name__}")
-    if isinstance(value, str):
-        value = str(value)  # numpy.str_ (MLflow's "inputs" parsing) is a str that orjson refuses
-    text: str | bytes = value
-    size = len(value.encode("utf-8") if isinstance(value, str) else value)
+def _text(row: int, name: str, value: Any, limits: Limits) -> tuple[str | bytes | dict[str, Any] | list[Any],
+                                                                       int]:
+    """``(value, bytes)`` of a row's JSON field, refused over ``max_request_bytes`` before any parsing.
+
+    Already-parsed JSON (a Python caller) is bounded first (depth, element count) and measured as text.
+    """
+    if isinstance(value, (dict, list)):
+        try:
+            jsonio.check_bounds(value, limits.max_json_depth, limits.max_json_elements)
+        except jsonio.JsonLimitError as e:
+            raise InputError(f"row {row}: field {name!r}: {e}", TOO_LARGE) from None
+        size = len(jsonio.dumps(value))
+    elif isinstance(value, (str, bytes)):
+        value = str(value) if isinstance(value, str) else value  # numpy.str_ (MLflow "inputs") -> str
+        # a character is at least one UTF-8 byte: a long string is refused before it is encoded
+        size = len(value) if isinstance(value, bytes) or len(value) > limits.max_request_bytes else len(
+            value.encode("utf-8", "surrogatepass"))
+    else:
+        raise InputError(f"row {row}: field {name!r} must be JSON text, got {type(value).__name__}",
+                         BAD_REQUEST)
     if size > limits.max_request_bytes:
         raise InputError(f"row {row}: field {name!r} is {size:,} bytes, over the limit "
-                         f"max_request_bytes={limits.max_request_bytes:,}")
-    return text
+                         f"max_request_bytes={limits.max_request_bytes:,}", TOO_LARGE)
+    return value, size
 
 
-def _json(row: int, name: str, text: str | bytes) -> Any:
+def _json(row: int, name: str, value: str | bytes | dict[str, Any] | list[Any], limits: Limits) -> Any:
+    """Parse (bounded: depth, element count); 400 for malformed JSON, 413 over a JSON limit."""
+    if isinstance(value, (dict, list)):
+        return value  # bounded by _text
     try:
-        return jsonio.loads(text)
-    except ValueError as e:  # orjson / json decode errors name the position, not the content
-        raise InputError(f"row {row}: field {name!r} is not valid JSON ({e})") from None
+        return jsonio.loads_bounded(value, limits.max_json_depth, limits.max_json_elements)
+    except jsonio.JsonLimitError as e:
+        raise InputError(f"row {row}: field {name!r}: {e}", TOO_LARGE) from None
+    except ValueError as e:
+        if "depth limit" in str(e) or "recursion" in str(e).lower():  # the parser's own nesting stop
+            raise InputError(f"row {row}: field {name!r}: JSON nested deeper than "
+                             f"max_json_depth={limits.max_json_depth}", TOO_LARGE) from None
+        # decode errors carry a fixed description and a position; the message is scrubbed all the same
+        where = (f" ({scrub(e.msg)} at line {e.lineno}, column {e.colno})"
+                 if isinstance(e, json.JSONDecodeError) else "")
+        raise InputError(f"row {row}: field {name!r} is not valid JSON{where}", BAD_REQUEST) from None
 
 
-def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full") -> tuple[pd.DataFrame, str]:
-    """A Bundle (JSON text) -> (events, Patient logical id). Exactly one Patient is required; any
-    resource the ingest rejects (FHIR validation, impossible times, ...) fails the request with its
-    type, id, field and reason, so nothing is scored from a silently partial record."""
-    bundle = _json(row, "bundle", _text(row, "bundle", value, limits))
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_MIN_SCRUBBED = 3  # shorter strings (units, flags) would blank out ordinary words of a reason
+
+
+def _strings(resource: Any) -> Iterator[str]:
+    """Every string value in a resource (not keys, not ``resourceType``), without recursion."""
+    stack = [resource]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(v for k, v in node.items() if k != "resourceType")
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and len(node) >= _MIN_SCRUBBED:
+            yield node
+
+
+def scrub(reason: str, resource: Any = None) -> str:
+    """``reason`` without payload values: quoted text and any string value of ``resource`` (codes, ids,
+    values a mapper or validator message may quote) become ``<value>``."""
+    for value in sorted(set(_strings(resource)), key=len, reverse=True):
+        if value in reason:
+            reason = reason.replace(value, "<value>")
+    return _QUOTED.sub("<value>", reason)
+
+
+def _entries(row: int, bundle: Any, limits: Limits) -> list[Any]:
+    """The Bundle's entries after the shape checks (400) and the resource count limit (413)."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        got = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
-        raise InputError(f"row {row}: field 'bundle.resourceType' must be 'Bundle', got {got!r}")
+        raise InputError(f"row {row}: field 'bundle.resourceType' must be 'Bundle'", BAD_REQUEST)
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
-        raise InputError(f"row {row}: field 'bundle.entry' must be a non-empty list of resources")
-    patients = [e["resource"].get("id") for e in entries
-                if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-                and e["resource"].get("resourceType") == "Patient"]
-    if len(patients) != 1:
+        raise InputError(f"row {row}: field 'bundle.entry' must be a non-empty list of resources",
+                         BAD_REQUEST)
+    if len(entries) > limits.max_resources:
+        raise InputError(f"row {row}: field 'bundle.entry' holds {len(entries):,} resources, over the "
+                         f"limit max_resources={limits.max_resources:,}", TOO_LARGE)
+    return entries
+
+
+def _patient(row: int, entries: list[Any]) -> tuple[int, str]:
+    """``(entry index, logical id)`` of the one Patient (422 when there is not exactly one with an id)."""
+    found = [i for i, e in enumerate(entries) if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+             and e["resource"].get("resourceType") == "Patient"]
+    if len(found) != 1:
         raise InputError(f"row {row}: field 'bundle.entry': expected exactly one Patient resource, found "
-                         f"{len(patients)}")
-    if not isinstance(patients[0], str) or not patients[0]:
-        raise InputError(f"row {row}: field 'Patient.id' is missing: the Patient needs a logical id")
+                         f"{len(found)}")
+    pid = entries[found[0]]["resource"].get("id")
+    if not isinstance(pid, str) or not pid:
+        raise InputError(f"row {row}: field 'Patient.id' (entry[{found[0]}]) is missing: the Patient needs "
+                         "a logical id")
+    return found[0], pid
+
+
+def _foreign(row: int, entries: list[Any], sid: int) -> list[Issue]:
+    """Mapped-type resources whose subject is not the Bundle's Patient (they would start a second
+    timeline): one issue each. References are read after the ``urn:uuid:`` rewrite, as the mapper reads
+    them."""
+    rules = load_rules()
+    out = []
+    for rec in bundle_entry_records(f"<row {row}>", entries, copy=True):
+        res, rtype = rec.resource, rec.resource_type
+        if res is None or rtype is None or rtype == "Patient" or rtype not in rules.resources:
+            continue
+        other = subject_of(res, rules)
+        if other is not None and other != sid:
+            present = next((f for f in rules.subject_fields if res.get(f) is not None), None)
+            out.append(Issue(row, rec.record_index, rtype, rec.resource_id, present,
+                             "refers to a Patient that is not the Bundle's Patient"))
+    return out
+
+
+def _describe(issue: Issue, with_id: bool) -> str:
+    """``entry[3] Observation[/id] field valueQuantity.value: reason`` (ids only where payload may go)."""
+    what = issue.resource_type or "resource"
+    if with_id and issue.resource_id:
+        what += f"/{issue.resource_id}"
+    where = f"entry[{issue.entry}] " if issue.entry is not None else ""
+    return f"{where}{what} field {issue.field or '?'}: {issue.reason}"
+
+
+def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full",
+                 strict: bool = False) -> PatientInput:
+    """A Bundle (JSON text) -> a :class:`PatientInput` (no time, no tasks: see :func:`parse_request`).
+
+    Exactly one Patient with an id is required and it must map (422). Any other rejected resource (FHIR
+    validation, impossible time, bad value, a foreign subject) is left out and listed in ``issues``; with
+    ``strict`` it refuses the row instead (422, the first rejects named by entry, type, field and reason).
+    """
+    text, _ = _text(row, "bundle", value, limits)
+    entries = _entries(row, _json(row, "bundle", text, limits), limits)
+    p_entry, pid = _patient(row, entries)
+    sid = subject_id_for(pid)
     try:
-        result = bundle_to_events(bundle, validate=validate, source_file=f"<row {row}>")
-    except ValueError as e:
-        raise InputError(f"row {row}: field 'bundle': {e}") from None
-    if result.rejects.num_rows:
-        rej = result.rejects.to_pylist()
-        shown = "; ".join(f"entry[{r['record_index']}] {r['resource_type']}/{r['resource_id']} field "
-                          f"{r['field'] or '?'}: {r['reason']}" for r in rej[:3])
-        raise InputError(f"row {row}: {len(rej)} resource(s) in field 'bundle' rejected: {shown}")
+        result = bundle_to_events({"resourceType": "Bundle", "entry": entries}, validate=validate,
+                                  source_file=f"<row {row}>")
+    except ValueError as e:  # our own messages (bad validate, a non-object resource): scrubbed regardless
+        raise InputError(f"row {row}: field 'bundle': {scrub(str(e))}", BAD_REQUEST) from None
+    issues = []
+    for r in result.rejects.to_pylist():
+        i = r["record_index"]
+        resource = entries[i].get("resource") if i is not None and isinstance(entries[i], dict) else None
+        rtype = r["resource_type"] if r["resource_type"] and is_known_type(r["resource_type"]) else None
+        issues.append(Issue(row, i, rtype, r["resource_id"], r["field"], scrub(r["reason"], resource)))
+    rejected = {i.entry for i in issues}
+    issues += [f for f in _foreign(row, entries, sid) if f.entry not in rejected]
+    issues.sort(key=lambda i: -1 if i.entry is None else i.entry)
+    for issue in issues:
+        if issue.entry == p_entry:
+            raise InputError(f"row {row}: the Patient was rejected: {_describe(issue, with_id=False)}")
+    if strict and issues:
+        shown = "; ".join(_describe(i, with_id=False) for i in issues[:_SHOWN_IN_ERRORS])
+        raise InputError(f"row {row}: {len(issues)} resource(s) in field 'bundle' rejected (strict): {shown}")
     events = result.events_df()
+    events = events[events[SUBJECT_ID] == sid].reset_index(drop=True)
     _check_events(row, events, limits)
-    return events, str(patients[0])
+    return PatientInput(row, events, pid, None, None, issues)
 
 
 def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
     """MEDS events (JSON list of objects, one subject) -> an EVENTS_SCHEMA-column DataFrame."""
-    data = _json(row, "events", _text(row, "events", value, limits))
+    text, _ = _text(row, "events", value, limits)
+    data = _json(row, "events", text, limits)
     if not isinstance(data, list) or not data:
-        raise InputError(f"row {row}: field 'events' must be a non-empty JSON list of event objects")
+        raise InputError(f"row {row}: field 'events' must be a non-empty JSON list of event objects",
+                         BAD_REQUEST)
+    if len(data) > limits.max_events:  # before building a frame of them
+        raise InputError(f"row {row}: field 'events' holds {len(data):,} events, over the limit "
+                         f"max_events={limits.max_events:,}", TOO_LARGE)
     for i, ev in enumerate(data):
         if not isinstance(ev, dict):
-            raise InputError(f"row {row}: field 'events[{i}]' must be an object")
+            raise InputError(f"row {row}: field 'events[{i}]' must be an object", BAD_REQUEST)
         if not isinstance(ev.get(CODE), str) or not ev[CODE]:
-            raise InputError(f"row {row}: field 'events[{i}].code' must be a non-empty string")
+            raise InputError(f"row {row}: field 'events[{i}].code' must be a non-empty string", BAD_REQUEST)
         if not isinstance(ev.get(SUBJECT_ID), int) or isinstance(ev.get(SUBJECT_ID), bool):
-            raise InputError(f"row {row}: field 'events[{i}].subject_id' must be an integer")
+            raise InputError(f"row {row}: field 'events[{i}].subject_id' must be an integer", BAD_REQUEST)
     frame = pd.DataFrame(data)
     if frame[SUBJECT_ID].nunique() != 1:
         raise InputError(f"row {row}: field 'events[].subject_id' must hold one subject per row, "
@@ -121,13 +285,14 @@ def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
     try:
         frame[TIME] = pd.to_datetime(frame[TIME], utc=True,
                                      format="ISO8601").dt.tz_localize(None).astype("datetime64[us]")
-    except (ValueError, TypeError) as e:
-        raise InputError(
-            f"row {row}: field 'events[].time' must be ISO 8601 or null ({type(e).__name__})") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InputError(f"row {row}: field 'events[].time' must be ISO 8601 or null ({type(e).__name__})",
+                         BAD_REQUEST) from None
     try:
         frame[NUMERIC_VALUE] = pd.to_numeric(frame[NUMERIC_VALUE], errors="raise").astype("float32")
     except (ValueError, TypeError):
-        raise InputError(f"row {row}: field 'events[].numeric_value' must be a number or null") from None
+        raise InputError(f"row {row}: field 'events[].numeric_value' must be a number or null",
+                         BAD_REQUEST) from None
     frame[ENCOUNTER_ID] = frame[ENCOUNTER_ID].astype("string")
     frame = frame[EVENT_COLUMNS].sort_values(TIME, na_position="first", kind="stable").reset_index(drop=True)
     _check_events(row, frame, limits)
@@ -136,49 +301,129 @@ def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
 
 def _check_events(row: int, events: pd.DataFrame, limits: Limits) -> None:
     if len(events) > limits.max_events:
-        raise InputError(
-            f"row {row}: {len(events):,} events, over the limit max_events={limits.max_events:,}")
+        raise InputError(f"row {row}: {len(events):,} events, over the limit "
+                         f"max_events={limits.max_events:,}", TOO_LARGE)
     if events[TIME].isna().all():
         raise InputError(f"row {row}: no event has a time (nothing to predict from)")
 
 
-def parse_time(row: int, value: Any) -> pd.Timestamp | None:
-    """``prediction_time`` (ISO 8601; an offset is converted to UTC) or None when blank."""
+def parse_time(row: int, value: Any, max_clock_skew_s: int | None = None,
+               now: pd.Timestamp | None = None) -> pd.Timestamp | None:
+    """``prediction_time`` (ISO 8601; an offset is converted to UTC, none means UTC) or None when blank.
+
+    With ``max_clock_skew_s``, a time later than ``now`` (default: the clock) + that many seconds is
+    refused (422): a prediction cannot be made from the future.
+    """
     if _blank(value):
         return None
+    if not isinstance(value, (str, pd.Timestamp)) and not hasattr(value, "isoformat"):
+        raise InputError(f"row {row}: field 'prediction_time' must be an ISO 8601 date-time string, got "
+                         f"{type(value).__name__}", BAD_REQUEST)
     try:
         ts = pd.Timestamp(str(value) if isinstance(value, str) else value)  # numpy.str_ -> str
-    except (ValueError, TypeError):
-        raise InputError(f"row {row}: field 'prediction_time' is not an ISO 8601 date-time") from None
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(f"row {row}: field 'prediction_time' is not an ISO 8601 date-time",
+                         BAD_REQUEST) from None
     if pd.isna(ts):
         return None
-    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    if max_clock_skew_s is not None:
+        clock = (now if now is not None else pd.Timestamp.now(tz="UTC"))
+        clock = clock.tz_convert("UTC").tz_localize(None) if clock.tzinfo is not None else clock
+        if ts > clock + pd.Timedelta(seconds=max_clock_skew_s):
+            raise InputError(f"row {row}: field 'prediction_time' is in the future (more than "
+                             f"max_clock_skew_s={max_clock_skew_s} s after the server's clock)")
+    return ts
 
 
-def parse_request(frame: pd.DataFrame, limits: Limits, validate: str = "full") -> list[PatientInput]:
-    """Every row of a request DataFrame (columns in :data:`INPUT_COLUMNS`) -> :class:`PatientInput`."""
+def parse_tasks(row: int, value: Any) -> list[str] | None:
+    """``tasks`` (comma-separated names) -> a list, None when blank; over :data:`MAX_TASKS_CHARS`
+    characters it is refused without being split (413)."""
+    if _blank(value):
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"row {row}: field 'tasks' must be a comma-separated string, got "
+                         f"{type(value).__name__}", BAD_REQUEST)
+    if len(value) > MAX_TASKS_CHARS:
+        raise InputError(f"row {row}: field 'tasks' is {len(value):,} characters, over the limit of "
+                         f"{MAX_TASKS_CHARS:,}", TOO_LARGE)
+    return [t.strip() for t in str(value).split(",") if t.strip()] or None
+
+
+def parse_request(frame: pd.DataFrame, limits: Limits, validate: str = "full",
+                  strict: bool = False) -> list[PatientInput]:
+    """Every row of a request DataFrame (columns in :data:`INPUT_COLUMNS`) -> :class:`PatientInput`.
+
+    Cheap checks of the whole request come first (row count, columns, every row's size and their sum
+    against ``max_body_bytes``), so an oversized request is refused before any row is parsed.
+    """
     if len(frame) == 0:
-        raise InputError("the request has no rows")
+        raise InputError("the request has no rows", BAD_REQUEST)
     if len(frame) > limits.max_patients:
-        raise InputError(f"the request has {len(frame)} rows, over the limit "
-                         f"max_patients={limits.max_patients}")
-    unknown = sorted(set(frame.columns) - set(INPUT_COLUMNS))
-    if unknown:
-        raise InputError(f"unknown input column(s) {unknown}; expected {list(INPUT_COLUMNS)}")
-    out = []
-    for i, rec in enumerate(frame.to_dict("records")):
+        raise InputError(f"the request has {len(frame):,} rows, over the limit "
+                         f"max_patients={limits.max_patients:,}", TOO_LARGE)
+    unknown = set(map(str, frame.columns)) - set(INPUT_COLUMNS)
+    if unknown:  # names not echoed: a misparsed body (CSV of a record) puts patient data in the header
+        raise InputError(f"the request has {len(unknown)} unknown input column(s); expected only "
+                         f"{list(INPUT_COLUMNS)}", BAD_REQUEST)
+    records = frame.to_dict("records")
+    fields, total = [], 0
+    for i, rec in enumerate(records):
         has_b, has_e = not _blank(rec.get("bundle")), not _blank(rec.get("events"))
         if has_b == has_e:
             raise InputError(f"row {i}: give exactly one of the fields 'bundle' (FHIR R4 Bundle JSON) or "
-                             "'events' (MEDS events JSON)")
-        if has_b:
-            events, ref = parse_bundle(i, rec["bundle"], limits, validate)
+                             "'events' (MEDS events JSON)", BAD_REQUEST)
+        name = "bundle" if has_b else "events"
+        text, size = _text(i, name, rec[name], limits)
+        total += size
+        if total > limits.max_body_bytes:
+            raise InputError(f"the request's bundle/events fields hold over {total:,} bytes (rows 0-{i}), "
+                             f"over the limit max_body_bytes={limits.max_body_bytes:,}", TOO_LARGE)
+        fields.append((name, text))
+    out = []
+    for i, (rec, (name, text)) in enumerate(zip(records, fields, strict=True)):
+        tasks = parse_tasks(i, rec.get("tasks"))  # cheap checks of the row before its record is mapped
+        when = parse_time(i, rec.get("prediction_time"), limits.max_clock_skew_s)
+        if name == "bundle":
+            p = parse_bundle(i, text, limits, validate, strict)
         else:
-            events, ref = parse_events(i, rec["events"], limits), None
-        tasks = (None if _blank(rec.get("tasks"))
-                 else [t.strip() for t in str(rec["tasks"]).split(",") if t.strip()])
-        out.append(PatientInput(i, events, ref, parse_time(i, rec.get("prediction_time")), tasks))
+            p = PatientInput(i, parse_events(i, text, limits), None, None, None)
+        p.prediction_time, p.tasks = when, tasks
+        out.append(p)
     return out
+
+
+def _fhirpath(resource_type: str | None, field_name: str) -> str:
+    """``component.0.code`` of an Observation -> ``Observation.component[0].code``."""
+    path = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", field_name)
+    return f"{resource_type or 'Resource'}.{path}"
+
+
+def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
+    """A FHIR R4 OperationOutcome (dict) listing rejected resources as warnings: ``expression`` the
+    FHIRPath of the field, ``diagnostics`` the reason with the entry index, type and id. Without issues:
+    one informational issue (an OperationOutcome needs at least one)."""
+    if not issues:
+        return {"resourceType": "OperationOutcome", "issue": [
+            {"severity": "information", "code": "informational", "diagnostics": "no resource was rejected"}]}
+    listed: list[dict[str, Any]] = []
+    for issue in issues[:MAX_LISTED_ISSUES]:
+        item: dict[str, Any] = {"severity": "warning", "code": "invalid",
+                                "diagnostics": f"left out: {_describe(issue, with_id=True)}"}
+        if issue.field:
+            item["expression"] = [_fhirpath(issue.resource_type, f) for f in issue.field.split("|")]
+        listed.append(item)
+    if len(issues) > MAX_LISTED_ISSUES:
+        listed.append({"severity": "warning", "code": "invalid",
+                       "diagnostics": f"{len(issues) - MAX_LISTED_ISSUES:,} more resource(s) left out"})
+    return {"resourceType": "OperationOutcome", "issue": listed}
+
+
+def error_outcome(message: str, code: str = "invalid") -> dict[str, Any]:
+    """A FHIR R4 OperationOutcome (dict) with one error issue (``code`` from the FHIR IssueType codes:
+    invalid, structure, too-costly, processing, not-supported, security, exception, timeout, ...)."""
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
 
 
 def _days(v: float) -> dict[str, Any]:

@@ -4,15 +4,19 @@ and FHIR RiskAssessment resources out.
 Request (a DataFrame; over HTTP ``{"dataframe_records": [...]}`` or ``{"inputs": [...]}``): per row one
 of ``bundle`` / ``events`` (JSON text), optional ``prediction_time`` and ``tasks`` (see
 :mod:`ehrfm.serve.fhir_io`). Response: one row per (patient, task) with the columns of
-:data:`OUTPUT_COLUMNS`. Bad input raises ``MlflowException(INVALID_PARAMETER_VALUE)``, which the MLflow
-scoring server answers with HTTP 400 and the message; nothing from the payload is logged.
+:data:`OUTPUT_COLUMNS` (``partial``: resources were left out of the record, listed in ``issues`` as a FHIR
+OperationOutcome). Bad input raises ``MlflowException(INVALID_PARAMETER_VALUE)``, which the MLflow scoring
+server answers with HTTP 400 and the message; nothing from the payload is in the message. (``ehrfm serve``
+answers the same :class:`InputError` with its own status: 400, 413 or 422.)
 
-Limits come from ``serve.json`` and can be overridden per deployment with the environment variables
-``EHRFM_SERVE_MAX_REQUEST_BYTES``, ``EHRFM_SERVE_MAX_EVENTS`` and ``EHRFM_SERVE_MAX_PATIENTS``.
+Limits come from ``serve.json`` and can be overridden per deployment with the environment variables of
+:data:`LIMIT_ENV` (``EHRFM_SERVE_<LIMIT>``, e.g. ``EHRFM_SERVE_MAX_REQUEST_BYTES``); ``EHRFM_SERVE_STRICT``
+(true/false) overrides ``strict``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -33,6 +37,8 @@ from ehrfm.serve.core import Limits, Scorer
 from ehrfm.serve.fhir_io import (
     INPUT_COLUMNS,
     InputError,
+    PatientInput,
+    operation_outcome,
     parse_request,
     risk_assessment,
     to_records,
@@ -42,9 +48,10 @@ from ehrfm.serve.model_env import ehrfm_wheel, model_requirements
 
 ARTIFACT = "serving"
 OUTPUT_COLUMNS = ("row", "patient_id", SUBJECT_ID, PREDICTION_TIME, "task", "kind", "model", "prob", "risk",
-                  "survival", "times_days", "topk_codes", "topk_probs", "risk_assessment")
-LIMIT_ENV = {"max_request_bytes": "EHRFM_SERVE_MAX_REQUEST_BYTES", "max_events": "EHRFM_SERVE_MAX_EVENTS",
-             "max_patients": "EHRFM_SERVE_MAX_PATIENTS"}
+                  "survival", "times_days", "topk_codes", "topk_probs", "risk_assessment", "partial",
+                  "issues")
+LIMIT_ENV = {f.name: f"EHRFM_SERVE_{f.name.upper()}" for f in dataclasses.fields(Limits)}
+STRICT_ENV = "EHRFM_SERVE_STRICT"
 
 
 def env_limits(base: Limits) -> Limits:
@@ -56,33 +63,64 @@ def env_limits(base: Limits) -> Limits:
             try:
                 values[key] = int(raw)
             except ValueError:
-                raise ValueError(f"${var}={raw!r}: expected an integer") from None
+                raise ValueError(f"${var}: expected an integer") from None
     return Limits(**{**base.__dict__, **values})
 
 
-def predict_frame(scorer: Scorer, request: Any, limits: Limits | None = None) -> pd.DataFrame:
-    """Score a request (DataFrame or records) with a loaded :class:`Scorer`; raises :class:`InputError`."""
+def env_strict(base: bool) -> bool:
+    """``base`` unless ``$EHRFM_SERVE_STRICT`` says true/false (1/0, yes/no)."""
+    raw = os.environ.get(STRICT_ENV)
+    if raw is None:
+        return base
+    if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise ValueError(f"${STRICT_ENV}: expected true or false")
+    return raw.strip().lower() in ("1", "true", "yes")
+
+
+def _check_tasks(scorer: Scorer, patients: list[PatientInput]) -> None:
+    """Every requested task is served (422 naming the item by position, never by its text)."""
+    for p in patients:
+        for i, t in enumerate(p.tasks or []):
+            if t not in scorer.tasks:
+                raise InputError(f"row {p.row}: field 'tasks': item {i} is not a served task "
+                                 f"(served: {scorer.tasks})")
+
+
+def predict_frame(scorer: Scorer, request: Any, limits: Limits | None = None,
+                  strict: bool | None = None) -> pd.DataFrame:
+    """Score a request (DataFrame or records) with a loaded :class:`Scorer`; raises :class:`InputError`.
+
+    The one prediction function behind the pyfunc, ``ehrfm serve`` and Spark FHIR scoring. ``strict``
+    (default ``scorer.config.strict``): refuse a patient with any rejected resource instead of scoring
+    the rest. Output: :data:`OUTPUT_COLUMNS`, one row per (request row, task); ``prediction_time`` as ISO
+    8601 with its UTC offset; ``issues`` the row's OperationOutcome JSON (None when nothing was left out).
+    """
     limits = limits or scorer.config.limits
-    patients = parse_request(to_records(request), limits, scorer.config.validate)
+    strict = scorer.config.strict if strict is None else strict
+    patients = parse_request(to_records(request), limits, scorer.config.validate, strict)
+    _check_tasks(scorer, patients)
     method = f"{scorer.fm.model_name} ({scorer.fm.model.config.backbone})" + (
         f" {scorer.config.model_version}" if scorer.config.model_version else "")
     rows: list[dict[str, Any]] = []
     for p in patients:
-        try:
-            results = scorer.score_events(p.events, p.prediction_time, p.tasks)
-        except KeyError as e:  # an unknown task name
-            raise InputError(f"row {p.row}: field 'tasks': {e.args[0]}") from None
-        for r in results:
+        issues = json.dumps(operation_outcome(p.issues)) if p.issues else None
+        for r in scorer.score_events(p.events, p.prediction_time, p.tasks):
             ra = validate_risk_assessment(risk_assessment(r, p.patient_ref, method,
                                                           scorer.descriptions.get(r["task"], "")))
             rows.append({"row": p.row, "patient_id": p.patient_ref, **r, "model": scorer.fm.model_name,
-                         PREDICTION_TIME: pd.Timestamp(r[PREDICTION_TIME]).isoformat(),
-                         "risk_assessment": json.dumps(ra)})
+                         PREDICTION_TIME: utc_iso(r[PREDICTION_TIME]), "risk_assessment": json.dumps(ra),
+                         "partial": p.partial, "issues": issues})
     out = pd.DataFrame(rows)
     for c in OUTPUT_COLUMNS:
         if c not in out:
             out[c] = None
     return out[list(OUTPUT_COLUMNS)].astype(object).where(out[list(OUTPUT_COLUMNS)].notna(), None)
+
+
+def utc_iso(t: Any) -> str:
+    """A naive-UTC (or zoned) time as ISO 8601 with an explicit offset: ``2020-01-05T12:00:00+00:00``."""
+    ts = pd.Timestamp(t)
+    return (ts.tz_convert("UTC") if ts.tzinfo is not None else ts.tz_localize("UTC")).isoformat()
 
 
 class ServingInputError(MlflowException):
@@ -110,12 +148,13 @@ class EhrfmPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
         """Load the serving folder once per process."""
         self.scorer = Scorer(context.artifacts[ARTIFACT])
         self.limits = env_limits(self.scorer.config.limits)
+        self.strict = env_strict(self.scorer.config.strict)
 
     # no type hints here on purpose: MLflow derives (and then enforces) a signature from predict's hints
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         """Score the request; bad input -> ``MlflowException`` with INVALID_PARAMETER_VALUE (HTTP 400)."""
         try:
-            return predict_frame(self.scorer, model_input, self.limits)
+            return predict_frame(self.scorer, model_input, self.limits, self.strict)
         except InputError as e:
             raise ServingInputError(str(e), error_code=INVALID_PARAMETER_VALUE) from None
 
@@ -132,7 +171,8 @@ def signature() -> ModelSignature:
                       ColSpec(Array("double"), "times_days", required=False),
                       ColSpec(Array("string"), "topk_codes", required=False),
                       ColSpec(Array("double"), "topk_probs", required=False),
-                      ColSpec("string", "risk_assessment")])
+                      ColSpec("string", "risk_assessment"), ColSpec("boolean", "partial"),
+                      ColSpec("string", "issues", required=False)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

@@ -1,17 +1,22 @@
 """Batch scoring with Spark: a registered model over a population, predictions in the evaluation contract.
 
-Two inputs, one prediction function (:meth:`ehrfm.serve.core.Scorer.predict_rows`, i.e.
+Three inputs, one prediction function (:meth:`ehrfm.serve.core.Scorer.predict_rows`, i.e.
 :func:`ehrfm.train.predict.predict_batch`, shared with ``ehrfm finetune`` predictions and the server):
 
 - ``tokens``: the task rows of ``<tokens>/tasks/<task>/*.parquet`` (already cut at their prediction_time)
   scored with ``mapInPandas``;
 - ``meds``: MEDS events grouped per subject (``applyInPandas``) and scored at ``prediction_time`` (one
   fixed time for everyone, or each subject's last event, as the server does) through the same
-  :meth:`Scorer.score_events` the pyfunc calls.
+  :meth:`Scorer.score_events` the pyfunc calls;
+- ``fhir``: FHIR Bundle files (``*.json``, ``*.json.gz``, one patient each; read with Spark's
+  ``binaryFile``), one request row per file through :func:`ehrfm.serve.pyfunc.predict_frame`, the function
+  the server answers with, so partial records, limits and errors are the server's. A file that cannot be
+  scored does not fail the job: it becomes a reject row (file, status, message).
 
 The serving folder is shipped to the executors with ``SparkContext.addFile`` and loaded once per Python
 worker. Output: parquet in the contract of :mod:`ehrfm.evaluate` (subject_id, prediction_time, task,
-split, model, prob, risk, survival, times_days, topk_codes, topk_probs).
+split, model, prob, risk, survival, times_days, topk_codes, topk_probs); FHIR scoring adds
+:data:`FHIR_EXTRA_COLUMNS` (the evaluation ignores extra columns).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +34,8 @@ import pandas as pd
 from ehrfm.layout import MedsPaths, TokenPaths
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
 from ehrfm.serve.core import SERVE_JSON, Scorer
+from ehrfm.serve.fhir_io import InputError
+from ehrfm.serve.pyfunc import predict_frame
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkDataFrame
@@ -37,6 +45,13 @@ CONTRACT_DDL = ("subject_id long, prediction_time timestamp, task string, split 
                 "double, risk double, survival array<double>, times_days array<double>, topk_codes "
                 "array<string>, topk_probs array<double>")
 CONTRACT_COLUMNS = [c.split()[0] for c in CONTRACT_DDL.split(", ")]
+FHIR_EXTRA_DDL = "patient_id string, partial boolean, issues string, file string"
+FHIR_EXTRA_COLUMNS = [c.split()[0] for c in FHIR_EXTRA_DDL.split(", ")]
+REJECTS_DDL = "file string, status int, message string"
+REJECT_COLUMNS = [c.split()[0] for c in REJECTS_DDL.split(", ")]
+# one mapInPandas pass yields predictions and rejects together: a reject row has ``status`` set
+_FHIR_DDL = f"{CONTRACT_DDL}, {FHIR_EXTRA_DDL}, status int, message string"
+BUNDLE_GLOB = "*.{json,json.gz}"
 _SCORERS: dict[str, Scorer] = {}
 
 
@@ -92,13 +107,16 @@ def _shipped(spark: SparkSession, folder: Path) -> Callable[[], str]:
     return where
 
 
-def _contract(rows: list[dict[str, Any]], model_name: str) -> pd.DataFrame:
+def _contract(rows: list[dict[str, Any]], model_name: str,
+              extra: Sequence[str] = ()) -> pd.DataFrame:
+    columns = [*CONTRACT_COLUMNS, *extra]
     frame = pd.DataFrame(rows)
-    for c in CONTRACT_COLUMNS:
+    for c in columns:
         if c not in frame:
             frame[c] = None
     frame["model"] = model_name
-    frame[PREDICTION_TIME] = pd.to_datetime(frame[PREDICTION_TIME])
+    # naive UTC (the contract); served rows carry "+00:00", which this normalises
+    frame[PREDICTION_TIME] = pd.to_datetime(frame[PREDICTION_TIME], utc=True).dt.tz_localize(None)
     frame[SUBJECT_ID] = frame[SUBJECT_ID].astype("int64")
     for c in ("prob", "risk"):
         frame[c] = frame[c].astype("float64")
@@ -107,7 +125,7 @@ def _contract(rows: list[dict[str, Any]], model_name: str) -> pd.DataFrame:
         frame[c] = pd.Series([v if isinstance(v, (list, tuple)) else None for v in frame[c]],
                              index=frame.index,
                              dtype=object)
-    return frame[CONTRACT_COLUMNS]
+    return frame[columns]
 
 
 def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
@@ -177,6 +195,69 @@ def score_meds(spark: SparkSession, folder: Path, meds_dir: str | Path, predicti
         return _contract(results, model_name)
 
     return events.groupBy(SUBJECT_ID).applyInPandas(fn, CONTRACT_DDL)
+
+
+def bundle_bytes(content: bytes, max_bytes: int) -> bytes:
+    """A Bundle file's JSON bytes, gunzipped when gzip (``.json.gz``); decompression stops past
+    ``max_bytes`` (the serving row limit) so a gzip bomb costs no more memory than a plain file."""
+    if content[:2] != b"\x1f\x8b":
+        return content
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(content, max_bytes + 1)
+    except zlib.error:
+        raise InputError("row 0: field 'bundle': the file is not valid gzip", 400) from None
+    if len(out) > max_bytes:
+        raise InputError(f"row 0: field 'bundle' is over {max_bytes:,} bytes once decompressed, over the "
+                         f"limit max_request_bytes={max_bytes:,}", 413)
+    return out
+
+
+def score_bundle_file(scorer: Scorer, path: str, content: bytes, prediction_time: str | None = None,
+                      tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """One Bundle file -> its rows of :data:`OUTPUT_COLUMNS` (via :func:`predict_frame`, one request row)
+    plus ``file``; an :class:`InputError` is raised as for a served request."""
+    text = bundle_bytes(content, scorer.config.limits.max_request_bytes)
+    request = {"bundle": text, "prediction_time": prediction_time,
+               "tasks": ",".join(tasks) if tasks else None}
+    return predict_frame(scorer, [request]).assign(file=path)
+
+
+def score_fhir(spark: SparkSession, folder: Path, input_dir: str | Path, prediction_time: str | None = None,
+               tasks: Sequence[str] | None = None) -> SparkDataFrame:
+    """Predictions and rejects for every Bundle file under ``input_dir`` (recursive), in one frame: split it
+    with :func:`fhir_predictions` and :func:`fhir_rejects` (persist it first; each is one pass)."""
+    local = Scorer(folder)
+    for t in tasks or []:
+        local.spec(t)  # an unknown task fails the job now, not every file
+    where, model_name = _shipped(spark, folder), local.fm.model_name
+    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+             .option("pathGlobFilter", BUNDLE_GLOB).load(str(input_dir)).select("path", "content"))
+
+    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        scorer = _scorer(where())
+        for pdf in batches:
+            preds, rejects = [], []
+            for path, content in zip(pdf["path"], pdf["content"], strict=True):
+                try:
+                    preds.append(score_bundle_file(scorer, str(path), bytes(content), prediction_time, tasks))
+                except InputError as e:
+                    rejects.append({"file": str(path), "status": e.status, "message": str(e)})
+            rows = [cast(dict[str, Any], r) for f in preds for r in f.to_dict("records")] + rejects
+            if rows:
+                yield _contract(rows, model_name, [*FHIR_EXTRA_COLUMNS, "status", "message"])
+
+    return files.mapInPandas(fn, _FHIR_DDL)
+
+
+def fhir_predictions(df: SparkDataFrame) -> SparkDataFrame:
+    """The prediction rows of :func:`score_fhir` (contract + :data:`FHIR_EXTRA_COLUMNS`)."""
+    return df.filter(df["status"].isNull()).select(*CONTRACT_COLUMNS, *FHIR_EXTRA_COLUMNS)
+
+
+def fhir_rejects(df: SparkDataFrame) -> SparkDataFrame:
+    """The files :func:`score_fhir` could not score: (file, status, message)."""
+    return df.filter(df["status"].isNotNull()).select(*REJECT_COLUMNS)
 
 
 def write_predictions(df: SparkDataFrame, output: str | Path) -> pd.DataFrame:

@@ -48,8 +48,9 @@ def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
 
 
 def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
-    """Resolve the model, score the layout's tokens or MEDS dataset with Spark, write
-    ``layout.scores_dir``."""
+    """Resolve the model, score the layout's tokens, its MEDS dataset or a folder of FHIR Bundles with
+    Spark, write ``layout.scores_dir`` (FHIR: the files that could not be scored to ``cfg.rejects``,
+    default ``<scores>_rejects``)."""
     import mlflow
 
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -57,7 +58,15 @@ def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
         uri = layout.tracking_uri()
     if uri:
         mlflow.set_tracking_uri(uri)
-    from ehrfm.serve.score import local_serving_dir, score_meds, score_tokens, write_predictions
+    from ehrfm.serve.score import (
+        fhir_predictions,
+        fhir_rejects,
+        local_serving_dir,
+        score_fhir,
+        score_meds,
+        score_tokens,
+        write_predictions,
+    )
     from ehrfm.spark import get_spark
 
     t0 = time.time()
@@ -65,16 +74,30 @@ def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
     print(f"model {cfg.model} -> {folder}")
     spark = get_spark("ehrfm-score", master=cfg.spark.master, conf=cfg.spark.conf)
     tasks = cfg.tasks or None
-    if cfg.source == "tokens":
+    out = layout.scores_dir
+    rejects_out, rejected, combined = None, 0, None
+    if cfg.source == "fhir":
+        assert cfg.input is not None  # ScoreConfig requires it with source=fhir
+        # predictions and rejects come from one scoring pass: kept, then written as two outputs
+        combined = score_fhir(spark, folder, cfg.input, cfg.prediction_time, tasks).persist()
+        rejects_out = cfg.rejects or f"{out}_rejects"
+        fhir_rejects(combined).write.mode("overwrite").parquet(rejects_out)
+        rejected = spark.read.parquet(rejects_out).count()
+        df = fhir_predictions(combined)
+    elif cfg.source == "tokens":
         tokens = layout.token_paths.root
         if not tokens.is_dir():
             raise ConfigError(f"source=tokens: no tokens folder at {tokens}")
         df = score_tokens(spark, folder, tokens, tasks, cfg.splits or None)
     else:
         df = score_meds(spark, folder, layout.meds_paths.root, cfg.prediction_time, tasks)
-    out = layout.scores_dir
     summary = write_predictions(df, out)
+    if combined is not None:
+        combined.unpersist()
     seconds = round(time.time() - t0, 1)
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     print(f"{int(summary['rows'].sum())} predictions in {seconds} s -> {out}")
-    return ScoreSummary(output=str(out), rows=json.loads(summary.to_json(orient="records")), seconds=seconds)
+    if rejects_out is not None:
+        print(f"{rejected} file(s) could not be scored -> {rejects_out}")
+    return ScoreSummary(output=str(out), rows=json.loads(summary.to_json(orient="records")), seconds=seconds,
+                        rejects=rejects_out, rejected=rejected)

@@ -1,8 +1,10 @@
-"""The serving path in process: FHIR vs MEDS input parity, no leakage past prediction_time, and the
-registered pyfunc (models:/ehrfm@champion) giving the Scorer's predictions."""
+"""The serving path in process: FHIR vs MEDS input parity, no leakage past prediction_time, partial records
+and strict mode, and the registered pyfunc (models:/ehrfm@champion) giving the Scorer's predictions."""
 
 from __future__ import annotations
 
+import copy
+import gzip
 import json
 from pathlib import Path
 
@@ -10,9 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ehrfm.config.serve import Limits
 from ehrfm.serve.core import Scorer
 from ehrfm.serve.fhir_io import InputError
-from ehrfm.serve.pyfunc import OUTPUT_COLUMNS, predict_frame
+from ehrfm.serve.pyfunc import (
+    OUTPUT_COLUMNS,
+    env_limits,
+    env_strict,
+    example_bundle,
+    predict_frame,
+    signature,
+)
 
 SCORES = ("prob", "risk", "survival", "topk_probs")
 
@@ -39,9 +49,10 @@ def test_bundle_and_meds_inputs_agree(scorer: Scorer, bundle_texts: list[str],
     by_events = predict_frame(scorer, pd.DataFrame({"events": [_events_json(e) for e in bundle_events[:2]]}))
     assert list(by_bundle.columns) == list(OUTPUT_COLUMNS) and len(by_bundle) == 2 * len(scorer.tasks)
     _same(by_bundle, by_events)
-    last = [pd.Timestamp(e["time"].max()).isoformat() for e in bundle_events[:2]]
-    # default: last event
+    last = [pd.Timestamp(e["time"].max()).isoformat() + "+00:00" for e in bundle_events[:2]]
+    # default: last event; times carry their UTC offset
     assert list(by_bundle["prediction_time"]) == [t for t in last for _ in scorer.tasks]
+    assert not by_bundle["partial"].any() and by_bundle["issues"].isna().all()
     assert by_bundle["patient_id"].notna().all() and by_events["patient_id"].isna().all()
     ra = json.loads(by_bundle["risk_assessment"].iloc[0])
     assert ra["subject"]["reference"] == f"Patient/{by_bundle['patient_id'].iloc[0]}"
@@ -63,8 +74,72 @@ def test_events_after_prediction_time_cannot_reach_the_model(scorer: Scorer,
 def test_unknown_task_and_subset(scorer: Scorer, bundle_texts: list[str]) -> None:
     out = predict_frame(scorer, pd.DataFrame({"bundle": [bundle_texts[0]], "tasks": ["death_1y_tte"]}))
     assert out["task"].tolist() == ["death_1y_tte"] and out["survival"].iloc[0][0] == 1.0
-    with pytest.raises(InputError, match="row 0: field 'tasks'.*'nope' is not served"):
-        predict_frame(scorer, pd.DataFrame({"bundle": [bundle_texts[0]], "tasks": ["nope"]}))
+    with pytest.raises(InputError) as err:  # named by position, never by the text sent
+        predict_frame(scorer, pd.DataFrame({"bundle": [bundle_texts[0]] * 2,
+                                            "tasks": [None, "death_1y_tte, ZZMARKERZZ"]}))
+    assert str(err.value) == (f"row 1: field 'tasks': item 1 is not a served task (served: {scorer.tasks})")
+    assert err.value.status == 422
+
+
+def test_partial_and_strict(scorer: Scorer, bundle_texts: list[str]) -> None:
+    bundle = json.loads(bundle_texts[0])
+    obs = next(i for i, e in enumerate(bundle["entry"])
+               if e["resource"]["resourceType"] == "Observation" and "valueQuantity" in e["resource"])
+    bundle["entry"][obs]["resource"]["valueQuantity"]["value"] = "ZZMARKERZZ"
+    request = pd.DataFrame({"bundle": [bundle_texts[0], json.dumps(bundle)]})
+    out = predict_frame(scorer, request)
+    assert out.groupby("row")["partial"].all().tolist() == [False, True]
+    oo = json.loads(out[out["row"] == 1]["issues"].iloc[0])
+    assert [i["expression"] for i in oo["issue"]] == [["Observation.valueQuantity.value"]]
+    assert f"entry[{obs}] Observation/" in oo["issue"][0]["diagnostics"] and "ZZMARKERZZ" not in out.to_json()
+    # one bad value changes the record a little, not the request: row 0 is scored as if alone
+    alone = predict_frame(scorer, request.iloc[:1])
+    _same(out[out["row"] == 0].reset_index(drop=True), alone)
+    with pytest.raises(InputError, match="row 1: 1 resource.* rejected \\(strict\\)") as err:
+        predict_frame(scorer, request, strict=True)
+    assert err.value.status == 422 and "ZZMARKERZZ" not in str(err.value)
+    strict_scorer = copy.copy(scorer)  # the served default comes from serve.json's strict
+    strict_scorer.config = scorer.config.replace(strict=True)
+    with pytest.raises(InputError, match="strict"):
+        predict_frame(strict_scorer, request)
+    with pytest.raises(InputError, match="max_body_bytes") as err:
+        predict_frame(scorer, request, Limits(max_body_bytes=len(bundle_texts[0]) + 10))
+    assert err.value.status == 413
+
+
+def test_real_bundles_dated_before_birth_score_partially(scorer: Scorer, synthea_bundles: Path) -> None:
+    from test_fhir_io import BEFORE_BIRTH  # the bundles found there (tests/serve is on sys.path)
+
+    texts = [gzip.decompress((synthea_bundles / name).read_bytes()).decode() for name in BEFORE_BIRTH]
+    out = predict_frame(scorer, pd.DataFrame({"bundle": texts}))
+    assert out.groupby("row")["partial"].all().tolist() == [True] * len(texts)
+    counts = [len(json.loads(out[out["row"] == i]["issues"].iloc[0])["issue"]) for i in range(len(texts))]
+    assert counts == [len(v) for v in BEFORE_BIRTH.values()]
+    assert out["prediction_time"].str.endswith("+00:00").all()
+
+
+def test_env_overrides_and_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EHRFM_SERVE_MAX_RESOURCES", "7")
+    monkeypatch.setenv("EHRFM_SERVE_MAX_BODY_BYTES", "1000")
+    limits = env_limits(Limits())
+    assert limits.max_resources == 7 and limits.max_body_bytes == 1000 and limits.max_events == 100_000
+    monkeypatch.setenv("EHRFM_SERVE_MAX_CLOCK_SKEW_S", "soon")
+    with pytest.raises(ValueError, match="EHRFM_SERVE_MAX_CLOCK_SKEW_S: expected an integer"):
+        env_limits(Limits())
+    assert env_strict(False) is False
+    monkeypatch.setenv("EHRFM_SERVE_STRICT", "true")
+    assert env_strict(False) is True
+    monkeypatch.setenv("EHRFM_SERVE_STRICT", "maybe")
+    with pytest.raises(ValueError, match="EHRFM_SERVE_STRICT"):
+        env_strict(False)
+    outputs = signature().outputs
+    assert outputs is not None and outputs.input_names() == list(OUTPUT_COLUMNS)
+
+
+def test_example_is_scored(scorer: Scorer) -> None:
+    out = predict_frame(scorer, [{"bundle": example_bundle(),
+                                  "prediction_time": "2020-01-05T14:00:00+02:00"}])
+    assert set(out["prediction_time"]) == {"2020-01-05T12:00:00+00:00"} and not out["partial"].any()
 
 
 @pytest.mark.slow
@@ -84,7 +159,7 @@ def test_registered_pyfunc_matches_scorer(registry: dict[str, str], scorer: Scor
     _same(model.predict(request), predict_frame(scorer, request))
     with pytest.raises(MlflowException, match="not valid JSON") as err:
         model.predict(pd.DataFrame({"bundle": ["{"]}))
-    assert err.value.error_code == "INVALID_PARAMETER_VALUE" and err.value.get_http_status_code() == 400
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE" and err.value.get_http_status_code() == 400  # type: ignore[no-untyped-call]
     # registering again by run id reuses the run's pyfunc; a folder registers a new run; alias moves
     again = register(registry["run_id"], "ehrfm", None, store_dir=registry["store"],
                      tracking_uri=registry["tracking_uri"])

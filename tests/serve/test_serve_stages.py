@@ -23,9 +23,14 @@ def test_stages_are_wired() -> None:
     ns = parser.parse_args(["score", "--model", "models:/ehrfm@champion", "--source", "meds", "--meds", "m"])
     cfg, layout = split_namespace(stage("score"), ns["score"].as_dict())
     assert isinstance(cfg, ScoreConfig) and cfg.source == "meds" and layout.meds == "m"
-    with pytest.raises(SystemExit):  # the source is tokens or meds
+    ns = parser.parse_args(["score", "--source", "fhir", "--input", "bundles", "--rejects", "rej"])
+    cfg, _ = split_namespace(stage("score"), ns["score"].as_dict())
+    assert isinstance(cfg, ScoreConfig) and (cfg.source, cfg.input, cfg.rejects) == ("fhir", "bundles", "rej")
+    with pytest.raises(SystemExit):  # the source is tokens, meds or fhir
         parser.parse_args(["score", "--source", "labels"])
-    assert main(["score", "--source", "tokens", "--prediction_time", "2020-01-01"]) == 2  # meds only
+    assert main(["score", "--source", "tokens", "--prediction_time", "2020-01-01"]) == 2  # meds/fhir only
+    assert main(["score", "--source", "fhir"]) == 2  # needs --input
+    assert main(["score", "--input", "bundles"]) == 2  # only with fhir
 
 
 def test_register_errors_name_the_problem(tmp_path: Path, serving_dir: Path,
