@@ -68,9 +68,14 @@ def loads_bounded(data: bytes | str, max_depth: int, max_elements: int) -> Any:
     whose messages hold positions and limits, never the content."""
     try:
         obj = loads(data)
-    except RecursionError:
+    except RecursionError:  # the standard library parser
         raise JsonLimitError("max_json_depth", max_depth,
                              f"JSON nested deeper than max_json_depth={max_depth}") from None
+    except ValueError as e:
+        if "depth limit" in str(e) or "recursion" in str(e).lower():  # orjson stops at 1,024 levels
+            raise JsonLimitError("max_json_depth", max_depth,
+                                 f"JSON nested deeper than max_json_depth={max_depth}") from None
+        raise
     if isinstance(obj, (dict, list)):
         check_bounds(obj, max_depth, max_elements)
     return obj

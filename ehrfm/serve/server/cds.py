@@ -206,11 +206,13 @@ def cards(records: list[dict[str, Any]], resources: dict[str, bytes], h: Handler
         if partial:
             detail += ("\n\nSome resources of the record could not be used and were left out "
                        "(see the OperationOutcome of `POST /fhir/$risk`).")
-        out.append({"uuid": str(uuid.uuid4()), "summary": summary[:140], "indicator": _indicator(risk, h.cds),
+        out.append({"uuid": str(uuid.uuid4()), "summary": summary[:139],  # the spec: "<140 characters"
+                    "indicator": _indicator(risk, h.cds),
                     "detail": detail,
                     "source": {"label": f"ehrfm {info.model_name} v{version}"},
                     "links": [{"label": "RiskAssessment (FHIR)", "type": "absolute",
                                "url": f"{base_url.rstrip('/')}/fhir/RiskAssessment/{ra_id}"}],
+                    "selectionBehavior": "any",  # required by the spec whenever suggestions are given
                     "suggestions": [{"label": "Save this risk assessment to the record",
                                      "uuid": str(uuid.uuid4()),
                                      "actions": [{"type": "create",

@@ -32,7 +32,7 @@ class WorkerLost(RuntimeError):
     """The worker died while holding a request."""
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceeded(Exception):  # not TimeoutError: that is an OSError, which means "worker lost" here
     """No answer (or no idle worker) before the request's deadline; ``stage`` says which."""
 
     def __init__(self, stage: str) -> None:
@@ -197,16 +197,16 @@ class WorkerPool:
         try:
             await asyncio.to_thread(conn.send, job)
             ready = await asyncio.to_thread(conn.poll, max(0.0, deadline - time.monotonic()))
-            if not ready:
-                asyncio.create_task(self._replace(slot, "deadline exceeded"))
-                raise DeadlineExceeded("scoring")
-            reply: Reply = await asyncio.to_thread(conn.recv)
-        except (EOFError, OSError, BrokenPipeError):
+            reply: Reply | None = await asyncio.to_thread(conn.recv) if ready else None
+        except (EOFError, OSError):
             asyncio.create_task(self._replace(slot, "died during a request"))
             raise WorkerLost(f"worker {slot.index} died") from None
         except asyncio.CancelledError:  # the client went away: the worker's answer would be stale
             asyncio.create_task(self._replace(slot, "request cancelled"))
             raise
+        if reply is None:
+            asyncio.create_task(self._replace(slot, "deadline exceeded"))
+            raise DeadlineExceeded("scoring")
         slot.state = "idle"
         self.idle.put_nowait(slot)
         return reply, slot.index

@@ -39,7 +39,7 @@ def worker_main(conn: Connection, serving_dir: str, strict: bool | None, threads
     """Process entry point: load the serving folder, report :data:`READY` (or :data:`FAILED` with the
     reason), then serve jobs until the pipe closes or a ``None`` job arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the front stops us
-    warnings.simplefilter("ignore")  # library import chatter (e.g. MLflow's type-hint advice) stays out of logs
+    warnings.simplefilter("ignore")  # import chatter (e.g. MLflow's type-hint advice) stays out of logs
     try:
         import torch
 
