@@ -397,7 +397,7 @@ def test_deadline_stops_the_work(tmp_path: Path, bundle_events: list[pd.DataFram
     worker that was doing it is gone (the work stopped), and its replacement answers the next request."""
     folder = tiny_serving_dir(pd.concat(bundle_events, ignore_index=True), tmp_path / "model")
     with ehrfm_serve(str(folder), tmp_path / "process.log", env={"OMP_NUM_THREADS": "1"},
-                     args=["--workers", "1", "--timeout_s", "0.25"]) as srv:
+                     args=["--workers", "1", "--timeout_s", "0.25", "--docs", "true"]) as srv:
         front = psutil.Process(srv.pgid)
         before = [c.pid for c in front.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
         t0 = time.monotonic()
@@ -414,3 +414,12 @@ def test_deadline_stops_the_work(tmp_path: Path, bundle_events: list[pd.DataFram
         # cheap, so answered in time
         status, _, body = request(f"{srv.url}/invocations", "{not json", token=None)
         assert status == 400
+        # a client that sends its body too slowly is cut off by the same deadline (408)
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"dataframe_records\"")
+            assert sock.recv(64).split()[1] == b"408"
+        # asked for: the docs (no token configured on this server)
+        assert request(f"{srv.url}/docs", token=None)[0] == 200
+        assert "/fhir/$risk" in json.loads(request(f"{srv.url}/openapi.json", token=None)[2])["paths"]
