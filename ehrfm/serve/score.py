@@ -117,7 +117,8 @@ def _contract(rows: list[dict[str, Any]], model_name: str,
     frame["model"] = model_name
     # naive UTC (the contract); served rows carry "+00:00", which this normalises
     frame[PREDICTION_TIME] = pd.to_datetime(frame[PREDICTION_TIME], utc=True).dt.tz_localize(None)
-    frame[SUBJECT_ID] = frame[SUBJECT_ID].astype("int64")
+    # FHIR reject rows (no patient) share the frame: nullable then
+    frame[SUBJECT_ID] = frame[SUBJECT_ID].astype("Int64" if frame[SUBJECT_ID].isna().any() else "int64")
     for c in ("prob", "risk"):
         frame[c] = frame[c].astype("float64")
     # rows of other kinds hold NaN: null lists
@@ -245,7 +246,8 @@ def score_fhir(spark: SparkSession, folder: Path, input_dir: str | Path, predict
                     rejects.append({"file": str(path), "status": e.status, "message": str(e)})
             rows = [cast(dict[str, Any], r) for f in preds for r in f.to_dict("records")] + rejects
             if rows:
-                yield _contract(rows, model_name, [*FHIR_EXTRA_COLUMNS, "status", "message"])
+                frame = _contract(rows, model_name, [*FHIR_EXTRA_COLUMNS, "status", "message"])
+                yield frame.assign(status=frame["status"].astype("Int32"))
 
     return files.mapInPandas(fn, _FHIR_DDL)
 

@@ -1,8 +1,11 @@
 """Batch scoring on Spark equals the served / in-process predictions for the same patients and times,
-and the batch-evaluation path (`ehrfm.train.predict.predict`) on the same token rows."""
+and the batch-evaluation path (`ehrfm.train.predict.predict`) on the same token rows; FHIR Bundle files
+scored on Spark equal `predict_frame` row for row (scores, partial flags, issues, rejected files)."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,18 @@ import pytest
 
 from ehrfm.schema import EVENTS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
 from ehrfm.serve.core import Scorer
+from ehrfm.serve.fhir_io import InputError
 from ehrfm.serve.pyfunc import predict_frame
-from ehrfm.serve.score import CONTRACT_COLUMNS, score_meds, score_tokens
+from ehrfm.serve.score import (
+    CONTRACT_COLUMNS,
+    FHIR_EXTRA_COLUMNS,
+    REJECT_COLUMNS,
+    fhir_predictions,
+    fhir_rejects,
+    score_fhir,
+    score_meds,
+    score_tokens,
+)
 from ehrfm.tokenize import tokenize_subject
 from ehrfm.tokenize.direct import rows_to_table, write_local
 
@@ -25,10 +38,9 @@ SCORES = ("prob", "risk", "survival", "topk_probs")
 def _close(a: pd.DataFrame, b: pd.DataFrame) -> None:
     """Same keys, same scores (float tolerance: batches pad differently)."""
     key = [SUBJECT_ID, PREDICTION_TIME, "task"]
-    a = a.assign(**{PREDICTION_TIME: pd.to_datetime(a[PREDICTION_TIME])}).sort_values(key).reset_index(
-        drop=True)
-    b = b.assign(**{PREDICTION_TIME: pd.to_datetime(b[PREDICTION_TIME])}).sort_values(key).reset_index(
-        drop=True)
+    # served times carry "+00:00", batch times are naive UTC: compare both as UTC
+    a, b = (d.assign(**{PREDICTION_TIME: pd.to_datetime(d[PREDICTION_TIME], utc=True)})
+            .sort_values(key).reset_index(drop=True) for d in (a, b))
     pd.testing.assert_frame_equal(a[key], b[key], check_dtype=False)
     for col in SCORES:
         for x, y in zip(a[col].map(_val), b[col].map(_val), strict=True):
@@ -129,3 +141,71 @@ def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir:
     written = pd.read_parquet(out)
     assert set(written["task"]) == {"death_1y_tte"} and set(written["split"]) == {"held_out"}
     assert len(written) == 2 * (len(bundle_events) - 1)
+
+
+@pytest.fixture(scope="module")
+def fhir_dir(tmp_path_factory: pytest.TempPathFactory, bundle_texts: list[str]) -> Path:
+    """Bundle files, plain and gzip, nested: two clean, one with a planted bad Observation value (a
+    partial record), one whose Patient has no id and one broken file (both rejected), and a file the
+    glob must skip."""
+    out = tmp_path_factory.mktemp("fhir")
+    (out / "nested" / "deeper").mkdir(parents=True)
+    bad_obs = json.loads(bundle_texts[2])
+    obs = next(e["resource"] for e in bad_obs["entry"]
+               if e["resource"]["resourceType"] == "Observation" and "valueQuantity" in e["resource"])
+    obs["valueQuantity"]["value"] = "ZZMARKERZZ"
+    no_id = json.loads(bundle_texts[3])
+    del next(e["resource"] for e in no_id["entry"] if e["resource"]["resourceType"] == "Patient")["id"]
+    (out / "clean.json").write_text(bundle_texts[0])
+    (out / "nested" / "clean.json.gz").write_bytes(gzip.compress(bundle_texts[1].encode()))
+    (out / "nested" / "deeper" / "bad_obs.json").write_text(json.dumps(bad_obs))
+    (out / "no_patient_id.json.gz").write_bytes(gzip.compress(json.dumps(no_id).encode()))
+    (out / "broken.json").write_text('{"resourceType": "Bundle", ZZMARKERZZ')
+    (out / "notes.txt").write_text("not a bundle")
+    return out
+
+
+def test_fhir_scoring_equals_predict_frame(spark: object, serving_dir: Path, scorer: Scorer,
+                                           fhir_dir: Path, tmp_path: Path) -> None:
+    combined = score_fhir(spark, serving_dir, fhir_dir).persist()  # type: ignore[arg-type]
+    got = fhir_predictions(combined).toPandas()
+    rejected = fhir_rejects(combined).toPandas()
+    assert list(got.columns) == [*CONTRACT_COLUMNS, *FHIR_EXTRA_COLUMNS]
+    assert list(rejected.columns) == REJECT_COLUMNS
+    files = sorted(p for p in fhir_dir.rglob("*") if p.name.endswith((".json", ".json.gz")))
+    want, want_rejects = [], []
+    for f in files:
+        text = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+        try:
+            want.append(predict_frame(scorer, pd.DataFrame({"bundle": [text]})).assign(file=f.name))
+        except InputError as e:
+            want_rejects.append((f.name, e.status, str(e)))
+    served = pd.concat(want, ignore_index=True)
+    got["file"] = got["file"].map(lambda u: u.rsplit("/", 1)[-1])
+    key = ["file", "task"]
+    got, served = (d.sort_values(key).reset_index(drop=True) for d in (got, served))
+    _close(got, served)  # scores, keys, forecast codes
+    assert got[key].values.tolist() == served[key].values.tolist()
+    assert got["partial"].tolist() == served["partial"].tolist()
+    assert set(got.loc[got["partial"], "file"]) == {"bad_obs.json"}
+    assert [None if v is None else json.loads(v) for v in got["issues"]] == [
+        None if v is None else json.loads(v) for v in served["issues"]]
+    assert got["patient_id"].tolist() == served["patient_id"].tolist()
+    named = [(str(f).rsplit("/", 1)[-1], int(s), m) for f, s, m in rejected.values]
+    assert sorted(named) == sorted(want_rejects)
+    assert {r[:2] for r in want_rejects} == {("broken.json", 400), ("no_patient_id.json.gz", 422)}
+    assert "ZZMARKERZZ" not in got.to_json() + rejected.to_json()
+    combined.unpersist()
+
+    from ehrfm.config.serve import ScoreConfig
+    from ehrfm.evaluate.data import validate_predictions
+    from ehrfm.layout import Layout
+    from ehrfm.serve.stage import run_score
+
+    out = tmp_path / "scores"
+    summary = run_score(ScoreConfig(model=str(serving_dir), source="fhir", input=str(fhir_dir),
+                                    tasks=["death_1y_tte"]), Layout(root=str(tmp_path), scores=str(out)))
+    written = validate_predictions(pd.read_parquet(out))  # the evaluation reads it as any predictions
+    assert set(written["task"]) == {"death_1y_tte"} and len(written) == len(files) - len(want_rejects)
+    assert summary.rejected == 2 and summary.rejects is not None
+    assert len(pd.read_parquet(summary.rejects)) == 2

@@ -73,27 +73,37 @@ def test_serves_bundles_and_rejects_bad_input(server: tuple[str, Path], bundle_t
                          json.dumps(
                              {"inputs": [{"bundle": texts[0], "prediction_time": "2015-01-01T00:00:00Z"}]}))
     assert status == 200, body
-    assert {p["prediction_time"] for p in body["predictions"]} == {"2015-01-01T00:00:00"}
+    assert {p["prediction_time"] for p in body["predictions"]} == {"2015-01-01T00:00:00+00:00"}
 
+    # a bad resource is left out: scored on the rest, flagged partial, the reject in an OperationOutcome
     bad_obs = example_bundle()
-    bad_obs["entry"][2]["resource"]["valueQuantity"]["value"] = "high"
+    bad_obs["entry"][2]["resource"]["valueQuantity"]["value"] = "ZZMARKERZZ"
+    status, body = _post(inv, json.dumps({"dataframe_records": [{"bundle": json.dumps(bad_obs)}]}))
+    assert status == 200, body
+    assert all(p["partial"] for p in body["predictions"]) and "ZZMARKERZZ" not in json.dumps(body)
+    issues = json.loads(body["predictions"][0]["issues"])
+    assert issues["resourceType"] == "OperationOutcome"
+    assert issues["issue"][0]["expression"] == ["Observation.valueQuantity.value"]
+
     no_patient = {**example_bundle(), "entry": example_bundle()["entry"][1:]}
     cases = [
         ("{this is not json", "Invalid input"),
         (json.dumps({"dataframe_records": [{"bundle": "{broken"}]}), "field 'bundle' is not valid JSON"),
         (json.dumps({"dataframe_records": [{"bundle": json.dumps(no_patient)}]}),
          "exactly one Patient resource, found 0"),
-        (json.dumps({"dataframe_records": [{"bundle": json.dumps(bad_obs)}]}),
-         "Observation/example-obs field valueQuantity.value"),
+        (json.dumps({"dataframe_records": [{"bundle": texts[0], "prediction_time": "2099-01-01T00:00:00Z"}]}),
+         "max_clock_skew_s=300"),
         (json.dumps({"dataframe_records": [{"bundle": texts[0] + " " * MAX_BYTES}]}),
          f"max_request_bytes={MAX_BYTES:,}"),
-        (json.dumps({"dataframe_records": [{"bundle": texts[0], "tasks": "nope"}]}), "'nope' is not served"),
+        (json.dumps({"dataframe_records": [{"bundle": texts[0], "tasks": "ZZMARKERZZ"}]}),
+         "field 'tasks': item 0 is not a served task"),
     ]
     for payload, needle in cases:
         status, body = _post(inv, payload)
         assert 400 <= status < 500, (status, body)
         assert needle in body.get("message", ""), (needle, body)
         assert _patient(texts[0])[0] not in json.dumps(body), "the error response echoes patient data"
+        assert "ZZMARKERZZ" not in json.dumps(body), "the error response echoes the request"
         ok, _ = _post(inv, json.dumps({"dataframe_records": [{"bundle": json.dumps(example_bundle())}]}))
         assert ok == 200, (needle, _)  # still answering
 
@@ -101,3 +111,4 @@ def test_serves_bundles_and_rejects_bad_input(server: tuple[str, Path], bundle_t
     for t in texts:
         pid, family = _patient(t)
         assert pid not in text and family not in text, "patient data reached the server log"
+    assert "ZZMARKERZZ" not in text
