@@ -49,8 +49,11 @@ class IngestConfig(ConfigBase):
 class FhirIngestConfig(IngestConfig):
     """``ehrfm ingest fhir``: FHIR R4 Bundles / NDJSON -> a MEDS dataset with rejects and a summary (Spark).
 
-    Every input record is mapped, rejected (with file, index and reason) or skipped by design; per resource
-    type, in = mapped + rejected + skipped."""
+    Every input record is mapped, rejected (with file, index and reason), skipped by design or a duplicate
+    (an identical copy of a resource read elsewhere); per resource type, in = mapped + rejected + skipped +
+    duplicate. Conflicting versions of a resource (same type and id) keep the latest meta.lastUpdated, else
+    the last in path order; the others are rejects. Folders are read by real path: each file once, link
+    cycles skipped and listed in summary.json."""
 
     input: list[str] = field(default_factory=list)
     """Bundle JSON / NDJSON files (.json, .ndjson, .jsonl, optionally .gz), folders (searched recursively) or
@@ -63,6 +66,9 @@ class FhirIngestConfig(IngestConfig):
     max_time: str | None = None
     """FHIR date/time after which events are impossible (default: now + 1 day); fix it to make reruns
     reproducible, e.g. '2030-01-01'."""
+    anonymous_subjects: bool = False
+    """Keep the records of a subject that has no valid Patient (rejected, or not in the input) as an
+    anonymous subject (no birth, no sex); by default they are rejects ("subject's Patient rejected: ...")."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,10 +128,15 @@ class IngestSummary(ConfigBase):
     splits: dict[str, int]
     """Subjects per split (train, tuning, held_out)."""
     by_type: dict[str, dict[str, int]]
-    """Per input type (FHIR resource type, MIMIC rule, MEDS input): in, mapped, events, rejected, skipped."""
+    """Per input type (FHIR resource type, MIMIC rule, MEDS input): in, mapped, events, rejected, skipped,
+    duplicate."""
     totals: dict[str, int]
     """Sums of by_type over the input types."""
     reconciled: bool
-    """Every input type has in == mapped + rejected + skipped."""
+    """Every input type has in == mapped + rejected + skipped + duplicate."""
     seconds: float
     """Wall-clock seconds of the ingest (Spark session start excluded)."""
+    after_death: dict[str, int] = field(default_factory=dict)
+    """Events kept although dated after their subject's first MEDS_DEATH, per source column value."""
+    skipped_links: int = 0
+    """Input links not followed (link cycles, files or folders already read); summary.json lists them."""

@@ -11,8 +11,9 @@ from typing import Any, Literal
 from ehrfm.config.ingest import IngestSummary
 from ehrfm.layout import MEDS_DATA, MEDS_METADATA, MEDS_REJECTS, MEDS_SUMMARY
 
-COUNTS = ("in", "mapped", "events", "rejected", "skipped")
-"""Per input type: records in, mapped (became events), events produced, rejected, skipped by design."""
+COUNTS = ("in", "mapped", "events", "rejected", "skipped", "duplicate")
+"""Per input type: records in, mapped (became events), events produced, rejected, skipped by design, and
+duplicate (an identical copy of a record read elsewhere in the input; FHIR only)."""
 
 
 def fhir_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
@@ -31,7 +32,8 @@ def mimic_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         skipped = int(e.get("not_applicable", 0))
         rows = tables.get(e["table"], {}).get("rows")
         n_in = int(rows) if rows is not None else events + rejected + skipped
-        out[name] = {"in": n_in, "mapped": events, "events": events, "rejected": rejected, "skipped": skipped}
+        out[name] = {"in": n_in, "mapped": events, "events": events, "rejected": rejected, "skipped": skipped,
+                     "duplicate": 0}
     return out
 
 
@@ -39,19 +41,23 @@ def meds_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """One row, ``meds``: input rows, events (one per good row), rejected rows."""
     events, rejected = int(result["events"]), int(result["rejects"])
     return {"meds": {"in": int(result["rows_in"]), "mapped": events, "events": events, "rejected": rejected,
-                     "skipped": 0}}
+                     "skipped": 0, "duplicate": 0}}
 
 
 def make_summary(source: Literal["fhir", "mimic", "meds"], result: Mapping[str, Any],
                  by_type: dict[str, dict[str, int]], output: str, seconds: float) -> IngestSummary:
     """The typed summary of one run from the writer's result dict and the per-type counts."""
     totals = {c: sum(row[c] for row in by_type.values()) for c in COUNTS}
-    reconciled = all(r["in"] == r["mapped"] + r["rejected"] + r["skipped"] for r in by_type.values())
+    reconciled = all(r["in"] == r["mapped"] + r["rejected"] + r["skipped"] + r["duplicate"]
+                     for r in by_type.values())
+    late = (result.get("after_death") or {}).get("by_source") or {}
     return IngestSummary(
         source=source, output=output, dataset_name=str(result["dataset_name"]), events=int(result["events"]),
         subjects=int(result["subjects"]), codes=int(result["codes"]), rejects=int(result["rejects"]),
         splits={k: int(v) for k, v in result["splits"].items()}, by_type=dict(sorted(by_type.items())),
         totals=totals, reconciled=reconciled, seconds=round(seconds, 1),
+        after_death={str(k): int(v) for k, v in late.items()},
+        skipped_links=len(result.get("skipped_links") or []),
     )
 
 
@@ -73,4 +79,10 @@ def print_summary(summary: IngestSummary) -> None:
           f"rejects {summary.rejects:,}  ({summary.seconds:.1f} s)"
           + ("" if summary.reconciled else "  NOT RECONCILED"))
     print("splits " + json.dumps(summary.splits))
+    if summary.after_death:
+        print(f"kept but dated after the subject's death: {sum(summary.after_death.values()):,} events "
+              + json.dumps(summary.after_death))
+    if summary.skipped_links:
+        print(f"input links not followed (cycles, files or folders already read): {summary.skipped_links:,}; "
+              f"listed in {MEDS_SUMMARY} (skipped_links)")
     print(f"wrote {summary.output} ({MEDS_SUMMARY}, {MEDS_DATA}/, {MEDS_METADATA}/, {MEDS_REJECTS}/)")

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 import ehrfm
 from ehrfm.config.ingest import DEFAULT_ROWS_PER_SHARD as DEFAULT_ROWS_PER_SHARD
+from ehrfm.ingest.deaths import count_after_death
 from ehrfm.layout import (
     MEDS_CODES,
     MEDS_DATA,
@@ -53,11 +54,13 @@ SUBJECT_IDS_SCHEMA = pa.schema(
 )
 # what each shard-writing task returns: one row of file statistics, then one row per code (with its count)
 # and one row per subject — so the driver gets codes and subjects without more passes over the events
+# and one row per source with events after their subject's death (``after_death`` set)
 _STATS_ARROW = pa.schema(
     [("file", pa.string()), ("rows", pa.int64()), ("subjects", pa.int64()), ("code", pa.string()),
-     ("subject_id", pa.int64())]
+     ("subject_id", pa.int64()), ("source", pa.string()), ("after_death", pa.int64())]
 )
-_STATS_SCHEMA = "file string, rows long, subjects long, code string, subject_id long"
+_STATS_SCHEMA = ("file string, rows long, subjects long, code string, subject_id long, source string, "
+                 "after_death long")
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -104,6 +107,13 @@ def check_sorted_table(table: pa.Table, where: str) -> int:
     return subjects
 
 
+def _stats(**columns: list[Any]) -> pa.RecordBatch:
+    """A batch of ``_STATS_ARROW`` rows from the given columns (the others null)."""
+    n = len(columns["file"])
+    return pa.RecordBatch.from_pydict({f.name: columns.get(f.name, [None] * n) for f in _STATS_ARROW},
+                                      schema=_STATS_ARROW)
+
+
 def _shard_writer(data_uri: str) -> Any:
     """The function each Spark task runs: write its sorted partition to one parquet file, return stats."""
 
@@ -128,22 +138,14 @@ def _shard_writer(data_uri: str) -> Any:
         fs, base = _fs(data_uri)
         pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
         counts = pc.value_counts(table.column(CODE))
-        yield pa.RecordBatch.from_pydict(
-            {
-                "file": [name] * (1 + len(counts)),
-                "rows": [table.num_rows] + counts.field("counts").to_pylist(),
-                "subjects": [subjects] + [None] * len(counts),
-                "code": [None] + counts.field("values").to_pylist(),
-                "subject_id": [None] * (1 + len(counts)),
-            },
-            schema=_STATS_ARROW,
-        )
+        yield _stats(file=[name] * (1 + len(counts)),
+                     rows=[table.num_rows] + counts.field("counts").to_pylist(),
+                     subjects=[subjects] + [None] * len(counts),
+                     code=[None] + counts.field("values").to_pylist())
         ids = pc.unique(table.column(SUBJECT_ID)).to_pylist()
-        yield pa.RecordBatch.from_pydict(
-            {"file": [name] * len(ids), "rows": [None] * len(ids), "subjects": [None] * len(ids),
-             "code": [None] * len(ids), "subject_id": ids},
-            schema=_STATS_ARROW,
-        )
+        yield _stats(file=[name] * len(ids), subject_id=ids)
+        late = count_after_death(table)
+        yield _stats(file=[name] * len(late), source=list(late), after_death=list(late.values()))
 
     return write
 
@@ -247,7 +249,8 @@ def write_meds_dataset(
         F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(), F.col(CODE)
     )
     stats = ordered.mapInArrow(_shard_writer(f"{out}/{MEDS_DATA}"), _STATS_SCHEMA).toArrow()
-    is_file = pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"]))
+    is_file = pc.and_(pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])),
+                      pc.is_null(stats["source"]))
     file_rows = stats.filter(is_file).select(["file", "rows", "subjects"]).sort_by("file").to_pylist()
     subject_arr = np.sort(stats["subject_id"].drop_null().to_numpy())
     n_subjects = len(subject_arr)
@@ -313,6 +316,9 @@ def write_meds_dataset(
     meta = dataset_metadata(dataset_name, etl_name)
     _write_json(meta, f"{out}/{MEDS_DATASET_JSON}")
     split_counts = {s: int((split_arr == s).sum()) for s in SPLITS}
+    late = stats.filter(pc.is_valid(stats["source"])).group_by("source").aggregate([("after_death", "sum")])
+    after_death = dict(sorted(zip(late["source"].to_pylist(), late["after_death_sum"].to_pylist(),
+                                  strict=True)))
     result = {
         **(summary or {}),
         "dataset_name": dataset_name,
@@ -325,6 +331,8 @@ def write_meds_dataset(
         "split_seed": split_seed,
         "spark_master": spark.conf.get("spark.master", None),
         "shards": file_rows,
+        # kept, but later than the subject's first MEDS_DEATH (per source column value; see count_after_death)
+        "after_death": {"total": sum(after_death.values()), "by_source": after_death},
     }
     _write_json(result, f"{out}/{MEDS_SUMMARY}")
     return result

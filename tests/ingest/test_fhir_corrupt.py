@@ -121,7 +121,7 @@ def build_corpus(root: Path) -> tuple[Expected, dict[str, int]]:
     # p1 (gender, birth), e1 start/end, mr-ok, obs, p2 (gender, birth), e2 start, bp x2
     events = 2 + 2 + 1 + complete + 2 + 1 + 2
     return expected, {"in": n_in, "mapped": mapped, "rejected": len(expected), "skipped": skipped,
-                      "events": events}
+                      "events": events, "duplicate": 0}
 
 
 @pytest.mark.spark

@@ -155,9 +155,12 @@ def test_bundle_to_events_resolves_urn_uuid_and_validates() -> None:
     assert (rej["record_index"], rej["resource_id"]) == (2, "o1")
     assert "valueQuantity" in rej["field"] and rej["reason"].startswith("invalid R4B Observation")
     s = res.summary.to_dict()
-    assert s["reconciled"] and s["totals"] == {"in": 4, "mapped": 2, "events": 4, "rejected": 1, "skipped": 1}
-    # without validation the same Observation maps (no numeric value): validation is what caught it
-    assert bundle_to_events(bundle, validate="none").summary.totals()["mapped"] == 3
+    assert s["reconciled"] and s["totals"] == {"in": 4, "mapped": 2, "events": 4, "rejected": 1, "skipped": 1,
+                                              "duplicate": 0}
+    # without validation the mapper itself rejects it: a value not of its declared type is never a silent null
+    (rej,) = bundle_to_events(bundle, validate="none").rejects.to_pylist()
+    assert (rej["resource_id"], rej["field"], rej["reason"]) == ("o1", "valueQuantity.value",
+                                                                 "value is not a number")
 
 
 def test_auto_mode_adds_validator_reason_and_samples() -> None:

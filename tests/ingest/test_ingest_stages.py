@@ -70,7 +70,7 @@ def test_mimic_stage_accounts_for_every_row(spark: Any, tmp_path: Path) -> None:
     summary = run(cfg, layout)
     assert summary.source == "mimic" and summary.dataset_name == "tiny" and summary.reconciled
     labs = [row for name, row in summary.by_type.items() if name.startswith("labevents:")]
-    assert labs == [{"in": 3, "mapped": 1, "events": 1, "rejected": 2, "skipped": 0}]
+    assert labs == [{"in": 3, "mapped": 1, "events": 1, "rejected": 2, "skipped": 0, "duplicate": 0}]
     assert summary.rejects == summary.totals["rejected"] >= 2 and summary.subjects == 2
     assert summary.splits["held_out"] == 0
     assert json.loads(layout.meds_paths.summary.read_text())["events"] == summary.events

@@ -12,14 +12,17 @@ WRITER = {"dataset_name": "d", "events": 9, "subjects": 2, "codes": 4, "rejects"
 
 def test_fhir_counts_and_totals() -> None:
     result: dict[str, Any] = {**WRITER, "by_resource_type": {
-        "Patient": {"in": 2, "mapped": 2, "events": 4, "rejected": 0, "skipped": 0},
+        "Patient": {"in": 3, "mapped": 2, "events": 4, "rejected": 0, "skipped": 0, "duplicate": 1},
         "Claim": {"in": 1, "mapped": 0, "events": 0, "rejected": 0, "skipped": 1},
         "<unreadable>": {"in": 3, "mapped": 0, "events": 0, "rejected": 3, "skipped": 0}}}
     s = make_summary("fhir", result, fhir_counts(result), "out", 1.234)
     assert s.reconciled and s.seconds == 1.2 and list(s.by_type) == ["<unreadable>", "Claim", "Patient"]
-    assert s.totals == {"in": 6, "mapped": 2, "events": 4, "rejected": 3, "skipped": 1}
+    assert s.totals == {"in": 7, "mapped": 2, "events": 4, "rejected": 3, "skipped": 1, "duplicate": 1}
     table = format_table(s)
-    assert "<unreadable>" in table and table.splitlines()[-1].split() == ["total", "6", "2", "4", "3", "1"]
+    assert "<unreadable>" in table
+    assert table.splitlines()[-1].split() == ["total", "7", "2", "4", "3", "1", "1"]
+    result["by_resource_type"]["Patient"]["duplicate"] = 0  # a record counted nowhere
+    assert not make_summary("fhir", result, fhir_counts(result), "out", 0.0).reconciled
 
 
 def test_mimic_counts_use_the_table_rows() -> None:
@@ -30,8 +33,10 @@ def test_mimic_counts_use_the_table_rows() -> None:
                                   "admissions:EMER": {"table": "admissions", "events": 1, "rejects": {},
                                                       "not_applicable": 1}}}
     by = mimic_counts(result)
-    assert by["labevents:{_lab_code}"] == {"in": 6, "mapped": 2, "events": 2, "rejected": 4, "skipped": 0}
-    assert by["admissions:EMER"] == {"in": 2, "mapped": 1, "events": 1, "rejected": 0, "skipped": 1}
+    assert by["labevents:{_lab_code}"] == {"in": 6, "mapped": 2, "events": 2, "rejected": 4, "skipped": 0,
+                                           "duplicate": 0}
+    assert by["admissions:EMER"] == {"in": 2, "mapped": 1, "events": 1, "rejected": 0, "skipped": 1,
+                                     "duplicate": 0}
     assert make_summary("mimic", result, by, "out", 0.0).reconciled
     result["tables"]["labevents"]["rows"] = 7  # a row that became neither an event nor a reject
     assert not make_summary("mimic", result, mimic_counts(result), "out", 0.0).reconciled
@@ -40,5 +45,5 @@ def test_mimic_counts_use_the_table_rows() -> None:
 def test_meds_counts() -> None:
     result: dict[str, Any] = {**WRITER, "rows_in": 12}
     by = meds_counts(result)
-    assert by == {"meds": {"in": 12, "mapped": 9, "events": 9, "rejected": 3, "skipped": 0}}
+    assert by == {"meds": {"in": 12, "mapped": 9, "events": 9, "rejected": 3, "skipped": 0, "duplicate": 0}}
     assert make_summary("meds", result, by, "out", 0.0).reconciled

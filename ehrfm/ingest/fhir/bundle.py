@@ -2,7 +2,8 @@
 
 It runs exactly the per-record code of the Spark ETL (:func:`ehrfm.ingest.fhir.process.process_record`)
 with the cross-record lookups (birth for the before-birth check, Medication for medicationReference)
-built from the Bundle itself, the way the Spark path builds them with joins.
+built from the Bundle itself, the way the Spark path builds them with joins, then the same settling
+rules (:func:`ehrfm.ingest.fhir.dedup.settle`: copies of a resource, records without a valid Patient).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from ehrfm.ingest.deaths import count_after_death
 from ehrfm.ingest.fhir import jsonio
+from ehrfm.ingest.fhir.dedup import settle
 from ehrfm.ingest.fhir.ids import subject_id_for
 from ehrfm.ingest.fhir.mapper import MapContext, birth_floor
 from ehrfm.ingest.fhir.process import Summary, process_record, summary_key
@@ -64,12 +67,15 @@ def bundle_to_events(
     source_file: str = "<bundle>",
     max_time_us: int | None = None,
     rules: Rules | None = None,
+    anonymous_subjects: bool = False,
 ) -> FhirResult:
     """Map one FHIR Bundle (dict, JSON text or bytes, optionally gzip; NDJSON text works too).
 
     ``validate``: "full"/"auto" check each mapped-type resource against the FHIR R4B (or STU3) models
     first (at serving time a patient's few hundred resources validate in well under a second);
     "none" skips that. ``max_time_us`` overrides the far-future limit (default now + 1 day).
+    Copies of a resource (same type and id) count once (:mod:`ehrfm.ingest.fhir.dedup`); records whose
+    subject has no valid Patient in the Bundle are rejected, or kept with ``anonymous_subjects``.
     Raises ``ValueError`` for a bad ``validate`` or a JSON value that is not a resource object.
     """
     if validate not in VALIDATE_CHOICES:
@@ -94,9 +100,11 @@ def bundle_to_events(
     summary = Summary()
     events: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
-    for rec in records:
-        out = process_record(rec, ctx, validate != "none")
+    outcomes = [process_record(rec, ctx, validate != "none") for rec in records]
+    for rec, out in zip(records, settle(records, outcomes, rules, anonymous_subjects), strict=True):
         summary.add(summary_key(rec), out.status, len(out.events))
         events += out.events
         rejects += out.rejects
-    return FhirResult(sort_events(events_table(events)), rejects_table(rejects), summary, ctx.descriptions)
+    table = sort_events(events_table(events))
+    summary.after_death = count_after_death(table)
+    return FhirResult(table, rejects_table(rejects), summary, ctx.descriptions)

@@ -124,27 +124,60 @@ def _time(resource: dict[str, Any], paths: tuple[str, ...], required: bool = Tru
         raise MappingError(path, f"unparseable time: {e}") from None
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def value_of(obj: dict[str, Any]) -> tuple[float | None, str | None, str | None]:
-    """``(numeric_value, text_value, unit)`` of an Observation or component ``value[x]``."""
+    """``(numeric_value, text_value, unit)`` of an Observation or component ``value[x]``.
+
+    A value present but not of its declared type (``valueQuantity.value: "abc"``, ``valueBoolean: 1``)
+    raises :class:`MappingError` naming the field: a silent null would look like a missing measurement.
+    An absent value (e.g. a Quantity with a unit and a dataAbsentReason only) is ``None``, not an error.
+    """
     q = obj.get("valueQuantity")
-    if isinstance(q, dict):
+    if q is not None:
+        if not isinstance(q, dict):
+            raise MappingError("valueQuantity", "valueQuantity is not a Quantity object")
         v = q.get("value")
+        if v is not None and not _number(v):
+            raise MappingError("valueQuantity.value", "value is not a number")
         unit = q.get("unit") or q.get("code")
-        return (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None), None, unit
+        if unit is not None and not isinstance(unit, str):
+            raise MappingError("valueQuantity.unit", "unit is not a string")
+        return (None if v is None else float(v)), None, unit
     cc = obj.get("valueCodeableConcept")
-    if isinstance(cc, dict):
+    if cc is not None:
+        if not isinstance(cc, dict):
+            raise MappingError("valueCodeableConcept", "valueCodeableConcept is not an object")
         codings = cc.get("coding") or [{}]
-        text = cc.get("text") or codings[0].get("display") or codings[0].get("code")
+        first = codings[0] if isinstance(codings, list) and isinstance(codings[0], dict) else {}
+        text = cc.get("text") or first.get("display") or first.get("code")
         return None, (str(text) if text else None), None
     for key in ("valueString", "valueDateTime", "valueTime", "valueCode"):
-        if isinstance(obj.get(key), str):
-            return None, obj[key], None
-    if isinstance(obj.get("valueBoolean"), bool):
-        return None, "true" if obj["valueBoolean"] else "false", None
+        v = obj.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, str):
+            raise MappingError(key, "value is not a string")
+        if key == "valueDateTime":
+            try:
+                parse_fhir_time(v)
+            except TimeParseError:
+                raise MappingError(key, "value is not a FHIR dateTime") from None
+        return None, v, None
+    v = obj.get("valueBoolean")
+    if v is not None:
+        if not isinstance(v, bool):
+            raise MappingError("valueBoolean", "value is not a boolean")
+        return None, "true" if v else "false", None
     for key in ("valueInteger", "valueDecimal"):
         v = obj.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v), None, None
+        if v is None:
+            continue
+        if not _number(v) or (key == "valueInteger" and not float(v).is_integer()):
+            raise MappingError(key, f"value is not {'an integer' if key == 'valueInteger' else 'a number'}")
+        return float(v), None, None
     return None, None, None
 
 
@@ -257,7 +290,10 @@ def _map_observation(r: dict[str, Any], rule: ResourceRule, sid: int, ctx: MapCo
             code, _ = pick_coding(comp.get("code"), prefix, ctx)
         except MappingError as e:
             raise MappingError(f"component.{i}.code", e.reason) from None
-        num, text, unit = value_of(comp)
+        try:
+            num, text, unit = value_of(comp)
+        except MappingError as e:
+            raise MappingError(f"component.{i}.{e.field}", e.reason) from None
         events.append(_event(sid, t, code, "fhir:Observation", enc, num, text, unit))
     num, text, unit = value_of(r)
     if not comps or num is not None or text is not None:

@@ -1,7 +1,9 @@
 """One record -> its outcome (mapped / rejected / skipped), and the reconciling summary.
 
 Both engines (Spark and the one-patient path) call :func:`process_record`, so the decision for a
-record is made by one piece of code. Reconciliation per resource type: ``in = mapped + rejected + skipped``.
+record is made by one piece of code; copies of a resource and records without a valid Patient are settled
+afterwards (:mod:`ehrfm.ingest.fhir.dedup`). Reconciliation per resource type:
+``in = mapped + rejected + skipped + duplicate``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ehrfm.ingest.fhir.rules import Rules
 from ehrfm.ingest.fhir.validate import is_known_type, validate_resource
 
 UNREADABLE = "<unreadable>"  # summary key for records whose resourceType could not be read
-MAPPED, REJECTED, SKIPPED = "mapped", "rejected", "skipped"
+MAPPED, REJECTED, SKIPPED, DUPLICATE = "mapped", "rejected", "skipped", "duplicate"
 MAP, UNKNOWN = "map", "unknown"
 
 
@@ -68,12 +70,15 @@ def summary_key(rec: Record) -> str:
 
 
 class Summary:
-    """Per resource type counts: records in, mapped, rejected, skipped, and events produced."""
+    """Per resource type counts: records in, mapped, rejected, skipped, duplicate (an identical copy of a
+    resource read elsewhere in the input) and events produced; ``after_death``: events kept although later
+    than their subject's MEDS_DEATH, per ``source``."""
 
-    COLUMNS = ("in", MAPPED, "events", REJECTED, SKIPPED)
+    COLUMNS = ("in", MAPPED, "events", REJECTED, SKIPPED, DUPLICATE)
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, int]] = {}
+        self.after_death: dict[str, int] = {}
 
     def add(self, key: str, status: str, n_events: int) -> None:
         """Count one record with its outcome."""
@@ -93,8 +98,8 @@ class Summary:
         return {c: sum(r[c] for r in self.rows.values()) for c in self.COLUMNS}
 
     def reconciles(self) -> bool:
-        """True when every row has ``in == mapped + rejected + skipped``."""
-        return all(r["in"] == r[MAPPED] + r[REJECTED] + r[SKIPPED] for r in self.rows.values())
+        """True when every row has ``in == mapped + rejected + skipped + duplicate``."""
+        return all(r["in"] == r[MAPPED] + r[REJECTED] + r[SKIPPED] + r[DUPLICATE] for r in self.rows.values())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"by_resource_type": {...}, "totals": {...}, "reconciled": bool}``."""

@@ -12,7 +12,9 @@ one-patient path's (:mod:`ehrfm.ingest.fhir.spark_rows`):
 3. **cross-file** (only when Bundle files exist, whose Patients step 1 does not read): the records
    that lacked a lookup or were rejected ⟕ birth floor ⟕ Medication (broadcast joins), then the same
    per-record code.
-4. **write**: :func:`ehrfm.ingest.writer.write_meds_dataset` with events, rejects, descriptions,
+4. **settle** (:mod:`ehrfm.ingest.fhir.spark_settle`): copies of a resource across the whole input become
+   ``duplicate`` or conflicting-version rejects, records of subjects without a mapped Patient rejects.
+5. **write**: :func:`ehrfm.ingest.writer.write_meds_dataset` with events, rejects, descriptions,
    subject ids and the reconciling summary. Only aggregates and the lookups reach the driver.
 """
 
@@ -27,7 +29,6 @@ import pyarrow as pa
 from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
 from ehrfm.ingest.fhir.paths import cleanup, expand_inputs
-from ehrfm.ingest.fhir.process import Summary
 from ehrfm.ingest.fhir.spark_rows import ROW_SCHEMA, pending_rows, to_batch
 from ehrfm.ingest.fhir.times import US_PER_DAY, now_us
 
@@ -171,6 +172,7 @@ def ingest_fhir(
     rows_per_shard: int | None = None,
     keep_tmp: bool = False,
     progress: bool = False,
+    anonymous_subjects: bool = False,
 ) -> dict[str, Any]:
     """Ingest FHIR Bundle JSON / NDJSON files (plain or .gz) into a MEDS dataset at ``output``.
 
@@ -179,7 +181,10 @@ def ingest_fhir(
     "none" never validates; "auto" (default) validates the records the mapper rejects (the validator's
     reason is added) and a deterministic 1-in-``sample_every`` sample of mapped records, reported in
     ``summary["validation_sample"]`` (use "full" to reject on it). ``max_time_us``: far-future limit
-    (default: now + 1 day). Returns the summary written to ``output/summary.json``.
+    (default: now + 1 day). Local folders are walked by real path (:mod:`ehrfm.ingest.fhir.paths`: each
+    file once, link cycles skipped and listed in ``summary["skipped_links"]``). Copies of a resource count
+    once; records whose subject has no valid Patient are rejected, or kept with ``anonymous_subjects``.
+    Returns the summary written to ``output/summary.json``.
     """
     from pyspark.sql import functions as F
     from tqdm import tqdm
@@ -188,10 +193,11 @@ def ingest_fhir(
         raise ValueError(f"validate must be one of {VALIDATE_CHOICES}, got {validate!r}")
     from ehrfm.ingest.writer import write_meds_dataset
 
-    files = expand_inputs(spark, inputs)
+    found = expand_inputs(spark, inputs)
+    files = found.files
     limit = max_time_us if max_time_us is not None else now_us() + US_PER_DAY
     tmp = output.rstrip("/") + "/_fhir_tmp"
-    steps = tqdm(total=4, desc="fhir ingest", unit="step", disable=not progress)
+    steps = tqdm(total=5, desc="fhir ingest", unit="step", disable=not progress)
     mode, every = validate, sample_every
 
     clock = time.perf_counter()
@@ -219,7 +225,7 @@ def ingest_fhir(
      .mapInArrow(_map_fn(lookup, complete, mode, limit, every), ROW_SCHEMA)
      .write.mode("overwrite").parquet(f"{tmp}/pass1"))
     p1 = spark.read.parquet(f"{tmp}/pass1")
-    out = p1.where(F.col("kind").isin("E", "R", "S", "D", "V"))
+    out = p1.where(F.col("kind").isin("E", "R", "K", "D", "V"))
     seconds["map"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
     steps.update()
 
@@ -246,13 +252,17 @@ def ingest_fhir(
     seconds["cross_file"] = round(max(0.0, time.perf_counter() - clock - sum(seconds.values())), 1)
     steps.update()
 
-    summary = _summary(out)
-    summary.update({"inputs": list(inputs), "files": len(files), "validate": validate, "max_time_us": limit})
-    events = out.where(F.col("kind") == "E").select(
+    from ehrfm.ingest.fhir.spark_settle import outcome_counts, settle
+
+    settled, rejects, outcomes = settle(out, f"{tmp}/settled", anonymous_subjects)
+    seconds["settle"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
+    steps.update()
+    summary = _summary(out, outcome_counts(outcomes).to_dict())
+    summary.update({"inputs": list(inputs), "files": len(files), "validate": validate, "max_time_us": limit,
+                    "skipped_links": found.skipped_links, "anonymous_subjects": anonymous_subjects})
+    events = settled.select(
         "subject_id", F.timestamp_micros("time").alias("time"), "code", "numeric_value", "text_value",
         "encounter_id", "unit", "source")
-    rejects = out.where(F.col("kind") == "R").select(
-        "source_file", "record_index", "resource_type", "resource_id", "field", "reason")
     descriptions = out.where(F.col("kind") == "D").select("code", F.col("text_value").alias("description"))
     subject_ids = (p1.where(F.col("kind") == "I")
                    .select("subject_id", F.col("patient_ref").alias("source_id")).distinct())
@@ -274,25 +284,16 @@ def ingest_fhir(
     return result
 
 
-def _summary(out: DataFrame) -> dict[str, Any]:
-    """Per resource type counts and the validation sample; only aggregates are collected."""
+def _summary(out: DataFrame, counts: dict[str, Any]) -> dict[str, Any]:
+    """``counts`` (the settled per resource type counts) and the validation sample; only aggregates are
+    collected."""
     from pyspark.sql import functions as F
 
-    s = Summary()
-    groups = (out.where(F.col("kind").isin("S", "V")).groupBy("kind", "resource_type", "status")
-              .agg(F.sum(F.coalesce("n_records", F.lit(1))).alias("n"), F.sum("n_events").alias("ev"))
-              .collect())
-    checked = invalid = 0
-    for r in groups:
-        if r["kind"] == "S":
-            s.merge_row(r["resource_type"], {"in": r["n"], r["status"]: r["n"], "events": r["ev"]})
-        else:
-            checked += r["n"]
-            invalid += r["n"] if r["status"] == "invalid" else 0
+    groups = (out.where(F.col("kind") == "V").groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect())
+    checked = sum(r["n"] for r in groups)
+    invalid = sum(r["n"] for r in groups if r["status"] == "invalid")
     examples = []
     if invalid:
         bad = out.where((F.col("kind") == "V") & (F.col("status") == "invalid")).limit(5).collect()
         examples = [f"{r['source_file']}#{r['record_index']}: {r['reason']}" for r in bad]
-    result = s.to_dict()
-    result["validation_sample"] = {"checked": checked, "invalid": invalid, "examples": examples}
-    return result
+    return {**counts, "validation_sample": {"checked": checked, "invalid": invalid, "examples": examples}}

@@ -4,9 +4,13 @@ they are plain generators of tuples, testable without a session).
 Every row has the columns of :data:`ROW_SCHEMA`; ``kind`` says which are used:
 
 ====  ======================================================================================
-E     an event (EVENTS_SCHEMA columns; ``time`` as int microseconds)
+E     an event (EVENTS_SCHEMA columns; ``time`` as int microseconds) and its record's ``source_file``,
+      ``record_index``
 R     a reject (REJECTS_SCHEMA columns; ``reason`` holds the reason)
-S     outcome counts: ``resource_type`` (or ``<unreadable>``), ``status``, ``n_records``, ``n_events``
+K     one per record, its outcome before settling (:mod:`ehrfm.ingest.fhir.spark_settle`): location,
+      ``resource_type`` (or ``<unreadable>``), ``resource_id``, ``status``, ``n_events``, ``subject_id``
+      (mapped records and Patients), ``field`` / ``reason`` (a reject's first; for a mapped record, its
+      subject field), ``updated`` (meta.lastUpdated) and ``digest`` (content, only with a type and an id)
 D     a code description (``code``, ``text_value`` = description)
 V     "auto" validation sample: ``status`` valid/invalid, ``reason``
 P     a record whose mapping needs lookups from other files: ``payload`` JSON + join keys
@@ -19,24 +23,24 @@ I     a subject id and its source id (``subject_id``, ``patient_ref``)
 from __future__ import annotations
 
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from ehrfm.ingest.fhir import jsonio
+from ehrfm.ingest.fhir.dedup import copy_of
 from ehrfm.ingest.fhir.mapper import MapContext, reference_id, subject_of
-from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, UNREADABLE, Outcome, classify, process_record
+from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, Outcome, classify, process_record, summary_key
 from ehrfm.ingest.fhir.records import Record
-from ehrfm.ingest.fhir.rules import Rules, load_rules
+from ehrfm.ingest.fhir.rules import Rules, first_path, load_rules
 from ehrfm.ingest.fhir.validate import validate_resource
 
 ROW_SCHEMA = (
     "kind string, subject_id long, time long, code string, numeric_value float, text_value string, "
     "encounter_id string, unit string, source string, source_file string, record_index long, "
     "resource_type string, resource_id string, field string, reason string, status string, n_events long, "
-    "n_records long, floor long, med_key string, payload string, patient_ref string"
+    "floor long, med_key string, payload string, patient_ref string, updated long, digest string"
 )
 _COLUMNS = [c.strip().split(" ")[0] for c in ROW_SCHEMA.split(",")]
 _ARROW_TYPES = {"string": pa.string(), "long": pa.int64(), "float": pa.float32()}
@@ -76,15 +80,28 @@ def to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema = ARROW_SCHEMA) -> p
                                       schema=schema)
 
 
-def _status_rows(counts: Counter[tuple[str, str]],
-                 events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
-    for (rtype, status), n in counts.items():
-        yield row("S", resource_type=rtype, status=status, n_records=n, n_events=events[(rtype, status)])
+def outcome_row(rec: Record, out: Outcome, rules: Rules) -> tuple[Any, ...]:
+    """The ``K`` row of one record's outcome (see the module doc)."""
+    res, rtype, rid = rec.resource, rec.resource_type, rec.resource_id
+    sid = field = reason = updated = digest = None
+    if out.rejects:
+        field, reason = out.rejects[0]["field"], out.rejects[0]["reason"]
+    if res is not None and rtype and rid:
+        c = copy_of(rec.source_file, rec.record_index, res)
+        updated, digest = c.updated_us, c.digest
+        if rtype == "Patient":
+            sid = subject_of(res, rules)
+    if out.status == MAPPED and out.events:
+        sid = out.events[0]["subject_id"]
+        if rtype != "Patient" and res is not None:
+            field = first_path(res, rules.subject_fields)[0]
+    return row("K", source_file=rec.source_file, record_index=rec.record_index,
+               resource_type=summary_key(rec), resource_id=rid, status=out.status, n_events=len(out.events),
+               subject_id=sid, field=field, reason=reason, updated=updated, digest=digest)
 
 
 def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: Rules, validate: str,
-                  every: int, counts: Counter[tuple[str, str]],
-                  events: Counter[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
+                  every: int) -> Iterator[tuple[Any, ...]]:
     if validate == "auto" and res is not None and rec.error is None:
         if out.status == REJECTED and out.rejects:
             # the validator usually names the root cause of what the mapper tripped on
@@ -98,11 +115,9 @@ def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: 
                       resource_type=rec.resource_type,
                       resource_id=rec.resource_id, field=problem[0] if problem else None,
                       reason=problem[1] if problem else None, status="invalid" if problem else "valid")
-    key = (rec.resource_type or UNREADABLE, out.status)
-    counts[key] += 1
-    events[key] += len(out.events)
+    yield outcome_row(rec, out, rules)
     for e in out.events:
-        yield row("E", **e)
+        yield row("E", **e, source_file=rec.source_file, record_index=rec.record_index)
     for r in out.rejects:
         yield row("R", **r)
 
@@ -118,7 +133,7 @@ def _med_key(res: dict[str, Any]) -> str | None:
 def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
                 meds: Mapping[str, dict[str, Any]],
                 complete: bool, validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
-    """Map the records of one file (or byte range): final E/R/S/D/V rows and I rows, plus P rows for
+    """Map the records of one file (or byte range): E/R/K/D/V rows and I rows, plus P rows for
     the records that must wait for the cross-file join (only when ``complete`` is false).
 
     ``births`` / ``meds``: the lookups known here. With ``complete`` they are all there are, so every
@@ -128,16 +143,13 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
     """
     rules = load_rules()
     ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us)
-    counts: Counter[tuple[str, str]] = Counter()
-    events: Counter[tuple[str, str]] = Counter()
     seen: set[tuple[int, str]] = set()
     full = validate == "full"
     for rec in records:
         res = rec.resource if rec.error is None else None
         rtype = rec.resource_type
         if res is None or rtype is None or classify(rtype, rules) != MAP:
-            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), rules, validate, every, counts,
-                                     events)
+            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), rules, validate, every)
             continue
         sid = subject_of(res, rules)
         if sid is not None:
@@ -150,11 +162,10 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
         if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
             out = process_record(rec, ctx, full)
             if complete or out.status != REJECTED:
-                yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
+                yield from _outcome_rows(rec, res, out, rules, validate, every)
                 continue
         yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
                   payload=jsonio.dumps(res))
-    yield from _status_rows(counts, events)
     for code, desc in ctx.descriptions.items():
         yield row("D", code=code, text_value=desc)
 
@@ -162,11 +173,9 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
 def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
                  every: int) -> Iterator[tuple[Any, ...]]:
     """Pass 2 on one partition: P rows joined with the global birth floor (``floor``) and Medication
-    (``med_payload``) -> final E/R/S/D/V rows."""
+    (``med_payload``) -> E/R/K/D/V rows."""
     rules = load_rules()
     ctx = MapContext(rules=rules, max_time_us=max_time_us)
-    counts: Counter[tuple[str, str]] = Counter()
-    events: Counter[tuple[str, str]] = Counter()
     for r in rows:
         res = jsonio.loads(r["payload"])
         rec = Record(r["source_file"], r["record_index"], resource=res)
@@ -174,7 +183,6 @@ def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
         ctx.medications = ({r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None
                            else {})
         out = process_record(rec, ctx, validate == "full")
-        yield from _outcome_rows(rec, res, out, rules, validate, every, counts, events)
-    yield from _status_rows(counts, events)
+        yield from _outcome_rows(rec, res, out, rules, validate, every)
     for code, desc in ctx.descriptions.items():
         yield row("D", code=code, text_value=desc)

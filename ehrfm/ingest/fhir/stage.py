@@ -14,7 +14,8 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
     """Ingest ``cfg.input`` (default: the layout's synthetic population) with Spark into ``layout.meds``.
 
     Prints the per-resource-type table and returns the summary; raises ``RuntimeError`` (after writing
-    the dataset) when the counts of a resource type do not reconcile (in = mapped + rejected + skipped).
+    the dataset) when the counts of a resource type do not reconcile (in = mapped + rejected + skipped +
+    duplicate).
     """
     from ehrfm.ingest.fhir.times import TimeParseError, parse_fhir_time
 
@@ -40,7 +41,8 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
     t0 = time.perf_counter()
     result = ingest_fhir(spark, inputs, out, validate=cfg.validate, sample_every=cfg.sample_every,
                          max_time_us=max_time_us, split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
-                         rows_per_shard=cfg.rows_per_shard, progress=True, **named)
+                         rows_per_shard=cfg.rows_per_shard, progress=True,
+                         anonymous_subjects=cfg.anonymous_subjects, **named)
     summary = make_summary("fhir", result, fhir_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)
     sample = result.get("validation_sample") or {}
@@ -50,6 +52,7 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
     if result.get("subject_id_collisions"):
         print(f"warning: {result['subject_id_collisions']} subject_id(s) shared by different Patient ids")
     if not summary.reconciled:
-        raise RuntimeError(f"ehrfm ingest fhir: counts do not reconcile (in != mapped + rejected + skipped); "
+        raise RuntimeError(f"ehrfm ingest fhir: counts do not reconcile (in != mapped + rejected + skipped + "
+                           f"duplicate); "
                            f"see {out}/summary.json")
     return summary

@@ -32,3 +32,4 @@ def sort_events(table: pa.Table) -> pa.Table:
         return table.sort_by([(c, "ascending", "at_start") for c in SORT_COLUMNS])  # pyarrow >= 25
     except (TypeError, ValueError):
         return table.sort_by([(c, "ascending") for c in SORT_COLUMNS], null_placement="at_start")
+
