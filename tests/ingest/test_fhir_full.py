@@ -31,9 +31,15 @@ def raw_counts(folder: Path) -> dict[str, Any]:
     is an impossible time and must come back as a reject, not an event (Synthea has a few)."""
     c: dict[str, Any] = {"patients": 0, "deaths": 0, "classes": Counter(), "early_classes": Counter(),
                          "labs": Counter(), "early_labs": 0, "entries": 0}
+    copies: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json.gz")):
         entries = json.loads(gzip.decompress(path.read_bytes()))["entry"]
         c["entries"] += len(entries)
+        for e in entries:
+            r = e["resource"]
+            assert "lastUpdated" not in (r.get("meta") or {})  # so the last copy in path order wins
+            body = {k: v for k, v in r.items() if k != "meta"}
+            copies.setdefault((r["resourceType"], r["id"]), []).append(body)
         births = [_when(e["resource"]["birthDate"]) for e in entries
                   if e["resource"]["resourceType"] == "Patient"]
         floor = births[0] - dt.timedelta(days=1) if births else dt.datetime.min
@@ -55,6 +61,11 @@ def raw_counts(folder: Path) -> dict[str, Any]:
                 else:
                     c["labs"][(f"LAB//LOINC//{r['code']['coding'][0]['code']}",
                                r["valueQuantity"]["unit"])] += 1
+    # Organizations and Practitioners repeat in every patient's bundle: identical to the last copy (the
+    # winner) they are duplicates, else (the hospital and practitioner files carry utilization
+    # extensions) conflicting versions, rejected
+    c["duplicates"] = Counter(k[0] for k, v in copies.items() for x in v[:-1] if x == v[-1])
+    c["conflicts"] = Counter(k[0] for k, v in copies.items() for x in v[:-1] if x != v[-1])
     return c
 
 
@@ -81,8 +92,15 @@ def test_full_synthea_corpus(spark: Any, synthea_bundles: Path, tmp_path: Path) 
     rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
     early_encounters = [r for r in rejects if r["resource_type"] == "Encounter"]
     assert len(early_encounters) == sum(raw["early_classes"].values())
-    # the only problem in this corpus
-    assert all("before the subject's birth" in r["reason"] for r in rejects)
+    # the only problems in this corpus: impossible times and conflicting versions of shared resources
+    conflicts = Counter(r["resource_type"] for r in rejects if r["reason"].startswith("conflicting version"))
+    assert conflicts == raw["conflicts"] and set(conflicts) == {"Organization", "Practitioner"}
+    assert all("before the subject's birth" in r["reason"] for r in rejects
+               if not r["reason"].startswith("conflicting version"))
+    by_type = result["by_resource_type"]
+    assert {k: row["duplicate"] for k, row in by_type.items() if row["duplicate"]} == raw["duplicates"]
+    print(f"after death: {result['after_death']}")
+    assert result["after_death"]["total"] == sum(result["after_death"]["by_source"].values()) > 0
 
     labs = data.filter(pc.and_(pc.starts_with(data["code"], "LAB//"), pc.is_valid(data["numeric_value"])))
     got = Counter(zip(labs.column("code").to_pylist(), labs.column("unit").to_pylist(), strict=True))
