@@ -44,6 +44,13 @@ def test_headline_counts(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
     assert labs[labs.text_value.notna()].numeric_value.isna().all()  # text only where there is no number
     assert (ev.code == "MEDS_BIRTH").sum() == 100 and ev.code.str.startswith("GENDER//").sum() == 100
     assert ev[ev.time.isna()].code.str.startswith("GENDER//").all()  # the only static rows
+    # events dated after the subject's death are kept, and counted per source (pandas here, pyarrow in
+    # the writer)
+    dies = death.groupby("subject_id").time.min().rename("death")
+    timed = ev.join(dies, on="subject_id", how="inner")
+    late = timed[timed.time > timed.death].source.value_counts().to_dict()
+    print(f"after death: {summary['after_death']}")
+    assert summary["after_death"] == {"total": sum(late.values()), "by_source": dict(sorted(late.items()))}
 
 
 def test_diagnoses_and_procedures_are_timed_at_discharge(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
