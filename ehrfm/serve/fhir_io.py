@@ -29,9 +29,6 @@ import pandas as pd
 from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.ingest.fhir.ids import subject_id_for
-from ehrfm.ingest.fhir.mapper import subject_of
-from ehrfm.ingest.fhir.records import bundle_entry_records
-from ehrfm.ingest.fhir.rules import load_rules
 from ehrfm.ingest.fhir.validate import is_known_type
 from ehrfm.schema import CODE, ENCOUNTER_ID, EVENT_COLUMNS, NUMERIC_VALUE, SUBJECT_ID, TIME
 from ehrfm.serve.core import Limits
@@ -99,14 +96,17 @@ def _text(row: int, name: str, value: Any, limits: Limits) -> tuple[str | bytes 
                                                                        int]:
     """``(value, bytes)`` of a row's JSON field, refused over ``max_request_bytes`` before any parsing.
 
-    Already-parsed JSON (a Python caller) is bounded first (depth, element count) and measured as text.
+    Already-parsed JSON (a Python caller) is measured as text.
     """
     if isinstance(value, (dict, list)):
         try:
-            jsonio.check_bounds(value, limits.max_json_depth, limits.max_json_elements)
-        except jsonio.JsonLimitError as e:
-            raise InputError(f"row {row}: field {name!r}: {e}", TOO_LARGE) from None
-        size = len(jsonio.dumps(value))
+            size = len(jsonio.dumps(value))
+        except (TypeError, ValueError) as e:  # the serialiser stops at its own nesting limit
+            if "recursion" in str(e).lower():
+                raise InputError(f"row {row}: field {name!r}: JSON nested deeper than "
+                                 f"max_json_depth={limits.max_json_depth}", TOO_LARGE) from None
+            raise InputError(f"row {row}: field {name!r} holds a value that is not JSON",
+                             BAD_REQUEST) from None
     elif isinstance(value, (str, bytes)):
         value = str(value) if isinstance(value, str) else value  # numpy.str_ (MLflow "inputs") -> str
         # a character is at least one UTF-8 byte: a long string is refused before it is encoded
@@ -115,20 +115,23 @@ def _text(row: int, name: str, value: Any, limits: Limits) -> tuple[str | bytes 
     else:
         raise InputError(f"row {row}: field {name!r} must be JSON text, got {type(value).__name__}",
                          BAD_REQUEST)
-    if size > limits.max_request_bytes:
-        raise InputError(f"row {row}: field {name!r} is {size:,} bytes, over the limit "
+    if size > limits.max_request_bytes:  # (a string refused by its length holds at least that many bytes)
+        raise InputError(f"row {row}: field {name!r} is {size:,} bytes or more, over the limit "
                          f"max_request_bytes={limits.max_request_bytes:,}", TOO_LARGE)
     return value, size
 
 
 def _json(row: int, name: str, value: str | bytes | dict[str, Any] | list[Any], limits: Limits) -> Any:
-    """Parse (bounded: depth, element count); 400 for malformed JSON, 413 over a JSON limit."""
+    """Parse; 400 for malformed JSON, 413 past the parser's own nesting stop. The depth and element
+    limits are checked by :func:`_bound` once the O(1) counts (resources, events) have passed: walking
+    every value of a 30 MB document costs seconds, counting its entries nothing."""
     if isinstance(value, (dict, list)):
-        return value  # bounded by _text
+        return value
     try:
-        return jsonio.loads_bounded(value, limits.max_json_depth, limits.max_json_elements)
-    except jsonio.JsonLimitError as e:
-        raise InputError(f"row {row}: field {name!r}: {e}", TOO_LARGE) from None
+        return jsonio.loads(value)
+    except RecursionError:  # the standard-library parser (orjson stops at 1,024 levels by itself)
+        raise InputError(f"row {row}: field {name!r}: JSON nested deeper than "
+                         f"max_json_depth={limits.max_json_depth}", TOO_LARGE) from None
     except ValueError as e:
         if "depth limit" in str(e) or "recursion" in str(e).lower():  # the parser's own nesting stop
             raise InputError(f"row {row}: field {name!r}: JSON nested deeper than "
@@ -137,6 +140,14 @@ def _json(row: int, name: str, value: str | bytes | dict[str, Any] | list[Any], 
         where = (f" ({scrub(e.msg)} at line {e.lineno}, column {e.colno})"
                  if isinstance(e, json.JSONDecodeError) else "")
         raise InputError(f"row {row}: field {name!r} is not valid JSON{where}", BAD_REQUEST) from None
+
+
+def _bound(row: int, name: str, obj: Any, limits: Limits) -> None:
+    """The JSON depth and element-count limits (413), before anything walks the document recursively."""
+    try:
+        jsonio.check_bounds(obj, limits.max_json_depth, limits.max_json_elements)
+    except jsonio.JsonLimitError as e:
+        raise InputError(f"row {row}: field {name!r}: {e}", TOO_LARGE) from None
 
 
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
@@ -165,17 +176,21 @@ def scrub(reason: str, resource: Any = None) -> str:
     return _QUOTED.sub("<value>", reason)
 
 
-def _entries(row: int, bundle: Any, limits: Limits) -> list[Any]:
-    """The Bundle's entries after the shape checks (400) and the resource count limit (413)."""
+def _count(row: int, name: str, items: Any, limit: int, what: str) -> None:
+    """413 when a list holds more than ``limit`` items: O(1), so it comes before anything walks them."""
+    if isinstance(items, list) and len(items) > limit:
+        raise InputError(f"row {row}: field {name!r} holds {len(items):,} {what}, over the limit "
+                         f"max_{what}={limit:,}", TOO_LARGE)
+
+
+def _entries(row: int, bundle: Any) -> list[Any]:
+    """The Bundle's entries after the shape checks (400)."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InputError(f"row {row}: field 'bundle.resourceType' must be 'Bundle'", BAD_REQUEST)
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
         raise InputError(f"row {row}: field 'bundle.entry' must be a non-empty list of resources",
                          BAD_REQUEST)
-    if len(entries) > limits.max_resources:
-        raise InputError(f"row {row}: field 'bundle.entry' holds {len(entries):,} resources, over the "
-                         f"limit max_resources={limits.max_resources:,}", TOO_LARGE)
     return entries
 
 
@@ -193,24 +208,6 @@ def _patient(row: int, entries: list[Any]) -> tuple[int, str]:
     return found[0], pid
 
 
-def _foreign(row: int, entries: list[Any], sid: int) -> list[Issue]:
-    """Mapped-type resources whose subject is not the Bundle's Patient (they would start a second
-    timeline): one issue each. References are read after the ``urn:uuid:`` rewrite, as the mapper reads
-    them."""
-    rules = load_rules()
-    out = []
-    for rec in bundle_entry_records(f"<row {row}>", entries, copy=True):
-        res, rtype = rec.resource, rec.resource_type
-        if res is None or rtype is None or rtype == "Patient" or rtype not in rules.resources:
-            continue
-        other = subject_of(res, rules)
-        if other is not None and other != sid:
-            present = next((f for f in rules.subject_fields if res.get(f) is not None), None)
-            out.append(Issue(row, rec.record_index, rtype, rec.resource_id, present,
-                             "refers to a Patient that is not the Bundle's Patient"))
-    return out
-
-
 def _describe(issue: Issue, with_id: bool) -> str:
     """``entry[3] Observation[/id] field valueQuantity.value: reason`` (ids only where payload may go)."""
     what = issue.resource_type or "resource"
@@ -225,11 +222,17 @@ def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full",
     """A Bundle (JSON text) -> a :class:`PatientInput` (no time, no tasks: see :func:`parse_request`).
 
     Exactly one Patient with an id is required and it must map (422). Any other rejected resource (FHIR
-    validation, impossible time, bad value, a foreign subject) is left out and listed in ``issues``; with
-    ``strict`` it refuses the row instead (422, the first rejects named by entry, type, field and reason).
-    """
+    validation, impossible time, bad value, a subject other than the Patient) is left out and listed in
+    ``issues``; with ``strict`` it refuses the row instead (422, the first rejects named by entry, type,
+    field and reason)."""
     text, _ = _text(row, "bundle", value, limits)
-    entries = _entries(row, _json(row, "bundle", text, limits), limits)
+    bundle = _json(row, "bundle", text, limits)
+    # limits first (count, then depth and values), shape second: an oversized document is a 413 whatever
+    # its shape, and a 170k-entry Bundle is refused without walking its values
+    _count(row, "bundle.entry", bundle.get("entry") if isinstance(bundle, dict) else None,
+           limits.max_resources, "resources")
+    _bound(row, "bundle", bundle, limits)
+    entries = _entries(row, bundle)
     p_entry, pid = _patient(row, entries)
     sid = subject_id_for(pid)
     try:
@@ -243,8 +246,6 @@ def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full",
         resource = entries[i].get("resource") if i is not None and isinstance(entries[i], dict) else None
         rtype = r["resource_type"] if r["resource_type"] and is_known_type(r["resource_type"]) else None
         issues.append(Issue(row, i, rtype, r["resource_id"], r["field"], scrub(r["reason"], resource)))
-    rejected = {i.entry for i in issues}
-    issues += [f for f in _foreign(row, entries, sid) if f.entry not in rejected]
     issues.sort(key=lambda i: -1 if i.entry is None else i.entry)
     for issue in issues:
         if issue.entry == p_entry:
@@ -253,6 +254,8 @@ def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full",
         shown = "; ".join(_describe(i, with_id=False) for i in issues[:_SHOWN_IN_ERRORS])
         raise InputError(f"row {row}: {len(issues)} resource(s) in field 'bundle' rejected (strict): {shown}")
     events = result.events_df()
+    # the ingest rejects records whose subject is not a Patient of the Bundle; this keeps a second
+    # timeline out of the scorer should one slip through all the same
     events = events[events[SUBJECT_ID] == sid].reset_index(drop=True)
     _check_events(row, events, limits)
     return PatientInput(row, events, pid, None, None, issues)
@@ -262,12 +265,11 @@ def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
     """MEDS events (JSON list of objects, one subject) -> an EVENTS_SCHEMA-column DataFrame."""
     text, _ = _text(row, "events", value, limits)
     data = _json(row, "events", text, limits)
+    _count(row, "events", data, limits.max_events, "events")  # before building a frame of them
+    _bound(row, "events", data, limits)
     if not isinstance(data, list) or not data:
         raise InputError(f"row {row}: field 'events' must be a non-empty JSON list of event objects",
                          BAD_REQUEST)
-    if len(data) > limits.max_events:  # before building a frame of them
-        raise InputError(f"row {row}: field 'events' holds {len(data):,} events, over the limit "
-                         f"max_events={limits.max_events:,}", TOO_LARGE)
     for i, ev in enumerate(data):
         if not isinstance(ev, dict):
             raise InputError(f"row {row}: field 'events[{i}]' must be an object", BAD_REQUEST)

@@ -70,7 +70,9 @@ def _bundles(*bundles: Any, **extra: Any) -> pd.DataFrame:
 
 EX = json.dumps(example_bundle())
 DEEP = "[" * 100_000 + json.dumps(MARK) + "]" * 100_000
-SHALLOW_DEEP = json.dumps({"resourceType": "Bundle", "x": json.loads("[" * 70 + json.dumps(MARK) + "]" * 70)})
+NESTED_71 = json.loads("[" * 70 + json.dumps(MARK) + "]" * 70)  # under the parser's own stop (1,024)
+SHALLOW_DEEP = json.dumps({"resourceType": "Bundle",
+                           "entry": [{"resource": {"resourceType": "Patient", "id": "p", "x": NESTED_71}}]})
 # (request, limits, strict, status, needle)
 CASES: list[tuple[str, Callable[[], pd.DataFrame], Limits, bool, int, str]] = [
     ("malformed JSON", lambda: _bundles('{"resourceType": ' + MARK), Limits(), False, 400,
@@ -97,6 +99,10 @@ CASES: list[tuple[str, Callable[[], pd.DataFrame], Limits, bool, int, str]] = [
     ("nested 100k deep", lambda: _bundles(DEEP), Limits(), False, 413,
      "row 0: field 'bundle': JSON nested deeper than max_json_depth=64"),
     ("nested 71 deep", lambda: _bundles(SHALLOW_DEEP), Limits(), False, 413, "max_json_depth=64"),
+    ("deep, not a Bundle", lambda: _bundles(json.dumps(NESTED_71)), Limits(), False, 413,
+     "max_json_depth=64"),
+    ("many values, not a Bundle", lambda: _bundles(json.dumps([MARK] * 50)), Limits(max_json_elements=20),
+     False, 413, "max_json_elements=20"),
     ("json elements", lambda: _bundles(_patched(0, gender=MARK)), Limits(max_json_elements=20), False, 413,
      "max_json_elements=20"),
     ("resources", lambda: _bundles(_patched(0, gender=MARK)), Limits(max_resources=2), False, 413,
