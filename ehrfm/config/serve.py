@@ -91,6 +91,9 @@ class RegisterConfig(ConfigBase):
     """Request limits of the served model (overridable per deployment by environment variables)."""
     validate: Literal["full", "none"] = "full"
     """FHIR structural validation at serving time."""
+    strict: bool = False
+    """The served default for a rejected resource: false scores the rest (partial), true refuses the patient
+    (overridable per deployment by $EHRFM_SERVE_STRICT and per request)."""
 
     def __post_init__(self) -> None:
         require(self.max_len is None or self.max_len >= 8, "max_len", self.max_len, "must be >= 8")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ehrfm.config.base import ConfigError
-from ehrfm.config.serve import Limits, ScoreConfig, ScoreSummary, ServeConfig
+from ehrfm.config.serve import Limits, RegisterConfig, ScoreConfig, ScoreSummary, ServeConfig
 
 
 def test_serve_json_round_trips_and_old_files_still_load() -> None:
@@ -46,3 +46,11 @@ def test_score_config_fhir_source() -> None:
             ScoreConfig.from_dict(bad)
     summary = ScoreSummary(output="o", rows=[], seconds=1.0, rejects="o_rejects", rejected=2)
     assert ScoreSummary.from_dict(summary.to_dict()) == summary
+
+
+def test_register_config_carries_the_serving_defaults() -> None:
+    cfg = RegisterConfig.from_dict({"strict": True, "limits": {"max_resources": 9}})
+    assert cfg.strict is True and cfg.limits.max_resources == 9
+    assert RegisterConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="strict"):
+        RegisterConfig.from_dict({"strict": "often"})
