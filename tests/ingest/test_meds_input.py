@@ -74,7 +74,8 @@ def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path) -> None:  # typ
     cfg = MedsIngestConfig(input=str(root.root), split_ratios=(0.5, 0.25, 0.25), split_seed=3)
     summary = run(cfg, layout)
     assert summary.dataset_name == "tiny-meds" and summary.events == 3 and summary.rejects == 2
-    assert summary.by_type == {"meds": {"in": 5, "mapped": 3, "events": 3, "rejected": 2, "skipped": 0}}
+    assert summary.by_type == {"meds": {"in": 5, "mapped": 3, "events": 3, "rejected": 2, "skipped": 0,
+                                        "duplicate": 0}}
     assert summary.reconciled and summary.source == "meds" and sum(summary.splits.values()) == 2
     out = layout.meds_paths
     assert summary.output == str(out.root)
