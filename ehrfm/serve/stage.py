@@ -41,8 +41,8 @@ def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
     print(f"registered {reg.name} version {reg.version}" + (f", alias {reg.alias}" if reg.alias else ""))
     print(f"  logged model : {reg.model_uri} (run {reg.run_id})")
     print(f"  store        : {reg.tracking_uri}")
-    print(f"  serve with   : MLFLOW_TRACKING_URI={reg.tracking_uri} mlflow models serve -m {reg.serve_uri} "
-          f"--env-manager local -h 127.0.0.1 -p 5001")
+    print(f"  serve with   : MLFLOW_TRACKING_URI={reg.tracking_uri} ehrfm serve --model {reg.serve_uri} "
+          f"--host 127.0.0.1 --port 5001")
     print(f"done in {time.time() - t0:.1f} s")
     return reg
 
