@@ -25,6 +25,11 @@ RULES: dict[str, tuple[list[str], list[str]]] = {
     "train": (["train"], ["pyspark", "mlflow"]),
     "serving": (["serve/core.py", "serve/pyfunc.py", "serve/fhir_io.py"],
                 ["lightning", "pyspark", "sklearn"]),
+    # the front process of `ehrfm serve` reads, limits, logs and answers; scoring lives in its workers
+    "server front": (["serve/server/app.py", "serve/server/pool.py", "serve/server/stage.py",
+                      "serve/server/errors.py", "serve/server/logs.py", "serve/server/protocol.py",
+                      "serve/server/discovery.py", "serve/outcome.py", "serve/locate.py"],
+                     ["torch", "lightning", "pyspark", "pandas", "mlflow"]),
     "configs and CLI": (["config", "layout.py", "resources.py", "cli.py"],
                         HEAVY + ["pandas", "numpy", "pyarrow"]),
 }
@@ -131,3 +136,11 @@ def test_probe_detects_a_violation() -> None:
     out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(["ehrfm.models"]), json.dumps(["torch"])],
                          capture_output=True, text=True, timeout=600)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [["ehrfm.models", ["torch"]]]
+
+
+def test_light_serving_constants_match() -> None:
+    """The light modules the server front uses repeat no value differently from the scoring stack."""
+    from ehrfm.serve import core, fhir_io, locate, outcome
+
+    assert locate.SERVE_JSON == core.SERVE_JSON
+    assert outcome.error_outcome("m", "timeout") == fhir_io.error_outcome("m", "timeout")

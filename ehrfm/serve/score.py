@@ -33,8 +33,9 @@ import pandas as pd
 
 from ehrfm.layout import MedsPaths, TokenPaths
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
-from ehrfm.serve.core import SERVE_JSON, Scorer
+from ehrfm.serve.core import Scorer
 from ehrfm.serve.fhir_io import InputError
+from ehrfm.serve.locate import local_serving_dir as local_serving_dir  # re-exported
 from ehrfm.serve.pyfunc import predict_frame
 
 if TYPE_CHECKING:
@@ -53,24 +54,6 @@ REJECT_COLUMNS = [c.split()[0] for c in REJECTS_DDL.split(", ")]
 _FHIR_DDL = f"{CONTRACT_DDL}, {FHIR_EXTRA_DDL}, status int, message string"
 BUNDLE_GLOB = "*.{json,json.gz}"
 _SCORERS: dict[str, Scorer] = {}
-
-
-def local_serving_dir(model: str, dst: str | Path | None = None) -> Path:
-    """The serving folder of ``model``: a local folder (serving or finetuned model folder) or any MLflow
-    model URI (``models:/ehrfm@champion``, ``runs:/...``), downloaded to ``dst`` (default a temp folder)."""
-    p = Path(model)
-    if p.is_dir():
-        found = sorted(p.rglob(SERVE_JSON))
-        return found[0].parent if found else p
-    import mlflow.artifacts
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(dst or tempfile.mkdtemp(
-        prefix="ehrfm-score-"))))
-    found = sorted(local.rglob(SERVE_JSON))
-    if not found:
-        raise FileNotFoundError(f"--model {model}: no {SERVE_JSON} in the model's artifacts (not an ehrfm "
-                                "pyfunc)")
-    return found[0].parent
 
 
 def _scorer(path: str) -> Scorer:

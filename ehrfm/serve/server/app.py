@@ -43,7 +43,7 @@ from starlette.routing import Route
 
 from ehrfm import __version__
 from ehrfm.config.server import ServerConfig
-from ehrfm.serve.server import cds as cds_service
+from ehrfm.serve.server.discovery import discovery
 from ehrfm.serve.server.errors import FHIR_JSON, JSON, dialect, error_reply
 from ehrfm.serve.server.logs import LOGGER
 from ehrfm.serve.server.pool import DeadlineExceeded, WorkerLost, WorkerPool
@@ -304,7 +304,7 @@ async def cds_discovery(request: Request) -> Response:
     st: ServerState = request.app.state.server
     info = st.pool.info
     tasks = st.cfg.cds.tasks or ([t for t, k in info.kinds.items() if k != "forecast"] if info else [])
-    return _json(cds_service.discovery(st.cfg.cds, info.model_name if info else "?", tasks))
+    return _json(discovery(st.cfg.cds, info.model_name if info else "?", tasks))
 
 
 async def fhir_read(request: Request) -> Response:

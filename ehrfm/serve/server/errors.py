@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import orjson
 
+from ehrfm.serve.outcome import error_outcome
 from ehrfm.serve.server.protocol import Reply
 
 MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "ENDPOINT_NOT_FOUND",
@@ -37,8 +38,6 @@ def error_reply(kind: str, status: int, message: str, request_id: str = "",
     ``outcome`` or the status' MLflow code in lower case."""
     meta = {"outcome": outcome or MLFLOW_CODES.get(status, "error").lower()}
     if kind == "fhir":
-        from ehrfm.serve.fhir_io import error_outcome
-
         body = error_outcome(message, FHIR_CODES.get(status, "processing"))
         if request_id:
             body["id"] = request_id

@@ -45,7 +45,7 @@ def token(cfg: ServerConfig) -> str | None:
 
 def resolve_model(cfg: ServerConfig, layout: Layout) -> tuple[Path, str]:
     """(local serving folder, model version) for ``cfg.model``; registry URIs are downloaded once."""
-    from ehrfm.serve.score import local_serving_dir
+    from ehrfm.serve.locate import local_serving_dir
 
     if Path(cfg.model).is_dir():
         return local_serving_dir(cfg.model), ""
