@@ -50,6 +50,7 @@ class Live:
     out: Path
     pgid: int
     stub_url: str
+    folder: Path
     planted: list[str] = field(default_factory=list)
 
     def mark(self) -> str:
@@ -122,7 +123,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, bundle_events: list[pd.DataFr
         args = ["--workers", "2", "--timeout_s", "60", "--log_file", str(tmp / "requests.log"),
                 "--cds.allowed_fhir_servers", f"[{stub.url}]"]
         with ehrfm_serve(str(folder), tmp / "process.log", args=args, env=env) as srv:
-            yield Live(srv.url, tmp / "requests.log", tmp / "process.log", srv.pgid, stub.url)
+            yield Live(srv.url, tmp / "requests.log", tmp / "process.log", srv.pgid, stub.url, folder)
         assert not group_alive(srv.pgid), "stray server processes left running"
 
 
@@ -133,6 +134,18 @@ def test_scores_and_answers_every_protocol(live: Live, synthea_texts: list[str])
     assert {p["task"] for p in preds} == {"readmission_30d", "death_1y_tte", "next_visit_codes"}
     assert all(p["prediction_time"].endswith("+00:00") and p["partial"] is False for p in preds)
     assert headers.get("x-request-id")
+    # the server scores exactly as the in-process function behind the pyfunc and Spark scoring
+    from ehrfm.serve.core import Scorer
+    from ehrfm.serve.pyfunc import predict_frame
+
+    want = predict_frame(Scorer(live.folder), pd.DataFrame([{"bundle": synthea_texts[0]}]))
+    assert [p["task"] for p in preds] == list(want["task"])
+    for got, (_, exp) in zip(preds, want.iterrows(), strict=True):
+        for col in ("prob", "risk"):
+            assert (got[col] is None) == (exp[col] is None)
+            if got[col] is not None:
+                assert got[col] == pytest.approx(exp[col], rel=1e-6)
+        assert got["prediction_time"] == exp["prediction_time"] and got["partial"] == exp["partial"]
     # dataframe_split and inputs give the same probabilities
     for env in ({"dataframe_split": {"columns": ["bundle"], "data": [[synthea_texts[0]]]}},
                 {"inputs": {"bundle": [synthea_texts[0]]}}):
