@@ -17,7 +17,7 @@ from typing import Literal
 
 from ehrfm.config.base import ConfigBase, ConfigError, require
 
-Backbone = Literal["mamba", "mamba2", "transformer"]
+Backbone = Literal["mamba", "mamba2", "mamba3", "transformer"]
 BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
 
 PAD_ID = 0
@@ -30,7 +30,8 @@ def _is_int(value: object) -> bool:
 
 
 _POSITIVE = ("d_model", "n_layers", "type_vocab_size", "max_visit_orders", "visit_segment_size", "d_state",
-             "d_conv", "expand", "headdim", "chunk_size", "ngroups", "n_heads", "mlp_ratio", "max_code_count")
+             "d_conv", "expand", "headdim", "chunk_size", "ngroups", "n_heads", "mlp_ratio", "max_code_count",
+             "mimo_rank")
 
 
 @dataclass
@@ -44,7 +45,8 @@ class ModelConfig(ConfigBase):
     vocab_size: int = 0
     """Number of tokens; 0 = from the vocabulary file (training resolves it; never set it in a preset)."""
     backbone: Backbone = "mamba"
-    """Sequence mixer: mamba (Mamba-1, EHRMamba), mamba2 (chunked SSD) or transformer (RoPE attention)."""
+    """Sequence mixer: mamba (Mamba-1, EHRMamba), mamba2 (chunked SSD), mamba3 (trapezoidal, rotary/complex
+    state, optional MIMO) or transformer (RoPE attention)."""
     d_model: int = 64
     """Hidden width."""
     n_layers: int = 2
@@ -98,6 +100,10 @@ class ModelConfig(ConfigBase):
     """Mamba-2: chunk length of the SSD scan."""
     ngroups: int = 1
     """Mamba-2: groups sharing B/C (must divide the number of heads)."""
+    mimo_rank: int = 1
+    """Mamba-3: MIMO rank (1 = SISO; mamba-ssm's MIMO default is 4)."""
+    rope_fraction: float = 0.5
+    """Mamba-3: share of the state rotated by the data-dependent angles, 0.5 or 1.0 (as mamba-ssm)."""
     n_heads: int = 4
     """Transformer: attention heads (d_model / n_heads must be even)."""
     mlp_ratio: int = 4
@@ -120,11 +126,16 @@ class ModelConfig(ConfigBase):
                 f"must be a token id in [0, vocab_size={self.vocab_size})")
         require(self.type_vocab_size >= TOKEN_TYPES, "model.type_vocab_size", self.type_vocab_size,
                 f"must be >= the number of token types ({TOKEN_TYPES})")
-        if self.backbone == "mamba2":
+        if self.backbone in ("mamba2", "mamba3"):
             require(self.d_inner % self.headdim == 0, "model.headdim", self.headdim,
                     f"must divide d_inner = expand*d_model = {self.d_inner}")
             require(self.n_ssm_heads % self.ngroups == 0, "model.ngroups", self.ngroups,
                     f"must divide the number of heads {self.n_ssm_heads}")
+        if self.backbone == "mamba3":
+            require(self.rope_fraction in (0.5, 1.0), "model.rope_fraction", self.rope_fraction,
+                    "must be 0.5 or 1.0")
+            require(self.d_state % 2 == 0 and self.n_rope_angles >= 1, "model.d_state", self.d_state,
+                    f"must be even and leave at least one rotary angle (rope_fraction={self.rope_fraction})")
         if self.backbone == "transformer":
             require(self.d_model % self.n_heads == 0, "model.n_heads", self.n_heads,
                     f"must divide d_model={self.d_model}")
@@ -146,6 +157,12 @@ class ModelConfig(ConfigBase):
     def n_ssm_heads(self) -> int:
         """Number of Mamba-2 heads."""
         return self.d_inner // self.headdim
+
+    @property
+    def n_rope_angles(self) -> int:
+        """Number of Mamba-3 rotary angles: pairs in the rotated share of the state (rounded as mamba-ssm)."""
+        rotated = int(self.d_state * self.rope_fraction)
+        return (rotated - rotated % 2) // 2
 
     @property
     def is_resolved(self) -> bool:

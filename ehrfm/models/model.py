@@ -1,5 +1,5 @@
-"""The EHR foundation model: EHRMamba embeddings -> n pre-norm residual blocks (Mamba-1, Mamba-2 or
-transformer) -> final RMSNorm -> LM head tied to the concept embedding.
+"""The EHR foundation model: EHRMamba embeddings -> n pre-norm residual blocks (Mamba-1, Mamba-2,
+Mamba-3 or transformer) -> final RMSNorm -> LM head tied to the concept embedding.
 
 Forward returns hidden states (b, l, d) and next-token logits (b, l, V). Recurrent inference:
 ``cache = model.allocate_inference_cache(b)`` then ``model.step(tokens_t, cache)`` once per token, O(1)
@@ -22,6 +22,7 @@ from ehrfm.models.embeddings import EHRMambaEmbeddings
 from ehrfm.models.layers import RMSNorm
 from ehrfm.models.mamba import MambaMixer
 from ehrfm.models.mamba2 import Mamba2Mixer
+from ehrfm.models.mamba3 import Mamba3Mixer
 from ehrfm.models.transformer import MLP, CausalSelfAttention
 from ehrfm.schema import TOKEN_STREAMS
 
@@ -53,6 +54,8 @@ def _mixer(cfg: ModelConfig) -> nn.Module:
         return MambaMixer(cfg)
     if cfg.backbone == "mamba2":
         return Mamba2Mixer(cfg)
+    if cfg.backbone == "mamba3":
+        return Mamba3Mixer(cfg)
     return CausalSelfAttention(cfg)
 
 

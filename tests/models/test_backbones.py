@@ -8,7 +8,7 @@ import torch
 from ehrfm.models import EHRFoundationModel, ModelConfig, pool
 from ehrfm.models.model import STREAMS
 
-BACKBONES = ["mamba", "mamba2", "transformer"]
+BACKBONES = ["mamba", "mamba2", "mamba3", "transformer"]
 V = 40
 
 
