@@ -1,6 +1,7 @@
-"""Backbone benchmark: forward+backward tokens/s and peak memory of the mamba, mamba2 and transformer
-backbones at (about) equal parameter count, for L = 512, 2048, 8192 at a fixed token budget per batch
-(B = budget / L), on the CPU (or ``--device cuda``).
+"""Backbone benchmark: forward+backward tokens/s and peak memory of the mamba, mamba2, mamba3 (SISO, and
+``mamba3_mimo``: MIMO rank 2 as in the mamba3 preset) and transformer backbones at (about) equal parameter
+count, for L = 512, 2048, 8192 at a fixed token budget per batch (B = budget / L), on the CPU (or
+``--device cuda``).
 
 Each (backbone, L) point runs in its own subprocess so the peak RSS (``ru_maxrss``) belongs to that point
 alone; memory is reported as peak RSS and as the growth over the RSS after building the model (what the
@@ -36,15 +37,19 @@ from typing import Any  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
 # Layers per backbone for ~equal parameters: a Mamba block is ~6 d^2 (in/out projections, expand 2),
 # a transformer layer ~12 d^2 (4 d^2 attention + 8 d^2 MLP), so the transformer gets half the layers.
-LAYERS = {"mamba": 4, "mamba2": 4, "transformer": 2}
+# Mamba-3 has no conv and a slightly wider in_proj than Mamba-2 (dt, A, trap per head, angles): ~6 d^2 too.
+LAYERS = {"mamba": 4, "mamba2": 4, "mamba3": 4, "mamba3_mimo": 4, "transformer": 2}
+# table names that are a backbone with non-default settings
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"mamba3_mimo": ("mamba3", {"mimo_rank": 2})}
 
 
 def _config(backbone: str, d_model: int, max_len: int) -> Any:
     from ehrfm.models import ModelConfig
 
-    return ModelConfig(vocab_size=1000, backbone=backbone, d_model=d_model, n_layers=LAYERS[backbone],
+    name, extra = VARIANTS.get(backbone, (backbone, {}))
+    return ModelConfig(vocab_size=1000, backbone=name, d_model=d_model, n_layers=LAYERS[backbone],
                        dropout=0.0,
-                       max_len=max_len, headdim=32, chunk_size=64, n_heads=max(1, d_model // 32))
+                       max_len=max_len, headdim=32, chunk_size=64, n_heads=max(1, d_model // 32), **extra)
 
 
 def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int, device: str,

@@ -12,12 +12,13 @@ Choices where mamba-ssm offers options (it is the reference): rotary pairs inter
 in halves for MIMO, as its kernels do (so weights are interchangeable); the optional output RMSNorm
 (``is_outproj_norm``, off by default there) is not built; the MIMO chunk is ``chunk_size / mimo_rank``
 (at least 8), mamba-ssm's recommendation. The recurrent step keeps angle, SSM state and the previous
-token's (B, x) in :class:`~ehrfm.ops.mamba3_common.Mamba3States`: O(1) per token.
+token's (B, x) in :class:`Mamba3State`: O(1) per token.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -28,6 +29,22 @@ from ehrfm.config.model import ModelConfig
 from ehrfm.models.layers import RMSNorm
 from ehrfm.ops.mamba3 import mamba3_scan, mamba3_state_update
 from ehrfm.ops.mamba3_common import Mamba3States
+
+
+@dataclass
+class Mamba3State:
+    """Per-layer recurrent state (a dataclass of tensors, as the other mixers', which generation code copies
+    and freezes field by field): angle (b, h, a), ssm (b, h, headdim, d_state), k (b, rank, h, d_state) and
+    v (b, h, headdim), the previous token's B and x (see :class:`~ehrfm.ops.mamba3_common.Mamba3States`)."""
+
+    angle: Tensor
+    ssm: Tensor
+    k: Tensor
+    v: Tensor
+
+    def ops(self) -> Mamba3States:
+        """The same tensors (not copies) in the ops' layout, for in-place updates."""
+        return Mamba3States(self.angle, self.ssm, self.k, self.v)
 
 
 def heavy_tail(x: Tensor) -> Tensor:
@@ -99,7 +116,7 @@ class Mamba3Mixer(nn.Module):
         assert isinstance(y, Tensor)
         return cast(Tensor, self.out_proj(y.reshape(bsz, length, self.cfg.d_inner).to(hidden.dtype)))
 
-    def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Mamba3States:
+    def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Mamba3State:
         """Zero state for ``batch`` sequences (fp32 whatever ``dtype``, as mamba-ssm keeps its SSM state)."""
         del dtype
         cfg = self.cfg
@@ -108,10 +125,10 @@ class Mamba3Mixer(nn.Module):
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(*shape, device=device, dtype=torch.float32)
 
-        return Mamba3States(angle=zeros(batch, h, cfg.n_rope_angles), ssm=zeros(batch, h, p, n),
-                            k=zeros(batch, r, h, n), v=zeros(batch, h, p))
+        return Mamba3State(angle=zeros(batch, h, cfg.n_rope_angles), ssm=zeros(batch, h, p, n),
+                           k=zeros(batch, r, h, n), v=zeros(batch, h, p))
 
-    def step(self, hidden: Tensor, state: Mamba3States) -> Tensor:
+    def step(self, hidden: Tensor, state: Mamba3State) -> Tensor:
         """One token: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
-        y = mamba3_state_update(state, rope=self.rope, **self._inputs(hidden))  # type: ignore[arg-type]
+        y = mamba3_state_update(state.ops(), rope=self.rope, **self._inputs(hidden))  # type: ignore[arg-type]
         return cast(Tensor, self.out_proj(y.reshape(hidden.shape[0], self.cfg.d_inner).to(hidden.dtype)))

@@ -52,6 +52,22 @@ def test_mimo_step_equals_forward_and_gradients_reach_every_parameter(rank: int,
     assert ("mimo_x" in names) == (rank > 1)
 
 
+def test_ragged_prefill_keeps_each_row_at_its_last_token() -> None:
+    """Generation copies and freezes the per-layer state field by field (dataclasses), row by row."""
+    from ehrfm.train.generate import prefill
+
+    torch.manual_seed(0)
+    model = EHRFoundationModel(_cfg(mimo_rank=2)).eval()
+    s = _ids(2, 9)
+    cache, last = prefill(model, {**s, "lengths": torch.tensor([9, 5])})
+    with torch.no_grad():
+        short = model(**{k: v[1:, :5] for k, v in s.items()}).logits
+        full = model(**{k: v[:1] for k, v in s.items()}).logits
+    assert short is not None and full is not None
+    torch.testing.assert_close(last, torch.cat([full[:, -1], short[:, -1]]), rtol=1e-4, atol=1e-4)
+    assert cache.layers[0].ssm.shape == (2, 4, 16, 8)
+
+
 def test_parameter_names_and_shapes_are_mamba_ssm_s() -> None:
     cfg = _cfg(d_state=16, mimo_rank=4, ngroups=2)
     mixer = Mamba3Mixer(cfg)
