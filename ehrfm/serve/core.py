@@ -14,9 +14,12 @@ No MLflow here: :mod:`ehrfm.serve.pyfunc` wraps it.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +168,31 @@ def task_descriptions(folder: Path) -> dict[str, str]:
         text = " ".join(str(spec.get("description", p.stem)).split())
         out[str(spec.get("name", p.stem))] = text.split(". ")[0].rstrip(".")  # the first sentence
     return out
+
+
+_gc_lock = threading.Lock()
+_gc_state = {"users": 0, "was_enabled": False}
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a request runs (re-entrant, thread-safe; the last
+    request out restores the state found by the first one in).
+
+    Why: a 10 MB Bundle parses into ~400k dicts and lists, and every few hundred allocations the collector
+    scans the young objects, then the older generations over and over: measured, it more than doubles the
+    parse time (orjson 119 -> 44 ms without it). Reference counting frees a request's objects when it ends;
+    the rare cycle waits for the next collection after the pause.
+    """
+    with _gc_lock:
+        if _gc_state["users"] == 0:
+            _gc_state["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _gc_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_state["users"] -= 1
+            if _gc_state["users"] == 0 and _gc_state["was_enabled"]:
+                gc.enable()

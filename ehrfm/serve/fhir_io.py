@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from ehrfm.ingest.fhir import jsonio
+from ehrfm.ingest.fhir import jsonio, textbounds
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.ingest.fhir.ids import subject_id_for
 from ehrfm.ingest.fhir.validate import is_known_type
@@ -142,8 +142,17 @@ def _json(row: int, name: str, value: str | bytes | dict[str, Any] | list[Any], 
         raise InputError(f"row {row}: field {name!r} is not valid JSON{where}", BAD_REQUEST) from None
 
 
-def _bound(row: int, name: str, obj: Any, limits: Limits) -> None:
-    """The JSON depth and element-count limits (413), before anything walks the document recursively."""
+def _bound(row: int, name: str, obj: Any, limits: Limits, text: Any = None) -> None:
+    """The JSON depth and element-count limits (413), before anything walks the document recursively.
+
+    ``text``: the JSON text ``obj`` was parsed from; when its bounds prove the limits hold
+    (:mod:`ehrfm.ingest.fhir.textbounds`, a C/NumPy scan) the Python walk over every value is skipped,
+    else the walk decides and words the error. A scalar has no depth or values to count."""
+    if not isinstance(obj, (dict, list)):
+        return
+    if isinstance(text, (str, bytes)) and textbounds.within(text, limits.max_json_depth,
+                                                             limits.max_json_elements):
+        return
     try:
         jsonio.check_bounds(obj, limits.max_json_depth, limits.max_json_elements)
     except jsonio.JsonLimitError as e:
@@ -231,7 +240,7 @@ def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full",
     # its shape, and a 170k-entry Bundle is refused without walking its values
     _count(row, "bundle.entry", bundle.get("entry") if isinstance(bundle, dict) else None,
            limits.max_resources, "resources")
-    _bound(row, "bundle", bundle, limits)
+    _bound(row, "bundle", bundle, limits, text)
     entries = _entries(row, bundle)
     p_entry, pid = _patient(row, entries)
     sid = subject_id_for(pid)
@@ -266,7 +275,7 @@ def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
     text, _ = _text(row, "events", value, limits)
     data = _json(row, "events", text, limits)
     _count(row, "events", data, limits.max_events, "events")  # before building a frame of them
-    _bound(row, "events", data, limits)
+    _bound(row, "events", data, limits, text)
     if not isinstance(data, list) or not data:
         raise InputError(f"row {row}: field 'events' must be a non-empty JSON list of event objects",
                          BAD_REQUEST)

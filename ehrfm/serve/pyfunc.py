@@ -33,7 +33,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
-from ehrfm.serve.core import Limits, Scorer
+from ehrfm.serve.core import Limits, Scorer, gc_paused
 from ehrfm.serve.fhir_io import (
     INPUT_COLUMNS,
     InputError,
@@ -95,8 +95,12 @@ def predict_frame(scorer: Scorer, request: Any, limits: Limits | None = None,
     the rest. Output: :data:`OUTPUT_COLUMNS`, one row per (request row, task); ``prediction_time`` as ISO
     8601 with its UTC offset; ``issues`` the row's OperationOutcome JSON (None when nothing was left out).
     """
-    limits = limits or scorer.config.limits
-    strict = scorer.config.strict if strict is None else strict
+    with gc_paused():  # see gc_paused: the collector would rescan a large Bundle's objects many times
+        return _predict_frame(scorer, request, limits or scorer.config.limits,
+                              scorer.config.strict if strict is None else strict)
+
+
+def _predict_frame(scorer: Scorer, request: Any, limits: Limits, strict: bool) -> pd.DataFrame:
     patients = parse_request(to_records(request), limits, scorer.config.validate, strict)
     _check_tasks(scorer, patients)
     method = f"{scorer.fm.model_name} ({scorer.fm.model.config.backbone})" + (

@@ -155,10 +155,11 @@ def _truncate_start(dyn: _Stream, budget: int) -> tuple[int, bool]:
     return lo, lo < n
 
 
-def _build_row(
-    tl: Timeline, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, task: str | None, cut: int | None
-) -> dict[str, Any]:
-    """Token streams of one row (pretraining when ``task`` is None, else cut at ``cut`` µs inclusive)."""
+def _cut_streams(
+    tl: Timeline, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, cut: int | None
+) -> tuple[list[str], _Stream]:
+    """Static codes and visit tokens of the events at or before ``cut`` (all when None): the part of a
+    row that does not depend on its task."""
     n = len(tl.t) if cut is None else int(np.searchsorted(tl.t, cut, side="right"))
     prefixes = cfg.static_prefixes
     hoist = (np.array([c.startswith(prefixes) for c in tl.code[:n]], dtype=bool) if prefixes
@@ -168,9 +169,18 @@ def _build_row(
         keep = np.flatnonzero(~hoist)
         sub = Timeline(tl.subject_id, tl.birth_us, tl.static_codes, tl.t[keep], tl.code[keep], tl.value[keep],
                        tl.enc[keep])
-        dyn = _dynamic(sub, len(keep), vocab, bins, cfg, cut)
-    else:
-        dyn = _dynamic(tl, n, vocab, bins, cfg, cut)
+        return static, _dynamic(sub, len(keep), vocab, bins, cfg, cut)
+    return static, _dynamic(tl, n, vocab, bins, cfg, cut)
+
+
+def _build_row(
+    tl: Timeline, vocab: Vocabulary, bins: Bins, cfg: TokenizerConfig, task: str | None, cut: int | None,
+    parts: tuple[list[str], _Stream] | None = None,
+) -> dict[str, Any]:
+    """Token streams of one row (pretraining when ``task`` is None, else cut at ``cut`` µs inclusive).
+
+    ``parts``: :func:`_cut_streams` of the same ``cut``, when several rows share it (read, not changed)."""
+    static, dyn = parts if parts is not None else _cut_streams(tl, vocab, bins, cfg, cut)
     lead_id = vocab.id(CLS) if task is None else vocab.id(task_token(task))
     lead_type = TokenType.SPECIAL if task is None else TokenType.TASK
     static = static[: max(cfg.max_len - 2 - (task is not None), 0)]
@@ -287,12 +297,19 @@ def tokenize_for_prediction(
     tasks: list[str],
 ) -> list[dict[str, Any]]:
     """Serving path: one task row per task in ``tasks`` (in that order) at ``prediction_time``
-    (inclusive), label columns null. Same code path as :func:`tokenize_subject`."""
-    labels = pd.DataFrame({"task": list(tasks),
-                           PREDICTION_TIME: [pd.Timestamp(prediction_time)] * len(tasks)})
-    rows = tokenize_subject(events, vocab, bins, cfg, labels=labels, pretrain=False)
-    by_task = {r["task"]: r for r in rows}
-    return [by_task[t] for t in tasks]
+    (inclusive), label columns null, ``split`` None: the rows :func:`tokenize_subject` writes for those
+    labels (the same timeline and row builder; a test compares them), with the task-independent part of
+    the rows (static codes, visit tokens up to the cut) built once for all tasks, and no label frame."""
+    tl = Timeline.from_events(events)
+    pt_us, pt_null = to_us(pd.Series([pd.Timestamp(prediction_time)]))
+    if pt_null.any():
+        raise ValueError(f"prediction_time: null for subject_id={tl.subject_id}")
+    cut = int(pt_us[0])
+    parts = _cut_streams(tl, vocab, bins, cfg, cut)
+    pt = pd.Timestamp(cut, unit="us")
+    nulls = {"label": None, "duration_days": None, "event": None, "target_ids": None}
+    return [{SUBJECT_ID: tl.subject_id, "split": None, "task": t, PREDICTION_TIME: pt,
+             **_build_row(tl, vocab, bins, cfg, t, cut, parts), **nulls} for t in tasks]
 
 
 def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -304,3 +304,11 @@ def test_risk_assessments_validate_for_every_kind(scorer: Scorer, bundle_events:
     bad["status"] = 7
     with pytest.raises(ValueError):
         validate_risk_assessment(bad)
+
+
+@pytest.mark.parametrize("text", ["5", '"text"', "true", "[]"])
+def test_json_that_is_not_an_object_is_a_bad_request(text: str) -> None:
+    """A scalar or an empty list is a 400 naming the field (it once reached the bounds walk: a 500)."""
+    with pytest.raises(InputError, match="field 'bundle.resourceType' must be 'Bundle'") as err:
+        parse_bundle(0, text, Limits())
+    assert err.value.status == 400

@@ -7,6 +7,7 @@ import copy
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,3 +172,74 @@ def test_registered_pyfunc_matches_scorer(registry: dict[str, str], scorer: Scor
                .get_model_version_by_alias("ehrfm", "champion").version) == folder.version
     MlflowClient(registry["tracking_uri"]).set_registered_model_alias("ehrfm", "champion",
                                                                       registry["version"])
+
+
+def test_the_collector_is_paused_only_while_a_request_runs(scorer: Scorer, bundle_texts: list[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc_paused: off during parse/map/score, restored after (errors too), left off when found off."""
+    import gc
+
+    from ehrfm.serve import pyfunc
+
+    seen: list[bool] = []
+    real = pyfunc.parse_request  # type: ignore[attr-defined]
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pyfunc, "parse_request", spy)
+    assert gc.isenabled()
+    predict_frame(scorer, {"bundle": bundle_texts[0]})
+    with pytest.raises(InputError):
+        predict_frame(scorer, {"bundle": "[]"})
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        predict_frame(scorer, {"bundle": bundle_texts[0]})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_fast_and_reference_validation_serve_the_same(scorer: Scorer, bundle_texts: list[str]) -> None:
+    """A record with invalid resources: the same scores, partial flag and OperationOutcome either way."""
+    from ehrfm.ingest.fhir.validate import validator_engine
+
+    bundle = json.loads(bundle_texts[1])
+    obs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    obs[0]["bogus"] = 1
+    obs[1]["status"] = "fin  al"
+    obs[2]["code"] = None
+    request = {"bundle": json.dumps(bundle)}
+    with validator_engine("reference"):
+        reference = predict_frame(scorer, request)
+    with validator_engine("fast"):
+        fast = predict_frame(scorer, request)
+    assert reference["partial"].all() and json.loads(reference["issues"][0])["issue"][2]
+    for col in ("task", "subject_id", "prediction_time", "partial", "issues", "risk_assessment"):
+        assert list(fast[col]) == list(reference[col]), col
+    _same(fast, reference)
+
+
+@pytest.mark.parametrize("max_len", [512, 24])
+def test_serving_rows_equal_the_batch_tokenizer_on_real_records(scorer: Scorer,
+                                                                bundle_events: list[pd.DataFrame],
+                                                                max_len: int) -> None:
+    """tokenize_for_prediction (task-independent part built once) == tokenize_subject's task rows."""
+    import dataclasses
+
+    from ehrfm.serve.core import default_prediction_time
+    from ehrfm.tokenize import tokenize_for_prediction, tokenize_subject
+    from ehrfm.tokenize.direct import rows_to_table, tokens_equal
+
+    cfg = dataclasses.replace(scorer.tokenize_cfg, max_len=max_len)
+    for events in bundle_events:
+        for back_days in (0, 400):
+            pt = default_prediction_time(events) - pd.Timedelta(days=back_days)
+            served = tokenize_for_prediction(events, scorer.fm.vocab, scorer.bins, cfg, pt, scorer.tasks)
+            labels = pd.DataFrame({"task": scorer.tasks, "prediction_time": [pt] * len(scorer.tasks)})
+            batch = {r["task"]: r for r in tokenize_subject(events, scorer.fm.vocab, scorer.bins, cfg,
+                                                            labels=labels, pretrain=False)}
+            assert [r["task"] for r in served] == scorer.tasks
+            assert tokens_equal(rows_to_table(served), rows_to_table([batch[t] for t in scorer.tasks]))
