@@ -22,8 +22,10 @@ split, model, prob, risk, survival, times_days, topk_codes, topk_probs); FHIR sc
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -69,23 +71,40 @@ def _scorer(path: str) -> Scorer:
 def _shipped(spark: SparkSession, folder: Path) -> Callable[[], str]:
     """Ship ``folder`` to every executor; returns a function giving its local path there.
 
-    SparkFiles are keyed by base name and refuse a second, different folder of the same name in one
-    session, so the folder is staged under a name derived from its content.
+    Spark ships single files to any master but refuses local directories on a non-local one
+    (``UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY``), so the folder travels as one zip file, named after its
+    content (SparkFiles are keyed by base name and refuse a second, different file of the same name), and
+    each executor unpacks it once into its own SparkFiles directory (temp folder + rename: concurrent Python
+    workers of one executor never see a half-unpacked model).
     """
     digest = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for f in files:
         digest.update(str(f.relative_to(folder)).encode())
         digest.update(f.read_bytes())
     name = f"ehrfm-serving-{digest.hexdigest()[:16]}"
-    staged = Path(tempfile.gettempdir()) / name
-    if not staged.exists():
-        shutil.copytree(folder, staged)
-    spark.sparkContext.addFile(str(staged), recursive=True)
+    archive = Path(tempfile.gettempdir()) / f"{name}.zip"
+    if not archive.exists():
+        tmp = archive.with_name(f".{archive.name}.{os.getpid()}")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in files:
+                zf.write(f, str(f.relative_to(folder)))
+        os.replace(tmp, archive)
+    spark.sparkContext.addFile(str(archive))
 
     def where() -> str:
         from pyspark import SparkFiles
 
-        return SparkFiles.get(name)
+        target = Path(SparkFiles.getRootDirectory()) / name
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+            with zipfile.ZipFile(SparkFiles.get(archive.name)) as zf:
+                zf.extractall(tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another worker of this executor unpacked it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        return str(target)
 
     return where
 

@@ -209,3 +209,25 @@ def test_fhir_scoring_equals_predict_frame(spark: object, serving_dir: Path, sco
     assert set(written["task"]) == {"death_1y_tte"} and len(written) == len(files) - len(want_rejects)
     assert summary.rejected == 2 and summary.rejects is not None
     assert len(pd.read_parquet(summary.rejects)) == 2
+
+
+@pytest.mark.slow
+def test_score_on_a_cluster_master(registry: dict[str, str], meds_dir: Path, tmp_path: Path, scorer: Scorer,
+                                   bundle_texts: list[str]) -> None:
+    """On a master with separate executor JVMs and working directories (``local-cluster``: what a standalone
+    cluster does; a local directory cannot be shipped there) the model reaches the executors and scores as
+    the server does."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "pred"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "ehrfm.cli", "score", "--model", "models:/ehrfm@champion",
+                           "--source", "meds", "--meds", str(meds_dir), "--scores", str(out),
+                           "--tracking_uri", registry["tracking_uri"],
+                           "--spark.master", "local-cluster[1,1,1024]"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _close(pd.read_parquet(out), predict_frame(scorer, pd.DataFrame({"bundle": bundle_texts[:3]})))
