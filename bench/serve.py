@@ -1,7 +1,8 @@
-"""Serving latency per patient: in-process pyfunc ``predict`` vs HTTP (``mlflow models serve``), for short
-(~100 events) and long (~5k events) histories. Prints a table, writes ``bench/results/serve.json``.
+"""Serving latency per patient, in-process pyfunc ``predict`` at ~90, ~1,000 and ~5,000 events, with the
+reference FHIR validator (before) and the fast one (after), interleaved in one run. Prints a table, writes
+``bench/results/serve.json``.
 
-    .venv/bin/python bench/serve.py [--short-n 20] [--long-n 5] [--long-events 5000]
+    .venv/bin/python bench/serve.py [--short-n 20] [--mid-n 10] [--long-n 8] [--long-events 5000]
 
 Model: the tiny preset (mamba, d_model 64, 2 layers), randomly initialised (latency does not depend on
 training), registered in a temporary sqlite store. Inputs are real Synthea R4 bundles; the largest single
@@ -334,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (latency, or ``--load``); print the table; write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short-n", type=int, default=20)
-    ap.add_argument("--long-n", type=int, default=5)
+    ap.add_argument("--mid-n", type=int, default=10)
+    ap.add_argument("--long-n", type=int, default=8)
     ap.add_argument("--long-events", type=int, default=5000)
     ap.add_argument("--load", action="store_true", help="throughput under concurrent clients, both servers")
     ap.add_argument("--seconds", type=float, default=60.0, help="--load: timed load per server")
@@ -350,65 +352,93 @@ def main(argv: list[str] | None = None) -> int:
     if args.load:
         return load_main(args)
     args.output = args.output or str(ROOT / "bench" / "results" / "serve.json")
+    return latency_main(args)
 
+
+def mid_bundles(k: int, lo: int = 900, hi: int = 1_150) -> list[tuple[str, int]]:
+    """``k`` real bundles whose events number in [lo, hi] (searched from the large end)."""
+    out = []
+    for row in _manifest()[::-1][:40]:
+        text = _text(row)
+        n = _n_events(text)
+        if lo <= n <= hi:
+            out.append((text, n))
+            if len(out) == k:
+                break
+    return out
+
+
+MODES = ("before: reference validation", "after: fast validation", "after, cold memo")
+
+
+def latency_main(args: argparse.Namespace) -> int:
+    """Latency: in-process pyfunc ``predict`` at ~90, ~1,000 and ~5,000 events, the reference validator
+    ("before") and the fast one (warm, and with its memo of valid values emptied before every call),
+    the three interleaved call by call so that the machine's load hits them alike."""
     import mlflow
     import pandas as pd
     import torch
-    from helpers.mlflow_server import serve
     from helpers.tiny_model import tiny_finetuned
 
+    from ehrfm.ingest.fhir import fastvalidate
     from ehrfm.ingest.fhir.bundle import bundle_to_events
+    from ehrfm.ingest.fhir.validate import validator_engine
     from ehrfm.serve.register import register
 
     torch.set_num_threads(1)
-    shorts = short_bundles(5)
+    shorts, mids = short_bundles(5), mid_bundles(3)
     long_text, long_n = long_bundle(args.long_events)
-    sizes = {"short": (int(np.mean([n for _, n in shorts])), [t for t, _ in shorts]),
-             "long": (long_n, [long_text])}
-    reps = {"short": args.short_n, "long": args.long_n}
+    sizes = {"~90": [*shorts], "~1,000": [*mids], "~5,000": [(long_text, long_n)]}
+    reps = {"~90": args.short_n, "~1,000": args.mid_n, "~5,000": args.long_n}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         events = pd.concat([bundle_to_events(t, validate="none").events_df()
-                            for t in sizes["short"][1] + [long_text]])
+                            for t, _ in shorts + mids + [(long_text, long_n)]])
         ft = tiny_finetuned(events, Path(tmp) / "finetuned", d_model=64, n_layers=2)
         reg = register(ft, "ehrfm", "champion", store_dir=tmp)
         mlflow.set_tracking_uri(reg.tracking_uri)
         model = mlflow.pyfunc.load_model(reg.serve_uri)
 
-        def in_process(text: str) -> None:
-            model.predict(pd.DataFrame({"bundle": [text]}))
+        def call(mode: str, text: str) -> float:
+            if mode == MODES[2]:
+                fastvalidate.forget()  # untimed: only the call below is measured
+            engine = "reference" if mode == MODES[0] else "fast"
+            with validator_engine(engine):
+                t0 = time.perf_counter()
+                model.predict(pd.DataFrame({"bundle": [text]}))
+                return (time.perf_counter() - t0) * 1000
 
-        for hist, (n_ev, payloads) in sizes.items():
-            rows.append({"mode": "in-process pyfunc", "history": hist, "events": n_ev,
-                         "bytes": int(np.mean([len(p) for p in payloads])),
-                         **_percentiles(time_calls(in_process, payloads, reps[hist])),
-                         "load1": os.getloadavg()[0]})
-            print(rows[-1], flush=True)
-        env = {"OMP_NUM_THREADS": "1", "EHRFM_SERVE_MAX_REQUEST_BYTES": str(200_000_000)}
-        with serve(reg.serve_uri, Path(tmp) / "server.log", tracking_uri=reg.tracking_uri, env=env) as srv:
-            def http(text: str) -> None:
-                body = json.dumps({"dataframe_records": [{"bundle": text}]}).encode()
-                req = urllib.request.Request(srv.invocations, data=body,
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=300) as r:
-                    assert r.status == 200
-                    r.read()
-
-            for hist, (n_ev, payloads) in sizes.items():
-                rows.append({"mode": "HTTP (mlflow models serve)", "history": hist, "events": n_ev,
-                             "bytes": int(np.mean([len(p) for p in payloads])),
-                             **_percentiles(time_calls(http, payloads, reps[hist])),
-                             "load1": os.getloadavg()[0]})
+        for hist, items in sizes.items():
+            for mode in MODES:
+                call(mode, items[0][0])  # warm-up
+            ms: dict[str, list[float]] = {m: [] for m in MODES}
+            load = []
+            for i in range(reps[hist]):
+                for mode in MODES:
+                    ms[mode].append(call(mode, items[i % len(items)][0]))
+                load.append(os.getloadavg()[0])
+            for mode in MODES:
+                rows.append({"mode": mode, "history": hist, "events": int(np.mean([n for _, n in items])),
+                             "bundles": len(items), "bytes": int(np.mean([len(t) for t, _ in items])),
+                             **_percentiles(ms[mode]), "load1": round(float(np.mean(load)), 2)})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
+    speedup = {}
+    for hist in sizes:
+        by = {r["mode"]: r for r in rows if r["history"] == hist}
+        speedup[hist] = {k: round(by[MODES[0]][k] / by[MODES[1]][k], 2) for k in ("p50_ms", "p99_ms")}
+    print(f"before / after: {speedup}")
     result = {"machine": f"{os.cpu_count()} CPU cores, shared with other engineers' jobs (see load1)",
               "model": ("tiny preset (mamba d_model=64, 2 layers), random weights, max_len 512, "
                         "torch 1 thread"),
-              "note": "one patient per request; includes JSON parse + FHIR validation + mapping + tokenize + "
-              "model "
-                      "+ RiskAssessment; long history = largest Synthea bundles merged under one Patient",
-              "rows": rows}
+              "note": ("in-process pyfunc predict, one patient per request: JSON parse + limits + FHIR "
+                       "validation + mapping + tokenize + model + RiskAssessment. 'before' differs from "
+                       "'after' only in the validator (the other hot-path changes are in both); the modes "
+                       "run interleaved call by call; 'cold memo' empties the fast validator's memo of "
+                       "valid primitive values before each call. ~5,000 = largest Synthea bundles merged "
+                       "under one Patient"),
+              "rows": rows, "before_over_after": speedup}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=1))
     print(f"-> {args.output}")
