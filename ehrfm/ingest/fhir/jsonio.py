@@ -46,6 +46,8 @@ def check_bounds(obj: Any, max_depth: int, max_elements: int) -> int:
     Returns the count. Iterative on purpose: a hostile 100,000-level document must not reach Python's
     recursion limit (the parsers themselves stop far below it: orjson at 1,024 levels).
     """
+    if not isinstance(obj, (dict, list)):  # a bare scalar is one value
+        return 1
     count = 1
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
