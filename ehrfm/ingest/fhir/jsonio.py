@@ -32,7 +32,8 @@ except ImportError:  # pragma: no cover - exercised where orjson is absent
 
 
 class JsonLimitError(ValueError):
-    """Parsed JSON exceeds a structural limit; ``limit`` names it (``max_json_depth``/``max_json_elements``)."""
+    """Parsed JSON exceeds a structural limit; ``limit`` names it (``max_json_depth``, ``max_json_elements``).
+    """
 
     def __init__(self, limit: str, value: int, message: str) -> None:
         super().__init__(message)
