@@ -34,6 +34,9 @@ MEDS_SUBJECT_SPLITS = f"{MEDS_METADATA}/subject_splits.parquet"
 MEDS_SUBJECT_IDS = f"{MEDS_METADATA}/subject_ids.parquet"
 MEDS_REJECTS = "rejects"
 MEDS_SUMMARY = "summary.json"
+# Completion marker of a scores folder (``ehrfm score``; also in its rejects folder): written last, with the
+# ScoreSummary; "_"-prefixed so Spark and pyarrow readers of the parquet folder skip it.
+SCORES_MARKER = "_score.json"
 # Names inside a synthetic population folder (``ehrfm synth``), relative to it.
 SYNTH_TRUTH = "truth/index_events.parquet"
 SYNTH_SUMMARY = "truth/summary.yaml"

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ehrfm.atomic import OverwriteOption
 from ehrfm.config.base import ConfigBase, require
 from ehrfm.config.spark import SparkConfig
 
@@ -19,7 +20,7 @@ DEFAULT_ROWS_PER_SHARD = 2_000_000
 
 
 @dataclass
-class IngestConfig(ConfigBase):
+class IngestConfig(OverwriteOption):
     """Options shared by every ``ehrfm ingest <source>``: subject splits, shard size, dataset name, Spark."""
 
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)

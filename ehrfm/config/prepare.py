@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ehrfm.atomic import OverwriteOption
 from ehrfm.config.base import ConfigBase, require
 from ehrfm.config.spark import SparkConfig
 
 
 @dataclass
-class PrepareConfig(ConfigBase):
+class PrepareConfig(OverwriteOption):
     """``ehrfm prepare``: code vocabulary and numeric-value bins fitted on the train split of a MEDS
     dataset."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ehrfm.atomic import OverwriteOption
 from ehrfm.config.base import ConfigBase, require
 from ehrfm.config.spark import SparkConfig
 from ehrfm.config.tokenize import TokenizerConfig
@@ -121,7 +122,7 @@ class RegisterSummary(ConfigBase):
 
 
 @dataclass
-class ScoreConfig(ConfigBase):
+class ScoreConfig(OverwriteOption):
     """``ehrfm score``: batch-score a population with a registered model (Spark); output in the evaluation
     predictions contract."""
 

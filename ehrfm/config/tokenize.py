@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ehrfm.atomic import OverwriteOption
 from ehrfm.config.base import ConfigBase, require
 from ehrfm.config.spark import SparkConfig
 
@@ -39,7 +40,7 @@ class TokenizerConfig(ConfigBase):
 
 
 @dataclass
-class TokenizeConfig(ConfigBase):
+class TokenizeConfig(OverwriteOption):
     """``ehrfm tokenize``: MEDS events + label tables -> token-stream parquet (pretraining and task rows)."""
 
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

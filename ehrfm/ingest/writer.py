@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import ehrfm
+from ehrfm.atomic import is_uri, write_marker
 from ehrfm.config.ingest import DEFAULT_ROWS_PER_SHARD as DEFAULT_ROWS_PER_SHARD
 from ehrfm.ingest.deaths import count_after_death
 from ehrfm.layout import (
@@ -234,6 +235,10 @@ def write_meds_dataset(
     ratios = validate_ratios(split_ratios)
     out = output.rstrip("/")
     fs, base = _fs(out)
+    # the completion marker goes first and comes back last: a folder without it is an unfinished write
+    # (stages write into a fresh staging folder, see ehrfm.atomic; this covers in-place writes to URIs)
+    if fs.get_file_info(f"{base}/{MEDS_SUMMARY}").type == pafs.FileType.File:
+        fs.delete_file(f"{base}/{MEDS_SUMMARY}")
     for sub in (MEDS_DATA, MEDS_METADATA, MEDS_REJECTS):
         fs.create_dir(f"{base}/{sub}", recursive=True)
         for info in fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True)):
@@ -334,5 +339,9 @@ def write_meds_dataset(
         # kept, but later than the subject's first MEDS_DEATH (per source column value; see count_after_death)
         "after_death": {"total": sum(after_death.values()), "by_source": after_death},
     }
-    _write_json(result, f"{out}/{MEDS_SUMMARY}")
+    if is_uri(out):
+        _write_json(result, f"{out}/{MEDS_SUMMARY}")
+    else:
+        # temporary file + rename: whole or absent
+        write_marker(f"{base}/{MEDS_SUMMARY}", json.dumps(result, indent=2, default=str))
     return result

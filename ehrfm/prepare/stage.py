@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ehrfm.atomic import Outputs, check_meds
 from ehrfm.config.base import ConfigError
 from ehrfm.config.prepare import PrepareConfig, PrepareSummary
 from ehrfm.config.spark import SparkConfig
@@ -97,23 +98,26 @@ def _stats(counts: dict[str, int], n_train: int) -> dict[str, int]:
 def run(cfg: PrepareConfig, layout: Layout) -> PrepareSummary:
     """Fit on the train split of ``layout.meds``; write ``vocab.json``, ``bins.json`` and ``prepare.json``
     into ``layout.tokens``; print and return the summary."""
+    from ehrfm.schema import CODE, NUMERIC_VALUE, SUBJECT_ID
+
     meds = layout.meds_paths
-    if not meds.data.is_dir():
-        raise FileNotFoundError(f"meds={str(meds.root)!r}: no data/ folder "
-                                "(expected an ingested MEDS dataset)")
+    check_meds(meds.root, (SUBJECT_ID, CODE, NUMERIC_VALUE))
     tasks = resolve_tasks(cfg)
-    t0 = time.time()
-    if cfg.engine == "spark":
-        vocab, bins, stats = fit_spark(meds, cfg.min_count, cfg.n_bins, tasks, cfg.spark)
-    else:
-        vocab, bins, stats = fit_local(meds, cfg.min_count, cfg.n_bins, tasks)
     out = layout.token_paths
     out.root.mkdir(parents=True, exist_ok=True)
-    vocab.save(out.vocab)
-    bins.save(out.bins)
-    summary = PrepareSummary(tasks=tasks, codes_kept=len(vocab.counts), vocab_size=len(vocab),
-                             codes_with_bins=len(bins.edges), seconds=round(time.time() - t0, 2), **stats)
-    out.prepare_json.write_text(json.dumps({"config": cfg.to_dict(), "summary": summary.to_dict()}, indent=1))
+    # opened before the fit, so a partial tokens folder is refused before the work, not after
+    with Outputs(out.root, [out.vocab.name, out.bins.name], out.prepare_json.name, overwrite=cfg.overwrite,
+                 key="tokens") as staged:
+        t0 = time.time()
+        if cfg.engine == "spark":
+            vocab, bins, stats = fit_spark(meds, cfg.min_count, cfg.n_bins, tasks, cfg.spark)
+        else:
+            vocab, bins, stats = fit_local(meds, cfg.min_count, cfg.n_bins, tasks)
+        vocab.save(staged.path(out.vocab.name))
+        bins.save(staged.path(out.bins.name))
+        summary = PrepareSummary(tasks=tasks, codes_kept=len(vocab.counts), vocab_size=len(vocab),
+                                 codes_with_bins=len(bins.edges), seconds=round(time.time() - t0, 2), **stats)
+        staged.publish(json.dumps({"config": cfg.to_dict(), "summary": summary.to_dict()}, indent=1))
     _print(cfg, summary)
     print(f"wrote {out.vocab} and {out.bins}")
     return summary

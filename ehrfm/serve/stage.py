@@ -8,10 +8,11 @@ import json
 import os
 import time
 
+from ehrfm.atomic import folder_outputs
 from ehrfm.config.base import ConfigError
 from ehrfm.config.serve import RegisterConfig, RegisterSummary, ScoreConfig, ScoreSummary, ServeConfig
 from ehrfm.config.tokenize import TokenizerConfig
-from ehrfm.layout import Layout
+from ehrfm.layout import SCORES_MARKER, Layout
 
 
 def _tokenizer(layout: Layout) -> TokenizerConfig:
@@ -81,8 +82,10 @@ def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
         # predictions and rejects come from one scoring pass: kept, then written as two outputs
         combined = score_fhir(spark, folder, cfg.input, cfg.prediction_time, tasks).persist()
         rejects_out = cfg.rejects or f"{out}_rejects"
-        fhir_rejects(combined).write.mode("overwrite").parquet(rejects_out)
-        rejected = spark.read.parquet(rejects_out).count()
+        with folder_outputs(rejects_out, SCORES_MARKER, overwrite=cfg.overwrite, key="rejects") as staged:
+            fhir_rejects(combined).write.mode("overwrite").parquet(staged.path())
+            rejected = spark.read.parquet(staged.path()).count()
+            staged.publish({"rejected": rejected})
         df = fhir_predictions(combined)
     elif cfg.source == "tokens":
         tokens = layout.token_paths.root
@@ -91,7 +94,11 @@ def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
         df = score_tokens(spark, folder, tokens, tasks, cfg.splits or None)
     else:
         df = score_meds(spark, folder, layout.meds_paths.root, cfg.prediction_time, tasks)
-    summary = write_predictions(df, out)
+    # written under a staging folder, renamed into place with its marker (ehrfm.atomic)
+    with folder_outputs(out, SCORES_MARKER, overwrite=cfg.overwrite, key="scores") as staged:
+        summary = write_predictions(df, staged.path())
+        staged.publish({"model": cfg.model, "source": cfg.source,
+                        "rows": json.loads(summary.to_json(orient="records"))})
     if combined is not None:
         combined.unpersist()
     seconds = round(time.time() - t0, 1)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ehrfm.atomic import write_marker
 from ehrfm.config.base import ConfigError
 from ehrfm.config.tokenize import TokenizerConfig, TokenizeSummary
 from ehrfm.layout import TokenPaths
@@ -24,8 +25,9 @@ from ehrfm.layout import TokenPaths
 def write_meta(tokens_dir: str | Path, tokenizer: TokenizerConfig, summary: TokenizeSummary) -> Path:
     """Write ``<tokens_dir>/tokenize.json``; returns its path."""
     path = TokenPaths(Path(tokens_dir)).meta
-    path.write_text(json.dumps({"config": tokenizer.to_dict(), "summary": summary.to_dict()}, indent=1))
-    return path
+    # temporary file + rename: readers see the old record or the new one, never half of one
+    return write_marker(path, json.dumps({"config": tokenizer.to_dict(), "summary": summary.to_dict()},
+                                         indent=1))
 
 
 def read_meta(tokens_dir: str | Path) -> dict[str, Any]:

@@ -12,11 +12,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ehrfm.atomic import Outputs, check_meds
 from ehrfm.config.base import ConfigError
 from ehrfm.config.tokenize import TokenizeConfig, TokenizeSummary
-from ehrfm.layout import Layout
+from ehrfm.layout import Layout, TokenPaths
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +52,7 @@ def resolve_tasks(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary) -> lis
 
 
 def _run_spark(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary, bins: Bins,
-               tasks: list[str]) -> pd.DataFrame:
+               tasks: list[str], out: str) -> pd.DataFrame:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark import StorageLevel
     from tqdm import tqdm
@@ -66,16 +68,16 @@ def _run_spark(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary, bins: Bin
     rows = tokenize_spark(events, labels, splits, vocab, bins, cfg.tokenizer, pretrain=cfg.pretrain_rows)
     rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # written once per target; tokenize only once
     try:
-        targets = write_tokens(rows, layout.token_paths.root, tasks, pretrain=cfg.pretrain_rows)
+        targets = write_tokens(rows, out, tasks, pretrain=cfg.pretrain_rows)
         for path in tqdm(targets, total=len(tasks) + int(cfg.pretrain_rows), desc="write", unit="table"):
-            tqdm.write(f"wrote {path}")
+            tqdm.write(f"wrote {Path(path).relative_to(out)}")
         return rows.select("task", "split", "length", "label", "event").toPandas()
     finally:
         rows.unpersist()
 
 
 def _run_local(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary, bins: Bins,
-               tasks: list[str]) -> pd.DataFrame:
+               tasks: list[str], out_dir: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     from ehrfm.schema import CODE, ENCOUNTER_ID, NUMERIC_VALUE, SUBJECT_ID, TIME
@@ -93,10 +95,14 @@ def _run_local(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary, bins: Bin
     rows = list(iter_rows(events, labels, splits, vocab, bins, cfg.tokenizer, pretrain=cfg.pretrain_rows,
                           progress=True))
     out = rows_to_table(rows)
-    for path in write_local(out, layout.token_paths.root, tasks, pretrain=cfg.pretrain_rows):
-        print(f"wrote {path}")
+    for path in write_local(out, out_dir, tasks, pretrain=cfg.pretrain_rows):
+        print(f"wrote {Path(path).relative_to(out_dir)}")
     frame: pd.DataFrame = out.select(["task", "split", "length", "label", "event"]).to_pandas()
     return frame
+
+
+def _rel(paths: TokenPaths, path: Path) -> str:
+    return path.relative_to(paths.root).as_posix()
 
 
 def run(cfg: TokenizeConfig, layout: Layout) -> TokenizeSummary:
@@ -105,6 +111,7 @@ def run(cfg: TokenizeConfig, layout: Layout) -> TokenizeSummary:
     import pandas as pd
 
     from ehrfm.prepare.bins import load_bins
+    from ehrfm.schema import CODE, SUBJECT_ID, TIME
     from ehrfm.tokenize.direct import summarize
     from ehrfm.tokenize.meta import write_meta
     from ehrfm.vocab import Vocabulary
@@ -114,19 +121,24 @@ def run(cfg: TokenizeConfig, layout: Layout) -> TokenizeSummary:
         if not path.is_file():
             raise FileNotFoundError(f"tokens={str(paths.root)!r}: no {path.name} (run `ehrfm prepare` first, "
                                     f"which writes the {name})")
-    if not layout.meds_paths.data.is_dir():
-        raise FileNotFoundError(f"meds={str(layout.meds_paths.root)!r}: no data/ folder "
-                                "(expected an ingested MEDS dataset)")
+    check_meds(layout.meds_paths.root, (SUBJECT_ID, TIME, CODE))
     vocab = Vocabulary.load(paths.vocab)
     bins = load_bins(paths.bins)
     tasks = resolve_tasks(cfg, layout, vocab)
     t0 = time.time()
-    frame = (_run_spark if cfg.engine == "spark" else _run_local)(cfg, layout, vocab, bins, tasks)
-    table = summarize(frame)
-    summary = TokenizeSummary(tasks=tasks, pretrain=cfg.pretrain_rows, n_rows=len(frame),
-                              rows=json.loads(table.to_json(orient="records")),
-                              seconds=round(time.time() - t0, 2))
-    write_meta(paths.root, cfg.tokenizer, summary)
+    # rows are written under a staging folder and renamed into place with tokenize.json last (ehrfm.atomic);
+    # opened before the work, so a partial tokens folder is refused first
+    names = ([_rel(paths, paths.pretrain)] if cfg.pretrain_rows else []) + [_rel(paths, paths.task(t))
+                                                                             for t in tasks]
+    with Outputs(paths.root, names, paths.meta.name, overwrite=cfg.overwrite, key="tokens") as staged:
+        run_engine = _run_spark if cfg.engine == "spark" else _run_local
+        frame = run_engine(cfg, layout, vocab, bins, tasks, str(staged.staging))
+        table = summarize(frame)
+        summary = TokenizeSummary(tasks=tasks, pretrain=cfg.pretrain_rows, n_rows=len(frame),
+                                  rows=json.loads(table.to_json(orient="records")),
+                                  seconds=round(time.time() - t0, 2))
+        write_meta(staged.staging, cfg.tokenizer, summary)
+        staged.publish()
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"{summary.n_rows} rows (max_len {cfg.tokenizer.max_len}) in {summary.seconds} s → {paths.root}")

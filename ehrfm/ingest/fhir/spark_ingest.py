@@ -196,7 +196,10 @@ def ingest_fhir(
     found = expand_inputs(spark, inputs)
     files = found.files
     limit = max_time_us if max_time_us is not None else now_us() + US_PER_DAY
+    # inside the output: a stage writes the output in a staging folder (ehrfm.atomic), which takes it along;
+    # written in place (a URI, a direct call), a killed run's leftover is removed before this run starts
     tmp = output.rstrip("/") + "/_fhir_tmp"
+    cleanup(spark, tmp)
     steps = tqdm(total=5, desc="fhir ingest", unit="step", disable=not progress)
     mode, every = validate, sample_every
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ehrfm.atomic import folder_outputs
 from ehrfm.config.base import ConfigError
 from ehrfm.config.ingest import FhirIngestConfig, IngestSummary
-from ehrfm.layout import Layout
+from ehrfm.layout import MEDS_SUMMARY, Layout
 
 
 def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
@@ -39,10 +40,13 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
     out = layout.meds_uri
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
     t0 = time.perf_counter()
-    result = ingest_fhir(spark, inputs, out, validate=cfg.validate, sample_every=cfg.sample_every,
-                         max_time_us=max_time_us, split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
-                         rows_per_shard=cfg.rows_per_shard, progress=True,
-                         anonymous_subjects=cfg.anonymous_subjects, **named)
+    with folder_outputs(out, MEDS_SUMMARY, overwrite=cfg.overwrite, key="meds") as staged:
+        result = ingest_fhir(spark, inputs, staged.path(), validate=cfg.validate,
+                             sample_every=cfg.sample_every, max_time_us=max_time_us,
+                             split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
+                             rows_per_shard=cfg.rows_per_shard, progress=True,
+                             anonymous_subjects=cfg.anonymous_subjects, **named)
+        staged.publish()
     summary = make_summary("fhir", result, fhir_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)
     sample = result.get("validation_sample") or {}

@@ -6,9 +6,10 @@ import sys
 import time
 from typing import Any
 
+from ehrfm.atomic import folder_outputs
 from ehrfm.config.base import ConfigError
 from ehrfm.config.ingest import IngestSummary, MimicIngestConfig
-from ehrfm.layout import Layout
+from ehrfm.layout import MEDS_SUMMARY, Layout
 
 
 def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
@@ -25,8 +26,10 @@ def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
     out = layout.meds_uri
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
     t0 = time.perf_counter()
-    result = ingest_mimic(spark, cfg.input, out, rules=rules, split_ratios=cfg.split_ratios,
-                          split_seed=cfg.split_seed, rows_per_shard=cfg.rows_per_shard, **named)
+    with folder_outputs(out, MEDS_SUMMARY, overwrite=cfg.overwrite, key="meds") as staged:
+        result = ingest_mimic(spark, cfg.input, staged.path(), rules=rules, split_ratios=cfg.split_ratios,
+                              split_seed=cfg.split_seed, rows_per_shard=cfg.rows_per_shard, **named)
+        staged.publish()
     summary = make_summary("mimic", result, mimic_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)
     if not summary.reconciled:
