@@ -46,7 +46,7 @@ def get_spark(app_name: str = "ehrfm", master: str | None = None,
     builder = SparkSession.builder
     if not (submitted and given.contains("spark.app.name")):
         builder = builder.appName(app_name)
-    chosen = given.get("spark.master") if submitted and not master else (
+    chosen: str = (given.get("spark.master") or "") if submitted and not master else (
         master or os.environ.get("EHRFM_SPARK_MASTER", "local[*]"))
     if master or not submitted:
         builder = builder.master(chosen)

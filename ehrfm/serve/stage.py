@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from ehrfm.atomic import folder_outputs
+from ehrfm.atomic import check_meds, check_tokens, folder_outputs
 from ehrfm.config.base import ConfigError
 from ehrfm.config.serve import RegisterConfig, RegisterSummary, ScoreConfig, ScoreSummary, ServeConfig
 from ehrfm.config.tokenize import TokenizerConfig
@@ -91,8 +91,10 @@ def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
         tokens = layout.token_paths.root
         if not tokens.is_dir():
             raise ConfigError(f"source=tokens: no tokens folder at {tokens}")
+        check_tokens(tokens, [f"tasks/{t}" for t in tasks or []])  # marker (and named task rows) first
         df = score_tokens(spark, folder, tokens, tasks, cfg.splits or None)
     else:
+        check_meds(layout.meds_paths.root)  # a named message instead of an Arrow error
         df = score_meds(spark, folder, layout.meds_paths.root, cfg.prediction_time, tasks)
     # written under a staging folder, renamed into place with its marker (ehrfm.atomic)
     with folder_outputs(out, SCORES_MARKER, overwrite=cfg.overwrite, key="scores") as staged:
