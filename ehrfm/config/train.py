@@ -189,6 +189,27 @@ class AdaptConfig(ConfigBase):
         require(self.few_shot >= 0, "adapt.few_shot", self.few_shot, "must be >= 0")
 
 
+@dataclass
+class CalibrationConfig(ConfigBase):
+    """Post-hoc calibration fitted on the tuning split after finetuning, saved with the model
+    (``calibration.json``) and applied to every prediction (see :mod:`ehrfm.train.calibration`)."""
+
+    method: Literal["auto", "platt", "isotonic", "temperature", "none"] = "auto"
+    """auto = per task: binary none/Platt/isotonic by cross-validated tuning log loss, tte Platt or none per
+    horizon, forecast temperature; platt / isotonic = that map for binary tasks (tte: Platt per horizon) and
+    temperature for forecasts; temperature = forecasts only (binary and tte raw); none = raw scores."""
+    min_positives: int = 50
+    """auto: isotonic is a candidate only with at least this many tuning positives (and negatives)."""
+    folds: int = 5
+    """auto: subject-grouped cross-validation folds on the tuning split that compare the methods."""
+    seed: int = 0
+    """Seed of the fold assignment."""
+
+    def __post_init__(self) -> None:
+        require(self.min_positives >= 1, "calibration.min_positives", self.min_positives, "must be >= 1")
+        require(self.folds >= 2, "calibration.folds", self.folds, "must be >= 2")
+
+
 def _tiny_model() -> ModelConfig:
     return ModelConfig(backbone="mamba2", d_model=64, n_layers=2, dropout=0.1, d_state=16, d_conv=4, expand=2,
                        headdim=16, chunk_size=64, ngroups=1, n_heads=4, mlp_ratio=4, use_code_counts=True,
@@ -269,6 +290,8 @@ class FinetuneConfig(ConfigBase):
     """Task heads."""
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     """Full finetuning or LoRA, all rows or few-shot."""
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    """Post-hoc calibration on the tuning split (method auto | platt | isotonic | temperature | none)."""
     evaluate: bool = False
     """Also write the evaluation report of the held-out predictions (labels and MEDS from the layout) into the
     evaluation folder and log it to the MLflow run."""
@@ -361,3 +384,6 @@ class FinetuneSummary(ConfigBase):
     """The pretraining run it is nested under."""
     report: list[PrimaryMetric] = field(default_factory=list)
     """With evaluate: held-out primary metric per task and model."""
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task: the calibration method in use and what its fit saw on the tuning split
+    (model/calibration.json)."""

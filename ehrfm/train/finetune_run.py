@@ -4,20 +4,28 @@ datasets, the head kind of a task, few-shot row draws and the tuning-split metri
 Local adaptation: ``adapt.mode: full`` trains everything; ``lora`` freezes the backbone and trains LoRA
 matrices on its linear projections plus the heads (and, for forecasting, nothing else: the tied LM head is
 frozen); ``adapt.few_shot: K`` keeps K labelled training rows per task (stratified by label/event, seeded).
+
+Calibration (:func:`fit_calibration`): after training, the heads' raw outputs on the tuning rows and their
+labels fit each task's post-hoc calibration (:mod:`ehrfm.train.calibration`), saved with the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ehrfm.config.train import CalibrationConfig
 from ehrfm.data import TokenStreamDataset
 from ehrfm.layout import TokenPaths
+from ehrfm.train.calibration import Calibration, TaskCalibration, fit_binary, fit_temperature, fit_tte
 from ehrfm.train.finetune import task_metrics
-from ehrfm.train.heads import HeadSpec
+from ehrfm.train.generate import code_mask
+from ehrfm.train.heads import HeadSpec, survival_curve
+from ehrfm.train.predict import FinetunedModel, head_output, task_batches
 from ehrfm.vocab import Vocabulary
 
 
@@ -107,3 +115,46 @@ def tuning_table(preds: pd.DataFrame, tokens: TokenPaths, specs: Sequence[HeadSp
             continue
         out[spec.task] = {"n": len(p), "positives": int(np.nansum(acc["y"])), **task_metrics(spec.kind, acc)}
     return out
+
+
+def fit_calibration(fm: FinetunedModel, tokens_dir: str | Path, cfg: CalibrationConfig, split: str,
+                    max_tokens: int, max_len: int | None = None) -> Calibration | None:
+    """Each task's calibration from the raw head outputs on the ``split`` rows (the tuning split) and their
+    labels; None with ``method: none``. Tasks without rows there stay uncalibrated."""
+    if cfg.method == "none":
+        return None
+    import torch
+
+    out: dict[str, TaskCalibration] = {}
+    mask = code_mask(fm.vocab)
+    for spec in fm.specs:
+        heads: list[np.ndarray] = []
+        items: list[dict[str, Any]] = []
+        for ds, idx, batch in task_batches(fm, tokens_dir, spec.task, split, max_tokens, max_len):
+            raw = head_output(fm, spec, batch)
+            if spec.kind == "binary":
+                heads.append(torch.sigmoid(raw).double().cpu().numpy())
+            elif spec.kind == "tte":
+                heads.append(survival_curve(raw).double().cpu().numpy())
+            else:
+                heads.append(raw[:, mask.to(raw.device)].double().cpu().numpy())
+            items.extend(ds[i] for i in idx)
+        if not items:
+            continue
+        scores = np.concatenate(heads)
+        groups = np.asarray([int(it["subject_id"]) for it in items])
+        if spec.kind == "binary":
+            y = np.asarray([it["label"] for it in items], dtype=float)
+            out[spec.task] = fit_binary(spec.task, scores, y, groups, cfg.method, cfg.min_positives,
+                                        cfg.folds, cfg.seed)
+        elif spec.kind == "tte":
+            ev = np.asarray([it["event"] for it in items], dtype=float)
+            dur = np.asarray([it["duration_days"] for it in items], dtype=float)
+            out[spec.task] = fit_tte(spec.task, scores, spec.edges_days, ev, dur, groups, cfg.method,
+                                     cfg.folds, cfg.seed)
+        elif fm.rollout_steps == 0:  # a rollout's scores are not one softmax (see ehrfm.train.calibration)
+            col = np.full(len(fm.vocab), -1)
+            col[mask.numpy()] = np.arange(int(mask.sum()))
+            targets = [col[np.asarray(it["target_ids"] or [], dtype=int)] for it in items]
+            out[spec.task] = fit_temperature(spec.task, scores, [t[t >= 0] for t in targets])
+    return Calibration(out)

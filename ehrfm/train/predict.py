@@ -7,18 +7,22 @@ Finetuned model folder (everything serving needs to rebuild it)::
     heads.pt                  TaskHeads state dict
     heads.json                {"tasks": [...], "heads": [HeadSpec...], "shared_head": bool, "head_dropout": f,
                                "model_name": str, "forecast": {"topk": k, "rollout_steps": n}}
+    calibration.json          optional: post-hoc calibration fitted on the tuning split
+                              (:mod:`ehrfm.train.calibration`); absent = raw head outputs
 
 Predictions: binary -> ``prob``; time-to-event -> ``risk`` = 1 - S(last edge), ``survival`` = S at every
-edge and ``times_days`` = the edges; forecast -> ``topk_codes``/``topk_probs`` (see :mod:`generate`).
+edge and ``times_days`` = the edges; forecast -> ``topk_codes``/``topk_probs`` (see :mod:`generate`). With a
+calibration they are the calibrated values, for every consumer (:func:`predict_batch`); the batch
+predictions of :func:`predict` also keep the raw ``prob_raw`` / ``risk_raw`` of calibrated tasks.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -31,6 +35,7 @@ from ehrfm.data.multitask import MultiTaskCollator
 from ehrfm.layout import TokenPaths
 from ehrfm.models import EHRFoundationModel, pool
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
+from ehrfm.train.calibration import Calibration
 from ehrfm.train.generate import forecast_scores, topk_codes
 from ehrfm.train.heads import HeadSpec, TaskHeads, survival_curve
 from ehrfm.vocab import Vocabulary
@@ -49,6 +54,8 @@ class FinetunedModel:
     model_name: str = "ehrfm"
     topk: int = 10
     rollout_steps: int = 0
+    calibration: Calibration | None = None
+    """Post-hoc calibration applied by :func:`predict_batch` (None: raw outputs)."""
 
     @property
     def tasks(self) -> list[str]:
@@ -65,6 +72,8 @@ class FinetunedModel:
                 "head_dropout": _head_dropout(self.heads), "model_name": self.model_name,
                 "forecast": {"topk": self.topk, "rollout_steps": self.rollout_steps}}
         (directory / HEADS_SPEC).write_text(json.dumps(meta, indent=2))
+        if self.calibration is not None:
+            self.calibration.save(directory)
         return directory
 
     @classmethod
@@ -83,7 +92,7 @@ class FinetunedModel:
         heads.load_state_dict(torch.load(directory / HEADS_FILE, map_location="cpu", weights_only=True))
         fc = meta.get("forecast", {})
         return cls(model, heads.eval(), Vocabulary.load(directory / "vocab.json"), specs, meta["model_name"],
-                   int(fc.get("topk", 10)), int(fc.get("rollout_steps", 0)))
+                   int(fc.get("topk", 10)), int(fc.get("rollout_steps", 0)), Calibration.load(directory))
 
 
 def _head_dropout(heads: TaskHeads) -> float:
@@ -94,19 +103,54 @@ def _head_dropout(heads: TaskHeads) -> float:
 
 
 @torch.no_grad()
-def predict_batch(fm: FinetunedModel, spec: HeadSpec, batch: dict[str, Tensor]) -> dict[str, list[Any]]:
-    """Contract columns for one collated batch of ``spec.task`` rows."""
+def head_output(fm: FinetunedModel, spec: HeadSpec, batch: dict[str, Tensor]) -> Tensor:
+    """The raw head output of ``spec.task`` for a collated batch: binary (b,) logits, tte (b, K) hazard
+    logits, forecast (b, V) first-step LM logits."""
     out = fm.model(**{k: batch[k] for k in LIST_COLUMNS}, return_logits=False)
     pooled = pool(out.hidden, batch["lengths"])
+    head = fm.model.lm_head(pooled) if spec.kind == "forecast" else fm.heads(spec.task, pooled)
+    return cast(Tensor, head).float()
+
+
+@torch.no_grad()
+def predict_batch(fm: FinetunedModel, spec: HeadSpec, batch: dict[str, Tensor],
+                  with_raw: bool = False) -> dict[str, list[Any]]:
+    """Contract columns for one collated batch of ``spec.task`` rows, calibrated when ``fm`` has a
+    calibration for the task; ``with_raw`` adds ``prob_raw`` / ``risk_raw`` of calibrated tasks."""
+    cal = fm.calibration.get(spec.task) if fm.calibration is not None else None
+    raw = head_output(fm, spec, batch)
     if spec.kind == "binary":
-        return {"prob": torch.sigmoid(fm.heads(spec.task, pooled).float()).tolist()}
+        p = torch.sigmoid(raw).double().cpu().numpy()
+        out: dict[str, list[Any]] = {"prob": (cal.prob(p) if cal else p).tolist()}
+        if with_raw and cal:
+            out["prob_raw"] = p.tolist()
+        return out
     if spec.kind == "tte":
-        surv = survival_curve(fm.heads(spec.task, pooled))
-        return {"risk": (1.0 - surv[:, -1]).tolist(), "survival": surv.double().tolist(),
-                "times_days": [list(spec.edges_days)] * surv.shape[0]}
-    scores = forecast_scores(fm.model, batch, fm.vocab, fm.rollout_steps, fm.model.lm_head(pooled))
+        s = survival_curve(raw).double().cpu().numpy()
+        surv = cal.survival(s) if cal else s
+        out = {"risk": (1.0 - surv[:, -1]).tolist(), "survival": surv.tolist(),
+               "times_days": [list(spec.edges_days)] * surv.shape[0]}
+        if with_raw and cal:
+            out["risk_raw"] = (1.0 - s[:, -1]).tolist()
+        return out
+    if cal is not None and fm.rollout_steps == 0:  # temperature of the first-step distribution
+        raw = raw / cal.temperature
+    scores = forecast_scores(fm.model, batch, fm.vocab, fm.rollout_steps, raw)
     codes, probs = topk_codes(scores, fm.vocab, fm.topk)
     return {"topk_codes": codes, "topk_probs": probs}
+
+
+def task_batches(fm: FinetunedModel, tokens_dir: str | Path, task: str, split: str, max_tokens: int,
+                 max_len: int | None = None, progress: bool = False
+                 ) -> Iterator[tuple[TokenStreamDataset, list[int], dict[str, Tensor]]]:
+    """(dataset, row indices, collated batch) over the rows of ``task`` in ``split``, length-bucketed."""
+    ds = TokenStreamDataset(TokenPaths(Path(tokens_dir)).task(task), split=split, task=task)
+    if len(ds) == 0:
+        return
+    collate = MultiTaskCollator(max_len)
+    sampler = TokenBudgetBatchSampler(ds.lengths, max_tokens, shuffle=False, max_len=max_len)
+    for idx in tqdm(list(sampler), desc=f"predict {task}/{split}", disable=not progress, leave=False):
+        yield ds, list(idx), collate([{**ds[i], "task_idx": 0} for i in idx])
 
 
 def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path,
@@ -127,24 +171,19 @@ def predict(model_dir: str | Path | FinetunedModel, tokens_dir: str | Path,
     unknown = [t for t in names if t not in fm.tasks]
     if unknown:
         raise ValueError(f"predict(): task(s) {unknown} have no head in this model (tasks: {fm.tasks})")
-    paths = TokenPaths(Path(tokens_dir))
-    collate = MultiTaskCollator(max_len)
     frames = []
     for task in names:
         spec = next(s for s in fm.specs if s.task == task)
         for split in splits:
-            ds = TokenStreamDataset(paths.task(task), split=split, task=task)
-            if len(ds) == 0:
-                continue
-            sampler = TokenBudgetBatchSampler(ds.lengths, max_tokens, shuffle=False, max_len=max_len)
             cols: dict[str, list[Any]] = {SUBJECT_ID: [], PREDICTION_TIME: []}
-            for idx in tqdm(list(sampler), desc=f"predict {task}/{split}", disable=not progress, leave=False):
-                batch = collate([{**ds[i], "task_idx": 0} for i in idx])
-                for k, v in predict_batch(fm, spec, batch).items():
+            for ds, idx, batch in task_batches(fm, tokens_dir, task, split, max_tokens, max_len, progress):
+                for k, v in predict_batch(fm, spec, batch, with_raw=True).items():
                     cols.setdefault(k, []).extend(v)
                 cols[SUBJECT_ID].extend(int(ds.subject_ids[i]) for i in idx)
                 assert ds.prediction_times is not None
                 cols[PREDICTION_TIME].extend(ds.prediction_times[i] for i in idx)
+            if not cols[SUBJECT_ID]:
+                continue
             df = pd.DataFrame(cols)
             df["task"], df["split"], df["model"] = task, split, model_name or fm.model_name
             frames.append(df)

@@ -33,6 +33,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -55,7 +56,14 @@ from ehrfm.models import EHRFoundationModel
 from ehrfm.tokenize.meta import read_tokenizer_config
 from ehrfm.tracking import NullTracker, TrackingCallback, git_commit, make_tracker
 from ehrfm.train.finetune import FinetuneModule
-from ehrfm.train.finetune_run import few_shot_rows, infer_spec, task_datasets, tokenized_tasks, tuning_table
+from ehrfm.train.finetune_run import (
+    few_shot_rows,
+    fit_calibration,
+    infer_spec,
+    task_datasets,
+    tokenized_tasks,
+    tuning_table,
+)
 from ehrfm.train.loop import build_trainer, find_resume
 from ehrfm.train.lora import apply_lora, lora_parameters, merge_lora
 from ehrfm.train.predict import FinetunedModel, predict
@@ -281,6 +289,9 @@ def run_finetune(cfg: FinetuneConfig, layout: Layout, *, callbacks: Sequence[Cal
             merge_lora(module.model)
         fm = FinetunedModel(module.model.eval(), module.heads.eval(), vocab, specs, name, cfg.topk,
                             cfg.rollout_steps)
+        # calibration on the tuning rows, saved with the model: every later prediction applies it
+        fm.calibration = fit_calibration(fm, tokens.root, cfg.calibration, cfg.data.val_split,
+                                         cfg.data.max_tokens * 4, max_len)
         model_dir = fm.save(run.model)
         preds = predict(fm, tokens.root, tasks, predict_splits, cfg.data.max_tokens * 4, max_len)
         preds.to_parquet(run.predictions, index=False)
@@ -293,13 +304,17 @@ def run_finetune(cfg: FinetuneConfig, layout: Layout, *, callbacks: Sequence[Cal
             trainable_parameters=trainable, lora_parameters=n_lora, val_metrics_at_best=val_metrics,
             tuning=tuning, model_name=name, max_len=max_len,
             model_dir=str(model_dir), predictions=str(run.predictions), mlflow_run_id=tracker.run_id,
-            mlflow_parent_run_id=parent)
+            mlflow_parent_run_id=parent,
+            calibration={t: {"method": c.method, **c.fit} for t, c in fm.calibration.tasks.items()}
+            if fm.calibration else {})
         if cfg.evaluate:
             summary.report = _evaluate(cfg, layout, run, tracker, tasks)
         summary.save(run.summary)
         if tracker.run_id is not None:
             tracker.log_metrics({f"tuning_{m}/{t}": v for t, ms in tuning.items() for m, v in ms.items()
                                  if isinstance(v, float) and not np.isnan(v)})
+            tracker.log_metrics(_calibration_metrics(summary.calibration))
+            tracker.set_tags({f"calibration/{t}": c["method"] for t, c in summary.calibration.items()})
             for f in (run.config, run.summary, run.predictions):
                 tracker.log_artifact(f)
             tracker.log_artifacts(model_dir, "model")
@@ -310,6 +325,25 @@ def run_finetune(cfg: FinetuneConfig, layout: Layout, *, callbacks: Sequence[Cal
     print(summary_table(summary))
     print(f"model: {run.model}  predictions: {run.predictions}")
     return summary
+
+
+def _calibration_metrics(fits: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """MLflow metrics of the calibration fits: ``calibration_<name>/<task>`` for every number a fit saw
+    (tte: per edge, ``.../<task>@<days>d``)."""
+    out: dict[str, float] = {}
+
+    def add(prefix: str, d: dict[str, Any], suffix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                add(f"{prefix}{k}_", v, suffix)
+            elif isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
+                out[f"calibration_{prefix}{k}/{suffix}"] = float(v)
+
+    for task, fit in fits.items():
+        for e in fit.get("edges", []):
+            add("", e, f"{task}@{e['edge_days']:g}d")
+        add("", {k: v for k, v in fit.items() if k != "edges"}, task)
+    return out
 
 
 def _evaluate(cfg: FinetuneConfig, layout: Layout, run: RunPaths, tracker: NullTracker,

@@ -4,6 +4,7 @@ pretrained model shorter than them refused), and the CLI (LoRA + few-shot + MLfl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,48 @@ def test_mtf_trains_selects_heads_and_predicts_in_contract(planted: Path, tmp_pa
     assert report.tasks["bin_a"].models["ehrfm_mamba2"].metrics["auroc"].value > 0.65
     assert report.tasks["tte_c"].models["ehrfm_mamba2"].n == int((preds.task == "tte_c").sum() / 2)
     assert report.prediction_tasks_without_labels == []
+    _check_calibration(fm, run.model, preds, summary, layout)
+
+
+def _check_calibration(fm: Any, model_dir: Path, preds: pd.DataFrame, summary: FinetuneSummary,
+                       layout: Layout) -> None:
+    """calibration.json was fitted on the tuning rows, is saved with the model, and predict_batch applies it
+    (monotone: AUROC of prob and prob_raw equal); the raw scores stay in the batch predictions."""
+    from ehrfm.evaluate.binary import auroc
+    from ehrfm.train.calibration import Calibration
+    from ehrfm.train.predict import predict_batch, task_batches
+
+    assert (model_dir / "calibration.json").exists() and fm.calibration is not None
+    assert set(fm.calibration.tasks) == set(TASKS) == set(summary.calibration)
+    assert fm.calibration.to_dict() == Calibration.load(model_dir).to_dict()  # type: ignore[union-attr]
+    assert fm.calibration.get("fc_d").temperature > 0
+    assert all(set(c["method"].split(",")) <= {"none", "platt", "isotonic", "temperature"}
+               for c in summary.calibration.values())
+    b = preds[(preds.task == "bin_a")]
+    assert b["prob_raw"].notna().all() and b["prob"].between(0, 1).all()
+    y = _labels(layout, "bin_a", b)
+    assert auroc(y, b["prob"].to_numpy()) == pytest.approx(auroc(y, b["prob_raw"].to_numpy()), abs=1e-12)
+    spec = next(s for s in fm.specs if s.task == "bin_a")
+    ds, idx, batch = next(task_batches(fm, layout.token_paths.root, "bin_a", "held_out", 4096))
+    served = predict_batch(fm, spec, batch)  # what the server and Spark scoring call
+    assert set(served) == {"prob"}
+    raw_fm = dataclasses.replace(fm, calibration=None)
+    raw = np.asarray(predict_batch(raw_fm, spec, batch)["prob"])
+    cal = fm.calibration.get("bin_a")
+    np.testing.assert_allclose(served["prob"], cal.prob(raw), atol=1e-9)
+    if cal.method != "none":
+        assert not np.allclose(served["prob"], raw)
+    tte_spec = next(s for s in fm.specs if s.task == "tte_c")
+    _, _, tb = next(task_batches(fm, layout.token_paths.root, "tte_c", "held_out", 4096))
+    surv = np.asarray(predict_batch(fm, tte_spec, tb)["survival"])
+    assert np.all(np.diff(surv, axis=1) <= 1e-12) and np.allclose(surv[:, 0], 1.0)
+
+
+def _labels(layout: Layout, task: str, rows: pd.DataFrame) -> np.ndarray:
+    lab = pd.read_parquet(layout.label_table(task))
+    lab["prediction_time"] = pd.to_datetime(lab["prediction_time"])
+    j = rows.merge(lab, on=["subject_id", "prediction_time"], how="left")
+    return j["boolean_value"].astype(float).to_numpy()
 
 
 def test_pretrained_model_shorter_than_the_tokens_is_refused(planted: Path, tmp_path: Path) -> None:
@@ -292,6 +335,8 @@ def test_cli_lora_few_shot_nested_mlflow(planted: Path, tmp_path: Path,
     run = MlflowClient(layout.tracking_uri()).get_run(summary.mlflow_run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent == summary.mlflow_parent_run_id
     assert any(k.startswith("heldout_auroc/bin_a") for k in run.data.metrics)
+    assert run.data.tags["calibration/bin_a"] == summary.calibration["bin_a"]["method"]
+    assert "calibration_log_loss_raw/bin_a" in run.data.metrics
     assert (layout.evaluation_dir / "report.md").exists()
     state = EHRFoundationModel.from_pretrained(layout.finetune_run.model).state_dict()
     assert not any("lora" in k for k in state)  # merged: loads without LoRA code
