@@ -221,3 +221,49 @@ def forget() -> None:
         for f in spec.fields.values():
             f.memo.clear()
     _memo_size = 0
+
+
+def mismatches(model: Any, data: Any, limit: int = 1 << 30) -> int:
+    """How many elements of ``data`` (parsed JSON of a resource of ``model``'s type) do not fit the *shape*
+    of ``model``: a key the model does not have, an object where a primitive belongs (or the reverse), a
+    list where one value belongs (or the reverse), a contained resource of a type the model family lacks.
+    A misfit is counted once, its content not walked; primitive values are not checked (that is the
+    validator's job), nor are ``_x`` primitive extensions and ``fhir_comments`` (the same in every version).
+
+    :mod:`ehrfm.ingest.fhir.versions` compares this count across the STU3 / R4B / R5 models to tell which
+    FHIR version a resource is written in. Stops counting past ``limit`` (the caller's best so far)."""
+    try:
+        return _misfits(model, data, True, limit)
+    except RecursionError:  # a hostile nesting depth: no version fits better than another
+        return limit + 1
+
+
+def _misfits(model: Any, data: Any, top: bool, limit: int) -> int:
+    if type(data) is not dict:
+        return 1
+    spec = _spec(model)
+    fields = spec.fields
+    n = 0
+    for key, value in data.items():
+        if n > limit:
+            break
+        f = fields.get(key)
+        if f is None:
+            if key.startswith("_") or key == "fhir_comments" or (top and key == "resourceType"):
+                continue
+            n += 1
+            continue
+        if f.many != (type(value) is list):
+            n += 1
+            continue
+        for item in value if f.many else (value,):
+            if item is None:
+                continue  # a null fits nothing and everything: the models decide
+            if f.kind == _PRIM:
+                n += type(item) in (dict, list)
+            elif f.kind == _ELEMENT:
+                n += _misfits(f.model, item, False, limit - n)
+            else:
+                sub = _resource_model(f, item) if type(item) is dict else None
+                n += 1 if sub is None else _misfits(sub, item, True, limit - n)
+    return n

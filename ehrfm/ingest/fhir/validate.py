@@ -1,5 +1,6 @@
-"""Structural validation of FHIR resources with ``fhir.resources`` (R4B models for R4, STU3 models for
-STU3), and the check whether a ``resourceType`` exists at all.
+"""Structural validation of FHIR resources with ``fhir.resources`` (the models of each resource's own FHIR
+version: STU3, R4B for R4 and R4B, R5; :mod:`~ehrfm.ingest.fhir.versions` decides which), and the check
+whether a ``resourceType`` exists at all.
 
 Two engines, one answer. :func:`validate_resource_reference` builds the full models (the reference
 twin). :func:`validate_resource` first walks the resource with :mod:`ehrfm.ingest.fhir.fastvalidate`
@@ -21,17 +22,13 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from ehrfm.ingest.fhir import fastvalidate
-from ehrfm.ingest.fhir.rules import Rules, get_path
+from ehrfm.ingest.fhir import fastvalidate, versions
+from ehrfm.ingest.fhir.rules import Rules
 
 
-@lru_cache(maxsize=1024)
 def _model(version: str, resource_type: str) -> Any:
-    if version == "STU3":
-        from fhir.resources.STU3 import get_fhir_model_class as stu3
-        return stu3(resource_type)
-    from fhir.resources.R4B import get_fhir_model_class as r4b
-    return r4b(resource_type)
+    """The model class validating ``resource_type`` in ``version`` (:mod:`~ehrfm.ingest.fhir.versions`)."""
+    return versions.model_class(version, resource_type)
 
 
 @lru_cache(maxsize=1024)
@@ -39,36 +36,20 @@ def is_known_type(resource_type: str) -> bool:
     """True when ``resource_type`` is a FHIR resource type in R4B, STU3 or R5."""
     if not resource_type.isidentifier() or not resource_type[:1].isupper():
         return False
-    for version in ("R4B", "STU3"):
+    for version in ("R4B", "STU3", "R5"):
         try:
             _model(version, resource_type)
             return True
         except (KeyError, ValueError, ImportError, AttributeError):
             continue
-    try:
-        from fhir.resources import get_fhir_model_class as r5
-        r5(resource_type)
-        return True
-    except (KeyError, ValueError, ImportError, AttributeError):
-        return False
+    return False
 
 
-def fhir_version(resource: dict[str, Any], rules: Rules) -> str:
-    """``"STU3"`` when meta.profile names STU3 or the resource has an STU3-only field for its type, else
-    ``"R4B"``."""
-    profiles = ((resource.get("meta") or {}).get("profile") or [] if isinstance(resource.get("meta"), dict)
-                else [])
-    for p in profiles:
-        low = str(p).lower()
-        if any(m in low for m in rules.stu3_profile_markers):
-            return "STU3"
-    for path in rules.stu3_fields.get(str(resource.get("resourceType")), ()):
-        if get_path(resource, path) is not None:
-            return "STU3"
-    # STU3 Condition.clinicalStatus is a code string; R4 made it a CodeableConcept
-    if resource.get("resourceType") == "Condition" and isinstance(resource.get("clinicalStatus"), str):
-        return "STU3"
-    return "R4B"
+def fhir_version(resource: dict[str, Any], rules: Rules, version: str = versions.AUTO,
+                 prefer: str | None = None) -> str:
+    """The FHIR version ``resource`` is validated in: ``version`` when explicit, else detected from its
+    shape, profile and ``prefer`` (its source's version) by :func:`ehrfm.ingest.fhir.versions.detect`."""
+    return versions.detect(resource, rules, version, prefer)
 
 
 ENGINES = ("fast", "reference")
@@ -97,29 +78,47 @@ def validator_engine(name: str) -> Iterator[None]:
         _engine.pop()
 
 
-def validate_resource(resource: dict[str, Any], rules: Rules) -> tuple[str | None, str] | None:
+def validate_resource(resource: dict[str, Any], rules: Rules, version: str = versions.AUTO,
+                      prefer: str | None = None) -> tuple[str | None, str] | None:
     """``None`` when valid, else ``(field, reason)`` for the first problem the FHIR models report.
 
-    The same answer as :func:`validate_resource_reference`; with the ``fast`` engine the full models run
-    only for resources the structural walk cannot prove valid (see the module docstring)."""
-    if current_engine() == "fast":
-        try:
-            model = _model(fhir_version(resource, rules), str(resource.get("resourceType")))
-        except (KeyError, ValueError):
-            model = None  # unknown type: the reference words the reason
-        if model is not None and fastvalidate.check(model, resource):
-            return None
-    return validate_resource_reference(resource, rules)
+    ``version``: the FHIR version (``auto``: detected per resource, ``prefer`` breaking ties; see
+    :mod:`~ehrfm.ingest.fhir.versions`). The same answer as :func:`validate_resource_reference`; with the
+    ``fast`` engine the full models run only for resources the structural walk cannot prove valid (see the
+    module docstring)."""
+    if current_engine() != "fast":
+        return validate_resource_reference(resource, rules, version, prefer)
+    # Proved valid for the first candidate version means detect() picks that version too (a resource the
+    # walk proves valid fits the model's shape exactly), so the costlier shape comparison is skipped.
+    first = versions.candidates(resource, rules, version, prefer)[0]
+    if _fast_valid(first, resource):
+        return None
+    detected = fhir_version(resource, rules, version, prefer)
+    if detected != first and _fast_valid(detected, resource):
+        return None
+    return validate_resource_reference(resource, rules, detected)
 
 
-def validate_resource_reference(resource: dict[str, Any],
-                                rules: Rules) -> tuple[str | None, str] | None:
-    """The reference twin: validate with the full ``fhir.resources`` models. ``None`` when valid, else
-    ``(field, reason)`` for the first problem they report."""
-    rtype = resource.get("resourceType")
-    version = fhir_version(resource, rules)
+def _fast_valid(version: str, resource: dict[str, Any]) -> bool:
+    """The fast walk proves ``resource`` valid for the ``version`` models (False for an unknown type: the
+    reference words the reason)."""
     try:
-        model = _model(version, str(rtype))
+        model = _model(version, str(resource.get("resourceType")))
+    except (KeyError, ValueError):
+        return False
+    return fastvalidate.check(model, resource) is fastvalidate.VALID
+
+
+def validate_resource_reference(resource: dict[str, Any], rules: Rules, version: str = versions.AUTO,
+                                prefer: str | None = None) -> tuple[str | None, str] | None:
+    """The reference twin: validate with the full ``fhir.resources`` models of the resource's FHIR version
+    (``version``, ``prefer``: as :func:`validate_resource`). ``None`` when valid, else ``(field, reason)`` for
+    the first problem they report; the reason names the model package (``R4B`` for R4 and R4B)."""
+    rtype = resource.get("resourceType")
+    detected = fhir_version(resource, rules, version, prefer)
+    version = versions.PACKAGE[detected]
+    try:
+        model = _model(detected, str(rtype))
     except (KeyError, ValueError) as e:
         return "resourceType", f"unknown resourceType {rtype!r} ({version}): {e}"
     try:
