@@ -13,7 +13,10 @@ split               string                train / tuning / held_out (informative
                                           subject's split from ``metadata/subject_splits.parquet``)
 model               string                model name, e.g. ``ehrfm-mamba``; baselines use ``baseline_*``
 prob                float64               binary tasks: P(label = 1) in [0, 1]
+prob_raw            float64               optional: ``prob`` before post-hoc calibration (the report then
+                                          shows Brier/ECE and reliability before and after)
 risk                float64               time-to-event: higher = earlier event (used for concordance)
+risk_raw            float64               optional: ``risk`` before post-hoc calibration (informative)
 survival            list<float64>         time-to-event: S(t) at each of ``times_days`` (non-increasing)
 times_days          list<float64>         time-to-event: the increasing grid of ``survival``, same for a model
 topk_codes          list<string>          forecasting: predicted codes, most likely first

@@ -13,6 +13,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "forecast": [],  # filled from the metric names (precision@k, recall@k)
 }
 PRIMARY = {"binary": "auroc", "tte": "harrell_c"}
+RAW_COLUMNS = [("brier_raw", "Brier before cal."), ("ece_raw", "ECE before cal.")]
+"""Binary tasks with a calibrated model (predictions with ``prob_raw``): the scores before calibration."""
 
 
 def fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
@@ -44,6 +46,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {task} ({kind})", "",
                   f"{res['n_labels']} labels, {res['n_eval']} on the evaluated split.", ""]
         cols = COLUMNS[kind] or [(k, k) for k in _metric_names(res)]
+        if kind == "binary" and _calibrated(res):
+            cols = [*cols, *RAW_COLUMNS]
         extra = ["threshold"] if kind == "binary" else (["events"] if kind == "tte" else [])
         header = ["model", "n", "subjects", *extra, *(c[1] for c in cols)]
         rows = []
@@ -74,6 +78,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             if hs:
                 lines += [f"Time-dependent AUC horizons (days): {', '.join(f'{h:g}' for h in hs)}.", ""]
         lines += _subgroup_lines(res, kind)
+        lines += _subgroup_calibration_lines(res)
         lines += [f"![{p}]({p})" for p in res.get("plots", [])] + [""]
     return "\n".join(lines)
 
@@ -102,3 +107,27 @@ def _subgroup_lines(res: dict[str, Any], kind: str) -> list[str]:
         rows.append([r["attribute"], r["group"], str(r["n"]), pos, "⚠ tiny" if r["tiny"] else "", *cells])
     metric = primary or "first metric"
     return [f"### Subgroups ({metric})", ""] + _table(header, rows) + [""]
+
+
+def _calibrated(res: dict[str, Any]) -> list[str]:
+    """Models of a task reported before and after calibration."""
+    return [m for m, info in res["models"].items() if "ece_raw" in info.get("metrics", {})]
+
+
+def _subgroup_calibration_lines(res: dict[str, Any]) -> list[str]:
+    """ECE and Brier before -> after calibration per subgroup, for each calibrated model."""
+    models = _calibrated(res)
+    if not models or not res.get("subgroups"):
+        return []
+    header = ["attribute", "group", "n", "positives", "tiny"]
+    for m in models:
+        header += [f"{m} ECE before", "after", "Brier before", "after"]
+    rows = []
+    for r in res["subgroups"]:
+        cells = []
+        for m in models:
+            met = r["metrics"].get(m, {})
+            cells += [fmt(met.get(k)) for k in ("ece_raw", "ece", "brier_raw", "brier")]
+        pos = "–" if r["positives"] is None else str(r["positives"])
+        rows.append([r["attribute"], r["group"], str(r["n"]), pos, "⚠ tiny" if r["tiny"] else "", *cells])
+    return ["### Subgroup calibration (before → after)", ""] + _table(header, rows) + [""]

@@ -50,7 +50,7 @@ from ehrfm.evaluate.data import (
 )
 from ehrfm.evaluate.forecast import forecast_metrics
 from ehrfm.evaluate.markdown import render_markdown
-from ehrfm.evaluate.subgroups import SUBGROUP_CODE_PREFIXES, subgroup_attributes, subgroup_table
+from ehrfm.evaluate.subgroups import AGE_BANDS, SUBGROUP_CODE_PREFIXES, subgroup_attributes, subgroup_table
 from ehrfm.evaluate.survival import harrell_c, kaplan_meier, risk_from_survival, surv_array, tte_metrics
 from ehrfm.schema import SUBJECT_ID, TRAIN_SPLIT, TUNING_SPLIT
 
@@ -77,6 +77,8 @@ class Curves:
     """Plot inputs of one model on one task (not written to report.json)."""
 
     reliability: Curve | None = None
+    reliability_raw: Curve | None = None
+    """Before calibration (predictions with ``prob_raw``)."""
     roc: Curve | None = None
     km: Curve | None = None
     mean_surv: Curve | None = None
@@ -96,6 +98,8 @@ class Scored:
     subset_metrics: SubsetMetrics | None = None
     """Metrics with CIs on a subset of the rows (positions into ``rows``)."""
     curves: Curves = field(default_factory=Curves)
+    prob_raw: np.ndarray | None = None
+    """Binary tasks of a calibrated model: the probabilities before calibration."""
 
 
 @dataclass
@@ -241,10 +245,31 @@ def _stack(col: pd.Series) -> np.ndarray:
     return np.asarray([np.asarray(v, dtype=float) for v in col])
 
 
+def _raw_prob(m: pd.DataFrame) -> np.ndarray | None:
+    """``prob_raw`` (before calibration) when every row has it, else None."""
+    if "prob_raw" not in m.columns or not m["prob_raw"].notna().all():
+        return None
+    return m["prob_raw"].astype(float).to_numpy()
+
+
+def _calibration_fns(y: np.ndarray, p: np.ndarray, raw: np.ndarray | None, n_bins: int,
+                     i: np.ndarray | slice = slice(None)) -> dict[str, Callable[[np.ndarray], float]]:
+    """Brier and ECE of ``p`` on rows ``i`` (bootstrap positions into them), and of ``raw`` as
+    ``brier_raw`` / ``ece_raw`` when the model was calibrated."""
+    yi, pi = y[i], p[i]
+    fns: dict[str, Callable[[np.ndarray], float]] = {"brier": lambda j: brier(yi[j], pi[j]),
+                                                      "ece": lambda j: ece(yi[j], pi[j], n_bins)}
+    if raw is not None:
+        ri = raw[i]
+        fns |= {"brier_raw": lambda j: brier(yi[j], ri[j]), "ece_raw": lambda j: ece(yi[j], ri[j], n_bins)}
+    return fns
+
+
 def _eval_binary(m: pd.DataFrame, tune: pd.DataFrame, cfg: ReportConfig,
                  base: ModelResult) -> tuple[ModelResult, Scored]:
     y = m["boolean_value"].astype(float).to_numpy()
     p = m["prob"].astype(float).to_numpy()
+    raw = _raw_prob(m)
     if len(tune):
         thr = choose_threshold(tune["boolean_value"].astype(float).to_numpy(),
                                tune["prob"].astype(float).to_numpy(), cfg.threshold_rule)
@@ -253,21 +278,25 @@ def _eval_binary(m: pd.DataFrame, tune: pd.DataFrame, cfg: ReportConfig,
         thr, source = 0.5, "fixed 0.5 (no tuning predictions)"
     groups = m[SUBJECT_ID].to_numpy()
     metrics = binary_metrics(y, p, groups, thr, cfg.n_boot, cfg.seed, cfg.ece_bins)
+    if raw is not None:  # before calibration, on the same rows and resamples
+        fns = _calibration_fns(y, p, raw, cfg.ece_bins)
+        metrics |= bootstrap_metrics({k: fns[k] for k in ("brier_raw", "ece_raw")}, groups, cfg.n_boot,
+                                     cfg.seed)
     roc: Curve | None = None
     if 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_curve(y, p)
         roc = (fpr, tpr)
-    curves = Curves(reliability=reliability_curve(y, p, cfg.ece_bins), roc=roc)
+    curves = Curves(reliability=reliability_curve(y, p, cfg.ece_bins), roc=roc,
+                    reliability_raw=reliability_curve(y, raw, cfg.ece_bins) if raw is not None else None)
 
     def sub(i: np.ndarray) -> dict[str, MetricValue]:
         fns = {"auroc": lambda j: auroc(y[i][j], p[i][j]), "auprc": lambda j: auprc(y[i][j], p[i][j]),
-               "brier": lambda j: brier(y[i][j], p[i][j]),
-               "ece": lambda j: ece(y[i][j], p[i][j], cfg.ece_bins)}
+               **_calibration_fns(y, p, raw, cfg.ece_bins, i)}
         return bootstrap_metrics(fns, groups[i], min(cfg.n_boot, 100), cfg.seed)
 
     result = dataclasses.replace(base, metrics=metrics, threshold=float(thr), threshold_source=source,
                                  positives=int(y.sum()))
-    return result, Scored(m["_row"].to_numpy(), p, y, sub, curves)
+    return result, Scored(m["_row"].to_numpy(), p, y, sub, curves, raw)
 
 
 def _eval_tte(m: pd.DataFrame, train: np.ndarray, cfg: ReportConfig,
@@ -365,7 +394,8 @@ def evaluate_task(
             for r in res.models.values():
                 a = _value(r.metrics.get("auroc"))
                 r.auroc_over_oracle = a / o if a is not None and o else None
-    res.plots = _plots(task, kind, scored, plot_dir)
+    res.plots = _plots(task, kind, scored, plot_dir) + _subgroup_reliability(task, scored, attrs, cfg,
+                                                                             plot_dir)
     return res
 
 
@@ -417,6 +447,8 @@ def _plots(task: str, kind: TaskKind, scored: dict[str, Scored], plot_dir: Path)
     curves = {m: s.curves for m, s in scored.items()}
     if kind == "binary" and curves:
         reliability = {m: c.reliability for m, c in curves.items() if c.reliability is not None}
+        reliability |= {f"{m} (before calibration)": c.reliability_raw for m, c in curves.items()
+                        if c.reliability_raw is not None}
         files.append(plots.reliability_diagram(reliability, f"{task}: reliability",
                                                plot_dir / f"{task}_reliability.png"))
         roc = {m: c.roc for m, c in curves.items() if c.roc is not None}
@@ -428,6 +460,35 @@ def _plots(task: str, kind: TaskKind, scored: dict[str, Scored], plot_dir: Path)
         pred = {m: c.mean_surv for m, c in curves.items() if c.mean_surv is not None}
         files.append(plots.km_vs_predicted(km, pred, f"{task}: Kaplan–Meier vs predicted",
                                            plot_dir / f"{task}_km.png"))
+    return [str(f.relative_to(plot_dir.parent)) for f in files]
+
+
+def _subgroup_reliability(task: str, scored: dict[str, Scored], attrs: pd.DataFrame, cfg: ReportConfig,
+                          plot_dir: Path) -> list[str]:
+    """Per calibrated model and subgroup attribute: one panel per group (``min_n`` rows or more) with the
+    reliability curve before and after calibration (``plots/<task>_reliability_<model>_<attribute>.png``)."""
+    files: list[Path] = []
+    for model, s in scored.items():
+        if s.prob_raw is None or s.prob is None or s.positives is None:
+            continue
+        a = attrs.iloc[s.rows].reset_index(drop=True)
+        for attr in a.columns:
+            values = a[attr].to_numpy()
+            panels = {}
+            order = [b[2] for b in AGE_BANDS] if attr == "age_band" else []  # age bands in age order
+            for group in sorted(pd.unique(values), key=lambda v: (order.index(v) if v in order else 99,
+                                                                  str(v))):
+                i = np.flatnonzero(values == group)
+                if len(i) < cfg.subgroup_min_n:
+                    continue
+                y = s.positives[i]
+                panels[f"{attr}={group} (n={len(i)})"] = {
+                    "calibrated": reliability_curve(y, s.prob[i], cfg.ece_bins),
+                    "before calibration": reliability_curve(y, s.prob_raw[i], cfg.ece_bins)}
+            if panels:
+                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}_{attr}")
+                files.append(plots.reliability_panels(panels, f"{task}: {model} by {attr}",
+                                                      plot_dir / f"{task}_reliability_{safe}.png"))
     return [str(f.relative_to(plot_dir.parent)) for f in files]
 
 
