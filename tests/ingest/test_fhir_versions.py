@@ -17,11 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from ehrfm.ingest.fhir import fastvalidate
+from ehrfm.ingest.fhir import fastvalidate, spark_ingest
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.ingest.fhir.rules import load_rules
+from ehrfm.ingest.fhir.tables import sort_events
 from ehrfm.ingest.fhir.validate import (
     validate_resource,
     validate_resource_reference,
@@ -34,6 +37,7 @@ from ehrfm.ingest.fhir.versions import (
     profile_version,
     source_version,
 )
+from ehrfm.schema import EVENT_COLUMNS, EVENTS_SCHEMA
 
 Resource = dict[str, Any]
 RULES = load_rules()
@@ -296,3 +300,21 @@ def test_spec_examples_are_stu3_and_valid() -> None:
         with validator_engine("fast"):
             assert validate_resource(res, RULES) is None, res["id"]
         assert validate_resource_reference(res, RULES, "R4") is not None, res["id"]
+
+
+@pytest.mark.spark
+def test_spark_validate_full_on_an_stu3_export(spark: Any, pairs: list[tuple[Resource, Resource]],
+                                               tmp_path: Path) -> None:
+    """The population path (Spark, ``--validate full``) on an STU3 export of gzip bundles: no rejects, and
+    the events of the R4 originals."""
+    folder = tmp_path / "stu3"
+    folder.mkdir()
+    for i, (_, stu3) in enumerate(pairs[:3]):
+        (folder / f"b{i}.json.gz").write_bytes(gzip.compress(json.dumps(stu3).encode()))
+    summary = spark_ingest.ingest_fhir(spark, [str(folder)], str(tmp_path / "out"), max_time_us=FAR,
+                                       validate="full")
+    assert summary["reconciled"] and summary["totals"]["rejected"] == 0
+    got = sort_events(pq.read_table(tmp_path / "out" / "data").select(EVENT_COLUMNS).cast(EVENTS_SCHEMA))
+    want = sort_events(pa.concat_tables(
+        [bundle_to_events(r4, validate="none", max_time_us=FAR).events for r4, _ in pairs[:3]]))
+    assert got.num_rows == want.num_rows > 0 and got.to_pylist() == want.to_pylist()
