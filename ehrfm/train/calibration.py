@@ -195,6 +195,11 @@ class TaskCalibration:
             return "temperature" if self.temperature != 1.0 else "none"
         return ",".join(m.method for m in self.maps) or "none"
 
+    @property
+    def identity(self) -> bool:
+        """True when the calibration changes nothing (every map ``none``, T = 1)."""
+        return all(m.method == "none" for m in self.maps) and self.temperature == 1.0
+
     def prob(self, p: np.ndarray) -> np.ndarray:
         """Binary: calibrated probabilities."""
         return self.maps[0](p) if self.maps else np.asarray(p, dtype=float)

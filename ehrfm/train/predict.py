@@ -118,6 +118,7 @@ def predict_batch(fm: FinetunedModel, spec: HeadSpec, batch: dict[str, Tensor],
     """Contract columns for one collated batch of ``spec.task`` rows, calibrated when ``fm`` has a
     calibration for the task; ``with_raw`` adds ``prob_raw`` / ``risk_raw`` of calibrated tasks."""
     cal = fm.calibration.get(spec.task) if fm.calibration is not None else None
+    cal = None if cal is None or cal.identity else cal  # "none" chosen: raw outputs, no *_raw copies
     raw = head_output(fm, spec, batch)
     if spec.kind == "binary":
         p = torch.sigmoid(raw).double().cpu().numpy()

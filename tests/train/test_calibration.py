@@ -15,6 +15,7 @@ from ehrfm.evaluate.binary import auroc, ece
 from ehrfm.train.calibration import (
     Calibration,
     ProbMap,
+    TaskCalibration,
     censoring_weights,
     fit_binary,
     fit_isotonic,
@@ -130,6 +131,8 @@ def test_json_round_trip(tmp_path: Path) -> None:
         assert got is not None and want is not None
         assert np.array_equal(got.prob(p), want.prob(p))
     assert Calibration.load(tmp_path / "missing") is None
+    assert TaskCalibration("t", "binary", [ProbMap()]).identity and not c.tasks["b"].identity
+    assert not c.tasks["f"].identity or c.tasks["f"].temperature == 1.0
     bad = {"version": 1, "tasks": {"x": {"task": "x", "kind": "binary", "maps": [{"method": "magic"}]}}}
     (tmp_path / "calibration.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="task 'x': unknown method 'magic'"):
