@@ -221,6 +221,7 @@ def write_meds_dataset(
     split_ratios: Sequence[float] = DEFAULT_RATIOS,
     split_seed: int = 0,
     rows_per_shard: int | None = None,
+    cache_events: bool = True,
 ) -> dict[str, Any]:
     """Write ``events_df`` (EVENTS_SCHEMA-like Spark DataFrame) as a MEDS dataset under ``output``.
 
@@ -228,7 +229,9 @@ def write_meds_dataset(
     ``data/part-*.parquet`` (a subject in one file; sorted by subject_id, time with static rows
     first, code), ``metadata/{dataset.json,codes.parquet,subject_splits.parquet,subject_ids.parquet}``,
     ``rejects/part-*.parquet`` and ``summary.json``. ``code_descriptions`` has columns (code,
-    description); ``subject_ids`` (subject_id, source_id). Returns the summary dict written to summary.json.
+    description); ``subject_ids`` (subject_id, source_id). ``cache_events=False`` when ``events_df`` is a
+    cheap projection of a frame the caller already cached (the events are read twice: count and shards).
+    Returns the summary dict written to summary.json.
     """
     from pyspark.sql import functions as F
 
@@ -245,7 +248,9 @@ def write_meds_dataset(
             if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
                 fs.delete_file(info.path)  # a rerun must not leave stale shards behind
 
-    events = conform_events(events_df).persist()
+    events = conform_events(events_df)
+    if cache_events:
+        events = events.persist()
     n_events = events.count()
     per = rows_per_shard or DEFAULT_ROWS_PER_SHARD
     n_shards = max(1, math.ceil(n_events / per))
@@ -316,7 +321,8 @@ def write_meds_dataset(
             if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
                 with rfs.open_input_file(info.path) as fh:
                     n_rejects += pq.ParquetFile(fh).metadata.num_rows
-    events.unpersist()
+    if cache_events:
+        events.unpersist()
 
     meta = dataset_metadata(dataset_name, etl_name)
     _write_json(meta, f"{out}/{MEDS_DATASET_JSON}")

@@ -2,8 +2,15 @@
 
 Each rule turns the rows of one table into candidate events; a candidate that cannot become an event
 (bad subject id, missing or unparseable time, missing code part, unknown subject, time before birth)
-becomes a reject with its table, file, row index and reason instead. Candidates of all rules are
-unioned once and cached, so the per-rule summary, the events and the rejects come from one pass.
+becomes a reject with its table, file, row index and reason instead.
+
+One pass per table: the rules of a table become one ``inline`` of an array holding one candidate struct
+per rule (a ``when`` rule contributes nothing for rows it does not apply to), so a table read by ten rules
+is still scanned once. Raw tables are cached only when read a second time (admissions, by the prepare
+steps of patients and diagnoses); the candidates of all tables are unioned and cached once, so the
+per-rule summary, the events and the rejects all come from that one pass over the CSVs, and the writer
+reads the cached candidates instead of caching the events a second time. Everything is a native Spark
+expression: no Python UDF runs before the shard writer.
 """
 
 from __future__ import annotations
@@ -53,12 +60,34 @@ def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFram
     """Candidate events of one rule: EVENT_COLUMNS plus ``_reason`` (null = a good event) and provenance."""
     from pyspark.sql import functions as F
 
-    missing = sorted(c for c in rule.columns() if c not in df.columns)
+    if rule.when:
+        df = df.where(~_blank(F.col(rule.when)))
+    return df.select(*candidate_columns(df.columns, rule, spec))
+
+
+def table_candidates(df: DataFrame, rules: Sequence[EventRule], spec: TableSpec) -> DataFrame:
+    """Candidate events of every rule of one table in one scan of it (same rows as the union of
+    :func:`rule_candidates` over ``rules``)."""
+    from pyspark.sql import functions as F
+
+    if len(rules) == 1:
+        return rule_candidates(df, rules[0], spec)
+    structs = []
+    for rule in rules:
+        s = F.struct(*candidate_columns(df.columns, rule, spec))
+        structs.append(F.when(~_blank(F.col(rule.when)), s) if rule.when else s)
+    # null elements are the rows a `when` rule does not apply to: dropped before the inline
+    return df.select(F.inline(F.filter(F.array(*structs), lambda c: c.isNotNull())))
+
+
+def candidate_columns(columns: Sequence[str], rule: EventRule, spec: TableSpec) -> list[Column]:
+    """The named columns of one rule's candidate (see :func:`rule_candidates`) over a table's ``columns``."""
+    from pyspark.sql import functions as F
+
+    missing = sorted(c for c in rule.columns() if c not in columns)
     if missing:
         raise ValueError(f"MIMIC rule {rule.name}: table {spec.name} ({spec.path}) has no column(s)"
                          f" {missing}")
-    if rule.when:
-        df = df.where(~_blank(F.col(rule.when)))
     sid = F.trim(F.col(SUBJECT_ID)).try_cast("bigint")
     time = parse_time(rule.time, rule.end_of_day) if rule.time else F.lit(None).cast("timestamp")
     code = template_column(rule.code, rule.unknown)
@@ -74,7 +103,7 @@ def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFram
     fld = fld.when(gap.isNotNull(), gap)
     numeric = (F.col(rule.numeric).cast("string").try_cast("float") if rule.numeric
                else F.lit(None).cast("float"))
-    return df.select(
+    return [
         sid.alias(SUBJECT_ID),
         time.alias("time"),
         code.alias("code"),
@@ -87,15 +116,16 @@ def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFram
         F.lit(rule.name).alias("_rule"),
         F.col("_file"),
         F.col("_row"),
-        (F.col(spec.id).cast("string") if spec.id in df.columns
+        (F.col(spec.id).cast("string") if spec.id in columns
          else F.lit(None).cast("string")).alias("_rid"),
         reason.alias("_reason"),
         fld.alias("_field"),
-    )
+    ]
 
 
 class _Tables:
-    """Lazily read, row-indexed, cached raw tables (a table used by several rules is read once)."""
+    """Lazily read, row-indexed raw tables; a table loaded a second time (by a prepare step of another
+    table) is cached then, so it is still read once — a table only its own rules read is never cached."""
 
     def __init__(self, spark: SparkSession, root: str, rules: MimicRules) -> None:
         self.spark, self.root, self.rules = spark, root, rules
@@ -112,13 +142,17 @@ class _Tables:
                 self.info[name] = {"file": None, "rows": 0, "absent": True}
             else:
                 df, n = with_row_index(read_csv(self.spark, uri).withColumn("_file", _lit(uri)))
-                self.frames[name] = df.persist()
+                self.frames[name] = df
                 self.info[name] = {"file": uri, "rows": n}
+        else:
+            frame = self.frames[name]
+            if frame is not None and not frame.is_cached:
+                frame.persist()  # lazy: takes effect at the first action, before which every load happens
         return self.frames[name]
 
     def release(self) -> None:
         for df in self.frames.values():
-            if df is not None:
+            if df is not None and df.is_cached:
                 df.unpersist()
 
 
@@ -158,19 +192,21 @@ def mimic_candidates(spark: SparkSession, root: str,
     if tables.load("patients") is None:
         raise FileNotFoundError(f"MIMIC input {root!r}: hosp/patients.csv(.gz) not found"
                                 " (expected <root>/hosp, <root>/icu)")
+    by_table: dict[str, list[EventRule]] = {}
+    for rule in rules.events:
+        by_table.setdefault(rule.table, []).append(rule)
     parts = []
     prepared: dict[str, DataFrame] = {}
-    for rule in tqdm(rules.events, desc="mimic rules", unit="rule", leave=False):
-        spec = rules.tables[rule.table]
-        if rule.table not in prepared:
-            raw = tables.load(rule.table)
-            if raw is None:
-                if not spec.optional:
-                    raise FileNotFoundError(f"MIMIC input {root!r}: required table {spec.path}.csv(.gz)"
-                                            " not found")
-                continue
-            prepared[rule.table] = PREPARE[spec.prepare](raw, tables.load) if spec.prepare else raw
-        parts.append(rule_candidates(prepared[rule.table], rule, spec))
+    for name, table_rules in tqdm(by_table.items(), desc="mimic tables", unit="table", leave=False):
+        spec = rules.tables[name]
+        raw = tables.load(name)
+        if raw is None:
+            if not spec.optional:
+                raise FileNotFoundError(f"MIMIC input {root!r}: required table {spec.path}.csv(.gz)"
+                                        " not found")
+            continue
+        prepared[name] = PREPARE[spec.prepare](raw, tables.load) if spec.prepare else raw
+        parts.append(table_candidates(prepared[name], table_rules, spec))
     return reduce(lambda a, b: a.unionByName(b), parts), births(prepared["patients"]), tables
 
 
@@ -272,6 +308,7 @@ def ingest_mimic(
         split_ratios=split_ratios,
         split_seed=split_seed,
         rows_per_shard=rows_per_shard,
+        cache_events=False,  # `checked` is cached: a second cache of its events would double the memory
     )
     checked.unpersist()
     tables.release()
