@@ -190,10 +190,12 @@ class TaskCalibration:
 
     @property
     def method(self) -> str:
-        """The method(s) in use, e.g. ``platt``, ``none``, ``temperature``, ``platt,platt,none,platt``."""
+        """The method(s) in use: ``platt``, ``isotonic``, ``none``, ``temperature``; a tte task whose edges
+        differ lists one per edge (``platt,platt,none,none``)."""
         if self.kind == "forecast":
             return "temperature" if self.temperature != 1.0 else "none"
-        return ",".join(m.method for m in self.maps) or "none"
+        methods = [m.method for m in self.maps]
+        return methods[0] if len(set(methods)) == 1 else ",".join(methods) if methods else "none"
 
     @property
     def identity(self) -> bool:

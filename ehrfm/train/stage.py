@@ -368,6 +368,8 @@ def summary_table(summary: FinetuneSummary) -> str:
     for task, mets in summary.tuning.items():
         shown = "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in mets.items() if k != "n")
+        if task in summary.calibration:
+            shown += f"  calibration={summary.calibration[task]['method']}"
         lines.append(f"{task:<30}{summary.train_rows.get(task, 0):>7}{mets.get('n', 0):>8}  {shown}")
     lines.append(f"mode={summary.mode} few_shot={summary.few_shot} steps={summary.global_step} "
                  f"trainable={summary.trainable_parameters:,} seconds={summary.seconds}")

@@ -263,7 +263,7 @@ def _check_calibration(fm: Any, model_dir: Path, preds: pd.DataFrame, summary: F
     assert fm.calibration.get("fc_d").temperature > 0
     methods = {t: c["method"] for t, c in summary.calibration.items()}
     assert (methods["bin_a"], methods["bin_b"], methods["fc_d"]) == ("platt", "platt", "temperature")
-    assert methods["tte_c"].startswith("platt,")  # a late edge without known events stays raw ("none")
+    assert methods["tte_c"].split(",")[0] == "platt"  # a late edge without known events may stay raw
     for task in ("bin_a", "bin_b"):
         b = preds[(preds.task == task)]
         assert b["prob"].between(0, 1).all() and b["prob_raw"].notna().all()
