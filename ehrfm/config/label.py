@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ehrfm.config.base import ConfigBase
 from ehrfm.config.spark import SparkConfig
@@ -16,6 +17,9 @@ class LabelConfig(ConfigBase):
     """Task names to label; empty = every task specification in tasks_dir."""
     tasks_dir: str | None = None
     """Folder of task YAML files (default: the task specifications packaged with ehrfm)."""
+    engine: Literal["spark", "reference"] = "spark"
+    """spark: the task rules as Spark SQL expressions (one pass over the events, no Python per subject);
+    reference: the per-subject Python engine in Spark (``applyInArrow``). Both write identical tables."""
     spark: SparkConfig = field(default_factory=SparkConfig)
     """Spark session settings."""
 

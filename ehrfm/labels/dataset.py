@@ -1,10 +1,12 @@
-"""``label_dataset``: the label engine at scale with Spark — the SAME ``label_subject_rows`` per subject.
+"""``label_dataset``: the label engines at scale with Spark; the reference one runs ``label_subject_rows``.
 
 Plan: read the MEDS events (4 columns), attach each subject's last event time (``record_end``: follow-up
 censoring must see every event, not only the few codes the tasks read), keep only the codes the tasks read,
-then ``groupBy(subject_id).applyInArrow`` once for all tasks. Each task is written to
-``<output>/<task>.parquet/`` — a folder with one ``part-*.parquet`` file in LABELS_SCHEMA
-(``prediction_time`` is a timezone-naive ``timestamp[us]``), readable with ``pyarrow.parquet.read_table``.
+then ``groupBy(subject_id).applyInArrow`` once for all tasks. That is the ``reference`` engine; the default
+``spark`` engine runs the same rules as Spark expressions (:mod:`ehrfm.labels.spark_engine`). Each task is
+written to ``<output>/<task>.parquet/`` — a folder of ``part-*.parquet`` files in LABELS_SCHEMA, each sorted
+by (subject_id, prediction_time) (``prediction_time`` is a timezone-naive ``timestamp[us]``), readable with
+``pyarrow.parquet.read_table``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import pyarrow as pa
 from ehrfm.labels.direct import dataset_codes, read_labels, read_splits, summarize
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.parse import load_task, load_tasks, warn_missing_codes
-from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex
+from ehrfm.labels.spec import TaskSpec, relevant_codes_regex
 from ehrfm.layout import Layout, MedsPaths
-from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
+from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -33,15 +35,6 @@ OUTPUT_DDL = (
     "float_value double, categorical_value string, duration_days double, event tinyint, "
     "target_codes array<string>, task string"
 )
-_ALWAYS = (CodePattern("regex:ENCOUNTER//[^/]+//(START|END)"), CodePattern(DEATH_CODE))
-
-
-def relevant_codes_regex(specs: Iterable[TaskSpec]) -> str:
-    """Regex of every code the engine reads for ``specs`` (task patterns, encounter START/END, death)."""
-    patterns: tuple[CodePattern, ...] = _ALWAYS
-    for s in specs:
-        patterns += s.all_patterns()
-    return patterns_regex(tuple(dict.fromkeys(patterns)))
 
 
 def _label_group(specs: list[TaskSpec]) -> Any:
@@ -76,6 +69,15 @@ def label_frame(events: DataFrame, specs: list[TaskSpec]) -> DataFrame:
     return ev.groupBy(SUBJECT_ID).applyInArrow(_label_group(specs), OUTPUT_DDL)
 
 
+ENGINES = ("spark", "reference")
+
+
+def _write(table: DataFrame, path: Path) -> None:
+    """One label table: parts sorted by (subject_id, prediction_time), one per partition (no single-task
+    bottleneck; readers read the folder, :func:`~ehrfm.labels.direct.read_labels` sorts)."""
+    table.sortWithinPartitions(SUBJECT_ID, "prediction_time").write.mode("overwrite").parquet(str(path))
+
+
 def label_dataset(
     spark: SparkSession,
     meds_dir: str | Path,
@@ -83,35 +85,52 @@ def label_dataset(
     output: str | Path,
     progress: bool = False,
     tasks_dir: str | Path | None = None,
+    engine: str = "spark",
 ) -> pd.DataFrame:
     """Label an ingested MEDS dataset; write ``<output>/<task>.parquet/`` per task.
 
     ``tasks``: specs, task names, ``"a,b"`` or ``"all"`` (names are read from ``tasks_dir``).
+    ``engine``: ``spark`` (the rules as Spark expressions, :mod:`ehrfm.labels.spark_engine`) or
+    ``reference`` (the per-subject Python engine in ``applyInArrow``); both write identical tables.
     Returns the summary (:func:`~ehrfm.labels.direct.summarize`): rows, subjects, positives and
     prevalence per task and split. Warns for task code patterns that match no code of the dataset.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    if engine not in ENGINES:
+        raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     specs: list[TaskSpec] = (load_tasks(tasks, tasks_dir) if isinstance(tasks, str)
                              else [t if isinstance(t, TaskSpec) else load_task(t, tasks_dir) for t in tasks])
 
     warn_missing_codes(specs, dataset_codes(meds_dir))
     events = spark.read.parquet(str(MedsPaths(Path(meds_dir)).data))
-    labels = label_frame(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    tables = {}
+    layout = Layout(labels=str(out))
     iterator: Iterable[TaskSpec] = specs
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(specs, desc="label", unit="task")
+    if engine == "spark":
+        from ehrfm.labels.spark_engine import labels_by_task, summarize_spark, task_table
+
+        by_task = labels_by_task(events, specs)
+        if len(specs) > 1:  # every task's write reads the per-subject label arrays once computed
+            by_task = by_task.persist(StorageLevel.MEMORY_AND_DISK)
+        for spec in iterator:
+            _write(task_table(by_task, spec.name), layout.label_table(spec.name))
+        splits_path = MedsPaths(Path(meds_dir)).subject_splits
+        splits = spark.read.parquet(str(splits_path)) if splits_path.exists() else None
+        summary = summarize_spark(by_task, specs, splits)
+        by_task.unpersist()
+        return summary
+    labels = label_frame(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
+    tables = {}
     for spec in iterator:
-        path = Layout(labels=str(out)).label_table(spec.name)
-        (labels.where(F.col(TASK) == spec.name).drop(TASK)
-         .orderBy(SUBJECT_ID, "prediction_time").coalesce(1)
-         .write.mode("overwrite").parquet(str(path)))
+        path = layout.label_table(spec.name)
+        _write(labels.where(F.col(TASK) == spec.name).drop(TASK), path)
         tables[spec.name] = read_labels(path)
     labels.unpersist()
     return summarize(tables, {s.name: s.kind for s in specs}, read_splits(meds_dir))

@@ -16,6 +16,7 @@ from ehrfm.layout import MedsPaths
 from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
 
 ENGINE_COLUMNS = [SUBJECT_ID, TIME, CODE, ENCOUNTER_ID]
+SUMMARY_COLUMNS = ("task", "kind", "split", "rows", "subjects", "positives", "prevalence")
 
 
 def read_meds_events(meds_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -81,7 +82,7 @@ def summarize(tables: Mapping[str, pa.Table], kinds: Mapping[str, str],
             out.append({"task": name, "kind": kind, "split": split, "rows": n,
                         "subjects": int(g[SUBJECT_ID].nunique()), "positives": pos,
                         "prevalence": (pos / n) if n else float("nan")})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
 
 
 def dataset_codes(meds_dir: str | Path) -> list[str]:

@@ -42,7 +42,7 @@ class _Timeline:
     """Per-subject facts every task reads, computed once. Times are int64 microseconds since 1970."""
 
     subject_id: int
-    t: np.ndarray  # (n,) int64, sorted (stable)
+    t: np.ndarray  # (n,) int64, sorted by (t, code, enc)
     code: np.ndarray  # (n,) object str
     enc: np.ndarray  # (n,) object str, "" when the event has no encounter_id
     encounters: dict[tuple[str, str], Span]  # (encounter_id, class) -> (START, END)
@@ -63,19 +63,25 @@ class _Timeline:
         return self._masks[patterns]
 
 
+def _rank(values: np.ndarray) -> np.ndarray:
+    """Dense ranks of strings in code-point order (= Spark's binary string order)."""
+    return np.unique(values, return_inverse=True)[1].reshape(-1) if len(values) else np.zeros(0, np.int64)
+
+
 def _timeline(events: pd.DataFrame, record_end: pd.Timestamp | None) -> _Timeline:
     subject_ids = pd.unique(events[SUBJECT_ID])
     if len(subject_ids) != 1:
         raise ValueError(f"label_subject: events must hold exactly one subject, got {len(subject_ids)}")
     timed = events[events[TIME].notna()]
     t = pd.to_datetime(timed[TIME]).to_numpy().astype("datetime64[us]").view("int64")
-    order = np.argsort(t, kind="stable")
-    t = t[order]
-    code = timed[CODE].astype(str).to_numpy(dtype=object)[order]
+    code = timed[CODE].astype(str).to_numpy(dtype=object)
     raw_enc = (timed[ENCOUNTER_ID] if ENCOUNTER_ID in timed
                else pd.Series(None, index=timed.index, dtype=object))
-    enc = np.array(["" if pd.isna(x) else str(x) for x in raw_enc.to_numpy(dtype=object)],
-                   dtype=object)[order]
+    enc = np.array(["" if pd.isna(x) else str(x) for x in raw_enc.to_numpy(dtype=object)], dtype=object)
+    # canonical order (time, code, encounter_id), never the input row order: ties at one instant (two
+    # discharges, two next STARTs) resolve the same way in every engine and for every file layout
+    order = np.lexsort((_rank(enc), _rank(code), t))
+    t, code, enc = t[order], code[order], enc[order]
     # encounters keyed by (id, class): MIMIC gives the ED visit before an admission the admission's hadm_id,
     # and a stay's length is measured between the INPATIENT START and END, not from the ED arrival
     encounters: dict[tuple[str, str], list[int | None]] = {}

@@ -7,11 +7,14 @@ The language is documented in ``tasks/README.md``; this module is its only parse
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import pandas as pd
+
+from ehrfm.schema import DEATH_CODE
 
 KINDS = ("binary", "time_to_event", "forecast")
 REQUIREMENTS = ("alive", "encounter_ongoing")
@@ -62,6 +65,16 @@ class CodePattern:
 def patterns_regex(patterns: tuple[CodePattern, ...]) -> str:
     """One anchored alternation matching any of ``patterns``."""
     return "|".join(f"(?:{p.regex})" for p in patterns)
+
+
+def relevant_codes_regex(specs: Iterable[TaskSpec]) -> str:
+    """Regex of every code the engines read for ``specs``: the task patterns, encounter START/END and
+    death."""
+    patterns: tuple[CodePattern, ...] = (CodePattern("regex:ENCOUNTER//[^/]+//(START|END)"),
+                                         CodePattern(DEATH_CODE))
+    for s in specs:
+        patterns += s.all_patterns()
+    return patterns_regex(tuple(dict.fromkeys(patterns)))
 
 
 @lru_cache(maxsize=256)

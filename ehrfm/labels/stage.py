@@ -34,7 +34,7 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
     out = layout.labels_dir
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = label_dataset(spark, meds.root, specs, out, progress=True)
+        summary = label_dataset(spark, meds.root, specs, out, progress=True, engine=cfg.engine)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     kinds = {s.name: s.kind for s in specs}

@@ -70,3 +70,12 @@ def test_spark_submit_job_has_the_cli_options() -> None:
                          text=True, check=True, cwd=repo)
     for flag in ("--root", "--meds", "--labels", "--tasks", "--tasks_dir", "--spark.master", "--config"):
         assert flag in out.stdout, flag
+
+
+def test_engine_switch_is_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_meds(random_population(3), tmp_path / "meds")
+    with pytest.raises(SystemExit) as stop:  # rejected by the argument parser, before any work
+        main(["label", "--root", str(tmp_path), "--engine", "polars"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "engine" in err and "polars" in err
+    assert LabelConfig().engine == "spark" and LabelConfig(engine="reference").engine == "reference"

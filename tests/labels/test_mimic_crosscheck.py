@@ -13,20 +13,23 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from ehrfm.labels import load_tasks
+from ehrfm.labels import available_tasks, label_events, load_tasks
 from ehrfm.labels.dataset import label_dataset
-from ehrfm.labels.direct import read_labels
+from ehrfm.labels.direct import read_labels, read_meds_events
 
-TASKS = ["readmission_30d", "mortality_inhospital", "los_gt_7d", "next_visit_codes"]
+from .timelines import assert_engines_agree
+
 H24, D30, D7 = pd.Timedelta(hours=24), pd.Timedelta(days=30), pd.Timedelta(days=7)
 
 
 @pytest.fixture(scope="module")
-def mimic_labels(mimic_demo: Path, spark: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def mimic_labels(mimic_demo: Path, spark: object,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from ehrfm.ingest.mimic.ingest import ingest_mimic
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -35,8 +38,11 @@ def mimic_labels(mimic_demo: Path, spark: object, tmp_path_factory: pytest.TempP
     for table in ("admissions", "patients", "diagnoses_icd"):
         shutil.copy(mimic_demo / "hosp" / f"{table}.csv.gz", root / "raw" / "hosp")
     ingest_mimic(spark, str(root / "raw"), str(root / "meds"))  # type: ignore[arg-type]
-    label_dataset(spark, root / "meds", load_tasks(TASKS), root / "labels")  # type: ignore[arg-type]
-    yield {t: read_labels(root / "labels" / f"{t}.parquet").to_pandas() for t in TASKS}
+    # every shipped task with the default (Spark-expression) engine; the reference twin runs beside it
+    label_dataset(spark, root / "meds", load_tasks("all"), root / "labels")  # type: ignore[arg-type]
+    out = {t: read_labels(root / "labels" / f"{t}.parquet").to_pandas() for t in available_tasks()}
+    out["reference"] = label_events(read_meds_events(root / "meds"), load_tasks("all"))
+    yield out
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,7 @@ def _expected_readmissions(adm: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_readmission_30d_matches_admissions_csv(mimic_labels: dict, raw: pd.DataFrame) -> None:
+def test_readmission_30d_matches_admissions_csv(mimic_labels: dict[str, Any], raw: pd.DataFrame) -> None:
     expected = _expected_readmissions(raw)
     got = mimic_labels["readmission_30d"]
     assert _as_set(got) == _as_set(expected)
@@ -89,7 +95,8 @@ def test_readmission_30d_matches_admissions_csv(mimic_labels: dict, raw: pd.Data
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_inhospital_mortality_and_los_match_admissions_csv(mimic_labels: dict, raw: pd.DataFrame) -> None:
+def test_inhospital_mortality_and_los_match_admissions_csv(mimic_labels: dict[str, Any],
+                                                           raw: pd.DataFrame) -> None:
     pred = raw["admittime"] + H24
     index = raw[(raw["dischtime"] > pred) & (raw["death"].isna() | (raw["death"] > pred))].copy()
     index["prediction_time"] = index["admittime"] + H24
@@ -105,11 +112,11 @@ def test_inhospital_mortality_and_los_match_admissions_csv(mimic_labels: dict, r
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_next_visit_codes_match_diagnoses_icd(mimic_labels: dict, raw: pd.DataFrame,
+def test_next_visit_codes_match_diagnoses_icd(mimic_labels: dict[str, Any], raw: pd.DataFrame,
                                               mimic_demo: Path) -> None:
     dx = pd.read_csv(mimic_demo / "hosp" / "diagnoses_icd.csv.gz", dtype={"icd_code": str})
     dx["code"] = "DIAGNOSIS//ICD//" + dx["icd_version"].astype(str) + "//" + dx["icd_code"].str.strip()
-    codes = dx.groupby("hadm_id")["code"].agg(lambda c: tuple(sorted(set(c))))
+    codes = dx.groupby("hadm_id")["code"].agg(lambda c: tuple(sorted(set(c))))  # type: ignore[type-var]
     index = raw[
         (raw["hospital_expire_flag"] == 0) & (raw["death"].isna() | (raw["death"] > raw["dischtime"]))]
     # the next visit is the one whose START (ED registration or admission) comes first after the discharge;
@@ -127,3 +134,9 @@ def test_next_visit_codes_match_diagnoses_icd(mimic_labels: dict, raw: pd.DataFr
             for s, t, c in zip(got["subject_id"], got["prediction_time"], got["target_codes"],
                                                      strict=True)} == expected
     assert len(expected) > 100
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_engine_equals_the_reference_engine_on_every_task(mimic_labels: dict[str, Any]) -> None:
+    assert_engines_agree(mimic_labels)

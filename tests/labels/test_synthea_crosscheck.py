@@ -16,18 +16,20 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from ehrfm.ingest.fhir.ids import subject_id_for
-from ehrfm.labels import load_tasks
+from ehrfm.labels import available_tasks, label_events, load_tasks
 from ehrfm.labels.dataset import label_dataset
-from ehrfm.labels.direct import read_labels
+from ehrfm.labels.direct import read_labels, read_meds_events
+
+from .timelines import assert_engines_agree
 
 N_BUNDLES = 10
-TASKS = ["readmission_30d", "death_1y_tte"]
 D30, D365 = pd.Timedelta(days=30), pd.Timedelta(days=365)
 _IMP = re.compile(rb'"code"\s*:\s*"IMP"')
 
@@ -60,15 +62,17 @@ def subset(synthea_bundles: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def synthea_labels(subset: list[Path], spark: object,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     root = tmp_path_factory.mktemp("synthea")
     ingest_fhir(spark, [str(f) for f in subset], str(root / "meds"), validate="none")  # type: ignore[arg-type]
-    label_dataset(spark, root / "meds", load_tasks(TASKS), root / "labels")  # type: ignore[arg-type]
+    # every shipped task with the default (Spark-expression) engine; the reference twin runs beside it
+    label_dataset(spark, root / "meds", load_tasks("all"), root / "labels")  # type: ignore[arg-type]
     events = pq.read_table(root / "meds" / "data", columns=["subject_id", "time"]).to_pandas()
-    out = {t: read_labels(root / "labels" / f"{t}.parquet").to_pandas() for t in TASKS}
+    out = {t: read_labels(root / "labels" / f"{t}.parquet").to_pandas() for t in available_tasks()}
+    out["reference"] = label_events(read_meds_events(root / "meds"), load_tasks("all"))
     out["record_end"] = events.groupby("subject_id")["time"].max()
     yield out
 
@@ -83,7 +87,7 @@ def _index(stays: pd.DataFrame, record_end: pd.Series) -> pd.DataFrame:
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_readmission_30d_matches_raw_json(subset: list[Path], synthea_labels: dict) -> None:
+def test_readmission_30d_matches_raw_json(subset: list[Path], synthea_labels: dict[str, Any]) -> None:
     stays = inpatient_stays(subset)
     index = _index(stays, synthea_labels["record_end"])
     pairs = index.merge(stays[["subject_id", "id", "start"]], on="subject_id", suffixes=("", "_next"))
@@ -103,12 +107,12 @@ def test_readmission_30d_matches_raw_json(subset: list[Path], synthea_labels: di
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_death_1y_tte_matches_raw_json(subset: list[Path], synthea_labels: dict) -> None:
+def test_death_1y_tte_matches_raw_json(subset: list[Path], synthea_labels: dict[str, Any]) -> None:
     index = _index(inpatient_stays(subset), synthea_labels["record_end"])
     event = index["death"].notna() & (index["death"] <= index["end"] + D365)
     stop = index["death"].where(event,
                                 pd.concat([index["record_end"], index["end"] + D365], axis=1).min(axis=1))
-    index["duration"] = (stop - index["end"]) / pd.Timedelta(days=1)
+    index["duration"] = (stop - index["end"]).dt.total_seconds() / 86400
     index["event"] = event.astype(int)
     index = index[index["duration"] > 0]
     got = synthea_labels["death_1y_tte"]
@@ -135,3 +139,9 @@ def test_independent_count_reproduces_source_md(synthea_bundles: Path) -> None:
     gap = nxt - stays["end"]
     assert int(((gap >= pd.Timedelta(0)) & (gap <= D30)).sum()) == 131
     assert stays["subject_id"].nunique() == 158
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_engine_equals_the_reference_engine_on_every_task(synthea_labels: dict[str, Any]) -> None:
+    assert_engines_agree(synthea_labels)

@@ -1,6 +1,8 @@
-"""Hand-made MEDS timelines for the label tests."""
+"""Hand-made MEDS timelines for the label tests, and the engine-agreement check on real data."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pandas as pd
 
@@ -96,3 +98,12 @@ def write_meds(df: pd.DataFrame, root: object, n_files: int = 2) -> None:
     splits = pd.DataFrame({"subject_id": subjects, "split": split_names})
     pq.write_table(pa.Table.from_pandas(splits, schema=SPLITS_SCHEMA, preserve_index=False),
                    meds.subject_splits)
+
+
+def assert_engines_agree(labels: dict[str, Any]) -> None:
+    """``labels``: ``{task: DataFrame}`` written by the Spark engine and ``"reference"``: ``{task: pa.Table}``
+    from the reference engine. Every task has rows and both engines agree on every row and column."""
+    for task, ref in labels["reference"].items():
+        got = labels[task]
+        assert len(got) > 0, task
+        pd.testing.assert_frame_equal(got, ref.to_pandas(), obj=task)
