@@ -4,9 +4,10 @@ Real STU3 data: every mapped-type resource of real Synthea R4 bundles is rewritt
 documented STU3 -> R4 changes (hl7.org/fhir/R4/<type>-version-maps.html; the list is in :func:`to_stu3`).
 The STU3 models must accept each rewritten resource (so the rewrite is real STU3), ``--validate full`` must
 reject none of them (both engines), the R4 models alone must reject many of them (the bug this fixes), and
-the STU3 bundles must map to the same MEDS events as the R4 originals. ``fhir.resources`` 8.3 ships no
-STU3 example files (its STU3 tests read the FHIR spec's examples from a folder the wheel does not contain),
-so a few spec examples are written out below from the STU3 specification.
+the STU3 bundles must map to the same MEDS events as the R4 originals; the same for R5 rewrites
+(:func:`to_r5`). ``fhir.resources`` 8.3 ships no STU3 example files (its STU3 tests read the FHIR spec's
+examples from a folder the wheel does not contain), so a few spec examples are written out below from the
+STU3 specification.
 """
 
 from __future__ import annotations
@@ -253,6 +254,66 @@ def test_stu3_bundles_map_to_the_r4_events(pairs: list[tuple[Resource, Resource]
         assert b.rejects.num_rows == a.rejects.num_rows == 0
         assert b.events.num_rows > 0 and b.events.to_pylist() == a.events.to_pylist()
         assert b.summary.to_dict() == a.summary.to_dict() and b.descriptions == a.descriptions
+
+
+def to_r5(r4: Resource) -> Resource:
+    """The R5 form of an R4 resource of a type ehrfm maps, by the R4 -> R5 changes of the spec
+    (R5 ``<type>-version-maps``), restricted to the elements Synthea writes:
+
+    - Encounter: ``status: finished`` became ``completed``; ``class`` a list of CodeableConcepts; ``period``
+      became ``actualPeriod``, ``hospitalization`` ``admission``, ``participant.individual``
+      ``participant.actor``; ``reasonCode`` became ``reason[].value[]`` (CodeableReference);
+    - Procedure: ``performed[x]`` became ``occurrence[x]``;
+    - Procedure, MedicationRequest: ``reasonCode``, ``reasonReference`` became ``reason`` (CodeableReference);
+    - MedicationRequest: ``medication[x]`` became ``medication`` (CodeableReference);
+      ``Dosage.asNeededBoolean`` became ``asNeeded``.
+    """
+    res = copy.deepcopy(r4)
+    rtype = res["resourceType"]
+    if rtype in ("Procedure", "MedicationRequest"):
+        reasons = ([{"concept": c} for c in res.pop("reasonCode", [])]
+                   + [{"reference": r} for r in res.pop("reasonReference", [])])
+        if reasons:
+            res["reason"] = reasons
+    if rtype == "Encounter":
+        if res.get("status") == "finished":
+            res["status"] = "completed"
+        if isinstance(res.get("class"), dict):
+            res["class"] = [{"coding": [res["class"]]}]
+        _move(res, "period", "actualPeriod")
+        _move(res, "hospitalization", "admission")
+        for part in res.get("participant", []):
+            _move(part, "individual", "actor")
+        if "reasonCode" in res:
+            res["reason"] = [{"value": [{"concept": c} for c in res.pop("reasonCode")]}]
+    elif rtype == "Procedure":
+        _move(res, "performedPeriod", "occurrencePeriod")
+        _move(res, "performedDateTime", "occurrenceDateTime")
+    elif rtype == "MedicationRequest":
+        if "medicationCodeableConcept" in res:
+            res["medication"] = {"concept": res.pop("medicationCodeableConcept")}
+        if "medicationReference" in res:
+            res["medication"] = {"reference": res.pop("medicationReference")}
+        for dosage in res.get("dosageInstruction", []):
+            _move(dosage, "asNeededBoolean", "asNeeded")
+    return res
+
+
+def test_r5_rewrites_validate_as_r5_and_map_to_the_r4_events(pairs: list[tuple[Resource, Resource]]) -> None:
+    """R5 rewrites of the same real bundles: valid for the R5 models, detected as R5 where their shape
+    changed, accepted by ``--validate full``, and mapped to the events of the R4 originals."""
+    detected: dict[str, set[str]] = {}
+    for r4, _ in pairs[:3]:
+        r5 = {**r4, "entry": [{**e, "resource": to_r5(e["resource"])} for e in r4["entry"]]}
+        for res in _mapped(r5):
+            model_class("R5", res["resourceType"]).model_validate(res)  # raises when the rewrite is not R5
+            detected.setdefault(res["resourceType"], set()).add(detect(res, RULES))
+        a = bundle_to_events(r4, validate="full", max_time_us=FAR)
+        b = bundle_to_events(r5, validate="full", max_time_us=FAR)
+        assert b.rejects.num_rows == 0 and b.events.num_rows > 0
+        assert b.events.to_pylist() == a.events.to_pylist() and b.summary.to_dict() == a.summary.to_dict()
+    assert detected["Encounter"] == detected["Procedure"] == {"R5"}
+    assert detected["MedicationRequest"] == {"R5"}
 
 
 # STU3 examples written out from the STU3 specification (hl7.org/fhir/STU3/<type>-example*.json), trimmed
