@@ -70,6 +70,9 @@ class FhirIngestConfig(IngestConfig):
     anonymous_subjects: bool = False
     """Keep the records of a subject that has no valid Patient (rejected, or not in the input) as an
     anonymous subject (no birth, no sex); by default they are rejects ("subject's Patient rejected: ...")."""
+    fhir_version: Literal["auto", "STU3", "R4", "R4B", "R5"] = "auto"
+    """FHIR version the resources are validated in: auto = detected per resource from its shape, profile
+    and source (docs/fhir_versions.md); a version = every resource validated with that version's models."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

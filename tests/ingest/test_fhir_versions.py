@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ehrfm.config.base import ConfigError
+from ehrfm.config.ingest import FhirIngestConfig
 from ehrfm.ingest.fhir import fastvalidate, spark_ingest
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.ingest.fhir.rules import load_rules
@@ -379,3 +381,28 @@ def test_spark_validate_full_on_an_stu3_export(spark: Any, pairs: list[tuple[Res
     want = sort_events(pa.concat_tables(
         [bundle_to_events(r4, validate="none", max_time_us=FAR).events for r4, _ in pairs[:3]]))
     assert got.num_rows == want.num_rows > 0 and got.to_pylist() == want.to_pylist()
+    # fhir_version=R4: every resource validated with the R4 models, the STU3-shaped ones rejected
+    forced = spark_ingest.ingest_fhir(spark, [str(folder)], str(tmp_path / "out_r4"), max_time_us=FAR,
+                                      validate="full", fhir_version="R4")
+    expected = sum(validate_resource_reference(res, RULES, "R4") is not None
+                   for _, stu3 in pairs[:3] for res in _mapped(stu3))
+    assert forced["reconciled"] and forced["fhir_version"] == "R4"
+    assert forced["totals"]["rejected"] >= expected > 0  # (and the records of subjects whose Patient failed)
+
+
+def test_fhir_version_setting() -> None:
+    """``fhir_version``: a version for every resource of a run (one-patient path and config), checked."""
+    stu3 = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in [
+        {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"},
+        {"resourceType": "Immunization", "id": "i1", "status": "completed", "notGiven": False,
+         "primarySource": True, "patient": PAT, "vaccineCode": CVX, "date": "2015-06-01"}]]}
+    assert bundle_to_events(stu3, validate="full", fhir_version="auto").rejects.num_rows == 0
+    assert bundle_to_events(stu3, validate="full", fhir_version="STU3").rejects.num_rows == 0
+    (rej,) = bundle_to_events(stu3, validate="full", fhir_version="R4").rejects.to_pylist()
+    assert rej["resource_id"] == "i1" and rej["reason"].startswith("invalid R4B Immunization")
+    with pytest.raises(ValueError, match="fhir_version"):
+        bundle_to_events(stu3, fhir_version="DSTU2")
+    assert FhirIngestConfig().fhir_version == "auto"
+    assert FhirIngestConfig(fhir_version="STU3").fhir_version == "STU3"
+    with pytest.raises(ConfigError, match="fhir_version"):
+        FhirIngestConfig.from_dict({"fhir_version": "DSTU2"})

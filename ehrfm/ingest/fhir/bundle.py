@@ -23,6 +23,7 @@ from ehrfm.ingest.fhir.process import Summary, process_record, summary_key
 from ehrfm.ingest.fhir.records import Record, bundle_entry_records, iter_file_records
 from ehrfm.ingest.fhir.rules import Rules, load_rules
 from ehrfm.ingest.fhir.tables import events_table, rejects_table, sort_events
+from ehrfm.ingest.fhir.versions import check_version
 
 VALIDATE_CHOICES = ("auto", "none", "full")
 
@@ -68,6 +69,7 @@ def bundle_to_events(
     max_time_us: int | None = None,
     rules: Rules | None = None,
     anonymous_subjects: bool = False,
+    fhir_version: str = "auto",
 ) -> FhirResult:
     """Map one FHIR Bundle (dict, JSON text or bytes, optionally gzip; NDJSON text works too).
 
@@ -76,10 +78,14 @@ def bundle_to_events(
     "none" skips that. ``max_time_us`` overrides the far-future limit (default now + 1 day).
     Copies of a resource (same type and id) count once (:mod:`ehrfm.ingest.fhir.dedup`); records whose
     subject has no valid Patient in the Bundle are rejected, or kept with ``anonymous_subjects``.
-    Raises ``ValueError`` for a bad ``validate`` or a JSON value that is not a resource object.
+    ``fhir_version``: ``auto`` (each resource validated in the version it is detected in) or the version
+    every resource is validated in (docs/fhir_versions.md).
+    Raises ``ValueError`` for a bad ``validate`` or ``fhir_version``, or a JSON value that is not a resource
+    object.
     """
     if validate not in VALIDATE_CHOICES:
         raise ValueError(f"validate must be one of {VALIDATE_CHOICES}, got {validate!r}")
+    fhir_version = check_version(fhir_version)
     rules = rules or load_rules()
     if isinstance(bundle, dict):
         if bundle.get("resourceType") == "Bundle":
@@ -94,7 +100,7 @@ def bundle_to_events(
     else:
         raise ValueError(f"bundle must be a dict, str or bytes, got {type(bundle).__name__}")
     births, meds = lookups(records, rules)
-    ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds)
+    ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, fhir_version=fhir_version)
     if max_time_us is not None:
         ctx.max_time_us = max_time_us
     summary = Summary()

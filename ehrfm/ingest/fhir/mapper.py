@@ -33,6 +33,8 @@ class MapContext:
     ``medications``: ``Medication/<id>`` -> Medication resource (for ``medicationReference``).
     ``max_time_us``: events later than this are impossible (default: now + 1 day).
     ``descriptions``: filled while mapping: code -> ``coding.display`` (first seen wins).
+    ``fhir_version``: the version resources are validated in (``auto``: detected per resource;
+    :mod:`ehrfm.ingest.fhir.versions`).
     """
 
     rules: Rules = field(default_factory=load_rules)
@@ -42,6 +44,7 @@ class MapContext:
     source_file: str | None = None
     record_index: int | None = None
     descriptions: dict[str, str] = field(default_factory=dict)
+    fhir_version: str = "auto"
 
 
 class MappingError(Exception):

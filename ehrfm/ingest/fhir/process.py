@@ -55,7 +55,7 @@ def process_record(rec: Record, ctx: MapContext, validate: bool) -> Outcome:
         return Outcome(REJECTED, rejects=[make_reject(ctx, raw_type, rid, "resourceType", "unknown "
                                                       f"resourceType {raw_type!r}")])
     if validate:
-        problem = validate_resource(res, ctx.rules)
+        problem = validate_resource(res, ctx.rules, ctx.fhir_version)
         if problem is not None:
             return Outcome(REJECTED, rejects=[make_reject(ctx, raw_type, rid, problem[0], problem[1])])
     events, rejects = map_resource(res, ctx)

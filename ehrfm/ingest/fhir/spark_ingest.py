@@ -31,6 +31,7 @@ from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
 from ehrfm.ingest.fhir.paths import cleanup, expand_inputs
 from ehrfm.ingest.fhir.spark_rows import ROW_SCHEMA, pending_rows, to_batch
 from ehrfm.ingest.fhir.times import US_PER_DAY, now_us
+from ehrfm.ingest.fhir.versions import check_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -69,8 +70,8 @@ def _scan_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
     return run
 
 
-def _map_fn(lookup: Any, complete: bool, validate: str, limit: int,
-            every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _map_fn(lookup: Any, complete: bool, validate: str, limit: int, every: int,
+            version: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow`` function: units (with their first line number) -> ROW_SCHEMA batches.
     ``lookup``: a broadcast of (births, meds)."""
     from ehrfm.ingest.fhir.spark_units import map_unit
@@ -79,18 +80,18 @@ def _map_fn(lookup: Any, complete: bool, validate: str, limit: int,
         births, meds = lookup.value
         for batch in batches:
             for u in batch.to_pylist():
-                yield from _batches(map_unit(u, births, meds, complete, validate, limit, every))
+                yield from _batches(map_unit(u, births, meds, complete, validate, limit, every, version))
 
     return run
 
 
-def _pass2(validate: str, limit: int,
-           every: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _pass2(validate: str, limit: int, every: int,
+           version: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow`` function: batches of pending records (joined) -> ROW_SCHEMA batches."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            yield from _batches(pending_rows(batch.to_pylist(), validate, limit, every))
+            yield from _batches(pending_rows(batch.to_pylist(), validate, limit, every, version))
 
     return run
 
@@ -173,6 +174,7 @@ def ingest_fhir(
     keep_tmp: bool = False,
     progress: bool = False,
     anonymous_subjects: bool = False,
+    fhir_version: str = "auto",
 ) -> dict[str, Any]:
     """Ingest FHIR Bundle JSON / NDJSON files (plain or .gz) into a MEDS dataset at ``output``.
 
@@ -184,6 +186,8 @@ def ingest_fhir(
     (default: now + 1 day). Local folders are walked by real path (:mod:`ehrfm.ingest.fhir.paths`: each
     file once, link cycles skipped and listed in ``summary["skipped_links"]``). Copies of a resource count
     once; records whose subject has no valid Patient are rejected, or kept with ``anonymous_subjects``.
+    ``fhir_version``: ``auto`` (each resource validated in the version it is detected in) or the version
+    every resource is validated in (docs/fhir_versions.md).
     Returns the summary written to ``output/summary.json``.
     """
     from pyspark.sql import functions as F
@@ -191,6 +195,7 @@ def ingest_fhir(
 
     if validate not in VALIDATE_CHOICES:
         raise ValueError(f"validate must be one of {VALIDATE_CHOICES}, got {validate!r}")
+    fhir_version = check_version(fhir_version)
     from ehrfm.ingest.writer import write_meds_dataset
 
     found = expand_inputs(spark, inputs)
@@ -225,7 +230,7 @@ def ingest_fhir(
     # 2. map every record once; rows kept in a temporary parquet (the summary and the writer read it)
     unit_schema = UNIT_SCHEMA + ", fmt string, base long, problem string, good_len long"
     (_units_df(spark, units, unit_schema, parallelism)
-     .mapInArrow(_map_fn(lookup, complete, mode, limit, every), ROW_SCHEMA)
+     .mapInArrow(_map_fn(lookup, complete, mode, limit, every, fhir_version), ROW_SCHEMA)
      .write.mode("overwrite").parquet(f"{tmp}/pass1"))
     p1 = spark.read.parquet(f"{tmp}/pass1")
     out = p1.where(F.col("kind").isin("E", "R", "K", "D", "V"))
@@ -248,7 +253,7 @@ def ingest_fhir(
                    .select("source_file", "record_index", "subject_id", "med_key", "payload")
                    .join(F.broadcast(births_df), on="subject_id", how="left")
                    .join(F.broadcast(meds_df), on="med_key", how="left"))
-        (pending.mapInArrow(_pass2(mode, limit, every), ROW_SCHEMA)
+        (pending.mapInArrow(_pass2(mode, limit, every, fhir_version), ROW_SCHEMA)
          .write.mode("overwrite").parquet(f"{tmp}/pass2"))
         out = out.unionByName(spark.read.parquet(f"{tmp}/pass2"))
     lookup.unpersist()
@@ -262,7 +267,8 @@ def ingest_fhir(
     steps.update()
     summary = _summary(out, outcome_counts(outcomes).to_dict())
     summary.update({"inputs": list(inputs), "files": len(files), "validate": validate, "max_time_us": limit,
-                    "skipped_links": found.skipped_links, "anonymous_subjects": anonymous_subjects})
+                    "skipped_links": found.skipped_links, "anonymous_subjects": anonymous_subjects,
+                    "fhir_version": fhir_version})
     events = settled.select(
         "subject_id", F.timestamp_micros("time").alias("time"), "code", "numeric_value", "text_value",
         "encounter_id", "unit", "source")

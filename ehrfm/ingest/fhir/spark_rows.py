@@ -100,17 +100,18 @@ def outcome_row(rec: Record, out: Outcome, rules: Rules) -> tuple[Any, ...]:
                subject_id=sid, field=field, reason=reason, updated=updated, digest=digest)
 
 
-def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, rules: Rules, validate: str,
+def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, ctx: MapContext, validate: str,
                   every: int) -> Iterator[tuple[Any, ...]]:
+    rules = ctx.rules
     if validate == "auto" and res is not None and rec.error is None:
         if out.status == REJECTED and out.rejects:
             # the validator usually names the root cause of what the mapper tripped on
-            problem = validate_resource(res, rules)
+            problem = validate_resource(res, rules, ctx.fhir_version)
             if problem is not None:
                 out.rejects[0]["reason"] += f"; FHIR validation: {problem[1]}"
                 out.rejects[0]["field"] = out.rejects[0]["field"] or problem[0]
         elif out.status == MAPPED and sampled(rec.source_file, rec.record_index, every):
-            problem = validate_resource(res, rules)
+            problem = validate_resource(res, rules, ctx.fhir_version)
             yield row("V", source_file=rec.source_file, record_index=rec.record_index,
                       resource_type=rec.resource_type,
                       resource_id=rec.resource_id, field=problem[0] if problem else None,
@@ -132,7 +133,8 @@ def _med_key(res: dict[str, Any]) -> str | None:
 
 def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
                 meds: Mapping[str, dict[str, Any]],
-                complete: bool, validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
+                complete: bool, validate: str, max_time_us: int, every: int,
+                fhir_version: str = "auto") -> Iterator[tuple[Any, ...]]:
     """Map the records of one file (or byte range): E/R/K/D/V rows and I rows, plus P rows for
     the records that must wait for the cross-file join (only when ``complete`` is false).
 
@@ -140,16 +142,18 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
     outcome is final. Otherwise a record mapped with these birth floors is still final: the global
     floor (minimum over all Patient records of the subject) can only be lower, so the check it passed
     still passes; records the mapper rejects, or that lack the birth or Medication, wait for pass 2.
+    ``fhir_version``: the version resources are validated in (``auto``: detected per resource).
     """
     rules = load_rules()
-    ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us)
+    ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us,
+                     fhir_version=fhir_version)
     seen: set[tuple[int, str]] = set()
     full = validate == "full"
     for rec in records:
         res = rec.resource if rec.error is None else None
         rtype = rec.resource_type
         if res is None or rtype is None or classify(rtype, rules) != MAP:
-            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), rules, validate, every)
+            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), ctx, validate, every)
             continue
         sid = subject_of(res, rules)
         if sid is not None:
@@ -162,7 +166,7 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
         if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
             out = process_record(rec, ctx, full)
             if complete or out.status != REJECTED:
-                yield from _outcome_rows(rec, res, out, rules, validate, every)
+                yield from _outcome_rows(rec, res, out, ctx, validate, every)
                 continue
         yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
                   payload=jsonio.dumps(res))
@@ -171,11 +175,11 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
 
 
 def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
-                 every: int) -> Iterator[tuple[Any, ...]]:
+                 every: int, fhir_version: str = "auto") -> Iterator[tuple[Any, ...]]:
     """Pass 2 on one partition: P rows joined with the global birth floor (``floor``) and Medication
     (``med_payload``) -> E/R/K/D/V rows."""
     rules = load_rules()
-    ctx = MapContext(rules=rules, max_time_us=max_time_us)
+    ctx = MapContext(rules=rules, max_time_us=max_time_us, fhir_version=fhir_version)
     for r in rows:
         res = jsonio.loads(r["payload"])
         rec = Record(r["source_file"], r["record_index"], resource=res)
@@ -183,6 +187,6 @@ def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
         ctx.medications = ({r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None
                            else {})
         out = process_record(rec, ctx, validate == "full")
-        yield from _outcome_rows(rec, res, out, rules, validate, every)
+        yield from _outcome_rows(rec, res, out, ctx, validate, every)
     for code, desc in ctx.descriptions.items():
         yield row("D", code=code, text_value=desc)

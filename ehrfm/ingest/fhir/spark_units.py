@@ -208,18 +208,21 @@ class FirstMeds(Mapping[str, dict[str, Any]]):
 
 def map_unit(unit: Mapping[str, Any], births: Mapping[int, int], meds: Mapping[str, dict[str, Any]],
              complete: bool,
-             validate: str, max_time_us: int, every: int) -> Iterator[tuple[Any, ...]]:
+             validate: str, max_time_us: int, every: int,
+             fhir_version: str = "auto") -> Iterator[tuple[Any, ...]]:
     """Step 2 for one unit (a row of the scan's ``U`` output plus ``base``, the line number of its
     first byte): ROW_SCHEMA tuples (see :mod:`ehrfm.ingest.fhir.spark_rows`).
 
     ``births`` / ``meds``: the global lookups of the NDJSON inputs; ``complete``: they are all the
-    lookups there are (no document inputs), so every record is final here.
+    lookups there are (no document inputs), so every record is final here. ``fhir_version``: the version
+    resources are validated in (``auto``: detected per resource).
     """
     path = unit["path"]
     if unit["fmt"] == NDJSON:
         records: Iterator[Record] | list[Record] = _ndjson_records(
             path, unit["start"], unit["end"], unit["mode"], unit["base"], unit["problem"], unit["good_len"])
-        yield from map_records(path, records, births, meds, complete, validate, max_time_us, every)
+        yield from map_records(path, records, births, meds, complete, validate, max_time_us, every,
+                               fhir_version)
         return
     with open_binary(path) as f:
         data = f.read()
@@ -234,4 +237,4 @@ def map_unit(unit: Mapping[str, Any], births: Mapping[int, int], meds: Mapping[s
                       source_file=path, record_index=rec.record_index)
     yield from map_records(path, records, MinFloors(local_births, births), FirstMeds(local_meds, meds),
                            complete,
-                           validate, max_time_us, every)
+                           validate, max_time_us, every, fhir_version)

@@ -45,7 +45,8 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
                              sample_every=cfg.sample_every, max_time_us=max_time_us,
                              split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
                              rows_per_shard=cfg.rows_per_shard, progress=True,
-                             anonymous_subjects=cfg.anonymous_subjects, **named)
+                             anonymous_subjects=cfg.anonymous_subjects, fhir_version=cfg.fhir_version,
+                             **named)
         staged.publish()
     summary = make_summary("fhir", result, fhir_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)
