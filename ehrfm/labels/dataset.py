@@ -116,9 +116,8 @@ def label_dataset(
     if engine == "spark":
         from ehrfm.labels.spark_engine import labels_by_task, summarize_spark, task_table
 
-        by_task = labels_by_task(events, specs)
-        if len(specs) > 1:  # every task's write reads the per-subject label arrays once computed
-            by_task = by_task.persist(StorageLevel.MEMORY_AND_DISK)
+        # every task's write and the summary read the per-subject label arrays (small) computed once
+        by_task = labels_by_task(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
         for spec in iterator:
             _write(task_table(by_task, spec.name), layout.label_table(spec.name))
         splits_path = MedsPaths(Path(meds_dir)).subject_splits
