@@ -37,7 +37,6 @@ from ehrfm.schema import EVENT_COLUMNS, SUBJECT_ID
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-_META = ["_table", "_rule", "_file", "_row", "_rid", "_reason", "_field"]
 
 
 def _blank(col: Column) -> Column:
@@ -62,7 +61,7 @@ def rule_candidates(df: DataFrame, rule: EventRule, spec: TableSpec) -> DataFram
 
     if rule.when:
         df = df.where(~_blank(F.col(rule.when)))
-    return df.select(*candidate_columns(df.columns, rule, spec))
+    return df.select(*candidate_columns(dict(df.dtypes), rule, spec))
 
 
 def table_candidates(df: DataFrame, rules: Sequence[EventRule], spec: TableSpec) -> DataFrame:
@@ -73,15 +72,17 @@ def table_candidates(df: DataFrame, rules: Sequence[EventRule], spec: TableSpec)
     if len(rules) == 1:
         return rule_candidates(df, rules[0], spec)
     structs = []
+    dtypes = dict(df.dtypes)
     for rule in rules:
-        s = F.struct(*candidate_columns(df.columns, rule, spec))
+        s = F.struct(*candidate_columns(dtypes, rule, spec))
         structs.append(F.when(~_blank(F.col(rule.when)), s) if rule.when else s)
     # null elements are the rows a `when` rule does not apply to: dropped before the inline
     return df.select(F.inline(F.filter(F.array(*structs), lambda c: c.isNotNull())))
 
 
-def candidate_columns(columns: Sequence[str], rule: EventRule, spec: TableSpec) -> list[Column]:
-    """The named columns of one rule's candidate (see :func:`rule_candidates`) over a table's ``columns``."""
+def candidate_columns(columns: dict[str, str], rule: EventRule, spec: TableSpec) -> list[Column]:
+    """The named columns of one rule's candidate (see :func:`rule_candidates`) over a table's ``columns``
+    (name -> Spark type name, as ``dict(df.dtypes)``)."""
     from pyspark.sql import functions as F
 
     missing = sorted(c for c in rule.columns() if c not in columns)
@@ -101,8 +102,12 @@ def candidate_columns(columns: Sequence[str], rule: EventRule, spec: TableSpec) 
         fld = fld.when(time.isNull(), F.lit(rule.time))
     reason = reason.when(gap.isNotNull(), F.concat(F.lit("missing value for code "), gap))
     fld = fld.when(gap.isNotNull(), gap)
-    numeric = (F.col(rule.numeric).cast("string").try_cast("float") if rule.numeric
-               else F.lit(None).cast("float"))
+    if not rule.numeric:
+        numeric = F.lit(None).cast("float")
+    elif columns[rule.numeric] == "float":  # a prepared float: float -> string -> float is the identity
+        numeric = F.col(rule.numeric)
+    else:
+        numeric = F.col(rule.numeric).cast("string").try_cast("float")
     return [
         sid.alias(SUBJECT_ID),
         time.alias("time"),
@@ -114,7 +119,6 @@ def candidate_columns(columns: Sequence[str], rule: EventRule, spec: TableSpec) 
         F.lit(f"mimic:{spec.name}").alias("source"),
         F.lit(spec.name).alias("_table"),
         F.lit(rule.name).alias("_rule"),
-        F.col("_file"),
         F.col("_row"),
         (F.col(spec.id).cast("string") if spec.id in columns
          else F.lit(None).cast("string")).alias("_rid"),
@@ -141,7 +145,8 @@ class _Tables:
                 self.frames[name] = None
                 self.info[name] = {"file": None, "rows": 0, "absent": True}
             else:
-                df, n = with_row_index(read_csv(self.spark, uri).withColumn("_file", _lit(uri)))
+                # the file is not a column: rejects get it from the table name (a narrower cache)
+                df, n = with_row_index(read_csv(self.spark, uri), single_partition=uri.endswith(".gz"))
                 self.frames[name] = df
                 self.info[name] = {"file": uri, "rows": n}
         else:
@@ -156,10 +161,12 @@ class _Tables:
                 df.unpersist()
 
 
-def _lit(value: str) -> Column:
+def _file_of_table(info: dict[str, dict[str, Any]]) -> Column:
+    """The source file of each candidate, looked up from its ``_table`` (one literal map, not a column)."""
     from pyspark.sql import functions as F
 
-    return F.lit(value)
+    pairs = [F.lit(x) for name, i in sorted(info.items()) if i.get("file") for x in (name, i["file"])]
+    return F.create_map(*pairs)[F.col("_table")]
 
 
 def code_descriptions(spark: SparkSession, root: str, rules: MimicRules) -> DataFrame:
@@ -207,7 +214,8 @@ def mimic_candidates(spark: SparkSession, root: str,
             continue
         prepared[name] = PREPARE[spec.prepare](raw, tables.load) if spec.prepare else raw
         parts.append(table_candidates(prepared[name], table_rules, spec))
-    return reduce(lambda a, b: a.unionByName(b), parts), births(prepared["patients"]), tables
+    # every part has the columns of candidate_columns in its order: a positional union (cheaper to plan)
+    return reduce(lambda a, b: a.union(b), parts), births(prepared["patients"]), tables
 
 
 def births(patients: DataFrame) -> DataFrame:
@@ -273,7 +281,7 @@ def ingest_mimic(
             entry["rejects"][r["_reason"]] = entry["rejects"].get(r["_reason"], 0) + r["count"]
     events = checked.where(F.col("_reason").isNull()).select(*EVENT_COLUMNS)
     rejects = checked.where(F.col("_reason").isNotNull()).select(
-        F.regexp_replace(F.col("_file"), "^file:", "").alias("source_file"),
+        F.regexp_replace(_file_of_table(tables.info), "^file:", "").alias("source_file"),
         F.col("_row").alias("record_index"),
         F.col("_table").alias("resource_type"),
         F.col("_rid").alias("resource_id"),

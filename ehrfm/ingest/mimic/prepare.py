@@ -32,7 +32,7 @@ def find_table(root: str, path: str) -> str | None:
     return None
 
 
-def with_row_index(df: DataFrame) -> tuple[DataFrame, int | None]:
+def with_row_index(df: DataFrame, single_partition: bool = False) -> tuple[DataFrame, int | None]:
     """Add ``_row``: the row's 0-based position in its (single) source file; returns (df, row count or None).
 
     A gzip file is not splittable, so it is read as one partition and ``monotonically_increasing_id`` is
@@ -40,10 +40,12 @@ def with_row_index(df: DataFrame) -> tuple[DataFrame, int | None]:
     file gets the ``RDD.zipWithIndex`` treatment without leaving the JVM: count the rows per input partition,
     then offset ``monotonically_increasing_id`` (partition id in its upper 31 bits) by the rows of earlier
     partitions. Splits of one file are numbered in file order, so the index is the data-row number.
+    ``single_partition``: the caller knows the input is one unsplittable file (``.gz``), which saves
+    planning the query as an RDD just to count its partitions.
     """
     from pyspark.sql import functions as F
 
-    if df.rdd.getNumPartitions() == 1:
+    if single_partition or df.rdd.getNumPartitions() == 1:
         return df.withColumn("_row", F.monotonically_increasing_id()), None
     df = df.withColumn("_pid", F.spark_partition_id()).withColumn("_mid", F.monotonically_increasing_id())
     counts = sorted((r["_pid"], r["count"]) for r in df.groupBy("_pid").count().collect())
