@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ehrfm.atomic import OverwriteOption
 from ehrfm.config.base import ConfigBase
 from ehrfm.config.spark import SparkConfig
 
 
 @dataclass
-class LabelConfig(ConfigBase):
+class LabelConfig(OverwriteOption):
     """``ehrfm label``: one label table per task specification, for an ingested MEDS dataset (Spark)."""
 
     tasks: list[str] = field(default_factory=list)

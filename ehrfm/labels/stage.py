@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from pathlib import Path
 
+from ehrfm.atomic import Outputs, check_meds
 from ehrfm.config.base import ConfigError
 from ehrfm.config.label import LabelConfig, LabelSummary
 from ehrfm.layout import Layout
+from ehrfm.schema import CODE, SUBJECT_ID, TIME
 
 
 def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
@@ -25,21 +28,25 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
         known = ", ".join(available_tasks(cfg.tasks_dir))
         raise ConfigError(f"tasks={cfg.tasks}: no tasks selected (known: {known})")
     meds = layout.meds_paths
-    if not meds.data.is_dir():
-        raise FileNotFoundError(f"meds={meds.root}: no data/ folder (expected an ingested MEDS dataset)")
+    check_meds(meds.root, (SUBJECT_ID, TIME, CODE))  # a named message, not an Arrow error, on a bad folder
     from ehrfm.labels.dataset import label_dataset
     from ehrfm.spark import get_spark
 
     spark = get_spark("ehrfm-label", master=cfg.spark.master, conf=cfg.spark.conf)
     out = layout.labels_dir
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        summary = label_dataset(spark, meds.root, specs, out, progress=True, engine=cfg.engine)
+    kinds = {s.name: s.kind for s in specs}
+    tables = [layout.label_table(s.name).name for s in specs]
+    # the tables and tasks.json are written under a staging folder; summary.json (the marker) goes last
+    with Outputs(out, [*tables, layout.label_kinds.name], layout.label_summary.name, overwrite=cfg.overwrite,
+                 key="labels", tag="labels") as staged:
+        staging = staged.path(tables[0]).rsplit("/", 1)[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            summary = label_dataset(spark, meds.root, specs, staging, progress=True, engine=cfg.engine)
+        Path(staged.path(layout.label_kinds.name)).write_text(json.dumps(kinds, indent=1))
+        staged.publish(summary.to_json(orient="records", indent=1))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    kinds = {s.name: s.kind for s in specs}
-    summary.to_json(layout.label_summary, orient="records", indent=1)
-    layout.label_kinds.write_text(json.dumps(kinds, indent=1))
     with_cols = ["task", "kind", "split", "rows", "subjects", "positives", "prevalence"]
     print(summary[with_cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"labels written to {layout.label_table('<task>')}")

@@ -59,6 +59,15 @@ def test_cli_writes_tables_and_summary(spark: object, tmp_path: Path,
                 Layout(meds=str(tmp_path / "meds"), labels=str(tmp_path / "l2")))
     assert isinstance(again, LabelSummary) and again.tasks == {"readmission_30d": "binary"}
     assert again.rows == summary and not again.warnings
+    # summary.json is the completion marker, written last: tables without it are refused, or replaced with
+    # --overwrite; nothing of the staging is left behind
+    layout.label_summary.unlink()
+    capsys.readouterr()
+    argv = ["label", "--meds", str(tmp_path / "meds"), "--labels", str(out), "--tasks", "[readmission_30d]"]
+    assert main(argv) == 2 and "summary.json" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "true"]) == 0
+    assert json.loads(layout.label_summary.read_text()) == summary
+    assert sorted(p.name for p in out.iterdir()) == ["readmission_30d.parquet", "summary.json", "tasks.json"]
 
 
 def test_spark_submit_job_has_the_cli_options() -> None:
