@@ -132,9 +132,14 @@ def test_token_scoring_equals_serving_and_batch_eval(spark: object, serving_dir:
     _close(got, batch)
 
     from ehrfm.config.serve import ScoreConfig
+    from ehrfm.config.tokenize import TokenizeSummary
     from ehrfm.layout import Layout
     from ehrfm.serve.stage import run_score
+    from ehrfm.tokenize.meta import write_meta
 
+    # the stage reads only complete tokens folders: the marker `ehrfm tokenize` writes last
+    write_meta(tokens, TokenizerConfig(), TokenizeSummary(tasks=list(scorer.tasks), pretrain=False,
+                                                          n_rows=len(rows), rows=[], seconds=0.0))
     out = tmp_path / "pred"
     run_score(ScoreConfig(model=str(serving_dir), tasks=["death_1y_tte"], splits=["held_out"]),
               Layout(root=str(tmp_path), tokens=str(tokens), scores=str(out)))
