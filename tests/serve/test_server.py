@@ -406,15 +406,17 @@ def test_logs_hold_no_patient_content(live: Live) -> None:
 
 def test_deadline_stops_the_work(tmp_path: Path, bundle_events: list[pd.DataFrame],
                                  synthea_texts: list[str]) -> None:
-    """One worker and a 0.25 s deadline: scoring the largest real bundle (~0.6 s) is cut off with 504, the
-    worker that was doing it is gone (the work stopped), and its replacement answers the next request."""
+    """One worker and a 0.25 s deadline: scoring three copies of the largest real bundle (~0.35 s each,
+    cold) is cut off with 504, the worker that was doing it is gone (the work stopped), and its replacement
+    answers the next request."""
     folder = tiny_serving_dir(pd.concat(bundle_events, ignore_index=True), tmp_path / "model")
     with ehrfm_serve(str(folder), tmp_path / "process.log", env={"OMP_NUM_THREADS": "1"},
                      args=["--workers", "1", "--timeout_s", "0.25", "--docs", "true"]) as srv:
         front = psutil.Process(srv.pgid)
         before = [c.pid for c in front.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
         t0 = time.monotonic()
-        status, _, body = request(f"{srv.url}/invocations", _records(synthea_texts[2]), token=None)
+        heavy = json.dumps({"dataframe_records": [{"bundle": synthea_texts[2]}] * 3})
+        status, _, body = request(f"{srv.url}/invocations", heavy, token=None)
         assert status == 504 and time.monotonic() - t0 < 5, body[:300]
         assert "timeout_s=0.25" in json.loads(body)["message"]
         time.sleep(0.5)
