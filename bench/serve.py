@@ -78,8 +78,13 @@ def _n_events(text: str) -> int:
 
 def short_bundles(k: int, lo: int = 85, hi: int = 140) -> list[tuple[str, int]]:
     """``k`` real bundles whose events number in [lo, hi] (searched from the small end)."""
+    return _bundles_in(_manifest(), k, lo, hi)
+
+
+def _bundles_in(rows: list[dict[str, str]], k: int, lo: int, hi: int) -> list[tuple[str, int]]:
+    """The first ``k`` bundles of ``rows`` whose events number in [lo, hi], with their event counts."""
     out = []
-    for row in _manifest():
+    for row in rows:
         text = _text(row)
         n = _n_events(text)
         if lo <= n <= hi:
@@ -357,15 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def mid_bundles(k: int, lo: int = 900, hi: int = 1_150) -> list[tuple[str, int]]:
     """``k`` real bundles whose events number in [lo, hi] (searched from the large end)."""
-    out = []
-    for row in _manifest()[::-1][:40]:
-        text = _text(row)
-        n = _n_events(text)
-        if lo <= n <= hi:
-            out.append((text, n))
-            if len(out) == k:
-                break
-    return out
+    return _bundles_in(_manifest()[::-1][:40], k, lo, hi)
 
 
 MODES = ("before: reference validation", "after: fast validation", "after, cold memo")

@@ -34,11 +34,12 @@ from ehrfm.data.multitask import MultiTaskCollator
 from ehrfm.layout import TokenPaths
 from ehrfm.prepare.bins import Bins, load_bins
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID, TIME
+from ehrfm.serve.locate import SERVE_JSON as SERVE_JSON  # re-exported: one definition
 from ehrfm.tokenize import TokenizerConfig, tokenize_for_prediction
 from ehrfm.train.heads import HeadSpec
 from ehrfm.train.predict import HEADS_SPEC, FinetunedModel, predict_batch
 
-SERVE_JSON, BINS_JSON, TASKS_DIR = "serve.json", "bins.json", "tasks"
+BINS_JSON, TASKS_DIR = "bins.json", "tasks"
 RESULT_COLUMNS = ("prob", "risk", "survival", "times_days", "topk_codes", "topk_probs")
 
 

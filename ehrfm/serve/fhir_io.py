@@ -32,6 +32,7 @@ from ehrfm.ingest.fhir.ids import subject_id_for
 from ehrfm.ingest.fhir.validate import is_known_type
 from ehrfm.schema import CODE, ENCOUNTER_ID, EVENT_COLUMNS, NUMERIC_VALUE, SUBJECT_ID, TIME
 from ehrfm.serve.core import Limits
+from ehrfm.serve.outcome import error_outcome as error_outcome  # re-exported: one definition
 
 INPUT_COLUMNS = ("bundle", "events", "prediction_time", "tasks")
 UCUM = "http://unitsofmeasure.org"
@@ -428,13 +429,6 @@ def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
         listed.append({"severity": "warning", "code": "invalid",
                        "diagnostics": f"{len(issues) - MAX_LISTED_ISSUES:,} more resource(s) left out"})
     return {"resourceType": "OperationOutcome", "issue": listed}
-
-
-def error_outcome(message: str, code: str = "invalid") -> dict[str, Any]:
-    """A FHIR R4 OperationOutcome (dict) with one error issue (``code`` from the FHIR IssueType codes:
-    invalid, structure, too-costly, processing, not-supported, security, exception, timeout, ...)."""
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
 
 
 def _days(v: float) -> dict[str, Any]:
