@@ -60,6 +60,8 @@ _STATS_ARROW = pa.schema(
     [("file", pa.string()), ("rows", pa.int64()), ("subjects", pa.int64()), ("code", pa.string()),
      ("subject_id", pa.int64()), ("source", pa.string()), ("after_death", pa.int64())]
 )
+UNKNOWN_VERSION = "unknown"
+"""dataset.json ``dataset_version`` when neither the user (``--dataset_version``) nor the source names one."""
 _STATS_SCHEMA = ("file string, rows long, subjects long, code string, subject_id long, source string, "
                  "after_death long")
 
@@ -194,7 +196,8 @@ def dataset_metadata(dataset_name: str, etl_name: str, dataset_version: str | No
 
     meta: dict[str, Any] = {
         "dataset_name": dataset_name,
-        "dataset_version": dataset_version or dt.date.today().isoformat(),
+        # never the ingest date: that would make two ingests of one source look like two versions
+        "dataset_version": dataset_version or UNKNOWN_VERSION,
         "etl_name": etl_name,
         "etl_version": ehrfm.__version__,
         "meds_version": version("meds"),
@@ -222,6 +225,7 @@ def write_meds_dataset(
     split_seed: int = 0,
     rows_per_shard: int | None = None,
     cache_events: bool = True,
+    dataset_version: str | None = None,
 ) -> dict[str, Any]:
     """Write ``events_df`` (EVENTS_SCHEMA-like Spark DataFrame) as a MEDS dataset under ``output``.
 
@@ -229,8 +233,11 @@ def write_meds_dataset(
     ``data/part-*.parquet`` (a subject in one file; sorted by subject_id, time with static rows
     first, code), ``metadata/{dataset.json,codes.parquet,subject_splits.parquet,subject_ids.parquet}``,
     ``rejects/part-*.parquet`` and ``summary.json``. ``code_descriptions`` has columns (code,
-    description); ``subject_ids`` (subject_id, source_id). ``cache_events=False`` when ``events_df`` is a
-    cheap projection of a frame the caller already cached (the events are read twice: count and shards).
+    description) and optionally ``parent_codes`` (array<string>; a code's parents are the sorted union
+    over its rows, so parents may come in rows of their own with a null description); ``subject_ids``
+    (subject_id, source_id); ``dataset_version`` goes to dataset.json (default :data:`UNKNOWN_VERSION`).
+    ``cache_events=False`` when ``events_df`` is a cheap projection of a frame the caller already cached
+    (the events are read twice: count and shards).
     Returns the summary dict written to summary.json.
     """
     from pyspark.sql import functions as F
@@ -279,18 +286,28 @@ def write_meds_dataset(
     code_counts = stats.filter(pc.is_valid(stats["code"])).group_by("code").aggregate([("rows", "sum")])
     code_list = sorted(code_counts["code"].to_pylist())
     described: dict[str, str] = {}
+    parents: dict[str, list[str]] = {}
     if code_descriptions is not None and code_list:
-        desc = code_descriptions.select(F.col("code").cast("string"), F.col("description").cast("string"))
+        has_parents = "parent_codes" in code_descriptions.columns
+        parent_col = F.col("parent_codes") if has_parents else F.lit(None)
+        desc = code_descriptions.select(F.col("code").cast("string"), F.col("description").cast("string"),
+                                        parent_col.cast("array<string>").alias("parent_codes"))
         present = spark.createDataFrame([(c,) for c in code_list], "code string")
-        desc = desc.where(F.col("description").isNotNull()).join(F.broadcast(present), on="code", how="inner")
-        firsts = desc.groupBy("code").agg(F.min("description").alias("d")).collect()
-        described = {r["code"]: r["d"] for r in firsts}
+        useful = F.col("description").isNotNull() | (F.size("parent_codes") > 0)
+        desc = desc.where(useful).join(F.broadcast(present), on="code", how="inner")
+        firsts = desc.groupBy("code").agg(
+            F.min("description").alias("d"),
+            F.array_sort(F.array_distinct(F.flatten(F.collect_list(
+                F.coalesce("parent_codes", F.array().cast("array<string>")))))).alias("p"),
+        ).collect()
+        described = {r["code"]: r["d"] for r in firsts if r["d"] is not None}
+        parents = {r["code"]: r["p"] for r in firsts if r["p"]}
     _write_small(
         pa.table(
             {
                 "code": code_list,
                 "description": [described.get(c) for c in code_list],
-                "parent_codes": [None] * len(code_list),
+                "parent_codes": [parents.get(c) for c in code_list],
             },
             schema=CODES_SCHEMA,
         ),
@@ -324,7 +341,7 @@ def write_meds_dataset(
     if cache_events:
         events.unpersist()
 
-    meta = dataset_metadata(dataset_name, etl_name)
+    meta = dataset_metadata(dataset_name, etl_name, dataset_version)
     _write_json(meta, f"{out}/{MEDS_DATASET_JSON}")
     split_counts = {s: int((split_arr == s).sum()) for s in SPLITS}
     late = stats.filter(pc.is_valid(stats["source"])).group_by("source").aggregate([("after_death", "sum")])
