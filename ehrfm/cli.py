@@ -70,6 +70,8 @@ STAGES: tuple[Stage, ...] = (
           "next-token pretraining (Lightning, MLflow)"),
     Stage("finetune", "ehrfm.config.train:FinetuneConfig", "ehrfm.train.stage:run_finetune",
           "multitask prompted finetuning"),
+    Stage("simulate", "ehrfm.config.simulate:SimulateConfig", "ehrfm.simulate.stage:run",
+          "zero-shot risk from M futures sampled by the pretrained model (no finetuning)"),
     Stage("evaluate", "ehrfm.config.evaluate:EvaluateConfig", "ehrfm.evaluate.stage:run",
           "metrics with CIs, calibration, subgroups, supervised baselines"),
     Stage("register", "ehrfm.config.serve:RegisterConfig", "ehrfm.serve.stage:run_register",

@@ -21,8 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ehrfm.config.base import ConfigBase
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
 
 # Names inside a MEDS folder, relative to its root (posix): MedsPaths joins them to a Path; code that writes
 # to a URI (hdfs://, s3://, where a Path would collapse "//") joins them to the URI string.
@@ -50,8 +55,28 @@ class MedsPaths:
 
     @property
     def data(self) -> Path:
-        """``data/``: event shards."""
+        """``data/``: event shards, ``data/<split>/<n>.parquet`` (or flat ``data/*.parquet`` from older ehrfm
+        and other tools): read them with :meth:`data_files`, :meth:`read_table` or :meth:`read_spark`, which
+        take both layouts."""
         return self.root / MEDS_DATA
+
+    def data_files(self) -> list[str]:
+        """The event files under ``data/`` in either layout (:func:`ehrfm.meds_files.meds_data_files`)."""
+        from ehrfm.meds_files import meds_data_files
+
+        return meds_data_files(self.root)
+
+    def read_table(self, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+        """The events as one Arrow table (:func:`ehrfm.meds_files.read_meds_table`)."""
+        from ehrfm.meds_files import read_meds_table
+
+        return read_meds_table(self.root, columns, filter)
+
+    def read_spark(self, spark: SparkSession) -> DataFrame:
+        """The events as a Spark DataFrame (:func:`ehrfm.meds_files.read_meds_spark`)."""
+        from ehrfm.meds_files import read_meds_spark
+
+        return read_meds_spark(spark, self.root)
 
     @property
     def metadata(self) -> Path:
