@@ -333,14 +333,11 @@ def folder_outputs(final: str | Path, marker: str, *, overwrite: bool = False,
 
 # --- readers -----------------------------------------------------------------------------------------------
 def parquet_files(folder: Path) -> list[Path]:
-    """Parquet files under ``folder`` (recursively: flat ``data/*.parquet`` and ``data/<split>/*.parquet``),
-    skipping hidden and ``_``-prefixed names as Spark and pyarrow do."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        out += [Path(dirpath) / f for f in sorted(filenames)
-                if f.endswith(".parquet") and not f.startswith((".", "_"))]
-    return out
+    """Parquet files under ``folder`` (recursively: flat ``data/*.parquet`` and ``data/<split>/<n>.parquet``),
+    skipping hidden and ``_``-prefixed names as Spark and pyarrow do (:func:`ehrfm.meds_files.data_files`)."""
+    from ehrfm.meds_files import data_files
+
+    return [Path(f) for f in data_files(folder)]
 
 
 def check_columns(files: Iterable[Path], columns: Sequence[str], what: str) -> None:

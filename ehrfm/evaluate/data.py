@@ -74,11 +74,11 @@ def attach_split(labels: pd.DataFrame, splits: pd.DataFrame, task: str = "?") ->
 
 def load_events(meds_dir: str | Path, columns: list[str] | None = None,
                 code_prefixes: list[str] | None = None) -> pd.DataFrame:
-    """MEDS events from ``<meds>/data/**/*.parquet`` (optionally only codes starting with given prefixes)."""
-    data = MedsPaths(Path(meds_dir)).data
-    if not data.is_dir():
-        raise FileNotFoundError(f"MEDS data directory not found: {data}")
-    dset = ds.dataset(data, format="parquet")
+    """MEDS events from ``<meds>/data/`` in either layout (optionally only codes starting with given
+    prefixes)."""
+    meds = MedsPaths(Path(meds_dir))
+    if not meds.data.is_dir():
+        raise FileNotFoundError(f"MEDS data directory not found: {meds.data}")
     cols = columns or [SUBJECT_ID, "time", "code", "numeric_value"]
     flt = None
     if code_prefixes:
@@ -86,7 +86,7 @@ def load_events(meds_dir: str | Path, columns: list[str] | None = None,
         for pre in code_prefixes:
             cond = pc.starts_with(code, pre) if pre.endswith("//") else (code == pre)
             flt = cond if flt is None else (flt | cond)
-    df = dset.to_table(columns=cols, filter=flt).to_pandas()
+    df = meds.read_table(cols, flt).to_pandas()
     df["time"] = pd.to_datetime(df["time"])
     return cast(pd.DataFrame, df)
 

@@ -2,18 +2,22 @@
 
 Accepted inputs:
 
-- a MEDS root (``<root>/data/**/*.parquet`` + optional ``<root>/metadata/codes.parquet`` and
-  ``dataset.json``):
-  descriptions and the dataset name are carried over;
-- a directory of parquet files, or one parquet file, with MEDS-like columns.
+- a MEDS root in either layout (``<root>/data/<split>/<n>.parquet`` as MEDS-Transforms and ehrfm write it,
+  or flat ``<root>/data/*.parquet``) + optional ``<root>/metadata/codes.parquet`` and ``dataset.json``:
+  descriptions and the dataset name are carried over (the input's splits are not: ehrfm assigns its own);
+- a directory of parquet files (searched recursively), or one parquet file, with MEDS-like columns.
+
+Hidden and ``_``-prefixed files and folders are skipped, as Spark and pyarrow do
+(:func:`ehrfm.meds_files.data_files`).
 
 Column mapping (options ``subject_col``, ``time_col``, ``code_col``, ``numeric_col``, ``text_col`` of
 :class:`ehrfm.config.ingest.MedsIngestConfig`):
 by default ``subject_id``, ``time``, ``code``; the numeric value comes from ``numeric_value`` if present, else
 ``value`` (as in the MIMIC-IV demo MEDS file); the text value from ``text_value`` if present. Extension
 columns ``encounter_id``, ``unit`` and ``source`` pass through when present (``source`` defaults to
-``meds:<file name>``). Rows without a subject id or code become rejects with file and row index; every
-other row becomes exactly one event (nothing is deduplicated), so events + rejects = input rows.
+``meds:<file path under the searched folder>``, e.g. ``meds:train/0.parquet``). Rows without a subject id or
+code become rejects with file and row index; every other row becomes exactly one event (nothing is
+deduplicated), so events + rejects = input rows.
 """
 
 from __future__ import annotations
@@ -32,33 +36,32 @@ from ehrfm.config.base import ConfigError
 from ehrfm.ingest.mimic.prepare import parse_time, with_row_index
 from ehrfm.ingest.writer import _fs, write_meds_dataset
 from ehrfm.layout import MEDS_CODES, MEDS_DATA, MEDS_DATASET_JSON
+from ehrfm.meds_files import data_files
 from ehrfm.prepare.splits import DEFAULT_RATIOS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 
-def list_parquet(path: str) -> tuple[list[str], str | None]:
-    """Parquet files of the input and the MEDS root (None when the input is not a MEDS root)."""
+def list_parquet(path: str) -> tuple[list[str], str | None, list[str]]:
+    """Parquet files of the input, the MEDS root (None when the input is not a MEDS root) and each file's
+    name relative to the folder searched (its file name for a single-file input)."""
     fs, p = _fs(path.rstrip("/"))
     info = fs.get_file_info(p)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"MEDS input not found: {path}")
     if info.type == pafs.FileType.File:
-        return [path], None
+        return [path], None, [path.rstrip("/").rsplit("/", 1)[-1]]
+    # local inputs as absolute paths (Spark executors run in folders of their own), URIs as given
+    top = path.rstrip("/") if "://" in path else p
     root = None
-    search = p
+    search = top
     if fs.get_file_info(f"{p}/{MEDS_DATA}").type == pafs.FileType.Directory:
-        root, search = path.rstrip("/"), f"{p}/{MEDS_DATA}"
-    files = sorted(
-        i.path
-        for i in fs.get_file_info(pafs.FileSelector(search, recursive=True))
-        if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-    )
+        root, search = path.rstrip("/"), f"{top}/{MEDS_DATA}"
+    files = data_files(search)
     if not files:
         raise FileNotFoundError(f"MEDS input {path}: no .parquet files under {search}")
-    prefix = "" if "://" not in path else path.split("://", 1)[0] + "://"
-    return [prefix + f if prefix and not f.startswith(prefix) else f for f in files], root
+    return files, root, [f[len(search) + 1:] for f in files]
 
 
 def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str,
@@ -89,8 +92,10 @@ def parquet_footer(uri: str) -> tuple[pa.Schema, int]:
     return schema, n_rows
 
 
-def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) -> tuple[DataFrame, int]:
-    """Candidate events of one parquet file (with ``_reason`` for rejects) and its row count."""
+def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None],
+                    name: str) -> tuple[DataFrame, int]:
+    """Candidate events of one parquet file (with ``_reason`` for rejects) and its row count; ``name``
+    (the file's path under the input) makes the default ``source``."""
     from pyspark.sql import functions as F
 
     _, n_rows = parquet_footer(uri)
@@ -103,7 +108,7 @@ def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None]) 
     tname = cols["time"]
     text_time = tname is not None and dict(df.dtypes)[tname] == "string"
     time_col = parse_time(tname) if text_time and tname else col("time", "timestamp")
-    source = F.coalesce(col("source", "string"), F.lit(f"meds:{uri.rsplit('/', 1)[-1]}"))
+    source = F.coalesce(col("source", "string"), F.lit(f"meds:{name}"))
     sid, code = col("subject", "bigint"), col("code", "string")
     reason = F.when(sid.isNull(), F.lit("missing or non-integer subject_id")).when(
         code.isNull() | (F.trim(code) == ""), F.lit("missing code")
@@ -148,7 +153,7 @@ def ingest_meds(
     """Re-write MEDS(-like) parquet at ``input_path`` as a MEDS dataset at ``output``; returns the summary."""
     from pyspark.sql import functions as F
 
-    files, root = list_parquet(input_path)
+    files, root, names = list_parquet(input_path)
     columns = parquet_footer(files[0])[0].names
     cols: dict[str, str | None] = {
         "subject": _pick(columns, subject_col, ["subject_id"], "subject", True),
@@ -160,8 +165,9 @@ def ingest_meds(
         "unit": "unit" if "unit" in columns else None,
         "source": "source" if "source" in columns else None,
     }
-    parts = [_events_of_file(spark, f, cols)
-             for f in tqdm(files, desc="meds files", unit="file", leave=False)]
+    parts = [_events_of_file(spark, f, cols, name)
+             for f, name in tqdm(list(zip(files, names, strict=True)), desc="meds files", unit="file",
+                                 leave=False)]
     n_in = sum(n for _, n in parts)
     allrows = reduce(lambda a, b: a.unionByName(b), [df for df, _ in parts])
     events = allrows.where(F.col("_reason").isNull()).drop("_file", "_row", "_reason", "_field")

@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from meds.schema import CodeMetadataSchema, DataSchema, DatasetMetadataSchema, SubjectSplitSchema
 
 from ehrfm.ingest.writer import _fs, check_sorted_table
 from ehrfm.layout import MEDS_CODES, MEDS_DATA, MEDS_DATASET_JSON, MEDS_SUBJECT_SPLITS
-from ehrfm.schema import CODE, SUBJECT_ID
+from ehrfm.meds_files import meds_data_files
+from ehrfm.schema import CODE, SPLITS, SUBJECT_ID
 
 
 class MedsValidationError(ValueError):
@@ -49,26 +49,40 @@ def _validate_schema(schema_cls: Any, table: pa.Table, where: str) -> None:
         raise MedsValidationError(f"{where}: does not match meds.{schema_cls.__name__}: {e}") from e
 
 
+def _check_split_folders(subject_file: dict[int, str], split_of: dict[int, str]) -> None:
+    """A subject whose file lies in a split folder (``data/<split>/…``) has that split in the subject splits;
+    files of the flat layout, or in folders not named after a split, are not checked."""
+    for sid, name in subject_file.items():
+        parts = name.split("/")
+        folder = parts[1] if len(parts) > 2 else None
+        if folder in SPLITS and split_of.get(sid) != folder:
+            raise MedsValidationError(f"{name}: subject_id={sid} is in the {folder!r} folder but "
+                                      f"{MEDS_SUBJECT_SPLITS} gives split {split_of.get(sid)!r}")
+
+
 def validate_meds_dataset(path: str) -> ValidationReport:
     """Check a MEDS dataset directory (local path or URI) and return a :class:`ValidationReport`.
 
-    Checks: every ``data/*.parquet`` matches ``meds.DataSchema`` (types included); a subject never spans
-    two files; inside a file a subject's rows are contiguous and sorted by time (static rows first), then
-    code; ``metadata/codes.parquet`` matches ``meds.CodeMetadataSchema`` and covers every code in data;
-    ``metadata/subject_splits.parquet`` matches ``meds.SubjectSplitSchema`` and covers every subject;
-    ``metadata/dataset.json`` matches ``meds.DatasetMetadataSchema``. Raises :class:`MedsValidationError`.
+    Checks: every event file (``data/<split>/<n>.parquet`` or flat ``data/*.parquet``) matches
+    ``meds.DataSchema`` (types included); a subject never spans two files; inside a file a subject's rows
+    are contiguous and sorted by time (static rows first), then code; ``metadata/codes.parquet`` matches
+    ``meds.CodeMetadataSchema`` and covers every code in data; ``metadata/subject_splits.parquet`` matches
+    ``meds.SubjectSplitSchema``, covers every subject and agrees with the split folder each subject's file
+    is in; ``metadata/dataset.json`` matches ``meds.DatasetMetadataSchema``. Raises
+    :class:`MedsValidationError`.
     """
     fs, base = _fs(path.rstrip("/"))
     report = ValidationReport(path=path)
-    infos = fs.get_file_info(pafs.FileSelector(f"{base}/{MEDS_DATA}", allow_not_found=True, recursive=True))
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-    if not files:
-        raise MedsValidationError(f"{path}: no data/*.parquet shards")
+    prefix = f"{path.rstrip('/')}/{MEDS_DATA}/"
+    rels = [f[len(prefix):] for f in meds_data_files(path)]
+    if not rels:
+        raise MedsValidationError(f"{path}: no event files ({MEDS_DATA}/<split>/<n>.parquet or "
+                                  f"{MEDS_DATA}/*.parquet)")
     subject_file: dict[int, str] = {}
     codes: set[str] = set()
-    for f in files:
-        name = f[len(base) + 1 :]
-        table = pq.read_table(f, filesystem=fs)
+    for rel in rels:
+        name = f"{MEDS_DATA}/{rel}"
+        table = pq.read_table(f"{base}/{name}", filesystem=fs)
         _validate_schema(DataSchema, table, name)
         for col in (SUBJECT_ID, CODE):
             nulls = table.column(col).null_count
@@ -109,6 +123,8 @@ def validate_meds_dataset(path: str) -> ValidationReport:
                                   f" split, e.g. {sorted(unsplit)[:5]}")
     for s in split_table.column("split").to_pylist():
         report.splits[s] = report.splits.get(s, 0) + 1
+    _check_split_folders(subject_file, dict(zip(split_ids, split_table.column("split").to_pylist(),
+                                                strict=True)))
 
     with fs.open_input_stream(f"{base}/{MEDS_DATASET_JSON}") as fh:
         meta = json.loads(fh.read().decode())

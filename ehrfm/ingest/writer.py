@@ -35,7 +35,7 @@ from ehrfm.layout import (
     MEDS_SUBJECT_SPLITS,
     MEDS_SUMMARY,
 )
-from ehrfm.prepare.splits import DEFAULT_RATIOS, assign_splits, validate_ratios
+from ehrfm.prepare.splits import DEFAULT_RATIOS, assign_splits, split_column, validate_ratios
 from ehrfm.schema import (
     CODE,
     CODES_SCHEMA,
@@ -62,6 +62,9 @@ _STATS_ARROW = pa.schema(
 )
 UNKNOWN_VERSION = "unknown"
 """dataset.json ``dataset_version`` when neither the user (``--dataset_version``) nor the source names one."""
+# columns the writer adds to the events: each subject's split and shard (dropped from the files), and the
+# partition key that gives each shard its own task; the tasks' temporary file names (hidden from readers)
+SPLIT, SHARD, PART_KEY, SHARD_PREFIX = "split", "_shard", "_part_key", "_shard-"
 _STATS_SCHEMA = ("file string, rows long, subjects long, code string, subject_id long, source string, "
                  "after_death long")
 
@@ -118,39 +121,78 @@ def _stats(**columns: list[Any]) -> pa.RecordBatch:
 
 
 def _shard_writer(data_uri: str) -> Any:
-    """The function each Spark task runs: write its sorted partition to one parquet file, return stats."""
+    """The function each Spark task runs: write each ``_shard`` of its sorted partition to one parquet file
+    (``<split>/_shard-<i>.parquet``, renamed by the driver), return stats."""
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        part = ctx.partitionId() if ctx is not None else 0
         tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
         if not tables:
             return
         table = pa.concat_tables(tables)
-        cols = []
-        for f in EVENTS_SCHEMA:
-            col = table.column(f.name)
-            if pa.types.is_timestamp(col.type) and col.type.tz is not None:
-                col = col.cast(pa.timestamp("us", tz="UTC")).cast(pa.timestamp("us"))
-            cols.append(col.cast(f.type))
-        table = pa.Table.from_arrays(cols, schema=EVENTS_SCHEMA)
-        name = f"part-{part:05d}.parquet"
-        subjects = check_sorted_table(table, name)
-        fs, base = _fs(data_uri)
-        pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
-        counts = pc.value_counts(table.column(CODE))
-        yield _stats(file=[name] * (1 + len(counts)),
-                     rows=[table.num_rows] + counts.field("counts").to_pylist(),
-                     subjects=[subjects] + [None] * len(counts),
-                     code=[None] + counts.field("values").to_pylist())
-        ids = pc.unique(table.column(SUBJECT_ID)).to_pylist()
-        yield _stats(file=[name] * len(ids), subject_id=ids)
-        late = count_after_death(table)
-        yield _stats(file=[name] * len(late), source=list(late), after_death=list(late.values()))
+        shard = table.column(SHARD).to_numpy()
+        # rows arrive sorted by _shard first, so each shard is one contiguous slice; a task holds several
+        # shards only when the partition keys could not give every shard a partition of its own
+        bounds = np.flatnonzero(np.diff(shard)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(shard)], strict=True):
+            part = table.slice(int(lo), int(hi - lo))
+            name = f"{part.column(SPLIT)[0].as_py()}/{SHARD_PREFIX}{int(shard[lo]):06d}.parquet"
+            yield from _write_shard(part, data_uri, name)
 
     return write
+
+
+def _write_shard(table: pa.Table, data_uri: str, name: str) -> Iterator[pa.RecordBatch]:
+    """Write one shard's rows (EVENTS_SCHEMA types, ordering checked) as ``data_uri/name``; yield its
+    stats."""
+    cols = []
+    for f in EVENTS_SCHEMA:
+        col = table.column(f.name)
+        if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+            col = col.cast(pa.timestamp("us", tz="UTC")).cast(pa.timestamp("us"))
+        cols.append(col.cast(f.type))
+    table = pa.Table.from_arrays(cols, schema=EVENTS_SCHEMA)
+    subjects = check_sorted_table(table, name)
+    fs, base = _fs(data_uri)
+    pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
+    counts = pc.value_counts(table.column(CODE))
+    yield _stats(file=[name] * (1 + len(counts)),
+                 rows=[table.num_rows] + counts.field("counts").to_pylist(),
+                 subjects=[subjects] + [None] * len(counts),
+                 code=[None] + counts.field("values").to_pylist())
+    ids = pc.unique(table.column(SUBJECT_ID)).to_pylist()
+    yield _stats(file=[name] * len(ids), subject_id=ids)
+    late = count_after_death(table)
+    yield _stats(file=[name] * len(late), source=list(late), after_death=list(late.values()))
+
+
+def shard_plan(split_rows: dict[str, int], rows_per_shard: int) -> list[str]:
+    """The split of each shard index: ``ceil(rows / rows_per_shard)`` shards per split (none for a split
+    without events), splits in ``SPLITS`` order — so shard ``i`` of the whole dataset holds one split only."""
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard: must be >= 1, got {rows_per_shard}")
+    return [s for s in SPLITS for _ in range(math.ceil(split_rows.get(s, 0) / rows_per_shard))]
+
+
+def _partition_keys(spark: SparkSession, n: int) -> list[int]:
+    """For each partition ``i < n`` an int key that ``repartition(n, key)`` sends to partition ``i``.
+
+    Spark hash-partitions on ``pmod(hash(key), n)`` (the same Murmur3 as ``F.hash``), so partitioning on the
+    shard number itself lands several shards in one task and leaves others idle; asking Spark which small
+    ints fall in which partition gives each shard a task of its own. A partition no key below ``64 n``
+    reaches (never seen in practice) keeps its shard number: correct, merely shared.
+    """
+    from pyspark.sql import functions as F
+
+    key = F.col("id").cast("int")
+    found = (spark.range(64 * n).select(F.pmod(F.hash(key), F.lit(n)).alias("p"), key.alias("k"))
+             .groupBy("p").agg(F.min("k").alias("k")).collect())
+    by_part = {int(r["p"]): int(r["k"]) for r in found}
+    return [by_part.get(i, i) for i in range(n)]
+
+
+def _shard_number(name: str) -> int:
+    """The shard number in a task's temporary file name ``<split>/_shard-<i>.parquet``."""
+    return int(name.rsplit(SHARD_PREFIX, 1)[1].removesuffix(".parquet"))
 
 
 def conform_events(events_df: DataFrame) -> DataFrame:
@@ -210,6 +252,51 @@ def dataset_metadata(dataset_name: str, etl_name: str, dataset_version: str | No
     return meta
 
 
+def _write_shards(spark: SparkSession, events: DataFrame, plan: list[str], data_uri: str) -> pa.Table:
+    """Write ``events`` (with a ``split`` column) as one temporary file per shard of ``plan``; return the
+    tasks' statistics (``_STATS_ARROW``)."""
+    from pyspark.sql import functions as F
+
+    n = len(plan)
+    if n == 0:
+        return _STATS_ARROW.empty_table()
+    fs, base = _fs(data_uri)
+    splits = list(dict.fromkeys(plan))
+    # offset(split) + pmod(hash(subject_id), k_split): a subject in one shard of its own split
+    bucket = F.hash(F.col(SUBJECT_ID))
+    cases = [(F.col(SPLIT) == s, F.lit(plan.index(s)) + F.pmod(bucket, F.lit(plan.count(s)))) for s in splits]
+    shard = F.when(*cases[0])
+    for case in cases[1:]:
+        shard = shard.when(*case)
+    for s in splits:
+        fs.create_dir(f"{base}/{s}", recursive=True)
+    keys = F.array(*[F.lit(k) for k in _partition_keys(spark, n)])
+    ordered = (events.withColumn(SHARD, shard).withColumn(PART_KEY, F.element_at(keys, F.col(SHARD) + 1))
+               .repartition(n, PART_KEY)
+               .sortWithinPartitions(F.col(SHARD), F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(),
+                                     F.col(CODE)))
+    return ordered.mapInArrow(_shard_writer(data_uri), _STATS_SCHEMA).toArrow()
+
+
+def _publish_shards(fs: pafs.FileSystem, data_dir: str, stats: pa.Table) -> list[dict[str, Any]]:
+    """Rename the tasks' ``<split>/_shard-<i>.parquet`` files to ``<split>/<n>.parquet``, ``n`` = 0, 1, …
+    in shard order per split (a shard no subject hashed to has no file); return one ``{file, rows,
+    subjects}`` per file (new names), in ``SPLITS`` then ``n`` order. Works on any pyarrow filesystem (a
+    rename locally, copy and delete on object stores)."""
+    is_file = pc.and_(pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])),
+                      pc.is_null(stats["source"]))
+    files: list[dict[str, Any]] = stats.filter(is_file).select(["file", "rows", "subjects"]).to_pylist()
+    files.sort(key=lambda f: (SPLITS.index(f["file"].split("/", 1)[0]), _shard_number(f["file"])))
+    numbered: dict[str, int] = {}
+    for f in files:
+        split = f["file"].split("/", 1)[0]
+        new = f"{split}/{numbered.setdefault(split, 0)}.parquet"
+        numbered[split] += 1
+        fs.move(f"{data_dir}/{f['file']}", f"{data_dir}/{new}")
+        f["file"] = new
+    return files
+
+
 def write_meds_dataset(
     spark: SparkSession,
     events_df: DataFrame,
@@ -230,8 +317,10 @@ def write_meds_dataset(
     """Write ``events_df`` (EVENTS_SCHEMA-like Spark DataFrame) as a MEDS dataset under ``output``.
 
     Layout (names from :mod:`ehrfm.layout`, joined as strings so that URIs stay intact):
-    ``data/part-*.parquet`` (a subject in one file; sorted by subject_id, time with static rows
-    first, code), ``metadata/{dataset.json,codes.parquet,subject_splits.parquet,subject_ids.parquet}``,
+    ``data/<split>/<n>.parquet`` (MEDS-Transforms: one split per folder, ``n`` = 0, 1, … per split, shard
+    counts proportional to the split's events; a subject in one file; sorted by subject_id, time with static
+    rows first, code), ``metadata/{dataset.json,codes.parquet,subject_splits.parquet,subject_ids.parquet}``
+    (the subject splits are read back from the folders the subjects were written to),
     ``rejects/part-*.parquet`` and ``summary.json``. ``code_descriptions`` has columns (code,
     description) and optionally ``parent_codes`` (array<string>; a code's parents are the sorted union
     over its rows, so parents may come in rows of their own with a null description); ``subject_ids``
@@ -249,35 +338,46 @@ def write_meds_dataset(
     # (stages write into a fresh staging folder, see ehrfm.atomic; this covers in-place writes to URIs)
     if fs.get_file_info(f"{base}/{MEDS_SUMMARY}").type == pafs.FileType.File:
         fs.delete_file(f"{base}/{MEDS_SUMMARY}")
-    for sub in (MEDS_DATA, MEDS_METADATA, MEDS_REJECTS):
+    fs.create_dir(f"{base}/{MEDS_DATA}", recursive=True)
+    # a rerun must not leave stale shards behind (flat part-*.parquet of older runs included)
+    fs.delete_dir_contents(f"{base}/{MEDS_DATA}", missing_dir_ok=True)
+    for sub in (MEDS_METADATA, MEDS_REJECTS):
         fs.create_dir(f"{base}/{sub}", recursive=True)
         for info in fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True)):
             if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
-                fs.delete_file(info.path)  # a rerun must not leave stale shards behind
+                fs.delete_file(info.path)
 
     events = conform_events(events_df)
     if cache_events:
         events = events.persist()
-    n_events = events.count()
-    per = rows_per_shard or DEFAULT_ROWS_PER_SHARD
-    n_shards = max(1, math.ceil(n_events / per))
-    # hash-partition by subject so a subject lands in exactly one shard, then sort inside each shard
-    ordered = events.repartition(n_shards, SUBJECT_ID).sortWithinPartitions(
-        F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(), F.col(CODE)
-    )
-    stats = ordered.mapInArrow(_shard_writer(f"{out}/{MEDS_DATA}"), _STATS_SCHEMA).toArrow()
-    is_file = pc.and_(pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])),
-                      pc.is_null(stats["source"]))
-    file_rows = stats.filter(is_file).select(["file", "rows", "subjects"]).sort_by("file").to_pylist()
-    subject_arr = np.sort(stats["subject_id"].drop_null().to_numpy())
+    # the split is a column before partitioning (Spark expression, numpy twin checked below), so each shard
+    # holds one split; one aggregate gives the event count per split, hence the shard count per split
+    events = events.withColumn(SPLIT, split_column(SUBJECT_ID, ratios, split_seed))
+    split_rows = {r[SPLIT]: int(r["count"]) for r in events.groupBy(SPLIT).count().collect()}
+    n_events = sum(split_rows.values())
+    plan = shard_plan(split_rows, rows_per_shard or DEFAULT_ROWS_PER_SHARD)
+    stats = _write_shards(spark, events, plan, f"{out}/{MEDS_DATA}")
+    file_rows = _publish_shards(fs, f"{base}/{MEDS_DATA}", stats)
+    subject_split = {int(r["subject_id"]): r["file"].split("/", 1)[0]
+                     for r in stats.filter(pc.is_valid(stats["subject_id"])).to_pylist()}
+    subject_arr = np.sort(np.fromiter(subject_split, dtype=np.int64, count=len(subject_split)))
     n_subjects = len(subject_arr)
-    # a subject in two shards would be counted twice here; hash partitioning makes this impossible
-    if sum(f["rows"] for f in file_rows) != n_events or sum(f["subjects"] for f in file_rows) != n_subjects:
+    # a subject in two shards would be counted twice by the files (and once by the dict)
+    n_ids = int(pc.count(stats["subject_id"]).as_py())
+    if sum(f["rows"] for f in file_rows) != n_events or sum(f["subjects"] for f in file_rows) != n_ids:
         raise RuntimeError(f"shard statistics do not reconcile: {file_rows} vs {n_events} events")
-    if n_subjects != len(np.unique(subject_arr)):
-        raise RuntimeError("a subject landed in more than one shard")
-    # the numpy twin of split_column (tested to agree exactly): no extra Spark pass over the events
-    split_arr = assign_splits(subject_arr, ratios, split_seed)
+    if n_ids != n_subjects:
+        raise RuntimeError(f"{n_ids - n_subjects} subject(s) landed in more than one shard")
+    for split in SPLITS:
+        in_files = sum(f["rows"] for f in file_rows if f["file"].startswith(f"{split}/"))
+        if in_files != split_rows.get(split, 0):
+            raise RuntimeError(f"split {split}: {in_files} events in its shards, {split_rows.get(split, 0)} "
+                               "assigned")
+    split_arr = np.array([subject_split[int(i)] for i in subject_arr], dtype=object)
+    twin = assign_splits(subject_arr, ratios, split_seed)
+    if not np.array_equal(split_arr, twin):  # the Spark expression and its numpy twin are tested equal
+        raise RuntimeError(f"{int((split_arr != twin).sum())} subject(s) in a different split folder than "
+                           "ehrfm.prepare.splits.assign_splits gives")
     _write_small(
         pa.table({SUBJECT_ID: subject_arr, "split": split_arr.astype(str)}, schema=SPLITS_SCHEMA),
         f"{out}/{MEDS_SUBJECT_SPLITS}",

@@ -104,7 +104,7 @@ def label_dataset(
                              else [t if isinstance(t, TaskSpec) else load_task(t, tasks_dir) for t in tasks])
 
     warn_missing_codes(specs, dataset_codes(meds_dir))
-    events = spark.read.parquet(str(MedsPaths(Path(meds_dir)).data))
+    events = MedsPaths(Path(meds_dir)).read_spark(spark)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     layout = Layout(labels=str(out))

@@ -20,11 +20,12 @@ SUMMARY_COLUMNS = ("task", "kind", "split", "rows", "subjects", "positives", "pr
 
 
 def read_meds_events(meds_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read ``<meds_dir>/data/*.parquet`` (default columns: those the engine reads) into pandas."""
-    data = MedsPaths(Path(meds_dir)).data
-    if not data.is_dir():
+    """Read the events of ``<meds_dir>/data/`` (either layout: ``<split>/<n>.parquet`` or flat) into pandas
+    (default columns: those the engine reads)."""
+    meds = MedsPaths(Path(meds_dir))
+    if not meds.data.is_dir():
         raise FileNotFoundError(f"{meds_dir}: no data/ folder (expected an ingested MEDS dataset)")
-    table = pq.read_table(data, columns=columns or ENGINE_COLUMNS)
+    table = meds.read_table(columns or ENGINE_COLUMNS)
     frame: pd.DataFrame = table.to_pandas()
     return frame
 
@@ -91,5 +92,5 @@ def dataset_codes(meds_dir: str | Path) -> list[str]:
     meds = MedsPaths(Path(meds_dir))
     if meds.codes.exists():
         return [str(c) for c in pq.read_table(meds.codes, columns=[CODE]).column(CODE).to_pylist()]
-    table = pq.read_table(meds.data, columns=[CODE])
+    table = meds.read_table([CODE])
     return [str(c) for c in pc.unique(table.column(CODE)).to_pylist()]

@@ -62,7 +62,7 @@ def fit_local(meds: MedsPaths, min_count: int, n_bins: int,
     from ehrfm.schema import CODE, NUMERIC_VALUE, SUBJECT_ID, TRAIN_SPLIT
 
     splits = pq.read_table(_splits_path(meds), columns=[SUBJECT_ID, "split"]).to_pandas()
-    events = pq.read_table(meds.data, columns=[SUBJECT_ID, CODE, NUMERIC_VALUE]).to_pandas()
+    events = meds.read_table([SUBJECT_ID, CODE, NUMERIC_VALUE]).to_pandas()
     counts = count_codes_pandas(events, splits)
     bins = fit_bins_pandas(events, splits, n_bins=n_bins, min_count=min_count)
     n_train = int((splits["split"] == TRAIN_SPLIT).sum())
@@ -83,7 +83,7 @@ def fit_spark(meds: MedsPaths, min_count: int, n_bins: int, tasks: list[str],
     sc = spark_cfg or SparkConfig()
     spark = get_spark("ehrfm-prepare", master=sc.master, conf=sc.conf)
     splits = spark.read.parquet(str(_splits_path(meds))).select(SUBJECT_ID, "split")
-    events = spark.read.parquet(str(meds.data)).select(SUBJECT_ID, CODE, NUMERIC_VALUE)
+    events = meds.read_spark(spark).select(SUBJECT_ID, CODE, NUMERIC_VALUE)
     counts = count_codes_spark(events, splits)
     bins = fit_bins_spark(events, splits, n_bins=n_bins, min_count=min_count)
     n_train = splits.where(F.col("split") == TRAIN_SPLIT).count()

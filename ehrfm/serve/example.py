@@ -26,7 +26,7 @@ def pick_subject(meds_dir: str | Path, split: str = "held_out",
     ids = set(splits.loc[splits["split"] == split, SUBJECT_ID].astype("int64"))
     if not ids:
         raise ValueError(f"{meds.root}: no subject in split {split!r}")
-    table = ds.dataset(meds.data, format="parquet").to_table(columns=[SUBJECT_ID, CODE])
+    table = meds.read_table([SUBJECT_ID, CODE])
     frame = table.to_pandas()
     frame = frame[frame[SUBJECT_ID].isin(ids)]
     with_stay = frame.loc[frame[CODE].str.startswith(code_prefix), SUBJECT_ID].unique()
@@ -36,8 +36,8 @@ def pick_subject(meds_dir: str | Path, split: str = "held_out",
 
 def subject_events_json(meds_dir: str | Path, subject_id: int) -> str:
     """The subject's MEDS events as the JSON list the serving input's ``events`` column takes."""
-    dataset = ds.dataset(MedsPaths(Path(meds_dir)).data, format="parquet")
-    frame = dataset.to_table(filter=ds.field(SUBJECT_ID) == subject_id, columns=EVENT_COLUMNS).to_pandas()
+    meds = MedsPaths(Path(meds_dir))
+    frame = meds.read_table(EVENT_COLUMNS, ds.field(SUBJECT_ID) == subject_id).to_pandas()
     frame[TIME] = frame[TIME].map(lambda t: None if pd.isna(t) else t.isoformat())
     records = [{k: (None if (not isinstance(v, str) and pd.isna(v)) else v) for k, v in r.items()}
                for r in frame.to_dict(orient="records")]

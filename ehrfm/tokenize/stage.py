@@ -84,7 +84,7 @@ def _run_local(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary, bins: Bin
     from ehrfm.tokenize.direct import iter_rows, read_label_tables, rows_to_table, write_local
 
     meds = layout.meds_paths
-    table = pq.read_table(meds.data)
+    table = meds.read_table()
     cols = [c for c in (SUBJECT_ID, TIME, CODE, NUMERIC_VALUE, ENCOUNTER_ID) if c in table.column_names]
     events = table.select(cols).to_pandas()
     labels = read_label_tables(layout.labels_dir, tasks) if tasks else None

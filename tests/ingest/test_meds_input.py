@@ -36,7 +36,7 @@ def test_demo_meds_parquet_keeps_every_event(demo: tuple[Path, dict[str, Any]],
     report = validate_meds_dataset(str(out))
     assert report.events == 916_166 and report.subjects == 100 and report.static_events == 100
     src = pq.read_table(mimic_demo_meds, columns=["code", "value"])
-    got = pq.read_table(MedsPaths(out).data, columns=["code", "numeric_value"])
+    got = MedsPaths(out).read_table(["code", "numeric_value"])
     assert got["numeric_value"].null_count == src["value"].null_count
     assert pc_sum(got["numeric_value"]) == pytest.approx(pc_sum(src["value"]), rel=1e-6)
     codes = pq.read_table(MedsPaths(out).codes)["code"].to_pylist()
@@ -49,12 +49,18 @@ def pc_sum(col) -> float:  # type: ignore[no-untyped-def]
     return float(pc.sum(col.cast("float64")).as_py())
 
 
-def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Through the stage runner: ``run(MedsIngestConfig, Layout)`` writes ``layout.meds``."""
+@pytest.mark.parametrize("shard", ["train/0.parquet", "part-0.parquet"])
+def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                          shard: str) -> None:
+    """Through the stage runner: ``run(MedsIngestConfig, Layout)`` writes ``layout.meds``; the input root in
+    either layout (MEDS-Transforms split folders or flat), hidden and ``_``-prefixed files skipped."""
     from ehrfm.ingest.meds_stage import run
 
     root = MedsPaths(tmp_path / "root")
-    (root.data / "train").mkdir(parents=True)
+    (root.data / "_temporary").mkdir(parents=True)
+    (root.data / "_temporary" / "0.parquet").write_text("a writer's leftover, not parquet")
+    (root.data / ".0.parquet.crc").write_text("checksum")
+    (root.data / shard).parent.mkdir(parents=True, exist_ok=True)
     root.metadata.mkdir()
     df = pd.DataFrame(
         {
@@ -65,7 +71,7 @@ def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path) -> None:  # typ
             "unit": [None, "mg", None, None, None],
         }
     )
-    df.to_parquet(root.data / "train" / "0.parquet", index=False, coerce_timestamps="us")
+    df.to_parquet(root.data / shard, index=False, coerce_timestamps="us")
     pd.DataFrame({"code": ["LAB//X"], "description": ["lab x"], "parent_codes": [None]}).to_parquet(
         root.codes, index=False
     )
@@ -85,8 +91,9 @@ def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path) -> None:  # typ
     assert rej.loc[3, "reason"] == "missing code" and rej.loc[4, "field"] == "subject_id"
     codes = pd.read_parquet(out.codes).set_index("code")
     assert codes.loc["LAB//X", "description"] == "lab x" and bool(codes["description"].isna()["GENDER//F"])
-    ev = pd.read_parquet(out.data)
+    ev = out.read_table().to_pandas().sort_values(["subject_id", "time"], na_position="first")
     assert ev.unit.tolist() == [None, "mg", None] and ev.subject_id.tolist() == [1, 1, 2]
+    assert set(ev.source) == {f"meds:{shard}"}  # the file's path under data/ names the source
     assert validate_meds_dataset(str(out.root)).subjects == 2
 
 

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
+import re
 from pathlib import Path
 
 import meds
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from ehrfm.ingest.validate import MedsValidationError, validate_meds_dataset
-from ehrfm.ingest.writer import check_sorted_table
+from ehrfm.ingest.writer import SHARD, SPLIT, check_sorted_table, shard_plan
+from ehrfm.meds_files import meds_data_files, read_meds_table
 from ehrfm.prepare.splits import assign_split
-from ehrfm.schema import EVENTS_SCHEMA, REJECTS_SCHEMA
+from ehrfm.schema import EVENTS_SCHEMA, REJECTS_SCHEMA, SPLITS
 
 SUBJECTS = [7, 3, 1000000000123, 42, 5, 11, 2, 9]
+# ratios that put these subjects (and 99) in all three splits
+RATIOS = (0.5, 0.25, 0.25)
+ROWS_PER_SHARD = 12
 
 
 def _rows() -> list[tuple]:
@@ -50,11 +57,20 @@ def written(spark, tmp_path_factory) -> tuple[Path, dict]:  # type: ignore[no-un
         "reason string",
     )
     out = tmp_path_factory.mktemp("meds") / "ds"
+    # shards of an earlier run in either layout: a rerun must not leave them behind
+    (out / "data" / "train").mkdir(parents=True)
+    (out / "data" / "part-00000.parquet").write_text("stale flat shard")
+    (out / "data" / "train" / "9.parquet").write_text("stale split shard")
     summary = write_meds_dataset(
         spark, df, str(out), dataset_name="synthetic", etl_name="test", code_descriptions=desc,
-        rejects=rej, summary={"note": "kept"}, rows_per_shard=12,
+        rejects=rej, summary={"note": "kept"}, rows_per_shard=ROWS_PER_SHARD, split_ratios=RATIOS,
     )
     return out, summary
+
+
+def _files(out: Path) -> list[str]:
+    """Every file under data/ (hidden ones included), relative, sorted."""
+    return sorted(p.relative_to(out / "data").as_posix() for p in (out / "data").rglob("*") if p.is_file())
 
 
 @pytest.mark.spark
@@ -77,7 +93,7 @@ def test_layout_and_summary(written: tuple[Path, dict]) -> None:
 def test_shards_are_sorted_contiguous_and_typed(written: tuple[Path, dict]) -> None:
     out, _ = written
     seen: dict[int, str] = {}
-    for f in sorted((out / "data").glob("*.parquet")):
+    for f in sorted((out / "data").rglob("*.parquet")):
         t = pq.read_table(f)
         assert t.schema.equals(EVENTS_SCHEMA, check_metadata=False), t.schema
         meds.DataSchema.validate(t)
@@ -99,13 +115,13 @@ def test_shards_are_sorted_contiguous_and_typed(written: tuple[Path, dict]) -> N
 def test_codes_cover_data_and_splits_are_deterministic(written: tuple[Path, dict]) -> None:
     out, summary = written
     codes = pq.read_table(out / "metadata" / "codes.parquet").to_pydict()
-    data_codes = set(pq.read_table(out / "data").column("code").to_pylist())
+    data_codes = set(read_meds_table(out).column("code").to_pylist())
     assert set(codes["code"]) == data_codes  # every code, and only codes in data
     assert dict(zip(codes["code"], codes["description"], strict=True))["LAB//A"] == "test A"
     splits = pq.read_table(out / "metadata" / "subject_splits.parquet")
     meds.SubjectSplitSchema.validate(splits)
     got = dict(zip(splits["subject_id"].to_pylist(), splits["split"].to_pylist(), strict=True))
-    assert got == {s: assign_split(s) for s in SUBJECTS + [99]}
+    assert got == {s: assign_split(s, RATIOS) for s in SUBJECTS + [99]}
     assert sum(summary["splits"].values()) == len(got)
     report = validate_meds_dataset(str(out))
     assert report.events == summary["events"] and report.subjects == summary["subjects"]
@@ -126,11 +142,113 @@ def test_validator_names_the_broken_file(written: tuple[Path, dict], tmp_path: P
         validate_meds_dataset(str(bad))
     pq.write_table(codes, bad / "metadata" / "codes.parquet")
     # reverse one shard -> ordering error naming the file
-    shard = sorted((bad / "data").glob("*.parquet"))[0]
+    shard = sorted((bad / "data").rglob("*.parquet"))[0]
     t = pq.read_table(shard)
     pq.write_table(t.take(list(range(t.num_rows - 1, -1, -1))), shard)
     with pytest.raises(MedsValidationError, match=shard.name):
         validate_meds_dataset(str(bad))
+
+
+@pytest.mark.spark
+def test_shards_are_split_folders_numbered_from_zero(written: tuple[Path, dict]) -> None:
+    """MEDS-Transforms layout: data/<split>/<n>.parquet, n contiguous per split, nothing else left over."""
+    out, summary = written
+    files = _files(out)
+    assert all(re.fullmatch(r"(train|tuning|held_out)/\d+\.parquet", f) for f in files), files
+    by_split: dict[str, list[int]] = {}
+    for f in files:
+        split, n = f.removesuffix(".parquet").split("/")
+        by_split.setdefault(split, []).append(int(n))
+    assert set(by_split) == set(SPLITS)  # RATIOS puts subjects in every split
+    assert all(sorted(ns) == list(range(len(ns))) for ns in by_split.values()), by_split
+    assert [s["file"] for s in summary["shards"]] == sorted(files, key=lambda f: (
+        SPLITS.index(f.split("/")[0]), int(f.split("/")[1].removesuffix(".parquet"))))
+    assert sorted(meds_data_files(out)) == sorted(str(out / "data" / s["file"]) for s in summary["shards"])
+    for s in summary["shards"]:
+        t = pq.read_table(out / "data" / s["file"])
+        assert (t.num_rows, len(set(t.column("subject_id").to_pylist()))) == (s["rows"], s["subjects"])
+    # shard counts follow the events of each split (ceil(rows / rows_per_shard), fewer when a shard is empty)
+    events = read_meds_table(out, ["subject_id"]).column("subject_id").to_pylist()
+    for split, ns in by_split.items():
+        n_rows = sum(assign_split(sid, RATIOS) == split for sid in events)
+        assert 1 <= len(ns) <= math.ceil(n_rows / ROWS_PER_SHARD)
+    assert sum(len(ns) for ns in by_split.values()) > len(SPLITS)  # rows_per_shard splits train at least
+
+
+@pytest.mark.spark
+def test_subject_splits_agree_with_the_split_folders(written: tuple[Path, dict], tmp_path: Path) -> None:
+    import shutil
+
+    out, _ = written
+    splits = pq.read_table(out / "metadata" / "subject_splits.parquet").to_pydict()
+    split_of = dict(zip(splits["subject_id"], splits["split"], strict=True))
+    seen = set()
+    for f in _files(out):
+        for sid in pq.read_table(out / "data" / f).column("subject_id").to_pylist():
+            assert split_of[sid] == f.split("/")[0], (sid, f)
+            seen.add(sid)
+    assert seen == set(split_of)
+    # the validator catches a subject whose folder disagrees with subject_splits.parquet
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    moved = next(s for s in SUBJECTS if split_of[s] == "train")
+    pq.write_table(pa.table({"subject_id": pa.array(list(split_of), pa.int64()),
+                             "split": ["tuning" if s == moved else split_of[s] for s in split_of]}),
+                   bad / "metadata" / "subject_splits.parquet")
+    with pytest.raises(MedsValidationError, match=rf"data/train/\d+\.parquet: subject_id={moved} is in the "
+                       r"'train' folder but .* gives split 'tuning'"):
+        validate_meds_dataset(str(bad))
+
+
+def test_shard_plan_follows_the_events_of_each_split() -> None:
+    assert shard_plan({"train": 800, "tuning": 100, "held_out": 101}, 100) == (
+        ["train"] * 8 + ["tuning"] + ["held_out"] * 2)
+    assert shard_plan({"train": 5, "held_out": 0}, 100) == ["train"]  # an empty split has no shard
+    assert shard_plan({}, 10) == []
+    with pytest.raises(ValueError, match="rows_per_shard"):
+        shard_plan({"train": 5}, 0)
+
+
+def test_a_task_with_several_shards_writes_one_file_each(tmp_path: Path) -> None:
+    """The shard writer alone (no Spark): rows sorted by (_shard, subject, time, code) become one file per
+    _shard value, named after its split, with the helper columns dropped."""
+    from ehrfm.ingest.writer import _shard_writer
+
+    t1 = dt.datetime(2020, 1, 1)
+    rows = [(3, 1, "train"), (3, 2, "train"), (4, 5, "tuning"), (7, 6, "held_out"), (7, 8, "held_out")]
+    batch = pa.table({
+        "subject_id": pa.array([r[1] for r in rows], pa.int64()),
+        "time": pa.array([t1] * len(rows), pa.timestamp("us")),
+        "code": ["A"] * len(rows),
+        **{f.name: pa.nulls(len(rows), f.type) for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time",
+                                                                                          "code")},
+        SPLIT: [r[2] for r in rows],
+        SHARD: pa.array([r[0] for r in rows], pa.int32()),
+    }).to_batches(max_chunksize=2)  # batches do not follow shard boundaries
+    for split in ("train", "tuning", "held_out"):
+        (tmp_path / split).mkdir()
+    stats = pa.Table.from_batches(list(_shard_writer(str(tmp_path))(iter(batch))))
+    files = stats.filter(pc.and_(pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])),
+                                 pc.is_null(stats["source"])))
+    assert files["file"].to_pylist() == ["train/_shard-000003.parquet", "tuning/_shard-000004.parquet",
+                                         "held_out/_shard-000007.parquet"]
+    assert files["rows"].to_pylist() == [2, 1, 2] and files["subjects"].to_pylist() == [2, 1, 2]
+    written = pq.read_table(tmp_path / "held_out" / "_shard-000007.parquet")
+    assert written.schema.equals(EVENTS_SCHEMA, check_metadata=False)
+    assert written.column("subject_id").to_pylist() == [6, 8]
+
+
+@pytest.mark.spark
+def test_partition_keys_give_each_shard_its_own_task(spark) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    from ehrfm.ingest.writer import _partition_keys
+
+    for n in (1, 7, 50):
+        keys = _partition_keys(spark, n)
+        df = spark.createDataFrame([(k, i) for i, k in enumerate(keys)], "k int, i int").repartition(n, "k")
+        got = {r["i"]: r["p"] for r in df.select("i", F.spark_partition_id().alias("p")).collect()}
+        assert got == {i: i for i in range(n)}
 
 
 def test_check_sorted_table_catches_each_violation() -> None:
