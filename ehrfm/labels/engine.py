@@ -13,17 +13,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex
+from ehrfm.labels.aliases import ENCOUNTER_REGEX, canonical_code
+from ehrfm.labels.spec import CodePattern, TaskSpec, compiled_patterns, pattern_hits
 from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
 
 LABEL_COLUMNS = [f.name for f in LABELS_SCHEMA]
-_ENC = re.compile(r"^ENCOUNTER//([^/]+)//(START|END)$")
+_ENC = re.compile(ENCOUNTER_REGEX)
 _US_PER_DAY = 86_400_000_000
 Span = tuple[int | None, int | None]  # (START, END) in microseconds
 
@@ -32,18 +32,13 @@ def _us(td: pd.Timedelta) -> int:
     return int(td.value // 1000)
 
 
-@lru_cache(maxsize=256)
-def _compiled(patterns: tuple[CodePattern, ...]) -> re.Pattern[str]:
-    return re.compile(patterns_regex(patterns))
-
-
 @dataclass
 class _Timeline:
     """Per-subject facts every task reads, computed once. Times are int64 microseconds since 1970."""
 
     subject_id: int
-    t: np.ndarray  # (n,) int64, sorted by (t, code, enc)
-    code: np.ndarray  # (n,) object str
+    t: np.ndarray  # (n,) int64, sorted by (t, code, enc) -- the raw code, in every engine
+    code: np.ndarray  # (n,) object str, the raw code
     enc: np.ndarray  # (n,) object str, "" when the event has no encounter_id
     encounters: dict[tuple[str, str], Span]  # (encounter_id, class) -> (START, END)
     death: int | None  # earliest MEDS_DEATH
@@ -53,11 +48,12 @@ class _Timeline:
     _masks: dict[tuple[CodePattern, ...], np.ndarray]
 
     def matching(self, patterns: tuple[CodePattern, ...]) -> np.ndarray:
-        """(n,) bool: events whose code matches any pattern (regex run once per distinct code)."""
+        """(n,) bool: events whose code, raw or its encounter alias, matches any pattern (regex run once per
+        distinct code)."""
         if patterns not in self._masks:
-            rx = _compiled(patterns) if patterns else None
+            rx = compiled_patterns(patterns) if patterns else None
             uniq = np.unique(self.code) if len(self.code) else self.code
-            hits = [c for c in uniq if rx is not None and rx.match(c)]
+            hits = [c for c in uniq if rx is not None and pattern_hits(rx, c)]
             self._masks[patterns] = np.isin(self.code, np.array(hits, dtype=object)) if hits else np.zeros(
                 len(self.code), bool)
         return self._masks[patterns]
@@ -83,12 +79,13 @@ def _timeline(events: pd.DataFrame, record_end: pd.Timestamp | None) -> _Timelin
     order = np.lexsort((_rank(enc), _rank(code), t))
     t, code, enc = t[order], code[order], enc[order]
     # encounters keyed by (id, class): MIMIC gives the ED visit before an admission the admission's hadm_id,
-    # and a stay's length is measured between the INPATIENT START and END, not from the ED arrival
+    # and a stay's length is measured between the INPATIENT START and END, not from the ED arrival. Built from
+    # the canonical form (ehrfm.labels.aliases), so HOSPITAL_ADMISSION//... opens an INPATIENT encounter
     encounters: dict[tuple[str, str], list[int | None]] = {}
-    for i in np.flatnonzero(np.char.startswith(code.astype(str), "ENCOUNTER//")) if len(code) else []:
-        m = _ENC.match(code[i])
-        if m is None or not enc[i]:
-            continue
+    bounds = {c: m for c in (np.unique(code) if len(code) else ()) if (m := _ENC.match(canonical_code(c)))}
+    is_bound = np.isin(code, np.array(list(bounds), dtype=object)) & (enc != "") if bounds else []
+    for i in np.flatnonzero(is_bound):
+        m = bounds[code[i]]
         span = encounters.setdefault((enc[i], m.group(1)), [None, None])
         ti = int(t[i])
         if m.group(2) == "START":
@@ -114,7 +111,7 @@ def _find_encounter(tl: _Timeline, code: str, enc_id: str) -> Span | None:
     else any class with that id)."""
     if not enc_id:
         return None
-    m = _ENC.match(code)
+    m = _ENC.match(canonical_code(code))
     if m is not None:
         return tl.encounters.get((enc_id, m.group(1)))
     same = sorted(k for k in tl.encounters if k[0] == enc_id)

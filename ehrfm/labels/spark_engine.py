@@ -16,7 +16,11 @@ patterns are matched once per event, in :func:`subject_frame`, through the Colum
 
 Times are int64 microseconds since 1970 (timezone-independent ``timestampdiff`` on ``timestamp_ntz``), as in
 the reference engine, so durations are the same IEEE divisions. Ties at one instant resolve by ``(code,
-encounter_id)`` in both engines.
+encounter_id)`` in both engines -- the raw code, not its encounter alias.
+
+Encounter boundaries are read through :mod:`ehrfm.labels.aliases`: each event's canonical code is one
+``CASE WHEN`` built from the alias table (``HOSPITAL_ADMISSION//…`` -> ``ENCOUNTER//INPATIENT//START``…),
+encounters are built from it, and a task pattern flag is set when the raw code or the canonical one matches.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ehrfm.labels.aliases import ENCOUNTER_ALIASES, ENCOUNTER_REGEX, alias_regex
 from ehrfm.labels.spec import CodePattern, TaskSpec, patterns_regex, relevant_codes_regex
 from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, SUBJECT_ID, TIME
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
-ENC_REGEX = r"^ENCOUNTER//([^/]+)//(START|END)$"
+ENC_REGEX = ENCOUNTER_REGEX
 _EPOCH = "TIMESTAMP_NTZ'1970-01-01 00:00:00'"
 _US_PER_DAY = 86_400_000_000
 LABEL_FIELDS = ("boolean_value", "integer_value", "float_value", "categorical_value", "duration_days",
@@ -72,10 +77,23 @@ def _extend(arr: str, names: Sequence[str], **new: str) -> str:
     return f"transform({arr}, x -> struct({', '.join(fields)}))"
 
 
+def canonical_column(code: Column) -> Column:
+    """``code`` as its encounter alias when it has one (:data:`ehrfm.labels.aliases.ENCOUNTER_ALIASES`, first
+    match wins, as in :func:`~ehrfm.labels.aliases.canonical_code`), else unchanged: one CASE WHEN."""
+    from pyspark.sql import functions as F
+
+    (rx, canon), *rest = ENCOUNTER_ALIASES
+    out = F.when(code.rlike(alias_regex(rx)), F.lit(canon))
+    for rx, canon in rest:
+        out = out.when(code.rlike(alias_regex(rx)), F.lit(canon))
+    return out.otherwise(code)
+
+
 def subject_frame(events: DataFrame, specs: Sequence[TaskSpec]) -> DataFrame:
     """One row per subject: ``record_end``, ``first_time``, ``death`` (int64 us); ``ev``, the sorted array of
-    the events the tasks read (``t``, ``code``, ``enc`` ("" when none), ``cls``: the class of an
-    ``ENCOUNTER//<CLASS>//START|END`` event with an encounter id, else null; ``is_start`` and the flags); and
+    the events the tasks read (``t``, ``code`` (raw), ``enc`` ("" when none), ``cls``: the class of an
+    ``ENCOUNTER//<CLASS>//START|END`` event -- or of an aliased one -- with an encounter id, else null;
+    ``is_start`` and the flags); and
     ``encs``: the subject's encounters as (enc, cls, st, en) -- earliest START, latest END."""
     from pyspark.sql import functions as F
 
@@ -87,13 +105,18 @@ def subject_frame(events: DataFrame, specs: Sequence[TaskSpec]) -> DataFrame:
     ev = events.select(F.col(SUBJECT_ID).cast("long").alias(SUBJECT_ID), t.alias("t"),
                        F.col(CODE).cast("string").alias("code"),
                        F.coalesce(F.col(ENCOUNTER_ID).cast("string"), F.lit("")).alias("enc"))
-    ev = ev.where(F.col("t").isNotNull())
-    is_enc = F.col("code").rlike(ENC_REGEX) & (F.col("enc") != "")
+    ev = ev.where(F.col("t").isNotNull()).withColumn("canon", canonical_column(F.col("code")))
+    is_enc = F.col("canon").rlike(ENC_REGEX) & (F.col("enc") != "")
+
+    def flag(g: tuple[CodePattern, ...]) -> Column:  # the raw code or its alias (engine: pattern_hits)
+        rx = patterns_regex(g)
+        return F.col("code").rlike(rx) | ((F.col("canon") != F.col("code")) & F.col("canon").rlike(rx))
+
     item = F.struct(
         F.col("t"), F.col("code"), F.col("enc"),
-        F.when(is_enc, F.regexp_extract("code", ENC_REGEX, 1)).alias("cls"),
-        F.col("code").endswith("//START").alias("is_start"),
-        *[F.col("code").rlike(patterns_regex(g)).alias(flags.name(g)) for g in flags.groups],
+        F.when(is_enc, F.regexp_extract("canon", ENC_REGEX, 1)).alias("cls"),
+        F.col("canon").endswith("//START").alias("is_start"),
+        *[flag(g).alias(flags.name(g)) for g in flags.groups],
     )
     relevant = F.col("code").rlike(relevant_codes_regex(specs))
     subjects = ev.groupBy(SUBJECT_ID).agg(

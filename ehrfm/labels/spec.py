@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from ehrfm.labels.aliases import ENCOUNTER_ALIASES, canonical_code
 from ehrfm.schema import DEATH_CODE
 
 KINDS = ("binary", "time_to_event", "forecast")
@@ -68,9 +69,11 @@ def patterns_regex(patterns: tuple[CodePattern, ...]) -> str:
 
 
 def relevant_codes_regex(specs: Iterable[TaskSpec]) -> str:
-    """Regex of every code the engines read for ``specs``: the task patterns, encounter START/END and
-    death."""
+    """Regex of every code the engines read for ``specs``: the task patterns, encounter START/END (canonical
+    and every aliased code, :mod:`ehrfm.labels.aliases`) and death. A pattern that matches only an alias's
+    canonical form is covered by the aliased codes."""
     patterns: tuple[CodePattern, ...] = (CodePattern("regex:ENCOUNTER//[^/]+//(START|END)"),
+                                         *(CodePattern(f"regex:{rx}") for rx, _ in ENCOUNTER_ALIASES),
                                          CodePattern(DEATH_CODE))
     for s in specs:
         patterns += s.all_patterns()
@@ -78,16 +81,26 @@ def relevant_codes_regex(specs: Iterable[TaskSpec]) -> str:
 
 
 @lru_cache(maxsize=256)
-def _compiled(patterns: tuple[CodePattern, ...]) -> re.Pattern[str]:
+def compiled_patterns(patterns: tuple[CodePattern, ...]) -> re.Pattern[str]:
+    """:func:`patterns_regex` compiled once per pattern tuple."""
     return re.compile(patterns_regex(patterns))
 
 
+def pattern_hits(rx: re.Pattern[str], code: str) -> bool:
+    """Whether a task pattern matches ``code``: the raw code or its canonical encounter alias."""
+    if rx.match(code):
+        return True
+    canon = canonical_code(code)
+    return canon != code and rx.match(canon) is not None
+
+
 def codes_matching(codes: pd.Series, patterns: tuple[CodePattern, ...]) -> pd.Series:
-    """Boolean mask of ``codes`` (strings) that match any pattern (the regex runs once per distinct code)."""
+    """Boolean mask of ``codes`` (strings) that match any pattern, raw or through its encounter alias (the
+    regex runs once per distinct code)."""
     if not patterns or len(codes) == 0:
         return pd.Series(False, index=codes.index, dtype=bool)
-    rx = _compiled(patterns)
-    hits = [c for c in pd.unique(codes.dropna()) if rx.match(str(c))]
+    rx = compiled_patterns(patterns)
+    hits = [c for c in pd.unique(codes.dropna()) if pattern_hits(rx, str(c))]
     return codes.isin(hits)
 
 

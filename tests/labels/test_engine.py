@@ -166,3 +166,68 @@ def test_post_prediction_event_cannot_change_an_earlier_label() -> None:
                   (48 + 36 * D, "MEDS_DEATH", None)])
     b = lab(planted, "readmission_30d")
     pd.testing.assert_frame_equal(a.iloc[:1], b.iloc[:1])
+
+
+# --- encounter code aliases (MEDS MIMIC-IV ETL codes) ------------------------------------------------------
+def test_both_code_conventions_give_identical_labels_for_every_shipped_task() -> None:
+    from ehrfm.labels import label_events, load_tasks
+
+    from .timelines import as_meds_etl, random_population
+
+    canonical = random_population(40, seed=5)
+    etl = as_meds_etl(canonical)
+    assert not etl["code"].str.startswith("ENCOUNTER//INPATIENT").any()  # really converted
+    assert etl["code"].str.startswith("HOSPITAL_DISCHARGE//").any()
+    specs = load_tasks("all")
+    want, got = label_events(canonical, specs), label_events(etl, specs)
+    for spec in specs:
+        assert want[spec.name].num_rows > 0, spec.name
+        assert got[spec.name].equals(want[spec.name]), spec.name
+
+
+def test_mimic_etl_stay_is_an_inpatient_encounter_and_the_ed_visit_does_not_stretch_it() -> None:
+    # the ETL's codes, hadm_id "a" on all: ED visit from -20 h, admission at 0, discharge after 7 d - 1 h
+    events = ev(1, [BIRTH, (-20, "ED_REGISTRATION", "a"), (2, "ED_OUT", "a"),
+                    (0, "HOSPITAL_ADMISSION//URGENT//TRANSFER FROM HOSPITAL", "a"),
+                    (7 * D - 1, "HOSPITAL_DISCHARGE//SKILLED NURSING FACILITY", "a"),
+                    (7 * D + 40 * D, "LAB//50912//mg/dL", None)])
+    assert lab(events, "los_gt_7d")["boolean_value"].tolist() == [False]
+    assert lab(events, "mortality_inhospital")["prediction_time"].tolist() == [h(24)]
+    assert lab(events, "readmission_30d")["boolean_value"].tolist() == [False]
+
+
+def test_etl_inhospital_death_after_a_date_precision_discharge_is_linked_by_encounter_id() -> None:
+    events = ev(1, [BIRTH,
+                    (pd.Timestamp("2020-01-01 08:00"), "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", "a"),
+                    (pd.Timestamp("2020-01-05 00:00"), "HOSPITAL_DISCHARGE//DIED", "a"),
+                    (pd.Timestamp("2020-01-05 22:20"), "MEDS_DEATH", "a")])
+    assert lab(events, "mortality_inhospital")["boolean_value"].tolist() == [True]
+    for task in ("mortality_30d_post_discharge", "readmission_30d", "death_1y_tte"):
+        assert lab(events, task).empty, task
+
+
+def test_a_raw_etl_pattern_still_matches_only_its_own_codes() -> None:
+    from ehrfm.labels import parse_spec
+
+    home = parse_spec({"name": "home", "kind": "binary", "index": {"codes": "HOSPITAL_DISCHARGE//HOME"},
+                       "prediction_time": "0h",
+                       "outcome": {"codes": "ENCOUNTER//INPATIENT//START", "within": "30d",
+                                   "other_encounter": True}})
+    events = ev(1, [BIRTH, (0, "HOSPITAL_ADMISSION//ELECTIVE//PHYSICIAN REFERRAL", "a"),
+                    (48, "HOSPITAL_DISCHARGE//HOME", "a"),
+                    (48 + 5 * D, "HOSPITAL_ADMISSION//URGENT//EMERGENCY ROOM", "b"),
+                    (48 + 9 * D, "HOSPITAL_DISCHARGE//REHAB", "b"), (48 + 90 * D, "LAB//X", None)])
+    got = label_subject(events, home)
+    # the REHAB discharge is no index; the canonical outcome pattern matches the raw HOSPITAL_ADMISSION
+    assert got["prediction_time"].tolist() == [h(48)] and got["boolean_value"].tolist() == [True]
+
+
+def test_icu_stays_are_not_encounters() -> None:
+    from ehrfm.labels.aliases import canonical_code
+
+    assert canonical_code("ICU_ADMISSION//Medical Intensive Care Unit (MICU)").startswith("ICU_ADMISSION")
+    assert canonical_code("HOSPITAL_ADMISSIONX") == "HOSPITAL_ADMISSIONX"  # whole-segment match only
+    assert canonical_code("ED_REGISTRATION//x") == "ENCOUNTER//EMERGENCY//START"
+    # an ICU stay alone opens no inpatient encounter
+    events = ev(1, [BIRTH, (0, "ICU_ADMISSION//MICU", "a"), (5 * D, "ICU_DISCHARGE//MICU", "a")])
+    assert lab(events, "mortality_inhospital").empty and lab(events, "los_gt_7d").empty

@@ -43,12 +43,26 @@ EXTRA_SPECS = [
                                            "codes": ["DIAGNOSIS//*", "LAB//L1"]}},
     {"name": "x_los_index_by_code", "kind": "binary", "index": {"codes": "DIAGNOSIS//X1"},
      "prediction_time": "0h", "outcome": {"encounter_duration_gt": "2d"}},
+    # a raw MEDS-ETL pattern (no alias involved in the match) beside the canonical outcome it aliases to
+    {"name": "x_etl_raw_discharge", "kind": "binary", "index": {"codes": "HOSPITAL_DISCHARGE//HOME"},
+     "prediction_time": "0h", "exclusions": {"death_during_encounter": True},
+     "outcome": {"codes": "regex:ENCOUNTER//(INPATIENT|EMERGENCY)//START", "within": "10d",
+                 "other_encounter": True}},
 ]
 SPECS: list[TaskSpec] = load_tasks("all") + [parse_spec(s) for s in EXTRA_SPECS]
 ENGINE_COLS = ["subject_id", "time", "code", "encounter_id"]
 CODES = ["ENCOUNTER//INPATIENT//START", "ENCOUNTER//INPATIENT//END", "ENCOUNTER//ED//START",
          "ENCOUNTER//ED//END", "ENCOUNTER//AMBULATORY//START", "ENCOUNTER//AMBULATORY//END", "MEDS_DEATH",
-         "DIAGNOSIS//X1", "DIAGNOSIS//X2", "LAB//L0", "LAB//L1"]
+         "DIAGNOSIS//X1", "DIAGNOSIS//X2", "LAB//L0", "LAB//L1",
+         # MEDS MIMIC-IV ETL codes, read through the encounter aliases (ehrfm.labels.aliases)
+         "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", "HOSPITAL_ADMISSION//ELECTIVE//UNK",
+         "HOSPITAL_DISCHARGE//HOME", "HOSPITAL_DISCHARGE//DIED", "ED_REGISTRATION", "ED_OUT",
+         "ICU_ADMISSION//MICU"]
+# (START, END) codes of a whole stay: both conventions, mixed within one subject
+STAYS = [("ENCOUNTER//INPATIENT//START", "ENCOUNTER//INPATIENT//END"),
+         ("ENCOUNTER//ED//START", "ENCOUNTER//ED//END"),
+         ("HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", "HOSPITAL_DISCHARGE//HOME"),
+         ("HOSPITAL_ADMISSION//ELECTIVE//UNK", "HOSPITAL_DISCHARGE//DIED"), ("ED_REGISTRATION", "ED_OUT")]
 
 
 def spark_labels(spark: Any, events: pd.DataFrame, specs: list[TaskSpec]) -> dict[str, pa.Table]:
@@ -96,8 +110,8 @@ def populations(draw: st.DrawFn) -> pd.DataFrame:
         rows: list[tuple[object, str, str | None]] = [BIRTH_ROW] + draw(st.lists(_event, max_size=25))
         for enc in draw(st.lists(st.sampled_from(["a", "b", "d"]), max_size=3)):
             start = draw(st.integers(0, 300)) * 6.0
-            rows += stay(enc, start, start + draw(st.integers(1, 60)) * 6.0,
-                         draw(st.sampled_from(["INPATIENT", "ED"])))
+            opens, closes = draw(st.sampled_from(STAYS))
+            rows += [(start, opens, enc), (start + draw(st.integers(1, 60)) * 6.0, closes, enc)]
         frames.append(ev(100 + sid, rows))
     return pd.concat(frames, ignore_index=True)
 

@@ -1,6 +1,7 @@
 """One rule, two engines, written: ``label_dataset`` with the Spark-expression engine and with the
 reference engine (``applyInArrow`` over ``label_subject_rows``) writes the tables the direct pandas path
-computes, and the Spark-side summary equals the one computed from those tables."""
+computes, and the Spark-side summary equals the one computed from those tables -- also when the encounters
+are written in MEDS MIMIC-IV ETL codes (``HOSPITAL_ADMISSION//…``): the same tables as with ours."""
 
 from __future__ import annotations
 
@@ -9,30 +10,36 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from meds import LabelSchema
 
 from ehrfm.labels import label_events, load_tasks, parse_spec
 from ehrfm.labels.dataset import label_dataset
 from ehrfm.labels.direct import read_labels, read_splits, summarize
-from ehrfm.schema import LABELS_SCHEMA
+from ehrfm.schema import LABEL_KEY, MEDS_LABEL_VALUES
 
-from .timelines import random_population, write_meds
+from .timelines import as_meds_etl, random_population, write_meds
 
 
 @pytest.mark.spark
+@pytest.mark.parametrize("convention", ["ehrfm", "meds_etl"])
 @pytest.mark.parametrize("engine", ["spark", "reference"])
-def test_spark_engines_and_direct_path_are_identical(spark: object, tmp_path: Path, engine: str) -> None:
+def test_spark_engines_and_direct_path_are_identical(spark: object, tmp_path: Path, engine: str,
+                                                     convention: str) -> None:
     events = random_population(60, seed=3)
-    write_meds(events, tmp_path / "meds")
     specs = load_tasks("all")
-    direct = label_events(events, specs)
+    direct = label_events(events, specs)  # always on our codes: the ETL codes must give the same tables
+    if convention == "meds_etl":
+        events = as_meds_etl(events)
+    write_meds(events, tmp_path / "meds")
     summary = label_dataset(spark, tmp_path / "meds", specs, tmp_path / "labels",  # type: ignore[arg-type]
                             engine=engine)
     for spec in specs:
         path = tmp_path / "labels" / f"{spec.name}.parquet"
-        # written in LABELS_SCHEMA, readable with plain pyarrow
+        # one MEDS label file (not a Spark folder), valid under meds.LabelSchema, readable with plain pyarrow
+        assert path.is_file()
         raw = pq.read_table(path)
-        assert raw.schema.remove_metadata().names == LABELS_SCHEMA.names
-        assert raw.schema.field("prediction_time").type == LABELS_SCHEMA.field("prediction_time").type
+        LabelSchema.validate(raw)
+        assert raw.schema.remove_metadata().names == [*LABEL_KEY, *MEDS_LABEL_VALUES[spec.kind]]
         got = read_labels(path)
         assert got.num_rows > 0, spec.name
         assert got.equals(direct[spec.name]), spec.name

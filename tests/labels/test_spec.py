@@ -80,3 +80,28 @@ def test_patterns_missing_from_data_warn_naming_task_and_field() -> None:
     with pytest.warns(UserWarning, match=r"task 'next_visit_codes': outcome.codes: pattern 'DIAGNOSIS//\*'"):
         msgs = warn_missing_codes([spec], ["ENCOUNTER//INPATIENT//START", "ENCOUNTER//INPATIENT//END"])
     assert len(msgs) == 1
+
+
+def test_patterns_match_the_raw_code_or_its_encounter_alias() -> None:
+    import re
+
+    import pandas as pd
+
+    from ehrfm.labels.spec import CodePattern, codes_matching, relevant_codes_regex
+
+    codes = pd.Series(["HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", "HOSPITAL_DISCHARGE//HOME", "ED_OUT",
+                       "ICU_ADMISSION//MICU", "ENCOUNTER//INPATIENT//START"])
+    start = codes_matching(codes, (CodePattern("ENCOUNTER//INPATIENT//START"),)).tolist()
+    assert start == [True, False, False, False, True]
+    assert codes_matching(codes, (CodePattern("regex:ENCOUNTER//[^/]+//END"),)).tolist() == [0, 1, 1, 0, 0]
+    assert codes_matching(codes, (CodePattern("HOSPITAL_DISCHARGE//HOME"),)).tolist() == [False, True, False,
+                                                                                         False, False]
+    # the Spark engine pre-filters events with this regex: every aliased code must pass it
+    rx = re.compile(relevant_codes_regex([load_task("mortality_inhospital")]))
+    assert [bool(rx.match(c)) for c in codes] == [True, True, True, False, True]
+
+
+def test_a_canonical_pattern_on_etl_codes_is_not_reported_missing() -> None:
+    etl_codes = ["HOSPITAL_ADMISSION//URGENT//TRANSFER FROM HOSPITAL", "HOSPITAL_DISCHARGE//HOME"]
+    msgs = warn_missing_codes([load_task("readmission_30d")], etl_codes)
+    assert msgs == []

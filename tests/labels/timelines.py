@@ -37,6 +37,23 @@ def stay(enc: str, start_h: float, end_h: float,
 
 D = 24.0  # hours per day
 
+# one raw MEDS MIMIC-IV ETL code per canonical encounter boundary (ehrfm.labels.aliases): a fixed choice, so
+# ties at one instant order the same way in both conventions (the engines order ties by the raw code)
+MEDS_ETL_CODES = {
+    "ENCOUNTER//INPATIENT//START": "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM",
+    "ENCOUNTER//INPATIENT//END": "HOSPITAL_DISCHARGE//HOME",
+    "ENCOUNTER//EMERGENCY//START": "ED_REGISTRATION",
+    "ENCOUNTER//EMERGENCY//END": "ED_OUT",
+}
+
+
+def as_meds_etl(events: pd.DataFrame) -> pd.DataFrame:
+    """The same events with every aliased encounter boundary written as the MEDS MIMIC-IV ETL writes it
+    (``HOSPITAL_ADMISSION//…``, ``ED_OUT``…); other codes (AMBULATORY encounters, labs) unchanged."""
+    out = events.copy()
+    out["code"] = out["code"].map(lambda c: MEDS_ETL_CODES.get(c, c))
+    return out
+
 
 def random_population(n_subjects: int, seed: int = 0) -> pd.DataFrame:
     """A deterministic random MEDS population exercising every task: stays (some overlapping, some
