@@ -4,7 +4,7 @@ A pipeline root holds every stage's output::
 
     <root>/synthetic/                 ehrfm synth (FHIR NDJSON + truth/index_events.parquet)
     <root>/meds/                      ehrfm ingest (MEDS: data/, metadata/, rejects/, summary.json)
-    <root>/labels/<task>.parquet      ehrfm label
+    <root>/labels/<task>.parquet      ehrfm label (MEDS label file; + <task>.extra.parquet, tasks.json)
     <root>/tokens/                    ehrfm prepare (vocab.json, bins.json)
                                       + ehrfm tokenize (pretrain/, tasks/<task>/, tokenize.json)
     <root>/runs/pretrain|finetune/    ehrfm pretrain / finetune (model/, checkpoints/, predictions.parquet)
@@ -42,6 +42,12 @@ MEDS_SUMMARY = "summary.json"
 # Completion marker of a scores folder (``ehrfm score``; also in its rejects folder): written last, with the
 # ScoreSummary; "_"-prefixed so Spark and pyarrow readers of the parquet folder skip it.
 SCORES_MARKER = "_score.json"
+# Names inside a labels folder: ``<task>.parquet`` (a MEDS label file; a folder of parts in outputs of
+# older versions) and, for time-to-event and forecast tasks, its sidecar ``<task>.extra.parquet``.
+LABEL_SUFFIX = ".parquet"
+LABEL_EXTRAS_SUFFIX = ".extra.parquet"
+LABEL_KINDS_JSON = "tasks.json"
+LABEL_SUMMARY_JSON = "summary.json"
 # Names inside a synthetic population folder (``ehrfm synth``), relative to it.
 SYNTH_TRUTH = "truth/index_events.parquet"
 SYNTH_SUMMARY = "truth/summary.yaml"
@@ -247,22 +253,28 @@ class Layout(ConfigBase):
         return self._dir(self.labels, "labels")
 
     def label_table(self, task: str) -> Path:
-        """``<labels>/<task>.parquet``."""
-        return self.labels_dir / f"{task}.parquet"
+        """``<labels>/<task>.parquet``: the MEDS label file of a task."""
+        return self.labels_dir / f"{task}{LABEL_SUFFIX}"
+
+    def label_extras(self, task: str) -> Path:
+        """``<labels>/<task>.extra.parquet``: the sidecar of a time-to-event or forecast task's label file."""
+        return self.labels_dir / f"{task}{LABEL_EXTRAS_SUFFIX}"
 
     def label_tasks(self) -> list[str]:
-        """Tasks that have a label table in the labels folder, sorted (none when the folder is absent)."""
-        return sorted(p.name[: -len(".parquet")] for p in self.labels_dir.glob("*.parquet"))
+        """Tasks that have a label table in the labels folder, sorted (none when the folder is absent);
+        sidecars and hidden files (staging folders) are not tasks."""
+        return sorted(p.name[: -len(LABEL_SUFFIX)] for p in self.labels_dir.glob(f"*{LABEL_SUFFIX}")
+                      if not p.name.endswith(LABEL_EXTRAS_SUFFIX) and not p.name.startswith((".", "_")))
 
     @property
     def label_summary(self) -> Path:
         """``<labels>/summary.json``: rows, subjects, positives and prevalence per task and split."""
-        return self.labels_dir / "summary.json"
+        return self.labels_dir / LABEL_SUMMARY_JSON
 
     @property
     def label_kinds(self) -> Path:
         """``<labels>/tasks.json``: task -> kind (binary, time_to_event, forecast) of the tables written."""
-        return self.labels_dir / "tasks.json"
+        return self.labels_dir / LABEL_KINDS_JSON
 
     @property
     def token_paths(self) -> TokenPaths:

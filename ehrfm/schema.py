@@ -3,7 +3,8 @@
 Contracts (see DESIGN.md):
 - Events: MEDS 0.4 columns plus extension columns ``encounter_id``, ``unit``, ``source``.
 - Rejects: one row per input record that could not become events, with where it came from and why.
-- Labels: MEDS LabelSchema (``subject_id``, ``prediction_time``, one value column) plus TTE columns.
+- Labels: MEDS LabelSchema files (``subject_id``, ``prediction_time``, the kind's value columns) plus a
+  sidecar of the time-to-event / forecast columns; in memory one table of both (LABELS_SCHEMA).
 - Token streams: one row per pretraining subject or per (task, label) with parallel list columns.
 """
 
@@ -67,22 +68,72 @@ TUNING_SPLIT = "tuning"
 HELD_OUT_SPLIT = "held_out"
 SPLITS = (TRAIN_SPLIT, TUNING_SPLIT, HELD_OUT_SPLIT)
 
-# --- labels (MEDS LabelSchema + time-to-event columns) -------------------------------------------------
+# --- labels ------------------------------------------------------------------------------------------
+# Two forms (ehrfm/tasks/README.md, "Output"):
+# - on disk, ``<labels>/<task>.parquet`` is a MEDS label file (meds.LabelSchema 0.4: the key columns and only
+#   the value columns the task kind fills, none of them null, as meds 0.4 requires of a present value column)
+#   and, for time-to-event and forecast tasks, ``<labels>/<task>.extra.parquet``, a sidecar with the columns
+#   MEDS has no place for, keyed by (subject_id, prediction_time), rows in the same order;
+# - in memory (what the engines produce and ehrfm's one label reader, ehrfm.labels.tables, returns),
+#   LABELS_SCHEMA: every column, each task's label in one place: ``boolean_value`` (binary),
+#   ``duration_days`` + ``event`` (time-to-event), ``target_codes`` (forecast), the other columns null.
 PREDICTION_TIME = "prediction_time"
+BOOLEAN_VALUE = "boolean_value"
+INTEGER_VALUE = "integer_value"
+FLOAT_VALUE = "float_value"
+CATEGORICAL_VALUE = "categorical_value"
+DURATION_DAYS = "duration_days"
+EVENT = "event"
+TARGET_CODES = "target_codes"
+LABEL_KEY = (SUBJECT_ID, PREDICTION_TIME)
+LABEL_KINDS = ("binary", "time_to_event", "forecast")
+
+# the MEDS label file: meds.LabelSchema's columns and types (tests check them against the meds package)
+MEDS_LABEL_SCHEMA = pa.schema(
+    [
+        pa.field(SUBJECT_ID, pa.int64(), nullable=False),
+        pa.field(PREDICTION_TIME, pa.timestamp("us"), nullable=False),  # timezone-naive (UTC wall time)
+        pa.field(BOOLEAN_VALUE, pa.bool_(), nullable=False),
+        pa.field(INTEGER_VALUE, pa.int64(), nullable=False),
+        pa.field(FLOAT_VALUE, pa.float32(), nullable=False),
+        pa.field(CATEGORICAL_VALUE, pa.string(), nullable=False),
+    ]
+)
+# the sidecar ``<task>.extra.parquet``: the key, then the kind's extra columns (LABEL_EXTRAS)
+LABEL_EXTRAS_SCHEMA = pa.schema(
+    [
+        pa.field(SUBJECT_ID, pa.int64(), nullable=False),
+        pa.field(PREDICTION_TIME, pa.timestamp("us"), nullable=False),
+        # time-to-event: days from prediction_time to the event or censoring (exact; the MEDS float_value
+        # is float32); event 1 = event, 0 = censored
+        pa.field(DURATION_DAYS, pa.float64(), nullable=False),
+        pa.field(EVENT, pa.int8(), nullable=False),
+        # forecast: the target codes (e.g. diagnoses at the next encounter), sorted
+        pa.field(TARGET_CODES, pa.list_(pa.string()), nullable=False),
+    ]
+)
+# per kind: the MEDS value columns of the label file (what a MEDS tool reads) ...
+MEDS_LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "binary": (BOOLEAN_VALUE,),  # the outcome
+    "time_to_event": (BOOLEAN_VALUE, FLOAT_VALUE),  # event observed; days to event or censoring (float32)
+    "forecast": (INTEGER_VALUE,),  # the number of target codes
+}
+# ... and the sidecar's columns after the key (none: no sidecar)
+LABEL_EXTRAS: dict[str, tuple[str, ...]] = {
+    "binary": (),
+    "time_to_event": (DURATION_DAYS, EVENT),
+    "forecast": (TARGET_CODES,),
+}
+# in memory: the MEDS columns (all four value columns, nullable) plus the extras. ``float_value`` stays
+# float64 here (pandas consumers test NaN with ``isinstance(x, float)``, which a numpy float32 fails); the
+# file's float32 widens exactly
 LABELS_SCHEMA = pa.schema(
     [
         pa.field(SUBJECT_ID, pa.int64(), nullable=False),
         pa.field(PREDICTION_TIME, pa.timestamp("us"), nullable=False),
-        pa.field("boolean_value", pa.bool_()),
-        pa.field("integer_value", pa.int64()),
-        pa.field("float_value", pa.float64()),
-        pa.field("categorical_value", pa.string()),
-        # time-to-event tasks: days from prediction_time to the event or censoring; event 1 = event, 0 =
-        # censored
-        pa.field("duration_days", pa.float64()),
-        pa.field("event", pa.int8()),
-        # forecasting tasks: the target codes (e.g. diagnoses at the next encounter)
-        pa.field("target_codes", pa.list_(pa.string())),
+        *[f.with_nullable(True).with_type(pa.float64() if f.name == FLOAT_VALUE else f.type)
+          for f in MEDS_LABEL_SCHEMA if f.name not in LABEL_KEY],
+        *[f.with_nullable(True) for f in LABEL_EXTRAS_SCHEMA if f.name not in LABEL_KEY],
     ]
 )
 

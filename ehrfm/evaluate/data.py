@@ -7,8 +7,8 @@ from typing import Literal, cast
 
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
+from ehrfm.labels.tables import task_frames
 from ehrfm.layout import MedsPaths
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
 
@@ -32,23 +32,11 @@ def task_kind(labels: pd.DataFrame, task: str = "?") -> TaskKind:
 
 
 def load_labels(labels_dir: str | Path, tasks: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """``<labels_dir>/<task>.parquet`` (or a folder of parquet parts) -> task -> DataFrame."""
-    root = Path(labels_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"labels directory not found: {root}")
-    found = {p.name.removesuffix(".parquet"): p for p in sorted(root.iterdir())
-             if p.suffix == ".parquet" or p.is_dir()}
-    names = tasks if tasks else sorted(found)
-    out: dict[str, pd.DataFrame] = {}
-    for t in names:
-        if t not in found:
-            raise FileNotFoundError(f"no labels for task {t!r} in {root} (have: {sorted(found)})")
-        df = ds.dataset(found[t], format="parquet").to_table().to_pandas()
-        for col in KEY:
-            if col not in df.columns:
-                raise ValueError(f"labels of task {t!r}: missing column {col!r}")
+    """task -> label DataFrame (LABELS_SCHEMA columns) of ``<labels_dir>/<task>.parquet`` and its sidecar,
+    read by :func:`ehrfm.labels.tables.task_frames` (default: every task in the folder)."""
+    out = task_frames(labels_dir, tasks)
+    for df in out.values():
         df[PREDICTION_TIME] = pd.to_datetime(df[PREDICTION_TIME])
-        out[t] = df.reset_index(drop=True)
     return out
 
 

@@ -4,9 +4,11 @@ Plan: read the MEDS events (4 columns), attach each subject's last event time (`
 censoring must see every event, not only the few codes the tasks read), keep only the codes the tasks read,
 then ``groupBy(subject_id).applyInArrow`` once for all tasks. That is the ``reference`` engine; the default
 ``spark`` engine runs the same rules as Spark expressions (:mod:`ehrfm.labels.spark_engine`). Each task is
-written to ``<output>/<task>.parquet/`` — a folder of ``part-*.parquet`` files in LABELS_SCHEMA, each sorted
-by (subject_id, prediction_time) (``prediction_time`` is a timezone-naive ``timestamp[us]``), readable with
-``pyarrow.parquet.read_table``.
+collected on the driver (one row per index event: small) and written by
+:func:`~ehrfm.labels.tables.write_labels` as ``<output>/<task>.parquet``, one MEDS label file sorted by
+(subject_id, prediction_time)
+(``prediction_time`` a timezone-naive ``timestamp[us]``), plus the sidecar ``<task>.extra.parquet`` of a
+time-to-event or forecast task.
 """
 
 from __future__ import annotations
@@ -18,23 +20,19 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
-from ehrfm.labels.direct import dataset_codes, read_labels, read_splits, summarize
+from ehrfm.labels.direct import dataset_codes, read_splits, summarize
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.parse import load_task, load_tasks, warn_missing_codes
 from ehrfm.labels.spec import TaskSpec, relevant_codes_regex
-from ehrfm.layout import Layout, MedsPaths
+from ehrfm.labels.tables import LABELS_DDL, TASK, write_labels
+from ehrfm.layout import MedsPaths
 from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 RECORD_END = "_record_end"
-TASK = "task"
-OUTPUT_DDL = (
-    "subject_id long, prediction_time timestamp_ntz, boolean_value boolean, integer_value long, "
-    "float_value double, categorical_value string, duration_days double, event tinyint, "
-    "target_codes array<string>, task string"
-)
+OUTPUT_DDL = f"{LABELS_DDL}, {TASK} string"
 
 
 def _label_group(specs: list[TaskSpec]) -> Any:
@@ -72,10 +70,13 @@ def label_frame(events: DataFrame, specs: list[TaskSpec]) -> DataFrame:
 ENGINES = ("spark", "reference")
 
 
-def _write(table: DataFrame, path: Path) -> None:
-    """One label table: parts sorted by (subject_id, prediction_time), one per partition (no single-task
-    bottleneck; readers read the folder, :func:`~ehrfm.labels.direct.read_labels` sorts)."""
-    table.sortWithinPartitions(SUBJECT_ID, "prediction_time").write.mode("overwrite").parquet(str(path))
+def _write(table: DataFrame, spec: TaskSpec, output: Path) -> pa.Table:
+    """Collect one task's label rows (Arrow, no pandas round trip) and write its MEDS label file and sidecar;
+    returns the rows (LABELS_SCHEMA). A single file, not a Spark folder of parts: MEDS tools read files."""
+    rows = table.toArrow()
+    written = rows.select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA)
+    write_labels(written, spec.kind, output, spec.name)
+    return written
 
 
 def label_dataset(
@@ -87,7 +88,7 @@ def label_dataset(
     tasks_dir: str | Path | None = None,
     engine: str = "spark",
 ) -> pd.DataFrame:
-    """Label an ingested MEDS dataset; write ``<output>/<task>.parquet/`` per task.
+    """Label an ingested MEDS dataset; write ``<output>/<task>.parquet`` (+ its sidecar) per task.
 
     ``tasks``: specs, task names, ``"a,b"`` or ``"all"`` (names are read from ``tasks_dir``).
     ``engine``: ``spark`` (the rules as Spark expressions, :mod:`ehrfm.labels.spark_engine`) or
@@ -107,7 +108,6 @@ def label_dataset(
     events = MedsPaths(Path(meds_dir)).read_spark(spark)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    layout = Layout(labels=str(out))
     iterator: Iterable[TaskSpec] = specs
     if progress:
         from tqdm import tqdm
@@ -119,17 +119,14 @@ def label_dataset(
         # every task's write and the summary read the per-subject label arrays (small) computed once
         by_task = labels_by_task(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
         for spec in iterator:
-            _write(task_table(by_task, spec.name), layout.label_table(spec.name))
+            _write(task_table(by_task, spec.name), spec, out)
         splits_path = MedsPaths(Path(meds_dir)).subject_splits
         splits = spark.read.parquet(str(splits_path)) if splits_path.exists() else None
         summary = summarize_spark(by_task, specs, splits)
         by_task.unpersist()
         return summary
     labels = label_frame(events, specs).persist(StorageLevel.MEMORY_AND_DISK)
-    tables = {}
-    for spec in iterator:
-        path = layout.label_table(spec.name)
-        _write(labels.where(F.col(TASK) == spec.name).drop(TASK), path)
-        tables[spec.name] = read_labels(path)
+    tables = {spec.name: _write(labels.where(F.col(TASK) == spec.name).drop(TASK), spec, out)
+              for spec in iterator}
     labels.unpersist()
     return summarize(tables, {s.name: s.kind for s in specs}, read_splits(meds_dir))

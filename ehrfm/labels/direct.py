@@ -12,10 +12,14 @@ import pyarrow.parquet as pq
 
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.spec import TaskSpec
+
+# the label tables' reader lives with their writer; re-exported here, where callers found it
+from ehrfm.labels.tables import read_labels, sort_labels
 from ehrfm.layout import MedsPaths
-from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
+from ehrfm.schema import CODE, ENCOUNTER_ID, SUBJECT_ID, TIME
 
 ENGINE_COLUMNS = [SUBJECT_ID, TIME, CODE, ENCOUNTER_ID]
+__all__ = ["label_events", "read_labels", "read_meds_events", "read_splits", "sort_labels", "summarize"]
 SUMMARY_COLUMNS = ("task", "kind", "split", "rows", "subjects", "positives", "prevalence")
 
 
@@ -30,11 +34,6 @@ def read_meds_events(meds_dir: str | Path, columns: list[str] | None = None) -> 
     return frame
 
 
-def sort_labels(table: pa.Table) -> pa.Table:
-    """Rows ordered by (subject_id, prediction_time): the canonical order both engines write."""
-    return table.sort_by([(SUBJECT_ID, "ascending"), (PREDICTION_TIME, "ascending")])
-
-
 def label_events(events: pd.DataFrame, specs: Iterable[TaskSpec]) -> dict[str, pa.Table]:
     """Run :func:`~ehrfm.labels.engine.label_subject` over every subject of ``events`` (no Spark).
 
@@ -46,12 +45,6 @@ def label_events(events: pd.DataFrame, specs: Iterable[TaskSpec]) -> dict[str, p
         for name, subject_rows in label_subject_rows(group, specs).items():
             rows[name].extend(subject_rows)
     return {name: sort_labels(rows_to_arrow(r)) for name, r in rows.items()}
-
-
-def read_labels(path: str | Path) -> pa.Table:
-    """Read a label table written by either engine (a file or a folder of parts) as LABELS_SCHEMA, sorted."""
-    table = pq.read_table(path)
-    return sort_labels(table.select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA))
 
 
 def read_splits(meds_dir: str | Path) -> pd.DataFrame | None:

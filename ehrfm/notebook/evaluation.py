@@ -105,7 +105,8 @@ def tte_labels_with_groups(labels_dir: str | Path, meds_dir: str | Path, task: s
     available)."""
     lab = attach_split(load_labels(labels_dir, [task])[task], load_splits(meds_dir),
                        task).reset_index(drop=True)
-    if "duration_days" not in lab.columns or "event" not in lab.columns:
+    # label tables carry every value column; the kind says which one holds the label
+    if task_kind(lab, task) != "tte":
         raise ValueError(f"task {task!r} is not time-to-event (needs duration_days and event)")
     events = load_events(meds_dir, ["subject_id", "time", "code"], SUBGROUP_CODE_PREFIXES)
     return pd.concat([lab, subgroup_attributes(events, lab)], axis=1)

@@ -14,31 +14,19 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ehrfm.config.tokenize import TokenizerConfig
-from ehrfm.layout import Layout, TokenPaths
+from ehrfm.labels.tables import tasks_frame
+from ehrfm.layout import TokenPaths
 from ehrfm.prepare.bins import Bins
-from ehrfm.schema import LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TOKENS_SCHEMA
+from ehrfm.schema import SUBJECT_ID, TOKENS_SCHEMA
 from ehrfm.tokenize.tokenizer import tokenize_subject
 from ehrfm.vocab import Vocabulary
 
 
 def read_label_tables(labels_dir: str | Path, tasks: Sequence[str]) -> pd.DataFrame:
-    """``<labels>/<task>.parquet`` (file or folder of parts) for each task, concatenated with a ``task``
-    column."""
-    frames = []
-    for task in tasks:
-        path = Layout(labels=str(labels_dir)).label_table(task)
-        if not path.exists():
-            raise FileNotFoundError(f"label table for task {task!r} not found: {path}")
-        table = pq.read_table(path)
-        cols = [c for c in LABELS_SCHEMA.names if c in table.column_names]
-        for c in (SUBJECT_ID, PREDICTION_TIME):
-            if c not in cols:
-                raise ValueError(f"{path}: missing label column {c!r}")
-        frame: pd.DataFrame = table.select(cols).to_pandas()
-        frames.append(frame.assign(task=task))
-    if not frames:
-        return pd.DataFrame(columns=[SUBJECT_ID, PREDICTION_TIME, "task"])
-    return pd.concat(frames, ignore_index=True)
+    """The label tables of ``tasks`` as one DataFrame with a ``task`` column
+    (:func:`ehrfm.labels.tables.tasks_frame`: MEDS label files with their sidecars, ACES label files, older
+    ehrfm folders)."""
+    return tasks_frame(labels_dir, tasks)
 
 
 def iter_rows(

@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow as pa
 
 from ehrfm.config.tokenize import TokenizerConfig
-from ehrfm.layout import Layout, MedsPaths, TokenPaths
+from ehrfm.labels.tables import tasks_spark
+from ehrfm.layout import MedsPaths, TokenPaths
 from ehrfm.prepare.bins import Bins
 from ehrfm.schema import (
     CODE,
     ENCOUNTER_ID,
-    LABELS_SCHEMA,
     NUMERIC_VALUE,
     PREDICTION_TIME,
     SUBJECT_ID,
@@ -79,26 +79,9 @@ def read_events_spark(spark: SparkSession, meds_dir: str | Path) -> SparkDataFra
 
 def read_labels_spark(spark: SparkSession, labels_dir: str | Path,
                       tasks: Sequence[str]) -> SparkDataFrame | None:
-    """Union of ``<labels>/<task>.parquet`` with a ``task`` column (LABELS_SCHEMA columns present)."""
-    from pyspark.sql import functions as F
-
-    frames = []
-    for task in tasks:
-        path = Layout(labels=str(labels_dir)).label_table(task)
-        if not path.exists():
-            raise FileNotFoundError(f"label table for task {task!r} not found: {path}")
-        df = spark.read.parquet(str(path))
-        for c in (SUBJECT_ID, PREDICTION_TIME):
-            if c not in df.columns:
-                raise ValueError(f"{path}: missing label column {c!r}")
-        cols = [c for c in LABELS_SCHEMA.names if c in df.columns]
-        frames.append(df.select(F.lit(task).alias("task"), *cols))
-    if not frames:
-        return None
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f, allowMissingColumns=True)
-    return out
+    """The label tables of ``tasks`` as one Spark DataFrame with a ``task`` column, None for no tasks
+    (:func:`ehrfm.labels.tables.tasks_spark`)."""
+    return tasks_spark(spark, labels_dir, tasks)
 
 
 def tokenize_spark(

@@ -1,0 +1,302 @@
+"""Label tables on disk: the one writer and the one reader every stage uses (pandas, Arrow and Spark forms).
+
+On disk (ehrfm/tasks/README.md, "Output") a task is ``<labels>/<task>.parquet``, a MEDS label file
+(``meds.LabelSchema``: the key and the value columns of the task's kind, none null) and, for time-to-event
+and forecast tasks, the sidecar ``<labels>/<task>.extra.parquet`` (:data:`~ehrfm.schema.LABEL_EXTRAS`) keyed
+by (subject_id, prediction_time), rows in the file's order. ``<labels>/tasks.json`` names each task's kind.
+
+The reader returns the in-memory form, :data:`~ehrfm.schema.LABELS_SCHEMA` sorted by (subject_id,
+prediction_time), with each label in one place: ``boolean_value`` (binary), ``duration_days`` + ``event``
+(time-to-event), ``target_codes`` (forecast). It also reads
+
+- label files another MEDS tool wrote (ACES): no sidecar and no ``tasks.json`` entry make a binary task
+  labelled by ``boolean_value``; extra columns are ignored, nullable columns and timezone-aware or other
+  integer / timestamp types are accepted, rows repeating a key with the same label are kept once (a
+  warning says how many);
+- outputs of older ehrfm versions: ``<task>.parquet/`` folders of parts with the extras as columns.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ehrfm.layout import Layout
+from ehrfm.schema import (
+    BOOLEAN_VALUE,
+    DURATION_DAYS,
+    EVENT,
+    FLOAT_VALUE,
+    INTEGER_VALUE,
+    LABEL_EXTRAS,
+    LABEL_EXTRAS_SCHEMA,
+    LABEL_KEY,
+    LABEL_KINDS,
+    LABELS_SCHEMA,
+    MEDS_LABEL_SCHEMA,
+    MEDS_LABEL_VALUES,
+    PREDICTION_TIME,
+    SUBJECT_ID,
+    TARGET_CODES,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+
+TASK = "task"
+# LABELS_SCHEMA in Spark's words (naive times: TIMESTAMP_NTZ, like MEDS event times)
+LABELS_DDL = (
+    "subject_id long, prediction_time timestamp_ntz, boolean_value boolean, integer_value long, "
+    "float_value double, categorical_value string, duration_days double, event tinyint, "
+    "target_codes array<string>"
+)
+# the label of each kind in the in-memory form: what must be present and non-null in every row
+_LABEL_OF = {"binary": (BOOLEAN_VALUE,), "time_to_event": (DURATION_DAYS, EVENT), "forecast": (TARGET_CODES,)}
+
+
+def sort_labels(table: pa.Table) -> pa.Table:
+    """Rows ordered by (subject_id, prediction_time): the canonical order of every label table."""
+    return table.sort_by([(SUBJECT_ID, "ascending"), (PREDICTION_TIME, "ascending")])
+
+
+def _check_kind(kind: str, task: str) -> None:
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"task {task!r}: kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
+
+
+def _no_nulls(table: pa.Table, columns: Sequence[str], task: str, where: str) -> None:
+    """A clear error for nulls where none may be (counts only: label values are patient data)."""
+    for c in columns:
+        n = table.column(c).null_count
+        if n:
+            raise ValueError(f"task {task!r}: {where}: column {c!r} is null in {n} of {table.num_rows} rows")
+
+
+# --- write -----------------------------------------------------------------------------------------------
+def split_labels(table: pa.Table, kind: str, task: str = "?") -> tuple[pa.Table, pa.Table | None]:
+    """An in-memory label table (LABELS_SCHEMA columns) as (MEDS label table, sidecar or None), both sorted
+    by (subject_id, prediction_time), in :data:`~ehrfm.schema.MEDS_LABEL_SCHEMA` /
+    :data:`~ehrfm.schema.LABEL_EXTRAS_SCHEMA` types with only the kind's columns.
+
+    The MEDS value columns are what a MEDS tool reads (:data:`~ehrfm.schema.MEDS_LABEL_VALUES`): binary
+    ``boolean_value``; time-to-event ``boolean_value`` = event observed and ``float_value`` = days to the
+    event or censoring; forecast ``integer_value`` = number of target codes.
+    """
+    _check_kind(kind, task)
+    wide = sort_labels(table.select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA))
+    _no_nulls(wide, [*LABEL_KEY, *_LABEL_OF[kind]], task, "label table")
+    derived: dict[str, pa.ChunkedArray] = {
+        BOOLEAN_VALUE: wide.column(BOOLEAN_VALUE) if kind == "binary" else pc.equal(wide.column(EVENT), 1),
+        FLOAT_VALUE: wide.column(DURATION_DAYS),
+        INTEGER_VALUE: pc.list_value_length(wide.column(TARGET_CODES)),
+    }
+    cols = [*LABEL_KEY, *MEDS_LABEL_VALUES[kind]]
+    meds_schema = pa.schema([MEDS_LABEL_SCHEMA.field(c) for c in cols])
+    arrays = [wide.column(c) if c in LABEL_KEY else derived[c] for c in cols]
+    meds = pa.Table.from_arrays([a.cast(f.type) for a, f in zip(arrays, meds_schema, strict=True)],
+                                schema=meds_schema)
+    if not LABEL_EXTRAS[kind]:
+        return meds, None
+    extras_schema = pa.schema([LABEL_EXTRAS_SCHEMA.field(c) for c in (*LABEL_KEY, *LABEL_EXTRAS[kind])])
+    extras = pa.Table.from_arrays([wide.column(f.name).cast(f.type) for f in extras_schema],
+                                  schema=extras_schema)
+    return meds, extras
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_labels(table: pa.Table, kind: str, labels_dir: str | Path, task: str) -> list[Path]:
+    """Write ``<labels_dir>/<task>.parquet`` (one MEDS label file) and, for time-to-event and forecast tasks,
+    ``<task>.extra.parquet`` (:func:`split_labels`); returns the paths written. A table or sidecar left there
+    by an earlier run (a folder of parts, a sidecar of a task that is now binary) is replaced / removed."""
+    layout = Layout(labels=str(labels_dir))
+    meds, extras = split_labels(table, kind, task)
+    layout.labels_dir.mkdir(parents=True, exist_ok=True)
+    written = [layout.label_table(task)]
+    _remove(written[0])
+    pq.write_table(meds, written[0])
+    _remove(layout.label_extras(task))
+    if extras is not None:
+        written.append(layout.label_extras(task))
+        pq.write_table(extras, written[1])
+    return written
+
+
+# --- read ------------------------------------------------------------------------------------------------
+def read_kinds(labels_dir: str | Path) -> dict[str, str]:
+    """``<labels_dir>/tasks.json`` (task -> kind) as written by ``ehrfm label``; empty when absent (a folder
+    another tool wrote)."""
+    path = Layout(labels=str(labels_dir)).label_kinds
+    if not path.is_file():
+        return {}
+    kinds = json.loads(path.read_text())
+    if not isinstance(kinds, dict):
+        raise ValueError(f"{path}: expected an object task -> kind")
+    return {str(k): str(v) for k, v in kinds.items()}
+
+
+def label_tasks(labels_dir: str | Path) -> list[str]:
+    """Tasks with a label table in ``labels_dir`` (:meth:`Layout.label_tasks`: sidecars are not tasks)."""
+    return Layout(labels=str(labels_dir)).label_tasks()
+
+
+def _typed(table: pa.Table, name: str, to: pa.DataType, task: str) -> pa.Array | pa.ChunkedArray:
+    """Column ``name`` cast to ``to``; timezone-aware times become naive UTC wall time (as MEDS times are)."""
+    col = table.column(name)
+    try:
+        return col.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ValueError(f"task {task!r}: column {name!r} of type {col.type} does not convert to {to}") from e
+
+
+def _kind_of(task: str, raw: pa.Table, extras: pa.Table | None, kinds: dict[str, str]) -> str:
+    """The task's kind: tasks.json, else the sidecar's columns, else the extras inline (older outputs),
+    else binary (a MEDS label file of another tool)."""
+    if task in kinds:
+        _check_kind(kinds[task], task)
+        return kinds[task]
+    for source in (extras, raw):
+        if source is None:
+            continue
+
+        # a sidecar's columns count; inline ones (older outputs) when not all null
+        def filled(c: str, t: pa.Table = source) -> bool:
+            return c in t.column_names and (t is extras or t.column(c).null_count < t.num_rows)
+
+        if filled(DURATION_DAYS):
+            return "time_to_event"
+        if filled(TARGET_CODES):
+            return "forecast"
+    return "binary"
+
+
+def _aligned(raw: pa.Table, extras: pa.Table, task: str, sidecar: Path) -> None:
+    """The sidecar must hold the label file's keys in the same order (it is joined by position)."""
+    for c in LABEL_KEY:
+        if c not in extras.column_names:
+            raise ValueError(f"task {task!r}: {sidecar.name}: missing key column {c!r}")
+    if extras.num_rows != raw.num_rows:
+        raise ValueError(f"task {task!r}: {sidecar.name} has {extras.num_rows} rows, the label file "
+                         f"{raw.num_rows}: written by different runs")
+    for c, to in ((SUBJECT_ID, pa.int64()), (PREDICTION_TIME, pa.timestamp("us"))):
+        if not _typed(raw, c, to, task).equals(_typed(extras, c, to, task)):
+            raise ValueError(f"task {task!r}: {sidecar.name}: column {c!r} differs from the label file's "
+                             "(written by different runs)")
+
+
+def _label_columns(task: str, kind: str, raw: pa.Table,
+                   extras: pa.Table | None) -> dict[str, pa.ChunkedArray]:
+    """The kind's label columns of the in-memory form, from the sidecar, the extras inline, or (a
+    time-to-event file without its sidecar) the MEDS columns."""
+    need = _LABEL_OF[kind]
+    for source in (extras, raw):
+        if source is not None and all(c in source.column_names for c in need):
+            return {c: _typed(source, c, LABELS_SCHEMA.field(c).type, task) for c in need}
+    if kind == "time_to_event" and {BOOLEAN_VALUE, FLOAT_VALUE} <= set(raw.column_names):
+        return {DURATION_DAYS: _typed(raw, FLOAT_VALUE, pa.float64(), task),
+                EVENT: _typed(raw, BOOLEAN_VALUE, pa.int8(), task)}
+    where = "its sidecar" if kind != "binary" else "the label file"
+    raise ValueError(f"task {task!r} ({kind}): no column {' / '.join(need)} in {where}")
+
+
+def _dedupe(columns: dict[str, pa.ChunkedArray], kind: str, task: str) -> pa.Table:
+    """The in-memory table of ``columns``, sorted by key; a key repeated with the same label is kept once
+    (warned), with another label it is an error (ACES writes one row per trigger event: two triggers at one
+    instant repeat the key)."""
+    n = len(columns[SUBJECT_ID])
+    table = pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in LABELS_SCHEMA},
+                     schema=LABELS_SCHEMA)
+    if n < 2 or table.group_by(list(LABEL_KEY)).aggregate([]).num_rows == n:
+        return sort_labels(table)
+    if kind == "forecast":  # list labels do not group; ehrfm's engines never repeat a key
+        raise ValueError(f"task {task!r}: (subject_id, prediction_time) repeats in the label table")
+    distinct = table.group_by([*LABEL_KEY, *_LABEL_OF[kind]]).aggregate([])
+    if distinct.group_by(list(LABEL_KEY)).aggregate([]).num_rows != distinct.num_rows:
+        raise ValueError(f"task {task!r}: (subject_id, prediction_time) repeats with different labels")
+    warnings.warn(f"task {task!r}: {n - distinct.num_rows} rows repeat an earlier (subject_id, "
+                  "prediction_time) with the same label; each key is kept once", stacklevel=3)
+    return _dedupe({c: distinct.column(c) for c in distinct.column_names}, kind, task)
+
+
+def read_task_labels(labels_dir: str | Path, task: str, kind: str | None = None) -> pa.Table:
+    """The label table of ``task`` in ``labels_dir`` in the in-memory form (LABELS_SCHEMA, sorted by
+    (subject_id, prediction_time)). ``kind``: the task's kind when known (default: ``tasks.json``, the
+    sidecar, else binary). Errors name the task, the file and the column, never a value."""
+    layout = Layout(labels=str(labels_dir))
+    path, sidecar = layout.label_table(task), layout.label_extras(task)
+    if not path.exists():
+        raise FileNotFoundError(f"task {task!r}: no label table {path} (have: {layout.label_tasks()})")
+    raw = pq.read_table(path)
+    for c in LABEL_KEY:
+        if c not in raw.column_names:
+            raise ValueError(f"task {task!r}: {path.name}: missing label column {c!r}")
+    extras = pq.read_table(sidecar) if sidecar.exists() else None
+    kind = _kind_of(task, raw, extras, read_kinds(labels_dir) if kind is None else {task: kind})
+    if LABEL_EXTRAS[kind] and extras is not None:
+        _aligned(raw, extras, task, sidecar)
+    else:
+        extras = None  # binary: a sidecar left by an earlier run of a task of that name is not read
+    _no_nulls(raw, LABEL_KEY, task, path.name)  # e.g. an ACES config without index_timestamp
+    columns = {SUBJECT_ID: _typed(raw, SUBJECT_ID, pa.int64(), task),
+               PREDICTION_TIME: _typed(raw, PREDICTION_TIME, pa.timestamp("us"), task),
+               **_label_columns(task, kind, raw, extras)}
+    for c in _LABEL_OF[kind]:
+        if columns[c].null_count:
+            raise ValueError(f"task {task!r}: {path.name}: column {c!r} (the {kind} label) is null in "
+                             f"{columns[c].null_count} of {raw.num_rows} rows")
+    return _dedupe(columns, kind, task)
+
+
+def read_labels(path: str | Path, kind: str | None = None) -> pa.Table:
+    """:func:`read_task_labels` of the label table at ``path`` (``<labels>/<task>.parquet``)."""
+    path = Path(path)
+    return read_task_labels(path.parent, path.name.removesuffix(".parquet"), kind)
+
+
+def read_tasks(labels_dir: str | Path, tasks: Sequence[str] | None = None) -> dict[str, pa.Table]:
+    """task -> in-memory label table for ``tasks`` (default: every task in ``labels_dir``)."""
+    root = Path(labels_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"labels directory not found: {root}")
+    return {t: read_task_labels(root, t) for t in (tasks or label_tasks(root))}
+
+
+def task_frames(labels_dir: str | Path, tasks: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`read_tasks` as pandas DataFrames (LABELS_SCHEMA columns)."""
+    return {t: table.to_pandas() for t, table in read_tasks(labels_dir, tasks).items()}
+
+
+def tasks_table(labels_dir: str | Path, tasks: Sequence[str]) -> pa.Table:
+    """The label tables of ``tasks`` stacked: LABELS_SCHEMA columns, then ``task``."""
+    parts = [t.append_column(TASK, pa.array([name] * t.num_rows, pa.string()))
+             for name, t in read_tasks(labels_dir, list(tasks)).items()]
+    empty = LABELS_SCHEMA.append(pa.field(TASK, pa.string())).empty_table()
+    return pa.concat_tables(parts) if parts else empty
+
+
+def tasks_frame(labels_dir: str | Path, tasks: Sequence[str]) -> pd.DataFrame:
+    """:func:`tasks_table` as one pandas DataFrame (what the one-process tokenizer reads)."""
+    frame: pd.DataFrame = tasks_table(labels_dir, tasks).to_pandas()
+    return frame
+
+
+def tasks_spark(spark: SparkSession, labels_dir: str | Path, tasks: Sequence[str]) -> DataFrame | None:
+    """:func:`tasks_table` as a Spark DataFrame in LABELS_DDL (None for no tasks). Read on the driver: a
+    label table has one row per index event, and so one reader serves every layout and sidecar."""
+    if not tasks:
+        return None
+    return spark.createDataFrame(tasks_table(labels_dir, tasks), f"{LABELS_DDL}, {TASK} string")
