@@ -8,6 +8,7 @@ from typing import Literal
 
 from ehrfm.atomic import OverwriteOption
 from ehrfm.config.base import ConfigBase, require
+from ehrfm.config.explain import IGSettings
 from ehrfm.config.spark import SparkConfig
 from ehrfm.config.tokenize import TokenizerConfig
 
@@ -64,10 +65,21 @@ class ServeConfig(ConfigBase):
     strict: bool = False
     """false (default): a rejected resource is left out and the patient scored on the rest (``partial``,
     the rejects listed in ``issues``); true: any rejected resource refuses the patient (422)."""
+    explain: bool = False
+    """Attach integrated-gradients explanations to every prediction of a binary or time-to-event task
+    (off by default: they cost several model passes; a request row's ``explain`` field overrides it)."""
+    explain_top_k: int = 5
+    """Contributing events listed per prediction (JSON ``explanation`` column, RiskAssessment ``basis``)."""
+    explain_ig: IGSettings = field(default_factory=lambda: IGSettings(steps=8, max_steps=32))
+    """Integrated-gradients settings of served explanations (bounded cost: points per try, refinement cap,
+    tokens per row)."""
 
     def __post_init__(self) -> None:
         require(isinstance(self.strict, bool), "strict", self.strict, "must be true or false")
         require(self.validate in ("full", "none"), "validate", self.validate, "must be 'full' or 'none'")
+        require(isinstance(self.explain, bool), "explain", self.explain, "must be true or false")
+        require(isinstance(self.explain_top_k, int) and 1 <= self.explain_top_k <= 100, "explain_top_k",
+                self.explain_top_k, "must be an integer in [1, 100]")
 
 
 @dataclass

@@ -9,6 +9,8 @@ A *serving folder* is a finetuned model folder (see :mod:`ehrfm.train.predict`) 
 Prediction itself is :func:`ehrfm.train.predict.predict_batch`, the function batch evaluation uses, so
 serving, Spark scoring and ``ehrfm finetune``'s predictions share ONE code path; this module only turns
 events into task rows (:func:`ehrfm.tokenize.tokenize_for_prediction`) and rows into batches.
+Explanations, when asked for, are :func:`ehrfm.explain.explainer.explain_rows` of the same rows (the
+population stage's function), with their tokens aligned back to the patient's events.
 No MLflow here: :mod:`ehrfm.serve.pyfunc` wraps it.
 """
 
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
@@ -39,8 +41,13 @@ from ehrfm.tokenize import TokenizerConfig, tokenize_for_prediction
 from ehrfm.train.heads import HeadSpec
 from ehrfm.train.predict import HEADS_SPEC, FinetunedModel, predict_batch
 
+if TYPE_CHECKING:
+    from ehrfm.explain.explainer import RowExplanation
+
 BINS_JSON, TASKS_DIR = "bins.json", "tasks"
 RESULT_COLUMNS = ("prob", "risk", "survival", "times_days", "topk_codes", "topk_probs")
+EXPLAINED_KINDS = ("binary", "tte")
+"""Task kinds with a scalar output to attribute (forecasting has none)."""
 
 
 def _finetuned_dir(path: Path) -> Path:
@@ -132,12 +139,30 @@ class Scorer:
             out.extend({k: v[j] for k, v in cols.items()} for j in range(len(chunk)))
         return out
 
+    def explain_row(self, task: str, row: dict[str, Any], events: pd.DataFrame,
+                    prediction_time: Any) -> RowExplanation:
+        """Integrated-gradients explanation of one task row built from ``events`` (bounded by
+        ``explain_ig``), its events aligned back to the rows of ``events`` (raw values, units, ``source``
+        index); when the row cannot be aligned the events show their token values instead."""
+        from ehrfm.explain.aggregate import align_events
+        from ehrfm.explain.explainer import explain_rows, kept_row
+
+        ig = self.config.explain_ig
+        try:
+            sources = align_events(kept_row(row, ig.max_tokens), events, self.fm.vocab, self.tokenize_cfg,
+                                   prediction_time)
+        except ValueError:  # not expected for rows built here; the explanation stands without values
+            return explain_rows(self.fm, self.spec(task), [row], ig)[0]
+        return explain_rows(self.fm, self.spec(task), [row], ig, [sources], [events])[0]
+
     def score_events(self, events: pd.DataFrame, prediction_time: Any = None,
-                     tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                     tasks: Sequence[str] | None = None, explain: bool = False) -> list[dict[str, Any]]:
         """One patient's events (EVENTS_SCHEMA columns) -> one dict per task with ``subject_id``,
         ``prediction_time``, ``task``, ``kind`` and the contract columns.
 
         ``prediction_time`` (inclusive) defaults to the last event time; events after it are never seen.
+        ``explain``: binary and time-to-event results also carry ``explanation``
+        (:class:`~ehrfm.explain.explainer.RowExplanation`, see :meth:`explain_row`).
         """
         names = list(tasks) if tasks else self.tasks
         for t in names:
@@ -147,9 +172,11 @@ class Scorer:
         results = []
         for t, row in zip(names, rows, strict=True):
             res = self.predict_rows(t, [row])[0]
-            results.append({SUBJECT_ID: int(row[SUBJECT_ID]),
-                            PREDICTION_TIME: pd.Timestamp(row[PREDICTION_TIME]),
-                            "task": t, "kind": self.spec(t).kind, **res})
+            out = {SUBJECT_ID: int(row[SUBJECT_ID]), PREDICTION_TIME: pd.Timestamp(row[PREDICTION_TIME]),
+                   "task": t, "kind": self.spec(t).kind, **res}
+            if explain and self.spec(t).kind in EXPLAINED_KINDS:
+                out["explanation"] = self.explain_row(t, row, events, pt)
+            results.append(out)
         return results
 
 

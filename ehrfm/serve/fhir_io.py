@@ -2,7 +2,8 @@
 
 Input: a DataFrame (or records) with, per row, ``bundle`` (a FHIR R4 Bundle as JSON text, one patient) or
 ``events`` (a JSON list of MEDS events ``{subject_id, time, code, numeric_value?, encounter_id?}``), and
-optionally ``prediction_time`` (ISO 8601; default the last event time) and ``tasks`` (comma-separated).
+optionally ``prediction_time`` (ISO 8601; default the last event time), ``tasks`` (comma-separated) and
+``explain`` (true/false: attach attributions; default the served model's ``explain`` setting).
 
 Partial records: by default a resource the ingest rejects (FHIR validation, an impossible time, a bad
 value, a subject other than the Bundle's Patient) is left out and the patient is scored on the rest; the
@@ -26,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from ehrfm.explain.fhir import basis_and_extensions
 from ehrfm.ingest.fhir import jsonio, textbounds
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.ingest.fhir.ids import subject_id_for
@@ -34,7 +36,7 @@ from ehrfm.schema import CODE, ENCOUNTER_ID, EVENT_COLUMNS, NUMERIC_VALUE, SUBJE
 from ehrfm.serve.core import Limits
 from ehrfm.serve.outcome import error_outcome as error_outcome  # re-exported: one definition
 
-INPUT_COLUMNS = ("bundle", "events", "prediction_time", "tasks")
+INPUT_COLUMNS = ("bundle", "events", "prediction_time", "tasks", "explain")
 UCUM = "http://unitsofmeasure.org"
 BAD_REQUEST, TOO_LARGE, UNPROCESSABLE = 400, 413, 422
 MAX_TASKS_CHARS = 4_096
@@ -74,7 +76,8 @@ class Issue:
 class PatientInput:
     """One request row, parsed: ``events`` in EVENTS_SCHEMA columns, ``patient_ref`` the FHIR Patient id
     (None for MEDS input), ``prediction_time`` (None = last event), ``tasks`` (None = every task),
-    ``issues`` the resources left out of a partial record."""
+    ``issues`` the resources left out of a partial record, ``explain`` the row's explanation switch (None =
+    the served default) and ``entries`` the Bundle's entries (where explained events find their resource)."""
 
     row: int
     events: pd.DataFrame
@@ -82,6 +85,8 @@ class PatientInput:
     prediction_time: pd.Timestamp | None
     tasks: list[str] | None
     issues: list[Issue] = field(default_factory=list)
+    explain: bool | None = None
+    entries: list[Any] | None = field(default=None, repr=False)
 
     @property
     def partial(self) -> bool:
@@ -268,7 +273,7 @@ def parse_bundle(row: int, value: Any, limits: Limits, validate: str = "full",
     # timeline out of the scorer should one slip through all the same
     events = events[events[SUBJECT_ID] == sid].reset_index(drop=True)
     _check_events(row, events, limits)
-    return PatientInput(row, events, pid, None, None, issues)
+    return PatientInput(row, events, pid, None, None, issues, entries=entries)
 
 
 def parse_events(row: int, value: Any, limits: Limits) -> pd.DataFrame:
@@ -362,6 +367,20 @@ def parse_tasks(row: int, value: Any) -> list[str] | None:
     return [t.strip() for t in str(value).split(",") if t.strip()] or None
 
 
+def parse_flag(row: int, name: str, value: Any) -> bool | None:
+    """A true/false field (JSON boolean, or the text true/false/1/0/yes/no): None when blank (400 else)."""
+    if _blank(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if hasattr(value, "item") and isinstance(value.item(), bool):  # numpy.bool_ from a DataFrame column
+        return bool(value.item())
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise InputError(f"row {row}: field {name!r} must be true or false", BAD_REQUEST)
+    return text in ("true", "1", "yes")
+
+
 def parse_request(frame: pd.DataFrame, limits: Limits, validate: str = "full",
                   strict: bool = False) -> list[PatientInput]:
     """Every row of a request DataFrame (columns in :data:`INPUT_COLUMNS`) -> :class:`PatientInput`.
@@ -396,11 +415,12 @@ def parse_request(frame: pd.DataFrame, limits: Limits, validate: str = "full",
     for i, (rec, (name, text)) in enumerate(zip(records, fields, strict=True)):
         tasks = parse_tasks(i, rec.get("tasks"))  # cheap checks of the row before its record is mapped
         when = parse_time(i, rec.get("prediction_time"), limits.max_clock_skew_s)
+        explain = parse_flag(i, "explain", rec.get("explain"))
         if name == "bundle":
             p = parse_bundle(i, text, limits, validate, strict)
         else:
             p = PatientInput(i, parse_events(i, text, limits), None, None, None)
-        p.prediction_time, p.tasks = when, tasks
+        p.prediction_time, p.tasks, p.explain = when, tasks, explain
         out.append(p)
     return out
 
@@ -436,11 +456,13 @@ def _days(v: float) -> dict[str, Any]:
 
 
 def risk_assessment(result: dict[str, Any], patient_ref: str | None, method: str, description: str = "",
-                    topk_shown: int = 5) -> dict[str, Any]:
+                    topk_shown: int = 5, explanation: dict[str, Any] | None = None) -> dict[str, Any]:
     """A FHIR R4 RiskAssessment (dict) for one (patient, task) result of :meth:`Scorer.score_events`.
 
     binary: one prediction with ``probabilityDecimal`` = prob; tte: one per horizon ``t`` of the grid with
     P(event by t) = 1 - S(t) and ``whenRange`` [0, t] days; forecast: the top codes with their scores.
+    ``explanation`` (:func:`ehrfm.serve.pyfunc.explanation_summary`): the contributing events as ``basis``
+    references and extensions (:func:`ehrfm.explain.fhir.basis_and_extensions`).
     """
     task, outcome = result["task"], description or result["task"]
     preds: list[dict[str, Any]] = []
@@ -457,9 +479,15 @@ def risk_assessment(result: dict[str, Any], patient_ref: str | None, method: str
                           "probabilityDecimal": min(max(float(p), 0.0), 1.0)})
     subject = f"Patient/{patient_ref}" if patient_ref else f"Patient/{result['subject_id']}"
     when = pd.Timestamp(result["prediction_time"]).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    return {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": subject},
-            "occurrenceDateTime": when, "method": {"text": method}, "code": {"text": task},
-            "prediction": preds}
+    out = {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": subject},
+           "occurrenceDateTime": when, "method": {"text": method}, "code": {"text": task},
+           "prediction": preds}
+    if explanation is not None:
+        basis, extensions = basis_and_extensions(explanation)
+        out["extension"] = extensions
+        if basis:
+            out["basis"] = basis
+    return out
 
 
 def validate_risk_assessment(resource: dict[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 and FHIR RiskAssessment resources out.
 
 Request (a DataFrame; over HTTP ``{"dataframe_records": [...]}`` or ``{"inputs": [...]}``): per row one
-of ``bundle`` / ``events`` (JSON text), optional ``prediction_time`` and ``tasks`` (see
+of ``bundle`` / ``events`` (JSON text), optional ``prediction_time``, ``tasks`` and ``explain`` (see
 :mod:`ehrfm.serve.fhir_io`). Response: one row per (patient, task) with the columns of
 :data:`OUTPUT_COLUMNS` (``partial``: resources were left out of the record, listed in ``issues`` as a FHIR
-OperationOutcome). Bad input raises ``MlflowException(INVALID_PARAMETER_VALUE)``, which the MLflow scoring
-server answers with HTTP 400 and the message; nothing from the payload is in the message. (``ehrfm serve``
-answers the same :class:`InputError` with its own status: 400, 413 or 422.)
+OperationOutcome; ``explanation``: with explanations on, the top contributing events as JSON, also in the
+RiskAssessment as ``basis`` references or extensions, see :mod:`ehrfm.explain.fhir`). Bad input raises
+``MlflowException(INVALID_PARAMETER_VALUE)``, which the MLflow scoring server answers with HTTP 400 and
+the message; nothing from the payload is in the message. (``ehrfm serve`` answers the same
+:class:`InputError` with its own status: 400, 413 or 422.)
 
 Limits come from ``serve.json`` and can be overridden per deployment with the environment variables of
 :data:`LIMIT_ENV` (``EHRFM_SERVE_<LIMIT>``, e.g. ``EHRFM_SERVE_MAX_REQUEST_BYTES``); ``EHRFM_SERVE_STRICT``
@@ -21,7 +23,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.pyfunc
@@ -32,6 +34,7 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import Array, ColSpec, Schema
 
+from ehrfm.explain.fhir import ResourceFinder
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
 from ehrfm.serve.core import Limits, Scorer, gc_paused
 from ehrfm.serve.fhir_io import (
@@ -46,10 +49,13 @@ from ehrfm.serve.fhir_io import (
 )
 from ehrfm.serve.model_env import ehrfm_wheel, model_requirements
 
+if TYPE_CHECKING:
+    from ehrfm.explain.explainer import RowExplanation
+
 ARTIFACT = "serving"
 OUTPUT_COLUMNS = ("row", "patient_id", SUBJECT_ID, PREDICTION_TIME, "task", "kind", "model", "prob", "risk",
                   "survival", "times_days", "topk_codes", "topk_probs", "risk_assessment", "partial",
-                  "issues")
+                  "issues", "explanation")
 LIMIT_ENV = {f.name: f"EHRFM_SERVE_{f.name.upper()}" for f in dataclasses.fields(Limits)}
 STRICT_ENV = "EHRFM_SERVE_STRICT"
 
@@ -108,17 +114,38 @@ def _predict_frame(scorer: Scorer, request: Any, limits: Limits, strict: bool) -
     rows: list[dict[str, Any]] = []
     for p in patients:
         issues = json.dumps(operation_outcome(p.issues)) if p.issues else None
-        for r in scorer.score_events(p.events, p.prediction_time, p.tasks):
+        explain = scorer.config.explain if p.explain is None else p.explain
+        finder = ResourceFinder(p.entries) if explain and p.entries else None
+        for r in scorer.score_events(p.events, p.prediction_time, p.tasks, explain=explain):
+            ex = explanation_summary(r.pop("explanation", None), p.events, finder,
+                                     scorer.config.explain_top_k)
             ra = validate_risk_assessment(risk_assessment(r, p.patient_ref, method,
-                                                          scorer.descriptions.get(r["task"], "")))
+                                                          scorer.descriptions.get(r["task"], ""),
+                                                          explanation=ex))
             rows.append({"row": p.row, "patient_id": p.patient_ref, **r, "model": scorer.fm.model_name,
                          PREDICTION_TIME: utc_iso(r[PREDICTION_TIME]), "risk_assessment": json.dumps(ra),
-                         "partial": p.partial, "issues": issues})
+                         "partial": p.partial, "issues": issues,
+                         "explanation": json.dumps(ex) if ex is not None else None})
     out = pd.DataFrame(rows)
     for c in OUTPUT_COLUMNS:
         if c not in out:
             out[c] = None
     return out[list(OUTPUT_COLUMNS)].astype(object).where(out[list(OUTPUT_COLUMNS)].notna(), None)
+
+
+def explanation_summary(ex: RowExplanation | None, events: pd.DataFrame, finder: ResourceFinder | None,
+                        top_k: int) -> dict[str, Any] | None:
+    """The JSON of one explanation: what was attributed, the completeness check and the ``top_k`` events,
+    each with its description (``text``) and, when it came from a Bundle resource, ``resource``
+    (``Type/id``)."""
+    if ex is None:
+        return None
+    summary = ex.summary(top_k)
+    for ev, item in zip(ex.top(top_k), summary["events"], strict=True):
+        item["text"] = ev.describe()
+        found = finder.find(events.iloc[ev.source]) if finder is not None and ev.source is not None else None
+        item["resource"] = found
+    return summary
 
 
 def utc_iso(t: Any) -> str:
@@ -176,7 +203,8 @@ def signature() -> ModelSignature:
                       ColSpec(Array("string"), "topk_codes", required=False),
                       ColSpec(Array("double"), "topk_probs", required=False),
                       ColSpec("string", "risk_assessment"), ColSpec("boolean", "partial"),
-                      ColSpec("string", "issues", required=False)])
+                      ColSpec("string", "issues", required=False),
+                      ColSpec("string", "explanation", required=False)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

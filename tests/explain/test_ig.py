@@ -1,0 +1,110 @@
+"""Integrated gradients: the completeness check holds for every backbone on the CPU reference and chunked
+paths; prompt tokens and padding get nothing; the explained output is the raw head output that predictions
+are made from; the check does catch a poor quadrature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from explain_fixtures import SPECS, finetuned, task_rows
+
+from ehrfm.config.explain import IGSettings
+from ehrfm.data.multitask import MultiTaskCollator
+from ehrfm.explain.ig import IntegratedGradients, fixed_positions, quadrature
+from ehrfm.ops.dispatch import ops_path
+from ehrfm.prepare.bins import Bins
+from ehrfm.schema import TokenType
+from ehrfm.train.heads import survival_curve
+from ehrfm.train.predict import head_output
+
+BACKBONES = ["mamba", "mamba2", "mamba3", "transformer"]
+
+
+def _batch(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return MultiTaskCollator(None)([{**r, "task_idx": 0} for r in rows])
+
+
+@pytest.mark.parametrize("path", ["ref", "chunked"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_completeness_for_every_backbone(backbone: str, path: str, events: list[pd.DataFrame],
+                                         vocab_bins: tuple[Any, Bins]) -> None:
+    vocab, bins = vocab_bins
+    fm = finetuned(vocab, backbone)
+    for spec in SPECS[:2]:  # binary (logit) and time-to-event (risk logit)
+        batch = _batch(task_rows(events[:3], vocab, bins, spec.task))
+        with ops_path(path):
+            att = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=16)).explain(batch)
+        diff = att.f_input - att.f_baseline
+        assert (np.abs(diff) > 1e-3).all(), "the baseline must move the output, or the check means nothing"
+        np.testing.assert_allclose(att.tokens.sum(1), diff, rtol=0.01, atol=1e-5)
+        assert att.converged.all() and (att.rel_error <= 0.01).all(), att.rel_error
+
+
+def test_a_coarse_quadrature_is_caught_and_refined(events: list[pd.DataFrame],
+                                                   vocab_bins: tuple[Any, Bins]) -> None:
+    vocab, bins = vocab_bins
+    fm, spec = finetuned(vocab, "mamba2"), SPECS[0]
+    batch = _batch(task_rows(events[:3], vocab, bins, spec.task))
+    coarse = IGSettings(steps=1, max_steps=1, method="riemann", tolerance=1e-4)
+    one = IntegratedGradients(fm.model, fm.heads, spec, coarse).explain(batch)
+    assert (one.rel_error > 1e-4).any() and not one.converged.all()  # one midpoint is not the integral
+    refined = IntegratedGradients(fm.model, fm.heads, spec,
+                                  IGSettings(steps=1, max_steps=64, method="riemann", tolerance=1e-3)
+                                  ).explain(batch)
+    assert refined.steps.max() > 1 and refined.steps.max() <= 64
+    assert (refined.rel_error[refined.converged] <= 1e-3).all()
+    assert (refined.rel_error < one.rel_error).all()
+
+
+def test_prompt_and_padding_get_zero_and_rows_do_not_interact(events: list[pd.DataFrame],
+                                                              vocab_bins: tuple[Any, Bins]) -> None:
+    vocab, bins = vocab_bins
+    fm, spec = finetuned(vocab, "mamba"), SPECS[0]
+    rows = task_rows(events[:2], vocab, bins, spec.task)
+    rows[1] = {**rows[1], **{k: rows[1][k][-40:] for k in ("concept_ids", "type_ids", "ages", "times",
+                                                           "visit_orders", "visit_segments", "values")},
+               "length": 40}  # a shorter row: padded in the batch
+    ig = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=16))
+    batch = _batch(rows)
+    together = ig.explain(batch)
+    fixed = fixed_positions(batch).numpy()
+    assert (together.tokens[fixed] == 0).all()
+    assert ((batch["type_ids"] == TokenType.TASK).sum(1) >= 1).all()
+    assert (np.abs(together.tokens[~fixed]) > 0).mean() > 0.9  # nearly every explained token moves f
+    alone = ig.explain(_batch(rows[1:]))
+    n = int(batch["lengths"][1])
+    np.testing.assert_allclose(together.tokens[1, :n], alone.tokens[0, :n], rtol=1e-3, atol=1e-6)
+
+
+def test_the_explained_output_is_the_raw_head_output(events: list[pd.DataFrame],
+                                                     vocab_bins: tuple[Any, Bins]) -> None:
+    vocab, bins = vocab_bins
+    fm = finetuned(vocab, "transformer")
+    binary, tte, forecast = SPECS
+    batch = _batch(task_rows(events[:2], vocab, bins, binary.task))
+    att = IntegratedGradients(fm.model, fm.heads, binary, IGSettings(steps=4)).explain(batch)
+    np.testing.assert_allclose(att.f_input, head_output(fm, binary, batch).numpy(), rtol=1e-5, atol=1e-5)
+    assert att.target == "logit"
+    batch = _batch(task_rows(events[:2], vocab, bins, tte.task))
+    att = IntegratedGradients(fm.model, fm.heads, tte, IGSettings(steps=4)).explain(batch)
+    s_last = survival_curve(head_output(fm, tte, batch))[:, -1].double().numpy()
+    np.testing.assert_allclose(att.f_input, np.log((1 - s_last) / s_last), rtol=1e-4)
+    assert att.target == "risk_logit"
+    with pytest.raises(ValueError, match="forecast"):
+        IntegratedGradients(fm.model, fm.heads, forecast)
+
+
+@pytest.mark.parametrize("method", ["gauss", "riemann"])
+def test_quadrature_integrates_polynomials(method: str) -> None:
+    x, w = quadrature(8, method)
+    assert ((x > 0) & (x < 1)).all() and w.sum() == pytest.approx(1.0)
+    # Gauss-Legendre with 8 nodes is exact up to degree 15; the midpoint rule is exact for degree 1
+    assert (w * x).sum() == pytest.approx(0.5)
+    exact = (w * x**7).sum() == pytest.approx(1 / 8, rel=1e-12)
+    assert exact == (method == "gauss")
+    with pytest.raises(ValueError, match="method"):
+        quadrature(4, "simpson")
