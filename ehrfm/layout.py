@@ -8,6 +8,7 @@ A pipeline root holds every stage's output::
     <root>/tokens/                    ehrfm prepare (vocab.json, bins.json)
                                       + ehrfm tokenize (pretrain/, tasks/<task>/, tokenize.json)
     <root>/runs/pretrain|finetune/    ehrfm pretrain / finetune (model/, checkpoints/, predictions.parquet)
+    <root>/runs/simulate/<model>/     ehrfm simulate (predictions.parquet, summary.json)
     <root>/evaluation/                ehrfm evaluate (report.json, report.md, plots/)
     <root>/scores/                    ehrfm score
     <root>/mlflow.db, mlartifacts/    the embedded MLflow store (when $MLFLOW_TRACKING_URI is unset)
@@ -295,6 +296,18 @@ class Layout(ConfigBase):
     def finetune_run(self) -> RunPaths:
         """The finetuning run."""
         return RunPaths(self.runs_dir / "finetune")
+
+    def simulate_run(self, name: str) -> RunPaths:
+        """A zero-shot simulation run of ``ehrfm simulate``: ``<runs>/simulate/<name>/`` (``name``: its model
+        name, e.g. ``zero_shot_m32``)."""
+        return RunPaths(self.runs_dir / "simulate" / name)
+
+    def simulate_predictions(self) -> list[Path]:
+        """``predictions.parquet`` of every finished simulation run (its ``summary.json`` is written last),
+        sorted by run name: what ``ehrfm evaluate`` adds to the finetuned predictions."""
+        runs = sorted((self.runs_dir / "simulate").glob("*/"))
+        return [RunPaths(r).predictions for r in runs
+                if RunPaths(r).summary.exists() and RunPaths(r).predictions.exists()]
 
     @property
     def evaluation_dir(self) -> Path:

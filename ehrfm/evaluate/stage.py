@@ -1,9 +1,10 @@
 """``ehrfm evaluate`` stage: ``run(EvaluateConfig, Layout) -> EvaluateSummary``.
 
 Reads the label tables (``layout.labels_dir``), the MEDS dataset (``layout.meds_paths``: splits, and events
-for the baselines and subgroups), the model predictions (``predictions`` or the finetuning run's
-``predictions.parquet``) and the synthetic truth when present; writes ``report.json``, ``report.md`` and
-``plots/`` into ``layout.evaluation_dir``. ``ehrfm finetune`` with ``evaluate: true`` calls
+for the baselines and subgroups), the model predictions (``predictions``, or else the finetuning run's
+``predictions.parquet`` together with those of every finished ``ehrfm simulate`` run, the zero-shot models,
+``layout.simulate_predictions()``) and the synthetic truth when present; writes ``report.json``,
+``report.md`` and ``plots/`` into ``layout.evaluation_dir``. ``ehrfm finetune`` with ``evaluate: true`` calls
 :func:`write_report` too.
 """
 
@@ -22,26 +23,38 @@ def run(cfg: EvaluateConfig, layout: Layout) -> EvaluateSummary:
     predictions = Path(cfg.predictions) if cfg.predictions else layout.finetune_run.predictions
     if cfg.predictions and not predictions.exists():
         raise FileNotFoundError(f"predictions={cfg.predictions}: not found")
-    if not predictions.exists():
+    files = [predictions] if predictions.exists() else []
+    if not cfg.predictions:  # the zero-shot models of `ehrfm simulate` sit beside the finetuned one
+        files += layout.simulate_predictions()
+    if not files:
         if not cfg.report.baselines:
-            raise ConfigError(f"predictions=None: no finetuning predictions at {predictions} and no "
-                              "report.baselines: nothing to evaluate")
+            raise ConfigError(f"predictions=None: no finetuning predictions at {predictions}, no simulation "
+                              "runs and no report.baselines: nothing to evaluate")
         print(f"no model predictions at {predictions}: baselines only")
-    summary = write_report(layout, predictions if predictions.exists() else None, cfg.tasks, cfg.truth,
-                           cfg.report, cfg.baseline, cfg.progress)
+    summary = write_report(layout, files or None, cfg.tasks, cfg.truth, cfg.report, cfg.baseline,
+                           cfg.progress)
     print(primary_table(summary.primary))
     print(f"report: {summary.report_md} and report.json")
     return summary
 
 
-def write_report(layout: Layout, predictions: Path | None, tasks: Sequence[str], truth: str | None,
-                 report: ReportConfig, baseline: BaselineConfig | None = None,
+def write_report(layout: Layout, predictions: Path | Sequence[Path] | None, tasks: Sequence[str],
+                 truth: str | None, report: ReportConfig, baseline: BaselineConfig | None = None,
                  progress: bool = True) -> EvaluateSummary:
     """:func:`~ehrfm.evaluate.report.build_report` of the layout's labels and MEDS into its evaluation folder.
 
+    ``predictions``: one parquet file, or several whose rows are evaluated together (distinct model names).
     ``truth``: the synthetic truth table (oracle rows); default ``layout.truth`` when it exists.
     """
+    import pandas as pd
+
     from ehrfm.evaluate.report import build_report
+
+    preds: pd.DataFrame | Path | None = None
+    if isinstance(predictions, Path):
+        preds = predictions
+    elif predictions is not None:
+        preds = pd.concat([pd.read_parquet(p) for p in predictions], ignore_index=True)
 
     labels, meds = layout.labels_dir, layout.meds_paths
     if not labels.is_dir():
@@ -53,7 +66,7 @@ def write_report(layout: Layout, predictions: Path | None, tasks: Sequence[str],
     if truth_path is not None and not truth_path.exists():
         raise FileNotFoundError(f"truth={truth}: not found")
     out = layout.evaluation_dir
-    result = build_report(predictions, labels, meds.root, list(tasks) or None, out, None, truth_path, report,
+    result = build_report(preds, labels, meds.root, list(tasks) or None, out, None, truth_path, report,
                           baseline, progress=progress)
     return EvaluateSummary(report_json=str(out / "report.json"), report_md=str(out / "report.md"),
                            tasks=list(result.tasks), primary=result.primary_metrics(),

@@ -85,7 +85,7 @@ def prefill(model: EHRFoundationModel, batch: dict[str, Tensor]) -> tuple[Infere
     if not recurrent and b > 1:
         raise ValueError("prefill(): a transformer batch must hold one row (its KV cache has one length)")
     cache = model.allocate_inference_cache(b)
-    last = torch.zeros(b, model.config.vocab_size)
+    last = torch.zeros(b, model.config.vocab_size, device=lengths.device)
     for t in range(int(lengths.max())):
         before = [] if not recurrent else [dataclasses.replace(s,
                                                                **{f.name: getattr(s, f.name).clone()
@@ -149,3 +149,27 @@ def topk_codes(scores: Tensor, vocab: Vocabulary, k: int = 10) -> tuple[list[lis
     vals, ids = scores.topk(min(k, scores.shape[-1]), dim=-1)
     codes = [[vocab.token(int(i)) for i in row] for row in ids]
     return codes, [[float(v) for v in row] for row in vals]
+
+
+def sample_tokens(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None, banned: Tensor | None = None) -> Tensor:
+    """One token id per row drawn from ``softmax(logits / temperature)`` restricted to its top-p nucleus.
+
+    logits (b, V); ``banned`` (V,) bool: tokens never drawn (padding, prompt tokens). ``top_p`` 1 keeps the
+    whole distribution (no sort); below 1 keeps the smallest set of most likely tokens whose mass reaches
+    ``top_p`` (at least one token). ``generator`` makes the draw reproducible. Returns (b,) long.
+    """
+    if temperature <= 0:
+        raise ValueError(f"sample_tokens(): temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"sample_tokens(): top_p must be in (0, 1], got {top_p}")
+    scaled = logits.float() / temperature
+    if banned is not None:
+        scaled = scaled.masked_fill(banned.to(scaled.device), float("-inf"))
+    probs = torch.softmax(scaled, -1)
+    if top_p < 1:
+        sorted_p, order = probs.sort(-1, descending=True)
+        # drop a token when the mass before it already reaches top_p (the most likely token always stays)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
