@@ -139,15 +139,19 @@ def ours(meds: Path, out: Path, engine: str) -> dict[str, float]:
 
 
 def aces(cli: Path, meds: Path, out: Path) -> dict[str, float]:
-    """``aces-cli`` on the MEDS data shards as a fresh process (one shard: single_file mode)."""
+    """``aces-cli`` on the MEDS data shards as a fresh process (one shard: single_file mode; shards named by
+    their path under data/ without the suffix, ``train/0``, in either layout)."""
+    sys.path.insert(0, str(REPO))
+    from ehrfm.meds_files import meds_data_files
+
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     (out / f"{TASK}.yaml").write_text(ACES_CONFIG)
-    shards = sorted((meds / "data").glob("*.parquet"))
+    shards = [Path(f) for f in meds_data_files(meds)]
     if len(shards) == 1:
         data = ["data=single_file", f"data.path={shards[0]}"]
     else:
-        names = ",".join(s.stem for s in shards)
+        names = ",".join(s.relative_to(meds / "data").with_suffix("").as_posix() for s in shards)
         data = ["-m", "data=sharded", f"data.root={meds / 'data'}", f"data.shard={names}"]
     return timed([str(cli), *data, "data.standard=meds", f"cohort_dir={out}", f"cohort_name={TASK}"],
                  out / "log.txt")
@@ -182,6 +186,7 @@ def profile(meds: Path) -> dict[str, float]:
     from ehrfm.labels.direct import dataset_codes
     from ehrfm.labels.parse import warn_missing_codes
     from ehrfm.labels.spark_engine import labels_by_task, subject_frame, task_table
+    from ehrfm.layout import MedsPaths
     from ehrfm.spark import get_spark
 
     steps: dict[str, float] = {}
@@ -199,7 +204,7 @@ def profile(meds: Path) -> dict[str, float]:
     warn_missing_codes(specs, dataset_codes(meds))
     lap("task_specs_and_code_check")
     for run in ("cold", "warm"):
-        events = spark.read.parquet(str(meds / "data"))
+        events = MedsPaths(meds).read_spark(spark)
         subject_frame(events, specs).select(F.sum(F.size("ev"))).collect()
         lap(f"{run}_scan_and_group_by_subject")
         by_task = labels_by_task(events, specs)

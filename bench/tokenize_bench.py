@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         print(f"--- {n} patients", flush=True)
         meds = meds_dataset(spark, cache, n, args.seed)
-        events = sum(pq.read_metadata(f).num_rows for f in MedsPaths(meds).data.glob("*.parquet"))
+        events = sum(pq.read_metadata(f).num_rows for f in MedsPaths(meds).data_files())
         work = cache / f"tok_work_n{n}"
         vocab, bins = prepare(meds, work / "prep", tasks)
         row: dict[str, Any] = {"patients": n, "events": events}

@@ -14,7 +14,10 @@ from ehrfm.schema import EVENTS_SCHEMA, LABELS_SCHEMA, SPLITS_SCHEMA
 
 def write_meds(root: Path, events: pd.DataFrame, splits: pd.DataFrame) -> Path:
     """A minimal MEDS dataset folder at ``root``: ``events`` (EVENTS_SCHEMA columns; text_value, unit and
-    source are filled in) as one data/ file and ``splits`` (subject_id, split) as the subject splits."""
+    source are filled in) as one flat ``data/part-0.parquet`` and ``splits`` (subject_id, split) as the
+    subject splits. Flat on purpose: the layout older ehrfm versions and other tools write, which every reader
+    still takes (``ehrfm ingest`` writes ``data/<split>/<n>.parquet``; tests/test_meds_files.py runs the
+    readers on both)."""
     meds = MedsPaths(root)
     meds.data.mkdir(parents=True)
     meds.metadata.mkdir()
