@@ -261,6 +261,20 @@ def test_check_meds_catches_an_interrupted_ehrfm_write(tmp_path: Path) -> None:
     assert len(check_meds(meds)) == 1
 
 
+def test_check_meds_follows_shards_listed_in_split_folders(tmp_path: Path) -> None:
+    """summary.json of ehrfm ingest lists data/<split>/<n>.parquet paths: each must be there."""
+    meds = tmp_path / "meds"
+    listed = ["train/0.parquet", "train/1.parquet", "held_out/0.parquet"]
+    (meds / "data").mkdir(parents=True)
+    (meds / "summary.json").write_text(json.dumps({"shards": [{"file": f, "rows": 1} for f in listed]}))
+    for f in listed[:2]:
+        _events(meds / "data" / f)
+    with pytest.raises(IncompleteInputError, match=r"lists 1 event file.*first: held_out/0.parquet"):
+        check_meds(meds)
+    _events(meds / "data" / "held_out" / "0.parquet")
+    assert check_meds(meds) == [meds / "data" / f for f in ("held_out/0.parquet", *listed[:2])]
+
+
 def test_check_tokens(tmp_path: Path) -> None:
     with pytest.raises(IncompleteInputError, match="no tokenize.json"):
         check_tokens(tmp_path)
