@@ -88,3 +88,25 @@ def test_engine_switch_is_validated(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "engine" in err and "polars" in err
     assert LabelConfig().engine == "spark" and LabelConfig(engine="reference").engine == "reference"
+
+
+@pytest.mark.spark
+def test_sidecars_are_staged_with_their_tables_and_tasks_json_lists_every_table(
+        spark: object, tmp_path: Path) -> None:
+    write_meds(random_population(20, seed=1), tmp_path / "meds")
+    out = tmp_path / "labels"
+    argv = ["label", "--meds", str(tmp_path / "meds"), "--labels", str(out), "--engine", "reference"]
+    assert main([*argv, "--tasks", "[readmission_30d,death_1y_tte]"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "death_1y_tte.extra.parquet", "death_1y_tte.parquet", "readmission_30d.parquet", "summary.json",
+        "tasks.json"]
+    layout = Layout(labels=str(out))
+    tte = read_labels(layout.label_table("death_1y_tte"))
+    assert tte.num_rows > 0 and tte.column("duration_days").null_count == 0
+    # a second run adds a table: the first run's stay, and tasks.json still names their kinds
+    assert main([*argv, "--tasks", "[next_visit_codes]"]) == 0
+    assert json.loads(layout.label_kinds.read_text()) == {
+        "readmission_30d": "binary", "death_1y_tte": "time_to_event", "next_visit_codes": "forecast"}
+    assert layout.label_tasks() == ["death_1y_tte", "next_visit_codes", "readmission_30d"]
+    assert read_labels(layout.label_table("death_1y_tte")).equals(tte)
+    assert layout.label_extras("next_visit_codes").is_file()
