@@ -74,6 +74,8 @@ STAGES: tuple[Stage, ...] = (
           "zero-shot risk from M futures sampled by the pretrained model (no finetuning)"),
     Stage("evaluate", "ehrfm.config.evaluate:EvaluateConfig", "ehrfm.evaluate.stage:run",
           "metrics with CIs, calibration, subgroups, supervised baselines"),
+    Stage("explain", "ehrfm.config.explain:ExplainConfig", "ehrfm.explain.stage:run",
+          "integrated-gradients attributions: top codes per task with CIs (completeness checked)"),
     Stage("register", "ehrfm.config.serve:RegisterConfig", "ehrfm.serve.stage:run_register",
           "register a finetuned model in the MLflow registry (self-contained)"),
     Stage("score", "ehrfm.config.serve:ScoreConfig", "ehrfm.serve.stage:run_score",

@@ -10,6 +10,7 @@ A pipeline root holds every stage's output::
     <root>/runs/pretrain|finetune/    ehrfm pretrain / finetune (model/, checkpoints/, predictions.parquet)
     <root>/runs/simulate/<model>/     ehrfm simulate (predictions.parquet, summary.json)
     <root>/evaluation/                ehrfm evaluate (report.json, report.md, plots/)
+                                      + ehrfm explain (explanations/: attributions.json|.md, events)
     <root>/scores/                    ehrfm score
     <root>/mlflow.db, mlartifacts/    the embedded MLflow store (when $MLFLOW_TRACKING_URI is unset)
 
@@ -49,6 +50,8 @@ LABEL_SUFFIX = ".parquet"
 LABEL_EXTRAS_SUFFIX = ".extra.parquet"
 LABEL_KINDS_JSON = "tasks.json"
 LABEL_SUMMARY_JSON = "summary.json"
+# Completion marker of the explanations folder (``ehrfm explain``), written last.
+EXPLAIN_JSON = "attributions.json"
 # Names inside a synthetic population folder (``ehrfm synth``), relative to it.
 SYNTH_TRUTH = "truth/index_events.parquet"
 SYNTH_SUMMARY = "truth/summary.yaml"
@@ -313,6 +316,27 @@ class Layout(ConfigBase):
     def evaluation_dir(self) -> Path:
         """Folder of the evaluation report."""
         return self._dir(self.evaluation, "evaluation")
+
+    @property
+    def explanations_dir(self) -> Path:
+        """``<evaluation>/explanations/``: ``ehrfm explain`` (attributions.json, attributions.md,
+        event_attributions.parquet)."""
+        return self.evaluation_dir / "explanations"
+
+    @property
+    def explain_json(self) -> Path:
+        """``attributions.json``: top codes per task with CIs, completeness checks (the completion marker)."""
+        return self.explanations_dir / EXPLAIN_JSON
+
+    @property
+    def explain_md(self) -> Path:
+        """``attributions.md``: the same as tables."""
+        return self.explanations_dir / "attributions.md"
+
+    @property
+    def explain_events(self) -> Path:
+        """``event_attributions.parquet``: one row per (task row, event) with its attribution."""
+        return self.explanations_dir / "event_attributions.parquet"
 
     @property
     def scores_dir(self) -> Path:

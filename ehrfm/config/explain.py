@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ehrfm.atomic import OverwriteOption
 from ehrfm.config.base import ConfigBase, require
 
 Quadrature = Literal["gauss", "riemann"]
@@ -45,7 +46,7 @@ class IGSettings(ConfigBase):
 
 
 @dataclass
-class ExplainConfig(ConfigBase):
+class ExplainConfig(OverwriteOption):
     """``ehrfm explain``: integrated-gradients attributions of a finetuned model over the held-out rows ->
     top codes per task by mean |attribution| with subject-bootstrap CIs (JSON + markdown)."""
 
