@@ -47,7 +47,22 @@ class IngestConfig(OverwriteOption):
 
 
 @dataclass
-class FhirIngestConfig(IngestConfig):
+class DatasetVersionOption(ConfigBase):
+    """``dataset_version`` of metadata/dataset.json, for the sources that can say which release they read."""
+
+    dataset_version: str | None = None
+    """dataset_version in metadata/dataset.json. Default: the source's own (MIMIC-IV: the release named by
+    the input path, e.g. .../mimiciv/2.2/ or .../mimic-iv-demo-2.2/; FHIR has none), else "unknown" --
+    never the ingest date, which would make two ingests of one release look like two versions."""
+
+    def check_dataset_version(self) -> None:
+        """Refuse a blank version (the configs' ``__post_init__`` call it; IngestConfig's does not chain)."""
+        v = self.dataset_version
+        require(v is None or bool(v.strip()), "dataset_version", v, "must not be blank")
+
+
+@dataclass
+class FhirIngestConfig(IngestConfig, DatasetVersionOption):
     """``ehrfm ingest fhir``: FHIR R4 Bundles / NDJSON -> a MEDS dataset with rejects and a summary (Spark).
 
     Every input record is mapped, rejected (with file, index and reason), skipped by design or a duplicate
@@ -76,18 +91,23 @@ class FhirIngestConfig(IngestConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_dataset_version()
         require(self.sample_every >= 1, "sample_every", self.sample_every, "must be >= 1")
         require(all(p.strip() for p in self.input), "input", self.input, "blank path")
 
 
 @dataclass
-class MimicIngestConfig(IngestConfig):
+class MimicIngestConfig(IngestConfig, DatasetVersionOption):
     """``ehrfm ingest mimic``: MIMIC-IV hosp/ + icu/ CSV(.gz) -> a MEDS dataset via a rules table (Spark)."""
 
     input: str | None = None
     """MIMIC-IV root holding hosp/ and icu/ (local path or URI); required."""
     rules: str | None = None
     """Alternative rules YAML (default: the rules.yaml packaged with ehrfm.ingest.mimic)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_dataset_version()
 
 
 @dataclass

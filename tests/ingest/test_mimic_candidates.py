@@ -13,14 +13,15 @@ from ehrfm.ingest.mimic.rules import load_rules
 
 pytestmark = pytest.mark.spark
 
-# blanks in `when` columns (edregtime, deathtime, marital_status), a bad subject id, an unparseable time
+# blanks in `when` columns (edregtime, deathtime, marital_status) and in UNK code parts (admission_location,
+# discharge_location), a bad subject id, an unparseable time
 ADMISSIONS = "\n".join([
-    "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,discharge_location,insurance,language,"
-    "marital_status,race,edregtime,edouttime",
-    "1,100,2150-03-01 10:00:00,2150-03-05 12:00:00,,URGENT,HOME,Medicare,ENGLISH,MARRIED,WHITE,"
+    "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admission_location,discharge_location,"
+    "insurance,language,marital_status,race,edregtime,edouttime",
+    "1,100,2150-03-01 10:00:00,2150-03-05 12:00:00,,URGENT,ER,HOME,Medicare,ENGLISH,MARRIED,WHITE,"
     "2150-03-01 08:00:00,2150-03-01 10:30:00",
-    "x,101,2150-04-01 10:00:00,2150-04-02 12:00:00,,URGENT,HOME,Medicare,ENGLISH,,WHITE,,",
-    "3,300,2151-13-30 10:00:00,2152-01-01 09:00:00,2152-01-01 09:00:00,URGENT,DIED,Medicaid,,,BLACK,,",
+    "x,101,2150-04-01 10:00:00,2150-04-02 12:00:00,,URGENT,,HOME,Medicare,ENGLISH,,WHITE,,",
+    "3,300,2151-13-30 10:00:00,2152-01-01 09:00:00,2152-01-01 09:00:00,URGENT,,,Medicaid,,,BLACK,,",
 ]) + "\n"
 PATIENTS = """subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod
 1,F,40,2150,2011 - 2013,

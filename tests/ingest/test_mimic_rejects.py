@@ -3,6 +3,8 @@ record becomes a reject naming table, file, row and reason; good records become 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +45,8 @@ CHARTEVENTS = """subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,ite
 def result(spark, tmp_path_factory) -> tuple[Path, dict, pd.DataFrame, pd.DataFrame]:  # type: ignore[no-untyped-def]
     from ehrfm.ingest.mimic.ingest import ingest_mimic
 
-    root = tmp_path_factory.mktemp("mimic_tiny")
+    # the release in the path becomes dataset_version, as PhysioNet lays out physionet.org/files/mimiciv/3.1/
+    root = tmp_path_factory.mktemp("mimic_tiny") / "mimiciv" / "3.1"
     for sub, name, text in [
         ("hosp", "patients", PATIENTS),
         ("hosp", "admissions", ADMISSIONS),
@@ -51,7 +54,7 @@ def result(spark, tmp_path_factory) -> tuple[Path, dict, pd.DataFrame, pd.DataFr
         ("hosp", "labevents", LABEVENTS),
         ("icu", "chartevents", CHARTEVENTS),
     ]:
-        (root / sub).mkdir(exist_ok=True)
+        (root / sub).mkdir(parents=True, exist_ok=True)
         (root / sub / f"{name}.csv").write_text(text)
     out = root / "out"
     summary = ingest_mimic(spark, str(root), str(out))
@@ -78,23 +81,31 @@ def test_each_bad_record_is_a_reject_with_its_row(result: tuple[Path, dict, pd.D
 def test_good_records_become_events(result: tuple[Path, dict, pd.DataFrame, pd.DataFrame]) -> None:
     _, summary, ev, rej = result
     labs = ev[ev.source == "mimic:labevents"]
-    assert sorted(labs.code) == ["LAB//MIMIC//50912", "LAB//MIMIC//51000"]
-    num = labs[labs.code == "LAB//MIMIC//50912"].iloc[0]
+    assert sorted(labs.code) == ["LAB//50912//mg/dL", "LAB//51000//UNK"]  # a null unit is the part UNK
+    num = labs[labs.code == "LAB//50912//mg/dL"].iloc[0]
     assert num.numeric_value == pytest.approx(1.1) and num.unit == "mg/dL" and num.encounter_id == "100"
-    assert labs[labs.code == "LAB//MIMIC//51000"].text_value.tolist() == ["POSITIVE"]
+    assert labs[labs.code == "LAB//51000//UNK"].text_value.tolist() == ["POSITIVE"]
+    assert labs[labs.code == "LAB//51000//UNK"].unit.isna().all()  # the unit column stays null
     chart = ev[ev.source == "mimic:chartevents"]
-    assert chart.code.tolist() == ["OBSERVATION//MIMIC//220045"] and chart.numeric_value.tolist() == [80.0]
-    assert set(ev[ev.code.str.startswith("GENDER//")].code) == {"GENDER//F", "GENDER//UNKNOWN", "GENDER//M"}
+    assert chart.code.tolist() == ["LAB//220045//bpm"] and chart.numeric_value.tolist() == [80.0]
+    assert set(ev[ev.code.str.startswith("GENDER//")].code) == {"GENDER//F", "GENDER//UNK", "GENDER//M"}
     death = ev[ev.code == "MEDS_DEATH"].set_index("subject_id").time
     assert death.loc[1] == pd.Timestamp("2151-06-01 23:59:59")  # dod only
     assert death.loc[3] == pd.Timestamp("2152-01-01 09:00:00")  # in-hospital deathtime wins over dod
     assert ev[ev.code == "DIAGNOSIS//ICD//10//I10"].time.tolist() == [pd.Timestamp("2150-03-05 12:00:00")]
-    assert (ev.code == "ENCOUNTER//EMERGENCY//START").sum() == 1  # null edregtime is no event and no reject
-    ed = summary["rules"]["admissions:ENCOUNTER//EMERGENCY//START"]
+    assert (ev.code == "ED_REGISTRATION").sum() == 1  # null edregtime is no event and no reject
+    ed = summary["rules"]["admissions:ED_REGISTRATION"]
     assert ed["events"] == 1 and ed["not_applicable"] == 1 and not ed["rejects"]
     assert summary["tables"]["icustays"]["absent"] and summary["tables"]["labevents"]["rows"] == 6
     # reconciliation: every labevents row is one event or one reject
     assert len(labs) + (rej.resource_type == "labevents").sum() == 6
+
+
+def test_dataset_version_is_the_release_in_the_input_path(result: tuple[Path, dict, pd.DataFrame,
+                                                                      pd.DataFrame]) -> None:
+    out, summary, _, _ = result
+    assert json.loads((out / "metadata" / "dataset.json").read_text())["dataset_version"] == "3.1"
+    assert summary["dataset_version"] == {"value": "3.1", "from": "input path"}
 
 
 def test_rules_table_is_checked(tmp_path: Path) -> None:
@@ -106,3 +117,14 @@ def test_rules_table_is_checked(tmp_path: Path) -> None:
                    "code: X}\n")
     with pytest.raises(ValueError, match="unknown table 'nope'"):
         load_rules(bad)
+    head = "tables: {patients: {path: hosp/patients, id: subject_id}}\nevents: []\ndescriptions:\n  - "
+    for entry, message in [
+        ('{match: "X(", description: x}', "is not a regex"),
+        ('{match: "X//(?P<a>.*)", description: x, derive: nope}', "derive='nope'"),
+        ('{match: "X//(?P<a>.*)", description: x, dictionary: {path: d, key: [b]}}', "names a group"),
+        ('{match: "X//(?P<a>.*)", description: x, fallback: "{b}"}', "not a group of its match"),
+        ('{match: "X//(?P<a>.*)"}', "neither description nor parents"),
+    ]:
+        bad.write_text(head + entry + "\n")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_rules(bad)

@@ -11,6 +11,23 @@ from ehrfm.config.ingest import FhirIngestConfig, IngestSummary
 from ehrfm.layout import MEDS_SUMMARY, Layout
 
 
+def stamp_dataset_version(meds: str, version: str) -> None:
+    """Set ``dataset_version`` in ``<meds>/metadata/dataset.json`` (FHIR carries no release of its own, so
+    only the user's ``--dataset_version`` names one; done here, before the staged folder is published,
+    because :func:`ehrfm.ingest.fhir.spark_ingest.ingest_fhir` has no parameter for it yet)."""
+    import json
+
+    from ehrfm.ingest.writer import _fs
+    from ehrfm.layout import MEDS_DATASET_JSON
+
+    fs, path = _fs(f"{meds.rstrip('/')}/{MEDS_DATASET_JSON}")
+    with fs.open_input_stream(path) as f:
+        meta = json.loads(f.read().decode())
+    meta["dataset_version"] = version
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(meta, indent=2).encode())
+
+
 def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
     """Ingest ``cfg.input`` (default: the layout's synthetic population) with Spark into ``layout.meds``.
 
@@ -47,6 +64,8 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
                              rows_per_shard=cfg.rows_per_shard, progress=True,
                              anonymous_subjects=cfg.anonymous_subjects, fhir_version=cfg.fhir_version,
                              **named)
+        if cfg.dataset_version:
+            stamp_dataset_version(staged.path(), cfg.dataset_version)
         staged.publish()
     summary = make_summary("fhir", result, fhir_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)

@@ -15,12 +15,14 @@ expression: no Python UDF runs before the shard writer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from ehrfm.ingest.mimic.codes import code_metadata
 from ehrfm.ingest.mimic.prepare import PREPARE, find_table, parse_time, read_csv, with_row_index
 from ehrfm.ingest.mimic.rules import (
     EventRule,
@@ -169,27 +171,29 @@ def _file_of_table(info: dict[str, dict[str, Any]]) -> Column:
     return F.create_map(*pairs)[F.col("_table")]
 
 
-def code_descriptions(spark: SparkSession, root: str, rules: MimicRules) -> DataFrame:
-    """(code, description) from the dictionary tables present under ``root`` plus the fixed descriptions."""
-    from pyspark.sql import functions as F
+def code_descriptions(spark: SparkSession, codes: Mapping[str, str | None], root: str,
+                      rules: MimicRules) -> DataFrame:
+    """(code, description, parent_codes) of ``codes`` (code -> a text_value of its events) for the writer,
+    from the ``descriptions`` rules and the dictionary tables under ``root`` (:mod:`.codes`)."""
+    table = code_metadata(codes, root, rules)
+    rows = list(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+    return spark.createDataFrame(rows, "code string, description string, parent_codes array<string>")
 
-    fixed = sorted(rules.fixed_descriptions.items())
-    frames = [spark.createDataFrame(fixed, "code string, description string")]
-    for d in rules.descriptions:
-        uri = find_table(root, d.path)
-        if uri is None:
-            continue
-        df = read_csv(spark, uri)
-        if d.requires and d.requires not in df.columns:
-            continue
-        desc_cols = tuple(c for c in df.columns)
-        frames.append(
-            df.select(
-                template_column(d.code).alias("code"),
-                template_column(d.description, unknown=desc_cols, fallback="?").alias("description"),
-            ).where(F.col("code").isNotNull())
-        )
-    return reduce(lambda a, b: a.unionByName(b), frames)
+
+# a release number as the last path part (``…/mimiciv/2.2``) or its tail (``mimic-iv-demo-2.2``, ``_v3.1``)
+_VERSION_IN_PATH = re.compile(r"(?:^|[-_ ]|^v|[-_ ]v)(\d+\.\d+(?:\.\d+)?)$")
+
+
+def version_from_path(root: str) -> str | None:
+    """The MIMIC-IV release named by ``root``: the nearest path part that is a version (``…/mimiciv/2.2/``)
+    or ends in one (``…/mimic-iv-demo-2.2/``); None when no part does. PhysioNet serves every release
+    under such a folder, and the CSVs themselves carry no version."""
+    parts = [p for p in re.split(r"[/\\]", root.split("://", 1)[-1]) if p]
+    for part in reversed(parts):
+        m = _VERSION_IN_PATH.search(part)
+        if m:
+            return m.group(1)
+    return None
 
 
 def mimic_candidates(spark: SparkSession, root: str,
@@ -258,17 +262,27 @@ def ingest_mimic(
     split_seed: int = 0,
     rows_per_shard: int | None = None,
     dataset_name: str = "MIMIC-IV",
+    dataset_version: str | None = None,
 ) -> dict[str, Any]:
-    """Ingest a MIMIC-IV root (``hosp/``, ``icu/``) into a MEDS dataset at ``output``; returns the summary."""
+    """Ingest a MIMIC-IV root (``hosp/``, ``icu/``) into a MEDS dataset at ``output``; returns the summary.
+
+    ``dataset_version`` (dataset.json): this value, else the release in the input path
+    (:func:`version_from_path`), else the writer's ``unknown``; summary.json says which."""
     from pyspark.sql import functions as F
 
     rules = rules or load_rules()
     candidates, birth, tables = mimic_candidates(spark, input_root, rules)
     checked = check_against_birth(candidates, birth).persist()
-    counts = (checked.groupBy("_table", "_rule", "_reason")
-              .agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last")).collect())
+    # per code too: the same pass yields the codes (and a text of each) that codes.parquet describes
+    counts = (checked.groupBy("_table", "_rule", "_reason", "code")
+              .agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last"),
+                   F.min("text_value").alias("text")).collect())
+    codes: dict[str, str | None] = {}
     per_rule: dict[str, dict[str, Any]] = {}
     for r in counts:
+        if r["_reason"] is None:  # a code two rules mint: the smaller text of the two
+            texts = [t for t in (codes.get(r["code"]), r["text"]) if t is not None]
+            codes[r["code"]] = min(texts) if texts else None
         info = tables.info[r["_table"]]
         # gzip tables are not counted up front: every row reaches a rule without `when`
         if info.get("rows") is None:
@@ -302,14 +316,19 @@ def ingest_mimic(
         rows = tables.info.get(rule.table, {}).get("rows")
         if found is not None and rule.when and rows is not None:
             found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
-    summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule}
+    in_path = version_from_path(input_root)
+    version = dataset_version or in_path
+    summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule,
+               "dataset_version": {"value": version, "from": "argument" if dataset_version else
+                                   "input path" if in_path else "none (written as unknown)"}}
     result = write_meds_dataset(
         spark,
         events,
         output,
         dataset_name=dataset_name,
         etl_name="ehrfm.ingest.mimic",
-        code_descriptions=code_descriptions(spark, input_root, rules),
+        code_descriptions=code_descriptions(spark, codes, input_root, rules),
+        dataset_version=version,
         rejects=rejects,
         subject_ids=subject_ids,
         summary=summary,

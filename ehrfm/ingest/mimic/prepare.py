@@ -153,24 +153,6 @@ def prepare_value_or_text(df: DataFrame, load: Loader) -> DataFrame:
     return df.withColumn("_numeric", num).withColumn("_text", F.when(num.isNull(), F.trim(F.col("value"))))
 
 
-def prepare_labevents(df: DataFrame, load: Loader) -> DataFrame:
-    """``_lab_code``: ``LAB//LOINC//<loinc_code>`` when d_labitems maps the itemid, else
-    ``LAB//MIMIC//<itemid>``."""
-    from pyspark.sql import functions as F
-
-    df = prepare_value_or_text(df, load)
-    mimic = F.concat(F.lit("LAB//MIMIC//"), F.trim(F.col("itemid")))
-    d = load("d_labitems")
-    if d is None or "loinc_code" not in d.columns:
-        return df.withColumn("_lab_code", mimic)
-    loinc = d.where(F.trim(F.col("loinc_code")) != "").select(
-        F.col("itemid").alias("_item"), F.trim(F.col("loinc_code")).alias("_loinc")
-    )
-    df = df.join(F.broadcast(loinc.dropDuplicates(["_item"])), df["itemid"] == F.col("_item"), "left")
-    code = F.coalesce(F.concat(F.lit("LAB//LOINC//"), F.col("_loinc")), mimic)
-    return df.withColumn("_lab_code", code).drop("_item", "_loinc")
-
-
 def prepare_prescriptions(df: DataFrame, load: Loader) -> DataFrame:
     """``_med_code``: ``MEDICATION//NDC//<ndc>`` for a real NDC (digits, not all zeros), else
     ``MEDICATION//MIMIC//<drug>``."""
@@ -210,7 +192,6 @@ def prepare_omr(df: DataFrame, load: Loader) -> DataFrame:
 PREPARE: dict[str, Callable[[DataFrame, Loader], DataFrame]] = {
     "patients": prepare_patients,
     "at_discharge": prepare_at_discharge,
-    "labevents": prepare_labevents,
     "value_or_text": prepare_value_or_text,
     "prescriptions": prepare_prescriptions,
     "omr": prepare_omr,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 RULES_PATH = Path(__file__).with_name("rules.yaml")  # in a source tree; read through importlib.resources
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-UNKNOWN = "UNKNOWN"
+UNKNOWN = "UNK"  # the MEDS MIMIC-IV ETL's filler for a null code part (its `?? 'UNK'`)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class EventRule:
 
     @property
     def name(self) -> str:
-        """A readable rule name for summaries, e.g. ``admissions:ENCOUNTER//INPATIENT//START``."""
+        """A readable rule name for summaries, e.g. ``admissions:ED_REGISTRATION``."""
         return f"{self.table}:{self.code}"
 
     def columns(self) -> set[str]:
@@ -58,13 +58,29 @@ class EventRule:
 
 
 @dataclass(frozen=True)
-class DescriptionRule:
-    """Code descriptions drawn from a dictionary table."""
+class Dictionary:
+    """A dictionary table joined to the groups of a description rule's match (see rules.yaml)."""
 
     path: str
-    code: str
-    description: str
+    key: tuple[str, ...]
     requires: str | None = None
+
+
+@dataclass(frozen=True)
+class DescriptionRule:
+    """How the codes matching ``match`` are described and given parents (see the header of rules.yaml)."""
+
+    match: str
+    description: str | None = None
+    fallback: str | None = None
+    dictionary: Dictionary | None = None
+    parents: tuple[str, ...] = ()
+    derive: str | None = None
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        """``match`` compiled (matched against the whole code)."""
+        return re.compile(self.match)
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,6 @@ class MimicRules:
     tables: dict[str, TableSpec]
     events: list[EventRule]
     descriptions: list[DescriptionRule] = field(default_factory=list)
-    fixed_descriptions: dict[str, str] = field(default_factory=dict)
 
 
 def template_columns(template: str) -> list[str]:
@@ -101,8 +116,34 @@ def load_rules(path: str | Path | None = None) -> MimicRules:
             raise ValueError(f"rules: events[{i}] ({rule.name}) lists unknown={sorted(bad)} not in its code "
                              "template")
         events.append(rule)
-    descriptions = [DescriptionRule(**d) for d in raw.get("descriptions", [])]
-    return MimicRules(tables, events, descriptions, dict(raw.get("fixed_descriptions", {})))
+    descriptions = [_description_rule(i, d) for i, d in enumerate(raw.get("descriptions", []))]
+    return MimicRules(tables, events, descriptions)
+
+
+def _description_rule(i: int, raw: dict[str, Any]) -> DescriptionRule:
+    """One ``descriptions`` entry, checked: a valid regex, and every template field it can fill."""
+    from ehrfm.ingest.mimic.codes import DERIVED
+
+    d = dict(raw)
+    if "dictionary" in d:
+        d["dictionary"] = Dictionary(**{**d["dictionary"], "key": tuple(d["dictionary"]["key"])})
+    d["parents"] = tuple(d.get("parents", ()))
+    rule = DescriptionRule(**d)
+    try:
+        groups = set(rule.regex.groupindex)
+    except re.error as e:
+        raise ValueError(f"rules: descriptions[{i}] match {rule.match!r} is not a regex: {e}") from None
+    if rule.derive is not None and rule.derive not in DERIVED:
+        raise ValueError(f"rules: descriptions[{i}] derive={rule.derive!r} is not one of {sorted(DERIVED)}")
+    if rule.dictionary is not None and not set(rule.dictionary.key) <= groups:
+        raise ValueError(f"rules: descriptions[{i}] dictionary key {list(rule.dictionary.key)} names a group"
+                         f" that {rule.match!r} lacks")
+    if rule.fallback is not None and not set(template_columns(rule.fallback)) <= groups | {"text_value"}:
+        raise ValueError(f"rules: descriptions[{i}] fallback {rule.fallback!r} uses a field that is not a"
+                         " group of its match")
+    if rule.description is None and not rule.parents:
+        raise ValueError(f"rules: descriptions[{i}] ({rule.match!r}) has neither description nor parents")
+    return rule
 
 
 def template_column(template: str, unknown: tuple[str, ...] = (), fallback: str = UNKNOWN) -> Column:

@@ -28,7 +28,8 @@ def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
     t0 = time.perf_counter()
     with folder_outputs(out, MEDS_SUMMARY, overwrite=cfg.overwrite, key="meds") as staged:
         result = ingest_mimic(spark, cfg.input, staged.path(), rules=rules, split_ratios=cfg.split_ratios,
-                              split_seed=cfg.split_seed, rows_per_shard=cfg.rows_per_shard, **named)
+                              split_seed=cfg.split_seed, rows_per_shard=cfg.rows_per_shard,
+                              dataset_version=cfg.dataset_version, **named)
         staged.publish()
     summary = make_summary("mimic", result, mimic_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)
