@@ -156,13 +156,13 @@ class CodeMeta:
     """What the rules say about one code so far."""
 
     description: str | None = None
-    fallback: str | None = None
     parents: tuple[str, ...] = ()
 
 
 def _apply(rule: DescriptionRule, m: re.Match[str], text: str | None, lookup: Lookup, meta: CodeMeta) -> None:
-    """Fold one matching rule into ``meta``: the first description and first fallback win; parents add up
-    (a parent whose template has a blank or absent field is left out)."""
+    """Fold one matching rule into ``meta``: the first rule (in file order) that describes the code wins,
+    by its description or else its fallback; parents add up over all matching rules (a parent whose
+    template has a blank or absent field is left out)."""
     fields: dict[str, str | None] = {k: v for k, v in m.groupdict().items() if v}
     fields["text_value"] = text
     if rule.derive is not None:
@@ -180,8 +180,8 @@ def _apply(rule: DescriptionRule, m: re.Match[str], text: str | None, lookup: Lo
         # a dictionary row that exists but has a blank cell still describes the code
         cells = {c: MISSING_CELL for c in _PLACEHOLDER.findall(rule.description) if not fields.get(c)}
         meta.description = fill(rule.description, {**fields, **cells} if rule.dictionary else fields)
-    if meta.fallback is None and rule.fallback is not None:
-        meta.fallback = fill(rule.fallback, fields)
+    if meta.description is None and rule.fallback is not None:
+        meta.description = fill(rule.fallback, fields)
     found = [p for p in (fill(t, fields) for t in rule.parents) if p is not None]
     meta.parents += tuple(p for p in found if p not in meta.parents)
 
@@ -200,7 +200,7 @@ def describe(codes: Mapping[str, str | None], rules: MimicRules, lookup: Lookup)
             m = rx.fullmatch(code)
             if m is not None:
                 _apply(rule, m, codes[code], lookup, meta)
-        desc = meta.description or meta.fallback
+        desc = meta.description
         if desc is None:
             family = code.split("//", 1)[0]
             undescribed[family] = undescribed.get(family, 0) + 1

@@ -185,15 +185,22 @@ _VERSION_IN_PATH = re.compile(r"(?:^|[-_ ]|^v|[-_ ]v)(\d+\.\d+(?:\.\d+)?)$")
 
 
 def version_from_path(root: str) -> str | None:
-    """The MIMIC-IV release named by ``root``: the nearest path part that is a version (``…/mimiciv/2.2/``)
-    or ends in one (``…/mimic-iv-demo-2.2/``); None when no part does. PhysioNet serves every release
-    under such a folder, and the CSVs themselves carry no version."""
+    """The MIMIC-IV release named by the last part of ``root``: a version (``…/mimiciv/2.2/``, as PhysioNet
+    serves each release) or a name ending in one (``…/mimic-iv-clinical-database-demo-2.2/``, its zip);
+    None otherwise. Only the last part: a version-like folder higher up names something else. The CSVs
+    themselves carry no version."""
     parts = [p for p in re.split(r"[/\\]", root.split("://", 1)[-1]) if p]
-    for part in reversed(parts):
-        m = _VERSION_IN_PATH.search(part)
-        if m:
-            return m.group(1)
-    return None
+    m = _VERSION_IN_PATH.search(parts[-1]) if parts else None
+    return m.group(1) if m else None
+
+
+def resolve_dataset_version(given: str | None, root: str) -> dict[str, str | None]:
+    """``{"value", "from"}``: the version the caller gives, else the release in ``root``'s path, else None
+    (the writer then writes ``unknown``); ``from`` says which, for summary.json."""
+    if given:
+        return {"value": given, "from": "argument"}
+    found = version_from_path(root)
+    return {"value": found, "from": "input path" if found else "none (written as unknown)"}
 
 
 def mimic_candidates(spark: SparkSession, root: str,
@@ -316,11 +323,9 @@ def ingest_mimic(
         rows = tables.info.get(rule.table, {}).get("rows")
         if found is not None and rule.when and rows is not None:
             found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
-    in_path = version_from_path(input_root)
-    version = dataset_version or in_path
+    version = resolve_dataset_version(dataset_version, input_root)
     summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule,
-               "dataset_version": {"value": version, "from": "argument" if dataset_version else
-                                   "input path" if in_path else "none (written as unknown)"}}
+               "dataset_version": version}
     result = write_meds_dataset(
         spark,
         events,
@@ -328,7 +333,7 @@ def ingest_mimic(
         dataset_name=dataset_name,
         etl_name="ehrfm.ingest.mimic",
         code_descriptions=code_descriptions(spark, codes, input_root, rules),
-        dataset_version=version,
+        dataset_version=version["value"],
         rejects=rejects,
         subject_ids=subject_ids,
         summary=summary,
