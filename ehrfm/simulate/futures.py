@@ -5,8 +5,9 @@ For a batch of task rows (collated streams (R, L) and ``lengths``):
 1. **Prompt-free prefix** (:func:`strip_prompt`): a task row is ``[TASK:t] static visits… [TASK:t]`` and holds
    nothing after prediction time; the pretrained model never saw prompt tokens, so the leading one becomes
    ``[CLS]`` (what a pretraining row starts with) and the trailing one is dropped. Nothing else is added.
-2. **Prefill** (:func:`ehrfm.train.generate.prefill`): one O(1) ``step`` per prefix token, rows together, then
-   the cache is repeated M times, so the batch is R×M futures (row r owns futures r·M … r·M+M-1).
+2. **Prefill** (:func:`prefill_rows`): one O(1) ``step`` per prefix token, rows together (longest first, each
+   step on the rows still running, as views of the cache: no state copies), then the cache is repeated M
+   times, so the batch is R×M futures (row r owns futures r·M … r·M+M-1).
 3. **Generate**: each step draws one token per future (temperature / top-p,
    :func:`~ehrfm.train.generate.sample_tokens`; padding, ``[CLS]``, ``[MASK]`` and prompt tokens are never
    drawn), gives it the streams the tokenizer would (type; time = the clock of :mod:`ehrfm.simulate.clock`;
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ehrfm.models import EHRFoundationModel, InferenceCache
+from ehrfm.models.model import STREAMS
 from ehrfm.schema import CLS, INTERVAL_TOKENS, UNK, TokenType, task_token
 from ehrfm.simulate.clock import StreamTables, bin_index, interval_table, visit_classes
 from ehrfm.simulate.rules import OutcomeRule
@@ -115,6 +117,56 @@ def strip_prompt(batch: dict[str, Tensor], vocab: Vocabulary, task: str,
     out["type_ids"][:, 0] = TokenType.SPECIAL
     out["lengths"] = lengths - 1
     return out
+
+
+@torch.no_grad()
+def prefill_rows(model: EHRFoundationModel, batch: dict[str, Tensor]) -> tuple[InferenceCache, Tensor]:
+    """The state after each row's last token and the logits (R, V) there; equal to
+    :func:`ehrfm.train.generate.prefill` (a test checks it) without its per-step copy-and-restore of every
+    row's state: rows run longest first and step t feeds only the rows longer than t, through views of the
+    leading cache rows that the mixers update in place (a field a step replaces is copied back). The
+    transformer's KV cache has one length: its batches hold one row and go through ``prefill``."""
+    lengths = batch["lengths"]
+    if model.config.backbone == "transformer":
+        return prefill(model, batch)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    rows = {k: v.index_select(0, order) for k, v in batch.items() if k in STREAMS}
+    lens = lengths.index_select(0, order)
+    b = int(lens.shape[0])
+    cache = model.allocate_inference_cache(b)
+    last = torch.zeros(b, model.config.vocab_size, device=lens.device)
+    for t in range(int(lens.max())):
+        k = int((lens > t).sum())
+        views = [dataclasses.replace(s, **{f.name: getattr(s, f.name)[:k] for f in dataclasses.fields(s)
+                                           if isinstance(getattr(s, f.name), Tensor)}) for s in cache.layers]
+        sub = InferenceCache(layers=views, batch=k, extra={n: v[:k] for n, v in cache.extra.items()})
+        logits = model.step({n: v[:k, t] for n, v in rows.items()}, sub).logits
+        assert logits is not None
+        _write_back(cache, sub, k)
+        ends = (lens[:k] - 1 == t).nonzero().squeeze(1)
+        last[ends] = logits.float()[ends]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(b, device=order.device)
+    _select(cache, inverse)
+    return cache, last[inverse]
+
+
+def _write_back(cache: InferenceCache, sub: InferenceCache, k: int) -> None:
+    """Copy into the leading ``k`` cache rows what a step on the view cache ``sub`` replaced instead of
+    updating in place (the first step creates the per-row tables at full batch size: kept as they are)."""
+    for full, view in zip(cache.layers, sub.layers, strict=True):
+        for f in dataclasses.fields(full):
+            new, old = getattr(view, f.name), getattr(full, f.name)
+            if isinstance(new, Tensor) and new.data_ptr() != old.data_ptr():
+                old[:k].copy_(new)
+    for name, new in sub.extra.items():
+        if not isinstance(new, Tensor):
+            continue
+        old = cache.extra.get(name)
+        if old is None:
+            cache.extra[name] = new  # created by the first step, when every row runs (k = batch)
+        elif new.data_ptr() != old.data_ptr():
+            old[:k].copy_(new)
 
 
 def _select(cache: InferenceCache, idx: Tensor) -> None:
@@ -219,7 +271,7 @@ def simulate_rows(model: EHRFoundationModel, batch: dict[str, Tensor], pred_days
     max_steps = settings.max_steps
     if model.config.backbone == "transformer":
         max_steps = min(max_steps, model.config.max_len - int(batch["lengths"].max()))
-    cache, logits = prefill(model, batch)
+    cache, logits = prefill_rows(model, batch)
     dev = logits.device
     rep = torch.arange(r, device=dev).repeat_interleave(m)
     _select(cache, rep)

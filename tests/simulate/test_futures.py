@@ -6,6 +6,7 @@ the task row without its prompt tokens, and a real tiny model runs on every back
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -17,7 +18,8 @@ from ehrfm.models import EHRFoundationModel, ModelConfig
 from ehrfm.schema import INTERVAL_TOKENS, task_token
 from ehrfm.simulate import OutcomeRule, Settings, StreamTables, TokenInfo, simulate_rows, strip_prompt
 from ehrfm.simulate.estimate import binary_columns, tte_columns
-from ehrfm.simulate.futures import POSITIVE, TRUNCATED, FutureOutcomes
+from ehrfm.simulate.futures import POSITIVE, TRUNCATED, FutureOutcomes, prefill_rows
+from ehrfm.train.generate import prefill, sample_tokens
 from ehrfm.vocab import Vocabulary
 
 from .stubs import DAY0, FixedModel, as_model, distribution, prefix_batch
@@ -162,3 +164,36 @@ def test_a_real_model_simulates_on_every_backbone(backbone: str) -> None:
     assert out.outcome.shape == (len(rows), 6) and bool((out.steps >= 1).all())
     if backbone == "transformer":  # the KV cache holds max_len tokens: prefix + generated
         assert int(out.steps.max()) <= 32 - len(CLOSED)
+
+
+@pytest.mark.parametrize("backbone", ["mamba", "mamba2", "mamba3"])
+def test_prefill_on_cache_views_equals_the_reference_prefill(backbone: str) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(VOCAB), backbone=backbone, d_model=32, n_layers=2, headdim=16,
+                      chunk_size=8, max_len=32, dropout=0.0, use_code_counts=True, use_value_deltas=True)
+    model = EHRFoundationModel(cfg).eval()
+    batch = prefix_batch(VOCAB, [OPEN[:3], CLOSED, OPEN, CLOSED[:2], OPEN])  # ragged, unsorted
+    batch["values"][:, 3] = 0.7  # a value on some tokens: the per-code value tables are state too
+    ref_cache, ref_logits = prefill(model, batch)
+    cache, logits = prefill_rows(model, batch)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for ours, ref in zip(cache.layers, ref_cache.layers, strict=True):
+        for f in dataclasses.fields(ref):
+            torch.testing.assert_close(getattr(ours, f.name), getattr(ref, f.name), atol=1e-5, rtol=1e-5)
+    assert set(cache.extra) == set(ref_cache.extra)
+    for name, ref in ref_cache.extra.items():
+        torch.testing.assert_close(cache.extra[name], ref, equal_nan=True)
+
+
+def test_sample_tokens_draws_the_tempered_distribution() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]])).expand(20000, 5)
+    g = torch.Generator().manual_seed(0)
+    freq = torch.bincount(sample_tokens(logits, generator=g), minlength=5).float() / 20000
+    assert freq[1] == 0 and freq[4] == 0  # probability 0 is never drawn
+    for got, p in zip(freq.tolist(), [0.5, 0.0, 0.3, 0.2, 0.0], strict=True):
+        _close(got, p, 20000)
+    banned = torch.tensor([True, False, False, False, False])
+    draws = sample_tokens(logits, temperature=0.5, generator=g, banned=banned)
+    freq = torch.bincount(draws, minlength=5) / 20000
+    _close(float(freq[2]), 0.09 / 0.13, 20000)  # (p^2 renormalised over the allowed tokens)
+    assert freq[0] == 0
