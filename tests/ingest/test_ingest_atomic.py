@@ -2,7 +2,7 @@
 rerun cleans the dead run's staging folder and writes exactly what a clean run writes.
 
 What is compared between the rerun and the clean run: the bytes of every file whose name is deterministic
-(``data/part-*.parquet``, ``metadata/codes.parquet``, ``metadata/subject_splits.parquet``,
+(``data/<split>/<n>.parquet``, ``metadata/codes.parquet``, ``metadata/subject_splits.parquet``,
 ``metadata/subject_ids.parquet``); the rows of ``rejects/`` (Spark names its part files with a random uuid);
 ``summary.json`` without its timings (``seconds``) and ``metadata/dataset.json`` without ``created_at``.
 """
