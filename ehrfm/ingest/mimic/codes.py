@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from ehrfm.ingest.mimic.rules import PLACEHOLDER
 from ehrfm.schema import CODES_SCHEMA
 
 if TYPE_CHECKING:
     from ehrfm.ingest.mimic.rules import DescriptionRule, Dictionary, MimicRules
 
 Fields = dict[str, str]
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MISSING_CELL = "?"  # a blank cell of a dictionary row that exists
 
 
@@ -113,7 +113,7 @@ def fill(template: str, fields: Mapping[str, str | None]) -> str | None:
             return ""
         return value
 
-    out = _PLACEHOLDER.sub(one, template)
+    out = PLACEHOLDER.sub(one, template)
     return None if missing else out
 
 
@@ -178,7 +178,7 @@ def _apply(rule: DescriptionRule, m: re.Match[str], text: str | None, lookup: Lo
             fields.setdefault(c, v)
     if meta.description is None and rule.description is not None and row_found:
         # a dictionary row that exists but has a blank cell still describes the code
-        cells = {c: MISSING_CELL for c in _PLACEHOLDER.findall(rule.description) if not fields.get(c)}
+        cells = {c: MISSING_CELL for c in PLACEHOLDER.findall(rule.description) if not fields.get(c)}
         meta.description = fill(rule.description, {**fields, **cells} if rule.dictionary else fields)
     if meta.description is None and rule.fallback is not None:
         meta.description = fill(rule.fallback, fields)

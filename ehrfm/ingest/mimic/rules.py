@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column
 
 RULES_PATH = Path(__file__).with_name("rules.yaml")  # in a source tree; read through importlib.resources
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {column} in a template (codes and descriptions)
 UNKNOWN = "UNK"  # the MEDS MIMIC-IV ETL's filler for a null code part (its `?? 'UNK'`)
 
 
@@ -94,7 +94,7 @@ class MimicRules:
 
 def template_columns(template: str) -> list[str]:
     """Column names referenced by ``{col}`` placeholders, in order."""
-    return _PLACEHOLDER.findall(template)
+    return PLACEHOLDER.findall(template)
 
 
 def load_rules(path: str | Path | None = None) -> MimicRules:
@@ -153,7 +153,7 @@ def template_column(template: str, unknown: tuple[str, ...] = (), fallback: str 
 
     parts: list[Column] = []
     pos = 0
-    for m in _PLACEHOLDER.finditer(template):
+    for m in PLACEHOLDER.finditer(template):
         if m.start() > pos:
             parts.append(F.lit(template[pos : m.start()]))
         value = F.trim(F.col(m.group(1)).cast("string"))
