@@ -249,37 +249,15 @@ def test_aces_files_without_a_usable_label_are_clear_errors(engine_labels: dict[
         read_task_labels(tmp_path, "e")
 
 
+# an admission within 30 days of a discharge (no follow-up or death criteria: ACES keeps every discharge)
 ACES_READMISSION = """\
 predicates:
-  admission:
-    code: ENCOUNTER//INPATIENT//START
-  discharge:
-    code: ENCOUNTER//INPATIENT//END
-  death:
-    code: MEDS_DEATH
+  discharge: {code: ENCOUNTER//INPATIENT//END}
+  admission: {code: ENCOUNTER//INPATIENT//START}
 trigger: discharge
 windows:
-  input:
-    start: null
-    end: trigger
-    start_inclusive: true
-    end_inclusive: true
-    index_timestamp: end
-    has:
-      death: (None, 0)
-  target:
-    start: input.end
-    end: start + 30d
-    start_inclusive: false
-    end_inclusive: true
-    label: admission
-  followup:
-    start: target.end
-    end: null
-    start_inclusive: true
-    end_inclusive: true
-    has:
-      _ANY_EVENT: (1, None)
+  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: true, index_timestamp: end}
+  target: {start: input.end, end: start + 30d, start_inclusive: false, end_inclusive: true, label: admission}
 """
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from meds import LabelSchema
+from meds.schema import LabelSchema
 
 from ehrfm.labels import label_events, load_tasks, parse_spec
 from ehrfm.labels.dataset import label_dataset
