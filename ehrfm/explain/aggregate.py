@@ -75,7 +75,8 @@ class EventAttribution:
 
 @dataclass
 class VisitAttribution:
-    """The attribution of one visit (0 = the static block): its time span, events and sum."""
+    """The attribution of one visit (0 = the static block): the time span of its events, their number and
+    the sum over all its items (structure tokens included)."""
 
     visit: int
     start: pd.Timestamp | None
@@ -108,6 +109,7 @@ def event_attributions(row: Mapping[str, Any], attributions: np.ndarray, vocab: 
     times = _day_times(np.asarray(row["times"], dtype=np.float64))
     orders = np.asarray(row["visit_orders"], dtype=np.int64)
     values = np.asarray(row["values"], dtype=np.float64)
+    source_cols = _source_columns(events) if sources is not None and events is not None else None
     out: list[EventAttribution] = []
     for i, (tok, typ) in enumerate(zip(ids.tolist(), types.tolist(), strict=True)):
         if typ in (TokenType.TASK, TokenType.PAD):
@@ -123,21 +125,26 @@ def event_attributions(row: Mapping[str, Any], attributions: np.ndarray, vocab: 
         ev = EventAttribution(kind, [i], vocab.token(tok), None if kind == STATIC else times[i],
                               int(orders[i]), float(attributions[i]))
         src = sources[i] if sources is not None else None
-        if src is not None and events is not None:
-            _fill_source(ev, events, src)
+        if src is not None and source_cols is not None:
+            _fill_source(ev, source_cols, src)
         out.append(ev)
     return out
 
 
-def _fill_source(ev: EventAttribution, events: pd.DataFrame, src: int) -> None:
+def _source_columns(events: pd.DataFrame) -> tuple[list[Any], list[Any], list[Any]]:
+    """(numeric values, units, times) of the events as plain lists: row lookups without pandas per event."""
+    n = len(events)
+    return (events[NUMERIC_VALUE].tolist() if NUMERIC_VALUE in events else [None] * n,
+            events[UNIT].tolist() if UNIT in events else [None] * n,
+            list(pd.to_datetime(events[TIME])) if TIME in events else [None] * n)
+
+
+def _fill_source(ev: EventAttribution, cols: tuple[list[Any], list[Any], list[Any]], src: int) -> None:
     """Raw value, unit and exact time of the MEDS event row ``src``."""
-    rec = events.iloc[src]
+    num, unit, t = cols[0][src], cols[1][src], cols[2][src]
     ev.source = int(src)
-    num = rec.get(NUMERIC_VALUE)
     ev.value = None if num is None or pd.isna(num) else float(num)
-    unit = rec.get(UNIT)
     ev.unit = None if unit is None or pd.isna(unit) else str(unit)
-    t = rec.get(TIME)
     if ev.kind == EVENT and t is not None and not pd.isna(t):
         ev.time = pd.Timestamp(t)
 
@@ -150,7 +157,8 @@ def visit_attributions(events: Sequence[EventAttribution]) -> list[VisitAttribut
     out = []
     for visit in sorted(groups):
         items = groups[visit]
-        times = [e.time for e in items if e.time is not None]
+        # span of the visit's events: an interval token carries this visit's number but the next one's time
+        times = [e.time for e in items if e.kind == EVENT and e.time is not None]
         real = [e for e in items if e.kind != STRUCTURE]
         top = max(real, key=lambda e: abs(e.attribution)).code if real else None
         out.append(VisitAttribution(visit, min(times) if times else None, max(times) if times else None,

@@ -1,0 +1,336 @@
+"""Do integrated-gradients attributions recover the planted signal? Oracle validation on synthetic patients.
+
+The synthetic risk formulas are known (docs/synthetic_population.md, ``ehrfm/synth/risk.py``), so for every
+explained held-out row we know which of its tokens carry planted features. Per task we measure the share of
+attribution mass (sum of |attribution| over the row's items: events = code + value-bin tokens, static codes,
+structure tokens) that falls on planted-feature items, against the share of the row's tokens those items
+hold. ``enrichment`` = mean mass share / mean token share (1 = no better than spreading attribution by
+token count). The null: a random-weights model of the same architecture and heads, untrained, explained the
+same way.
+
+Planted-feature items (what the formulas read; times from the rows, order within the row):
+
+* ``readmission_30d`` (prediction at discharge): ``creatinine_last3`` the last three creatinine events
+  (``LAB//LOINC//2160-0``, the trend); ``chronic`` heart failure I50.9, COPD J44.9, CKD N18.3, diabetes E11.9;
+  ``prior_admissions`` inpatient admission starts in the 365 days before the index admission;
+  ``stay`` the index admission's start and end (length of stay) and a principal diagnosis I50.23/J44.1.
+* ``mortality_inhospital`` (admission + 24 h): ``creatinine`` the first creatinine of the stay and the (at
+  most) two before the admission (the jump); ``chronic`` I50.9, N18.3; ``admission_panel`` the stay's first
+  sodium, potassium, hemoglobin and heart rate; ``dx`` a principal diagnosis A41.9/I21.4/K92.2/J18.9.
+
+Age enters every token through the age stream and has no token of its own: it is not counted.
+
+Pipeline (each step skipped when its output exists under ``--root``): ``bench/finetune_oracle.py``'s data
+and pretraining steps (synth seed 0 -> ingest -> label -> prepare -> tokenize -> pretrain), then ``ehrfm
+finetune`` on the two tasks. ``--latency`` also times serving one ~1,000-event patient with and without
+explanations.
+
+    .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --n-patients 4000 --rows 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from finetune_oracle import _ehrfm, _overrides, prepare_data  # noqa: E402
+
+from ehrfm.explain.aggregate import EventAttribution  # noqa: E402
+from ehrfm.layout import Layout  # noqa: E402
+
+TASKS = ("readmission_30d", "mortality_inhospital")
+CREATININE = "LAB//LOINC//2160-0"
+ADMIT = "ENCOUNTER//INPATIENT//START"
+DISCHARGE = "ENCOUNTER//INPATIENT//END"
+
+
+def _icd(*codes: str) -> set[str]:
+    return {f"DIAGNOSIS//ICD//10//{c}" for c in codes}
+
+
+Items = Sequence[EventAttribution]
+Grouper = Callable[[Items], dict[str, set[int]]]
+
+
+def _last_admission(items: Items) -> int | None:
+    idx = [i for i, e in enumerate(items) if e.code == ADMIT]
+    return idx[-1] if idx else None
+
+
+def readmission_groups(items: Items) -> dict[str, set[int]]:
+    """Indices (into ``items``) of the planted features of one readmission row."""
+    creat = [i for i, e in enumerate(items) if e.code == CREATININE]
+    adm = _last_admission(items)
+    prior: set[int] = set()
+    stay: set[int] = set()
+    if adm is not None:
+        start = items[adm].time
+        assert start is not None
+        prior = {i for i, e in enumerate(items[:adm]) if e.code == ADMIT and e.time is not None
+                 and (start - e.time).days < 365}
+        stay = {adm} | {i for i, e in enumerate(items) if i > adm and (e.code == DISCHARGE
+                                                                        or e.code in _icd("I50.23", "J44.1"))}
+    return {"creatinine_last3": set(creat[-3:]),
+            "chronic": {i for i, e in enumerate(items) if e.code in _icd("I50.9", "J44.9", "N18.3", "E11.9")},
+            "prior_admissions": prior, "stay": stay}
+
+
+def mortality_groups(items: Items) -> dict[str, set[int]]:
+    """Indices (into ``items``) of the planted features of one in-hospital mortality row."""
+    adm = _last_admission(items)
+    chronic = {i for i, e in enumerate(items) if e.code in _icd("I50.9", "N18.3")}
+    out: dict[str, set[int]] = {"creatinine": set(), "admission_panel": set(), "dx": set(),
+                                "chronic": chronic}
+    if adm is None:
+        return out
+    before = [i for i, e in enumerate(items[:adm]) if e.code == CREATININE]
+    after = [i for i, e in enumerate(items) if i > adm and e.code == CREATININE]
+    out["creatinine"] = set(before[-2:]) | set(after[:1])
+    for code in ("LAB//LOINC//2951-2", "LAB//LOINC//2823-3", "LAB//LOINC//718-7", "VITAL//LOINC//8867-4"):
+        first = next((i for i, e in enumerate(items) if i > adm and e.code == code), None)
+        if first is not None:
+            out["admission_panel"].add(first)
+    dx = _icd("A41.9", "I21.4", "K92.2", "J18.9")
+    out["dx"] = {i for i, e in enumerate(items) if i > adm and e.code in dx}
+    return out
+
+
+GROUPS: dict[str, Grouper] = {"readmission_30d": readmission_groups, "mortality_inhospital": mortality_groups}
+
+
+def row_shares(items: Items, groups: dict[str, set[int]]) -> dict[str, tuple[float, float]]:
+    """Per group and for their union (``planted``): (mass share, token share) of one row."""
+    mass = np.array([abs(e.attribution) for e in items])
+    tokens = np.array([len(e.positions) for e in items], dtype=float)
+    out = {}
+    for name, idx in {**groups, "planted": set().union(*groups.values())}.items():
+        sel = np.zeros(len(items), dtype=bool)
+        sel[list(idx)] = True
+        out[name] = (float(mass[sel].sum() / max(mass.sum(), 1e-12)), float(tokens[sel].sum() / tokens.sum()))
+    return out
+
+
+def enrichment(shares: pd.DataFrame, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per group: mean mass share, mean token share and their ratio, with subject-bootstrap 95% CIs."""
+    from ehrfm.evaluate.bootstrap import cluster_resample_indices
+
+    shares = shares.sort_values(["group", "row"], kind="stable")
+    subjects = shares[shares["group"] == "planted"]["subject_id"].to_numpy()  # one entry per row, row order
+    rng = np.random.default_rng(seed)
+    draws = [cluster_resample_indices(subjects, rng) for _ in range(n_boot)]  # the same rows for every group
+    out = {}
+    for name, g in shares.groupby("group", sort=False):
+        mass, tok = g["mass_share"].to_numpy(), g["token_share"].to_numpy()
+        point = (mass.mean(), tok.mean(), mass.mean() / max(tok.mean(), 1e-12))
+        boot = np.array([(mass[d].mean(), tok[d].mean(), mass[d].mean() / max(tok[d].mean(), 1e-12))
+                         for d in draws]) if draws else np.empty((0, 3))
+        ci = np.quantile(boot, [0.025, 0.975], axis=0) if len(boot) else np.full((2, 3), np.nan)
+        out[str(name)] = {"mass_share": point[0], "token_share": point[1], "enrichment": point[2],
+                          "mass_share_ci": ci[:, 0].tolist(), "enrichment_ci": ci[:, 2].tolist(),
+                          "rows_with_group": int((tok > 0).sum())}
+    return out
+
+
+def random_model(trained: Any, seed: int) -> Any:
+    """The null: the trained model's architecture and heads, freshly initialised (untrained)."""
+    import torch
+
+    from ehrfm.models import EHRFoundationModel
+    from ehrfm.train.heads import TaskHeads
+    from ehrfm.train.predict import FinetunedModel
+
+    torch.manual_seed(seed)
+    model = EHRFoundationModel(trained.model.config).eval()
+    heads = TaskHeads(trained.specs, trained.model.config.d_model, trained.heads.shared_head, 0.0).eval()
+    return FinetunedModel(model, heads, trained.vocab, trained.specs, "random_weights")
+
+
+def explain_task(fm: Any, task: str, rows: list[dict[str, Any]], ig: Any) -> tuple[pd.DataFrame, list[Any]]:
+    """Shares per (row, group) and the explanations of ``rows``."""
+    from ehrfm.explain.explainer import explain_rows
+
+    spec = next(s for s in fm.specs if s.task == task)
+    explained = explain_rows(fm, spec, rows, ig)
+    recs = []
+    for j, (row, ex) in enumerate(zip(rows, explained, strict=True)):
+        for name, (m, t) in row_shares(ex.events, GROUPS[task](ex.events)).items():
+            recs.append({"row": j, "subject_id": int(row["subject_id"]), "group": name, "mass_share": m,
+                         "token_share": t})
+    return pd.DataFrame(recs), explained
+
+
+def _auroc(y: Any, score: Any) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    y_arr = np.asarray(y, dtype=float)
+    return float(roc_auc_score(y_arr, score)) if len(np.unique(y_arr[~np.isnan(y_arr)])) == 2 else None
+
+
+def oracle_auroc(layout: Layout, task: str, rows: list[dict[str, Any]], times: list[Any]) -> float | None:
+    """AUROC of the planted ``true_prob`` on the same rows (joined on subject and prediction time)."""
+    table = pd.read_parquet(layout.truth)
+    truth = table[table["task"] == task].set_index(["subject_id", "prediction_time"])["true_prob"].to_dict()
+    keys = [(int(r["subject_id"]), pd.Timestamp(t)) for r, t in zip(rows, times, strict=True)]
+    probs = np.array([float(truth.get(k, np.nan)) for k in keys])
+    ok = ~np.isnan(probs)
+    y = np.asarray([r["label"] for r in rows], dtype=float)[ok]
+    return _auroc(y, probs[ok])
+
+
+def finetune(root: Path, steps: int, sets: list[str]) -> None:
+    """``ehrfm finetune`` on the two tasks from the shared pretraining (skipped when its model exists)."""
+    lay = Layout(root=str(root))
+    if (lay.finetune_run.model / "heads.json").exists():
+        return
+    _ehrfm("finetune", "--root", str(root), "--pretrained", str(lay.pretrain_run.root),
+           "--tasks", f"[{','.join(TASKS)}]", "--model_name", "ehrfm_attr", "--trainer.progress_bar", "false",
+           "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(steps // 6, 50)),
+           "--patience", "0", *_overrides(sets))
+
+
+def latency(root: Path, repeats: int, seed: int = 0) -> dict[str, Any]:
+    """Serving one synthetic patient with ~1,000 events: ``predict_frame`` wall time with and without
+    explanations (both tasks), interleaved, median of ``repeats``."""
+    import tempfile
+
+    from ehrfm.ingest.fhir.bundle import bundle_to_events
+    from ehrfm.serve.core import Scorer, build_serving_dir
+    from ehrfm.serve.pyfunc import predict_frame
+    from ehrfm.synth import SynthConfig, simulate
+    from ehrfm.synth.fhir import medication_lines, patient_lines
+
+    lay = Layout(root=str(root))
+    best: tuple[int, list[dict[str, Any]]] | None = None
+    for i in range(200):  # the synthetic patient whose record is closest to 1,000 events
+        rec = simulate(SynthConfig(seed=seed + 1), i)
+        resources = [json.loads(ln) for ln in medication_lines() + [x for ls in patient_lines(rec).values()
+                                                                     for x in ls]]
+        n = bundle_to_events({"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]},
+                             validate="none").events.num_rows
+        if best is None or abs(n - 1000) < abs(best[0] - 1000):
+            best = (n, resources)
+    assert best is not None
+    n_events, chosen = best
+    bundle = json.dumps({"resourceType": "Bundle", "type": "collection",
+                         "entry": [{"resource": r} for r in chosen]})
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer = Scorer(build_serving_dir(lay.finetune_run.model, Path(tmp) / "serving",
+                                          tokens_dir=lay.token_paths.root))
+        times: dict[str, list[float]] = {"off": [], "on": []}
+        out = None
+        for r in range(repeats + 1):
+            for mode in ("off", "on"):
+                t0 = time.perf_counter()
+                out = predict_frame(scorer, [{"bundle": bundle, "explain": mode == "on",
+                                              "tasks": ",".join(TASKS)}])
+                if r:  # the first round warms up
+                    times[mode].append(time.perf_counter() - t0)
+        assert out is not None
+        ex = [json.loads(e) for e in out["explanation"] if e]
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        return {"events": n_events, "resources": len(chosen), "row_tokens": scorer.tokenize_cfg.max_len,
+                "repeats": repeats, "median_s": med, "ratio": med["on"] / med["off"],
+                "ig": scorer.config.explain_ig.to_dict(), "rel_errors": [e["rel_error"] for e in ex],
+                "referenced_events": sum(1 for e in ex for v in e["events"] if v["resource"]),
+                "listed_events": sum(len(e["events"]) for e in ex)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, build or reuse the pipeline, explain both models, print the table, write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--n-patients", type=int, default=4000)
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--pretrain-steps", type=int, default=2000)
+    ap.add_argument("--finetune-steps", type=int, default=3000)
+    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--rows", type=int, default=300, help="held-out rows explained per task")
+    ap.add_argument("--steps", type=int, default=16, help="integrated-gradients points (first try)")
+    ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency", type=int, default=0, metavar="REPEATS", help="also time serving (0: skip)")
+    ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "attributions.json")
+    args = ap.parse_args(argv)
+    import torch
+
+    from ehrfm.config.explain import IGSettings
+    from ehrfm.data import TokenStreamDataset
+    from ehrfm.train.predict import FinetunedModel
+
+    torch.set_num_threads(1)
+    load0, t0 = os.getloadavg(), time.time()
+    prepare_data(args.root, args.n_patients, args.master,
+                 [f"trainer.max_steps={args.pretrain_steps}", "trainer.val_check_interval=500"])
+    finetune(args.root, args.finetune_steps, args.finetune_set)
+    lay = Layout(root=str(args.root))
+    trained = FinetunedModel.load(lay.finetune_run.model)
+    models = {"trained": trained, "random_weights": random_model(trained, args.seed)}
+    ig = IGSettings(steps=args.steps, max_steps=max(64, args.steps))
+    result: dict[str, Any] = {"n_patients": args.n_patients, "rows_per_task": args.rows, "ig": ig.to_dict(),
+                              "model": trained.model.config.to_dict(),
+                              "finetune_steps": args.finetune_steps, "pretrain_steps": args.pretrain_steps,
+                              "tasks": {}}
+    for task in TASKS:
+        ds = TokenStreamDataset(lay.token_paths.task(task), split="held_out", task=task)
+        rng = np.random.default_rng(args.seed)
+        pick = np.sort(rng.choice(len(ds), min(args.rows, len(ds)), replace=False))
+        rows = [ds[int(i)] for i in pick]
+        assert ds.prediction_times is not None
+        times = [ds.prediction_times[int(i)] for i in pick]
+        per_model: dict[str, Any] = {}
+        for name, fm in models.items():
+            t1 = time.time()
+            shares, explained = explain_task(fm, task, rows, ig)
+            rel = np.array([e.rel_error for e in explained])
+            per_model[name] = {"groups": enrichment(shares, args.bootstrap, args.seed),
+                               "auroc": _auroc([r["label"] for r in rows], [e.f_input for e in explained]),
+                               "completeness": {"converged": int(sum(e.converged for e in explained)),
+                                                "median_rel_error": float(np.median(rel)),
+                                                "max_rel_error": float(rel.max())},
+                               "seconds": round(time.time() - t1, 1)}
+        result["tasks"][task] = {"rows": len(rows), "oracle_auroc": oracle_auroc(lay, task, rows, times),
+                                 "models": per_model}
+    if args.latency:
+        result["latency"] = latency(args.root, args.latency)
+    result["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+                         "shared": True, "torch_threads": 1}
+    result["seconds"] = round(time.time() - t0, 1)
+    print_table(result)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """One line per (task, model, group): mass share, token share, enrichment with its CI."""
+    print(f"{'task':<22}{'model':<16}{'group':<18}{'mass':>7}{'tokens':>8}{'enrich':>8}  95% CI      AUROC")
+    for task, t in result["tasks"].items():
+        for model, m in t["models"].items():
+            for group, g in m["groups"].items():
+                lo, hi = g["enrichment_ci"]
+                auroc = f"{m['auroc']:.3f}" if group == "planted" and m["auroc"] is not None else ""
+                print(f"{task:<22}{model:<16}{group:<18}{g['mass_share']:>7.3f}{g['token_share']:>8.3f}"
+                      f"{g['enrichment']:>8.2f}  [{lo:.2f}, {hi:.2f}]  {auroc}")
+        oracle = "n/a" if t["oracle_auroc"] is None else f"{t['oracle_auroc']:.3f}"
+        print(f"{task:<22}{'oracle':<16}{'':<18}{'':>7}{'':>8}{'':>8}  {'':<12}{oracle}")
+    if "latency" in result:
+        lat = result["latency"]
+        print(f"serving {lat['events']} events, both tasks: {lat['median_s']['off']:.3f} s without "
+              f"explanations, {lat['median_s']['on']:.3f} s with ({lat['ratio']:.2f}x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
