@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -80,3 +81,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mimic_demo_ingested(spark, mimic_demo: Path,  # type: ignore[no-untyped-def]
+                        tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, pd.DataFrame]:
+    """The whole MIMIC-IV demo ingested once per test session (output folder, summary, events): every
+    test module that reads the full demo output shares it (an ingest takes about a minute)."""
+    from ehrfm.ingest.mimic.ingest import ingest_mimic
+
+    out = tmp_path_factory.mktemp("mimic_demo") / "meds"
+    summary = ingest_mimic(spark, str(mimic_demo), str(out))
+    return out, summary, pd.read_parquet(out / "data")  # both layouts

@@ -61,18 +61,9 @@ D30, H24 = pd.Timedelta(days=30), pd.Timedelta(hours=24)
 
 
 @pytest.fixture(scope="module")
-def mimic_meds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The MIMIC demo's MEDS folder: the session ingest (``mimic_demo_ingested``, tests/ingest/conftest.py).
-    That fixture is visible here only once it lives in tests/conftest.py; until then this module ingests
-    the demo itself (asked of the lead: move the fixture up so the suite ingests the demo once)."""
-    try:
-        return Path(request.getfixturevalue("mimic_demo_ingested")[0])
-    except pytest.FixtureLookupError:
-        from ehrfm.ingest.mimic.ingest import ingest_mimic
-
-        out = tmp_path_factory.mktemp("mimic_demo") / "meds"
-        ingest_mimic(request.getfixturevalue("spark"), str(request.getfixturevalue("mimic_demo")), str(out))
-        return out
+def mimic_meds(mimic_demo_ingested: tuple[Path, dict, pd.DataFrame]) -> Path:
+    """The MIMIC demo's MEDS folder: the session ingest (``mimic_demo_ingested``, tests/conftest.py)."""
+    return Path(mimic_demo_ingested[0])
 
 
 def run_aces(config: Path, meds_root: Path, out: Path) -> pd.DataFrame:
