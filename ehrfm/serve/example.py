@@ -13,6 +13,7 @@ import mlflow
 import pandas as pd
 import pyarrow.dataset as ds
 
+from ehrfm.labels.aliases import canonical_code
 from ehrfm.layout import MedsPaths
 from ehrfm.schema import CODE, EVENT_COLUMNS, SUBJECT_ID, TIME
 
@@ -20,7 +21,8 @@ from ehrfm.schema import CODE, EVENT_COLUMNS, SUBJECT_ID, TIME
 def pick_subject(meds_dir: str | Path, split: str = "held_out",
                  code_prefix: str = "ENCOUNTER//INPATIENT//") -> int:
     """The held-out subject with the most events among those with an inpatient stay (else any held-out
-    subject)."""
+    subject). Codes are compared in their canonical encounter form (:mod:`ehrfm.labels.aliases`), so a
+    MIMIC-IV dataset's ``HOSPITAL_ADMISSION//…`` counts as an inpatient stay."""
     meds = MedsPaths(Path(meds_dir))
     splits = pd.read_parquet(meds.subject_splits)
     ids = set(splits.loc[splits["split"] == split, SUBJECT_ID].astype("int64"))
@@ -29,7 +31,9 @@ def pick_subject(meds_dir: str | Path, split: str = "held_out",
     table = meds.read_table([SUBJECT_ID, CODE])
     frame = table.to_pandas()
     frame = frame[frame[SUBJECT_ID].isin(ids)]
-    with_stay = frame.loc[frame[CODE].str.startswith(code_prefix), SUBJECT_ID].unique()
+    codes = pd.Series(frame[CODE].unique())
+    stay_codes = codes[codes.map(canonical_code).str.startswith(code_prefix)]
+    with_stay = frame.loc[frame[CODE].isin(stay_codes), SUBJECT_ID].unique()
     pool = frame[frame[SUBJECT_ID].isin(with_stay)] if len(with_stay) else frame
     return int(pool[SUBJECT_ID].value_counts().idxmax())
 
