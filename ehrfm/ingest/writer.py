@@ -120,9 +120,9 @@ def _stats(**columns: list[Any]) -> pa.RecordBatch:
                                       schema=_STATS_ARROW)
 
 
-def _shard_writer(data_uri: str) -> Any:
+def _shard_writer(data_uri: str, plan: Sequence[str]) -> Any:
     """The function each Spark task runs: write each ``_shard`` of its sorted partition to one parquet file
-    (``<split>/_shard-<i>.parquet``, renamed by the driver), return stats."""
+    (``<split>/_shard-<i>.parquet``, ``split`` = ``plan[i]``; renamed by the driver), return stats."""
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
@@ -135,7 +135,7 @@ def _shard_writer(data_uri: str) -> Any:
         bounds = np.flatnonzero(np.diff(shard)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(shard)], strict=True):
             part = table.slice(int(lo), int(hi - lo))
-            name = f"{part.column(SPLIT)[0].as_py()}/{SHARD_PREFIX}{int(shard[lo]):06d}.parquet"
+            name = f"{plan[int(shard[lo])]}/{SHARD_PREFIX}{int(shard[lo]):06d}.parquet"
             yield from _write_shard(part, data_uri, name)
 
     return write
@@ -274,8 +274,9 @@ def _write_shards(spark: SparkSession, events: DataFrame, plan: list[str], data_
     ordered = (events.withColumn(SHARD, shard).withColumn(PART_KEY, F.element_at(keys, F.col(SHARD) + 1))
                .repartition(n, PART_KEY)
                .sortWithinPartitions(F.col(SHARD), F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(),
-                                     F.col(CODE)))
-    return ordered.mapInArrow(_shard_writer(data_uri), _STATS_SCHEMA).toArrow()
+                                     F.col(CODE))
+               .drop(SPLIT, PART_KEY))  # the shard number names the split: less to ship to Python
+    return ordered.mapInArrow(_shard_writer(data_uri, plan), _STATS_SCHEMA).toArrow()
 
 
 def _publish_shards(fs: pafs.FileSystem, data_dir: str, stats: pa.Table) -> list[dict[str, Any]]:

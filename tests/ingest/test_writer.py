@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehrfm.ingest.validate import MedsValidationError, validate_meds_dataset
-from ehrfm.ingest.writer import SHARD, SPLIT, check_sorted_table, shard_plan
+from ehrfm.ingest.writer import SHARD, check_sorted_table, shard_plan
 from ehrfm.meds_files import meds_data_files, read_meds_table
 from ehrfm.prepare.splits import assign_split
 from ehrfm.schema import EVENTS_SCHEMA, REJECTS_SCHEMA, SPLITS
@@ -211,23 +211,23 @@ def test_shard_plan_follows_the_events_of_each_split() -> None:
 
 def test_a_task_with_several_shards_writes_one_file_each(tmp_path: Path) -> None:
     """The shard writer alone (no Spark): rows sorted by (_shard, subject, time, code) become one file per
-    _shard value, named after its split, with the helper columns dropped."""
+    _shard value, in the folder of the split the plan gives that shard, without the _shard column."""
     from ehrfm.ingest.writer import _shard_writer
 
     t1 = dt.datetime(2020, 1, 1)
-    rows = [(3, 1, "train"), (3, 2, "train"), (4, 5, "tuning"), (7, 6, "held_out"), (7, 8, "held_out")]
+    plan = ["train"] * 4 + ["tuning"] + ["held_out"] * 3
+    rows = [(3, 1), (3, 2), (4, 5), (7, 6), (7, 8)]
     batch = pa.table({
         "subject_id": pa.array([r[1] for r in rows], pa.int64()),
         "time": pa.array([t1] * len(rows), pa.timestamp("us")),
         "code": ["A"] * len(rows),
         **{f.name: pa.nulls(len(rows), f.type) for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time",
                                                                                           "code")},
-        SPLIT: [r[2] for r in rows],
         SHARD: pa.array([r[0] for r in rows], pa.int32()),
     }).to_batches(max_chunksize=2)  # batches do not follow shard boundaries
     for split in ("train", "tuning", "held_out"):
         (tmp_path / split).mkdir()
-    stats = pa.Table.from_batches(list(_shard_writer(str(tmp_path))(iter(batch))))
+    stats = pa.Table.from_batches(list(_shard_writer(str(tmp_path), plan)(iter(batch))))
     files = stats.filter(pc.and_(pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])),
                                  pc.is_null(stats["source"])))
     assert files["file"].to_pylist() == ["train/_shard-000003.parquet", "tuning/_shard-000004.parquet",
