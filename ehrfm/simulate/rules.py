@@ -26,6 +26,7 @@ A generated ``MEDS_DEATH`` ends a future: positive when death is the outcome, el
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
@@ -77,6 +78,11 @@ class OutcomeRule:
         if self.duration_days is not None:
             return self.duration_days - self.index_offset_days
         return self.within_days
+
+    def to(self, device: torch.device | str) -> OutcomeRule:
+        """The same rule with its token masks on ``device``."""
+        return dataclasses.replace(self, outcome_mask=self.outcome_mask.to(device),
+                                   death_mask=self.death_mask.to(device))
 
     @classmethod
     def from_spec(cls, spec: TaskSpec, vocab: Vocabulary) -> OutcomeRule:

@@ -57,7 +57,7 @@ def run(cfg: SimulateConfig, layout: Layout) -> SimulateSummary:
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     model = EHRFoundationModel.from_pretrained(model_dir, map_location=device).to(device).eval()
-    rules, skipped = _rules(cfg, layout, vocab)
+    rules, skipped = _rules(cfg, layout, vocab, device)
     train = TokenStreamDataset(tokens.pretrain, split=TRAIN_SPLIT)
     tables = StreamTables.fit((train[i] for i in range(len(train))), vocab, cfg.gap_quantiles,
                               cfg.gap_min_count).to(device)
@@ -102,8 +102,8 @@ def run(cfg: SimulateConfig, layout: Layout) -> SimulateSummary:
     return summary
 
 
-def _rules(cfg: SimulateConfig, layout: Layout, vocab: Vocabulary) -> tuple[dict[str, OutcomeRule],
-                                                                             dict[str, str]]:
+def _rules(cfg: SimulateConfig, layout: Layout, vocab: Vocabulary, device: torch.device
+           ) -> tuple[dict[str, OutcomeRule], dict[str, str]]:
     """Outcome rules of the selected tasks, and the tokenized tasks skipped with their reason."""
     root = layout.token_paths.tasks
     tokenized = sorted(p.name for p in root.glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
@@ -116,7 +116,7 @@ def _rules(cfg: SimulateConfig, layout: Layout, vocab: Vocabulary) -> tuple[dict
     skipped: dict[str, str] = {}
     for name in names:
         try:
-            rules[name] = OutcomeRule.from_spec(load_task(name, cfg.tasks_dir), vocab)
+            rules[name] = OutcomeRule.from_spec(load_task(name, cfg.tasks_dir), vocab).to(device)
         except UnsupportedTaskError as exc:
             if cfg.tasks:  # asked for by name: an error, not a silent skip
                 raise ConfigError(f"tasks: {exc}") from exc
