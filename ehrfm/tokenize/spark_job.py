@@ -100,13 +100,18 @@ def tokenize_spark(
     """
     schema = spark_tokens_schema()
 
-    def one(ev: pd.DataFrame, lab: pd.DataFrame | None = None) -> pd.DataFrame:
+    def with_labels(ev: pd.DataFrame, lab: pd.DataFrame) -> pd.DataFrame:
         return rows_to_frame(tokenize_subject(ev, vocab, bins, cfg, labels=lab, pretrain=pretrain))
 
+    def events_only(ev: pd.DataFrame) -> pd.DataFrame:
+        # one argument: Spark passes (key, frame) to a two-argument function of a plain groupBy
+        return rows_to_frame(tokenize_subject(ev, vocab, bins, cfg, labels=None, pretrain=pretrain))
+
     if labels is None:
-        out = events.groupBy(SUBJECT_ID).applyInPandas(one, schema)
+        out = events.groupBy(SUBJECT_ID).applyInPandas(events_only, schema)
     else:
-        out = events.groupBy(SUBJECT_ID).cogroup(labels.groupBy(SUBJECT_ID)).applyInPandas(one, schema)
+        grouped = events.groupBy(SUBJECT_ID).cogroup(labels.groupBy(SUBJECT_ID))
+        out = grouped.applyInPandas(with_labels, schema)
     if splits is not None:
         out = out.drop("split").join(splits.select(SUBJECT_ID, "split"), on=SUBJECT_ID, how="left")
     return out.select(*COLUMNS)

@@ -48,6 +48,23 @@ def test_spark_path_equals_direct_calls(spark: Any, vocab: Vocabulary, bins: Bin
     assert tokens_equal(_sorted(via_spark), _sorted(direct))
 
 
+
+@pytest.mark.spark
+def test_spark_path_without_labels_equals_direct_pretrain_rows(spark: Any, vocab: Vocabulary,
+                                                               bins: Bins) -> None:
+    """No label tables (pretraining rows only): a plain groupBy, whose function takes one argument."""
+    events, _, splits = population()
+    cfg = TokenizerConfig(max_len=14)
+    split_of = dict(zip(splits["subject_id"], splits["split"], strict=True))
+    direct = rows_to_table(list(iter_rows(events, None, split_of, vocab, bins, cfg)))
+    ev_tab = pa.Table.from_pandas(events.assign(text_value=None, unit=None, source=None)[EVENTS_SCHEMA.names],
+                                  schema=EVENTS_SCHEMA, preserve_index=False)
+    rows = tokenize_spark(spark.createDataFrame(ev_tab.to_pandas()), None, spark.createDataFrame(splits),
+                          vocab, bins, cfg)
+    via_spark = pa.Table.from_pandas(rows.toPandas(), preserve_index=False)
+    assert via_spark.num_rows == direct.num_rows == 4
+    assert tokens_equal(_sorted(via_spark.cast(TOKENS_SCHEMA)), _sorted(direct))
+
 @pytest.mark.spark
 def test_cli_prepare_and_tokenize_end_to_end(spark: Any, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
