@@ -22,7 +22,7 @@ Age enters every token through the age stream and has no token of its own: it is
 
 Pipeline (each step skipped when its output exists under ``--root``): ``bench/finetune_oracle.py``'s data
 and pretraining steps (synth seed 0 -> ingest -> label -> prepare -> tokenize -> pretrain), then ``ehrfm
-finetune`` on the two tasks. ``--latency`` also times serving one ~1,000-event patient with and without
+finetune`` on the two tasks. ``--latency`` also times serving real ~1,000-event patients with and without
 explanations.
 
     .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --n-patients 4000 --rows 300
@@ -44,11 +44,21 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from finetune_oracle import _ehrfm, _overrides, prepare_data  # noqa: E402
-
 from ehrfm.explain.aggregate import EventAttribution  # noqa: E402
 from ehrfm.layout import Layout  # noqa: E402
+
+
+def _bench(name: str) -> Any:
+    """Another bench script as a module, loaded by path (bench/ stays off the import path: some of its scripts
+    are named like library modules)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 TASKS = ("readmission_30d", "mortality_inhospital")
 CREATININE = "LAB//LOINC//2160-0"
@@ -194,57 +204,47 @@ def finetune(root: Path, steps: int, sets: list[str]) -> None:
     lay = Layout(root=str(root))
     if (lay.finetune_run.model / "heads.json").exists():
         return
-    _ehrfm("finetune", "--root", str(root), "--pretrained", str(lay.pretrain_run.root),
+    oracle = _bench("finetune_oracle")
+    oracle._ehrfm("finetune", "--root", str(root), "--pretrained", str(lay.pretrain_run.root),
            "--tasks", f"[{','.join(TASKS)}]", "--model_name", "ehrfm_attr", "--trainer.progress_bar", "false",
            "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(steps // 6, 50)),
-           "--patience", "0", *_overrides(sets))
+           "--patience", "0", *oracle._overrides(sets))
 
 
-def latency(root: Path, repeats: int, seed: int = 0) -> dict[str, Any]:
-    """Serving one synthetic patient with ~1,000 events: ``predict_frame`` wall time with and without
-    explanations (both tasks), interleaved, median of ``repeats``."""
+def latency(root: Path, repeats: int, n_bundles: int = 3) -> dict[str, Any]:
+    """Serving real Synthea patients with ~1,000 events (``bench/serve.py``'s mid-size bundles): in-process
+    ``predict_frame`` wall time with and without explanations (both tasks), interleaved, median per bundle."""
     import tempfile
 
-    from ehrfm.ingest.fhir.bundle import bundle_to_events
     from ehrfm.serve.core import Scorer, build_serving_dir
     from ehrfm.serve.pyfunc import predict_frame
-    from ehrfm.synth import SynthConfig, simulate
-    from ehrfm.synth.fhir import medication_lines, patient_lines
 
     lay = Layout(root=str(root))
-    best: tuple[int, list[dict[str, Any]]] | None = None
-    for i in range(200):  # the synthetic patient whose record is closest to 1,000 events
-        rec = simulate(SynthConfig(seed=seed + 1), i)
-        resources = [json.loads(ln) for ln in medication_lines() + [x for ls in patient_lines(rec).values()
-                                                                     for x in ls]]
-        n = bundle_to_events({"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]},
-                             validate="none").events.num_rows
-        if best is None or abs(n - 1000) < abs(best[0] - 1000):
-            best = (n, resources)
-    assert best is not None
-    n_events, chosen = best
-    bundle = json.dumps({"resourceType": "Bundle", "type": "collection",
-                         "entry": [{"resource": r} for r in chosen]})
+    bundles = _bench("serve").mid_bundles(n_bundles)
+    per_bundle = []
     with tempfile.TemporaryDirectory() as tmp:
         scorer = Scorer(build_serving_dir(lay.finetune_run.model, Path(tmp) / "serving",
                                           tokens_dir=lay.token_paths.root))
-        times: dict[str, list[float]] = {"off": [], "on": []}
-        out = None
-        for r in range(repeats + 1):
-            for mode in ("off", "on"):
-                t0 = time.perf_counter()
-                out = predict_frame(scorer, [{"bundle": bundle, "explain": mode == "on",
-                                              "tasks": ",".join(TASKS)}])
-                if r:  # the first round warms up
-                    times[mode].append(time.perf_counter() - t0)
-        assert out is not None
-        ex = [json.loads(e) for e in out["explanation"] if e]
-        med = {k: float(np.median(v)) for k, v in times.items()}
-        return {"events": n_events, "resources": len(chosen), "row_tokens": scorer.tokenize_cfg.max_len,
-                "repeats": repeats, "median_s": med, "ratio": med["on"] / med["off"],
-                "ig": scorer.config.explain_ig.to_dict(), "rel_errors": [e["rel_error"] for e in ex],
-                "referenced_events": sum(1 for e in ex for v in e["events"] if v["resource"]),
-                "listed_events": sum(len(e["events"]) for e in ex)}
+        for text, n_events in bundles:
+            times: dict[str, list[float]] = {"off": [], "on": []}
+            out = None
+            for r in range(repeats + 1):
+                for mode in ("off", "on"):
+                    t0 = time.perf_counter()
+                    out = predict_frame(scorer, [{"bundle": text, "explain": mode == "on",
+                                                  "tasks": ",".join(TASKS)}])
+                    if r:  # the first round warms up
+                        times[mode].append(time.perf_counter() - t0)
+            assert out is not None
+            ex = [json.loads(e) for e in out["explanation"] if e]
+            med = {k: float(np.median(v)) for k, v in times.items()}
+            per_bundle.append({"events": n_events, "median_s": med, "ratio": med["on"] / med["off"],
+                               "rel_errors": [e["rel_error"] for e in ex], "steps": [e["steps"] for e in ex],
+                               "referenced_events": sum(1 for e in ex for v in e["events"] if v["resource"]),
+                               "listed_events": sum(len(e["events"]) for e in ex)})
+        ig = scorer.config.explain_ig.to_dict()
+    return {"bundles": per_bundle, "repeats": repeats, "row_tokens": scorer.tokenize_cfg.max_len, "ig": ig,
+            "ratio_median": float(np.median([b["ratio"] for b in per_bundle]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     load0, t0 = os.getloadavg(), time.time()
-    prepare_data(args.root, args.n_patients, args.master,
-                 [f"trainer.max_steps={args.pretrain_steps}", "trainer.val_check_interval=500"])
+    _bench("finetune_oracle").prepare_data(args.root, args.n_patients, args.master,
+                                           [f"trainer.max_steps={args.pretrain_steps}",
+                                            "trainer.val_check_interval=500"])
     finetune(args.root, args.finetune_steps, args.finetune_set)
     lay = Layout(root=str(args.root))
     trained = FinetunedModel.load(lay.finetune_run.model)
@@ -326,10 +327,9 @@ def print_table(result: dict[str, Any]) -> None:
                       f"{g['enrichment']:>8.2f}  [{lo:.2f}, {hi:.2f}]  {auroc}")
         oracle = "n/a" if t["oracle_auroc"] is None else f"{t['oracle_auroc']:.3f}"
         print(f"{task:<22}{'oracle':<16}{'':<18}{'':>7}{'':>8}{'':>8}  {'':<12}{oracle}")
-    if "latency" in result:
-        lat = result["latency"]
-        print(f"serving {lat['events']} events, both tasks: {lat['median_s']['off']:.3f} s without "
-              f"explanations, {lat['median_s']['on']:.3f} s with ({lat['ratio']:.2f}x)")
+    for b in result.get("latency", {}).get("bundles", []):
+        print(f"serving {b['events']} events, both tasks: {b['median_s']['off']:.3f} s without "
+              f"explanations, {b['median_s']['on']:.3f} s with ({b['ratio']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ twice the points until ``max_steps``; what remains is reported (``converged`` Fa
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,20 +108,42 @@ def baseline_streams(batch: dict[str, Tensor], pad_id: int) -> dict[str, Tensor]
     return out
 
 
+@dataclass
+class _Tap:
+    """What the embedding LayerNorm of ``module`` does for the thread that set it: record its input in
+    ``seen`` and, when ``replace`` is given, receive ``replace`` instead."""
+
+    module: torch.nn.Module
+    replace: Tensor | None
+    seen: list[Tensor]
+
+
+_TAPS = threading.local()  # per thread: a served model may be predicting in other threads meanwhile
+
+
+def _tap_hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    tap = getattr(_TAPS, "tap", None)
+    if tap is None or tap.module is not module:
+        return None  # every other forward pass, in this thread or another, is untouched
+    tap.seen.append(args[0])
+    return (tap.replace,) if tap.replace is not None else None
+
+
 @contextmanager
 def _norm_input(model: EHRFoundationModel, replace: Tensor | None, seen: list[Tensor]) -> Iterator[None]:
-    """While active, the embedding LayerNorm records its input in ``seen`` and, when ``replace`` is given,
-    receives ``replace`` instead (the rest of the forward pass is the model's own)."""
-
-    def hook(_: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        seen.append(args[0])
-        return (replace,) if replace is not None else None
-
-    handle = model.embeddings.norm.register_forward_pre_hook(hook)
+    """While active, in this thread only, the embedding LayerNorm records its input in ``seen`` and, when
+    ``replace`` is given, receives ``replace`` instead (the rest of the forward pass is the model's own). The
+    hook is registered once per model and does nothing outside such a block."""
+    norm = model.embeddings.norm
+    if not getattr(norm, "_ehrfm_tap", False):
+        norm.register_forward_pre_hook(_tap_hook)
+        norm._ehrfm_tap = True  # type: ignore[assignment]
+    previous = getattr(_TAPS, "tap", None)
+    _TAPS.tap = _Tap(norm, replace, seen)
     try:
         yield
     finally:
-        handle.remove()
+        _TAPS.tap = previous
 
 
 def _streams(batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -108,3 +108,24 @@ def test_quadrature_integrates_polynomials(method: str) -> None:
     assert exact == (method == "gauss")
     with pytest.raises(ValueError, match="method"):
         quadrature(4, "simpson")
+
+
+def test_other_threads_predict_untouched_while_a_row_is_explained(events: list[pd.DataFrame],
+                                                                  vocab_bins: tuple[Any, Bins]) -> None:
+    """A served model may predict in other threads meanwhile: the embedding tap acts in its thread only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ehrfm.explain.ig import _norm_input
+
+    vocab, bins = vocab_bins
+    fm, spec = finetuned(vocab, "mamba"), SPECS[0]
+    batch = _batch(task_rows(events[:1], vocab, bins, spec.task))
+    expected = head_output(fm, spec, batch)
+    seen: list[torch.Tensor] = []
+    zeros = torch.zeros(*batch["concept_ids"].shape, fm.model.config.d_model)
+    with _norm_input(fm.model, zeros, seen), ThreadPoolExecutor(1) as pool:
+        elsewhere = pool.submit(head_output, fm, spec, batch).result()
+        here = head_output(fm, spec, batch)  # this thread's forward receives the zeros
+    torch.testing.assert_close(elsewhere, expected)
+    assert len(seen) == 1 and not torch.allclose(here, expected)
+    torch.testing.assert_close(head_output(fm, spec, batch), expected)  # and nothing is left behind
