@@ -219,7 +219,8 @@ def _build_row(
 
 
 def _none_if_nan(x: Any) -> Any:
-    return None if x is None or x is pd.NA or (isinstance(x, float) and x != x) else x
+    # np.float32 is not a Python float: test any numpy floating scalar too (a float32 NaN is not None)
+    return None if x is None or x is pd.NA or (isinstance(x, (float, np.floating)) and x != x) else x
 
 
 def _label_fields(lab: pd.Series, vocab: Vocabulary) -> dict[str, Any]:

@@ -183,3 +183,17 @@ def test_bad_input_names_field_and_subject(vocab: Vocabulary, bins: Bins) -> Non
         TokenizerConfig(max_len=2)
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['max_length'\]"):
         TokenizerConfig.from_dict({"max_length": 5})
+
+
+@pytest.mark.parametrize("nan", [float("nan"), np.float32("nan"), np.float64("nan"), None, pd.NA])
+def test_label_fields_treat_every_missing_float_as_null(nan: object) -> None:
+    """A label file's ``float_value`` arrives as numpy float32: its NaN is a missing label, not NaN."""
+    from ehrfm.tokenize.tokenizer import _label_fields
+    from ehrfm.vocab import Vocabulary
+
+    vocab = Vocabulary.build(["A"])
+    row = pd.Series({"boolean_value": None, "float_value": nan, "integer_value": None, "duration_days": nan,
+                     "event": None})
+    fields = _label_fields(row, vocab)
+    assert fields["label"] is None and fields["duration_days"] is None
+    assert _label_fields(pd.Series({"float_value": np.float32(2.5)}), vocab)["label"] == 2.5
