@@ -52,7 +52,8 @@ class DatasetVersionOption(ConfigBase):
 
     dataset_version: str | None = None
     """dataset_version in metadata/dataset.json. Default: the source's own (MIMIC-IV: the release named by
-    the input path, e.g. .../mimiciv/2.2/ or .../mimic-iv-demo-2.2/; FHIR has none), else "unknown" --
+    the input path, e.g. .../mimiciv/2.2/ or .../mimic-iv-demo-2.2/; MEDS input: its dataset.json; FHIR has
+    none), else "unknown" --
     never the ingest date, which would make two ingests of one release look like two versions."""
 
     def check_dataset_version(self) -> None:
@@ -111,7 +112,7 @@ class MimicIngestConfig(IngestConfig, DatasetVersionOption):
 
 
 @dataclass
-class MedsIngestConfig(IngestConfig):
+class MedsIngestConfig(IngestConfig, DatasetVersionOption):
     """``ehrfm ingest meds``: a MEDS dataset or a MEDS-like events parquet -> an ehrfm MEDS dataset (Spark).
 
     Rows without a subject id or code become rejects; every other row becomes one event."""
@@ -129,6 +130,10 @@ class MedsIngestConfig(IngestConfig):
     """Numeric value column (default numeric_value, else value)."""
     text_col: str | None = None
     """Text value column (default text_value when present)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_dataset_version()
 
 
 @dataclass

@@ -149,8 +149,12 @@ def ingest_meds(
     split_seed: int = 0,
     rows_per_shard: int | None = None,
     dataset_name: str | None = None,
+    dataset_version: str | None = None,
 ) -> dict[str, Any]:
-    """Re-write MEDS(-like) parquet at ``input_path`` as a MEDS dataset at ``output``; returns the summary."""
+    """Re-write MEDS(-like) parquet at ``input_path`` as a MEDS dataset at ``output``; returns the summary.
+
+    From a MEDS root the code metadata (descriptions and ``parent_codes``) and the dataset.json name and
+    ``dataset_version`` carry over unless given here."""
     from pyspark.sql import functions as F
 
     files, root, names = list_parquet(input_path)
@@ -180,14 +184,18 @@ def ingest_meds(
         F.col("_reason").alias("reason"),
     )
     descriptions = None
-    name = dataset_name
+    name, version = dataset_name, dataset_version
     if root is not None:
         fs, p = _fs(root)
         if fs.get_file_info(f"{p}/{MEDS_CODES}").type == pafs.FileType.File:
-            descriptions = spark.read.parquet(f"{root}/{MEDS_CODES}").select("code", "description")
-        if name is None and fs.get_file_info(f"{p}/{MEDS_DATASET_JSON}").type == pafs.FileType.File:
+            codes = spark.read.parquet(f"{root}/{MEDS_CODES}")
+            keep = [c for c in ("code", "description", "parent_codes") if c in codes.columns]
+            descriptions = codes.select(*keep)
+        if fs.get_file_info(f"{p}/{MEDS_DATASET_JSON}").type == pafs.FileType.File:
             with fs.open_input_stream(f"{p}/{MEDS_DATASET_JSON}") as fh:
-                name = json.loads(fh.read().decode()).get("dataset_name")
+                meta = json.loads(fh.read().decode())
+            name = name or meta.get("dataset_name")
+            version = version or meta.get("dataset_version")
     summary = {"source": "meds", "input": input_path, "files": len(files), "rows_in": n_in, "columns": cols}
     result = write_meds_dataset(
         spark,
@@ -196,6 +204,7 @@ def ingest_meds(
         dataset_name=name or input_path.rstrip("/").rsplit("/", 1)[-1],
         etl_name="ehrfm.ingest.meds_input",
         code_descriptions=descriptions,
+        dataset_version=version,
         rejects=rejects,
         summary=summary,
         split_ratios=split_ratios,

@@ -27,7 +27,8 @@ def run(cfg: MedsIngestConfig, layout: Layout) -> IngestSummary:
         result = ingest_meds(spark, cfg.input, staged.path(), subject_col=cfg.subject_col,
                              time_col=cfg.time_col, code_col=cfg.code_col, numeric_col=cfg.numeric_col,
                              text_col=cfg.text_col, split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
-                             rows_per_shard=cfg.rows_per_shard, dataset_name=cfg.dataset_name)
+                             rows_per_shard=cfg.rows_per_shard, dataset_name=cfg.dataset_name,
+                             dataset_version=cfg.dataset_version)
         staged.publish()
     summary = make_summary("meds", result, meds_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)

@@ -72,10 +72,9 @@ def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path,  # type: ignore
         }
     )
     df.to_parquet(root.data / shard, index=False, coerce_timestamps="us")
-    pd.DataFrame({"code": ["LAB//X"], "description": ["lab x"], "parent_codes": [None]}).to_parquet(
-        root.codes, index=False
-    )
-    root.dataset_json.write_text(json.dumps({"dataset_name": "tiny-meds"}))
+    pd.DataFrame({"code": ["LAB//X", "GENDER//M"], "description": ["lab x", None],
+                  "parent_codes": [["LOINC/1-8"], None]}).to_parquet(root.codes, index=False)
+    root.dataset_json.write_text(json.dumps({"dataset_name": "tiny-meds", "dataset_version": "3.1"}))
     layout = Layout(root=str(tmp_path / "pipeline"))
     cfg = MedsIngestConfig(input=str(root.root), split_ratios=(0.5, 0.25, 0.25), split_seed=3)
     summary = run(cfg, layout)
@@ -91,6 +90,8 @@ def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path,  # type: ignore
     assert rej.loc[3, "reason"] == "missing code" and rej.loc[4, "field"] == "subject_id"
     codes = pd.read_parquet(out.codes).set_index("code")
     assert codes.loc["LAB//X", "description"] == "lab x" and bool(codes["description"].isna()["GENDER//F"])
+    assert list(codes.loc["LAB//X", "parent_codes"]) == ["LOINC/1-8"]  # parents carry over
+    assert json.loads(out.dataset_json.read_text())["dataset_version"] == "3.1"  # the input's release
     ev = out.read_table().to_pandas().sort_values(["subject_id", "time"], na_position="first")
     assert ev.unit.tolist() == [None, "mg", None] and ev.subject_id.tolist() == [1, 1, 2]
     assert set(ev.source) == {f"meds:{shard}"}  # the file's path under data/ names the source
