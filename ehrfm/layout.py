@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ehrfm.config.base import ConfigBase
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-    from pyspark.sql import DataFrame, SparkSession
+# No pyarrow / Spark names here, not even under TYPE_CHECKING: the CLI builds its --help from the Layout
+# dataclass, and jsonargparse resolves a module's TYPE_CHECKING imports (tests/test_cli.py checks that
+# --help loads no heavy library). MedsPaths' readers are typed precisely in ehrfm.meds_files.
 
 # Names inside a MEDS folder, relative to its root (posix): MedsPaths joins them to a Path; code that writes
 # to a URI (hdfs://, s3://, where a Path would collapse "//") joins them to the URI string.
@@ -76,13 +76,13 @@ class MedsPaths:
 
         return meds_data_files(self.root)
 
-    def read_table(self, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+    def read_table(self, columns: list[str] | None = None, filter: Any = None) -> Any:
         """The events as one Arrow table (:func:`ehrfm.meds_files.read_meds_table`)."""
         from ehrfm.meds_files import read_meds_table
 
         return read_meds_table(self.root, columns, filter)
 
-    def read_spark(self, spark: SparkSession) -> DataFrame:
+    def read_spark(self, spark: Any) -> Any:
         """The events as a Spark DataFrame (:func:`ehrfm.meds_files.read_meds_spark`)."""
         from ehrfm.meds_files import read_meds_spark
 

@@ -70,7 +70,7 @@ def spark_tokens_schema() -> StructType:
 def read_events_spark(spark: SparkSession, meds_dir: str | Path) -> SparkDataFrame:
     """MEDS events of ``<meds>/data`` (either layout) with the columns the tokenizer uses (``encounter_id``
     when present)."""
-    df = MedsPaths(Path(meds_dir)).read_spark(spark)
+    df: SparkDataFrame = MedsPaths(Path(meds_dir)).read_spark(spark)
     missing = [c for c in (SUBJECT_ID, TIME, CODE) if c not in df.columns]
     if missing:
         raise ValueError(f"{meds_dir}/data: missing MEDS column(s) {missing}")
