@@ -50,25 +50,32 @@ def finetune(root: Path, tasks: list[str], sets: list[str]) -> float:
     return time.time() - t
 
 
-def simulate(root: Path, m: int, tasks: list[str], extra: list[str]) -> dict[str, Any]:
-    """``ehrfm simulate --samples m`` on the held-out rows unless that run exists; returns its summary with
-    the wall time and the load average around it."""
-    run = Layout(root=str(root)).simulate_run(f"zero_shot_m{m}")
+def model_name(m: int, seed: int) -> str:
+    """The zero-shot model of M futures and a simulation seed (seed 0: ``zero_shot_m<M>``)."""
+    return f"zero_shot_m{m}" + (f"_seed{seed}" if seed else "")
+
+
+def simulate(root: Path, m: int, seed: int, tasks: list[str], extra: list[str]) -> dict[str, Any]:
+    """``ehrfm simulate --samples m --seed seed`` on the held-out rows unless that run exists; returns its
+    summary with the wall time and the load average around it."""
+    name = model_name(m, seed)
+    run = Layout(root=str(root)).simulate_run(name)
     load0, t = os.getloadavg(), time.time()
     if not run.summary.exists():
-        _ehrfm("simulate", "--root", str(root), "--samples", str(m), "--tasks", f"[{','.join(tasks)}]",
-               "--splits", "[held_out]", "--progress", "false", *extra)
+        _ehrfm("simulate", "--root", str(root), "--samples", str(m), "--seed", str(seed), "--model_name",
+               name, "--tasks", f"[{','.join(tasks)}]", "--splits", "[held_out]", "--progress", "false",
+               *extra)
     summary: dict[str, Any] = json.loads(run.summary.read_text())
     summary["bench"] = {"wall_s": round(time.time() - t, 1), "loadavg_before": load0,
                         "loadavg_after": os.getloadavg(), "cached": time.time() - t < 1.0}
     return summary
 
 
-def table(report: dict[str, Any], sims: dict[int, dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
-    """One row per (task, model): AUROC and CI, ÷ oracle, ECE and CI, n; zero-shot rows also s/row and the
-    truncated share."""
+def table(report: dict[str, Any], sims: dict[str, dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
+    """One row per (task, model): AUROC and CI, ÷ oracle, ECE and CI, n; zero-shot rows (``sims``: model name
+    -> simulate summary) also s/row and the truncated share."""
     rows = []
-    zs = {f"zero_shot_m{m}": s for m, s in sims.items()}
+    zs = sims
     for task in tasks:
         res = report["tasks"][task]
         oracle = (res.get("oracle") or {}).get("auroc", {})
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--ms", default="8,32,128", help="futures per row, comma-separated")
+    ap.add_argument("--seeds", default="0", help="simulation seeds, comma-separated (the spread across seeds "
+                    "is the Monte-Carlo noise of the metrics at each M)")
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                     help="default: trainer.max_steps=2000 trainer.val_check_interval=500")
@@ -126,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     ms = [int(m) for m in args.ms.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     pre = args.pretrain_set or ["trainer.max_steps=2000", "trainer.val_check_interval=500"]
     fin = args.finetune_set or ["trainer.max_steps=1000", "trainer.val_check_interval=250", "patience=0"]
     load0, t0 = os.getloadavg(), time.time()
     prepare_data(args.root, args.n_patients, args.master, pre, args.max_len)
     timings: dict[str, float] = {"data_and_pretrain_s": round(time.time() - t0, 1)}
     timings["finetune_s"] = round(finetune(args.root, tasks, fin), 1)
-    sims = {m: simulate(args.root, m, tasks, _overrides(args.simulate_set)) for m in ms}
+    sims = {model_name(m, s): simulate(args.root, m, s, tasks, _overrides(args.simulate_set))
+            for s in seeds for m in ms}
     t = time.time()
     _ehrfm("evaluate", "--root", str(args.root), "--tasks", f"[{','.join(tasks)}]", "--report.baselines",
            "[lr,hgb]", "--report.n_boot", str(args.bootstrap), "--progress", "false")
@@ -141,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads((lay.evaluation_dir / "report.json").read_text())
     rows = table(report, sims, tasks)
     print_table(rows)
-    result = {"n_patients": args.n_patients, "tasks": tasks, "ms": ms, "rows": rows, "timings": timings,
-              "simulate_summaries": {str(m): s for m, s in sims.items()},
+    result = {"n_patients": args.n_patients, "tasks": tasks, "ms": ms, "seeds": seeds, "rows": rows,
+              "timings": timings, "simulate_summaries": sims,
               "pretrain_summary": json.loads(lay.pretrain_run.summary.read_text()),
               "finetune_summary": {k: v for k, v in json.loads(lay.finetune_run.summary.read_text()).items()
                                    if k in ("global_step", "seconds", "train_rows", "tuning", "calibration")},
