@@ -39,6 +39,12 @@ EVENTS_SCHEMA = pa.schema(
     ]
 )
 EVENT_COLUMNS = [f.name for f in EVENTS_SCHEMA]
+# The event shards ``ehrfm ingest`` writes add one column, computed over the whole subject: 1 when the
+# event is timed after the subject's first MEDS_DEATH, else 0 (kept, flagged, counted; ehrfm/tasks/README.md).
+# A MEDS extension column (dataset.json ``other_extension_columns``); readers select the columns they use.
+# int8, not bool: meds_reader 0.2 cannot convert a bool column ("Unsupported type bool").
+AFTER_DEATH = "after_death"
+DATA_SCHEMA = EVENTS_SCHEMA.append(pa.field(AFTER_DEATH, pa.int8(), nullable=False))
 
 # --- rejects -----------------------------------------------------------------------------------------
 REJECTS_SCHEMA = pa.schema(

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import ehrfm
 from ehrfm.atomic import is_uri, write_marker
 from ehrfm.config.ingest import DEFAULT_ROWS_PER_SHARD as DEFAULT_ROWS_PER_SHARD
-from ehrfm.ingest.deaths import count_after_death
+from ehrfm.ingest.deaths import after_death_mask, count_after_death
 from ehrfm.layout import (
     MEDS_CODES,
     MEDS_DATA,
@@ -37,8 +37,10 @@ from ehrfm.layout import (
 )
 from ehrfm.prepare.splits import DEFAULT_RATIOS, assign_splits, split_column, validate_ratios
 from ehrfm.schema import (
+    AFTER_DEATH,
     CODE,
     CODES_SCHEMA,
+    DATA_SCHEMA,
     EVENTS_SCHEMA,
     REJECTS_SCHEMA,
     SPLITS,
@@ -152,6 +154,9 @@ def _write_shard(table: pa.Table, data_uri: str, name: str) -> Iterator[pa.Recor
         cols.append(col.cast(f.type))
     table = pa.Table.from_arrays(cols, schema=EVENTS_SCHEMA)
     subjects = check_sorted_table(table, name)
+    # a subject's rows are all in this shard, so its death (and the flag) is known here
+    late_mask = after_death_mask(table)
+    table = table.append_column(DATA_SCHEMA.field(AFTER_DEATH), late_mask.cast(pa.int8()))
     fs, base = _fs(data_uri)
     pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
     counts = pc.value_counts(table.column(CODE))
@@ -161,7 +166,7 @@ def _write_shard(table: pa.Table, data_uri: str, name: str) -> Iterator[pa.Recor
                  code=[None] + counts.field("values").to_pylist())
     ids = pc.unique(table.column(SUBJECT_ID)).to_pylist()
     yield _stats(file=[name] * len(ids), subject_id=ids)
-    late = count_after_death(table)
+    late = count_after_death(table, late_mask)
     yield _stats(file=[name] * len(late), source=list(late), after_death=list(late.values()))
 
 
@@ -246,7 +251,7 @@ def dataset_metadata(dataset_name: str, etl_name: str, dataset_version: str | No
         "created_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
         "raw_source_id_columns": ["encounter_id"],
         "code_modifier_columns": ["unit"],
-        "other_extension_columns": ["source"],
+        "other_extension_columns": ["source", AFTER_DEATH],
     }
     DatasetMetadataSchema.validate(meta)
     return meta

@@ -242,6 +242,8 @@ def _outcome(tl: _Timeline, spec: TaskSpec, pred: int, enc: Span | None, enc_id:
     hit = tl.matching(o.codes) & (tl.t > pred) & in_window
     if o.other_encounter and enc_id:
         hit &= tl.enc != enc_id
+    if tl.death is not None:  # a record dated after the (first) death is never an outcome
+        hit &= tl.t <= tl.death
     t_event = int(tl.t[hit].min()) if hit.any() else None
     death = tl.death
     death_first = death is not None and pred < death <= window_end and (t_event is None or death < t_event)
@@ -272,6 +274,8 @@ def _forecast(tl: _Timeline, spec: TaskSpec, pred: int) -> dict[str, object] | N
     opens = tl.matching(o.next_encounter) & (tl.enc != "") & (tl.t > pred)
     if o.within is not None:
         opens &= tl.t <= pred + _us(o.within)
+    if tl.death is not None:  # an encounter recorded after the death is not the next encounter
+        opens &= tl.t <= tl.death
     if not opens.any():
         return None  # no next encounter in the record: censored
     first = int(np.flatnonzero(opens)[0])

@@ -188,6 +188,7 @@ def _window_task(a: str, spec: TaskSpec, flags: _Flags) -> str:
     hit = f"v.{flags.name(o.codes)} AND v.t > x.pred AND coalesce({in_window}, FALSE)"
     if o.other_encounter:
         hit += " AND (x.ienc = '' OR v.enc != x.ienc)"
+    hit += " AND (death IS NULL OR v.t <= death)"  # a record dated after the death is never an outcome
     b = _extend(a, _A, ok=_eligible(spec), te=f"array_min(transform(filter(ev, v -> {hit}), v -> v.t))")
     death_first = (f"coalesce(death IS NOT NULL AND x.pred < death AND death <= {wend} "
                    "AND (x.te IS NULL OR death < x.te), FALSE)")
@@ -225,6 +226,7 @@ def _forecast_task(a: str, spec: TaskSpec, flags: _Flags) -> str:
     opens = f"v.{flags.name(o.next_encounter)} AND v.enc != '' AND v.t > x.pred"
     if o.within is not None:
         opens += f" AND v.t <= x.pred + {_us(o.within)}"
+    opens += " AND (death IS NULL OR v.t <= death)"  # not an encounter recorded after the death
     # ev is sorted by (t, code, enc): its minimum is the first in time order
     b = _extend(a, _A, ok=_eligible(spec), nx=f"array_min(filter(ev, v -> {opens}))")
     mine = "filter(encs, y -> y.enc = x.nx.enc)"

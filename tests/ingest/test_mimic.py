@@ -48,6 +48,11 @@ def test_headline_counts(ingested: tuple[Path, dict, pd.DataFrame]) -> None:
     late = timed[timed.time > timed.death].source.value_counts().to_dict()
     print(f"after death: {summary['after_death']}")
     assert summary["after_death"] == {"total": sum(late.values()), "by_source": dict(sorted(late.items()))}
+    # ... and flagged, row by row, in the shards' after_death column
+    flagged = ev.join(dies, on="subject_id", how="left")
+    expected = flagged.time.notna() & flagged.death.notna() & (flagged.time > flagged.death)
+    assert str(ev["after_death"].dtype) == "int8" and (ev["after_death"].astype(bool) == expected).all()
+    assert int(ev["after_death"].sum()) == summary["after_death"]["total"] == 86
 
 
 def test_diagnoses_and_procedures_are_timed_at_discharge(ingested: tuple[Path, dict, pd.DataFrame]) -> None:

@@ -19,7 +19,7 @@ from ehrfm.ingest.validate import MedsValidationError, validate_meds_dataset
 from ehrfm.ingest.writer import SHARD, check_sorted_table, shard_plan
 from ehrfm.meds_files import meds_data_files, read_meds_table
 from ehrfm.prepare.splits import assign_split
-from ehrfm.schema import EVENTS_SCHEMA, REJECTS_SCHEMA, SPLITS
+from ehrfm.schema import DATA_SCHEMA, EVENTS_SCHEMA, REJECTS_SCHEMA, SPLITS
 
 SUBJECTS = [7, 3, 1000000000123, 42, 5, 11, 2, 9]
 # ratios that put these subjects (and 99) in all three splits
@@ -95,7 +95,7 @@ def test_shards_are_sorted_contiguous_and_typed(written: tuple[Path, dict]) -> N
     seen: dict[int, str] = {}
     for f in sorted((out / "data").rglob("*.parquet")):
         t = pq.read_table(f)
-        assert t.schema.equals(EVENTS_SCHEMA, check_metadata=False), t.schema
+        assert t.schema.equals(DATA_SCHEMA, check_metadata=False), t.schema
         meds.DataSchema.validate(t)
         rows = t.to_pylist()
         keys = [(r["subject_id"], r["time"] is not None, r["time"] or dt.datetime.min, r["code"])
@@ -234,7 +234,7 @@ def test_a_task_with_several_shards_writes_one_file_each(tmp_path: Path) -> None
                                          "held_out/_shard-000007.parquet"]
     assert files["rows"].to_pylist() == [2, 1, 2] and files["subjects"].to_pylist() == [2, 1, 2]
     written = pq.read_table(tmp_path / "held_out" / "_shard-000007.parquet")
-    assert written.schema.equals(EVENTS_SCHEMA, check_metadata=False)
+    assert written.schema.equals(DATA_SCHEMA, check_metadata=False)
     assert written.column("subject_id").to_pylist() == [6, 8]
 
 

@@ -9,7 +9,7 @@ import pytest
 from ehrfm.labels import label_subject, load_task
 from ehrfm.schema import LABELS_SCHEMA
 
-from .timelines import T0, D, ev, stay
+from .timelines import T0, D, after_death_subject, ev, stay
 
 BIRTH = (-(20 * 365 * D), "MEDS_BIRTH", None)
 
@@ -231,3 +231,22 @@ def test_icu_stays_are_not_encounters() -> None:
     # an ICU stay alone opens no inpatient encounter
     events = ev(1, [BIRTH, (0, "ICU_ADMISSION//MICU", "a"), (5 * D, "ICU_DISCHARGE//MICU", "a")])
     assert lab(events, "mortality_inhospital").empty and lab(events, "los_gt_7d").empty
+
+
+def test_events_after_death_are_inputs_never_indexes_or_outcomes() -> None:
+    """Events dated after the subject's first MEDS_DEATH (kept by ingest and counted per source; Synthea
+    452, MIMIC-IV demo 86): an encounter after death is never an index (every shipped task requires the
+    patient alive at prediction time), a record after the death is never an outcome (the late "readmission"
+    does not make the discharge positive: the death came first, ``censoring.death``), nor the next encounter
+    of a forecast, and the death, not the later record, is the time-to-event."""
+    events = after_death_subject(1)
+    readm = lab(events, "readmission_30d")
+    assert readm["prediction_time"].tolist() == [h(48)]  # the post-mortem discharge is not an index
+    assert readm["boolean_value"].tolist() == [False]
+    assert lab(events, "mortality_30d_post_discharge")["boolean_value"].tolist() == [True]
+    assert lab(events, "mortality_inhospital")["prediction_time"].tolist() == [h(24)]  # only the real stay
+    assert lab(events, "los_gt_7d")["prediction_time"].tolist() == [h(24)]
+    tte = lab(events, "death_1y_tte")
+    assert tte["prediction_time"].tolist() == [h(48)]
+    assert tte["duration_days"].tolist() == [pytest.approx(10.0)] and tte["event"].tolist() == [1]
+    assert lab(events, "next_visit_codes").empty  # the only later encounter is post-mortem

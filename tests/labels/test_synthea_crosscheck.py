@@ -92,7 +92,9 @@ def test_readmission_30d_matches_raw_json(subset: list[Path], synthea_labels: di
     index = _index(stays, synthea_labels["record_end"])
     pairs = index.merge(stays[["subject_id", "id", "start"]], on="subject_id", suffixes=("", "_next"))
     gap = pairs["start_next"] - pairs["end"]
-    hit = pairs[(pairs["id_next"] != pairs["id"]) & (gap > pd.Timedelta(0)) & (gap <= D30)]
+    # a stay recorded after the patient's death is not a readmission (Synthea has one such stay here)
+    alive = pairs["death"].isna() | (pairs["start_next"] <= pairs["death"])
+    hit = pairs[(pairs["id_next"] != pairs["id"]) & (gap > pd.Timedelta(0)) & (gap <= D30) & alive]
     index["value"] = index["id"].isin(hit["id"])
     died = index["death"].notna() & (index["death"] <= index["end"] + D30)
     index = index[index["value"] | died | (index["record_end"] >= index["end"] + D30)]

@@ -57,7 +57,8 @@ def as_meds_etl(events: pd.DataFrame) -> pd.DataFrame:
 
 def random_population(n_subjects: int, seed: int = 0) -> pd.DataFrame:
     """A deterministic random MEDS population exercising every task: stays (some overlapping, some
-    shorter than 24 h, some open), diagnoses by encounter id and by time, deaths in and after stays."""
+    shorter than 24 h, some open), diagnoses by encounter id and by time, deaths in and after stays, and
+    deaths followed by more records."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -66,6 +67,10 @@ def random_population(n_subjects: int, seed: int = 0) -> pd.DataFrame:
         sid = 1000 + s
         rows: list[tuple[object, str, str | None]] = [BIRTH_ROW, (None, "GENDER//" + "FM"[s % 2], None)]
         t = float(rng.uniform(0, 100 * D))
+        # some subjects die mid-record and go on being recorded (records dated after death are real data:
+        # Synthea 452, MIMIC-IV demo 86 events): nothing after the death may index or be an outcome
+        dies_after = int(rng.integers(0, 3)) if rng.random() < 0.15 else None
+        died = False
         for k in range(int(rng.integers(0, 5))):
             kind = "INPATIENT" if rng.random() < 0.7 else "AMBULATORY"
             length = float(rng.choice([6.0, 24.0, 3 * D, 8 * D, 20 * D]))
@@ -76,8 +81,13 @@ def random_population(n_subjects: int, seed: int = 0) -> pd.DataFrame:
             if rng.random() < 0.2:
                 rows.append((t + length / 3, f"DIAGNOSIS//ICD//9//Y{int(rng.integers(0, 3))}", None))
             t += length + float(rng.choice([-12.0, 0.0, 5 * D, 29 * D, 30 * D, 45 * D, 400 * D]))
+            if k == dies_after:
+                rows.append((t - float(rng.uniform(1, 10 * D)), "MEDS_DEATH", None))
+                died = True
         u = rng.random()
-        if u < 0.15:
+        if died:
+            rows.append((t + float(rng.uniform(0, 500 * D)), "LAB//L0", None))
+        elif u < 0.15:
             rows.append((t - 1, "MEDS_DEATH", None))  # around the last stay's end
         elif u < 0.3:
             rows.append((t + float(rng.uniform(0, 60 * D)), "MEDS_DEATH", None))
@@ -91,6 +101,18 @@ def random_population(n_subjects: int, seed: int = 0) -> pd.DataFrame:
 
 
 BIRTH_ROW: tuple[object, str, str | None] = (-(20 * 365 * D), "MEDS_BIRTH", None)
+DIES_AT = 48 + 10 * D  # hours after T0: the death in :func:`after_death_subject`
+
+
+def after_death_subject(sid: int) -> pd.DataFrame:
+    """A stay discharged at 48 h, death 10 days later, then records dated after the death: a stay 5–15 days
+    after it (with a diagnosis) and a lab — what neither engine may index or count as an outcome."""
+    late = DIES_AT + 5 * D
+    return ev(sid, [BIRTH_ROW, (None, "GENDER//F", None), *stay(f"{sid}-a", 0, 48),
+                    (48, "DIAGNOSIS//ICD//10//X1", f"{sid}-a"), (DIES_AT, "MEDS_DEATH", None),
+                    *stay(f"{sid}-late", late, late + 10 * D),
+                    (late + 1, "DIAGNOSIS//ICD//10//X2", f"{sid}-late"),
+                    (late + 20 * D, "LAB//L0", None)])
 
 
 def write_meds(df: pd.DataFrame, root: object, n_files: int = 2) -> None:
