@@ -25,6 +25,7 @@ import ehrfm
 from ehrfm.atomic import is_uri, write_marker
 from ehrfm.config.ingest import DEFAULT_ROWS_PER_SHARD as DEFAULT_ROWS_PER_SHARD
 from ehrfm.ingest.deaths import after_death_mask, count_after_death
+from ehrfm.ingest.minted import minted_description
 from ehrfm.layout import (
     MEDS_CODES,
     MEDS_DATA,
@@ -412,7 +413,8 @@ def write_meds_dataset(
         pa.table(
             {
                 "code": code_list,
-                "description": [described.get(c) for c in code_list],
+                # the source's description, else ours for a code ehrfm mints (MEDS_BIRTH, ENCOUNTER//…)
+                "description": [described.get(c) or minted_description(c) for c in code_list],
                 "parent_codes": [parents.get(c) for c in code_list],
             },
             schema=CODES_SCHEMA,

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from helpers.meds_valid import assert_meds_valid
 
 from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
 
@@ -89,6 +90,11 @@ def test_full_synthea_corpus(spark: Any, synthea_bundles: Path, tmp_path: Path) 
     assert codes["MEDS_BIRTH"] == 615 and codes["MEDS_DEATH"] == 124
     for klass, n in raw["classes"].items():
         assert codes[f"ENCOUNTER//{klass}//START"] == n - raw["early_classes"][klass], klass
+    # valid MEDS by the meds package's own schemas, and every code we mint is described
+    assert assert_meds_valid(tmp_path / "out")["subjects"] == 615
+    described = pq.read_table(tmp_path / "out" / "metadata" / "codes.parquet").to_pandas()
+    minted = described[described.code.str.match(r"^(MEDS_|ENCOUNTER//|GENDER//|RACE//|ETHNICITY//)")]
+    assert len(minted) > 10 and minted.description.notna().all()
     rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
     early_encounters = [r for r in rejects if r["resource_type"] == "Encounter"]
     assert len(early_encounters) == sum(raw["early_classes"].values())
