@@ -16,7 +16,7 @@ _FIXED = {
     BIRTH_CODE: "Birth (MEDS_BIRTH: the subject's date of birth)",
     DEATH_CODE: "Death (MEDS_DEATH: the subject's date of death)",
 }
-# (full-match regex, template over its groups): the families the FHIR mapper mints (ehrfm/ingest/fhir/mapper.py)
+# (full-match regex, template over its groups): the families ehrfm/ingest/fhir/mapper.py mints
 _TEMPLATES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"ENCOUNTER//([^/]+)//START"), "Encounter start (class {0})"),
     (re.compile(r"ENCOUNTER//([^/]+)//END"), "Encounter end (class {0})"),
