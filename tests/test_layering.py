@@ -23,6 +23,9 @@ RULES: dict[str, tuple[list[str], list[str]]] = {
     "evaluate": (["evaluate"], ["torch", "mlflow", "lightning", "pyspark"]),
     "model layer": (["ops", "models", "data"], ["pyspark", "mlflow", "lightning"]),
     "train": (["train"], ["pyspark", "mlflow"]),
+    # zero-shot simulation and attributions run a trained model in one process: no Spark, no MLflow, and
+    # no Lightning (they load the saved model folder, they do not train)
+    "simulate and explain": (["simulate", "explain"], ["pyspark", "mlflow", "lightning"]),
     "serving": (["serve/core.py", "serve/pyfunc.py", "serve/fhir_io.py"],
                 ["lightning", "pyspark", "sklearn"]),
     # the front process of `ehrfm serve` reads, limits, logs and answers; scoring lives in its workers
@@ -111,7 +114,7 @@ DIRECT_FORBIDDEN = {
     "torch": ["ingest", "prepare", "labels", "tokenize", "schema.py", "vocab.py", "spark.py", "synth",
               "evaluate",
               "config", "layout.py"],
-    "pyspark": ["ops", "models", "train", "data", "config"],
+    "pyspark": ["ops", "models", "train", "data", "config", "simulate", "explain"],
     "mlflow": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "data", "synth", "evaluate",
                "config"],
     "lightning": ["ingest", "prepare", "labels", "tokenize", "ops", "models", "synth", "data", "serve",

@@ -102,7 +102,7 @@ class EvaluateConfig(ConfigBase):
     """Tasks to evaluate (label tables <labels>/<task>.parquet); empty = every label table."""
     predictions: str | None = None
     """Model predictions parquet (the ehrfm.evaluate contract); default: the finetuning run's
-    predictions.parquet when it exists, else baselines only."""
+    predictions.parquet when it exists plus every finished ``ehrfm simulate`` run's, else baselines only."""
     truth: str | None = None
     """Synthetic truth table (oracle AUROC rows); default: <synthetic>/truth/index_events.parquet when it
     exists."""
