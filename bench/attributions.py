@@ -18,7 +18,11 @@ Planted-feature items (what the formulas read; times from the rows, order within
   most) two before the admission (the jump); ``chronic`` I50.9, N18.3; ``admission_panel`` the stay's first
   sodium, potassium, hemoglobin and heart rate; ``dx`` a principal diagnosis A41.9/I21.4/K92.2/J18.9.
 
-Age enters every token through the age stream and has no token of its own: it is not counted.
+``history`` is the union of the creatinine, chronic-condition and prior-admission groups (the features
+issue 18 names); ``planted`` the union of all groups. Age enters every token through the age stream and has
+no token of its own: it is not counted. A recurrent model's output (trained or not) depends most on the last
+tokens before the prompt, where the index stay's own events sit: ``trained_over_null`` (the trained model's
+mass share over the null's, same rows) separates what training put on a feature from where it sits.
 
 Pipeline (each step skipped when its output exists under ``--root``): ``bench/finetune_oracle.py``'s data
 and pretraining steps (synth seed 0 -> ingest -> label -> prepare -> tokenize -> pretrain), then ``ehrfm
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -44,7 +49,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from ehrfm.explain.aggregate import EventAttribution  # noqa: E402
+from ehrfm.explain.aggregate import STRUCTURE, EventAttribution  # noqa: E402
 from ehrfm.layout import Layout  # noqa: E402
 
 
@@ -74,24 +79,28 @@ Items = Sequence[EventAttribution]
 Grouper = Callable[[Items], dict[str, set[int]]]
 
 
-def _last_admission(items: Items) -> int | None:
-    idx = [i for i, e in enumerate(items) if e.code == ADMIT]
-    return idx[-1] if idx else None
+def _stay_start(items: Items) -> pd.Timestamp | None:
+    """Start of the index stay: the last inpatient admission start of the row."""
+    starts = [e.time for e in items if e.code == ADMIT and e.time is not None]
+    return starts[-1] if starts else None
+
+
+def _when(e: EventAttribution) -> pd.Timestamp:
+    return e.time if e.time is not None else pd.Timestamp.min
 
 
 def readmission_groups(items: Items) -> dict[str, set[int]]:
-    """Indices (into ``items``) of the planted features of one readmission row."""
+    """Indices (into ``items``) of the planted features of one readmission row. Times, not row order, place
+    an event in the stay: a stay's principal diagnosis shares the admission time and sorts before it."""
     creat = [i for i, e in enumerate(items) if e.code == CREATININE]
-    adm = _last_admission(items)
+    start = _stay_start(items)
     prior: set[int] = set()
     stay: set[int] = set()
-    if adm is not None:
-        start = items[adm].time
-        assert start is not None
-        prior = {i for i, e in enumerate(items[:adm]) if e.code == ADMIT and e.time is not None
-                 and (start - e.time).days < 365}
-        stay = {adm} | {i for i, e in enumerate(items) if i > adm and (e.code == DISCHARGE
-                                                                        or e.code in _icd("I50.23", "J44.1"))}
+    if start is not None:
+        prior = {i for i, e in enumerate(items) if e.code == ADMIT and _when(e) < start
+                 and (start - _when(e)).days < 365}
+        stay = {i for i, e in enumerate(items) if _when(e) >= start
+                and (e.code in (ADMIT, DISCHARGE) or e.code in _icd("I50.23", "J44.1"))}
     return {"creatinine_last3": set(creat[-3:]),
             "chronic": {i for i, e in enumerate(items) if e.code in _icd("I50.9", "J44.9", "N18.3", "E11.9")},
             "prior_admissions": prior, "stay": stay}
@@ -99,57 +108,89 @@ def readmission_groups(items: Items) -> dict[str, set[int]]:
 
 def mortality_groups(items: Items) -> dict[str, set[int]]:
     """Indices (into ``items``) of the planted features of one in-hospital mortality row."""
-    adm = _last_admission(items)
+    start = _stay_start(items)
     chronic = {i for i, e in enumerate(items) if e.code in _icd("I50.9", "N18.3")}
     out: dict[str, set[int]] = {"creatinine": set(), "admission_panel": set(), "dx": set(),
                                 "chronic": chronic}
-    if adm is None:
+    if start is None:
         return out
-    before = [i for i, e in enumerate(items[:adm]) if e.code == CREATININE]
-    after = [i for i, e in enumerate(items) if i > adm and e.code == CREATININE]
+    before = [i for i, e in enumerate(items) if e.code == CREATININE and _when(e) < start]
+    after = [i for i, e in enumerate(items) if e.code == CREATININE and _when(e) >= start]
     out["creatinine"] = set(before[-2:]) | set(after[:1])
     for code in ("LAB//LOINC//2951-2", "LAB//LOINC//2823-3", "LAB//LOINC//718-7", "VITAL//LOINC//8867-4"):
-        first = next((i for i, e in enumerate(items) if i > adm and e.code == code), None)
+        first = next((i for i, e in enumerate(items) if e.code == code and _when(e) >= start), None)
         if first is not None:
             out["admission_panel"].add(first)
     dx = _icd("A41.9", "I21.4", "K92.2", "J18.9")
-    out["dx"] = {i for i, e in enumerate(items) if i > adm and e.code in dx}
+    out["dx"] = {i for i, e in enumerate(items) if e.code in dx and _when(e) >= start}
     return out
 
 
 GROUPS: dict[str, Grouper] = {"readmission_30d": readmission_groups, "mortality_inhospital": mortality_groups}
+TOP = 5
+"""A group is "in the top" of a row when one of its items is among the row's TOP events by |attribution|."""
 
 
-def row_shares(items: Items, groups: dict[str, set[int]]) -> dict[str, tuple[float, float]]:
-    """Per group and for their union (``planted``): (mass share, token share) of one row."""
+HISTORY = ("creatinine_last3", "creatinine", "chronic", "prior_admissions")
+"""The features issue 18 names (creatinine values and trend, chronic conditions, prior admissions): their
+union is ``history``; ``planted`` is the union of every group, the index stay's own events included."""
+
+
+def row_shares(items: Items, groups: dict[str, set[int]]) -> dict[str, tuple[float, float, float]]:
+    """Per group and for the unions ``history`` and ``planted``: (mass share, token share, in the top-5
+    events: 1/0, NaN when the row has none of the group) of one row."""
     mass = np.array([abs(e.attribution) for e in items])
     tokens = np.array([len(e.positions) for e in items], dtype=float)
+    events = [i for i in np.argsort(-mass, kind="stable").tolist() if items[i].kind != STRUCTURE][:TOP]
     out = {}
-    for name, idx in {**groups, "planted": set().union(*groups.values())}.items():
+    unions = {"history": set().union(*(v for k, v in groups.items() if k in HISTORY)),
+              "planted": set().union(*groups.values())}
+    for name, idx in {**groups, **unions}.items():
         sel = np.zeros(len(items), dtype=bool)
         sel[list(idx)] = True
-        out[name] = (float(mass[sel].sum() / max(mass.sum(), 1e-12)), float(tokens[sel].sum() / tokens.sum()))
+        top = float(bool(idx & set(events))) if idx else float("nan")
+        out[name] = (float(mass[sel].sum() / max(mass.sum(), 1e-12)), float(tokens[sel].sum() / tokens.sum()),
+                     top)
     return out
 
 
-def enrichment(shares: pd.DataFrame, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
-    """Per group: mean mass share, mean token share and their ratio, with subject-bootstrap 95% CIs."""
+def _ratio(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a.mean() / max(b.mean(), 1e-12))
+
+
+def compare(shares: dict[str, pd.DataFrame], n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per group: token share, and per model the mass share, enrichment (mass share / token share) and top-5
+    rate, plus ``trained_over_null`` (mass share of the trained model / the null's on the same rows), with
+    subject-bootstrap 95% CIs (the same resampled subjects for every group and model: paired)."""
     from ehrfm.evaluate.bootstrap import cluster_resample_indices
 
-    shares = shares.sort_values(["group", "row"], kind="stable")
-    subjects = shares[shares["group"] == "planted"]["subject_id"].to_numpy()  # one entry per row, row order
+    frames = {m: f.sort_values(["group", "row"], kind="stable") for m, f in shares.items()}
+    first = next(iter(frames.values()))
+    subjects = first[first["group"] == "planted"]["subject_id"].to_numpy()  # one entry per row, row order
     rng = np.random.default_rng(seed)
-    draws = [cluster_resample_indices(subjects, rng) for _ in range(n_boot)]  # the same rows for every group
-    out = {}
-    for name, g in shares.groupby("group", sort=False):
-        mass, tok = g["mass_share"].to_numpy(), g["token_share"].to_numpy()
-        point = (mass.mean(), tok.mean(), mass.mean() / max(tok.mean(), 1e-12))
-        boot = np.array([(mass[d].mean(), tok[d].mean(), mass[d].mean() / max(tok[d].mean(), 1e-12))
-                         for d in draws]) if draws else np.empty((0, 3))
-        ci = np.quantile(boot, [0.025, 0.975], axis=0) if len(boot) else np.full((2, 3), np.nan)
-        out[str(name)] = {"mass_share": point[0], "token_share": point[1], "enrichment": point[2],
-                          "mass_share_ci": ci[:, 0].tolist(), "enrichment_ci": ci[:, 2].tolist(),
-                          "rows_with_group": int((tok > 0).sum())}
+    draws = [cluster_resample_indices(subjects, rng) for _ in range(n_boot)]
+
+    def ci(num: np.ndarray, den: np.ndarray) -> list[float]:
+        """95% CI of ``_ratio(num, den)`` over the resampled subjects."""
+        vals = [_ratio(num[d], den[d]) for d in draws]
+        return [float(x) for x in np.quantile(vals, [0.025, 0.975])] if vals else [math.nan, math.nan]
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in first["group"].unique():
+        cols = {m: f[f["group"] == name] for m, f in frames.items()}
+        tok = first[first["group"] == name]["token_share"].to_numpy()
+        rec: dict[str, Any] = {"token_share": float(tok.mean()), "rows_with_group": int((tok > 0).sum())}
+        for m, g in cols.items():
+            mass, top = g["mass_share"].to_numpy(), g["top5"].to_numpy()
+            rec[m] = {"mass_share": float(mass.mean()), "enrichment": _ratio(mass, tok),
+                      "enrichment_ci": ci(mass, tok),
+                      "top5_rate": float(np.nanmean(top)) if np.isfinite(top).any() else None}
+        if "trained" in cols and "random_weights" in cols:
+            a = cols["trained"]["mass_share"].to_numpy()
+            b = cols["random_weights"]["mass_share"].to_numpy()
+            rec["trained_over_null"] = _ratio(a, b)
+            rec["trained_over_null_ci"] = ci(a, b)
+        out[str(name)] = rec
     return out
 
 
@@ -175,9 +216,9 @@ def explain_task(fm: Any, task: str, rows: list[dict[str, Any]], ig: Any) -> tup
     explained = explain_rows(fm, spec, rows, ig)
     recs = []
     for j, (row, ex) in enumerate(zip(rows, explained, strict=True)):
-        for name, (m, t) in row_shares(ex.events, GROUPS[task](ex.events)).items():
+        for name, (m, t, top) in row_shares(ex.events, GROUPS[task](ex.events)).items():
             recs.append({"row": j, "subject_id": int(row["subject_id"]), "group": name, "mass_share": m,
-                         "token_share": t})
+                         "token_share": t, "top5": top})
     return pd.DataFrame(recs), explained
 
 
@@ -291,18 +332,18 @@ def main(argv: list[str] | None = None) -> int:
         assert ds.prediction_times is not None
         times = [ds.prediction_times[int(i)] for i in pick]
         per_model: dict[str, Any] = {}
+        shares: dict[str, pd.DataFrame] = {}
         for name, fm in models.items():
             t1 = time.time()
-            shares, explained = explain_task(fm, task, rows, ig)
+            shares[name], explained = explain_task(fm, task, rows, ig)
             rel = np.array([e.rel_error for e in explained])
-            per_model[name] = {"groups": enrichment(shares, args.bootstrap, args.seed),
-                               "auroc": _auroc([r["label"] for r in rows], [e.f_input for e in explained]),
+            per_model[name] = {"auroc": _auroc([r["label"] for r in rows], [e.f_input for e in explained]),
                                "completeness": {"converged": int(sum(e.converged for e in explained)),
                                                 "median_rel_error": float(np.median(rel)),
                                                 "max_rel_error": float(rel.max())},
                                "seconds": round(time.time() - t1, 1)}
         result["tasks"][task] = {"rows": len(rows), "oracle_auroc": oracle_auroc(lay, task, rows, times),
-                                 "models": per_model}
+                                 "models": per_model, "groups": compare(shares, args.bootstrap, args.seed)}
     if args.latency:
         result["latency"] = latency(args.root, args.latency)
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
@@ -315,18 +356,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ci(v: list[float]) -> str:
+    return f"[{v[0]:.2f}, {v[1]:.2f}]"
+
+
 def print_table(result: dict[str, Any]) -> None:
-    """One line per (task, model, group): mass share, token share, enrichment with its CI."""
-    print(f"{'task':<22}{'model':<16}{'group':<18}{'mass':>7}{'tokens':>8}{'enrich':>8}  95% CI      AUROC")
+    """Per (task, group): token share; mass share, enrichment and top-5 rate of the trained model and of the
+    random-weights null; their mass ratio. Then AUROCs, completeness and the serving latency."""
+    print(f"{'task':<22}{'group':<18}{'tokens':>7}{'mass':>7}{'enrich [95% CI]':>20}{'top5':>6}"
+          f"{'null mass':>10}{'null enrich [CI]':>20}{'top5':>6}{'trained/null [CI]':>22}")
     for task, t in result["tasks"].items():
-        for model, m in t["models"].items():
-            for group, g in m["groups"].items():
-                lo, hi = g["enrichment_ci"]
-                auroc = f"{m['auroc']:.3f}" if group == "planted" and m["auroc"] is not None else ""
-                print(f"{task:<22}{model:<16}{group:<18}{g['mass_share']:>7.3f}{g['token_share']:>8.3f}"
-                      f"{g['enrichment']:>8.2f}  [{lo:.2f}, {hi:.2f}]  {auroc}")
+        for group, g in t["groups"].items():
+            tr, nu = g["trained"], g["random_weights"]
+            top = [f"{x['top5_rate']:.2f}" if x["top5_rate"] is not None else "–" for x in (tr, nu)]
+            print(f"{task:<22}{group:<18}{g['token_share']:>7.3f}{tr['mass_share']:>7.3f}"
+                  f"{tr['enrichment']:>7.2f} {_ci(tr['enrichment_ci']):>12}{top[0]:>6}"
+                  f"{nu['mass_share']:>10.3f}{nu['enrichment']:>7.2f} {_ci(nu['enrichment_ci']):>12}"
+                  f"{top[1]:>6}"
+                  f"{g['trained_over_null']:>9.2f} {_ci(g['trained_over_null_ci']):>12}")
+    for task, t in result["tasks"].items():
+        aucs = ", ".join(f"{m} {v['auroc']:.3f}" for m, v in t["models"].items() if v["auroc"] is not None)
+        comp = ", ".join(f"{m} {v['completeness']['converged']}/{t['rows']} within 1% (max "
+                         f"{v['completeness']['max_rel_error']:.1e})" for m, v in t["models"].items())
         oracle = "n/a" if t["oracle_auroc"] is None else f"{t['oracle_auroc']:.3f}"
-        print(f"{task:<22}{'oracle':<16}{'':<18}{'':>7}{'':>8}{'':>8}  {'':<12}{oracle}")
+        print(f"{task}: {t['rows']} rows; AUROC {aucs}, oracle {oracle}; completeness {comp}")
     for b in result.get("latency", {}).get("bundles", []):
         print(f"serving {b['events']} events, both tasks: {b['median_s']['off']:.3f} s without "
               f"explanations, {b['median_s']['on']:.3f} s with ({b['ratio']:.2f}x)")
