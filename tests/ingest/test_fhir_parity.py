@@ -15,6 +15,7 @@ import pytest
 from ehrfm.ingest.fhir.bundle import bundle_to_events
 from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
 from ehrfm.ingest.fhir.tables import sort_events
+from ehrfm.ingest.minted import minted_description
 from ehrfm.schema import EVENT_COLUMNS, EVENTS_SCHEMA
 
 MAX_TIME = 1_893_456_000_000_000  # 2030-01-01, fixed so both runs use the same far-future limit
@@ -59,4 +60,5 @@ def test_spark_and_one_patient_paths_agree(spark: Any, synthea_bundles: Path, tm
     codes = {r["code"]: r["description"]
              for r in pq.read_table(tmp_path / "out" / "metadata" / "codes.parquet").to_pylist()}
     assert set(codes) == set(expected.column("code").to_pylist())
-    assert codes["MEDS_BIRTH"] is None and codes["LAB//LOINC//2339-0"] == "Glucose"
+    assert codes["MEDS_BIRTH"] == minted_description("MEDS_BIRTH")  # minted: described by ehrfm
+    assert codes["LAB//LOINC//2339-0"] == "Glucose"  # from the source's coding.display
