@@ -17,11 +17,12 @@ nbclient = pytest.importorskip("nbclient")
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["01_quickstart", "02_cohort_and_timelines", "03_representations", "04_evaluation", "05_survival"]
+EXPECTED = ["01_quickstart", "02_cohort_and_timelines", "03_representations", "04_evaluation", "05_survival",
+            "06_explanations"]
 TINY = {  # ~200 patients, a few training steps, small embedding/bootstrap sizes
     "EHRFM_NB_PATIENTS": "200", "EHRFM_NB_PRETRAIN_STEPS": "3", "EHRFM_NB_FINETUNE_STEPS": "3",
     "EHRFM_NB_EMBED_ROWS": "60", "EHRFM_NB_EMBED_LEN": "128", "EHRFM_NB_BOOTSTRAP": "20",
-    "EHRFM_NB_BASELINES": "lr",
+    "EHRFM_NB_BASELINES": "lr", "EHRFM_NB_EXPLAIN_ROWS": "8",
     "EHRFM_SPARK_MASTER": "local[2]",
 }
 
@@ -120,6 +121,9 @@ CHECKS: dict[str, tuple[int, list[list[str]]]] = {
                       [["task", "model", "auroc", "auprc", "brier", "ece"],
                        ["attribute", "group", "n", "tiny"]]),
     "05_survival": (3, [["task", "model", "harrell_c", "harrell_c_direct"]]),
+    "06_explanations": (3, [["rank", "code", "time", "value", "unit", "attribution", "text"],
+                            ["visit", "start", "end", "events", "attribution", "top"],
+                            ["code", "kind", "mean_abs", "ci_low", "ci_high", "mean_signed", "share_rows"]]),
 }
 
 
@@ -133,6 +137,9 @@ def test_notebook_runs(name: str, nb_env: dict[str, str]) -> None:
     text = "".join(o.get("text", "") for o in _outputs(nb))
     if name == "01_quickstart":
         assert "mlflow ui --backend-store-uri sqlite:///" in text
+    if name == "06_explanations":  # the completeness check is shown, and it held
+        err = re.search(r"relative error ([0-9.e+-]+)", text)
+        assert err is not None and float(err.group(1)) <= 0.01, text[-2000:]
     # finetune ran in the tiny pipeline: the model is evaluated too
     if name in ("04_evaluation", "05_survival"):
         assert "no finetuned predictions" not in text
