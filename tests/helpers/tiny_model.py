@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ehrfm.config.serve import ServeConfig
 from ehrfm.models import EHRFoundationModel
 from ehrfm.models.config import ModelConfig, load_preset
 from ehrfm.prepare.bins import fit_bins_pandas
 from ehrfm.prepare.vocab import build_vocab
 from ehrfm.schema import CODE, SUBJECT_ID, TRAIN_SPLIT
-from ehrfm.serve.core import BINS_JSON, ServeConfig, build_serving_dir
+from ehrfm.serve.core import BINS_JSON, build_serving_dir
 from ehrfm.train.heads import HeadSpec, TaskHeads
 from ehrfm.train.predict import FinetunedModel
 
