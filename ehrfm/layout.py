@@ -57,6 +57,18 @@ SYNTH_TRUTH = "truth/index_events.parquet"
 SYNTH_SUMMARY = "truth/summary.yaml"
 
 
+def local_path(value: str) -> Path:
+    """A folder option as an absolute local path: a ``file:`` URI (``file:///x``, ``file:/x``,
+    ``file://localhost/x``, percent-encoded as ``Path.as_uri()`` writes it) becomes its path; a relative path
+    is taken from the driver's current folder (never an executor's). Other URIs (``hdfs://``) are the
+    Spark writers' business (:attr:`Layout.meds_uri`), not a local folder."""
+    if value.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(value).path))
+    return Path(value).absolute()
+
+
 @dataclass(frozen=True)
 class MedsPaths:
     """Files of a MEDS dataset folder (MEDS 0.4 layout plus ehrfm's rejects and summary)."""
@@ -220,12 +232,12 @@ class Layout(ConfigBase):
 
     def _dir(self, override: str | None, name: str) -> Path:
         # absolute: Spark executors (and pyarrow writers on them) run in their own working folders
-        return Path(override).absolute() if override else self.root_dir / name
+        return local_path(override) if override else self.root_dir / name
 
     @property
     def root_dir(self) -> Path:
         """The pipeline root as an absolute path (relative roots are taken from the current folder)."""
-        return Path(self.root).absolute()
+        return local_path(self.root)
 
     @property
     def synthetic_dir(self) -> Path:

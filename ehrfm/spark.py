@@ -11,10 +11,8 @@ import re
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -90,18 +88,4 @@ def package_zip(dst: str | Path | None = None) -> Path:
             for f in files:
                 zf.write(f, str(Path("ehrfm") / f.relative_to(root)))
         os.replace(tmp, out)
-    return out
-
-
-def driver_args(argv: Sequence[str]) -> list[str]:
-    """Arguments of a spark-submit job whose stage reads and writes its folders from the driver (``label``,
-    ``prepare``, ``tokenize``, ``score``: their Layout takes local paths): every ``file:`` URI
-    (``file:///x``, ``file:/x``, ``file://localhost/x``, alone or as ``--flag=file:///x``) becomes its local
-    path; anything else is passed unchanged. The ingest jobs take URIs themselves and need no rewriting."""
-    out = []
-    for arg in argv:
-        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-        if value.startswith("file:"):
-            value = unquote(urlparse(value).path)  # Path.as_uri() percent-encodes: undo it
-        out.append(f"{flag}{eq}{value}")
     return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 from ehrfm.cli import main
-from ehrfm.spark import driver_args
 
 if __name__ == "__main__":
-    sys.exit(main(["prepare", *driver_args(sys.argv[1:])]))
+    sys.exit(main(["prepare", *sys.argv[1:]]))

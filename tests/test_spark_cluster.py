@@ -260,11 +260,13 @@ def test_scores_equal(runs: dict[str, Any]) -> None:
                 np.testing.assert_array_equal(np.asarray(g[col], float), np.asarray(w[col], float), col)
 
 
-def test_driver_args_turns_file_uris_into_paths(tmp_path: Path) -> None:
-    from ehrfm.spark import driver_args
+def test_folder_options_take_file_uris(tmp_path: Path) -> None:
+    """``--meds file:///x`` (and the other folder options) name the local folder, as spark-submit users
+    write them; a relative folder is the driver's."""
+    from ehrfm.layout import Layout
 
     spaced = tmp_path / "a b"
-    got = driver_args(["--meds", spaced.as_uri(), "--labels=file:/x/y", "--tokens", "file://localhost/z",
-                       "--tasks", "[readmission_30d]", "rel/dir", "hdfs:///keep"])
-    assert got == ["--meds", str(spaced), "--labels=/x/y", "--tokens", "/z", "--tasks", "[readmission_30d]",
-                   "rel/dir", "hdfs:///keep"]
+    layout = Layout(root="file://localhost/r", meds=spaced.as_uri(), labels="file:/x/y", tokens="rel/dir")
+    assert layout.meds_paths.root == spaced and layout.labels_dir == Path("/x/y")
+    assert layout.root_dir == Path("/r") and layout.token_paths.root == Path("rel/dir").absolute()
+    assert layout.meds_uri == spaced.as_uri()  # the ingest writers keep the URI
