@@ -99,8 +99,10 @@ def test_readme_pipeline_runs_from_the_wheel(installed: tuple[Path, dict[str, st
         _run(["bash", "-c", cmd], cwd=tmp_path, env=env, timeout=1200)
     out = tmp_path / "out"
     assert (out / "meds" / "metadata" / "subject_splits.parquet").exists()
+    kinds = json.loads((out / "labels" / "tasks.json").read_text())
+    # one MEDS label file per task, plus the sidecar of each time-to-event / forecast task
     assert sorted(p.name for p in (out / "labels").glob("*.parquet")) == sorted(
-        f"{t}.parquet" for t in json.loads((out / "labels" / "tasks.json").read_text()))
+        [f"{t}.parquet" for t in kinds] + [f"{t}.extra.parquet" for t, k in kinds.items() if k != "binary"])
     assert json.loads((out / "tokens" / "tokenize.json").read_text())["config"]["max_len"] == 512
     assert (out / "runs" / "finetune" / "predictions.parquet").exists()
     assert (out / "evaluation" / "report.md").exists()
