@@ -12,17 +12,20 @@ from ehrfm.config.spark import SparkConfig
 
 @dataclass
 class LabelConfig(OverwriteOption):
-    """``ehrfm label``: one label table per task specification, for an ingested MEDS dataset (Spark)."""
+    """``ehrfm label``: one label table per task specification, for an ingested MEDS dataset (on one machine
+    or with Spark)."""
 
     tasks: list[str] = field(default_factory=list)
     """Task names to label; empty = every task specification in tasks_dir."""
     tasks_dir: str | None = None
     """Folder of task YAML files (default: the task specifications packaged with ehrfm)."""
-    engine: Literal["spark", "reference"] = "spark"
-    """spark: the task rules as Spark SQL expressions (one pass over the events, no Python per subject);
-    reference: the per-subject Python engine in Spark (``applyInArrow``). Both write identical tables."""
+    engine: Literal["auto", "spark", "reference", "local"] = "spark"
+    """local: the task rules as columnar polars code in this process (no Spark, no JVM; fastest on one
+    machine); spark: the rules as Spark SQL expressions (one pass over the events, for a cluster);
+    reference: the per-subject Python engine in Spark (``applyInArrow``); auto: spark when spark.master names
+    a cluster (spark://, yarn, k8s://, mesos://), else local. All write identical tables."""
     spark: SparkConfig = field(default_factory=SparkConfig)
-    """Spark session settings."""
+    """Spark session settings (not used by the local engine)."""
 
 
 @dataclass

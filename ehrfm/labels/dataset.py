@@ -1,18 +1,20 @@
-"""``label_dataset``: the label engines at scale with Spark; the reference one runs ``label_subject_rows``.
+"""``label_dataset``: the label engines -- ``local`` on one machine (polars, no Spark), ``spark`` and
+``reference`` with Spark; the reference one runs ``label_subject_rows``.
 
-Plan: read the MEDS events (4 columns), attach each subject's last event time (``record_end``: follow-up
-censoring must see every event, not only the few codes the tasks read), keep only the codes the tasks read,
-then ``groupBy(subject_id).applyInArrow`` once for all tasks. That is the ``reference`` engine; the default
-``spark`` engine runs the same rules as Spark expressions (:mod:`ehrfm.labels.spark_engine`). Each task is
-collected on the driver (one row per index event: small) and written by
-:func:`~ehrfm.labels.tables.write_labels` as ``<output>/<task>.parquet``, one MEDS label file sorted by
-(subject_id, prediction_time)
-(``prediction_time`` a timezone-naive ``timestamp[us]``), plus the sidecar ``<task>.extra.parquet`` of a
-time-to-event or forecast task.
+``local`` (:mod:`ehrfm.labels.local_engine`) reads the event files in one process and never starts Spark or
+a JVM. The Spark plan: read the MEDS events (4 columns), attach each subject's last event time
+(``record_end``: follow-up censoring must see every event, not only the few codes the tasks read), keep only
+the codes the tasks read, then ``groupBy(subject_id).applyInArrow`` once for all tasks. That is the
+``reference`` engine; the ``spark`` engine runs the same rules as Spark expressions
+(:mod:`ehrfm.labels.spark_engine`). Each task is collected on the driver (one row per index event: small)
+and written by :func:`~ehrfm.labels.tables.write_labels` as ``<output>/<task>.parquet``, one MEDS label file
+sorted by (subject_id, prediction_time) (``prediction_time`` a timezone-naive ``timestamp[us]``), plus the
+sidecar ``<task>.extra.parquet`` of a time-to-event or forecast task.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +69,23 @@ def label_frame(events: DataFrame, specs: list[TaskSpec]) -> DataFrame:
     return ev.groupBy(SUBJECT_ID).applyInArrow(_label_group(specs), OUTPUT_DDL)
 
 
-ENGINES = ("spark", "reference")
+ENGINES = ("spark", "reference", "local", "auto")
+# masters that name a cluster: ``auto`` runs the Spark engine there, the local engine everywhere else
+_CLUSTER_MASTERS = ("spark://", "yarn", "k8s://", "mesos://")
+
+
+def resolve_engine(engine: str, master: str | None) -> str:
+    """The engine ``engine`` runs as: ``auto`` is ``spark`` under spark-submit (etl/label.py: the submitted
+    master decides) or when ``master`` (default ``$EHRFM_SPARK_MASTER``) names a cluster (``spark://``,
+    ``yarn``, ``k8s://``, ``mesos://``), else ``local``; any other engine is itself."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit (as ehrfm.spark.get_spark tells)
+        return "spark"
+    master = master or os.environ.get("EHRFM_SPARK_MASTER") or "local[*]"
+    return "spark" if master.strip().lower().startswith(_CLUSTER_MASTERS) else "local"
 
 
 def _write(table: DataFrame, spec: TaskSpec, output: Path) -> pa.Table:
@@ -80,7 +98,7 @@ def _write(table: DataFrame, spec: TaskSpec, output: Path) -> pa.Table:
 
 
 def label_dataset(
-    spark: SparkSession,
+    spark: SparkSession | None,
     meds_dir: str | Path,
     tasks: str | Sequence[str | TaskSpec],
     output: str | Path,
@@ -91,21 +109,18 @@ def label_dataset(
     """Label an ingested MEDS dataset; write ``<output>/<task>.parquet`` (+ its sidecar) per task.
 
     ``tasks``: specs, task names, ``"a,b"`` or ``"all"`` (names are read from ``tasks_dir``).
-    ``engine``: ``spark`` (the rules as Spark expressions, :mod:`ehrfm.labels.spark_engine`) or
-    ``reference`` (the per-subject Python engine in ``applyInArrow``); both write identical tables.
+    ``engine``: ``spark`` (the rules as Spark expressions, :mod:`ehrfm.labels.spark_engine`),
+    ``reference`` (the per-subject Python engine in ``applyInArrow``), ``local`` (polars in this process,
+    :mod:`ehrfm.labels.local_engine`; ``spark`` is not used and may be None) or ``auto``
+    (:func:`resolve_engine` on ``spark``'s master); all write identical tables.
     Returns the summary (:func:`~ehrfm.labels.direct.summarize`): rows, subjects, positives and
     prevalence per task and split. Warns for task code patterns that match no code of the dataset.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    engine = resolve_engine(engine, None if spark is None else spark.sparkContext.master)
     specs: list[TaskSpec] = (load_tasks(tasks, tasks_dir) if isinstance(tasks, str)
                              else [t if isinstance(t, TaskSpec) else load_task(t, tasks_dir) for t in tasks])
 
     warn_missing_codes(specs, dataset_codes(meds_dir))
-    events = MedsPaths(Path(meds_dir)).read_spark(spark)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     iterator: Iterable[TaskSpec] = specs
@@ -113,6 +128,14 @@ def label_dataset(
         from tqdm import tqdm
 
         iterator = tqdm(specs, desc="label", unit="task")
+    if engine == "local":
+        return _label_local(meds_dir, specs, iterator, out)
+    if spark is None:
+        raise ValueError(f"engine {engine!r}: needs a Spark session")
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    events = MedsPaths(Path(meds_dir)).read_spark(spark)
     if engine == "spark":
         from ehrfm.labels.spark_engine import labels_by_task, summarize_spark, task_table
 
@@ -129,4 +152,19 @@ def label_dataset(
     tables = {spec.name: _write(labels.where(F.col(TASK) == spec.name).drop(TASK), spec, out)
               for spec in iterator}
     labels.unpersist()
+    return summarize(tables, {s.name: s.kind for s in specs}, read_splits(meds_dir))
+
+
+def _label_local(meds_dir: str | Path, specs: list[TaskSpec], iterator: Iterable[TaskSpec],
+                 out: Path) -> pd.DataFrame:
+    """The ``local`` engine: read, label and write every task in this process (no Spark); the summary is
+    :func:`~ehrfm.labels.direct.summarize` of the tables written, as for the reference engine."""
+    from ehrfm.labels.local_engine import prepare, read_events, task_table
+
+    # all tasks share one read and one preparation of the events; each table is written as it is labelled
+    prepared = prepare(read_events(meds_dir), specs)
+    tables = {}
+    for spec in iterator:
+        tables[spec.name] = task_table(prepared, spec)
+        write_labels(tables[spec.name], spec.kind, out, spec.name)
     return summarize(tables, {s.name: s.kind for s in specs}, read_splits(meds_dir))

@@ -15,8 +15,8 @@ from ehrfm.schema import CODE, LABEL_EXTRAS, SUBJECT_ID, TIME
 
 
 def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
-    """Load the task specs, label ``layout.meds`` with Spark into ``layout.labels``, print and save the
-    summary."""
+    """Load the task specs, label ``layout.meds`` into ``layout.labels`` with ``cfg.engine`` (the local engine
+    starts no Spark session), print and save the summary."""
     from ehrfm.labels.parse import available_tasks, load_tasks
     from ehrfm.labels.spec import TaskSpecError
 
@@ -29,11 +29,15 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
         raise ConfigError(f"tasks={cfg.tasks}: no tasks selected (known: {known})")
     meds = layout.meds_paths
     check_meds(meds.root, (SUBJECT_ID, TIME, CODE))  # a named message, not an Arrow error, on a bad folder
-    from ehrfm.labels.dataset import label_dataset
+    from ehrfm.labels.dataset import label_dataset, resolve_engine
     from ehrfm.labels.tables import read_kinds
-    from ehrfm.spark import get_spark
 
-    spark = get_spark("ehrfm-label", master=cfg.spark.master, conf=cfg.spark.conf)
+    engine = resolve_engine(cfg.engine, cfg.spark.master)
+    spark = None
+    if engine != "local":  # the local engine never starts Spark (nor imports it): no JVM
+        from ehrfm.spark import get_spark
+
+        spark = get_spark("ehrfm-label", master=cfg.spark.master, conf=cfg.spark.conf)
     out = layout.labels_dir
     kinds = {s.name: s.kind for s in specs}
     # each task's MEDS label file and, for time-to-event and forecast tasks, its sidecar (ehrfm.labels.tables)
@@ -47,7 +51,7 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
                  key="labels", tag="labels") as staged:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            summary = label_dataset(spark, meds.root, specs, staged.staging, progress=True, engine=cfg.engine)
+            summary = label_dataset(spark, meds.root, specs, staged.staging, progress=True, engine=engine)
         Path(staged.path(layout.label_kinds.name)).write_text(json.dumps({**kept, **kinds}, indent=1))
         staged.publish(summary.to_json(orient="records", indent=1))
     for s in specs:  # a sidecar of an earlier task of this name that is binary now (tasks.json says binary)
