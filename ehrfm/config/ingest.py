@@ -105,10 +105,16 @@ class MimicIngestConfig(IngestConfig, DatasetVersionOption):
     """MIMIC-IV root holding hosp/ and icu/ (local path or URI); required."""
     rules: str | None = None
     """Alternative rules YAML (default: the rules.yaml packaged with ehrfm.ingest.mimic)."""
+    engine: Literal["auto", "spark", "local"] = "spark"
+    """Engine that runs the rules: spark (local mode or a cluster), local (polars on this machine, no JVM;
+    same rules and output, parity-tested), auto (local unless --spark.master, $EHRFM_SPARK_MASTER or
+    spark-submit name a non-local master)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_dataset_version()
+        require(self.engine in ("auto", "spark", "local"), "engine", self.engine,
+                "expected auto, spark or local")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -304,6 +305,170 @@ def _publish_shards(fs: pafs.FileSystem, data_dir: str, stats: pa.Table) -> list
     return files
 
 
+def prepare_output(out: str) -> tuple[pafs.FileSystem, str]:
+    """Make ``out`` ready for a MEDS write (any engine): the completion marker removed first (it comes back
+    last: a folder without it is an unfinished write; stages write into a fresh staging folder, see
+    ehrfm.atomic, this covers in-place writes to URIs), ``data/`` emptied (a rerun must not leave stale
+    shards behind, flat part-*.parquet of older runs included), old parquet files of ``metadata/`` and
+    ``rejects/`` removed. Returns the filesystem and ``out``'s path in it."""
+    fs, base = _fs(out)
+    if fs.get_file_info(f"{base}/{MEDS_SUMMARY}").type == pafs.FileType.File:
+        fs.delete_file(f"{base}/{MEDS_SUMMARY}")
+    fs.create_dir(f"{base}/{MEDS_DATA}", recursive=True)
+    fs.delete_dir_contents(f"{base}/{MEDS_DATA}", missing_dir_ok=True)
+    for sub in (MEDS_METADATA, MEDS_REJECTS):
+        fs.create_dir(f"{base}/{sub}", recursive=True)
+        for info in fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+                fs.delete_file(info.path)
+    return fs, base
+
+
+@dataclass(frozen=True)
+class WrittenShards:
+    """What :func:`publish_shards` learnt from the shard writers' statistics."""
+
+    files: list[dict[str, Any]]
+    """``{file, rows, subjects}`` per published shard, in SPLITS then shard order."""
+    subjects: np.ndarray
+    """Sorted subject ids of the events."""
+    splits: np.ndarray
+    """The split folder of each of ``subjects`` (object array of split names)."""
+    codes: list[str]
+    """Sorted distinct codes of the events."""
+    events: int
+    after_death: dict[str, int]
+    """Events after their subject's death, per source."""
+
+
+def publish_shards(fs: pafs.FileSystem, out: str, stats: pa.Table, split_rows: dict[str, int],
+                   ratios: Sequence[float], split_seed: int) -> WrittenShards:
+    """Engine-neutral half of a shard write: rename the shard writers' temporary files (``stats`` in
+    ``_STATS_ARROW`` form, one batch per shard from :func:`_write_shard`), check that rows, subjects and
+    splits reconcile with ``split_rows`` (events assigned per split) and that every subject's folder is the
+    split :func:`assign_splits` gives, and write metadata/subject_splits.parquet."""
+    _, base = _fs(out)
+    n_events = sum(split_rows.values())
+    file_rows = _publish_shards(fs, f"{base}/{MEDS_DATA}", stats)
+    subject_split = {int(r["subject_id"]): r["file"].split("/", 1)[0]
+                     for r in stats.filter(pc.is_valid(stats["subject_id"])).to_pylist()}
+    subject_arr = np.sort(np.fromiter(subject_split, dtype=np.int64, count=len(subject_split)))
+    n_subjects = len(subject_arr)
+    # a subject in two shards would be counted twice by the files (and once by the dict)
+    n_ids = int(pc.count(stats["subject_id"]).as_py())
+    if sum(f["rows"] for f in file_rows) != n_events or sum(f["subjects"] for f in file_rows) != n_ids:
+        raise RuntimeError(f"shard statistics do not reconcile: {file_rows} vs {n_events} events")
+    if n_ids != n_subjects:
+        raise RuntimeError(f"{n_ids - n_subjects} subject(s) landed in more than one shard")
+    for split in SPLITS:
+        in_files = sum(f["rows"] for f in file_rows if f["file"].startswith(f"{split}/"))
+        if in_files != split_rows.get(split, 0):
+            raise RuntimeError(f"split {split}: {in_files} events in its shards, {split_rows.get(split, 0)} "
+                               "assigned")
+    split_arr = np.array([subject_split[int(i)] for i in subject_arr], dtype=object)
+    twin = assign_splits(subject_arr, ratios, split_seed)
+    if not np.array_equal(split_arr, twin):  # the engine's split and its numpy twin are tested equal
+        raise RuntimeError(f"{int((split_arr != twin).sum())} subject(s) in a different split folder than "
+                           "ehrfm.prepare.splits.assign_splits gives")
+    _write_small(
+        pa.table({SUBJECT_ID: subject_arr, "split": split_arr.astype(str)}, schema=SPLITS_SCHEMA),
+        f"{out}/{MEDS_SUBJECT_SPLITS}",
+    )
+    code_counts = stats.filter(pc.is_valid(stats["code"])).group_by("code").aggregate([("rows", "sum")])
+    late = stats.filter(pc.is_valid(stats["source"])).group_by("source").aggregate([("after_death", "sum")])
+    after_death = dict(sorted(zip(late["source"].to_pylist(), late["after_death_sum"].to_pylist(),
+                                  strict=True)))
+    return WrittenShards(file_rows, subject_arr, split_arr, sorted(code_counts["code"].to_pylist()),
+                         n_events, after_death)
+
+
+def describe_codes(code_descriptions: pa.Table, code_list: Sequence[str]) -> tuple[dict[str, str],
+                                                                                  dict[str, list[str]]]:
+    """(description, parents) per code of ``code_list`` from a (code, description[, parent_codes]) table,
+    in pyarrow: the smallest description of a code's rows and the sorted union of their parents (the same
+    rule as the Spark writer's aggregate)."""
+    present = set(code_list)
+    has_parents = "parent_codes" in code_descriptions.column_names
+    described: dict[str, str] = {}
+    parent_sets: dict[str, set[str]] = {}
+    cols = [code_descriptions.column(c).to_pylist() for c in ("code", "description")]
+    plist = (code_descriptions.column("parent_codes").to_pylist() if has_parents
+             else [None] * code_descriptions.num_rows)
+    for code, desc, par in zip(cols[0], cols[1], plist, strict=True):
+        if code not in present or (desc is None and not par):
+            continue
+        if desc is not None and (code not in described or desc < described[code]):
+            described[code] = desc
+        parent_sets.setdefault(code, set()).update(p for p in (par or []) if p is not None)
+    return described, {c: sorted(p) for c, p in parent_sets.items() if p}
+
+
+def write_codes(out: str, code_list: Sequence[str], described: dict[str, str],
+                parents: dict[str, list[str]]) -> None:
+    """metadata/codes.parquet: every code of the events, its description (the source's, else ours for a
+    code ehrfm mints: MEDS_BIRTH, ENCOUNTER//…) and parent codes."""
+    _write_small(
+        pa.table(
+            {
+                "code": list(code_list),
+                "description": [described.get(c) or minted_description(c) for c in code_list],
+                "parent_codes": [parents.get(c) for c in code_list],
+            },
+            schema=CODES_SCHEMA,
+        ),
+        f"{out}/{MEDS_CODES}",
+    )
+
+
+def write_subject_ids(out: str, subject_ids: Sequence[int], source_ids: Sequence[str | None]) -> None:
+    """metadata/subject_ids.parquet: (subject_id, source_id), in the caller's (subject_id) order."""
+    _write_small(pa.table({SUBJECT_ID: list(subject_ids), "source_id": list(source_ids)},
+                          schema=SUBJECT_IDS_SCHEMA), f"{out}/{MEDS_SUBJECT_IDS}")
+
+
+def count_parquet_rows(uri: str) -> int:
+    """Rows of every ``*.parquet`` directly under ``uri``, from the footers."""
+    n = 0
+    rfs, rbase = _fs(uri)
+    for info in rfs.get_file_info(pafs.FileSelector(rbase)):
+        if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+            with rfs.open_input_file(info.path) as fh:
+                n += pq.ParquetFile(fh).metadata.num_rows
+    return n
+
+
+def finish_dataset(out: str, written: WrittenShards, *, dataset_name: str, etl_name: str,
+                   dataset_version: str | None, summary: dict[str, Any] | None, n_rejects: int,
+                   ratios: Sequence[float], split_seed: int, runtime: dict[str, Any]) -> dict[str, Any]:
+    """Write metadata/dataset.json and, last, summary.json (the completion marker); return the summary.
+    ``runtime`` names the engine that wrote the shards (``spark_master`` for Spark)."""
+    fs, base = _fs(out)
+    meta = dataset_metadata(dataset_name, etl_name, dataset_version)
+    _write_json(meta, f"{out}/{MEDS_DATASET_JSON}")
+    split_counts = {s: int((written.splits == s).sum()) for s in SPLITS}
+    result = {
+        **(summary or {}),
+        "dataset_name": dataset_name,
+        "events": written.events,
+        "subjects": len(written.subjects),
+        "codes": len(written.codes),
+        "rejects": n_rejects,
+        "splits": split_counts,
+        "split_ratios": list(ratios),
+        "split_seed": split_seed,
+        **runtime,
+        "shards": written.files,
+        # kept, but later than the subject's first MEDS_DEATH (per source column value; see count_after_death)
+        "after_death": {"total": sum(written.after_death.values()), "by_source": written.after_death},
+    }
+    if is_uri(out):
+        _write_json(result, f"{out}/{MEDS_SUMMARY}")
+    else:
+        # temporary file + rename: whole or absent
+        write_marker(f"{base}/{MEDS_SUMMARY}", json.dumps(result, indent=2, default=str))
+    return result
+
+
 def write_meds_dataset(
     spark: SparkSession,
     events_df: DataFrame,
@@ -340,19 +505,7 @@ def write_meds_dataset(
 
     ratios = validate_ratios(split_ratios)
     out = output.rstrip("/")
-    fs, base = _fs(out)
-    # the completion marker goes first and comes back last: a folder without it is an unfinished write
-    # (stages write into a fresh staging folder, see ehrfm.atomic; this covers in-place writes to URIs)
-    if fs.get_file_info(f"{base}/{MEDS_SUMMARY}").type == pafs.FileType.File:
-        fs.delete_file(f"{base}/{MEDS_SUMMARY}")
-    fs.create_dir(f"{base}/{MEDS_DATA}", recursive=True)
-    # a rerun must not leave stale shards behind (flat part-*.parquet of older runs included)
-    fs.delete_dir_contents(f"{base}/{MEDS_DATA}", missing_dir_ok=True)
-    for sub in (MEDS_METADATA, MEDS_REJECTS):
-        fs.create_dir(f"{base}/{sub}", recursive=True)
-        for info in fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True)):
-            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
-                fs.delete_file(info.path)
+    fs, _ = prepare_output(out)
 
     events = conform_events(events_df)
     if cache_events:
@@ -361,37 +514,11 @@ def write_meds_dataset(
     # holds one split; one aggregate gives the event count per split, hence the shard count per split
     events = events.withColumn(SPLIT, split_column(SUBJECT_ID, ratios, split_seed))
     split_rows = {r[SPLIT]: int(r["count"]) for r in events.groupBy(SPLIT).count().collect()}
-    n_events = sum(split_rows.values())
     plan = shard_plan(split_rows, rows_per_shard or DEFAULT_ROWS_PER_SHARD)
     stats = _write_shards(spark, events, plan, f"{out}/{MEDS_DATA}")
-    file_rows = _publish_shards(fs, f"{base}/{MEDS_DATA}", stats)
-    subject_split = {int(r["subject_id"]): r["file"].split("/", 1)[0]
-                     for r in stats.filter(pc.is_valid(stats["subject_id"])).to_pylist()}
-    subject_arr = np.sort(np.fromiter(subject_split, dtype=np.int64, count=len(subject_split)))
-    n_subjects = len(subject_arr)
-    # a subject in two shards would be counted twice by the files (and once by the dict)
-    n_ids = int(pc.count(stats["subject_id"]).as_py())
-    if sum(f["rows"] for f in file_rows) != n_events or sum(f["subjects"] for f in file_rows) != n_ids:
-        raise RuntimeError(f"shard statistics do not reconcile: {file_rows} vs {n_events} events")
-    if n_ids != n_subjects:
-        raise RuntimeError(f"{n_ids - n_subjects} subject(s) landed in more than one shard")
-    for split in SPLITS:
-        in_files = sum(f["rows"] for f in file_rows if f["file"].startswith(f"{split}/"))
-        if in_files != split_rows.get(split, 0):
-            raise RuntimeError(f"split {split}: {in_files} events in its shards, {split_rows.get(split, 0)} "
-                               "assigned")
-    split_arr = np.array([subject_split[int(i)] for i in subject_arr], dtype=object)
-    twin = assign_splits(subject_arr, ratios, split_seed)
-    if not np.array_equal(split_arr, twin):  # the Spark expression and its numpy twin are tested equal
-        raise RuntimeError(f"{int((split_arr != twin).sum())} subject(s) in a different split folder than "
-                           "ehrfm.prepare.splits.assign_splits gives")
-    _write_small(
-        pa.table({SUBJECT_ID: subject_arr, "split": split_arr.astype(str)}, schema=SPLITS_SCHEMA),
-        f"{out}/{MEDS_SUBJECT_SPLITS}",
-    )
+    written = publish_shards(fs, out, stats, split_rows, ratios, split_seed)
+    code_list = written.codes
 
-    code_counts = stats.filter(pc.is_valid(stats["code"])).group_by("code").aggregate([("rows", "sum")])
-    code_list = sorted(code_counts["code"].to_pylist())
     described: dict[str, str] = {}
     parents: dict[str, list[str]] = {}
     if code_descriptions is not None and code_list:
@@ -409,30 +536,15 @@ def write_meds_dataset(
         ).collect()
         described = {r["code"]: r["d"] for r in firsts if r["d"] is not None}
         parents = {r["code"]: r["p"] for r in firsts if r["p"]}
-    _write_small(
-        pa.table(
-            {
-                "code": code_list,
-                # the source's description, else ours for a code ehrfm mints (MEDS_BIRTH, ENCOUNTER//…)
-                "description": [described.get(c) or minted_description(c) for c in code_list],
-                "parent_codes": [parents.get(c) for c in code_list],
-            },
-            schema=CODES_SCHEMA,
-        ),
-        f"{out}/{MEDS_CODES}",
-    )
+    write_codes(out, code_list, described, parents)
 
     if subject_ids is None:
-        id_rows = [(int(i), str(i)) for i in subject_arr]
+        write_subject_ids(out, [int(i) for i in written.subjects], [str(i) for i in written.subjects])
     else:
         ids = subject_ids.select(F.col(SUBJECT_ID).cast("bigint"),
                                  F.col("source_id").cast("string")).distinct()
         id_rows = [(r[0], r[1]) for r in ids.orderBy(SUBJECT_ID).collect()]
-    _write_small(
-        pa.table({SUBJECT_ID: [r[0] for r in id_rows], "source_id": [r[1] for r in id_rows]},
-                 schema=SUBJECT_IDS_SCHEMA),
-        f"{out}/{MEDS_SUBJECT_IDS}",
-    )
+        write_subject_ids(out, [r[0] for r in id_rows], [r[1] for r in id_rows])
 
     n_rejects = 0
     if rejects is not None:
@@ -441,38 +553,11 @@ def write_meds_dataset(
         )
         # Spark's writer keeps this scalable to any number of rejects; the count comes from the footers
         rej.coalesce(1).write.mode("overwrite").parquet(f"{out}/{MEDS_REJECTS}")
-        rfs, rbase = _fs(f"{out}/{MEDS_REJECTS}")
-        for info in rfs.get_file_info(pafs.FileSelector(rbase)):
-            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
-                with rfs.open_input_file(info.path) as fh:
-                    n_rejects += pq.ParquetFile(fh).metadata.num_rows
+        n_rejects = count_parquet_rows(f"{out}/{MEDS_REJECTS}")
     if cache_events:
         events.unpersist()
 
-    meta = dataset_metadata(dataset_name, etl_name, dataset_version)
-    _write_json(meta, f"{out}/{MEDS_DATASET_JSON}")
-    split_counts = {s: int((split_arr == s).sum()) for s in SPLITS}
-    late = stats.filter(pc.is_valid(stats["source"])).group_by("source").aggregate([("after_death", "sum")])
-    after_death = dict(sorted(zip(late["source"].to_pylist(), late["after_death_sum"].to_pylist(),
-                                  strict=True)))
-    result = {
-        **(summary or {}),
-        "dataset_name": dataset_name,
-        "events": n_events,
-        "subjects": n_subjects,
-        "codes": len(code_list),
-        "rejects": n_rejects,
-        "splits": split_counts,
-        "split_ratios": list(ratios),
-        "split_seed": split_seed,
-        "spark_master": spark.conf.get("spark.master", None),
-        "shards": file_rows,
-        # kept, but later than the subject's first MEDS_DEATH (per source column value; see count_after_death)
-        "after_death": {"total": sum(after_death.values()), "by_source": after_death},
-    }
-    if is_uri(out):
-        _write_json(result, f"{out}/{MEDS_SUMMARY}")
-    else:
-        # temporary file + rename: whole or absent
-        write_marker(f"{base}/{MEDS_SUMMARY}", json.dumps(result, indent=2, default=str))
-    return result
+    return finish_dataset(out, written, dataset_name=dataset_name, etl_name=etl_name,
+                          dataset_version=dataset_version, summary=summary, n_rejects=n_rejects,
+                          ratios=ratios, split_seed=split_seed,
+                          runtime={"spark_master": spark.conf.get("spark.master", None)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -12,24 +13,44 @@ from ehrfm.config.ingest import IngestSummary, MimicIngestConfig
 from ehrfm.layout import MEDS_SUMMARY, Layout
 
 
+def resolve_engine(cfg: MimicIngestConfig) -> str:
+    """``local`` or ``spark``: ``auto`` is local unless a non-local Spark master is named (``--spark.master``,
+    ``$EHRFM_SPARK_MASTER``) or the process runs under spark-submit (a cluster is what the user asked for)."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        return "spark"
+    master = cfg.spark.master or os.environ.get("EHRFM_SPARK_MASTER") or "local"
+    return "local" if master.startswith("local") else "spark"
+
+
 def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
-    """Ingest the MIMIC-IV root ``cfg.input`` with Spark into ``layout.meds``; prints the per-rule table."""
+    """Ingest the MIMIC-IV root ``cfg.input`` into ``layout.meds`` with the engine of ``cfg.engine`` (Spark,
+    or polars on this machine with no JVM: :func:`resolve_engine`); prints the per-rule table."""
     if not cfg.input:
         raise ConfigError("input=None: the MIMIC-IV root holding hosp/ and icu/ is required (--input)")
-    from ehrfm.ingest.mimic.ingest import ingest_mimic
     from ehrfm.ingest.mimic.rules import load_rules
     from ehrfm.ingest.summary import make_summary, mimic_counts, print_summary
-    from ehrfm.spark import get_spark
 
     rules = load_rules(cfg.rules) if cfg.rules else None
-    spark = get_spark("ehrfm-ingest-mimic", master=cfg.spark.master, conf=cfg.spark.conf)
+    engine = resolve_engine(cfg)
     out = layout.meds_uri
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
     t0 = time.perf_counter()
     with folder_outputs(out, MEDS_SUMMARY, overwrite=cfg.overwrite, key="meds") as staged:
-        result = ingest_mimic(spark, cfg.input, staged.path(), rules=rules, split_ratios=cfg.split_ratios,
-                              split_seed=cfg.split_seed, rows_per_shard=cfg.rows_per_shard,
-                              dataset_version=cfg.dataset_version, **named)
+        common: dict[str, Any] = dict(rules=rules, split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
+                                      rows_per_shard=cfg.rows_per_shard, dataset_version=cfg.dataset_version,
+                                      **named)
+        if engine == "local":
+            from ehrfm.ingest.mimic.local import ingest_mimic_local
+
+            result = ingest_mimic_local(cfg.input, staged.path(), **common)
+        else:
+            from ehrfm.ingest.mimic.ingest import ingest_mimic
+            from ehrfm.spark import get_spark
+
+            spark = get_spark("ehrfm-ingest-mimic", master=cfg.spark.master, conf=cfg.spark.conf)
+            result = ingest_mimic(spark, cfg.input, staged.path(), **common)
         staged.publish()
     summary = make_summary("mimic", result, mimic_counts(result), out, time.perf_counter() - t0)
     print_summary(summary)
