@@ -152,8 +152,8 @@ def test_auto_is_local_unless_the_master_names_a_cluster(monkeypatch: pytest.Mon
 
 def _cli_in_subprocess(meds: Path, labels: Path, engine: str) -> tuple[int, list[str]]:
     """``ehrfm label`` in a fresh interpreter: (exit code, the Spark / JVM modules it imported)."""
-    code = ("import sys; from ehrfm.cli import main; "
-            f"rc = main(['label', '--meds', {str(meds)!r}, '--labels', {str(labels)!r}, '--engine', {engine!r}]); "
+    argv = ["label", "--meds", str(meds), "--labels", str(labels), "--engine", engine]
+    code = (f"import sys; from ehrfm.cli import main; rc = main({argv!r}); "
             "print('SPARK', [m for m in ('pyspark', 'py4j') if m in sys.modules])")
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_GATEWAY_PORT", "EHRFM_SPARK_MASTER")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
