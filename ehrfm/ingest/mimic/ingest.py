@@ -256,7 +256,9 @@ def check_against_birth(candidates: DataFrame, birth: DataFrame) -> DataFrame:
     fld = F.when(~ok, F.col("_field")).when(F.col("_birth").isNull(), F.lit(SUBJECT_ID)).when(
         F.col("time") < F.col("_birth"), F.lit("time")
     )
-    return df.withColumn("_reason", reason).withColumn("_field", fld).drop("_birth")
+    # both from the input columns: chained withColumn calls would see the new _reason in `ok` and leave the
+    # field of a birth reject null
+    return df.withColumns({"_reason": reason, "_field": fld}).drop("_birth")
 
 
 def ingest_mimic(

@@ -232,7 +232,8 @@ def prepare_omr_local(lf: pl.LazyFrame, load: LocalLoader) -> pl.LazyFrame:
         pl.struct(pl.concat_str([name, pl.lit("//DIASTOLIC")]).alias("n"), parts.list.get(1).alias("v")),
     ])
     single = pl.concat_list([pl.struct(name.alias("n"), value.alias("v"))])
-    lf = lf.with_columns(pl.when(is_pair).then(pair).otherwise(single).alias("_parts")).explode("_parts")
+    lf = (lf.with_columns(pl.when(is_pair).then(pair).otherwise(single).alias("_parts"))
+          .explode("_parts", empty_as_null=True))
     num = _to_float(pl.col("_parts").struct.field("v"))
     return lf.with_columns(
         pl.col("_parts").struct.field("n").alias("_name"),
