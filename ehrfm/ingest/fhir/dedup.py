@@ -75,7 +75,7 @@ def last_updated(resource: dict[str, Any]) -> int | None:
 def content_digest(resource: dict[str, Any]) -> str:
     """Digest of a resource's content, ``meta`` excluded (versionId / lastUpdated / tags differ between
     exports of the same content), keys sorted so that key order does not matter."""
-    body = {k: v for k, v in resource.items() if k != "meta"}
+    body = {k: v for k, v in resource.items() if k != "meta"} if "meta" in resource else resource
     return hashlib.blake2b(_canonical(body), digest_size=16).hexdigest()
 
 

@@ -63,6 +63,13 @@ def reference_id(ref: Any, expected_type: str | None = None) -> str | None:
         ref = ref.get("reference")
     if not isinstance(ref, str) or not ref:
         return None
+    slash = ref.find("/")
+    if 0 < slash == ref.rfind("/"):  # the common ``Type/id``: one split, no list (same answer as below)
+        rtype, rid = ref[:slash], ref[slash + 1:]
+        if "_history" not in (rtype, rid) and not ref.startswith(("urn:uuid:", "urn:oid:")):
+            if expected_type and rtype != expected_type:
+                raise MappingError(None, f"reference {ref!r} is not a {expected_type}")
+            return rid or None
     if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
         return ref[9:] if ref.startswith("urn:uuid:") else ref[8:]
     parts = ref.split("/")
@@ -345,8 +352,15 @@ _HANDLERS = {"encounter": _map_encounter, "coded": _map_coded, "observation": _m
              "medication": _map_medication}
 
 
-def map_resource(resource: dict[str, Any], ctx: MapContext) -> tuple[list[Event], list[Reject]]:
+NOT_COMPUTED: Any = object()  # ``map_resource(sid=...)`` default: the subject is looked up here
+
+
+def map_resource(resource: dict[str, Any], ctx: MapContext,
+                 sid: int | None = NOT_COMPUTED) -> tuple[list[Event], list[Reject]]:
     """Map one FHIR resource to MEDS events (dicts with the EVENTS_SCHEMA columns) or to one reject.
+
+    ``sid``: :func:`subject_of` the resource when the caller already has it (the population path computes
+    it once per record); by default it is computed here.
 
     A resource either yields all its events or none: any problem (no subject, missing or unparseable
     time, a time before the subject's birth or after ``ctx.max_time_us``, no usable code, a void
@@ -360,7 +374,8 @@ def map_resource(resource: dict[str, Any], ctx: MapContext) -> tuple[list[Event]
     try:
         if resource.get("status") in ctx.rules.void_statuses:
             raise MappingError("status", f"status {resource['status']}")
-        sid = subject_of(resource, ctx.rules)
+        if sid is NOT_COMPUTED:
+            sid = subject_of(resource, ctx.rules)
         if sid is None:
             if rtype == "Patient":
                 raise MappingError("id", "missing Patient id")

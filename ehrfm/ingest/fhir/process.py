@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ehrfm.ingest.fhir.mapper import Event, MapContext, Reject, make_reject, map_resource
+from ehrfm.ingest.fhir.mapper import NOT_COMPUTED, Event, MapContext, Reject, make_reject, map_resource
 from ehrfm.ingest.fhir.records import Record
 from ehrfm.ingest.fhir.rules import Rules
 from ehrfm.ingest.fhir.validate import is_known_type, validate_resource
@@ -37,8 +37,9 @@ def classify(resource_type: str, rules: Rules) -> str:
     return SKIPPED if is_known_type(resource_type) else UNKNOWN
 
 
-def process_record(rec: Record, ctx: MapContext, validate: bool) -> Outcome:
-    """Map, reject or skip one record. ``validate``: check the resource against the FHIR models first."""
+def process_record(rec: Record, ctx: MapContext, validate: bool, sid: int | None = NOT_COMPUTED) -> Outcome:
+    """Map, reject or skip one record. ``validate``: check the resource against the FHIR models first.
+    ``sid``: the resource's subject when the caller already computed it (see :func:`map_resource`)."""
     ctx.source_file, ctx.record_index = rec.source_file, rec.record_index
     rtype, rid = rec.resource_type, rec.resource_id
     if rec.error is not None:
@@ -58,7 +59,7 @@ def process_record(rec: Record, ctx: MapContext, validate: bool) -> Outcome:
         problem = validate_resource(res, ctx.rules, ctx.fhir_version)
         if problem is not None:
             return Outcome(REJECTED, rejects=[make_reject(ctx, raw_type, rid, problem[0], problem[1])])
-    events, rejects = map_resource(res, ctx)
+    events, rejects = map_resource(res, ctx, sid)
     if rejects:
         return Outcome(REJECTED, rejects=rejects)
     return Outcome(MAPPED, events=events)

@@ -44,14 +44,21 @@ PARTITION_BYTES = 32 << 20  # target input bytes per task (small files are group
 
 
 def _batches(rows: Iterator[tuple[Any, ...]]) -> Iterator[pa.RecordBatch]:
-    buf: list[tuple[Any, ...]] = []
+    """Arrow batches of ROW_SCHEMA rows. Events (most rows) are batched apart from the other kinds, so
+    that the columns an event does not use are all-null in its batches and cost nothing to convert
+    (:func:`to_batch`); within each kind rows keep their order (nothing downstream reads the order across
+    kinds: every later step selects one kind)."""
+    events: list[tuple[Any, ...]] = []
+    other: list[tuple[Any, ...]] = []
     for r in rows:
+        buf = events if r[0] == "E" else other
         buf.append(r)
         if len(buf) >= BATCH_ROWS:
             yield to_batch(buf)
-            buf = []
-    if buf:
-        yield to_batch(buf)
+            buf.clear()
+    for buf in (events, other):
+        if buf:
+            yield to_batch(buf)
 
 
 def _scan_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:

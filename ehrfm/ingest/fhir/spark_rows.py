@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.dedup import copy_of
-from ehrfm.ingest.fhir.mapper import MapContext, reference_id, subject_of
+from ehrfm.ingest.fhir.mapper import NOT_COMPUTED, MapContext, reference_id, subject_of
 from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, Outcome, classify, process_record, summary_key
 from ehrfm.ingest.fhir.records import Record
 from ehrfm.ingest.fhir.rules import Rules, first_path, load_rules
@@ -74,34 +74,52 @@ def sampled(source_file: str, index: int, every: int) -> bool:
 def to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema = ARROW_SCHEMA) -> pa.RecordBatch:
     """Tuples of ``schema`` (default ROW_SCHEMA) -> one Arrow record batch (what ``mapInArrow`` hands
     back to Spark)."""
+    n = len(rows)
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
-    return pa.RecordBatch.from_arrays([pa.array(col, type=f.type)
+    # a column of nulls only (most of ROW_SCHEMA for a batch of one kind of row) is made without
+    # converting n Python objects; tuple.count runs in C
+    return pa.RecordBatch.from_arrays([pa.nulls(n, f.type) if n and col.count(None) == n
+                                       else pa.array(col, type=f.type)
                                        for col, f in zip(columns, schema, strict=True)],
                                       schema=schema)
 
 
-def outcome_row(rec: Record, out: Outcome, rules: Rules) -> tuple[Any, ...]:
-    """The ``K`` row of one record's outcome (see the module doc)."""
+_NULLS_AFTER_EVENT = (None,) * (len(_COLUMNS) - 11)  # an E row's columns after record_index
+
+
+def event_row(e: Mapping[str, Any], source_file: str, record_index: int) -> tuple[Any, ...]:
+    """The ``E`` row of one event: ``row("E", **e, source_file=..., record_index=...)`` built positionally
+    (one per event, the most frequent row)."""
+    return ("E", e["subject_id"], e["time"], e["code"], e["numeric_value"], e["text_value"],
+            e["encounter_id"], e["unit"], e["source"], source_file, record_index) + _NULLS_AFTER_EVENT
+
+
+def outcome_row(rec: Record, out: Outcome, rules: Rules, sid: int | None = NOT_COMPUTED) -> tuple[Any, ...]:
+    """The ``K`` row of one record's outcome (see the module doc). ``sid``: the record's
+    :func:`~ehrfm.ingest.fhir.mapper.subject_of` when the caller has it."""
     res, rtype, rid = rec.resource, rec.resource_type, rec.resource_id
-    sid = field = reason = updated = digest = None
+    field = reason = updated = digest = None
+    subject = None
     if out.rejects:
         field, reason = out.rejects[0]["field"], out.rejects[0]["reason"]
     if res is not None and rtype and rid:
         c = copy_of(rec.source_file, rec.record_index, res)
         updated, digest = c.updated_us, c.digest
         if rtype == "Patient":
-            sid = subject_of(res, rules)
+            subject = subject_of(res, rules) if sid is NOT_COMPUTED else sid
     if out.status == MAPPED and out.events:
-        sid = out.events[0]["subject_id"]
+        subject = out.events[0]["subject_id"]
         if rtype != "Patient" and res is not None:
             field = first_path(res, rules.subject_fields)[0]
-    return row("K", source_file=rec.source_file, record_index=rec.record_index,
-               resource_type=summary_key(rec), resource_id=rid, status=out.status, n_events=len(out.events),
-               subject_id=sid, field=field, reason=reason, updated=updated, digest=digest)
+    # positional twin of row("K", ...): source_file, record_index, resource_type, resource_id, field, reason,
+    # status, n_events at 9..16, subject_id at 1, updated and digest last
+    return ("K", subject, None, None, None, None, None, None, None, rec.source_file, rec.record_index,
+            summary_key(rec), rid, field, reason, out.status, len(out.events), None, None, None, None,
+            updated, digest)
 
 
 def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, ctx: MapContext, validate: str,
-                  every: int) -> Iterator[tuple[Any, ...]]:
+                  every: int, sid: int | None = NOT_COMPUTED) -> Iterator[tuple[Any, ...]]:
     rules = ctx.rules
     if validate == "auto" and res is not None and rec.error is None:
         if out.status == REJECTED and out.rejects:
@@ -116,9 +134,10 @@ def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, ctx: Ma
                       resource_type=rec.resource_type,
                       resource_id=rec.resource_id, field=problem[0] if problem else None,
                       reason=problem[1] if problem else None, status="invalid" if problem else "valid")
-    yield outcome_row(rec, out, rules)
+    yield outcome_row(rec, out, rules, sid)
+    source_file, record_index = rec.source_file, rec.record_index
     for e in out.events:
-        yield row("E", **e, source_file=rec.source_file, record_index=rec.record_index)
+        yield event_row(e, source_file, record_index)
     for r in out.rejects:
         yield row("R", **r)
 
@@ -155,7 +174,7 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
         if res is None or rtype is None or classify(rtype, rules) != MAP:
             yield from _outcome_rows(rec, res, process_record(rec, ctx, full), ctx, validate, every)
             continue
-        sid = subject_of(res, rules)
+        sid = subject_of(res, rules)  # once per record: the mapper and the K row reuse it
         if sid is not None:
             pref = rec.resource_id if rtype == "Patient" else next(
                 (reference_id(res.get(f)) for f in rules.subject_fields if res.get(f) is not None), None)
@@ -164,9 +183,9 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
                 yield row("I", subject_id=sid, patient_ref=pref)
         med_key = _med_key(res) if rtype in _MED_TYPES else None
         if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
-            out = process_record(rec, ctx, full)
+            out = process_record(rec, ctx, full, sid)
             if complete or out.status != REJECTED:
-                yield from _outcome_rows(rec, res, out, ctx, validate, every)
+                yield from _outcome_rows(rec, res, out, ctx, validate, every, sid)
                 continue
         yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
                   payload=jsonio.dumps(res))
