@@ -1,23 +1,28 @@
-"""Benchmark: ``ehrfm label --tasks [readmission_30d]`` (both engines) vs ACES 0.7.3, paired in one run.
+"""Benchmark: ``ehrfm label --tasks [readmission_30d]`` (local and Spark engines) vs ACES 0.7.3, paired in one
+run.
 
 For each size (default 10k and 50k patients) a synthetic population (``ehrfm synth``, seed 0) is generated and
 ingested to MEDS once into a cache folder (``$EHRFM_BENCH_CACHE`` or /tmp/ehrfm-bench-cache; the same folders
-bench/tokenize_bench.py uses; untimed). Then, per pair, alternately (ours first on even pairs, ACES first on
-odd ones), each as a fresh process timed end to end (interpreter, JVM or polars start, read, label, write),
-with the peak RSS of its process tree sampled every 0.2 s:
+bench/tokenize_bench.py uses; untimed). Then, per pair (a "pair" is one run of each contender), in an order
+that rotates from pair to pair (local, spark, ACES; then spark, ACES, local; ...), each as a fresh process
+timed end to end (interpreter, JVM or polars start, read, label, write), with the peak RSS of its process
+tree sampled every 0.2 s:
 
-- ours: ``ehrfm label --engine spark`` (Spark SQL expressions; Spark ``local[*]``);
+- local: ``ehrfm label --engine local`` (polars in one process, no Spark);
+- spark: ``ehrfm label --engine spark`` (Spark SQL expressions; Spark ``local[*]``);
 - ACES: ``aces-cli`` on the same ``data/`` parquet with the readmission config below, in its own venv
   (bench/.cache/venvs/aces, created here: ``pip install es-aces==0.7.3 -c constraints.txt``).
 
-The reference engine (``--engine reference``: per-subject Python in ``applyInArrow``) runs once per size up
-to ``--reference-max`` patients (it is ~15x slower); its table must equal ours row for row. ACES' labels
-are compared with ours on the (subject_id, prediction_time) rows both produce (the definitions differ at the
-edges: ACES cannot keep a readmission with under 30 days of follow-up after it, nor exclude a stay by a death
-carrying its encounter id). ``--profile`` adds an in-process timing of each step of the Spark engine.
+Ratios per pair: local / ACES and spark / ACES. The local and spark tables must be identical, and the
+reference engine (``--engine reference``: per-subject Python in ``applyInArrow``), run once per size up to
+``--reference-max`` patients (it is ~15x slower), must equal them row for row. ACES' labels are compared
+with ours (the local engine's) on the (subject_id, prediction_time) rows both produce (the definitions differ
+at the edges: ACES cannot keep a readmission with under 30 days of follow-up after it, nor exclude a stay by a
+death carrying its encounter id). ``--profile`` adds an in-process timing of each step of the Spark engine.
 
     .venv/bin/python bench/labels.py --sizes 1000 --pairs 1      # small check
     .venv/bin/python bench/labels.py --sizes 10000 --pairs 3     # writes bench/results/labels.json
+                                                                 # (3 pairs: each contender first once)
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ def timed(cmd: list[str], log: Path) -> dict[str, float]:
 
 
 def ours(meds: Path, out: Path, engine: str) -> dict[str, float]:
-    """``ehrfm label`` as a fresh process."""
+    """``ehrfm label --engine <engine>`` as a fresh process."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     return timed([str(VENV / "ehrfm"), "label", "--meds", str(meds), "--labels", str(out / "labels"),
@@ -216,6 +221,9 @@ def profile(meds: Path) -> dict[str, float]:
     return steps
 
 
+CONTENDERS = ("local", "spark", "aces")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the pairs for each size; print a table; write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -237,25 +245,30 @@ def main(argv: list[str] | None = None) -> int:
         work = cache / f"labels_work_n{n}"
         row: dict[str, Any] = {"patients": n, "pairs": []}
         for k in range(args.pairs):
-            order = ("ours", "aces") if k % 2 == 0 else ("aces", "ours")
-            got = {name: (ours(meds, work / "ours", "spark") if name == "ours"
-                          else aces(cli, meds, work / "aces")) for name in order}
-            pair = {"first": order[0], "ours": got["ours"], "aces": got["aces"],
-                    "ratio": round(got["ours"]["wall_s"] / got["aces"]["wall_s"], 2)}
+            order = CONTENDERS[k % 3:] + CONTENDERS[:k % 3]  # each contender first once every three pairs
+            got = {name: (aces(cli, meds, work / "aces") if name == "aces" else ours(meds, work / name, name))
+                   for name in order}
+            pair = {"order": list(order), **got,
+                    "ratio_local_aces": round(got["local"]["wall_s"] / got["aces"]["wall_s"], 2),
+                    "ratio_spark_aces": round(got["spark"]["wall_s"] / got["aces"]["wall_s"], 2)}
             row["pairs"].append(pair)
-            print(f"n={n} pair {k}: ours {got['ours']['wall_s']} s / ACES {got['aces']['wall_s']} s = "
-                  f"{pair['ratio']}x", flush=True)
-        row["agreement_with_aces"] = agreement(work / "ours", work / "aces")
+            print(f"n={n} pair {k}: local {got['local']['wall_s']} s, spark {got['spark']['wall_s']} s, "
+                  f"ACES {got['aces']['wall_s']} s: local/ACES {pair['ratio_local_aces']}x, "
+                  f"spark/ACES {pair['ratio_spark_aces']}x", flush=True)
+        row["agreement_with_aces"] = agreement(work / "local", work / "aces")
+        row["local_equals_spark_engine"] = same_tables(work / "local", work / "spark")
         if n <= args.reference_max:
             row["reference_engine"] = ours(meds, work / "reference", "reference")
-            row["reference_equals_spark_engine"] = same_tables(work / "reference", work / "ours")
+            row["reference_equals_local_engine"] = same_tables(work / "reference", work / "local")
+            row["reference_equals_spark_engine"] = same_tables(work / "reference", work / "spark")
         if args.profile:
             row["profile_s"] = profile(meds)
         results.append(row)
         print(json.dumps(row, indent=1), flush=True)
     report = {"task": TASK, "aces": ACES_VERSION, "machine": f"{platform.platform()}, {os.cpu_count()} cores",
               "load_avg_at_end": os.getloadavg(), "results": results,
-              "note": "wall time of fresh processes, pairs alternated; ratio = ours / ACES per pair"}
+              "note": "wall time of fresh processes, order rotated per pair; ratio_<engine>_aces = that "
+                      "engine / ACES per pair"}
     Path(args.out).write_text(json.dumps(report, indent=1))
     return 0
 
