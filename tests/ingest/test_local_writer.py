@@ -76,7 +76,8 @@ def test_same_dataset_as_the_spark_writer(spark, tmp_path: Path) -> None:  # typ
     from tests.ingest.test_mimic_local import assert_same_output
 
     assert_same_output(tmp_path / "spark", tmp_path / "local")
-    codes = {r["code"]: r for r in pq.read_table(tmp_path / "local" / "metadata" / "codes.parquet").to_pylist()}
+    rows = pq.read_table(tmp_path / "local" / "metadata" / "codes.parquet").to_pylist()
+    codes = {r["code"]: r for r in rows}
     assert codes["LAB//A"]["description"] == "a"  # the smallest of the code's descriptions
     assert codes["LAB//A"]["parent_codes"] == ["P1", "P2"]  # the sorted union
     assert_meds_valid(tmp_path / "local")
