@@ -136,6 +136,13 @@ class Prepared:
         self.death_encounters = self.events.filter(
             (pl.col("code") == DEATH_CODE) & (pl.col("enc") != "")).select(SID, "enc").unique()
 
+    def matches(self, patterns: tuple[CodePattern, ...]) -> pl.Expr:
+        """Boolean expression over :attr:`events`: the code (raw or its alias) matches any of ``patterns``;
+        no pattern matches nothing (the reference's ``_Timeline.matching``)."""
+        import polars as pl
+
+        return pl.col(self.groups.name(patterns)) if patterns else pl.lit(False)
+
 
 def _index_rows(p: Prepared, spec: TaskSpec) -> pl.DataFrame:
     """Index events with ``pred`` and their encounter's span ``s``, ``e`` and ``has_enc``
@@ -143,7 +150,7 @@ def _index_rows(p: Prepared, spec: TaskSpec) -> pl.DataFrame:
     class with that id; none without an id)."""
     import polars as pl
 
-    idx = p.events.filter(pl.col(p.groups.name(spec.index.codes))).select(
+    idx = p.events.filter(p.matches(spec.index.codes)).select(
         SID, pl.col("row").alias("idx"), pl.col("t").alias("it"), pl.col("enc").alias("ienc"), "ccls",
         (pl.col("t") + _us(spec.prediction_offset)).alias("pred"), "death")
     encs = p.encounters.with_columns(pl.lit(True).alias("found"))
@@ -194,7 +201,7 @@ def _first_hit(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFrame:
     import polars as pl
 
     o = spec.outcome
-    out = p.events.filter(pl.col(p.groups.name(o.codes))).select(SID, "t", pl.col("enc").alias("oenc"))
+    out = p.events.filter(p.matches(o.codes)).select(SID, "t", pl.col("enc").alias("oenc"))
     pairs = rows.select(SID, "idx", "pred", "wend", "ienc", "death").join(out, on=SID, how="inner")
     in_window = pl.col("t") <= pl.col("wend")
     if o.same_encounter:  # events carrying the index encounter's id count even when timed after its END
@@ -243,7 +250,7 @@ def _forecast_task(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFr
     import polars as pl
 
     o = spec.outcome
-    opens = p.events.filter(pl.col(p.groups.name(o.next_encounter)) & (pl.col("enc") != "")).select(
+    opens = p.events.filter(p.matches(o.next_encounter) & (pl.col("enc") != "")).select(
         SID, "row", "t", pl.col("enc").alias("nenc"))
     hit = pl.col("t") > pl.col("pred")
     if o.within is not None:
@@ -257,7 +264,7 @@ def _forecast_task(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFr
                                                   pl.col("en").max().alias("ve"))
     rows = rows.join(visit.rename({"enc": "nenc"}), on=[SID, "nenc"], how="left").with_columns(
         pl.coalesce("vs", "nt").alias("vs")).with_columns(pl.coalesce("ve", "vs").alias("ve"))
-    targets = p.events.filter(pl.col(p.groups.name(o.codes))).select(SID, "t", "code", "enc")
+    targets = p.events.filter(p.matches(o.codes)).select(SID, "t", "code", "enc")
     keys = rows.select(SID, "idx", "nenc", "vs", "ve")
     by_id = keys.join(targets.filter(pl.col("enc") != ""), left_on=[SID, "nenc"], right_on=[SID, "enc"])
     by_time = keys.join(targets.filter(pl.col("enc") == ""), on=SID).filter(
