@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
+from typing import Literal
 
 from ehrfm.config.base import ConfigBase, require
 
@@ -32,12 +33,17 @@ class SynthConfig(ConfigBase):
     FHIR bulk export (0: one file per resource type)."""
     progress: bool = True
     """Show a progress bar."""
+    site: Literal["A", "B"] = "A"
+    """Synthetic site: A (default) or B, a second hospital with the same planted risk model but another
+    age / chronic-condition mix, visit rates, local lab codes and local encounter-class codes
+    (docs/synthetic_population.md, "Site B"; ehrfm/synth/site.py)."""
 
     def __post_init__(self) -> None:
         require(self.n_patients >= 1, "n_patients", self.n_patients, "must be >= 1")
         require(1900 <= self.start_year <= 2100, "start_year", self.start_year, "must be in 1900..2100")
         require(1 <= self.years <= 50, "years", self.years, "must be in 1..50")
         require(self.patients_per_file >= 0, "patients_per_file", self.patients_per_file, "must be >= 0")
+        require(self.site in ("A", "B"), "site", self.site, "must be A or B")
 
     @property
     def start(self) -> int:

@@ -19,9 +19,10 @@ class Draw:
 
     __slots__ = ("_gen", "_u", "_ui", "_z", "_zi")
 
-    def __init__(self, seed: int, index: int) -> None:
-        # SeedSequence over (stream tag, seed, index): independent streams per patient
-        self._gen = np.random.default_rng([0x5EED, int(seed), int(index)])
+    def __init__(self, seed: int, index: int, stream: int = 0x5EED) -> None:
+        # SeedSequence over (stream tag, seed, index): independent streams per patient; the tag is the
+        # site's (ehrfm.synth.site), so site B's patient i is not site A's patient i shifted
+        self._gen = np.random.default_rng([int(stream), int(seed), int(index)])
         self._u: list[float] = []
         self._ui = 0
         self._z: list[float] = []

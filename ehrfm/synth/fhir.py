@@ -15,7 +15,6 @@ from ehrfm.synth.catalog import (
     ACUTE_HOSPITAL,
     BP_PANEL,
     CHRONIC,
-    ENCOUNTER_CLASSES,
     LABS,
     LOINC,
     MEDICATION_RESOURCES,
@@ -27,6 +26,7 @@ from ehrfm.synth.catalog import (
     Code,
 )
 from ehrfm.synth.record import PatientRecord
+from ehrfm.synth.site import SITES, SiteProfile
 
 RESOURCE_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
                   "Medication")
@@ -102,12 +102,13 @@ def patient_lines(rec: PatientRecord) -> dict[str, list[str]]:
     }
     if rec.death is not None:
         patient["deceasedDateTime"] = iso(rec.death)
+    site = SITES[rec.site]
     enc_lines = []
     for e in rec.encounters:
+        klass = site.encounter_classes[e.cls]
         enc: dict[str, Any] = {
             "resourceType": "Encounter", "id": e.id, "status": "finished",
-            "class": {"system": ENCOUNTER_CLASSES[e.cls].system, "code": e.cls,
-                      "display": ENCOUNTER_CLASSES[e.cls].display},
+            "class": {"system": klass.system, "code": klass.code, "display": klass.display},
             "subject": subj, "period": {"start": iso(e.start), "end": iso(e.end)},
         }
         if e.cls == "IMP":
@@ -127,20 +128,29 @@ def patient_lines(rec: PatientRecord) -> dict[str, list[str]]:
         }))
     return {
         "Patient": [_DUMPS(patient)], "Encounter": enc_lines, "Condition": cond_lines,
-        "Observation": _observations(rec, subj), "MedicationRequest": _med_requests(rec, subj),
+        "Observation": _observations(rec, subj, site), "MedicationRequest": _med_requests(rec, subj),
         "Procedure": _procedures(rec, subj),
     }
 
 
-def _obs_head(category: list[dict[str, Any]], code: str, display: str) -> str:
+def _obs_head(category: list[dict[str, Any]], code: str, display: str, system: str = LOINC) -> str:
     """The constant JSON fragment of an Observation kind: ``"category":...,"code":...`` (no braces)."""
     return _DUMPS({"category": category,
-                   "code": {"coding": [{"system": LOINC, "code": code, "display": display}]}})[1:-1]
+                   "code": {"coding": [{"system": system, "code": code, "display": display}]}})[1:-1]
+
+
+def _lab_heads(site: SiteProfile) -> dict[str, tuple[str, str]]:
+    """Per lab key: the constant JSON fragment (with the site's coding) and the unit as JSON."""
+    heads = {}
+    for k, m in LABS.items():
+        c = site.lab_coding(k)
+        heads[k] = (_obs_head(_CAT_LAB, c.code, c.display, c.system), _DUMPS(m.unit))
+    return heads
 
 
 # Observations are ~75% of all resources: their constant parts are serialised once (with the same
 # encoder) and spliced, which makes them ~3x cheaper than dumping a dict each; tests parse every line.
-_LAB_HEAD = {k: (_obs_head(_CAT_LAB, m.code, m.display), _DUMPS(m.unit)) for k, m in LABS.items()}
+_LAB_HEAD = {name: _lab_heads(site) for name, site in SITES.items()}
 _VITAL_HEAD = {k: (_obs_head(_CAT_VITAL, m.code, m.display), _DUMPS(m.unit)) for k, m in VITALS.items()}
 _BP_HEAD = _obs_head(_CAT_VITAL, BP_PANEL.code, BP_PANEL.display)
 _BP_CODES = [_DUMPS({"coding": [{"system": LOINC, "code": VITALS[k].code, "display": VITALS[k].display}]})
@@ -151,13 +161,14 @@ def _q(value: float, unit_json: str) -> str:
     return f'{{"value":{value!r},"unit":{unit_json},"system":"{UCUM}","code":{unit_json}}}'
 
 
-def _observations(rec: PatientRecord, subj: dict[str, str]) -> list[str]:
+def _observations(rec: PatientRecord, subj: dict[str, str], site: SiteProfile) -> list[str]:
     out = []
+    lab_head = _LAB_HEAD[site.name]
     n = 0
     head = f'{{"resourceType":"Observation","id":"obs-{rec.id}-'
     subject = f'"subject":{_DUMPS(subj)},"encounter":{{"reference":"Encounter/'
     for lab in rec.labs:
-        frag, unit = _LAB_HEAD[lab.key]
+        frag, unit = lab_head[lab.key]
         n += 1
         out.append(f'{head}{n}","status":"final",{frag},{subject}{lab.encounter_id}"}},'
                    f'"effectiveDateTime":"{iso(lab.time)}","valueQuantity":{_q(lab.value, unit)}}}')

@@ -101,3 +101,4 @@ class PatientRecord:
     meds: list[MedRow] = field(default_factory=list)
     procedures: list[ProcedureRow] = field(default_factory=list)
     truth: list[TruthRow] = field(default_factory=list)
+    site: str = "A"  # the site profile (ehrfm.synth.site) that codes the FHIR output

@@ -16,6 +16,7 @@ from ehrfm.synth.catalog import CHRONIC_KEYS, RACES
 from ehrfm.synth.draw import Draw
 from ehrfm.synth.record import DAY, HOUR, PatientRecord
 from ehrfm.synth.risk import sigmoid
+from ehrfm.synth.site import site_profile
 from ehrfm.synth.state import PatientState
 
 __all__ = ["YEAR", "SynthConfig", "simulate"]  # SynthConfig lives in ehrfm.config.synth
@@ -23,8 +24,9 @@ __all__ = ["YEAR", "SynthConfig", "simulate"]  # SynthConfig lives in ehrfm.conf
 YEAR = 365.25 * DAY
 
 
-def _chronic_onsets(d: Draw, birth: int, age_end: float) -> dict[str, int]:
-    """Which chronic conditions the patient gets by the end of the record, and when they begin."""
+def _chronic_onsets(d: Draw, birth: int, age_end: float, shift: dict[str, float]) -> dict[str, int]:
+    """Which chronic conditions the patient gets by the end of the record, and when they begin
+    (``shift``: the site's additions to the prevalence logits)."""
     a = age_end - 60.0
     has: dict[str, bool] = {}
     logits = {
@@ -38,7 +40,7 @@ def _chronic_onsets(d: Draw, birth: int, age_end: float) -> dict[str, int]:
     }
     onsets: dict[str, int] = {}
     for key in CHRONIC_KEYS:
-        has[key] = d.bernoulli(sigmoid(logits[key]()))
+        has[key] = d.bernoulli(sigmoid(logits[key]() + shift.get(key, 0.0)))
         if has[key]:
             onset_age = age_end - d.uniform(0.0, min(30.0, age_end - 18.0))
             onsets[key] = birth + int(onset_age * YEAR)
@@ -54,16 +56,17 @@ def _background_death(d: Draw, age0: float, t0: int) -> int:
 
 def simulate(cfg: SynthConfig, index: int) -> PatientRecord:
     """Generate patient ``index`` (0-based) of the population ``cfg``: depends only on ``cfg.seed``, the
-    calendar window (``start_year``, ``years``) and ``index``."""
-    d = Draw(cfg.seed, index)
+    calendar window (``start_year``, ``years``), the site and ``index``."""
+    site = site_profile(cfg.site)
+    d = Draw(cfg.seed, index, site.stream)
     start, end = cfg.start, cfg.end
     sex = "female" if d.bernoulli(0.52) else "male"
-    age_end = 18.0 + 77.0 * d.uniform() ** 0.7
+    age_end = 18.0 + 77.0 * d.uniform() ** site.age_exponent
     birth = (end - int(age_end * YEAR)) // DAY * DAY - int(d.uniform(0, 30)) * DAY
     age_end = (end - birth) / YEAR
     race = int(d.choice(tuple(str(i) for i in range(len(RACES))), tuple(r[2] for r in RACES)))
-    rec = PatientRecord(id=str(index + 1), sex=sex, birth=birth, race=race)
-    onsets = _chronic_onsets(d, birth, age_end)
+    rec = PatientRecord(id=str(index + 1), sex=sex, birth=birth, race=race, site=site.name)
+    onsets = _chronic_onsets(d, birth, age_end, site.chronic_shift)
     adult = max(start, birth + int(18 * YEAR))
     entry = adult + int(d.uniform(0.0, 0.5) * (end - adult))
     s = PatientState(d, rec, onsets, entry, ckd_add=d.uniform(0.5, 1.2))
@@ -71,10 +74,10 @@ def simulate(cfg: SynthConfig, index: int) -> PatientRecord:
     n = len(onsets)
     frailty = d.lognormal(1.0, 0.5)
     age_f = math.exp(0.02 * (age_end - 65.0))
-    rates = {  # per year
-        "AMB": 0.8 + 0.5 * n,
-        "EMER": (0.06 + 0.07 * n) * frailty,
-        "IMP": (0.015 + 0.045 * n + 0.05 * ("hf" in onsets)) * frailty * age_f,
+    rates = {  # per year (site A's factors are 1.0: exact, A's draws are unchanged)
+        "AMB": site.amb_rate[0] + site.amb_rate[1] * n,
+        "EMER": (0.06 + 0.07 * n) * frailty * site.emer_factor,
+        "IMP": (0.015 + 0.045 * n + 0.05 * ("hf" in onsets)) * frailty * age_f * site.imp_factor,
     }
     heap: list[tuple[int, int, str, bool]] = []
     seq = 0
