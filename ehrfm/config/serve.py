@@ -107,10 +107,20 @@ class RegisterConfig(ConfigBase):
     strict: bool = False
     """The served default for a rejected resource: false scores the rest (partial), true refuses the patient
     (overridable per deployment by $EHRFM_SERVE_STRICT and per request)."""
+    explain: bool = False
+    """The served default for explanations (``serve.json`` ``explain``): true attaches integrated-gradients
+    attributions to every binary / time-to-event prediction (several model passes each); overridable per
+    request (a row's ``explain`` field, ``$risk?explain=``)."""
+    explain_top_k: int = 5
+    """Contributing events listed per explained prediction (``serve.json`` ``explain_top_k``, 1-100)."""
 
     def __post_init__(self) -> None:
         require(self.max_len is None or self.max_len >= 8, "max_len", self.max_len, "must be >= 8")
         require(bool(self.name.strip()), "name", self.name, "must not be empty")
+        # the same checks as ServeConfig's, so a bad flag fails before any packaging work
+        require(isinstance(self.explain, bool), "explain", self.explain, "must be true or false")
+        require(isinstance(self.explain_top_k, int) and 1 <= self.explain_top_k <= 100, "explain_top_k",
+                self.explain_top_k, "must be an integer in [1, 100]")
 
 
 @dataclass

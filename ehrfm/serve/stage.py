@@ -33,7 +33,8 @@ def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
     tokenizer = _tokenizer(layout)
     if cfg.max_len is not None:
         tokenizer = tokenizer.replace(max_len=cfg.max_len)
-    serve_cfg = ServeConfig(tokenize=tokenizer, limits=cfg.limits, validate=cfg.validate, strict=cfg.strict)
+    serve_cfg = ServeConfig(tokenize=tokenizer, limits=cfg.limits, validate=cfg.validate, strict=cfg.strict,
+                            explain=cfg.explain, explain_top_k=cfg.explain_top_k)
     tokens = layout.token_paths.root
     t0 = time.time()
     reg = register(source, cfg.name, cfg.alias, tracking_uri=cfg.tracking_uri, store_dir=layout.root_dir,

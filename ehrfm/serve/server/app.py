@@ -278,14 +278,15 @@ async def invocations(request: Request) -> Response:
 
 
 async def fhir_risk(request: Request) -> Response:
-    """``$risk``: query parameters ``prediction_time``, ``tasks`` (comma-separated), ``strict``."""
+    """``$risk``: query parameters ``prediction_time``, ``tasks`` (comma-separated), ``strict``, ``explain``
+    (true/false: attach attributions, overriding the model's served default, like a row's ``explain``)."""
     q = request.query_params
-    params = {k: q[k] for k in ("prediction_time", "tasks", "strict") if k in q}
+    params = {k: q[k] for k in ("prediction_time", "tasks", "strict", "explain") if k in q}
     if set(q) - set(params) - {"_format"}:
         rid = request.scope["state"]["request_id"]
         request.scope["state"]["fields"]["outcome"] = "bad_parameter"
         return _reply(error_reply("fhir", 400, "unknown query parameter; allowed: prediction_time, tasks, "
-                                  "strict", rid), rid)
+                                  "strict, explain", rid), rid)
     return await _score(request, "fhir_risk", params)
 
 

@@ -216,8 +216,10 @@ class Handler:
     def fhir_risk(self, job: Job) -> Reply:
         """``POST /fhir/$risk``: a Bundle in; a ``collection`` Bundle of RiskAssessments (plus an
         OperationOutcome listing rejected resources, if any) out."""
+        # ``explain`` is checked here (400 naming the query parameter) and passed as the row's field, the
+        # one request-level override the scorer knows
         row = {"bundle": job.body, "prediction_time": job.params.get("prediction_time"),
-               "tasks": job.params.get("tasks")}
+               "tasks": job.params.get("tasks"), "explain": _bool("explain", job.params.get("explain"))}
         out = self.predict(pd.DataFrame([row]), _bool("strict", job.params.get("strict")))
         bundle, resources, partial = self.result_bundle(out)
         meta = {"outcome": "ok", "rows": 1, "predictions": len(out), "partial_rows": int(partial)}
