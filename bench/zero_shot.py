@@ -114,21 +114,36 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{_f(r.get('truncated_share'), '.1%'):>7}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags, run the missing stages, evaluate, print the table, write the JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def evaluate(root: Path, tasks: list[str], n_boot: int) -> tuple[dict[str, Any], float]:
+    """``ehrfm evaluate`` with the lr/hgb count baselines (every model under ``root``); returns the report
+    and the seconds."""
+    t = time.time()
+    _ehrfm("evaluate", "--root", str(root), "--tasks", f"[{','.join(tasks)}]", "--report.baselines",
+           "[lr,hgb]", "--report.n_boot", str(n_boot), "--progress", "false")
+    report = json.loads((Layout(root=str(root)).evaluation_dir / "report.json").read_text())
+    return report, round(time.time() - t, 1)
+
+
+def common_args(ap: argparse.ArgumentParser) -> None:
+    """The flags of the data, finetune and simulate stages (shared with ``bench/query_zero_shot.py``)."""
     ap.add_argument("--root", type=Path, required=True, help="working folder (reused between runs)")
     ap.add_argument("--n-patients", type=int, default=2500)
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--ms", default="8,32,128", help="futures per row, comma-separated")
-    ap.add_argument("--seeds", default="0", help="simulation seeds, comma-separated (the spread across seeds "
-                    "is the Monte-Carlo noise of the metrics at each M)")
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                     help="default: trainer.max_steps=2000 trainer.val_check_interval=500")
     ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                     help="default: trainer.max_steps=1000 trainer.val_check_interval=250 patience=0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run the missing stages, evaluate, print the table, write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common_args(ap)
+    ap.add_argument("--seeds", default="0", help="simulation seeds, comma-separated (the spread across seeds "
+                    "is the Monte-Carlo noise of the metrics at each M)")
     ap.add_argument("--simulate-set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "zero_shot.json")
@@ -144,12 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     timings["finetune_s"] = round(finetune(args.root, tasks, fin), 1)
     sims = {model_name(m, s): simulate(args.root, m, s, tasks, _overrides(args.simulate_set))
             for s in seeds for m in ms}
-    t = time.time()
-    _ehrfm("evaluate", "--root", str(args.root), "--tasks", f"[{','.join(tasks)}]", "--report.baselines",
-           "[lr,hgb]", "--report.n_boot", str(args.bootstrap), "--progress", "false")
-    timings["evaluate_with_baselines_s"] = round(time.time() - t, 1)
+    report, timings["evaluate_with_baselines_s"] = evaluate(args.root, tasks, args.bootstrap)
     lay = Layout(root=str(args.root))
-    report = json.loads((lay.evaluation_dir / "report.json").read_text())
     rows = table(report, sims, tasks)
     print_table(rows)
     result = {"n_patients": args.n_patients, "tasks": tasks, "ms": ms, "seeds": seeds, "rows": rows,
@@ -157,14 +168,20 @@ def main(argv: list[str] | None = None) -> int:
               "pretrain_summary": json.loads(lay.pretrain_run.summary.read_text()),
               "finetune_summary": {k: v for k, v in json.loads(lay.finetune_run.summary.read_text()).items()
                                    if k in ("global_step", "seconds", "train_rows", "tuning", "calibration")},
-              "machine": {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
-                          "shared": True, "torch_threads_env": os.environ.get("OMP_NUM_THREADS")},
               "note": "zero-shot rows: held-out split only (their decision threshold is the fixed 0.5); "
                       "stages found cached under --root are not re-timed (see the summaries' seconds)"}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {args.output}; full report: {lay.evaluation_dir / 'report.md'}")
+    write_result(args.output, result, load0, lay)
     return 0
+
+
+def write_result(output: Path, result: dict[str, Any], load0: tuple[float, float, float],
+                 lay: Layout) -> None:
+    """Add the machine (CPUs, load average before and now, thread setting) and write the JSON."""
+    result["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+                         "shared": True, "torch_threads_env": os.environ.get("OMP_NUM_THREADS")}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {output}; full report: {lay.evaluation_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,47 @@ class LossConfig(ConfigBase):
     """Ignore the interval tokens [W*] [M*] [LT] as targets."""
 
 
+DEFAULT_QUERY_HORIZONS = (1.0, 7.0, 30.0, 90.0, 365.0)
+"""Horizon buckets (days) of the query-conditioned pretraining objective."""
+
+
+@dataclass
+class QueryConfig(ConfigBase):
+    """Query-conditioned pretraining (docs/query.md): besides next-token loss, answer randomly sampled
+    queries "does any of these codes occur in (cut, cut + horizon]?" at sampled cut points of each row, from
+    the row's own future (BCE). ``weight`` 0 turns it off (plain next-token pretraining)."""
+
+    weight: float = 0.0
+    """Weight of the query BCE loss beside the next-token loss (0: off, no query head)."""
+    cuts_per_row: int = 4
+    """Cut points sampled per training row (at event boundaries; the cut's own time is in the prefix)."""
+    queries_per_cut: int = 8
+    """Queries sampled per cut point."""
+    horizons: list[float] = field(default_factory=lambda: list(DEFAULT_QUERY_HORIZONS))
+    """Horizon buckets in days (each query uses one)."""
+    max_set_size: int = 3
+    """Most codes in one query (a code set is a disjunction: any of them)."""
+    set_prob: float = 0.25
+    """Share of queries that are code sets of 2..max_set_size codes."""
+    temperature: float = 0.5
+    """Target codes are drawn with probability proportional to count ** temperature (0: uniform)."""
+    holdout_mod: int = 6
+    """Codes whose stable hash is 0 modulo this are never sampled as targets (held out for zero-shot
+    evaluation; encounter codes and MEDS_DEATH are never held out; 0: hold out nothing)."""
+
+    def __post_init__(self) -> None:
+        require(self.weight >= 0, "query.weight", self.weight, "must be >= 0 (0 turns the query loss off)")
+        require(self.cuts_per_row >= 1, "query.cuts_per_row", self.cuts_per_row, "must be >= 1")
+        require(self.queries_per_cut >= 1, "query.queries_per_cut", self.queries_per_cut, "must be >= 1")
+        require(len(self.horizons) >= 1 and all(h > 0 for h in self.horizons)
+                and list(self.horizons) == sorted(set(self.horizons)), "query.horizons", self.horizons,
+                "must be distinct positive days in increasing order")
+        require(self.max_set_size >= 1, "query.max_set_size", self.max_set_size, "must be >= 1")
+        require(0 <= self.set_prob <= 1, "query.set_prob", self.set_prob, "must be in [0, 1]")
+        require(self.temperature >= 0, "query.temperature", self.temperature, "must be >= 0")
+        require(self.holdout_mod >= 0, "query.holdout_mod", self.holdout_mod, "must be >= 0")
+
+
 @dataclass
 class TrainerConfig(ConfigBase):
     """Lightning Trainer settings, the seed and resuming."""
@@ -232,6 +273,8 @@ class PretrainConfig(ConfigBase):
     """Optimizer and learning-rate schedule."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Targets the next-token loss ignores."""
+    query: QueryConfig = field(default_factory=QueryConfig)
+    """Query-conditioned pretraining objective (off by default: ``query.weight`` 0)."""
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
         max_steps=150, val_check_interval=50, checkpoint_every_n_steps=50))
     """Steps, validation, checkpoints, devices, seed, resume."""

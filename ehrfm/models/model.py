@@ -84,6 +84,35 @@ class Block(nn.Module):
         return self._mlp(h + self.mixer.step(self.norm(h), state))
 
 
+class QueryHead(nn.Module):
+    """Answer head of query-conditioned pretraining (docs/query.md): P(any of the query's codes occurs in
+    (cut, cut + horizon]) from the backbone's state at the cut.
+
+    The query is a start vector, the target codes (their concept embeddings, shared with the backbone's input
+    and LM head, so a code never used as a query target still has a meaning) and a horizon bucket. It reads
+    only the cut's hidden state, which a causal backbone computes from tokens up to the cut: no leakage by
+    construction, and one forward serves every cut and query of a row."""
+
+    horizons_days: Tensor
+
+    def __init__(self, d_model: int, horizons_days: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("horizons_days", torch.tensor(horizons_days, dtype=torch.float32))
+        self.start = nn.Parameter(torch.zeros(d_model))
+        self.horizon = nn.Embedding(len(horizons_days), d_model)
+        self.codes = nn.Linear(d_model, d_model)
+        self.set_size = nn.Parameter(torch.zeros(d_model))  # times log(#codes): disjunctions of more codes
+        self.mlp = nn.Sequential(nn.Linear(3 * d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
+
+    def forward(self, state: Tensor, code_emb: Tensor, code_mask: Tensor, horizon_idx: Tensor) -> Tensor:
+        """state (n, d), code_emb (n, k, d), code_mask (n, k) bool, horizon_idx (n,) -> logits (n,)."""
+        m = code_mask.to(code_emb.dtype).unsqueeze(-1)
+        k = m.sum(1).clamp(min=1.0)
+        q = (self.start + self.codes((code_emb * m).sum(1) / k) + torch.log(k) * self.set_size
+             + self.horizon(horizon_idx))
+        return cast(Tensor, self.mlp(torch.cat([state, q, state * q], dim=-1)).squeeze(-1))
+
+
 class EHRFoundationModel(nn.Module):
     """Embeddings + backbone + tied LM head, built from a :class:`ModelConfig`."""
 
@@ -103,6 +132,22 @@ class EHRFoundationModel(nn.Module):
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embeddings.concept.weight  # one matrix: input and output codes
+        self.query_head: QueryHead | None = None  # query-conditioned pretraining only (attach_query_head)
+
+    def attach_query_head(self, horizons_days: list[float]) -> QueryHead:
+        """Add the :class:`QueryHead` (its weights then travel in the state dict; forward is unchanged)."""
+        head = QueryHead(self.config.d_model, list(horizons_days))
+        nn.init.normal_(head.horizon.weight, std=self.config.initializer_range)
+        self.query_head = head.to(self.lm_head.weight.device)
+        return head
+
+    def query_logits(self, state: Tensor, targets: Tensor, horizon_idx: Tensor) -> Tensor:
+        """Logits of queries: state (n, d) at each cut, targets (n, k) code ids padded with ``pad_id``,
+        horizon_idx (n,) bucket indices -> (n,)."""
+        if self.query_head is None:
+            raise ValueError("query_logits(): this model has no query head (pretrain with query.weight > 0)")
+        return cast(Tensor, self.query_head(state, self.embeddings.concept(targets),
+                                            targets != self.config.pad_id, horizon_idx))
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only embeddings get N(0, initializer_range): linear/conv layers keep PyTorch's default init and
@@ -170,6 +215,8 @@ class EHRFoundationModel(nn.Module):
         directory = Path(directory)
         model = cls(ModelConfig.load(directory / CONFIG_FILE))
         state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        if "query_head.horizons_days" in state:  # pretrained with the query objective
+            model.attach_query_head(state["query_head.horizons_days"].tolist())
         model.load_state_dict(state)
         return model
 

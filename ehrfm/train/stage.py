@@ -118,7 +118,7 @@ def run_pretrain(cfg: PretrainConfig, layout: Layout, *,
             f"no pretraining rows of that split in {tokens.pretrain}")
     val = TokenStreamDataset(tokens.pretrain, split=cfg.data.val_split)
     module = PretrainModule(model_cfg, vocab, train, val if len(val) else None, cfg.data, cfg.optim, cfg.loss,
-                            cfg.trainer.seed)
+                            cfg.trainer.seed, cfg.query)
     cfg.save(run.config)
     params = {**cfg.to_dict(), "model_resolved": model_cfg.to_dict()}
 

@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,30 @@ def _shared_duplicates(bundles: list[dict[str, Any]]) -> int:
     return sum(len(v) - 1 for v in copies.values())
 
 
-@pytest.mark.spark
-def test_corrupted_real_corpus_reconciles(spark: Any, synthea_bundles: Path, tmp_path: Path) -> None:
+@dataclass
+class Corpus:
+    """The corrupted corpus under ``top`` and what went into it (the test below checks the result against
+    these; tests/ingest/test_fhir_local.py runs it through both engines)."""
+
+    top: Path
+    a: dict[str, Any]
+    b: dict[str, Any]
+    c: dict[str, Any]
+    b_bad: dict[str, Any]
+    c_bad: dict[str, Any]
+    bad_i: int
+    upd1_i: int
+    upd2_i: int
+    p_i: int
+    upd1: dict[str, Any]
+    upd2: dict[str, Any]
+
+
+def build_corpus(synthea_bundles: Path, top: Path) -> Corpus:
+    """Three small real bundles corrupted the ways real exports are, under ``top`` (see the comments)."""
     small = sorted((p for p in synthea_bundles.glob("*_*.json.gz")), key=lambda p: (p.stat().st_size, p.name))
     a_path, b_path, c_path = small[:3]
     a, b, c = _load(a_path), _load(b_path), _load(c_path)
-    top = tmp_path / "in"
 
     # a: bundle A, and a link from deep inside back to the top (followed, it would read everything again)
     (top / "a" / "deep").mkdir(parents=True)
@@ -98,6 +117,15 @@ def test_corrupted_real_corpus_reconciles(spark: Any, synthea_bundles: Path, tmp
     upd2 = _as_ndjson(b["entry"][upd2_i]["resource"])
     upd2["valueQuantity"]["value"] += 2
     (top / "c" / "updates.ndjson").write_text(json.dumps(upd1) + "\n" + json.dumps(upd2) + "\n")
+    return Corpus(top, a, b, c, b_bad, c_bad, bad_i, upd1_i, upd2_i, p_i, upd1, upd2)
+
+
+@pytest.mark.spark
+def test_corrupted_real_corpus_reconciles(spark: Any, synthea_bundles: Path, tmp_path: Path) -> None:
+    top = tmp_path / "in"
+    k = build_corpus(synthea_bundles, top)
+    a, b, c, b_bad, c_bad, upd1, upd2 = k.a, k.b, k.c, k.b_bad, k.c_bad, k.upd1, k.upd2
+    bad_i, upd1_i, upd2_i, p_i = k.bad_i, k.upd1_i, k.upd2_i, k.p_i
 
     out = tmp_path / "out"
     result = ingest_fhir(spark, [str(top)], str(out), max_time_us=MAX_TIME)
