@@ -89,10 +89,16 @@ class FhirIngestConfig(IngestConfig, DatasetVersionOption):
     fhir_version: Literal["auto", "STU3", "R4", "R4B", "R5"] = "auto"
     """FHIR version the resources are validated in: auto = detected per resource from its shape, profile
     and source (docs/fhir_versions.md); a version = every resource validated with that version's models."""
+    engine: Literal["auto", "spark", "local"] = "spark"
+    """Engine that runs the mapping: spark (local mode or a cluster), local (a process per core on this
+    machine, no JVM; same per-record code and output, parity-tested; local inputs only), auto (local unless
+    --spark.master, $EHRFM_SPARK_MASTER or spark-submit name a non-local master)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_dataset_version()
+        require(self.engine in ("auto", "spark", "local"), "engine", self.engine,
+                "expected auto, spark or local")
         require(self.sample_every >= 1, "sample_every", self.sample_every, "must be >= 1")
         require(all(p.strip() for p in self.input), "input", self.input, "blank path")
 
