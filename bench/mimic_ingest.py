@@ -1,15 +1,18 @@
 # ruff: noqa: E402
-"""Benchmark: ``ehrfm ingest mimic`` vs ``meds_etl_mimic`` (meds-etl 0.3.11, polars backend), paired.
+"""Benchmark: ``ehrfm ingest mimic`` (each ``--engines``: local = polars, spark) vs ``meds_etl_mimic``
+(meds-etl 0.3.11, polars backend), in one run per scale.
 
 For each scale (1 = the MIMIC-IV demo as shipped; N > 1 = an N-times copy built once into the cache,
 every hosp/icu data table replicated N times with its integer ids offset by k * 10**8 for copy k, the
-dictionary tables kept once) both tools run as subprocesses, alternating which goes first per scale, while
-a thread samples the summed RSS of each process tree (driver + JVM + Python workers for ours; the
-meds_etl process and its workers for the peer). meds-etl lives in its own venv (``bench/.venvs/meds_etl``,
-created here with ``-c constraints.txt`` so nothing pulls a CUDA torch); it wants ``<src>/2.2/{hosp,icu}``
-and ``icu/chartevents.csv.gz`` (the demo lacks it: a header-only file is written).
+dictionary tables kept once) every contender runs as a subprocess, the order reversed from one scale to the
+next, while a thread samples the summed RSS of each process tree (driver + JVM + Python workers for ours
+on Spark; the one process for ours local; the meds_etl process and its workers for the peer). Ratios are
+ours / meds_etl per engine, for wall time and peak memory. meds-etl lives in its own venv
+(``bench/.venvs/meds_etl``, created here with ``-c constraints.txt`` so nothing pulls a CUDA torch); it
+wants ``<src>/2.2/{hosp,icu}`` and ``icu/chartevents.csv.gz`` (the demo lacks it: a header-only file is
+written).
 
-    .venv/bin/python bench/mimic_ingest.py --scales 1,20
+    .venv/bin/python bench/mimic_ingest.py --scales 1,20 --engines local,spark
 """
 
 from __future__ import annotations
@@ -127,11 +130,12 @@ def measure(cmd: list[str], log: Path) -> dict[str, Any]:
     return {"wall_s": round(wall, 2), "rc": rc, "peak_rss_mb": peak["total"], "peak_by_role_mb": peak}
 
 
-def run_ours(src: Path, out: Path, log: Path) -> dict[str, Any]:
-    """``ehrfm ingest mimic`` (a fresh Spark session: JVM start included, as a user sees it)."""
+def run_ours(src: Path, out: Path, log: Path, engine: str) -> dict[str, Any]:
+    """``ehrfm ingest mimic --engine <engine>`` (for spark a fresh session: JVM start included, as a user
+    sees it)."""
     shutil.rmtree(out, ignore_errors=True)
     res = measure([str(REPO / ".venv" / "bin" / "ehrfm"), "ingest", "mimic", "--input", str(src),
-                   "--meds", str(out)], log)
+                   "--meds", str(out), "--engine", engine], log)
     summary = out / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
@@ -163,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo", default=str(REPO.parent / "shared" / "data" / "mimic-iv-demo"))
     ap.add_argument("--cache", default=os.environ.get("EHRFM_BENCH_CACHE", "/tmp/ehrfm-bench-cache"))
     ap.add_argument("--num-proc", type=int, default=2, help="meds_etl_mimic --num_proc")
+    ap.add_argument("--engines", default="local,spark", help="comma-separated engines of ours (local, spark)")
     ap.add_argument("--output", default=str(REPO / "bench" / "results" / "mimic_ingest.json"))
     args = ap.parse_args(argv)
+    engines = [e for e in args.engines.split(",") if e]
+    bad = sorted(set(engines) - {"local", "spark"})
+    if bad or not engines:
+        ap.error(f"--engines: expected local and/or spark, got {args.engines!r}")
     cache = Path(args.cache)
     exe = ensure_peer_venv()
     rows = []
@@ -174,27 +183,32 @@ def main(argv: list[str] | None = None) -> int:
         build_s = round(time.perf_counter() - t0, 1)
         load_before = os.getloadavg()
         runs: dict[str, dict[str, Any]] = {}
-        order = ["ours", "meds_etl"] if i % 2 == 0 else ["meds_etl", "ours"]  # alternate who goes first
+        contenders = [*engines, "meds_etl"]
+        order = contenders if i % 2 == 0 else contenders[::-1]  # reverse who goes first from scale to scale
         for who in order:
             out, log = cache / f"out-{who}-x{scale}", cache / f"log-{who}-x{scale}.txt"
-            runs[who] = (run_ours(src, out, log) if who == "ours"
-                         else run_peer(exe, src, out, log, args.num_proc))
-        ours, peer = runs["ours"], runs["meds_etl"]
+            runs[who] = (run_peer(exe, src, out, log, args.num_proc) if who == "meds_etl"
+                         else run_ours(src, out, log, who))
+        peer = runs["meds_etl"]
+        ratios = {e: {"time": round(runs[e]["wall_s"] / peer["wall_s"], 2),
+                      "memory": round(runs[e]["peak_rss_mb"] / peer["peak_rss_mb"], 2)} for e in engines}
         rows.append({
-            "scale": scale, "build_s": build_s, "order": order, "ours": ours, "meds_etl_polars": peer,
-            "time_ratio": round(ours["wall_s"] / peer["wall_s"], 2),
-            "memory_ratio": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 2),
+            "scale": scale, "build_s": build_s, "order": order,
+            **{f"ours_{e}": runs[e] for e in engines}, "meds_etl_polars": peer, "ratios": ratios,
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         })
         r = rows[-1]
-        print(f"x{scale}: ours {ours['wall_s']} s {ours['peak_rss_mb']:.0f} MB ({ours.get('events')} events) "
-              f"| meds_etl {peer['wall_s']} s {peer['peak_rss_mb']:.0f} MB ({peer.get('events')} events) | "
-              f"time x{r['time_ratio']} memory x{r['memory_ratio']} | load {r['loadavg_before']}", flush=True)
+        ours = " | ".join(f"{e} {runs[e]['wall_s']} s {runs[e]['peak_rss_mb']:.0f} MB "
+                          f"({runs[e].get('events')} events; time x{ratios[e]['time']} "
+                          f"memory x{ratios[e]['memory']})" for e in engines)
+        print(f"x{scale}: {ours} | meds_etl {peer['wall_s']} s {peer['peak_rss_mb']:.0f} MB "
+              f"({peer.get('events')} events) | load {r['loadavg_before']}", flush=True)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "peer": "meds_etl 0.3.11 meds_etl_mimic --backend polars", "rows": rows}
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if all(r["ours"]["rc"] == 0 and r["meds_etl_polars"]["rc"] == 0 for r in rows) else 1
+    ok = all(r[k]["rc"] == 0 for r in rows for k in r if k.startswith("ours_") or k == "meds_etl_polars")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
