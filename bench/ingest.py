@@ -1,12 +1,14 @@
 # ruff: noqa: E402
-"""Benchmark: Spark FHIR ingest (``ehrfm.ingest.fhir.ingest_fhir``) on synthetic populations.
+"""Benchmark: FHIR ingest, Spark (``ingest_fhir``) and local (``ingest_fhir_local``), on synthetic data.
 
 For each size (default 1k, 10k, 50k patients) a population is generated once into a cache folder
 (``$EHRFM_BENCH_CACHE`` or /tmp/ehrfm-bench-cache; reused when seed and size match), then:
 
 - floor: read every NDJSON line and ``json.loads`` it in this one Python process (no mapping, no Spark);
-- ingest: ``ingest_fhir(spark, [folder], out)`` on one ``local[2]`` session (started once, not timed),
-  while a thread samples the RSS of this process tree (Python driver + JVM + Python workers).
+- ingest, per engine of ``--engines`` (default both, one after the other on the same files):
+  ``ingest_fhir(spark, [folder], out)`` on one ``local[2]`` session (started once, not timed) and
+  ``ingest_fhir_local([folder], out)`` (a process per core, no JVM), while a thread samples the RSS of this
+  process tree (Python driver + JVM + Python workers).
 
 Prints a table and writes bench/results/ingest.json. Ratios are measured side by side in one run.
 
@@ -105,24 +107,27 @@ def floor(folder: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def _ingest_fn() -> Any:
-    """``ingest_fhir`` from the package, or from its module while the package does not export it."""
-    import ehrfm.ingest.fhir as pkg
+def _ingest_fn(engine: str) -> Any:
+    """The ingest function of ``engine``: ``ingest_fhir(spark, inputs, out, ...)`` or, for ``local``,
+    ``ingest_fhir_local(inputs, out, ...)`` wrapped to the same call."""
+    if engine == "local":
+        from ehrfm.ingest.fhir.local_ingest import ingest_fhir_local
 
-    if hasattr(pkg, "ingest_fhir"):
-        return pkg.ingest_fhir
+        return lambda _spark, inputs, out, **kw: ingest_fhir_local(inputs, out, **kw)
     from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
 
     return ingest_fhir
 
 
-def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str, per_file: int) -> dict[str, Any]:
-    """Generate (or reuse), measure the floor and the ingest for one population size."""
-    ingest_fhir = _ingest_fn()
+def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str, per_file: int,
+             engine: str = "spark", floored: tuple[int, float] | None = None) -> dict[str, Any]:
+    """Generate (or reuse), measure the floor (unless ``floored`` gives it) and the ingest with ``engine``
+    (spark | local) for one population size."""
+    ingest_fhir = _ingest_fn(engine)
     folder, gen_s = population(cache, n, seed, per_file)
     files = population_files(folder)
     size_mb = sum(p.stat().st_size for p in files) / 2**20
-    resources, floor_s = floor(folder)
+    resources, floor_s = floored or floor(folder)
     out = cache / f"ingest_out_n{n}"
     shutil.rmtree(out, ignore_errors=True)
     sampler = RssSampler(os.getpid())
@@ -134,8 +139,8 @@ def run_size(spark: Any, cache: Path, n: int, seed: int, validate: str, per_file
     shutil.rmtree(out, ignore_errors=True)
     events = int(summary.get("events", 0))
     return {
-        "patients": n, "files": len(files), "resources": resources, "input_mb": round(size_mb, 1),
-        "events": events,
+        "engine": engine, "patients": n, "files": len(files), "resources": resources,
+        "input_mb": round(size_mb, 1), "events": events,
         "rejects": summary.get("rejects"), "generate_s": None if gen_s is None else round(gen_s, 2),
         "floor_s": round(floor_s, 2), "floor_resources_per_s": round(resources / floor_s),
         "ingest_s": round(ingest_s, 2), "events_per_s": round(events / ingest_s),
@@ -152,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=os.environ.get("EHRFM_BENCH_CACHE", "/tmp/ehrfm-bench-cache"))
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--engines", default="spark,local",
+                    help="comma-separated: spark (ingest_fhir on --master) and/or local (ingest_fhir_local, "
+                         "a process per core); both run on the same population, after one floor measurement")
     ap.add_argument("--validate", default="auto", help="ingest_fhir validate= (auto | full | none)")
     ap.add_argument("--output", default=str(REPO / "bench" / "results" / "ingest.json"))
     ap.add_argument("--patients-per-file", type=int, default=1000,
@@ -165,27 +173,37 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     if not sizes or min(sizes) < 1:
         ap.error("--sizes needs at least one positive size")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not engines or any(e not in ("spark", "local") for e in engines):
+        ap.error(f"--engines must name spark and/or local, got {args.engines!r}")
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     # Spark's Python workers must run this interpreter (the venv), not whatever `python` is on PATH
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from ehrfm.spark import get_spark
-
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    spark = get_spark("ehrfm-bench-ingest", master=args.master)
-    startup_s = time.perf_counter() - t0
-    warmup_s = None
+    spark, startup_s = None, None
+    if "spark" in engines:
+        from ehrfm.spark import get_spark
+
+        t0 = time.perf_counter()
+        spark = get_spark("ehrfm-bench-ingest", master=args.master)
+        startup_s = time.perf_counter() - t0
+    warmup_s: dict[str, float] = {}
     if args.warmup > 0:
         print(f"--- warm-up: {args.warmup} patients (not reported)", flush=True)
-        warmup_s = run_size(spark, cache, args.warmup, args.seed, args.validate,
-                            args.patients_per_file)["ingest_s"]
+        for engine in engines:
+            warmup_s[engine] = run_size(spark, cache, args.warmup, args.seed, args.validate,
+                                        args.patients_per_file, engine)["ingest_s"]
     rows = []
     for n in sizes:
-        print(f"--- {n} patients", flush=True)
-        rows.append(run_size(spark, cache, n, args.seed, args.validate, args.patients_per_file))
-    spark.stop()
-    scaling = _scaling(rows)
+        floored = floor(population(cache, n, args.seed, args.patients_per_file)[0])
+        for engine in engines:
+            print(f"--- {n} patients, engine {engine}", flush=True)
+            rows.append(run_size(spark, cache, n, args.seed, args.validate, args.patients_per_file, engine,
+                                 floored))
+    if spark is not None:
+        spark.stop()
+    scaling = [x for e in engines for x in _scaling([r for r in rows if r["engine"] == e])]
     result = {
         "benchmark": "ingest_fhir on synthetic FHIR NDJSON",
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -194,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "master": args.master, "validate": args.validate, "seed": args.seed,
         "patients_per_file": args.patients_per_file,
-        "spark_startup_s": round(startup_s, 2), "warmup_patients": args.warmup, "warmup_ingest_s": warmup_s,
+        "engines": engines, "spark_startup_s": None if startup_s is None else round(startup_s, 2),
+        "warmup_patients": args.warmup, "warmup_ingest_s": warmup_s,
         "rows": rows, "scaling": scaling,
         "note": "floor = read + json.loads of the same files in one Python process;"
                 " ratio = ingest_s / floor_s."
@@ -205,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
     for s in scaling:
-        print(f"scaling {s['from']} -> {s['to']} patients: time x{s['time_ratio']}"
+        print(f"scaling ({s['engine']}) {s['from']} -> {s['to']} patients: time x{s['time_ratio']}"
               f" for data x{s['size_ratio']} (exponent {s['exponent']}; 1.0 = linear)")
-    print(f"spark startup {startup_s:.1f} s; load average before {load_before[0]:.1f}; wrote {out}")
+    print(f"spark startup {startup_s or 0:.1f} s; load average before {load_before[0]:.1f}; wrote {out}")
     return 0
 
 
@@ -217,19 +236,22 @@ def _scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for a, b in zip(rows, rows[1:], strict=False):
         if b["events"] > a["events"] > 0:
             tr, sr = b["ingest_s"] / a["ingest_s"], b["events"] / a["events"]
-            out.append({"from": a["patients"], "to": b["patients"], "time_ratio": round(tr, 2),
-                        "size_ratio": round(sr, 2), "exponent": round(math.log(tr) / math.log(sr), 2)})
+            out.append({"engine": a["engine"], "from": a["patients"], "to": b["patients"],
+                        "time_ratio": round(tr, 2), "size_ratio": round(sr, 2),
+                        "exponent": round(math.log(tr) / math.log(sr), 2)})
     return out
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'patients':>9} {'files':>6} {'resources':>10} {'MB':>7} {'events':>10} {'floor s':>8}"
-            f" {'ingest s':>9} {'events/s':>9} {'x floor':>8} {'peak RSS MB':>12} {'(jvm/drv/workers)':>19}")
+    head = (f"{'engine':>6} {'patients':>9} {'files':>6} {'resources':>10} {'MB':>7} {'events':>10}"
+            f" {'floor s':>8} {'ingest s':>9} {'events/s':>9} {'x floor':>8} {'peak RSS MB':>12}"
+            f" {'(jvm/drv/workers)':>19}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r["peak_rss_mb"]
         lines.append(
-            f"{r['patients']:>9} {r['files']:>6} {r['resources']:>10} {r['input_mb']:>7.0f} {r['events']:>10}"
+            f"{r['engine']:>6} {r['patients']:>9} {r['files']:>6} {r['resources']:>10} {r['input_mb']:>7.0f}"
+            f" {r['events']:>10}"
             f" {r['floor_s']:>8.1f} {r['ingest_s']:>9.1f} {r['events_per_s']:>9} {r['ratio_to_floor']:>8.1f}"
             f" {p['total']:>12.0f}"
             f" {p['jvm']:>7.0f}/{p['python_driver']:.0f}/{p['python_workers']:.0f}"

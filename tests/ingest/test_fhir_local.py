@@ -99,3 +99,26 @@ def test_local_inputs_found_as_spark_finds_them(spark: Any, tmp_path: Path) -> N
         expand_local_inputs([str(tmp_path / "absent")])
     with pytest.raises(ConfigError, match="local files only"):
         expand_local_inputs(["s3a://bucket/x"])
+
+
+def test_stage_runs_the_local_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ehrfm.config.ingest import FhirIngestConfig
+    from ehrfm.ingest.fhir.stage import resolve_engine, run
+    from ehrfm.layout import Layout
+    from ehrfm.synth.stage import run as synth
+
+    layout = Layout(root=str(tmp_path))
+    synth(SynthConfig(n_patients=20, seed=3, patients_per_file=8, progress=False), layout)
+    summary = run(FhirIngestConfig(max_time="2030-01-01", engine="local"), layout)
+    assert summary.subjects == 20 and summary.rejects == 0 and summary.reconciled
+    saved = json.loads(layout.meds_paths.summary.read_text())
+    assert saved["engine"] == "local" and saved["events"] == summary.events > 0
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    monkeypatch.delenv("EHRFM_SPARK_MASTER", raising=False)
+    assert resolve_engine(FhirIngestConfig()) == "spark"  # the default stays Spark for now
+    assert resolve_engine(FhirIngestConfig(engine="auto")) == "local"
+    monkeypatch.setenv("EHRFM_SPARK_MASTER", "spark://host:7077")
+    assert resolve_engine(FhirIngestConfig(engine="auto")) == "spark"
+    with pytest.raises(ValueError, match="engine"):
+        FhirIngestConfig(engine="polars")  # type: ignore[arg-type]

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from ehrfm.config.base import ConfigError
-from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
 from ehrfm.ingest.fhir.paths import INPUT_SUFFIXES, Inputs, LocalWalk
 from ehrfm.ingest.fhir.streams import local_path
@@ -240,9 +239,9 @@ def ingest_fhir_local(
     import polars as pl
 
     from ehrfm.ingest.fhir.process import Summary
-    from ehrfm.ingest.fhir.spark_ingest import SPLIT_BYTES, _lookups, plan_units
+    from ehrfm.ingest.fhir.spark_ingest import SPLIT_BYTES, apply_scan, plan_units
     from ehrfm.ingest.fhir.spark_rows import arrow_schema, to_batch
-    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, WHOLE
+    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA
     from ehrfm.ingest.local_writer import write_meds_local
 
     if validate not in VALIDATE_CHOICES:
@@ -267,12 +266,7 @@ def ingest_fhir_local(
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             scan_rows = [r for rows in pool.map(_scan_task, units) for r in rows]
             scan = pa.Table.from_batches([to_batch(scan_rows, arrow_schema(SCAN_SCHEMA))])
-            facts, births, med_rows = _lookups(scan)
-            meds = {k: jsonio.loads(v[2]) for k, v in med_rows.items()}
-            complete = not any(f["fmt"] == WHOLE for f in facts.values())
-            for u in units:
-                f = facts[f"{u['path']}#{u['start']}"]
-                u.update(fmt=f["fmt"], base=f.get("base", 0), problem=f["problem"], good_len=f["good_len"])
+            births, med_rows, meds, complete = apply_scan(scan, units)
             lookups = os.path.join(tmp, "lookups.pickle")
             with open(lookups, "wb") as fh:
                 pickle.dump((births, meds), fh, protocol=pickle.HIGHEST_PROTOCOL)

@@ -165,6 +165,22 @@ def _lookups(
     return facts, births, med_rows
 
 
+def apply_scan(scan: pa.Table, units: list[dict[str, Any]]) -> tuple[
+        dict[int, int], dict[str, tuple[str, int, str]], dict[str, dict[str, Any]], bool]:
+    """After the scan (both engines): each unit gets its facts (``fmt``, ``base``, ``problem``,
+    ``good_len``); returns the birth floors, the Medication rows (``(path, offset, JSON)``) and parsed
+    Medications, and whether the lookups are complete (no document inputs)."""
+    from ehrfm.ingest.fhir.spark_units import WHOLE
+
+    facts, births, med_rows = _lookups(scan)
+    meds = {k: jsonio.loads(v[2]) for k, v in med_rows.items()}
+    complete = not any(f["fmt"] == WHOLE for f in facts.values())
+    for u in units:
+        f = facts[f"{u['path']}#{u['start']}"]
+        u.update(fmt=f["fmt"], base=f.get("base", 0), problem=f["problem"], good_len=f["good_len"])
+    return births, med_rows, meds, complete
+
+
 def ingest_fhir(
     spark: SparkSession,
     inputs: Sequence[str],
@@ -221,15 +237,10 @@ def ingest_fhir(
     units = [dict(zip(("path", "start", "end", "mode"), u, strict=True))
              for u in plan_units(files, SPLIT_BYTES)]
     # 1. scan: formats, line numbers of the ranges, lookups (small: collected and broadcast)
-    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA, WHOLE
+    from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA
 
     scan = _units_df(spark, units, UNIT_SCHEMA, parallelism).mapInArrow(_scan_fn(), SCAN_SCHEMA).toArrow()
-    facts, births, med_rows = _lookups(scan)
-    meds = {k: jsonio.loads(v[2]) for k, v in med_rows.items()}
-    complete = not any(f["fmt"] == WHOLE for f in facts.values())
-    for u in units:
-        f = facts[f"{u['path']}#{u['start']}"]
-        u.update(fmt=f["fmt"], base=f.get("base", 0), problem=f["problem"], good_len=f["good_len"])
+    births, med_rows, meds, complete = apply_scan(scan, units)
     lookup = spark.sparkContext.broadcast((births, meds))
     seconds["scan"] = round(time.perf_counter() - clock, 1)
     steps.update()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -28,8 +29,20 @@ def stamp_dataset_version(meds: str, version: str) -> None:
         f.write(json.dumps(meta, indent=2).encode())
 
 
+def resolve_engine(cfg: FhirIngestConfig) -> str:
+    """``local`` or ``spark``: ``auto`` is local unless a non-local Spark master is named (``--spark.master``,
+    ``$EHRFM_SPARK_MASTER``) or the process runs under spark-submit (as for ``ehrfm ingest mimic``)."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        return "spark"
+    master = cfg.spark.master or os.environ.get("EHRFM_SPARK_MASTER") or "local"
+    return "local" if master.startswith("local") else "spark"
+
+
 def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
-    """Ingest ``cfg.input`` (default: the layout's synthetic population) with Spark into ``layout.meds``.
+    """Ingest ``cfg.input`` (default: the layout's synthetic population) into ``layout.meds`` with the engine
+    of ``cfg.engine`` (Spark, or a process pool on this machine: :func:`resolve_engine`).
 
     Prints the per-resource-type table and returns the summary; raises ``RuntimeError`` (after writing
     the dataset) when the counts of a resource type do not reconcile (in = mapped + rejected + skipped +
@@ -49,21 +62,27 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
             raise FileNotFoundError(f"input=[]: no FHIR input given and no synthetic population at "
                                     f"{layout.synthetic_dir} (run `ehrfm synth` first, or set --input)")
         inputs = [str(layout.synthetic_dir)]
-    from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
     from ehrfm.ingest.summary import fhir_counts, make_summary, print_summary
-    from ehrfm.spark import get_spark
 
-    spark = get_spark("ehrfm-ingest-fhir", master=cfg.spark.master, conf=cfg.spark.conf)
+    engine = resolve_engine(cfg)
     out = layout.meds_uri
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
+    common: dict[str, Any] = dict(
+        validate=cfg.validate, sample_every=cfg.sample_every, max_time_us=max_time_us,
+        split_ratios=cfg.split_ratios, split_seed=cfg.split_seed, rows_per_shard=cfg.rows_per_shard,
+        anonymous_subjects=cfg.anonymous_subjects, fhir_version=cfg.fhir_version, **named)
     t0 = time.perf_counter()
     with folder_outputs(out, MEDS_SUMMARY, overwrite=cfg.overwrite, key="meds") as staged:
-        result = ingest_fhir(spark, inputs, staged.path(), validate=cfg.validate,
-                             sample_every=cfg.sample_every, max_time_us=max_time_us,
-                             split_ratios=cfg.split_ratios, split_seed=cfg.split_seed,
-                             rows_per_shard=cfg.rows_per_shard, progress=True,
-                             anonymous_subjects=cfg.anonymous_subjects, fhir_version=cfg.fhir_version,
-                             **named)
+        if engine == "local":
+            from ehrfm.ingest.fhir.local_ingest import ingest_fhir_local
+
+            result = ingest_fhir_local(inputs, staged.path(), **common)
+        else:
+            from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
+            from ehrfm.spark import get_spark
+
+            spark = get_spark("ehrfm-ingest-fhir", master=cfg.spark.master, conf=cfg.spark.conf)
+            result = ingest_fhir(spark, inputs, staged.path(), progress=True, **common)
         if cfg.dataset_version:
             stamp_dataset_version(staged.path(), cfg.dataset_version)
         staged.publish()
