@@ -61,9 +61,10 @@ class _Groups:
         return f"f{self.groups.index(patterns)}"
 
 
-def read_events(meds_dir: str | Path) -> pl.DataFrame:
+def read_events(meds_dir: str | Path) -> pl.LazyFrame:
     """``subject_id`` (Int64), ``t`` (Int64 us), ``code`` (String), ``enc`` (String, "" when none) of every
-    timed event of the MEDS dataset at ``meds_dir`` (either layout; only these four columns are read)."""
+    timed event of the MEDS dataset at ``meds_dir`` (either layout; only these four columns are read), as a
+    lazy scan: :func:`prepare` reads it."""
     import polars as pl
 
     from ehrfm.meds_files import meds_data_files
@@ -87,7 +88,7 @@ def read_events(meds_dir: str | Path) -> pl.DataFrame:
         time.cast(pl.Datetime("us")).dt.epoch("us").alias("t"),
         pl.col(CODE).cast(pl.String).alias("code"),
         enc.alias("enc"),
-    ).filter(pl.col("t").is_not_null()).collect()
+    ).filter(pl.col("t").is_not_null())
 
 
 def _code_table(codes: Sequence[str], specs: Sequence[TaskSpec], groups: _Groups) -> pl.DataFrame:
@@ -113,16 +114,22 @@ def _code_table(codes: Sequence[str], specs: Sequence[TaskSpec], groups: _Groups
 class Prepared:
     """The facts every task reads, computed once from the events."""
 
-    def __init__(self, events: pl.DataFrame, specs: Sequence[TaskSpec]) -> None:
+    def __init__(self, events: pl.LazyFrame | pl.DataFrame, specs: Sequence[TaskSpec]) -> None:
         import polars as pl
 
         self.groups = _Groups(specs)
+        frame = events.lazy()
+        # a first pass over the code column alone: the task patterns run once per distinct code in Python
+        # (re, as in the other engines), and the events are then read keeping only the codes a task reads
+        distinct = frame.select(pl.col("code").unique()).collect().get_column("code").to_list()
+        codes = _code_table(distinct, specs, self.groups)
         # follow-up censoring and min_history see every timed event, not only the codes the tasks read
-        self.subjects = events.group_by(SID).agg(
+        subjects = frame.group_by(SID).agg(
             pl.col("t").max().alias("record_end"), pl.col("t").min().alias("first_time"),
             pl.col("t").filter(pl.col("code") == DEATH_CODE).min().alias("death"))
-        codes = _code_table(events.get_column("code").unique().to_list(), specs, self.groups)
-        ev = events.join(codes, on="code", how="inner")
+        # one scan feeds both (polars shares it: common subplan elimination)
+        self.subjects, ev = pl.collect_all([subjects, frame.join(codes.lazy(), on="code", how="inner")],
+                                           engine="streaming")
         # canonical order (t, code, enc), never the file order: ties at one instant resolve as in the other
         # engines; ``row`` is that order, so "the first event" is the smallest row
         ev = ev.sort([SID, "t", "code", "enc"]).with_row_index("row")
@@ -317,13 +324,13 @@ def task_table(p: Prepared, spec: TaskSpec) -> pa.Table:
                                 schema=LABELS_SCHEMA)
 
 
-def prepare(events: pl.DataFrame, specs: Sequence[TaskSpec]) -> Prepared:
+def prepare(events: pl.LazyFrame | pl.DataFrame, specs: Sequence[TaskSpec]) -> Prepared:
     """The facts every task of ``specs`` reads, from ``events`` (the frame :func:`read_events` returns);
     label each task with :func:`task_table`."""
     return Prepared(events, specs)
 
 
-def label_tables(events: pl.DataFrame, specs: Sequence[TaskSpec]) -> dict[str, pa.Table]:
+def label_tables(events: pl.LazyFrame | pl.DataFrame, specs: Sequence[TaskSpec]) -> dict[str, pa.Table]:
     """``{task: label table}`` (LABELS_SCHEMA, sorted by (subject_id, prediction_time)) of ``events`` (the
     frame :func:`read_events` returns)."""
     p = prepare(events, specs)
