@@ -130,18 +130,17 @@ def _write_events(events: pl.DataFrame, data_uri: str, ratios: Sequence[float], 
     offset = np.array([plan.index(s) for s in split], dtype=np.int64)
     k = np.array([plan.count(s) for s in split], dtype=np.int64)
     shard = offset + np.mod(spark_hash_long(sids).astype(np.int64), k)
-    shards = pl.DataFrame({SUBJECT_ID: sids, SHARD: shard})
-    ordered = (events.join(shards, on=SUBJECT_ID, how="left")
-               .sort([SHARD, SUBJECT_ID, TIME, CODE], nulls_last=False, maintain_order=False))
-    del events
-    shard_col = ordered[SHARD].to_numpy()
-    bounds = np.flatnonzero(np.diff(shard_col)) + 1
+    # a column added, not a join: the other columns are shared, not copied; then one shard at a time is
+    # filtered out and sorted, so memory holds the events plus one sorted shard (not a sorted copy of all)
+    events = events.with_columns(pl.col(SUBJECT_ID).replace_strict(sids, shard, return_dtype=pl.Int64)
+                                 .alias(SHARD))
     batches: list[pa.RecordBatch] = []
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(shard_col)], strict=True):
-        part = ordered.slice(int(lo), int(hi - lo)).drop(SHARD)
+    for i in sorted(set(shard.tolist())):
+        part = (events.filter(pl.col(SHARD) == i).drop(SHARD)
+                .sort([SUBJECT_ID, TIME, CODE], nulls_last=False, maintain_order=False))
         # large_string, not polars' string_view: the shard writer casts to EVENTS_SCHEMA types
         table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
-        i = int(shard_col[lo])
+        del part
         batches.extend(_write_shard(table, data_uri, f"{plan[i]}/{SHARD_PREFIX}{i:06d}.parquet"))
     return pa.Table.from_batches(batches, schema=_STATS_ARROW), split_rows
 

@@ -22,7 +22,7 @@ ends with one label row per kept index event, the first per prediction time.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     import polars as pl
 
 _US_PER_DAY = 86_400_000_000
+# (index event, candidate event) pairs made at once, at most (about 0.5 GB of pair columns)
+MAX_PAIRS = 20_000_000
 _ENC = re.compile(ENCOUNTER_REGEX)
 SID = SUBJECT_ID
 
@@ -203,13 +205,33 @@ def _eligible(p: Prepared, spec: TaskSpec, idx: pl.DataFrame) -> pl.DataFrame:
     return idx.filter(ok)
 
 
+def _per_subject_pairs(left: pl.DataFrame, right: pl.DataFrame,
+                       reduce: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
+    """``reduce`` of every (left row, right row) pair of one subject, concatenated. The pairs are made for
+    batches of subjects holding about :data:`MAX_PAIRS` pairs each, so that a task pairing many index events
+    with many outcome events (every lab with every later lab) needs bounded memory; ``reduce`` must only
+    combine rows of one subject (filter, or group by index event)."""
+    import polars as pl
+
+    sizes = left.group_by(SID).len("nl").join(right.group_by(SID).len("nr"), on=SID)
+    pairs = sizes.select(SID, (pl.col("nl") * pl.col("nr")).alias("n")).sort(SID)
+    if pairs.get_column("n").sum() <= MAX_PAIRS:
+        return reduce(left.join(right, on=SID, how="inner"))
+    batches = pairs.with_columns((pl.col("n").cum_sum() // MAX_PAIRS).alias("batch"))
+    parts = []
+    for (_,), subjects in batches.select(SID, "batch").group_by("batch", maintain_order=True):
+        keys = subjects.select(SID)
+        parts.append(reduce(left.join(keys, on=SID, how="semi").join(
+            right.join(keys, on=SID, how="semi"), on=SID, how="inner")))
+    return pl.concat(parts)
+
+
 def _first_hit(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFrame:
     """``rows`` with ``te``: the earliest outcome event in the window (``engine._outcome``'s ``hit``)."""
     import polars as pl
 
     o = spec.outcome
     out = p.events.filter(p.matches(o.codes)).select(SID, "t", pl.col("enc").alias("oenc"))
-    pairs = rows.select(SID, "idx", "pred", "wend", "ienc", "death").join(out, on=SID, how="inner")
     in_window = pl.col("t") <= pl.col("wend")
     if o.same_encounter:  # events carrying the index encounter's id count even when timed after its END
         in_window |= (pl.col("ienc") != "") & (pl.col("oenc") == pl.col("ienc"))
@@ -217,7 +239,9 @@ def _first_hit(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFrame:
     if o.other_encounter:
         hit &= (pl.col("ienc") == "") | (pl.col("oenc") != pl.col("ienc"))
     hit &= pl.col("death").is_null() | (pl.col("t") <= pl.col("death"))  # nothing after the death counts
-    te = pairs.filter(hit).group_by("idx").agg(pl.col("t").min().alias("te"))
+    first = pl.col("t").min().alias("te")
+    te = _per_subject_pairs(rows.select(SID, "idx", "pred", "wend", "ienc", "death"), out,
+                            lambda pairs: pairs.filter(hit).group_by("idx").agg(first))
     return rows.join(te, on="idx", how="left")
 
 
@@ -263,9 +287,9 @@ def _forecast_task(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFr
     if o.within is not None:
         hit &= pl.col("t") <= pl.col("pred") + _us(o.within)
     hit &= pl.col("death").is_null() | (pl.col("t") <= pl.col("death"))  # not an encounter after the death
-    nxt = (rows.select(SID, "idx", "pred", "death").join(opens, on=SID, how="inner").filter(hit)
-           .sort("row").group_by("idx", maintain_order=True).first()
-           .select("idx", "nenc", pl.col("t").alias("nt")))
+    nxt = _per_subject_pairs(rows.select(SID, "idx", "pred", "death"), opens, lambda pairs: (
+        pairs.filter(hit).sort("row").group_by("idx", maintain_order=True).first()
+        .select("idx", "nenc", pl.col("t").alias("nt"))))
     rows = rows.join(nxt, on="idx", how="inner")  # no next encounter in the record: censored
     visit = p.encounters.group_by(SID, "enc").agg(pl.col("st").min().alias("vs"),
                                                   pl.col("en").max().alias("ve"))
@@ -274,8 +298,8 @@ def _forecast_task(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFr
     targets = p.events.filter(p.matches(o.codes)).select(SID, "t", "code", "enc")
     keys = rows.select(SID, "idx", "nenc", "vs", "ve")
     by_id = keys.join(targets.filter(pl.col("enc") != ""), left_on=[SID, "nenc"], right_on=[SID, "enc"])
-    by_time = keys.join(targets.filter(pl.col("enc") == ""), on=SID).filter(
-        (pl.col("t") >= pl.col("vs")) & (pl.col("t") <= pl.col("ve")))
+    by_time = _per_subject_pairs(keys, targets.filter(pl.col("enc") == ""), lambda pairs: pairs.filter(
+        (pl.col("t") >= pl.col("vs")) & (pl.col("t") <= pl.col("ve"))))
     linked = pl.concat([by_id.select("idx", "code"), by_time.select("idx", "code")])
     codes = linked.unique().sort("code").group_by("idx", maintain_order=True).agg(
         pl.col("code").alias("target_codes"))

@@ -82,6 +82,18 @@ def test_subjects_without_events_the_tasks_read_untimed_events_and_no_rows() -> 
     assert assert_same(events, [never])["never"].num_rows == 0
 
 
+def test_pairs_made_in_batches_of_subjects_give_the_same_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ehrfm.labels.local_engine as local_engine
+
+    events = pd.concat([random_population(40, seed=7), after_death_subject(9999)], ignore_index=True)
+    specs = SPECS
+    whole = local_labels(events, specs)
+    monkeypatch.setattr(local_engine, "MAX_PAIRS", 7)  # a few subjects per batch, a large one alone
+    assert_same(events, specs)
+    for s in specs:
+        assert local_labels(events, specs)[s.name].equals(whole[s.name]), s.name
+
+
 def test_events_without_an_encounter_id_column() -> None:
     events = random_population(8, seed=5)
     specs = load_tasks("all")

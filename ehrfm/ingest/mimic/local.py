@@ -113,31 +113,36 @@ def first_missing_expr(template: str, unknown: tuple[str, ...] = ()) -> pl.Expr:
     return cases.otherwise(None) if cases is not None else pl.lit(None, dtype=pl.String)
 
 
+def _time_key(column: str, end_of_day: bool) -> str:
+    """The name of a table's parsed time column (one per source column and ``end_of_day``)."""
+    return f"__t:{column}:{int(end_of_day)}"
+
+
+def shared_columns(schema: dict[str, Any], rules: Sequence[EventRule], spec: TableSpec) -> list[pl.Expr]:
+    """What several rules of a table read, computed once per row (not once per rule): the subject id, each
+    parsed time column and whether it is blank. Checks that every rule finds its columns."""
+    for rule in rules:
+        missing = sorted(c for c in rule.columns() if c not in schema)
+        if missing:
+            raise ValueError(f"MIMIC rule {rule.name}: table {spec.name} ({spec.path}) has no column(s)"
+                             f" {missing}")
+    out = [_to_int(pl.col(SUBJECT_ID)).alias("__sid")]
+    for col, eod in dict.fromkeys((r.time, r.end_of_day) for r in rules if r.time):
+        assert col is not None
+        # a prepared time (birth) is a timestamp already: Spark's string round trip leaves it unchanged
+        parsed = pl.col(col) if schema[col] == pl.Datetime("us") else parse_time_local(pl.col(col), eod)
+        out.append(parsed.alias(_time_key(col, eod)))
+    out += [_blank(pl.col(c)).alias(f"__tb:{c}") for c in dict.fromkeys(r.time for r in rules if r.time)]
+    return out
+
+
 def candidate_exprs(schema: dict[str, Any], rule: EventRule, spec: TableSpec) -> list[pl.Expr]:
-    """The candidate columns of one rule over a prepared table with ``schema`` (name -> polars type): the
-    twin of :func:`ehrfm.ingest.mimic.ingest.candidate_columns`, same names, reasons and fields."""
-    missing = sorted(c for c in rule.columns() if c not in schema)
-    if missing:
-        raise ValueError(f"MIMIC rule {rule.name}: table {spec.name} ({spec.path}) has no column(s)"
-                         f" {missing}")
-    sid = _to_int(pl.col(SUBJECT_ID))
-    if not rule.time:
-        time = pl.lit(None, dtype=pl.Datetime("us"))
-    elif schema[rule.time] == pl.Datetime("us"):  # a prepared time (birth): Spark's string round trip
-        time = pl.col(rule.time)
-    else:
-        time = parse_time_local(pl.col(rule.time), rule.end_of_day)
-    gap = first_missing_expr(rule.code, rule.unknown)
-    reason: Any = pl.when(sid.is_null()).then(pl.lit("missing or non-integer subject_id"))
-    fld: Any = pl.when(sid.is_null()).then(pl.lit(SUBJECT_ID))
-    if rule.time:
-        reason = reason.when(_blank(pl.col(rule.time))).then(pl.lit(f"missing time ({rule.time})"))
-        unparsed = pl.concat_str([pl.lit(f"unparseable time ({rule.time}): "),
-                                  pl.col(rule.time).cast(pl.String)])
-        reason = reason.when(time.is_null()).then(unparsed)
-        fld = fld.when(time.is_null()).then(pl.lit(rule.time))
-    reason = reason.when(gap.is_not_null()).then(pl.concat_str([pl.lit("missing value for code "), gap]))
-    fld = fld.when(gap.is_not_null()).then(gap)
+    """The candidate columns of one rule over a table with the :func:`shared_columns` added (``schema``:
+    name -> polars type of the prepared table): the twin of
+    :func:`ehrfm.ingest.mimic.ingest.candidate_columns`, same names, reasons and fields. ``_reason`` and
+    ``_field`` come from :func:`reason_exprs` over these columns (``__gap``, ``__tnull``, ``__traw``)."""
+    time = (pl.col(_time_key(rule.time, rule.end_of_day)) if rule.time
+            else pl.lit(None, dtype=pl.Datetime("us")))
     if not rule.numeric:
         numeric = pl.lit(None, dtype=pl.Float32)
     elif schema[rule.numeric] == pl.Float32:  # a prepared float
@@ -145,8 +150,12 @@ def candidate_exprs(schema: dict[str, Any], rule: EventRule, spec: TableSpec) ->
     else:
         numeric = _to_float(pl.col(rule.numeric))
     rid = pl.col(spec.id).cast(pl.String) if spec.id in schema else pl.lit(None, dtype=pl.String)
+    if rule.time:
+        extra = [pl.col(f"__tb:{rule.time}").alias("__tblank"), pl.col(rule.time).cast(pl.String).alias("__traw")]
+    else:
+        extra = [pl.lit(False).alias("__tblank"), pl.lit(None, dtype=pl.String).alias("__traw")]
     return [
-        sid.alias(SUBJECT_ID),
+        pl.col("__sid").alias(SUBJECT_ID),
         time.alias("time"),
         template_expr(rule.code, rule.unknown).alias("code"),
         numeric.alias("numeric_value"),
@@ -158,19 +167,41 @@ def candidate_exprs(schema: dict[str, Any], rule: EventRule, spec: TableSpec) ->
         pl.lit(rule.name).alias("_rule"),
         pl.col("_row"),
         rid.alias("_rid"),
-        reason.otherwise(None).alias("_reason"),
-        fld.otherwise(None).alias("_field"),
+        first_missing_expr(rule.code, rule.unknown).alias("__gap"),
+        *extra,
     ]
 
 
+def reason_exprs(rule: EventRule) -> list[pl.Expr]:
+    """``_reason`` and ``_field`` of one rule's candidates, in the Spark interpreter's order of checks:
+    subject id, then time (blank, unparseable), then a blank code part."""
+    sid_bad = pl.col(SUBJECT_ID).is_null()
+    gap = pl.col("__gap")
+    reason: Any = pl.when(sid_bad).then(pl.lit("missing or non-integer subject_id"))
+    fld: Any = pl.when(sid_bad).then(pl.lit(SUBJECT_ID))
+    if rule.time:
+        reason = reason.when(pl.col("__tblank")).then(pl.lit(f"missing time ({rule.time})"))
+        unparsed = pl.concat_str([pl.lit(f"unparseable time ({rule.time}): "), pl.col("__traw")])
+        reason = reason.when(pl.col("time").is_null()).then(unparsed)
+        fld = fld.when(pl.col("time").is_null()).then(pl.lit(rule.time))
+    reason = reason.when(gap.is_not_null()).then(pl.concat_str([pl.lit("missing value for code "), gap]))
+    fld = fld.when(gap.is_not_null()).then(gap)
+    return [reason.otherwise(None).alias("_reason"), fld.otherwise(None).alias("_field")]
+
+
 def table_candidates_local(lf: pl.LazyFrame, rules: Sequence[EventRule], spec: TableSpec) -> pl.LazyFrame:
-    """Candidates of every rule of one table: one select per rule over the same scan (polars reads the
-    source once); a ``when`` rule keeps only the rows where its column is not blank."""
+    """Candidates of every rule of one table. What the rules share (:func:`shared_columns`) is computed
+    once; a table read by several rules is read once (collected, then each rule selects from it); a ``when``
+    rule keeps only the rows where its column is not blank."""
     schema = dict(lf.collect_schema())
+    base = lf.with_columns(shared_columns(schema, rules, spec))
+    if len(rules) > 1:
+        base = base.collect().lazy()
     parts = []
     for rule in rules:
-        src = lf.filter(~_blank(pl.col(rule.when))) if rule.when else lf
-        parts.append(src.select(candidate_exprs(schema, rule, spec)))
+        src = base.filter(~_blank(pl.col(rule.when))) if rule.when else base
+        part = src.select(candidate_exprs(schema, rule, spec)).with_columns(reason_exprs(rule))
+        parts.append(part.drop("__gap", "__tblank", "__traw"))
     return pl.concat(parts, how="vertical")
 
 
