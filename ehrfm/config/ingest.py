@@ -19,6 +19,20 @@ DEFAULT_ROWS_PER_SHARD = 2_000_000
 """Target events per ``data/`` shard when nothing else says."""
 
 
+def resolve_engine(engine: str, master: str | None) -> str:
+    """``local`` or ``spark`` for a source's ``--engine``: ``auto`` is local unless a non-local Spark master
+    is named (``master`` = ``--spark.master``, else ``$EHRFM_SPARK_MASTER``) or the process runs under
+    spark-submit (a cluster is what the user asked for)."""
+    import os
+
+    if engine != "auto":
+        return engine
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        return "spark"
+    chosen = master or os.environ.get("EHRFM_SPARK_MASTER") or "local"
+    return "local" if chosen.startswith("local") else "spark"
+
+
 @dataclass
 class IngestConfig(OverwriteOption):
     """Options shared by every ``ehrfm ingest <source>``: subject splits, shard size, dataset name, Spark."""

@@ -195,8 +195,11 @@ def test_cli_local_engine_starts_no_spark(tmp_path: Path) -> None:
 
 def test_auto_engine_is_local_unless_a_cluster_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from ehrfm.config.ingest import MimicIngestConfig
+    from ehrfm.config.ingest import resolve_engine as resolve
     from ehrfm.config.spark import SparkConfig
-    from ehrfm.ingest.mimic.stage import resolve_engine
+
+    def resolve_engine(cfg: MimicIngestConfig) -> str:
+        return resolve(cfg.engine, cfg.spark.master)
 
     monkeypatch.delenv("EHRFM_SPARK_MASTER", raising=False)
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)

@@ -16,7 +16,7 @@ expression: no Python UDF runs before the shard writer.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -261,6 +261,39 @@ def check_against_birth(candidates: DataFrame, birth: DataFrame) -> DataFrame:
     return df.withColumns({"_reason": reason, "_field": fld}).drop("_birth")
 
 
+def rule_summary(counts: Iterable[Mapping[str, Any]], info: dict[str, dict[str, Any]],
+                 rules: MimicRules) -> tuple[dict[str, str | None], dict[str, dict[str, Any]]]:
+    """The codes of the events (code -> the smallest text_value of its events) and the per-rule summary
+    (events, rejects per reason, rows a ``when`` rule does not apply to) from ``counts``: one row per
+    (``_table``, ``_rule``, ``_reason``, ``code``) with ``count``, ``last`` (largest ``_row``) and ``text``
+    (smallest text_value), as either engine aggregates its candidates. Fills in ``info[table]["rows"]``
+    where the reader did not count the rows (gzip): every row reaches a rule without ``when``."""
+    codes: dict[str, str | None] = {}
+    per_rule: dict[str, dict[str, Any]] = {}
+    for r in counts:
+        if r["_reason"] is None:  # a code two rules mint: the smaller text of the two
+            texts = [t for t in (codes.get(r["code"]), r["text"]) if t is not None]
+            codes[r["code"]] = min(texts) if texts else None
+        table = info[r["_table"]]
+        if table.get("rows") is None:
+            last = -1 if r["last"] is None else r["last"]  # row 0 is a row: never `r["last"] or -1`
+            table["rows_seen"] = max(table.get("rows_seen", 0), last + 1)
+        entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {}})
+        if r["_reason"] is None:
+            entry["events"] += r["count"]
+        else:
+            entry["rejects"][r["_reason"]] = entry["rejects"].get(r["_reason"], 0) + r["count"]
+    for table in info.values():
+        if table.get("rows") is None and "rows_seen" in table:
+            table["rows"] = table.pop("rows_seen")
+    for rule in rules.events:  # reconcile: rows a `when` rule does not apply to are counted, not lost
+        found = per_rule.get(rule.name)
+        rows = info.get(rule.table, {}).get("rows")
+        if found is not None and rule.when and rows is not None:
+            found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
+    return codes, per_rule
+
+
 def ingest_mimic(
     spark: SparkSession,
     input_root: str,
@@ -286,22 +319,7 @@ def ingest_mimic(
     counts = (checked.groupBy("_table", "_rule", "_reason", "code")
               .agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last"),
                    F.min("text_value").alias("text")).collect())
-    codes: dict[str, str | None] = {}
-    per_rule: dict[str, dict[str, Any]] = {}
-    for r in counts:
-        if r["_reason"] is None:  # a code two rules mint: the smaller text of the two
-            texts = [t for t in (codes.get(r["code"]), r["text"]) if t is not None]
-            codes[r["code"]] = min(texts) if texts else None
-        info = tables.info[r["_table"]]
-        # gzip tables are not counted up front: every row reaches a rule without `when`
-        if info.get("rows") is None:
-            last = -1 if r["last"] is None else r["last"]  # row 0 is a row: never `r["last"] or -1`
-            info["rows_seen"] = max(info.get("rows_seen", 0), last + 1)
-        entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {}})
-        if r["_reason"] is None:
-            entry["events"] += r["count"]
-        else:
-            entry["rejects"][r["_reason"]] = entry["rejects"].get(r["_reason"], 0) + r["count"]
+    codes, per_rule = rule_summary((r.asDict() for r in counts), tables.info, rules)
     events = checked.where(F.col("_reason").isNull()).select(*EVENT_COLUMNS)
     rejects = checked.where(F.col("_reason").isNotNull()).select(
         F.regexp_replace(_file_of_table(tables.info), "^file:", "").alias("source_file"),
@@ -317,14 +335,6 @@ def ingest_mimic(
         F.trim(F.col(SUBJECT_ID)).try_cast("bigint").alias(SUBJECT_ID),
         F.trim(F.col(SUBJECT_ID)).alias("source_id"),
     ).where(F.col(SUBJECT_ID).isNotNull())
-    for info in tables.info.values():
-        if info.get("rows") is None and "rows_seen" in info:
-            info["rows"] = info.pop("rows_seen")
-    for rule in rules.events:  # reconcile: rows a `when` rule does not apply to are counted, not lost
-        found = per_rule.get(rule.name)
-        rows = tables.info.get(rule.table, {}).get("rows")
-        if found is not None and rule.when and rows is not None:
-            found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
     version = resolve_dataset_version(dataset_version, input_root)
     summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule,
                "dataset_version": version}

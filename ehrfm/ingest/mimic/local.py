@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from ehrfm.ingest.mimic.codes import code_metadata
-from ehrfm.ingest.mimic.ingest import resolve_dataset_version
+from ehrfm.ingest.mimic.ingest import resolve_dataset_version, rule_summary
 from ehrfm.ingest.mimic.prepare import csv_header, find_table
 from ehrfm.ingest.mimic.rules import (
     PLACEHOLDER,
@@ -151,7 +151,8 @@ def candidate_exprs(schema: dict[str, Any], rule: EventRule, spec: TableSpec) ->
         numeric = _to_float(pl.col(rule.numeric))
     rid = pl.col(spec.id).cast(pl.String) if spec.id in schema else pl.lit(None, dtype=pl.String)
     if rule.time:
-        extra = [pl.col(f"__tb:{rule.time}").alias("__tblank"), pl.col(rule.time).cast(pl.String).alias("__traw")]
+        extra = [pl.col(f"__tb:{rule.time}").alias("__tblank"),
+                 pl.col(rule.time).cast(pl.String).alias("__traw")]
     else:
         extra = [pl.lit(False).alias("__tblank"), pl.lit(None, dtype=pl.String).alias("__traw")]
     return [
@@ -439,29 +440,7 @@ def ingest_mimic_local(
     rules = rules or load_rules()
     events, rejects, count_parts, subject_ids, tables = mimic_local_candidates(input_root, rules)
     counts = pl.concat(count_parts)
-    codes: dict[str, str | None] = {}
-    per_rule: dict[str, dict[str, Any]] = {}
-    for r in counts.iter_rows(named=True):
-        if r["_reason"] is None:  # a code two rules mint: the smaller text of the two
-            texts = [t for t in (codes.get(r["code"]), r["text"]) if t is not None]
-            codes[r["code"]] = min(texts) if texts else None
-        info = tables.info[r["_table"]]
-        if info.get("rows") is None:
-            last = -1 if r["last"] is None else r["last"]
-            info["rows_seen"] = max(info.get("rows_seen", 0), last + 1)
-        entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {}})
-        if r["_reason"] is None:
-            entry["events"] += r["count"]
-        else:
-            entry["rejects"][r["_reason"]] = entry["rejects"].get(r["_reason"], 0) + r["count"]
-    for info in tables.info.values():
-        if info.get("rows") is None and "rows_seen" in info:
-            info["rows"] = info.pop("rows_seen")
-    for rule in rules.events:  # reconcile: rows a `when` rule does not apply to are counted, not lost
-        found = per_rule.get(rule.name)
-        rows = tables.info.get(rule.table, {}).get("rows")
-        if found is not None and rule.when and rows is not None:
-            found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
+    codes, per_rule = rule_summary(counts.iter_rows(named=True), tables.info, rules)
     version = resolve_dataset_version(dataset_version, input_root)
     summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule,
                "dataset_version": version}

@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
 
 from ehrfm.atomic import folder_outputs
 from ehrfm.config.base import ConfigError
-from ehrfm.config.ingest import IngestSummary, MimicIngestConfig
+from ehrfm.config.ingest import IngestSummary, MimicIngestConfig, resolve_engine
 from ehrfm.layout import MEDS_SUMMARY, Layout
-
-
-def resolve_engine(cfg: MimicIngestConfig) -> str:
-    """``local`` or ``spark``: ``auto`` is local unless a non-local Spark master is named (``--spark.master``,
-    ``$EHRFM_SPARK_MASTER``) or the process runs under spark-submit (a cluster is what the user asked for)."""
-    if cfg.engine != "auto":
-        return cfg.engine
-    if "PYSPARK_GATEWAY_PORT" in os.environ:
-        return "spark"
-    master = cfg.spark.master or os.environ.get("EHRFM_SPARK_MASTER") or "local"
-    return "local" if master.startswith("local") else "spark"
 
 
 def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
     """Ingest the MIMIC-IV root ``cfg.input`` into ``layout.meds`` with the engine of ``cfg.engine`` (Spark,
-    or polars on this machine with no JVM: :func:`resolve_engine`); prints the per-rule table."""
+    or polars on this machine with no JVM: :func:`ehrfm.config.ingest.resolve_engine`); prints the per-rule
+    table."""
     if not cfg.input:
         raise ConfigError("input=None: the MIMIC-IV root holding hosp/ and icu/ is required (--input)")
     from ehrfm.ingest.mimic.rules import load_rules
     from ehrfm.ingest.summary import make_summary, mimic_counts, print_summary
 
     rules = load_rules(cfg.rules) if cfg.rules else None
-    engine = resolve_engine(cfg)
+    engine = resolve_engine(cfg.engine, cfg.spark.master)
     out = layout.meds_uri
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
     t0 = time.perf_counter()
