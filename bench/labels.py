@@ -167,7 +167,11 @@ def agreement(ours_dir: Path, aces_dir: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     mine = pq.read_table(ours_dir / "labels" / f"{TASK}.parquet").to_pandas()
-    theirs = pq.read_table(sorted(aces_dir.rglob(f"{TASK}*.parquet"))).to_pandas()
+    # single_file mode writes <cohort_dir>/<task>.parquet; sharded mode <cohort_dir>/<task>/<shard>.parquet
+    files = sorted(aces_dir.glob(f"{TASK}*.parquet")) + sorted((aces_dir / TASK).rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no ACES labels under {aces_dir}")
+    theirs = pq.read_table(files).to_pandas()
     both = mine.merge(theirs, on=["subject_id", "prediction_time"], suffixes=("", "_aces"))
     return {"ours_rows": len(mine), "aces_rows": len(theirs), "common_rows": len(both),
             "common_same_label": int((both["boolean_value"] == both["boolean_value_aces"]).sum())}
