@@ -24,13 +24,17 @@ from ehrfm.train.query import (
     NEGATIVE,
     POSITIVE,
     UNKNOWN,
+    HeldOutQuery,
     QueryBatch,
     QuerySampler,
+    TaskQuery,
+    answer_frame,
     answers,
     cut_candidates,
     heldout_codes,
     heldout_queries,
     horizon_index,
+    predict_task_rows,
     target_codes,
     task_query,
 )
@@ -214,3 +218,26 @@ def test_cli_checks_the_query_options(flag: str, value: str, msg: str, tmp_path:
     assert msg.replace("\\", "").split(":")[0] in capsys.readouterr().err
     with pytest.raises(ConfigError, match=msg):
         PretrainConfig.load(preset_path("pretrain", "tiny"), [f"{flag}={value}"])
+
+
+def test_zero_shot_answers_read_the_last_token_and_the_cut() -> None:
+    v = 30
+    model = _tiny_model("mamba2", v)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(7, v, (3, 24), generator=gen)
+    times = torch.arange(24, dtype=torch.float32).expand(3, 24) * 2 + 18000
+    lengths = torch.tensor([24, 20, 12])
+    batch = {"concept_ids": ids, "times": times, "lengths": lengths}
+    tq = TaskQuery("t", [8, 9], 1, False, "")
+    p = predict_task_rows(model, batch, tq)
+    with torch.no_grad():
+        h = model(ids, times=times, return_logits=False).hidden
+        want = torch.sigmoid(model.query_logits(h[torch.arange(3), lengths - 1], torch.tensor([[8, 9]] * 3),
+                                                torch.tensor([1, 1, 1])))
+    torch.testing.assert_close(p, want)
+    torch.testing.assert_close(predict_task_rows(model, batch, TaskQuery("t", [8, 9], 1, True, "")), 1 - want)
+    queries = [HeldOutQuery("a", 10, 0), HeldOutQuery("b", 11, 2)]
+    cols = answer_frame(model, batch, [5, 6, 7], queries, 2, torch.Generator().manual_seed(0), None)
+    assert set(cols["query"]) <= {"a", "b"} and set(cols["subject_id"]) <= {5, 6, 7}
+    assert set(cols["label"]) <= {0, 1} and len(cols["prob"]) == len(cols["label"]) > 0
+    assert all(c >= 0 for c in cols["prior_count"])
