@@ -66,54 +66,11 @@ def query_pretrain(root: Path, sets: list[str]) -> tuple[Layout, float]:
 
 
 def predict_tasks(root: Path, qlay: Layout, tasks: list[str], splits: list[str]) -> dict[str, Any]:
-    """Our tasks as queries, answered on the task rows of ``splits``: writes the ``query_zero_shot`` run
-    beside the simulation runs (``ehrfm evaluate`` picks it up); returns its summary."""
-    import pandas as pd
+    """Our tasks as queries on the task rows of ``splits``, written as the ``query_zero_shot`` run beside the
+    simulation runs (``ehrfm evaluate`` picks it up); returns its summary."""
+    from ehrfm.train.query import write_task_predictions
 
-    from ehrfm.data import TokenStreamDataset
-    from ehrfm.data.collate import Collator
-    from ehrfm.labels.parse import load_task
-    from ehrfm.models import EHRFoundationModel
-    from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
-    from ehrfm.simulate.futures import strip_prompt
-    from ehrfm.simulate.rules import OutcomeRule
-    from ehrfm.train.query import predict_task_rows, task_query
-    from ehrfm.vocab import Vocabulary
-
-    lay = Layout(root=str(root))
-    model = EHRFoundationModel.from_pretrained(qlay.pretrain_run.model).eval()
-    assert model.query_head is not None, "the query pretraining run has no query head"
-    horizons = model.query_head.horizons_days.tolist()
-    vocab = Vocabulary.load(lay.token_paths.vocab)
-    collate = Collator()
-    frames, notes, secs = [], {}, {}
-    for task in tasks:
-        tq = task_query(OutcomeRule.from_spec(load_task(task), vocab), vocab, horizons)
-        notes[task] = tq.note
-        t0, n = time.time(), 0
-        for split in splits:
-            ds = TokenStreamDataset(lay.token_paths.task(task), split=split, task=task)
-            if len(ds) == 0:
-                continue
-            assert ds.prediction_times is not None
-            probs: list[float] = []
-            for i in range(0, len(ds), 64):
-                items = [ds[j] for j in range(i, min(i + 64, len(ds)))]
-                batch = strip_prompt(collate(items), vocab, task, [it["subject_id"] for it in items])
-                probs += predict_task_rows(model, batch, tq).tolist()
-            frames.append(pd.DataFrame({SUBJECT_ID: np.asarray(ds.subject_ids, dtype="int64"),
-                                        PREDICTION_TIME: pd.to_datetime(pd.Series(ds.prediction_times)),
-                                        "task": task, "split": split, "model": QUERY_MODEL, "prob": probs}))
-            n += len(ds)
-        secs[task] = round((time.time() - t0) / max(n, 1), 5)
-    run = lay.simulate_run(QUERY_MODEL)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.summary.unlink(missing_ok=True)
-    pd.concat(frames, ignore_index=True).to_parquet(run.predictions, index=False)
-    summary = {"model_name": QUERY_MODEL, "predictions": str(run.predictions), "queries": notes,
-               "seconds_per_row": secs, "pretrained": str(qlay.pretrain_run.model)}
-    run.summary.write_text(json.dumps(summary, indent=2))  # last: evaluate reads finished runs only
-    return summary
+    return write_task_predictions(Layout(root=str(root)), qlay.pretrain_run.model, tasks, splits, QUERY_MODEL)
 
 
 def _metric_fns(y: np.ndarray, p: np.ndarray, c: np.ndarray) -> dict[str, Any]:

@@ -14,8 +14,9 @@ labels them from the row's own future, and the model's :class:`~ehrfm.models.mod
 the hidden state at the cut (BCE, added to the next-token loss with weight w).
 
 Zero-shot: :func:`task_query` writes a task as a query; :func:`predict_task_rows` answers it on the task rows
-(the ``query`` model in ``ehrfm evaluate``); :func:`answer_frame` answers held-out (code, horizon) queries at
-cut points of held-out patients' rows, with their labels and a count baseline.
+and :func:`write_task_predictions` writes the answers as a model (``query_zero_shot``) for ``ehrfm
+evaluate``; :func:`answer_frame` answers held-out (code, horizon) queries at cut points of held-out
+patients' rows, with their labels and a count baseline.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,3 +291,60 @@ def answer_frame(model: Any, batch: dict[str, Tensor], subject_ids: Sequence[int
     cols["prob"] = torch.sigmoid(logits.float()).cpu().numpy()[keep].tolist()
     cols["prior_count"] = prior.cpu().numpy()[keep].astype(int).tolist()
     return cols
+
+
+def write_task_predictions(layout: Any, model_dir: Path, tasks: Sequence[str], splits: Sequence[str],
+                           name: str = "query_zero_shot") -> dict[str, Any]:
+    """Answer each task's query (:func:`task_query`) on its task rows of ``splits`` with the query-pretrained
+    model in ``model_dir`` and write ``layout.simulate_run(name)``: ``predictions.parquet`` (the
+    ehrfm.evaluate binary contract: ``prob``, model = ``name``) and ``summary.json`` last, so that
+    ``ehrfm evaluate`` reports it beside the finetuned and the simulated zero-shot models. Returns the
+    summary (the query of each task, seconds per row)."""
+    import json
+    import time
+
+    import pandas as pd
+
+    from ehrfm.data import TokenStreamDataset
+    from ehrfm.data.collate import Collator
+    from ehrfm.labels.parse import load_task
+    from ehrfm.models import EHRFoundationModel
+    from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
+    from ehrfm.simulate.futures import strip_prompt
+    from ehrfm.simulate.rules import OutcomeRule
+
+    model = EHRFoundationModel.from_pretrained(model_dir).eval()
+    if model.query_head is None:
+        raise ValueError(f"pretrained={model_dir}: no query head (pretrain with query.weight > 0)")
+    horizons = model.query_head.horizons_days.tolist()
+    vocab = Vocabulary.load(layout.token_paths.vocab)
+    collate = Collator()
+    frames, notes, secs = [], {}, {}
+    for task in tasks:
+        tq = task_query(OutcomeRule.from_spec(load_task(task), vocab), vocab, horizons)
+        notes[task] = tq.note
+        t0, n = time.time(), 0
+        for split in splits:
+            ds = TokenStreamDataset(layout.token_paths.task(task), split=split, task=task)
+            if len(ds) == 0:
+                continue
+            probs: list[float] = []
+            for i in range(0, len(ds), 64):
+                items = [ds[j] for j in range(i, min(i + 64, len(ds)))]
+                batch = strip_prompt(collate(items), vocab, task, [it["subject_id"] for it in items])
+                probs += predict_task_rows(model, batch, tq).tolist()
+            frames.append(pd.DataFrame({SUBJECT_ID: np.asarray(ds.subject_ids, dtype="int64"),
+                                        PREDICTION_TIME: pd.to_datetime(pd.Series(ds.prediction_times)),
+                                        "task": task, "split": split, "model": name, "prob": probs}))
+            n += len(ds)
+        secs[task] = round((time.time() - t0) / max(n, 1), 5)
+    if not frames:
+        raise ValueError(f"tasks={list(tasks)}: no task rows in splits {list(splits)}")
+    run = layout.simulate_run(name)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.summary.unlink(missing_ok=True)  # evaluate reads finished runs only: summary.json comes last
+    pd.concat(frames, ignore_index=True).to_parquet(run.predictions, index=False)
+    summary = {"model_name": name, "predictions": str(run.predictions), "queries": notes,
+               "seconds_per_row": secs, "pretrained": str(model_dir)}
+    run.summary.write_text(json.dumps(summary, indent=2))
+    return summary
