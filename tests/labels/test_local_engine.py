@@ -196,8 +196,9 @@ def test_cli_local_and_auto_write_the_reference_tables_without_spark(tmp_path: P
 
 def test_cli_engine_local_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_meds(random_population(10, seed=4), tmp_path / "meds")
-    argv = ["label", "--meds", str(tmp_path / "meds"), "--labels", str(tmp_path / "l"), "--engine", "local",
-            "--tasks", "[readmission_30d,death_1y_tte]"]
+    # the input as a file: URI (every stage takes one; the local engine reads it with polars)
+    argv = ["label", "--meds", (tmp_path / "meds").as_uri(), "--labels", str(tmp_path / "l"),
+            "--engine", "local", "--tasks", "[readmission_30d,death_1y_tte]"]
     assert main(argv) == 0
     assert "readmission_30d" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == [
