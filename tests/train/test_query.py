@@ -37,6 +37,7 @@ from ehrfm.train.query import (
     predict_task_rows,
     target_codes,
     task_query,
+    write_task_predictions,
 )
 from ehrfm.train.stage import run_pretrain
 from ehrfm.vocab import Vocabulary
@@ -241,3 +242,48 @@ def test_zero_shot_answers_read_the_last_token_and_the_cut() -> None:
     assert set(cols["query"]) <= {"a", "b"} and set(cols["subject_id"]) <= {5, 6, 7}
     assert set(cols["label"]) <= {0, 1} and len(cols["prob"]) == len(cols["label"]) > 0
     assert all(c >= 0 for c in cols["prior_count"])
+
+
+def test_write_task_predictions_writes_an_evaluate_model(tmp_path: Path) -> None:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ehrfm.schema import TOKENS_SCHEMA, TokenType, task_token
+
+    task = "readmission_30d"
+    tokens = [*SPECIAL_TOKENS, task_token(task), DEATH_CODE, "ENCOUNTER//INPATIENT//START",
+              "ENCOUNTER//INPATIENT//END", "DIAGNOSIS//X"]
+    vocab = Vocabulary(tokens)
+    layout = Layout(root=str(tmp_path), tokens=str(tmp_path / "tokens"))
+    layout.token_paths.task(task).mkdir(parents=True)
+    vocab.save(layout.token_paths.vocab)
+    body = [vocab.id(t) for t in ("[VS]", "ENCOUNTER//INPATIENT//START", "DIAGNOSIS//X",
+                                  "ENCOUNTER//INPATIENT//END", "[VE]")]
+    rows: dict[str, list[Any]] = {f.name: [] for f in TOKENS_SCHEMA}
+    for sid in range(4):
+        ids = [vocab.id(task_token(task)), *body[: 3 + sid % 3], vocab.id(task_token(task))]
+        n = len(ids)
+        rows["subject_id"].append(sid)
+        rows["split"].append("held_out")
+        rows["task"].append(task)
+        rows["prediction_time"].append(pd.Timestamp("2020-01-01") + pd.Timedelta(days=sid))
+        rows["length"].append(n)
+        rows["concept_ids"].append(ids)
+        rows["type_ids"].append([TokenType.TASK] + [TokenType.CODE] * (n - 2) + [TokenType.TASK])
+        for k, v in (("ages", 50.0), ("times", 18000.0 + sid), ("visit_orders", 1), ("visit_segments", 1),
+                     ("values", float("nan"))):
+            rows[k].append([v] * n)
+        rows["label"].append(float(sid % 2))
+        for k in ("duration_days", "event", "target_ids"):
+            rows[k].append(None)
+    pq.write_table(pa.Table.from_pydict(rows, schema=TOKENS_SCHEMA),
+                   layout.token_paths.task(task) / "part-0.parquet")
+    model = _tiny_model("mamba2", len(vocab))
+    model.save_pretrained(tmp_path / "model")
+    summary = write_task_predictions(layout, tmp_path / "model", [task], ["held_out", "tuning"], "qz")
+    preds = pd.read_parquet(layout.simulate_run("qz").predictions)
+    assert len(preds) == 4 and set(preds["model"]) == {"qz"} and preds["prob"].between(0, 1).all()
+    assert list(preds["subject_id"]) == [0, 1, 2, 3] and layout.simulate_run("qz").summary.exists()
+    assert "30 d" in summary["queries"][task]
+    assert layout.simulate_predictions() == [layout.simulate_run("qz").predictions]  # evaluate finds it
