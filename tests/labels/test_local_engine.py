@@ -163,16 +163,18 @@ def test_auto_is_local_unless_the_master_names_a_cluster(monkeypatch: pytest.Mon
 
 
 def _cli_in_subprocess(meds: Path, labels: Path, engine: str) -> tuple[int, list[str]]:
-    """``ehrfm label`` in a fresh interpreter: (exit code, the Spark / JVM modules it imported)."""
+    """``ehrfm label`` in a fresh interpreter: (exit code, the heavy modules it imported: Spark and its JVM
+    bridge, torch, Lightning, MLflow)."""
     argv = ["label", "--meds", str(meds), "--labels", str(labels), "--engine", engine]
+    heavy = ("pyspark", "py4j", "torch", "lightning", "mlflow")
     code = (f"import sys; from ehrfm.cli import main; rc = main({argv!r}); "
-            "print('SPARK', [m for m in ('pyspark', 'py4j') if m in sys.modules])")
+            f"print('HEAVY', [m for m in {heavy!r} if m in sys.modules])")
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_GATEWAY_PORT", "EHRFM_SPARK_MASTER")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    line = next(x for x in out.stdout.splitlines() if x.startswith("SPARK "))
-    return out.returncode, json.loads(line[len("SPARK "):].replace("'", '"'))
+    line = next(x for x in out.stdout.splitlines() if x.startswith("HEAVY "))
+    return out.returncode, json.loads(line[len("HEAVY "):].replace("'", '"'))
 
 
 @pytest.mark.parametrize("engine", ["local", "auto"])
@@ -180,8 +182,8 @@ def test_cli_local_and_auto_write_the_reference_tables_without_spark(tmp_path: P
     events = random_population(30, seed=2)
     write_meds(events, tmp_path / "meds")
     _split_layout(tmp_path / "meds")
-    rc, spark_modules = _cli_in_subprocess(tmp_path / "meds", tmp_path / "labels", engine)
-    assert rc == 0 and spark_modules == []  # no pyspark import, so no SparkContext and no JVM
+    rc, heavy = _cli_in_subprocess(tmp_path / "meds", tmp_path / "labels", engine)
+    assert rc == 0 and heavy == []  # no pyspark import, so no SparkContext and no JVM; no torch either
     layout = Layout(labels=str(tmp_path / "labels"))
     specs = load_tasks("all")
     direct = label_events(events, specs)
