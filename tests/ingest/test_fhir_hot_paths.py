@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from ehrfm.ingest.fhir.mapper import MapContext, MappingError, map_resource, reference_id, subject_of
+from ehrfm.ingest.fhir.mapper import (
+    MapContext,
+    MappingError,
+    map_resource,
+    reference_id,
+    subject_and_ref,
+    subject_of,
+)
 from ehrfm.ingest.fhir.process import MAPPED, Outcome, process_record
 from ehrfm.ingest.fhir.records import Record
 from ehrfm.ingest.fhir.rules import compile_path, first_path, get_path, load_rules
@@ -100,3 +107,21 @@ def test_positional_rows_match_named_rows() -> None:
     patient = Record("p.ndjson", 0, resource={"resourceType": "Patient", "id": "7"})
     rejected = Outcome("rejected", rejects=[{"field": "birthDate", "reason": "r"}])
     assert outcome_row(patient, rejected, rules)[1] == 7 == outcome_row(patient, rejected, rules, 7)[1]
+
+
+@pytest.mark.parametrize("res", [
+    OBS, {**OBS, "subject": {"reference": "Group/1"}}, {**OBS, "subject": None, "patient": "Patient/x"},
+    {"resourceType": "Observation"}, {"resourceType": "Patient", "id": "p9"}, {"resourceType": "Patient"},
+    {**OBS, "subject": {"reference": "Patient/"}}, {**OBS, "subject": {"display": "no reference"}}])
+def test_subject_and_ref(res: dict[str, Any]) -> None:
+    rules = load_rules()
+    sid, pid = subject_and_ref(res, rules)
+    assert sid == subject_of(res, rules)
+    # the id the population path records beside the subject (I rows): the Patient's id or the reference's
+    if sid is None:
+        assert pid is None
+    elif res["resourceType"] == "Patient":
+        assert pid == res["id"]
+    else:
+        ref = next(res[f] for f in rules.subject_fields if res.get(f) is not None)
+        assert pid == reference_id(ref)

@@ -4,12 +4,15 @@ whole-file reader (:mod:`ehrfm.ingest.fhir.records`) gives."""
 from __future__ import annotations
 
 import gzip
+import random
+import re
 from pathlib import Path
 
 import pytest
 
 from ehrfm.ingest.fhir import streams
 from ehrfm.ingest.fhir.records import decompress
+from ehrfm.ingest.fhir.streams import LOOKUP_LINE, lines_matching, segments
 
 CONTENT = b"".join([b'{"a": 1}\n', b"\n", b"x" * 37 + b"\n", b"\n\n", b'{"b": "' + b"y" * 300 + b'"}\n',
                     b"tail"])
@@ -81,3 +84,23 @@ def test_sniff_and_lookup_prefilter(tmp_path: Path) -> None:
     assert streams.LOOKUP_LINE.search(b'{"id": "m", "resourceType" : "Medication"}')
     assert streams.LOOKUP_LINE.search(b'{"resourceType":"Pati\\u0065nt"}')  # escapes: parsed to be sure
     assert not streams.LOOKUP_LINE.search(b'{"resourceType": "MedicationRequest", "subject": "Patient/1"}')
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lines_matching_is_segments_filtered(seed: int) -> None:
+    """The chunk-wise search gives exactly the lines that a per-line search of :func:`segments` gives,
+    whatever the chunking and however matches straddle newlines; ``stop`` cuts at line starts."""
+    rng = random.Random(seed)
+    parts = [b'{"resourceType":"Patient","id":"1"}', b'{"resourceType" : "Medication"}', b'"resourceType"',
+             b':"Patient"', b'{"resourceType":"Observation"}', b'"resourceType":"Pa\\u0074ient"', b"",
+             b"x" * 50, b'"resourceType":', b'"Medication"']
+    seps = [b"\n", b"", b" ", b"\n\n"]
+    data = b"".join(rng.choice(parts) + rng.choice(seps) for _ in range(rng.randint(0, 60)))
+    cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(0, 8))))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    pattern = rng.choice([LOOKUP_LINE, re.compile(rb'"resourceType"\s*:\s*"Patient"')])
+    segs = list(segments(iter(chunks)))
+    stop = rng.choice([None, rng.randint(0, len(data) + 1)])
+    want = [(off, line, i == len(segs) - 1) for i, (off, line) in enumerate(segs)
+            if pattern.search(line) and (stop is None or off < stop)]
+    assert list(lines_matching(iter(chunks), pattern, stop)) == want

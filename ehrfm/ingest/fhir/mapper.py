@@ -85,18 +85,24 @@ def reference_id(ref: Any, expected_type: str | None = None) -> str | None:
 
 def subject_of(resource: dict[str, Any], rules: Rules) -> int | None:
     """``subject_id`` of the Patient a resource belongs to (``None`` when it names none)."""
+    return subject_and_ref(resource, rules)[0]
+
+
+def subject_and_ref(resource: dict[str, Any], rules: Rules) -> tuple[int | None, str | None]:
+    """``(subject_of(resource), the Patient's logical id)``; the id is ``None`` whenever the subject is
+    (the population path needs both per record: one reference parse)."""
     if resource.get("resourceType") == "Patient":
         pid = resource.get("id")
-        return subject_id_for(pid) if isinstance(pid, str) and pid else None
+        return (subject_id_for(pid), pid) if isinstance(pid, str) and pid else (None, None)
     for f in rules.subject_fields:
         ref = resource.get(f)
         if ref is not None:
             try:
                 pid = reference_id(ref, "Patient")
             except MappingError:
-                return None
-            return subject_id_for(pid) if pid else None
-    return None
+                return None, None
+            return (subject_id_for(pid), pid) if pid else (None, None)
+    return None, None
 
 
 def pick_coding(cc: Any, prefix: str, ctx: MapContext) -> tuple[str, dict[str, Any]]:
@@ -109,7 +115,7 @@ def pick_coding(cc: Any, prefix: str, ctx: MapContext) -> tuple[str, dict[str, A
         raise MappingError(None, "no coding with a code")
     prefs = rules.system_preference.get(prefix, ())
     best, best_rank = codings[0], len(prefs)
-    if prefs:
+    if prefs and len(codings) > 1:  # one coding (the usual case) is the best whatever its rank
         for c in codings:
             name = rules.system_name(c.get("system"))
             rank = prefs.index(name) if name in prefs else len(prefs)

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.dedup import copy_of
-from ehrfm.ingest.fhir.mapper import NOT_COMPUTED, MapContext, reference_id, subject_of
+from ehrfm.ingest.fhir.mapper import NOT_COMPUTED, MapContext, reference_id, subject_and_ref, subject_of
 from ehrfm.ingest.fhir.process import MAP, MAPPED, REJECTED, Outcome, classify, process_record, summary_key
 from ehrfm.ingest.fhir.records import Record
 from ehrfm.ingest.fhir.rules import Rules, first_path, load_rules
@@ -174,13 +174,11 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
         if res is None or rtype is None or classify(rtype, rules) != MAP:
             yield from _outcome_rows(rec, res, process_record(rec, ctx, full), ctx, validate, every)
             continue
-        sid = subject_of(res, rules)  # once per record: the mapper and the K row reuse it
-        if sid is not None:
-            pref = rec.resource_id if rtype == "Patient" else next(
-                (reference_id(res.get(f)) for f in rules.subject_fields if res.get(f) is not None), None)
-            if pref and (sid, pref) not in seen:
-                seen.add((sid, pref))
-                yield row("I", subject_id=sid, patient_ref=pref)
+        # once per record: the mapper and the K row reuse the subject; pref is the Patient id it came from
+        sid, pref = subject_and_ref(res, rules)
+        if sid is not None and pref and (sid, pref) not in seen:
+            seen.add((sid, pref))
+            yield row("I", subject_id=sid, patient_ref=pref)
         med_key = _med_key(res) if rtype in _MED_TYPES else None
         if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
             out = process_record(rec, ctx, full, sid)

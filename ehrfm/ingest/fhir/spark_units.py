@@ -27,11 +27,14 @@ from ehrfm.ingest.fhir.rules import Rules, load_rules
 from ehrfm.ingest.fhir.spark_rows import map_records, row
 from ehrfm.ingest.fhir.streams import (
     LOOKUP_LINE,
+    _raw_chunks,
     count_newlines,
     file_chunks,
     is_ndjson,
+    lines_matching,
     open_binary,
     range_lines,
+    range_start,
     segments,
 )
 
@@ -103,47 +106,49 @@ def scan_unit(path: str, start: int, end: int, mode: str) -> Iterator[tuple[Any,
     with open_binary(path) as f:
         if mode == "range":
             newlines = count_newlines(f, start, end)
-            for offset, line in range_lines(f, start, end)[1]:
-                found.line(offset, line)
+            first = range_start(f, start, end)
+            if first is not None:
+                f.seek(first[0])
+                for offset, line, _ in lines_matching(_raw_chunks(f), LOOKUP_LINE, end - first[0]):
+                    found.line(first[0] + offset, line)
             yield scan_row("U", path=path, start=start, newlines=newlines, fmt=NDJSON)
             yield from found.rows(path)
             return
         chunks, gz = file_chunks(f)
-        segs = segments(chunks)
-        buffered, head = _head(segs)
+        _, head = _head(segments(chunks))
         if not is_ndjson(head):  # a document (or empty / unreadable): read whole in step 2
             yield scan_row("U", path=path, start=0, fmt=WHOLE)
             return
-        n = _lookup_lines(found, _chain(buffered, segs), lambda: gz is None or gz.problem is None)
+        f.seek(0)  # from the start again (the head was a few lines of the first chunk)
+        chunks, gz = file_chunks(f)
+        n = _lookup_lines(found, chunks, lambda: gz is None or gz.problem is None)
         if gz is not None and gz.problem is not None and gz.problem.startswith("corrupt"):
             # the damaged member's lines are not records (decompress keeps whole members only): redo the
             # lookups on the kept bytes (rare, so the common path reads once)
             found = _Lookups(found.rules)
             f.seek(0)
-            _lookup_lines(found, segments(file_chunks(f, gz.good_len)[0]), lambda: False)
+            _lookup_lines(found, file_chunks(f, gz.good_len)[0], lambda: False)
     yield scan_row("U", path=path, start=0, newlines=n - 1, fmt=NDJSON, problem=gz.problem if gz else None,
                    good_len=gz.good_len if gz else None)
     yield from found.rows(path)
 
 
-def _lookup_lines(found: _Lookups, segs: Iterator[tuple[int, bytes]],
-                  last_is_record: Callable[[], bool]) -> int:
-    """Feed every record line to ``found``; the last segment only when ``last_is_record()`` (asked
-    after the stream ends). Returns the number of segments (newlines + 1)."""
-    n, prev = 0, None
-    for seg in segs:
-        if prev is not None:
-            found.line(*prev)
-        prev = seg
-        n += 1
-    if prev is not None and last_is_record():
-        found.line(*prev)
-    return n
+def _lookup_lines(found: _Lookups, chunks: Iterator[bytes], last_is_record: Callable[[], bool]) -> int:
+    """Feed every record line that may be a lookup (:data:`LOOKUP_LINE`) to ``found``; the last segment
+    only when ``last_is_record()`` (asked after the stream ends). Returns the number of segments
+    (newlines + 1), counted per chunk."""
+    newlines = 0
 
+    def counted() -> Iterator[bytes]:
+        nonlocal newlines
+        for chunk in chunks:
+            newlines += chunk.count(b"\n")
+            yield chunk
 
-def _chain(first: list[tuple[int, bytes]], rest: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
-    yield from first
-    yield from rest
+    for offset, line, last in lines_matching(counted(), LOOKUP_LINE):
+        if not last or last_is_record():
+            found.line(offset, line)
+    return newlines + 1
 
 
 def _ndjson_records(path: str, start: int, end: int, mode: str, base: int, problem: str | None,

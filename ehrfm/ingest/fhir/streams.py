@@ -173,27 +173,74 @@ def count_newlines(f: IO[bytes] | Any, start: int, end: int) -> int:
     return n
 
 
+def range_start(f: IO[bytes] | Any, start: int, end: int) -> tuple[int, int] | None:
+    """``(offset of the first line starting in [start, end), skipped)`` of a plain file, ``None`` when no
+    line starts there; ``skipped`` is 1 when ``start`` falls inside a line (see :func:`range_lines`)."""
+    if start == 0:
+        return 0, 0
+    f.seek(start - 1)
+    pos = start - 1
+    found = -1
+    for data in _raw_chunks(f):
+        i = data.find(b"\n")
+        if i >= 0:
+            found = pos + i
+            break
+        pos += len(data)
+    if found < 0 or found + 1 >= end:
+        return None
+    return found + 1, int(found != start - 1)
+
+
+def lines_matching(chunks: Iterator[bytes], pattern: re.Pattern[bytes],
+                   stop: int | None = None) -> Iterator[tuple[int, bytes, bool]]:
+    """``(offset, line, is_last)`` for the elements of ``b"".join(chunks).split(b"\n")`` in which
+    ``pattern`` finds a match, in order: the lines :func:`segments` would give, filtered with
+    ``pattern.search(line)``, but without a Python step per line (the pattern runs over whole chunks, and only
+    the lines it lands in are cut out and searched again on their own, so a match spanning lines counts for
+    nothing). ``is_last``: the element after the final newline. Lines starting at ``stop`` or later are not
+    given, and reading stops there."""
+    carry, pos = b"", 0  # the unfinished last line and its offset
+    for chunk in chunks:
+        if not chunk:
+            continue
+        buf = carry + chunk if carry else chunk
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            carry = buf
+            continue
+        i = 0
+        while True:
+            # the leftmost match at or after i, inside complete lines: every line with a match of its own
+            # starts one (the line's text is the same in the buffer), so no such line is skipped
+            m = pattern.search(buf, i, cut)
+            if m is None:
+                break
+            s = buf.rfind(b"\n", 0, m.start()) + 1
+            e = buf.find(b"\n", m.start())
+            if stop is not None and pos + s >= stop:
+                return
+            line = buf[s:e]
+            if pattern.search(line):
+                yield pos + s, line, False
+            i = e + 1
+        carry, pos = buf[cut + 1:], pos + cut + 1
+        if stop is not None and pos >= stop:
+            return
+    if (stop is None or pos < stop) and pattern.search(carry):
+        yield pos, carry, True
+
+
 def range_lines(f: IO[bytes] | Any, start: int, end: int) -> tuple[int, Iterator[tuple[int, bytes]]]:
     """Lines of a plain file that start in ``[start, end)``: ``(skipped, iterator of (offset, line))``.
 
     ``skipped`` is 1 when ``start`` falls inside a line (owned by the previous range), so the first
     line returned has index ``newlines before start + skipped``. The last line may run past ``end``.
     """
-    p0 = 0
-    skipped = 0
-    if start > 0:
-        f.seek(start - 1)
-        pos = start - 1
-        found = -1
-        for data in _raw_chunks(f):
-            i = data.find(b"\n")
-            if i >= 0:
-                found = pos + i
-                break
-            pos += len(data)
-        if found < 0 or found + 1 >= end:
-            return 0, iter(())
-        p0, skipped = found + 1, int(found != start - 1)
+    first = range_start(f, start, end)
+    if first is None:
+        return 0, iter(())
+    p0, skipped = first
     f.seek(p0)
 
     def lines() -> Iterator[tuple[int, bytes]]:
