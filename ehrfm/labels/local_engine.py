@@ -66,7 +66,8 @@ class _Groups:
 def read_events(meds_dir: str | Path) -> pl.LazyFrame:
     """``subject_id`` (Int64), ``t`` (Int64 us), ``code`` (String), ``enc`` (String, "" when none) of every
     timed event of the MEDS dataset at ``meds_dir`` (either layout; only these four columns are read), as a
-    lazy scan: :func:`prepare` reads it."""
+    lazy scan: :func:`prepare` reads it. Each file is cast on its own, so files whose types differ
+    (``timestamp[ns]`` beside ``[us]``, an all-null ``encounter_id``, none at all) read together."""
     import polars as pl
 
     from ehrfm.meds_files import meds_data_files
@@ -74,11 +75,18 @@ def read_events(meds_dir: str | Path) -> pl.LazyFrame:
     files = meds_data_files(meds_dir)
     if not files:
         raise FileNotFoundError(f"meds={str(meds_dir)!r}: no event files under data/ (run `ehrfm ingest`)")
-    scan = pl.scan_parquet(files, hive_partitioning=False, missing_columns="insert")
+    return pl.concat([_scan(f) for f in files], how="vertical")
+
+
+def _scan(file: str) -> pl.LazyFrame:
+    """One event file in :func:`read_events`' columns and types."""
+    import polars as pl
+
+    scan = pl.scan_parquet(file, hive_partitioning=False)
     schema = scan.collect_schema()
     for c in (SUBJECT_ID, TIME, CODE):
         if c not in schema:
-            raise ValueError(f"meds={str(meds_dir)!r}: event files lack the column {c!r}")
+            raise ValueError(f"{file}: no column {c!r} (a MEDS event file has subject_id, time, code)")
     time = pl.col(TIME)
     dtype = schema[TIME]
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:

@@ -132,6 +132,27 @@ def test_label_dataset_writes_the_reference_tables_and_summary(tmp_path: Path, l
     pd.testing.assert_frame_equal(summary, expected)
 
 
+def test_event_files_of_different_types_read_together(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    events = random_population(12, seed=6)
+    first, second = events[events["subject_id"] < 1006], events[events["subject_id"] >= 1006]
+    data = MedsPaths(tmp_path / "meds").data
+    data.mkdir(parents=True)
+    cols = ["subject_id", "time", "code", "encounter_id"]
+    pq.write_table(pa.Table.from_pandas(first[cols], preserve_index=False), data / "0.parquet")
+    # another writer: nanosecond times, UTC-aware, and no encounter_id column
+    later = pa.Table.from_pandas(second[["subject_id", "time", "code"]], preserve_index=False)
+    later = later.set_column(1, "time", later.column("time").cast(pa.timestamp("ns", tz="UTC")))
+    pq.write_table(later, data / "1.parquet")
+    specs = load_tasks("all")
+    ref = label_events(pd.concat([first, second.assign(encounter_id=None)], ignore_index=True), specs)
+    label_dataset(None, tmp_path / "meds", specs, tmp_path / "labels", engine="local")
+    for s in specs:
+        assert read_labels(tmp_path / "labels" / f"{s.name}.parquet").equals(ref[s.name]), s.name
+    assert ref["readmission_30d"].num_rows > 0
+
+
 def test_a_task_without_rows_writes_an_empty_table_and_summary_row(tmp_path: Path) -> None:
     write_meds(random_population(5, seed=1), tmp_path / "meds")
     never = parse_spec({"name": "never", "kind": "binary", "index": {"codes": "NO//SUCH//CODE"},
