@@ -14,7 +14,6 @@ sidecar ``<task>.extra.parquet`` of a time-to-event or forecast task.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,22 +69,17 @@ def label_frame(events: DataFrame, specs: list[TaskSpec]) -> DataFrame:
 
 
 ENGINES = ("spark", "reference", "local", "auto")
-# masters that name a cluster: ``auto`` runs the Spark engine there, the local engine everywhere else
-_CLUSTER_MASTERS = ("spark://", "yarn", "k8s://", "mesos://")
 
 
 def resolve_engine(engine: str, master: str | None) -> str:
     """The engine ``engine`` runs as: ``auto`` is ``spark`` under spark-submit (etl/label.py: the submitted
     master decides) or when ``master`` (default ``$EHRFM_SPARK_MASTER``) names a cluster (``spark://``,
-    ``yarn``, ``k8s://``, ``mesos://``), else ``local``; any other engine is itself."""
+    ``yarn``, ``k8s://``, ``mesos://``: any non-local master), else ``local``; any other engine is itself."""
+    from ehrfm.config.ingest import resolve_engine as resolve  # one rule for every stage's ``auto``
+
     if engine not in ENGINES:
         raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine != "auto":
-        return engine
-    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit (as ehrfm.spark.get_spark tells)
-        return "spark"
-    master = master or os.environ.get("EHRFM_SPARK_MASTER") or "local[*]"
-    return "spark" if master.strip().lower().startswith(_CLUSTER_MASTERS) else "local"
+    return resolve(engine, master)
 
 
 def _write(table: DataFrame, spec: TaskSpec, output: Path) -> pa.Table:
