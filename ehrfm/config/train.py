@@ -34,6 +34,9 @@ class DataConfig(ConfigBase):
     """Tokens per micro-batch after padding (rows x padded width)."""
     pool_size: int = 1024
     """Rows per length-sorted pool that micro-batches are packed from (larger: less padding, less mixing)."""
+    long_rows: Literal["error", "alone"] = "error"
+    """A row whose padded length exceeds ``max_tokens``: "error" (refuse the budget) or "alone" (a
+    micro-batch of its own: whole-history rows far longer than the row the budget is sized for)."""
     num_workers: int = 0
     """DataLoader worker processes (0: load in the training process)."""
     train_split: str = "train"

@@ -8,6 +8,11 @@ length and packs it greedily, then shuffles the batch order. Same seed + epoch -
 :class:`TokenBudgetBatchSampler` is one pass (validation, or training with Lightning epochs);
 :class:`StreamingBatchSampler` chains passes into one resumable stream of micro-batches that starts at
 any position (``start``) — what exact resume after a kill needs.
+
+A row whose padded length alone exceeds ``max_tokens`` is an error by default (a budget that small is
+usually a mistake); with ``long_rows="alone"`` it gets a batch of its own instead, so whole-history rows
+(16k tokens) train under a budget sized for the typical row. The packing is the same either way: a pool
+is sorted by length, so an oversized row always closes the batch before it and the one after it.
 """
 
 from __future__ import annotations
@@ -25,18 +30,22 @@ class TokenBudgetBatchSampler:
     ``lengths``: tokens per row. ``max_len``: truncation length used by the collator (counted as such).
     ``pool_size``: rows sorted together (bigger = tighter padding, less randomness). With
     ``world_size > 1`` rank ``r`` gets batches ``r, r+world, ...`` of an equal-length prefix, so every rank
-    takes the same number of steps.
+    takes the same number of steps. ``long_rows``: ``"error"`` (a row longer than the budget raises) or
+    ``"alone"`` (it is a batch by itself).
     """
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, max_tokens: int, seed: int = 0,
                  shuffle: bool = True,
                  max_len: int | None = None, pad_to_multiple: int = 8, pool_size: int = 1024,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, long_rows: str = "error") -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.padded = np.array([padded_length(int(n), pad_to_multiple, max_len) for n in self.lengths])
-        if len(self.lengths) and max_tokens < int(self.padded.max()):
+        if long_rows not in ("error", "alone"):
+            raise ValueError(f"long_rows={long_rows!r} must be 'error' or 'alone'")
+        if long_rows == "error" and len(self.lengths) and max_tokens < int(self.padded.max()):
             raise ValueError(f"max_tokens={max_tokens} is smaller than one padded sequence "
-                             f"({int(self.padded.max())} tokens): raise max_tokens or lower max_len")
+                             f"({int(self.padded.max())} tokens): raise max_tokens, lower max_len or "
+                             "set data.long_rows=alone")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.max_tokens, self.seed, self.shuffle = max_tokens, seed, shuffle

@@ -98,7 +98,7 @@ class StreamingModule(pl.LightningModule):
         return TokenBudgetBatchSampler(
             dataset.lengths, self.data_cfg.max_tokens, seed=self.seed, shuffle=shuffle, max_len=self.max_len,
             pool_size=self.data_cfg.pool_size, rank=self.trainer.global_rank,
-            world_size=self.trainer.world_size,
+            world_size=self.trainer.world_size, long_rows=self.data_cfg.long_rows,
         )
 
     def train_dataloader(self) -> DataLoader[Any]:

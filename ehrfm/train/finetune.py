@@ -96,7 +96,8 @@ class FinetuneModule(StreamingModule):
         if self.val_data is None or len(self.val_data) == 0:
             return DataLoader([])  # type: ignore[arg-type]
         sampler = TokenBudgetBatchSampler(self.val_data.lengths, self.data_cfg.max_tokens, seed=self.seed,
-                                          shuffle=False, max_len=self.max_len)
+                                          shuffle=False, max_len=self.max_len,
+                                          long_rows=self.data_cfg.long_rows)
         return DataLoader(self.val_data, batch_sampler=sampler, collate_fn=self.collate)
 
     # --- steps ---------------------------------------------------------------------------------

@@ -144,12 +144,14 @@ def predict_batch(fm: FinetunedModel, spec: HeadSpec, batch: dict[str, Tensor],
 def task_batches(fm: FinetunedModel, tokens_dir: str | Path, task: str, split: str, max_tokens: int,
                  max_len: int | None = None, progress: bool = False
                  ) -> Iterator[tuple[TokenStreamDataset, list[int], dict[str, Tensor]]]:
-    """(dataset, row indices, collated batch) over the rows of ``task`` in ``split``, length-bucketed."""
+    """(dataset, row indices, collated batch) over the rows of ``task`` in ``split``, length-bucketed; a row
+    longer than ``max_tokens`` is predicted alone (every row gets its prediction, whatever the budget)."""
     ds = TokenStreamDataset(TokenPaths(Path(tokens_dir)).task(task), split=split, task=task)
     if len(ds) == 0:
         return
     collate = MultiTaskCollator(max_len)
-    sampler = TokenBudgetBatchSampler(ds.lengths, max_tokens, shuffle=False, max_len=max_len)
+    sampler = TokenBudgetBatchSampler(ds.lengths, max_tokens, shuffle=False, max_len=max_len,
+                                      long_rows="alone")
     for idx in tqdm(list(sampler), desc=f"predict {task}/{split}", disable=not progress, leave=False):
         yield ds, list(idx), collate([{**ds[i], "task_idx": 0} for i in idx])
 
