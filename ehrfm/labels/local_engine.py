@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from ehrfm.labels.aliases import ENCOUNTER_REGEX, canonical_code
+from ehrfm.labels.spark_engine import _Flags  # one flag column per pattern tuple, named as there
 from ehrfm.labels.spec import CodePattern, TaskSpec, compiled_patterns, pattern_hits, relevant_codes_regex
 from ehrfm.schema import CODE, DEATH_CODE, ENCOUNTER_ID, LABELS_SCHEMA, PREDICTION_TIME, SUBJECT_ID, TIME
 
@@ -46,21 +47,6 @@ SID = SUBJECT_ID
 def _us(td: object) -> int:
     """A pandas Timedelta as int microseconds (the reference engine's ``_us``)."""
     return int(td.value // 1000)  # type: ignore[attr-defined]
-
-
-class _Groups:
-    """The distinct pattern tuples the tasks use, each one boolean event column ``f<i>``."""
-
-    def __init__(self, specs: Sequence[TaskSpec]) -> None:
-        self.groups: list[tuple[CodePattern, ...]] = []
-        for s in specs:
-            for g in (s.index.codes, s.outcome.codes, s.outcome.next_encounter):
-                if g and g not in self.groups:
-                    self.groups.append(g)
-
-    def name(self, patterns: tuple[CodePattern, ...]) -> str:
-        """The event column holding ``patterns``' match flag."""
-        return f"f{self.groups.index(patterns)}"
 
 
 def read_events(meds_dir: str | Path) -> pl.LazyFrame:
@@ -101,7 +87,7 @@ def _scan(file: str) -> pl.LazyFrame:
     ).filter(pl.col("t").is_not_null())
 
 
-def _code_table(codes: Sequence[str], specs: Sequence[TaskSpec], groups: _Groups) -> pl.DataFrame:
+def _code_table(codes: Sequence[str], specs: Sequence[TaskSpec], groups: _Flags) -> pl.DataFrame:
     """One row per distinct code a task reads: its flags, encounter class and START flag (regexes run once
     per code, as in the reference engine's ``_Timeline.matching``)."""
     import polars as pl
@@ -127,7 +113,7 @@ class Prepared:
     def __init__(self, events: pl.LazyFrame | pl.DataFrame, specs: Sequence[TaskSpec]) -> None:
         import polars as pl
 
-        self.groups = _Groups(specs)
+        self.groups = _Flags(specs)
         frame = events.lazy()
         # a first pass over the code column alone: the task patterns run once per distinct code in Python
         # (re, as in the other engines), and the events are then read keeping only the codes a task reads
