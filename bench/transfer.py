@@ -25,11 +25,15 @@ Writes ``bench/results/transfer.json`` and ``bench/results/transfer_label_effici
     .venv/bin/python bench/transfer.py --root /tmp/transfer --patients 10000 --steps full
     .venv/bin/python bench/transfer.py --root /tmp/transfer_smoke --patients 300 --steps small   # smoke
 
-Expected cost: the smoke run is dominated by the two Spark ingests (~1 min each on a quiet 2-core machine)
-and ~20 short ``ehrfm finetune`` processes (~10 s each). At 10k patients per site with ``--steps full`` on
-a CPU: ~10 min of data stages per site, pretraining ~30-60 min, and 20 finetuning runs of ~5-10 min each,
-i.e. roughly 3-4 hours in all (much less on a GPU); not measured yet — the JSON records every stage's
-seconds and the load average.
+Measured cost of the smoke run (300 patients per site, ``--steps small``, 2 shared vCPUs at load 7-10):
+site A's data stages + pretraining + finetuning 170 s, site B's data stages 94 s (both dominated by Spark
+ingest / label start-up), then ~15-30 s per ``ehrfm finetune`` at B; ~9 min for K = 16 and all, ~4 more
+minutes for K = 64, 256, 1024 (stages are cached under --root: a rerun only redoes what is missing). The
+numbers of such a run are noise (a few dozen held-out rows); it checks the plumbing.
+
+Expected at 10k patients per site with ``--steps full`` on a CPU: ~10 min of data stages per site,
+pretraining ~30-60 min, and 15 finetuning runs at B of ~5-10 min each, i.e. roughly 3-4 hours in all (much
+less on a GPU); not measured yet — the JSON records every stage's seconds and the load average.
 """
 
 from __future__ import annotations
@@ -286,7 +290,10 @@ def plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
         if zs and zs[0]["ratio"]["value"] is not None:
             ax.axhline(zs[0]["ratio"]["value"], color="k", ls="--", lw=1, label="zero-shot (A model)")
         ax.set_xscale("log")
-        ticks = sorted({r["train_rows"] for r in rows if r["task"] == task and r["train_rows"]})
+        ticks: list[int] = []
+        for t in sorted({r["train_rows"] for r in rows if r["task"] == task and r["train_rows"]}):
+            if not ticks or t > 1.4 * ticks[-1]:  # labels closer than that overprint each other
+                ticks.append(t)
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set(title=task, xlabel="labelled rows at B (K)", ylabel="AUROC / oracle AUROC")
