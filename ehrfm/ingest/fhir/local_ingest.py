@@ -256,8 +256,12 @@ def ingest_fhir_local(
     def lap(name: str) -> None:
         seconds[name] = round(max(0.0, time.perf_counter() - clock - sum(seconds.values())), 1)
 
+    # ranges small enough for every worker to get several units (a big file would otherwise be one long
+    # task at the end); where a range starts never changes the output (line numbers are counted by the scan)
+    total = sum(size for _, size in found.files)
+    split = min(SPLIT_BYTES, max(1 << 20, total // (4 * workers)))
     units: list[dict[str, Any]] = [dict(zip(("path", "start", "end", "mode"), u, strict=True))
-             for u in plan_units(found.files, SPLIT_BYTES)]
+                                   for u in plan_units(found.files, split)]
     tmp = tempfile.mkdtemp(prefix="ehrfm-fhir-local-")
     # spawn, not fork: the parent may hold polars' and pyarrow's thread pools
     ctx = get_context("spawn")
