@@ -5,11 +5,11 @@ rules, prepare steps, reasons, rejects, per-rule counts, code descriptions and w
 lazy queries instead of Spark expressions; tests/ingest/test_mimic_local.py runs the MIMIC-IV demo through
 both and requires identical outputs. No JVM starts, so on one machine the fixed cost of Spark is gone.
 
-One scan per table, of the columns its rules and prepare step read only: every rule of a table becomes one
-lazy select over that scan, concatenated, so polars reads the CSV once. A table a prepare step of another
-table reads (admissions) is read once and kept. Each table's candidates are checked against the births and
-split into events, rejects and per-rule counts before the next table is read, so memory holds the events,
-not the raw tables.
+One scan per table, of the columns its rules and prepare step read only; what several rules of a table
+share (subject id, parsed times) is computed once, and a table several rules read is read once. A table
+that a prepare step of another table reads (admissions) is read once and kept. Each table's candidates are
+checked against the births and split into events, rejects and per-rule counts as soon as they are read
+(two tables at a time: inflating a gzip CSV takes one core), so memory holds the events, not the raw tables.
 """
 
 from __future__ import annotations
@@ -361,10 +361,34 @@ def _needed_columns(header: list[str], rules: Sequence[EventRule], spec: TableSp
     return [c for c in header if c in want]
 
 
-def mimic_local_candidates(root: str, rules: MimicRules) -> tuple[
-        list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], pl.DataFrame, _LocalTables]:
-    """Per table, in rule order: its events, rejects (candidate columns) and counts per (table, rule,
-    reason, code) with the last row and smallest text; the patients' subject ids; the tables' info."""
+TableResult = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+"""One table's events, rejects and counts (see :func:`mimic_local_candidates`)."""
+
+
+def _table_result(lf: pl.LazyFrame, rules: Sequence[EventRule], spec: TableSpec, births: pl.DataFrame,
+                  uri: str) -> TableResult:
+    """Run one table's candidates and split them into events, rejects and per (rule, reason, code) counts."""
+    checked = _check_against_birth(table_candidates_local(lf, rules, spec), births).collect()
+    counts = checked.group_by("_table", "_rule", "_reason", "code").agg(
+        pl.len().alias("count"), pl.col("_row").max().alias("last"),
+        pl.col("text_value").min().alias("text"))
+    good = checked["_reason"].is_null()
+    rejects = checked.filter(~good).select(
+        pl.lit(uri).str.replace(r"^file:", "").alias("source_file"),
+        pl.col("_row").alias("record_index"), pl.col("_table").alias("resource_type"),
+        pl.col("_rid").alias("resource_id"), pl.col("_field").alias("field"),
+        pl.col("_reason").alias("reason"))
+    return checked.filter(good).select(EVENT_COLUMNS), rejects, counts
+
+
+def mimic_local_candidates(root: str, rules: MimicRules, threads: int = 2) -> tuple[
+        list[TableResult], pl.DataFrame, _LocalTables]:
+    """Per table (patients first, then rule order): its events, rejects (REJECTS_SCHEMA columns) and counts
+    per (table, rule, reason, code) with the last row and smallest text; the patients' subject ids; the
+    tables' info. ``threads`` tables run at once after patients: a gzip table is inflated by one thread,
+    so a second table keeps the other core busy."""
+    from concurrent.futures import ThreadPoolExecutor
+
     tables = _LocalTables(root, rules)
     if tables.uri("patients") is None:
         raise FileNotFoundError(f"MIMIC input {root!r}: hosp/patients.csv(.gz) not found"
@@ -372,12 +396,8 @@ def mimic_local_candidates(root: str, rules: MimicRules) -> tuple[
     by_table: dict[str, list[EventRule]] = {}
     for rule in rules.events:
         by_table.setdefault(rule.table, []).append(rule)
-    events: list[pl.DataFrame] = []
-    rejects: list[pl.DataFrame] = []
-    counts: list[pl.DataFrame] = []
-    births: pl.DataFrame | None = None
-    subject_ids: pl.DataFrame | None = None
-    # patients first: every other table is checked against its births
+    # the plans are built in order, here (a prepare step may read another table once, see _LocalTables)
+    plans: list[tuple[str, pl.LazyFrame, str]] = []
     for name in sorted(by_table, key=lambda n: n != "patients"):
         spec = rules.tables[name]
         raw = tables.scan(name)
@@ -389,36 +409,26 @@ def mimic_local_candidates(root: str, rules: MimicRules) -> tuple[
         uri = tables.uri(name)
         assert uri is not None
         header = raw.collect_schema().names()
-        needed = _needed_columns(header, by_table[name], spec)
         prep_missing = sorted(set(PREPARE_COLUMNS.get(spec.prepare or "", ())) - set(header))
         if prep_missing:
             raise ValueError(f"MIMIC prepare step {spec.prepare}: table {spec.name} ({spec.path}) has no"
                              f" column(s) {prep_missing}")
-        lf = raw.select([*needed, "_row"])
-        if spec.prepare:
-            lf = PREPARE_LOCAL[spec.prepare](lf, tables.load)
-        if name == "patients":
-            patients = lf.collect()
-            births = _births(patients)
-            subject_ids = (patients.lazy().select(_to_int(pl.col(SUBJECT_ID)).alias(SUBJECT_ID),
-                                                  _trim(pl.col(SUBJECT_ID)).alias("source_id"))
-                           .filter(pl.col(SUBJECT_ID).is_not_null()).collect())
-            lf = patients.lazy()
-        assert births is not None
-        checked = _check_against_birth(table_candidates_local(lf, by_table[name], spec), births).collect()
-        counts.append(checked.group_by("_table", "_rule", "_reason", "code").agg(
-            pl.len().alias("count"), pl.col("_row").max().alias("last"),
-            pl.col("text_value").min().alias("text")))
-        good = checked["_reason"].is_null()
-        events.append(checked.filter(good).select(EVENT_COLUMNS))
-        rejects.append(checked.filter(~good).select(
-            pl.lit(uri).str.replace(r"^file:", "").alias("source_file"),
-            pl.col("_row").alias("record_index"), pl.col("_table").alias("resource_type"),
-            pl.col("_rid").alias("resource_id"), pl.col("_field").alias("field"),
-            pl.col("_reason").alias("reason")))
-        del checked
-    assert subject_ids is not None
-    return events, rejects, counts, subject_ids, tables
+        lf = raw.select([*_needed_columns(header, by_table[name], spec), "_row"])
+        plans.append((name, PREPARE_LOCAL[spec.prepare](lf, tables.load) if spec.prepare else lf, uri))
+    # patients first: every other table is checked against its births
+    _, patients_lf, patients_uri = plans[0]
+    patients = patients_lf.collect()
+    births = _births(patients)
+    subject_ids = (patients.lazy().select(_to_int(pl.col(SUBJECT_ID)).alias(SUBJECT_ID),
+                                          _trim(pl.col(SUBJECT_ID)).alias("source_id"))
+                   .filter(pl.col(SUBJECT_ID).is_not_null()).collect())
+    results = [_table_result(patients.lazy(), by_table["patients"], rules.tables["patients"], births,
+                             patients_uri)]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        futures = [pool.submit(_table_result, lf, by_table[name], rules.tables[name], births, uri)
+                   for name, lf, uri in plans[1:]]
+        results += [f.result() for f in futures]
+    return results, subject_ids, tables
 
 
 def ingest_mimic_local(
@@ -438,22 +448,23 @@ def ingest_mimic_local(
     from ehrfm.ingest.local_writer import write_meds_local
 
     rules = rules or load_rules()
-    events, rejects, count_parts, subject_ids, tables = mimic_local_candidates(input_root, rules)
-    counts = pl.concat(count_parts)
+    results, subject_ids, tables = mimic_local_candidates(input_root, rules)
+    counts = pl.concat([r[2] for r in results])
     codes, per_rule = rule_summary(counts.iter_rows(named=True), tables.info, rules)
     version = resolve_dataset_version(dataset_version, input_root)
     summary = {"source": "mimic-iv", "input": input_root, "tables": tables.info, "rules": per_rule,
                "dataset_version": version}
-    all_events = pl.concat(events, how="vertical")
-    del events
+    events = pl.concat([r[0] for r in results], how="vertical")
+    rejects = pl.concat([r[1] for r in results], how="vertical")
+    del results
     return write_meds_local(
-        all_events,
+        events,
         output,
         dataset_name=dataset_name,
         etl_name="ehrfm.ingest.mimic",
         code_descriptions=code_metadata(codes, input_root, rules),
         dataset_version=version["value"],
-        rejects=pl.concat(rejects, how="vertical"),
+        rejects=rejects,
         subject_ids=subject_ids,
         summary=summary,
         split_ratios=split_ratios,
