@@ -159,8 +159,10 @@ def _progress(total: int, enabled: bool) -> Any:
 def format_summary(summary: SynthSummary) -> str:
     """A printable multi-line summary of :func:`generate`'s result."""
     cfg = summary.config
-    lines = [f"patients {cfg.n_patients}  (seed {cfg.seed}, {cfg.start_year}-{cfg.start_year + cfg.years};"
-             f" deaths {summary.deaths}, in hospital {summary.in_hospital_deaths})"]
+    site = "" if cfg.site == "A" else f"site {cfg.site}, "  # site A's line reads as before sites existed
+    lines = [f"patients {cfg.n_patients}  ({site}seed {cfg.seed}, {cfg.start_year}-"
+             f"{cfg.start_year + cfg.years}; deaths {summary.deaths}, in hospital "
+             f"{summary.in_hospital_deaths})"]
     lines.append("encounters  " + "  ".join(f"{k} {v}" for k, v in summary.encounters.items()))
     lines.append("resources   " + "  ".join(f"{k} {v}" for k, v in summary.resources.items()))
     for task, s in summary.tasks.items():

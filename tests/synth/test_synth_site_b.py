@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ehrfm.synth import SynthConfig, auroc, generate, simulate
+from ehrfm.synth import SynthConfig, auroc, format_summary, generate, simulate
 from ehrfm.synth.catalog import ACT_CODE, LABS, LOINC
 from ehrfm.synth.fhir import medication_lines, patient_lines
 from ehrfm.synth.record import DAY, MORTALITY_TASK, READMISSION_TASK, PatientRecord
@@ -87,7 +87,7 @@ def test_b_base_rates_differ_through_the_inputs(cohorts: dict[str, list[PatientR
 
 def test_b_truth_and_oracle(tmp_path: Path) -> None:
     summary = generate(SynthConfig(n_patients=400, seed=SEED, site="B", progress=False), tmp_path)
-    assert summary.config.site == "B"
+    assert summary.config.site == "B" and "(site B, seed" in format_summary(summary)
     truth = pd.read_parquet(tmp_path / "truth" / "index_events.parquet")
     assert {"true_prob", "outcome", "task", "prediction_time", "subject_id"} <= set(truth.columns)
     for task in (READMISSION_TASK, MORTALITY_TASK):
