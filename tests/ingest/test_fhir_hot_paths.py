@@ -69,7 +69,7 @@ def test_first_path_skips_empty_values() -> None:
 @pytest.mark.parametrize("ref,expected", [
     ("Patient/1", "1"), ("a/b/c", "c"), ("Patient/", None), ("/x", "x"), ("x", "x"), ("urn:uuid:a/b", "a/b"),
     ("urn:oid:1.2", "1.2"), ("Patient/1/_history/2", "1"), ("http://x/fhir/Patient/1", "1"),
-    ({"reference": "Patient/5"}, "5"), (None, None), ("", None), ("urn:uuid:/x", "/x")])
+    ({"reference": "Patient/5"}, "5"), (None, None), ("", None), ("urn:uuid:/x", "/x"), ("_history/x", None)])
 def test_reference_id_fast_path(ref: Any, expected: str | None) -> None:
     assert reference_id(ref) == expected
 

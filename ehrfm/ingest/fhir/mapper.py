@@ -75,6 +75,8 @@ def reference_id(ref: Any, expected_type: str | None = None) -> str | None:
     parts = ref.split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
+        if not parts:  # "_history/x": no logical id before the version (it used to raise IndexError)
+            return None
     if len(parts) >= 2:
         rtype, rid = parts[-2], parts[-1]
         if expected_type and rtype != expected_type:
