@@ -226,6 +226,17 @@ def _first_hit(p: Prepared, spec: TaskSpec, rows: pl.DataFrame) -> pl.DataFrame:
 
     o = spec.outcome
     out = p.events.filter(p.matches(o.codes)).select(SID, "t", pl.col("enc").alias("oenc"))
+    if not (o.same_encounter or o.other_encounter):
+        # no condition on the encounter: the hits are the outcome events in (pred, min(wend, death)], so the
+        # earliest is the first one after pred when that one is in the window -- a sorted as-of join, not
+        # every (index, outcome) pair
+        after = rows.select(SID, "idx", "pred").sort("pred").join_asof(
+            out.select(SID, pl.col("t").alias("te")).sort("te"), left_on="pred", right_on="te", by=SID,
+            strategy="forward", allow_exact_matches=False, check_sortedness=False)
+        rows = rows.join(after.select("idx", "te"), on="idx", how="left")
+        t_next, death = pl.col("te"), pl.col("death")
+        inside = (t_next <= pl.col("wend")) & (death.is_null() | (t_next <= death))
+        return rows.with_columns(pl.when(inside).then(t_next).alias("te"))
     in_window = pl.col("t") <= pl.col("wend")
     if o.same_encounter:  # events carrying the index encounter's id count even when timed after its END
         in_window |= (pl.col("ienc") != "") & (pl.col("oenc") == pl.col("ienc"))
