@@ -124,9 +124,9 @@ def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
-def _cross_file(pool: ProcessPoolExecutor, p1: pl.DataFrame, births: dict[int, int],
+def _cross_file(pool: ProcessPoolExecutor, p1: pl.LazyFrame, births: dict[int, int],
                 med_rows: dict[str, tuple[str, int, str]], tmp: str, workers: int, args: tuple[Any, ...]
-                ) -> pl.DataFrame:
+                ) -> pl.LazyFrame:
     """Step 3 of the Spark path with polars: the records that waited, joined with the global birth floor and
     Medication (the first by (source_file, record_index, payload), as Spark's min of a struct), mapped by
     the same :func:`~ehrfm.ingest.fhir.spark_rows.pending_rows` in the pool."""
@@ -138,14 +138,14 @@ def _cross_file(pool: ProcessPoolExecutor, p1: pl.DataFrame, births: dict[int, i
         [("B", k, v, None, None, None, None) for k, v in births.items()]
         + [("M", None, None, k, v[2], v[0], v[1]) for k, v in med_rows.items()],
         schema=lk_schema, orient="row")
-    lk = pl.concat([p1.filter(pl.col("kind").is_in(["B", "M"])).select(list(lk_schema)), scan_lk])
+    lk = pl.concat([p1.filter(pl.col("kind").is_in(["B", "M"])).select(list(lk_schema)).collect(), scan_lk])
     births_df = (lk.filter(pl.col("kind") == "B").group_by("subject_id").agg(pl.col("floor").min()))
     meds_df = (lk.filter(pl.col("kind") == "M").sort(["med_key", "source_file", "record_index", "payload"],
                                                      nulls_last=False)
                .group_by("med_key", maintain_order=True).first()
                .select("med_key", pl.col("payload").alias("med_payload")))
     pending = (p1.filter(pl.col("kind") == "P")
-               .select("source_file", "record_index", "subject_id", "med_key", "payload")
+               .select("source_file", "record_index", "subject_id", "med_key", "payload").collect()
                .join(births_df, on="subject_id", how="left")
                .join(meds_df, on="med_key", how="left"))
     rows = pending.to_dicts()
@@ -154,20 +154,21 @@ def _cross_file(pool: ProcessPoolExecutor, p1: pl.DataFrame, births: dict[int, i
                for part, out in zip(_chunks(rows, workers), outs, strict=False)]
     for f in futures:
         f.result()
-    return pl.read_parquet([o for o in outs if os.path.exists(o)])
+    return pl.scan_parquet([o for o in outs if os.path.exists(o)])
 
 
-def settle_local(out: pl.DataFrame, anonymous_subjects: bool) -> tuple[pl.DataFrame, pl.DataFrame,
+def settle_local(out: pl.LazyFrame, anonymous_subjects: bool) -> tuple[pl.LazyFrame, pl.LazyFrame,
                                                                         pl.DataFrame]:
     """:func:`ehrfm.ingest.fhir.spark_settle.settle` with polars: ``(events, rejects, outcomes)`` of the map
-    rows ``out``. Copies are decided by the same :func:`~ehrfm.ingest.fhir.dedup.resolve` per group."""
+    rows ``out`` (lazy: only the K rows are held in memory; events and rejects stay lazy for the writer).
+    Copies are decided by the same :func:`~ehrfm.ingest.fhir.dedup.resolve` per group."""
     import polars as pl
 
     from ehrfm.ingest.fhir.dedup import NO_PATIENT, ORPHAN_PREFIX, Copy, resolve
     from ehrfm.ingest.fhir.process import MAPPED, REJECTED
     from ehrfm.ingest.fhir.spark_settle import K_COLUMNS, LOC
 
-    k = out.filter(pl.col("kind") == "K").select(K_COLUMNS)
+    k = out.filter(pl.col("kind") == "K").select(K_COLUMNS).collect()
     key = ["resource_type", "resource_id"]
     keyed = k.filter(pl.col("digest").is_not_null())
     multi = keyed.filter(pl.len().over(key) > 1)
@@ -207,12 +208,12 @@ def settle_local(out: pl.DataFrame, anonymous_subjects: bool) -> tuple[pl.DataFr
                  (pl.col("changed") | pl.col("orphan")).alias("changed"))
              .drop("ok", "why", "orphan"))
     outcomes = k.select(*K_COLUMNS, "changed")
-    moved = outcomes.filter(pl.col("changed")).select(LOC)
+    moved = outcomes.filter(pl.col("changed")).select(LOC).lazy()
     events = out.filter(pl.col("kind") == "E").join(moved, on=LOC, how="anti")
     reject_cols = ["source_file", "record_index", "resource_type", "resource_id", "field", "reason"]
     rejects = pl.concat([
         out.filter(pl.col("kind") == "R").join(moved, on=LOC, how="anti").select(reject_cols),
-        outcomes.filter(pl.col("changed") & (pl.col("status") == REJECTED)).select(reject_cols)])
+        outcomes.filter(pl.col("changed") & (pl.col("status") == REJECTED)).select(reject_cols).lazy()])
     return events, rejects, outcomes
 
 
@@ -283,10 +284,11 @@ def ingest_fhir_local(
             futures = [pool.submit(_map_task, units[i], outs[i], lookups, complete, *args) for i in order]
             for fut in futures:
                 fut.result()
-            p1 = pl.read_parquet([outs[i] for i in sorted(outs)])
+            # read lazily, a kind at a time: the rows of a big input are not held in memory all at once
+            p1 = pl.scan_parquet([outs[i] for i in sorted(outs)])
             lap("map")
             rows = p1.filter(pl.col("kind").is_in(["E", "R", "K", "D", "V"]))
-            if not complete and p1.filter(pl.col("kind") == "P").height:
+            if not complete and p1.filter(pl.col("kind") == "P").select(pl.len()).collect().item():
                 rows = pl.concat([rows, _cross_file(pool, p1, births, med_rows, tmp, workers, args)])
             lap("cross_file")
 
@@ -296,7 +298,7 @@ def ingest_fhir_local(
         for r in (outcomes.group_by("resource_type", "status")
                   .agg(pl.len().alias("n"), pl.col("n_events").sum().alias("ev")).iter_rows(named=True)):
             counts.merge_row(r["resource_type"], {"in": r["n"], r["status"]: r["n"], "events": r["ev"]})
-        v = rows.filter(pl.col("kind") == "V")
+        v = rows.filter(pl.col("kind") == "V").collect()
         invalid = v.filter(pl.col("status") == "invalid")
         summary: dict[str, Any] = {
             **counts.to_dict(),
@@ -307,16 +309,16 @@ def ingest_fhir_local(
                         "max_time_us": limit, "skipped_links": found.skipped_links,
                         "anonymous_subjects": anonymous_subjects, "fhir_version": fhir_version})
         subject_ids = (p1.filter(pl.col("kind") == "I")
-                       .select("subject_id", pl.col("patient_ref").alias("source_id")).unique())
+                       .select("subject_id", pl.col("patient_ref").alias("source_id")).unique().collect())
         summary["subject_id_collisions"] = int(
             subject_ids.group_by("subject_id").len().filter(pl.col("len") > 1).height)
         lap("summary")
         summary["seconds"] = dict(seconds)
         descriptions = (rows.filter(pl.col("kind") == "D")
-                        .select("code", pl.col("text_value").alias("description")).to_arrow())
+                        .select("code", pl.col("text_value").alias("description")).collect().to_arrow())
         ev = events.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code", "numeric_value",
                            "text_value", "encounter_id", "unit", "source")
-        del p1, rows, outcomes
+        del outcomes
         result = write_meds_local(ev, output, dataset_name=dataset_name, etl_name=etl_name,
                                   code_descriptions=descriptions, rejects=rejects, subject_ids=subject_ids,
                                   summary=summary, split_ratios=split_ratios, split_seed=split_seed,
