@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--engines: expected local and/or spark, got {args.engines!r}")
     cache = Path(args.cache)
     exe = ensure_peer_venv()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, scale in enumerate(int(s) for s in args.scales.split(",")):
         t0 = time.perf_counter()
         src = build_copy(Path(args.demo), cache, scale)
