@@ -119,7 +119,8 @@ class FhirIngestConfig(IngestConfig, DatasetVersionOption):
 
 @dataclass
 class MimicIngestConfig(IngestConfig, DatasetVersionOption):
-    """``ehrfm ingest mimic``: MIMIC-IV hosp/ + icu/ CSV(.gz) -> a MEDS dataset via a rules table (Spark)."""
+    """``ehrfm ingest mimic``: MIMIC-IV hosp/ + icu/ CSV(.gz) -> a MEDS dataset via a rules table (Spark, or
+    polars on this machine: --engine)."""
 
     input: str | None = None
     """MIMIC-IV root holding hosp/ and icu/ (local path or URI); required."""
