@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_finetune as ft
 
 from ehrfm.config.base import ConfigError
 from ehrfm.config.train import DataConfig, PretrainConfig
@@ -109,3 +110,38 @@ def test_pretraining_takes_rows_longer_than_the_budget_alone(standin_tokens: Pat
         return
     summary = run_pretrain(cfg, layout)
     assert summary.global_step == 3 and summary.val_loss is not None
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finetuning tests' planted task rows (tokens/, labels/, meds/)."""
+    root = tmp_path_factory.mktemp("ft")
+    ft.write_task_tokens(root)
+    return root
+
+
+@pytest.mark.parametrize("long_rows", ["error", "alone"])
+def test_finetuning_and_prediction_take_long_rows_alone(planted: Path, tmp_path: Path,
+                                                        long_rows: str) -> None:
+    """Planted task rows are up to 32 tokens: a 16-token budget finetunes (training, validation) and
+    predicts every row with "alone"; without it the validation pass refuses the budget."""
+    from ehrfm.train.predict import FinetunedModel, task_batches
+    from ehrfm.train.stage import run_finetune
+
+    cfg = ft._cfg(4, **{"data.max_tokens": 16, "data.long_rows": long_rows, "trainer.val_check_interval": 2,
+                     "trainer.checkpoint_every_n_steps": 2, "tasks": ["bin_a"]})
+    layout = ft._layout(planted, tmp_path)
+    if long_rows == "error":
+        with pytest.raises(ValueError, match="max_tokens=16"):
+            run_finetune(cfg, layout)
+        return
+    assert run_finetune(cfg, layout).global_step == 4
+    fm = FinetunedModel.load(layout.finetune_run.model)
+    seen: list[int] = []
+    rows = 0
+    for ds, idx, batch in task_batches(fm, layout.token_paths.root, "bin_a", "held_out", max_tokens=16):
+        width = int(batch["concept_ids"].shape[1])
+        assert len(idx) * width <= 16 or len(idx) == 1
+        seen, rows = seen + idx, len(ds)
+    assert rows > 0 and sorted(seen) == list(range(rows))
+    assert any(int(n) > 16 for n in ds.lengths)  # some rows were over the budget
