@@ -118,6 +118,8 @@ def test_stage_runs_the_local_engine(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("EHRFM_SPARK_MASTER", raising=False)
     assert resolve_engine(FhirIngestConfig()) == "spark"  # the default stays Spark for now
     assert resolve_engine(FhirIngestConfig(engine="auto")) == "local"
+    assert resolve_engine(FhirIngestConfig(engine="auto", input=["file:///x", "/y"])) == "local"
+    assert resolve_engine(FhirIngestConfig(engine="auto", input=["s3a://bucket/x"])) == "spark"
     monkeypatch.setenv("EHRFM_SPARK_MASTER", "spark://host:7077")
     assert resolve_engine(FhirIngestConfig(engine="auto")) == "spark"
     with pytest.raises(ValueError, match="engine"):

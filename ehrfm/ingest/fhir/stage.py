@@ -31,10 +31,12 @@ def stamp_dataset_version(meds: str, version: str) -> None:
 
 def resolve_engine(cfg: FhirIngestConfig) -> str:
     """``local`` or ``spark``: ``auto`` is local unless a non-local Spark master is named (``--spark.master``,
-    ``$EHRFM_SPARK_MASTER``) or the process runs under spark-submit (as for ``ehrfm ingest mimic``)."""
+    ``$EHRFM_SPARK_MASTER``), the process runs under spark-submit (as for ``ehrfm ingest mimic``) or an input
+    is a URI other than ``file:`` (HDFS, S3, ...: read through Hadoop)."""
     if cfg.engine != "auto":
         return cfg.engine
-    if "PYSPARK_GATEWAY_PORT" in os.environ:
+    remote = any("://" in i and not i.startswith("file:") for i in cfg.input)
+    if remote or "PYSPARK_GATEWAY_PORT" in os.environ:
         return "spark"
     master = cfg.spark.master or os.environ.get("EHRFM_SPARK_MASTER") or "local"
     return "local" if master.startswith("local") else "spark"
