@@ -181,3 +181,18 @@ def test_every_shipped_task_spec_loads() -> None:
     names = available_tasks()
     assert len(names) >= 6
     assert [s.name for s in load_tasks(names)] == names
+
+
+def test_a_named_stage_gets_the_only_full_parser() -> None:
+    """``ehrfm label …`` builds label's full parser only; the others keep their name and help line."""
+    from ehrfm.cli import STAGES, _wanted, build_parser
+
+    assert [s.name for s in STAGES if _wanted(s, ["label", "--engine", "local"])] == ["label"]
+    assert [s.name for s in STAGES if _wanted(s, ["ingest", "mimic"])] == ["ingest mimic"]
+    assert len([s for s in STAGES if _wanted(s, ["ingest", "--help"])]) == 3
+    assert all(_wanted(s, None) for s in STAGES)
+    assert not any(_wanted(s, ["--help"]) for s in STAGES)
+    helps = build_parser(["label"]).format_help()
+    assert all(s.name.partition(" ")[0] in helps for s in STAGES)
+    ns = build_parser(["label", "--engine", "reference"]).parse_args(["label", "--engine", "reference"])
+    assert ns.label.engine == "reference"
