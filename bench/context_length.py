@@ -13,25 +13,31 @@ Per length the JSON also records training cost: CPU seconds (user + system of th
 ``getrusage``) and wall seconds per optimizer step of pretraining and finetuning (process start and
 validation included: small against thousands of steps), and the mean padded tokens of a pretraining step.
 A length at which the previous one already truncated no row sees exactly the rows of the previous one: it
-is not retrained, and the table says so (with the default population, ``--years 10``, every history is
-shorter than ~1k tokens — p99 942, max 999 at 300 patients — so 4,096 and 16,384 cut nothing; ``--years``
-lengthens the record for a population whose histories do exceed them).
+is not retrained, and the table says so. Full-history lengths of the synthetic population (measured
+2026-12-05 with this script's untruncated tokenization): at the default ``--years 10`` every history is
+shorter than ~1k tokens (300 patients: p50 195, p99 942, max 999), so 1,024 cuts almost nothing and 4,096
+and 16,384 nothing; ``--years 50`` (the generator's longest record) gives p50 860, p90 2,070, p99 4,170,
+max 5,000 (200 patients): 4,096 cuts ~2% of rows and 16,384 none. No synthetic history reaches 16k tokens.
 
     # smoke (< 4 min): proves the pipeline end to end, numbers meaningless
     .venv/bin/python bench/context_length.py --root /tmp/ctx_smoke --patients 300 --lengths 64,256 \
         --pretrain-steps 6 --finetune-steps 6 --batch-tokens 1024 --bootstrap 20 \
         --output /tmp/ctx_smoke/context_length.json
-    # the study (30k patients, quiet machine): ~7 h on this 2-core VM, see below
+    # the study (30k patients, quiet machine): ~7 h on this 2-core VM, see below; and with long records
     .venv/bin/python bench/context_length.py --root /tmp/ctx_30k --patients 30000
+    .venv/bin/python bench/context_length.py --root /tmp/ctx_30k_y50 --patients 30000 --years 50 \
+        --output bench/results/context_length_years50.json
 
 Estimate for the study on this VM (2 cores, nothing else running), from the 30k finetune_oracle runs
 (mamba2 d_model 64: pretraining ~0.17 ms and finetuning ~0.13 ms of wall time per padded token) and
-bench/backbones.py (linear in L at a fixed token budget; a 16k row alone costs what 8k tokens of short
-rows do, x2): synth + ingest + label + prepare ~30 min, five tokenizations ~15 min; per trained length
-2,000 pretraining steps x 8,192 tokens ~47 min and 4,000 finetuning steps x 8,192 tokens ~70 min, so
-~2 h; at --years 10 three lengths train (16,384 is the rows of 4,096), ~6 h; prediction, baselines and the
-bootstrap report ~10 min. Total ~7 h (~9 h when every length trains). The CPU seconds per step are only
-comparable between lengths measured in one quiet run.
+bench/backbones.py (linear in L at a fixed token budget; a 16k row alone costs about two 8k-token steps):
+synth + ingest + label + prepare ~30 min, five tokenizations ~15 min; per trained length 2,000
+pretraining steps x 8,192 tokens ~47 min and 4,000 finetuning steps x 8,192 tokens ~70 min, so ~2 h; at
+--years 10 two or three lengths train (4,096 and 16,384 see the rows of 1,024), ~4-6 h; prediction,
+baselines and the bootstrap report ~10 min. Total ~5-7 h (~9 h if every length trained). At --years 50
+histories are ~4x longer (tokenizing ~4x longer, ~3x the task rows), training costs the same (fixed
+steps x tokens) and 16,384 is skipped: ~8 h. The CPU seconds per step are only comparable between
+lengths measured in one quiet run.
 """
 
 from __future__ import annotations
@@ -74,8 +80,10 @@ def prepare_population(root: Path, n: int, years: int) -> None:
     """synth -> ingest -> label -> prepare with the local engines (each skipped when its output exists)."""
     lay, r = Layout(root=str(root)), ["--root", str(root)]
     if not lay.truth.exists():
+        # the record always ends on Jan 1 2025 (as the default 2015 + 10): a later end would put events in
+        # the future, which ingest rejects
         _ehrfm("synth", *r, "--n_patients", str(n), "--seed", "0", "--years", str(years),
-               "--progress", "false")
+               "--start_year", str(2025 - years), "--progress", "false")
     if not lay.meds_paths.subject_splits.exists():
         _ehrfm("ingest", "fhir", *r, "--engine", "local", "--validate", "none")
     if not lay.label_table(TASKS[0]).exists():
@@ -195,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, required=True, help="working folder (reused between runs)")
     ap.add_argument("--patients", type=int, default=30000)
-    ap.add_argument("--years", type=int, default=10, help="synth: length of the record in years")
+    ap.add_argument("--years", type=int, default=10,
+                    help="synth: length of the record in years (ending Jan 1 2025; 1..50)")
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     ap.add_argument("--batch-tokens", type=int, default=8192, help="token budget per micro-batch (padded)")
     ap.add_argument("--pretrain-steps", type=int, default=2000)
