@@ -93,22 +93,23 @@ def conform_events_local(events: Frame) -> pl.DataFrame:
     types: dict[str, Any] = {SUBJECT_ID: pl.Int64, TIME: pl.Datetime("us"), CODE: pl.String,
                              "numeric_value": pl.Float32, "text_value": pl.String, "encounter_id": pl.String,
                              "unit": pl.String, "source": pl.String}
-    lf = events.lazy() if isinstance(events, pl.DataFrame) else events
-    if isinstance(lf, pa.Table):
-        lf = _polars(lf).lazy()
-    have = lf.collect_schema().names()
-    missing = [c for c in (SUBJECT_ID, CODE) if c not in have]
+    frame: pl.DataFrame | pl.LazyFrame = _polars(events) if isinstance(events, pa.Table) else events
+    schema = frame.collect_schema()
+    missing = [c for c in (SUBJECT_ID, CODE) if c not in schema]
     if missing:
-        raise ValueError(f"events are missing required column(s) {missing}; have {have}")
+        raise ValueError(f"events are missing required column(s) {missing}; have {schema.names()}")
     cols = []
     for name, typ in types.items():
-        if name not in have:
+        if name not in schema:
             cols.append(pl.lit(None, dtype=typ).alias(name))
-        elif name == TIME and lf.collect_schema()[name] == pl.Datetime("us", "UTC"):
+        elif name == TIME and schema[name] == pl.Datetime("us", "UTC"):
             cols.append(pl.col(name).dt.replace_time_zone(None))  # UTC wall time, as the Spark writer
         else:
             cols.append(pl.col(name).cast(typ))
-    return _polars(lf.select(cols))
+    if isinstance(frame, pl.DataFrame):
+        # eager: a cast to the type a column already has shares its buffers (no copy of the events)
+        return frame.select(cols)
+    return _polars(frame.select(cols))
 
 
 def _write_events(events: pl.DataFrame, data_uri: str, ratios: Sequence[float], split_seed: int,
