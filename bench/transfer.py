@@ -3,7 +3,8 @@
 
 Pipeline (each stage skipped when its output exists under ``--root``)::
 
-    <root>/A: synth (site A, seed 0) -> ingest fhir -> label -> prepare -> tokenize -> pretrain
+    <root>/A: synth (site A, seed 0) -> ingest fhir -> label (--engine local|spark) -> prepare -> tokenize
+              -> pretrain
               -> finetune (full, every task)                         = the A model  (bench/finetune_oracle.py)
     <root>/B: synth --site B (seed 1) -> ingest fhir -> label -> tokenize WITH A's vocabulary and bins
               (A's prepare outputs copied: the A model reads B's rows; B's local codes are out of vocabulary)
@@ -13,7 +14,8 @@ Pipeline (each stage skipped when its output exists under ``--root``)::
       lora    ehrfm finetune --pretrained <A model> --adapt.mode lora --adapt.few_shot K
       full    ehrfm finetune --pretrained <A model> --adapt.few_shot K       (backbone and new heads trained)
       head    head only: the A backbone frozen, a logistic head fitted on its pooled embeddings of the K rows
-      scratch ehrfm finetune from a randomly initialised model of the same architecture (A's vocabulary)
+      scratch ehrfm finetune from a randomly initialised model of the same architecture, on B's rows
+              tokenized with B's OWN vocabulary (ehrfm prepare at B: B's local codes and their values)
       lr, hgb count-feature baselines (ehrfm.evaluate.baselines) fitted on the same K rows
     metrics on B's held-out rows: AUROC and AUROC / oracle AUROC (the planted true_prob on the same rows) with
               95% subject-bootstrap CIs (ehrfm.evaluate.bootstrap); label-efficiency plot; a domain classifier
@@ -78,16 +80,25 @@ def _k_value(k: str) -> int:
     return 0 if k == "all" else int(k)
 
 
-def prepare_site_b(root_a: Path, root_b: Path, n: int, master: str) -> None:
+def data_stages(root: Path, n: int, site: str, engine: str, master: str) -> None:
+    """synth -> ingest fhir -> label for one site (skipped when present). Site A uses seed 0 (as
+    bench/finetune_oracle.py, whose prepare_data then finds these outputs), site B seed 1. ``engine``:
+    local (no JVM) or spark for ingest and label."""
+    lay, r = Layout(root=str(root)), ["--root", str(root)]
+    run_on = ["--engine", "local"] if engine == "local" else ["--spark.master", master]
+    if not lay.truth.exists():
+        _ehrfm("synth", *r, "--n_patients", str(n), "--seed", "0" if site == "A" else "1", "--site", site,
+               "--progress", "false")
+    if not lay.meds_paths.subject_splits.exists():
+        _ehrfm("ingest", "fhir", *r, *run_on, "--validate", "none")
+    if not lay.label_table(TASKS[0]).exists():
+        _ehrfm("label", *r, *run_on)
+
+
+def prepare_site_b(root_a: Path, root_b: Path, n: int, engine: str, master: str) -> None:
     """Site B's data stages; its rows are tokenized with site A's vocabulary and bins (A's prepare)."""
     lay_a, lay_b, r = Layout(root=str(root_a)), Layout(root=str(root_b)), ["--root", str(root_b)]
-    spark = ["--spark.master", master]
-    if not lay_b.truth.exists():
-        _ehrfm("synth", *r, "--n_patients", str(n), "--seed", "1", "--site", "B", "--progress", "false")
-    if not lay_b.meds_paths.subject_splits.exists():
-        _ehrfm("ingest", "fhir", *r, *spark, "--validate", "none")
-    if not lay_b.label_table(TASKS[0]).exists():
-        _ehrfm("label", *r, "--engine", "local")
+    data_stages(root_b, n, "B", engine, master)
     tok_a, tok_b = lay_a.token_paths, lay_b.token_paths
     if not tok_b.tasks.exists():
         tok_b.root.mkdir(parents=True, exist_ok=True)
@@ -98,27 +109,49 @@ def prepare_site_b(root_a: Path, root_b: Path, n: int, master: str) -> None:
                "--pretrain_rows", "false")
 
 
-def scratch_model(a_model: Path, out: Path, seed: int = 0) -> Path:
-    """A randomly initialised model with the A model's architecture and vocabulary (the from-scratch arm)."""
+def own_tokens(root_a: Path, root_b: Path) -> Path:
+    """B's rows tokenized with B's OWN vocabulary and bins (``ehrfm prepare`` at B) into
+    ``<root_b>/tokens_own``: the from-scratch arm learns B's local codes and their values, which A's
+    vocabulary maps to [UNK] without value tokens."""
+    own = root_b / "tokens_own"
+    if not (own / "tasks").exists():
+        max_len = json.loads(Layout(root=str(root_a)).token_paths.meta.read_text())["config"]["max_len"]
+        r = ["--root", str(root_b), "--tokens", str(own)]
+        _ehrfm("prepare", *r, "--engine", "local")
+        _ehrfm("tokenize", *r, "--tokenizer.max_len", str(max_len), "--engine", "local",
+               "--pretrain_rows", "false")
+    return own
+
+
+def scratch_model(a_model: Path, vocab: Path, out: Path, seed: int = 0) -> Path:
+    """A randomly initialised model with the A model's architecture over the vocabulary ``vocab`` (B's own):
+    the from-scratch arm."""
+    import dataclasses
+
     import torch
 
     from ehrfm.models import EHRFoundationModel
+    from ehrfm.vocab import Vocabulary
 
     if not (out / "model.pt").exists():
         torch.manual_seed(seed)
         cfg = EHRFoundationModel.from_pretrained(a_model).config
+        cfg = dataclasses.replace(cfg, vocab_size=len(Vocabulary.load(vocab).tokens))
         EHRFoundationModel(cfg).save_pretrained(out)
-        shutil.copyfile(a_model / "vocab.json", out / "vocab.json")
+        shutil.copyfile(vocab, out / "vocab.json")
     return out
 
 
-def finetune_at_b(root_b: Path, name: str, src: Path, k: int, tasks: list[str], sets: list[str]) -> Path:
-    """``ehrfm finetune`` at B from ``src`` on K rows per task (0: all) into ``<root_b>/runs_<name>``."""
+def finetune_at_b(root_b: Path, name: str, src: Path, k: int, tasks: list[str], sets: list[str],
+                  tokens: Path | None = None) -> Path:
+    """``ehrfm finetune`` at B from ``src`` on K rows per task (0: all) into ``<root_b>/runs_<name>``
+    (``tokens``: another tokens folder of B than the default, A's vocabulary)."""
     runs = root_b / f"runs_{name}"
     run = Layout(root=str(root_b), runs=str(runs)).finetune_run
     if not run.predictions.exists():
         lora = ["--adapt.mode", "lora", "--optim.lr", "3e-3"] if name.startswith("lora") else []
-        _ehrfm("finetune", "--root", str(root_b), "--runs", str(runs), "--pretrained", str(src),
+        other = ["--tokens", str(tokens)] if tokens is not None else []
+        _ehrfm("finetune", "--root", str(root_b), *other, "--runs", str(runs), "--pretrained", str(src),
                "--tasks", f"[{','.join(tasks)}]", "--model_name", name, "--trainer.progress_bar", "false",
                "--tracking.enabled", "false", "--adapt.few_shot", str(k), *lora, *_overrides(sets))
     return run.predictions
@@ -313,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", default=KS, help="labelled rows per task at B (comma-separated; 'all')")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--engine", choices=["local", "spark"], default="local",
+                    help="engine of ingest fhir and label (local: no JVM)")
+    ap.add_argument("--master", default="local[2]", help="Spark master with --engine spark")
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "transfer.json")
@@ -336,11 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     root_a, root_b = args.root / "A", args.root / "B"
     timings: dict[str, float] = {}
 
+    data_stages(root_a, args.patients, "A", args.engine, args.master)
     prepare_data(root_a, args.patients, args.master, pre_sets, args.max_len)
     a_model = run_variant(root_a, "full", tasks, ft_sets) / "model"
     timings["site_a_s"] = round(time.time() - t0, 1)
     t1 = time.time()
-    prepare_site_b(root_a, root_b, args.patients, args.master)
+    prepare_site_b(root_a, root_b, args.patients, args.engine, args.master)
     timings["site_b_data_s"] = round(time.time() - t1, 1)
     lay_b = Layout(root=str(root_b))
     tokens_b = lay_b.token_paths.root
@@ -363,15 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         add(task, "zero_shot", "0", 0, zero)
     timings["zero_shot_s"] = round(time.time() - t1, 1)
-    scratch = scratch_model(a_model, args.root / "scratch_model")
+    scratch, tokens_own = None, None
+    if "scratch" in methods:
+        tokens_own = own_tokens(root_a, root_b)
+        scratch = scratch_model(a_model, tokens_own / "vocab.json", args.root / "scratch_model")
     for k in ks:
         keys = few_shot_keys(tokens_b, tasks, _k_value(k))
         sizes = {t: len(v) for t, v in keys.items()}
         for method in methods:
             t1 = time.time()
             if method in ("lora", "full", "scratch"):
-                src = scratch if method == "scratch" else a_model
-                path = finetune_at_b(root_b, f"{method}_k{k}", src, _k_value(k), tasks, ft_sets)
+                src, tok = (scratch, tokens_own) if method == "scratch" else (a_model, None)
+                assert src is not None
+                path = finetune_at_b(root_b, f"{method}_k{k}", src, _k_value(k), tasks, ft_sets, tok)
                 pred = pd.read_parquet(path)
                 pred = pred[pred["split"] == "held_out"]
                 for task in tasks:
