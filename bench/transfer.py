@@ -27,11 +27,11 @@ Writes ``bench/results/transfer.json`` and ``bench/results/transfer_label_effici
     .venv/bin/python bench/transfer.py --root /tmp/transfer --patients 10000 --steps full
     .venv/bin/python bench/transfer.py --root /tmp/transfer_smoke --patients 300 --steps small   # smoke
 
-Measured cost of the smoke run (300 patients per site, ``--steps small``, 2 shared vCPUs at load 7-10):
-site A's data stages + pretraining + finetuning 170 s, site B's data stages 94 s (both dominated by Spark
-ingest / label start-up), then ~15-30 s per ``ehrfm finetune`` at B; ~9 min for K = 16 and all, ~4 more
-minutes for K = 64, 256, 1024 (stages are cached under --root: a rerun only redoes what is missing). The
-numbers of such a run are noise (a few dozen held-out rows); it checks the plumbing.
+Measured cost of the smoke run (300 patients per site, ``--steps small``, every K and method, local
+engines, 2 shared vCPUs at load ~9): 519 s in all — site A's data stages + pretraining + finetuning 90 s,
+site B's data stages 18 s, zero-shot 6 s, then ~15-30 s per ``ehrfm finetune`` at B (15 of them) and a few
+seconds per head-only / count-baseline fit; stages are cached under --root (a rerun redoes only what is
+missing). Its numbers are noise (a few dozen held-out rows): it checks the plumbing.
 
 Expected at 10k patients per site with ``--steps full`` on a CPU: ~10 min of data stages per site,
 pretraining ~30-60 min, and 15 finetuning runs at B of ~5-10 min each, i.e. roughly 3-4 hours in all (much
