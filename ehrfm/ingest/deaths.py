@@ -4,6 +4,7 @@ FHIR path. How the label engines treat them: ehrfm/tasks/README.md ("Events afte
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -16,15 +17,16 @@ def after_death_mask(table: pa.Table) -> pa.ChunkedArray:
     timed = pc.is_valid(table[TIME])
     deaths = table.filter(pc.and_(pc.equal(table[CODE], DEATH_CODE), timed))
     if deaths.num_rows == 0:
-        return pa.chunked_array([pa.array([False] * table.num_rows, pa.bool_())])
+        return pa.chunked_array([pa.array(np.zeros(table.num_rows, dtype=bool))])
     first = deaths.group_by(SUBJECT_ID).aggregate([(TIME, "min")]).rename_columns([SUBJECT_ID, "_death"])
     # a join reorders rows: carry the row number through it and put the flags back in place
     rows = pa.table({SUBJECT_ID: table[SUBJECT_ID], TIME: table[TIME],
-                     "_row": pa.array(range(table.num_rows), pa.int64())})
+                     "_row": pa.array(np.arange(table.num_rows, dtype=np.int64))})
     joined = rows.join(first, SUBJECT_ID, join_type="inner")
     late_rows = joined.filter(pc.greater(joined[TIME], joined["_death"]).fill_null(False))["_row"]
-    flags = pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=late_rows.combine_chunks())
-    return pa.chunked_array([flags])
+    flags = np.zeros(table.num_rows, dtype=bool)
+    flags[late_rows.to_numpy()] = True
+    return pa.chunked_array([pa.array(flags)])
 
 
 def count_after_death(table: pa.Table, mask: pa.ChunkedArray | None = None) -> dict[str, int]:
