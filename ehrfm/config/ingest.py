@@ -19,20 +19,6 @@ DEFAULT_ROWS_PER_SHARD = 2_000_000
 """Target events per ``data/`` shard when nothing else says."""
 
 
-def resolve_engine(engine: str, master: str | None) -> str:
-    """``local`` or ``spark`` for a source's ``--engine``: ``auto`` is local unless a non-local Spark master
-    is named (``master`` = ``--spark.master``, else ``$EHRFM_SPARK_MASTER``) or the process runs under
-    spark-submit (a cluster is what the user asked for)."""
-    import os
-
-    if engine != "auto":
-        return engine
-    if "PYSPARK_GATEWAY_PORT" in os.environ:
-        return "spark"
-    chosen = master or os.environ.get("EHRFM_SPARK_MASTER") or "local"
-    return "local" if chosen.startswith("local") else "spark"
-
-
 @dataclass
 class IngestConfig(OverwriteOption):
     """Options shared by every ``ehrfm ingest <source>``: subject splits, shard size, dataset name, Spark."""
@@ -103,7 +89,7 @@ class FhirIngestConfig(IngestConfig, DatasetVersionOption):
     fhir_version: Literal["auto", "STU3", "R4", "R4B", "R5"] = "auto"
     """FHIR version the resources are validated in: auto = detected per resource from its shape, profile
     and source (docs/fhir_versions.md); a version = every resource validated with that version's models."""
-    engine: Literal["auto", "spark", "local"] = "spark"
+    engine: Literal["auto", "spark", "local"] = "auto"
     """Engine that runs the mapping: spark (local mode or a cluster), local (a process per core on this
     machine, no JVM; same per-record code and output, parity-tested; local inputs only), auto (local unless
     --spark.master, $EHRFM_SPARK_MASTER or spark-submit name a non-local master)."""
@@ -126,7 +112,7 @@ class MimicIngestConfig(IngestConfig, DatasetVersionOption):
     """MIMIC-IV root holding hosp/ and icu/ (local path or URI); required."""
     rules: str | None = None
     """Alternative rules YAML (default: the rules.yaml packaged with ehrfm.ingest.mimic)."""
-    engine: Literal["auto", "spark", "local"] = "spark"
+    engine: Literal["auto", "spark", "local"] = "auto"
     """Engine that runs the rules: spark (local mode or a cluster), local (polars on this machine, no JVM;
     same rules and output, parity-tested), auto (local unless --spark.master, $EHRFM_SPARK_MASTER or
     spark-submit name a non-local master)."""

@@ -19,7 +19,7 @@ class LabelConfig(OverwriteOption):
     """Task names to label; empty = every task specification in tasks_dir."""
     tasks_dir: str | None = None
     """Folder of task YAML files (default: the task specifications packaged with ehrfm)."""
-    engine: Literal["auto", "spark", "reference", "local"] = "spark"
+    engine: Literal["auto", "spark", "reference", "local"] = "auto"
     """local: the task rules as columnar polars code in this process (no Spark, no JVM; fastest on one
     machine); spark: the rules as Spark SQL expressions (one pass over the events, for a cluster);
     reference: the per-subject Python engine in Spark (``applyInArrow``); auto: spark under spark-submit or

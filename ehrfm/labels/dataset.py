@@ -75,7 +75,7 @@ def resolve_engine(engine: str, master: str | None) -> str:
     """The engine ``engine`` runs as: ``auto`` is ``spark`` under spark-submit (etl/label.py: the submitted
     master decides) or when ``master`` (default ``$EHRFM_SPARK_MASTER``) names a cluster (``spark://``,
     ``yarn``, ``k8s://``, ``mesos://``: any non-local master), else ``local``; any other engine is itself."""
-    from ehrfm.config.ingest import resolve_engine as resolve  # one rule for every stage's ``auto``
+    from ehrfm.config.spark import resolve_engine as resolve  # one rule for every stage's ``auto``
 
     if engine not in ENGINES:
         raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -116,7 +116,7 @@ def test_stage_runs_the_local_engine(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
     monkeypatch.delenv("EHRFM_SPARK_MASTER", raising=False)
-    assert resolve_engine(FhirIngestConfig()) == "spark"  # the default stays Spark for now
+    assert FhirIngestConfig().engine == "auto" and resolve_engine(FhirIngestConfig()) == "local"
     assert resolve_engine(FhirIngestConfig(engine="auto")) == "local"
     assert resolve_engine(FhirIngestConfig(engine="auto", input=["file:///x", "/y"])) == "local"
     assert resolve_engine(FhirIngestConfig(engine="auto", input=["s3a://bucket/x"])) == "spark"

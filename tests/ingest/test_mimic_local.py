@@ -195,11 +195,11 @@ def test_cli_local_engine_starts_no_spark(tmp_path: Path) -> None:
 
 def test_auto_engine_is_local_unless_a_cluster_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from ehrfm.config.ingest import MimicIngestConfig
-    from ehrfm.config.ingest import resolve_engine as resolve
     from ehrfm.config.spark import SparkConfig
+    from ehrfm.config.spark import resolve_engine as resolve
 
     def resolve_engine(cfg: MimicIngestConfig) -> str:
-        return resolve(cfg.engine, cfg.spark.master)
+        return resolve(cfg.engine, cfg.spark.master, [cfg.input or ""])
 
     monkeypatch.delenv("EHRFM_SPARK_MASTER", raising=False)
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
@@ -211,4 +211,8 @@ def test_auto_engine_is_local_unless_a_cluster_is_named(monkeypatch: pytest.Monk
     monkeypatch.setenv("EHRFM_SPARK_MASTER", "yarn")
     assert resolve_engine(MimicIngestConfig(input="x", engine="auto")) == "spark"
     assert resolve_engine(MimicIngestConfig(input="x", engine="local")) == "local"
-    assert resolve_engine(MimicIngestConfig(input="x")) == "spark"  # the default, for now
+    assert resolve_engine(MimicIngestConfig(input="x")) == "spark"  # the default is auto: yarn -> spark
+    monkeypatch.delenv("EHRFM_SPARK_MASTER")
+    assert MimicIngestConfig(input="x").engine == "auto"
+    assert resolve_engine(MimicIngestConfig(input="x")) == "local"
+    assert resolve_engine(MimicIngestConfig(input="hdfs://nn/mimic", engine="auto")) == "spark"

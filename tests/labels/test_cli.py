@@ -89,7 +89,7 @@ def test_engine_switch_is_validated(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert stop.value.code == 2 and "engine" in err and "duckdb" in err
     # the choices the parser offers are the engines label_dataset runs
     assert all(name in err for name in ("auto", "spark", "reference", "local"))
-    assert LabelConfig().engine == "spark" and LabelConfig(engine="reference").engine == "reference"
+    assert LabelConfig().engine == "auto" and LabelConfig(engine="reference").engine == "reference"
 
 
 @pytest.mark.spark

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -30,16 +29,11 @@ def stamp_dataset_version(meds: str, version: str) -> None:
 
 
 def resolve_engine(cfg: FhirIngestConfig) -> str:
-    """``local`` or ``spark``: ``auto`` is local unless a non-local Spark master is named (``--spark.master``,
-    ``$EHRFM_SPARK_MASTER``), the process runs under spark-submit (as for ``ehrfm ingest mimic``) or an input
-    is a URI other than ``file:`` (HDFS, S3, ...: read through Hadoop)."""
-    if cfg.engine != "auto":
-        return cfg.engine
-    remote = any("://" in i and not i.startswith("file:") for i in cfg.input)
-    if remote or "PYSPARK_GATEWAY_PORT" in os.environ:
-        return "spark"
-    master = cfg.spark.master or os.environ.get("EHRFM_SPARK_MASTER") or "local"
-    return "local" if master.startswith("local") else "spark"
+    """``local`` or ``spark`` for ``cfg.engine`` (:func:`ehrfm.config.spark.resolve_engine` over the inputs:
+    ``auto`` goes to Spark for a cluster master, spark-submit or a non-``file:`` URI input)."""
+    from ehrfm.config.spark import resolve_engine as resolve
+
+    return resolve(cfg.engine, cfg.spark.master, cfg.input)
 
 
 def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:

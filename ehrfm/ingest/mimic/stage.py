@@ -8,13 +8,14 @@ from typing import Any
 
 from ehrfm.atomic import folder_outputs
 from ehrfm.config.base import ConfigError
-from ehrfm.config.ingest import IngestSummary, MimicIngestConfig, resolve_engine
+from ehrfm.config.ingest import IngestSummary, MimicIngestConfig
+from ehrfm.config.spark import resolve_engine
 from ehrfm.layout import MEDS_SUMMARY, Layout
 
 
 def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
     """Ingest the MIMIC-IV root ``cfg.input`` into ``layout.meds`` with the engine of ``cfg.engine`` (Spark,
-    or polars on this machine with no JVM: :func:`ehrfm.config.ingest.resolve_engine`); prints the per-rule
+    or polars on this machine with no JVM: :func:`ehrfm.config.spark.resolve_engine`); prints the per-rule
     table."""
     if not cfg.input:
         raise ConfigError("input=None: the MIMIC-IV root holding hosp/ and icu/ is required (--input)")
@@ -22,7 +23,7 @@ def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
     from ehrfm.ingest.summary import make_summary, mimic_counts, print_summary
 
     rules = load_rules(cfg.rules) if cfg.rules else None
-    engine = resolve_engine(cfg.engine, cfg.spark.master)
+    engine = resolve_engine(cfg.engine, cfg.spark.master, [cfg.input])
     out = layout.meds_uri
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
     t0 = time.perf_counter()
