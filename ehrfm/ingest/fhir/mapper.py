@@ -63,26 +63,42 @@ def reference_id(ref: Any, expected_type: str | None = None) -> str | None:
         ref = ref.get("reference")
     if not isinstance(ref, str) or not ref:
         return None
+    # an export names the same Patient / Encounter in many records: each distinct string is parsed once
+    parsed = _REF_CACHE.get(ref)
+    if parsed is None:
+        if len(_REF_CACHE) >= _REF_CACHE_MAX:  # bounded: a worker maps millions of records
+            _REF_CACHE.clear()
+        parsed = _REF_CACHE[ref] = parse_reference(ref)
+    rtype, rid = parsed
+    if expected_type and rtype is not None and rtype != expected_type:
+        raise MappingError(None, f"reference {ref!r} is not a {expected_type}")
+    return rid
+
+
+_REF_CACHE: dict[str, tuple[str | None, str | None]] = {}
+_REF_CACHE_MAX = 1 << 16
+
+
+def parse_reference(ref: str) -> tuple[str | None, str | None]:
+    """``(type, logical id)`` of a non-empty reference string (the uncached part of :func:`reference_id`).
+
+    The type is ``None`` where the reference carries none that is checked (``urn:uuid:``/``urn:oid:``,
+    a bare id); the id is ``None`` when empty or absent (``Patient/``, ``_history/2``)."""
     slash = ref.find("/")
     if 0 < slash == ref.rfind("/"):  # the common ``Type/id``: one split, no list (same answer as below)
         rtype, rid = ref[:slash], ref[slash + 1:]
         if "_history" not in (rtype, rid) and not ref.startswith(("urn:uuid:", "urn:oid:")):
-            if expected_type and rtype != expected_type:
-                raise MappingError(None, f"reference {ref!r} is not a {expected_type}")
-            return rid or None
+            return rtype, rid or None
     if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
-        return ref[9:] if ref.startswith("urn:uuid:") else ref[8:]
+        return None, (ref[9:] if ref.startswith("urn:uuid:") else ref[8:])
     parts = ref.split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
         if not parts:  # "_history/x": no logical id before the version (it used to raise IndexError)
-            return None
+            return None, None
     if len(parts) >= 2:
-        rtype, rid = parts[-2], parts[-1]
-        if expected_type and rtype != expected_type:
-            raise MappingError(None, f"reference {ref!r} is not a {expected_type}")
-        return rid or None
-    return parts[-1] or None
+        return parts[-2], parts[-1] or None
+    return None, parts[-1] or None
 
 
 def subject_of(resource: dict[str, Any], rules: Rules) -> int | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ehrfm.ingest.fhir import jsonio
@@ -32,13 +33,15 @@ class Record:
     error: str | None = None
     field: str | None = None
 
-    @property
+    # cached: the population path asks ~4 times per record; a record's resource is never replaced, and
+    # rewriting its references (Bundles) leaves its type and id alone
+    @cached_property
     def resource_type(self) -> str | None:
         """``resourceType`` of the resource (``None`` for unreadable records)."""
         rt = self.resource.get("resourceType") if self.resource else None
         return rt if isinstance(rt, str) else None
 
-    @property
+    @cached_property
     def resource_id(self) -> str | None:
         """Logical ``id`` of the resource, when it has one."""
         rid = self.resource.get("id") if self.resource else None

@@ -164,6 +164,8 @@ def first_path(obj: Any, paths: tuple[str, ...]) -> tuple[str | None, Any]:
     for p in paths:
         # most rule paths are one top-level key of a resource: one dict lookup
         v = obj.get(p) if "." not in p and isinstance(obj, dict) else get_path(obj, p)
-        if v not in (None, "", [], {}):
+        # "non-empty" = not one of None, "", [], {} (JSON values: a falsy str/list/dict is one of them);
+        # tested in this order, a present value costs one truth test instead of building [] and {}
+        if v is not None and (v or not isinstance(v, (str, list, dict))):
             return p, v
     return None, None
