@@ -12,8 +12,10 @@ the packaged folders wholesale.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -31,6 +33,8 @@ def _package_dir(package: str) -> Path:
     if path.is_dir():
         return path
     out = Path(tempfile.mkdtemp(prefix=f"ehrfm-{package.replace('.', '-')}-"))
+    # removed when the process exits (each spark-submit driver and Python worker made one and left it behind)
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     _copy_tree(root, out)
     return out
 
