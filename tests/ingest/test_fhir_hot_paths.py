@@ -252,3 +252,24 @@ def test_reference_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_first_path_emptiness_is_the_literal_test(value: Any) -> None:
     got = first_path({"a": value, "b": "fallback"}, ("a", "b"))
     assert got == (("b", "fallback") if value in (None, "", [], {}) else ("a", value))
+
+
+@pytest.mark.parametrize("rtype,status", [("Observation", "mapped"), ("Organization", "skipped"),
+                                          ("NoSuchType", "rejected"), ("", "rejected")])
+def test_process_record_kind_shortcut_matches_classify(rtype: str, status: str) -> None:
+    from ehrfm.ingest.fhir.process import MAP, classify
+
+    rules = load_rules()
+    ctx = MapContext(rules=rules, max_time_us=10**18)
+    res = {**OBS, "resourceType": rtype}
+    assert process_record(Record("f", 0, resource=res), ctx, False).status == status
+    if rtype:
+        assert (classify(rtype, rules) == MAP) == (rtype in rules.resources)
+
+
+def test_read_once_is_a_plain_property_read_once() -> None:
+    res: dict[str, Any] = {"resourceType": "Patient", "id": "p"}
+    rec = Record("f", 0, resource=res)
+    assert "resource_type" not in vars(rec)
+    assert rec.resource_type == "Patient" and vars(rec)["resource_type"] == "Patient"
+    assert Record.resource_type.__doc__ and "resourceType" in Record.resource_type.__doc__

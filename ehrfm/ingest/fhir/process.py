@@ -49,7 +49,8 @@ def process_record(rec: Record, ctx: MapContext, validate: bool, sid: int | None
     if not isinstance(raw_type, str) or not raw_type:
         return Outcome(REJECTED,
                        rejects=[make_reject(ctx, None, rid, "resourceType", "missing resourceType")])
-    kind = classify(raw_type, ctx.rules)
+    # a mapped type (most records) without the classify call
+    kind = MAP if raw_type in ctx.rules.resources else classify(raw_type, ctx.rules)
     if kind == SKIPPED:
         return Outcome(SKIPPED)
     if kind == UNKNOWN:

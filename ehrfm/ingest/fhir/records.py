@@ -12,15 +12,37 @@ mapper follows, so a resource carries everything it needs once it leaves its Bun
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from ehrfm.ingest.fhir import jsonio
 
 # fields holding the references the mapper follows (subject, encounter, medication)
 _REF_FIELDS = ("subject", "patient", "encounter", "context", "medicationReference")
+
+
+_T = TypeVar("_T")
+
+
+class _read_once(Generic[_T]):  # noqa: N801 - used as a decorator, like cached_property
+    """``functools.cached_property`` without its lock: the first read stores the value in the instance
+    dict, which later reads find first (a non-data descriptor). Python 3.11's cached_property takes an
+    RLock on every first read, which made it slower than a plain property for a record read ~4 times."""
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn, self.name = fn, fn.__name__
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _read_once[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> _T | _read_once[_T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 
 @dataclass
@@ -35,13 +57,13 @@ class Record:
 
     # cached: the population path asks ~4 times per record; a record's resource is never replaced, and
     # rewriting its references (Bundles) leaves its type and id alone
-    @cached_property
+    @_read_once
     def resource_type(self) -> str | None:
         """``resourceType`` of the resource (``None`` for unreadable records)."""
         rt = self.resource.get("resourceType") if self.resource else None
         return rt if isinstance(rt, str) else None
 
-    @cached_property
+    @_read_once
     def resource_id(self) -> str | None:
         """Logical ``id`` of the resource, when it has one."""
         rid = self.resource.get("id") if self.resource else None

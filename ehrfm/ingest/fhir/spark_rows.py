@@ -132,8 +132,10 @@ def outcome_row(rec: Record, out: Outcome, rules: Rules, sid: int | None = NOT_C
 
 def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, ctx: MapContext, validate: str,
                   every: int, sid: int | None = NOT_COMPUTED,
-                  file_crc: int | None = None) -> Iterator[tuple[Any, ...]]:
+                  file_crc: int | None = None) -> list[tuple[Any, ...]]:
+    # a list, not a generator: one per record, and the caller's ``yield from`` walks a list in C
     rules = ctx.rules
+    out_rows: list[tuple[Any, ...]] = []
     if validate == "auto" and res is not None and rec.error is None:
         if out.status == REJECTED and out.rejects:
             # the validator usually names the root cause of what the mapper tripped on
@@ -143,16 +145,15 @@ def _outcome_rows(rec: Record, res: dict[str, Any] | None, out: Outcome, ctx: Ma
                 out.rejects[0]["field"] = out.rejects[0]["field"] or problem[0]
         elif out.status == MAPPED and sampled(rec.source_file, rec.record_index, every, file_crc):
             problem = validate_resource(res, rules, ctx.fhir_version)
-            yield row("V", source_file=rec.source_file, record_index=rec.record_index,
-                      resource_type=rec.resource_type,
-                      resource_id=rec.resource_id, field=problem[0] if problem else None,
-                      reason=problem[1] if problem else None, status="invalid" if problem else "valid")
-    yield outcome_row(rec, out, rules, sid)
+            out_rows.append(row("V", source_file=rec.source_file, record_index=rec.record_index,
+                                resource_type=rec.resource_type, resource_id=rec.resource_id,
+                                field=problem[0] if problem else None, reason=problem[1] if problem else None,
+                                status="invalid" if problem else "valid"))
+    out_rows.append(outcome_row(rec, out, rules, sid))
     source_file, record_index = rec.source_file, rec.record_index
-    for e in out.events:
-        yield event_row(e, source_file, record_index)
-    for r in out.rejects:
-        yield row("R", **r)
+    out_rows += [event_row(e, source_file, record_index) for e in out.events]
+    out_rows += [row("R", **r) for r in out.rejects]
+    return out_rows
 
 
 def _med_key(res: dict[str, Any]) -> str | None:
@@ -210,42 +211,35 @@ def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
     The young-generation collector is widened while the rows are made and consumed (:func:`young_gc_widened`).
     """
     with young_gc_widened():
-        yield from _map_records(path, records, births, meds, complete, validate, max_time_us, every,
-                                fhir_version)
-
-
-def _map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
-                 meds: Mapping[str, dict[str, Any]], complete: bool, validate: str, max_time_us: int,
-                 every: int, fhir_version: str) -> Iterator[tuple[Any, ...]]:
-    rules = load_rules()
-    ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us,
-                     fhir_version=fhir_version)
-    seen: set[tuple[int, str]] = set()
-    full = validate == "full"
-    path_crc = zlib.crc32(path.encode())  # the validation sample's crc, continued per record (sampled)
-    mapped_types = rules.resources  # classify(rtype) == MAP, without the call
-    for rec in records:
-        res = rec.resource if rec.error is None else None
-        rtype = rec.resource_type
-        if res is None or rtype is None or rtype not in mapped_types:
-            yield from _outcome_rows(rec, res, process_record(rec, ctx, full), ctx, validate, every)
-            continue
-        # once per record: the mapper and the K row reuse the subject; pref is the Patient id it came from
-        sid, pref = subject_and_ref(res, rules)
-        if sid is not None and pref and (sid, pref) not in seen:
-            seen.add((sid, pref))
-            yield row("I", subject_id=sid, patient_ref=pref)
-        med_key = _med_key(res) if rtype in _MED_TYPES else None
-        if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
-            out = process_record(rec, ctx, full, sid)
-            if complete or out.status != REJECTED:
-                yield from _outcome_rows(rec, res, out, ctx, validate, every, sid,
-                                         path_crc if rec.source_file == path else None)
+        rules = load_rules()
+        ctx = MapContext(rules=rules, birth_floor_us=births, medications=meds, max_time_us=max_time_us,
+                         fhir_version=fhir_version)
+        seen: set[tuple[int, str]] = set()
+        full = validate == "full"
+        path_crc = zlib.crc32(path.encode())  # the validation sample's crc, continued per record (sampled)
+        mapped_types = rules.resources  # classify(rtype) == MAP, without the call
+        for rec in records:
+            res = rec.resource if rec.error is None else None
+            rtype = rec.resource_type
+            if res is None or rtype is None or rtype not in mapped_types:
+                yield from _outcome_rows(rec, res, process_record(rec, ctx, full), ctx, validate, every)
                 continue
-        yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
-                  payload=jsonio.dumps(res))
-    for code, desc in ctx.descriptions.items():
-        yield row("D", code=code, text_value=desc)
+            # once per record: the mapper and the K row reuse the subject; pref is the Patient id it came from
+            sid, pref = subject_and_ref(res, rules)
+            if sid is not None and pref and (sid, pref) not in seen:
+                seen.add((sid, pref))
+                yield row("I", subject_id=sid, patient_ref=pref)
+            med_key = _med_key(res) if rtype in _MED_TYPES else None
+            if complete or (sid is not None and sid in births and (med_key is None or med_key in meds)):
+                out = process_record(rec, ctx, full, sid)
+                if complete or out.status != REJECTED:
+                    yield from _outcome_rows(rec, res, out, ctx, validate, every, sid,
+                                             path_crc if rec.source_file == path else None)
+                    continue
+            yield row("P", source_file=path, record_index=rec.record_index, subject_id=sid, med_key=med_key,
+                      payload=jsonio.dumps(res))
+        for code, desc in ctx.descriptions.items():
+            yield row("D", code=code, text_value=desc)
 
 
 def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
@@ -253,20 +247,15 @@ def pending_rows(rows: Iterable[Any], validate: str, max_time_us: int,
     """Pass 2 on one partition: P rows joined with the global birth floor (``floor``) and Medication
     (``med_payload``) -> E/R/K/D/V rows (young collector widened, as in :func:`map_records`)."""
     with young_gc_widened():
-        yield from _pending_rows(rows, validate, max_time_us, every, fhir_version)
-
-
-def _pending_rows(rows: Iterable[Any], validate: str, max_time_us: int, every: int,
-                  fhir_version: str) -> Iterator[tuple[Any, ...]]:
-    rules = load_rules()
-    ctx = MapContext(rules=rules, max_time_us=max_time_us, fhir_version=fhir_version)
-    for r in rows:
-        res = jsonio.loads(r["payload"])
-        rec = Record(r["source_file"], r["record_index"], resource=res)
-        ctx.birth_floor_us = {r["subject_id"]: r["floor"]} if r["floor"] is not None else {}
-        ctx.medications = ({r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None
-                           else {})
-        out = process_record(rec, ctx, validate == "full")
-        yield from _outcome_rows(rec, res, out, ctx, validate, every)
-    for code, desc in ctx.descriptions.items():
-        yield row("D", code=code, text_value=desc)
+        rules = load_rules()
+        ctx = MapContext(rules=rules, max_time_us=max_time_us, fhir_version=fhir_version)
+        for r in rows:
+            res = jsonio.loads(r["payload"])
+            rec = Record(r["source_file"], r["record_index"], resource=res)
+            ctx.birth_floor_us = {r["subject_id"]: r["floor"]} if r["floor"] is not None else {}
+            ctx.medications = ({r["med_key"]: jsonio.loads(r["med_payload"])} if r["med_payload"] is not None
+                               else {})
+            out = process_record(rec, ctx, validate == "full")
+            yield from _outcome_rows(rec, res, out, ctx, validate, every)
+        for code, desc in ctx.descriptions.items():
+            yield row("D", code=code, text_value=desc)
