@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
 _ONE_US = timedelta(microseconds=1)
 US_PER_DAY = 86_400_000_000
 
@@ -40,18 +41,19 @@ def parse_fhir_time(value: str) -> int:
         raise TimeParseError(f"not a FHIR date/dateTime: {value!r}")
     year, month, day, hh, mi, ss, frac, zone = m.groups()
     try:
-        micro = int((frac or "0")[:6].ljust(6, "0"))
-        tz = timezone.utc
+        micro = int(frac[:6].ljust(6, "0")) if frac else 0
+        offset_us = 0
         if zone and zone != "Z":
-            sign = -1 if zone[0] == "-" else 1
-            tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        dt = datetime(
-            int(year), int(month or 1), int(day or 1), int(hh or 0), int(mi or 0), int(ss or 0), micro,
-            tzinfo=tz
-        )
+            offset_us = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60_000_000 * (-1 if zone[0] == "-" else 1)
+            if not -US_PER_DAY < offset_us < US_PER_DAY:  # let timezone() raise its own error, as before
+                timezone(timedelta(microseconds=offset_us))
+        h, mnt, sec = int(hh or 0), int(mi or 0), int(ss or 0)
+        # the naive datetime only checks the calendar (month 13, Feb 30, hour 25); the instant is plain
+        # integer arithmetic (no timezone object and timedelta division per call: most values are new)
+        days = datetime(int(year), int(month or 1), int(day or 1), h, mnt, sec, micro).toordinal()
     except ValueError as e:  # month 13, Feb 30, hour 25, offset beyond 24h ...
         raise TimeParseError(f"impossible date/time {value!r}: {e}") from None
-    return (dt - _EPOCH) // _ONE_US
+    return ((days - _EPOCH_ORDINAL) * 86_400 + (h * 60 + mnt) * 60 + sec) * 1_000_000 + micro - offset_us
 
 
 def is_date_only(value: str) -> bool:
