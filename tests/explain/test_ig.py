@@ -129,3 +129,34 @@ def test_other_threads_predict_untouched_while_a_row_is_explained(events: list[p
     torch.testing.assert_close(elsewhere, expected)
     assert len(seen) == 1 and not torch.allclose(here, expected)
     torch.testing.assert_close(head_output(fm, spec, batch), expected)  # and nothing is left behind
+
+
+
+def test_both_ends_of_the_path_are_the_model_on_the_row_and_on_its_pad_baseline(
+        events: list[pd.DataFrame], vocab_bins: tuple[Any, Bins]) -> None:
+    """f(x) and f(baseline) come from one stacked pass (rows and baselines together): each must equal a
+    separate one-row forward of that row, and of its baseline embedding (the pad row's embedding with the
+    prompt and padding positions kept from the row)."""
+    from ehrfm.explain.ig import baseline_streams, embedding_sum
+
+    vocab, bins = vocab_bins
+    fm, spec = finetuned(vocab, "mamba2"), SPECS[0]
+    rows = task_rows(events[:3], vocab, bins, spec.task)
+    rows[1] = {**rows[1], **{k: rows[1][k][-40:] for k in ("concept_ids", "type_ids", "ages", "times",
+                                                           "visit_orders", "visit_segments", "values")},
+               "length": 40}  # a shorter row: padded in the batch
+    batch = _batch(rows)
+    ig = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=4))
+    att = ig.explain(batch)
+    for j in range(len(rows)):
+        one = {k: v[j : j + 1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        streams = {k: one[k] for k in baseline_streams(one, 0)}
+        x = embedding_sum(fm.model, streams)
+        base = torch.where(fixed_positions(one)[..., None], x,
+                           embedding_sum(fm.model, baseline_streams(one, fm.model.config.pad_id)))
+        with torch.no_grad():
+            f_x, f_b = (float(ig.output(streams, one["lengths"], e)[0]) for e in (x, base))
+        assert f_x == pytest.approx(float(head_output(fm, spec, one)[0]), rel=1e-5, abs=1e-5)
+        assert att.f_input[j] == pytest.approx(f_x, rel=1e-5, abs=1e-5)
+        assert att.f_baseline[j] == pytest.approx(f_b, rel=1e-5, abs=1e-5)
+    assert not np.allclose(att.f_input, att.f_baseline)  # the two ends differ: the test can tell them apart
