@@ -146,6 +146,40 @@ def _norm_input(model: EHRFoundationModel, replace: Tensor | None, seen: list[Te
         _TAPS.tap = previous
 
 
+_FROZEN_LOCK = threading.Lock()
+_FROZEN: dict[int, tuple[int, list[tuple[torch.nn.Parameter, bool]]]] = {}  # id(module) -> (blocks in, saved)
+
+
+@contextmanager
+def parameters_frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """While active, the parameters of ``modules`` do not require grad, so a forward pass records nothing
+    for parameter gradients and the backward pass computes none: integrated gradients need the gradient
+    with respect to the embedding only (measured ~15% of the path-gradient time of a 500-token row on one
+    CPU thread). Safe across threads explaining with the same model: the first block in records the
+    parameters' ``requires_grad`` and clears it, the last block out restores it. Not for modules that are
+    being trained meanwhile (their parameters would get no gradient)."""
+    for m in modules:
+        with _FROZEN_LOCK:
+            count, saved = _FROZEN.get(id(m), (0, []))
+            if count == 0:
+                saved = [(q, q.requires_grad) for q in m.parameters()]
+                for q, _ in saved:
+                    q.requires_grad_(False)
+            _FROZEN[id(m)] = (count + 1, saved)
+    try:
+        yield
+    finally:
+        for m in reversed(modules):  # reverse order: a parameter shared by two modules gets its own flag back
+            with _FROZEN_LOCK:
+                count, saved = _FROZEN[id(m)]
+                if count == 1:
+                    del _FROZEN[id(m)]
+                    for q, flag in saved:
+                        q.requires_grad_(flag)
+                else:
+                    _FROZEN[id(m)] = (count - 1, saved)
+
+
 def _streams(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: batch[k] for k in LIST_COLUMNS}
 
@@ -203,6 +237,10 @@ class IntegratedGradients:
 
     def explain(self, batch: dict[str, Tensor]) -> Attributions:
         """Attributions of every row of a collated batch (see :class:`Attributions`)."""
+        with parameters_frozen(self.model, self.heads):
+            return self._explain(batch)
+
+    def _explain(self, batch: dict[str, Tensor]) -> Attributions:
         cfg = self.settings
         streams = _streams(batch)
         b = batch["lengths"].shape[0]

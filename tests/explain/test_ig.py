@@ -160,3 +160,37 @@ def test_both_ends_of_the_path_are_the_model_on_the_row_and_on_its_pad_baseline(
         assert att.f_input[j] == pytest.approx(f_x, rel=1e-5, abs=1e-5)
         assert att.f_baseline[j] == pytest.approx(f_b, rel=1e-5, abs=1e-5)
     assert not np.allclose(att.f_input, att.f_baseline)  # the two ends differ: the test can tell them apart
+
+
+def test_parameters_need_no_grad_while_explaining_and_get_their_flags_back(
+        events: list[pd.DataFrame], vocab_bins: tuple[Any, Bins]) -> None:
+    """The path gradients are taken with the parameters frozen (no parameter gradient is built): same
+    attributions as with them live, every ``requires_grad`` flag restored afterwards, also when two threads
+    explain with the same model at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vocab, bins = vocab_bins
+    fm, spec = finetuned(vocab, "mamba2"), SPECS[0]
+    batch = _batch(task_rows(events[:2], vocab, bins, spec.task))
+    params = list(fm.model.parameters()) + list(fm.heads.parameters())
+    params[0].requires_grad_(False)  # a parameter frozen before stays frozen
+    before = [q.requires_grad for q in params]
+    assert any(before) and not all(before)
+    live: list[bool] = []
+    handle = fm.model.embeddings.norm.register_forward_hook(
+        lambda *_: live.append(any(q.requires_grad for q in params)))
+    ig = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=4))
+    try:
+        frozen = ig.explain(batch)
+        assert live and not any(live)
+        live.clear()
+        plain = ig._explain(batch)  # the same computation with the parameters live
+        assert any(live)
+        with ThreadPoolExecutor(2) as pool:
+            both = list(pool.map(lambda _: ig.explain(batch), range(4)))
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(frozen.tokens, plain.tokens, rtol=1e-5, atol=1e-7)
+    for other in both:
+        np.testing.assert_allclose(other.tokens, frozen.tokens, rtol=1e-5, atol=1e-7)
+    assert [q.requires_grad for q in params] == before
