@@ -18,8 +18,11 @@ trailing prompt token's embedding includes the gap from the last event to the pr
 that gap is not attributed.)
 
 Quadrature: Gauss-Legendre (default) or midpoint nodes on [0, 1], batched over interpolation points up to
-``batch_tokens`` tokens per pass. Rows whose completeness error exceeds ``tolerance`` are recomputed with
-twice the points until ``max_steps``; what remains is reported (``converged`` False), never hidden.
+``batch_tokens`` tokens per pass (on the CPU at most :data:`CPU_PASS_TOKENS`). The row and its baseline go
+through one stacked forward for ``f(x)`` and ``f(baseline)``, and the model's parameters are frozen while
+gradients are taken (:func:`parameters_frozen`): only the embedding's gradient is built. Rows whose
+completeness error exceeds ``tolerance`` are recomputed with twice the points until ``max_steps``; what
+remains is reported (``converged`` False), never hidden.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ ABS_FLOOR = 1e-3
 """Denominator floor of the relative completeness error (in logit units): a row whose output barely moves
 from the baseline is judged on the absolute error instead of a ratio of two tiny numbers."""
 TARGETS = {"binary": "logit", "tte": "risk_logit"}
+CPU_PASS_TOKENS = 2048
+"""On the CPU, interpolation points go through the model at most this many tokens (rows x points x width)
+per forward/backward pass, whatever ``batch_tokens`` allows: the chunked scan's intermediates of a wider
+pass outgrow the cache (one 504-token row, 8 points, one thread: 4 points per pass ~100 ms, all 8 in one
+pass ~135 ms, 2 per pass ~105 ms). Accelerators take ``batch_tokens`` as it is."""
 
 
 @dataclass
@@ -219,7 +227,10 @@ class IntegratedGradients:
                         weights: np.ndarray) -> Tensor:
         """sum_k w_k grad f(base + a_k (x - base)) (b, l, d), batched over points within ``batch_tokens``."""
         b, width = x.shape[:2]
-        per_pass = max(1, self.settings.batch_tokens // max(width * b, 1))
+        budget = self.settings.batch_tokens
+        if x.device.type == "cpu":
+            budget = min(budget, CPU_PASS_TOKENS)
+        per_pass = max(1, budget // max(width * b, 1))
         total = torch.zeros_like(x, dtype=torch.float64)
         streams = _streams(batch)
         for s in range(0, len(alphas), per_pass):

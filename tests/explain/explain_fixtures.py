@@ -30,7 +30,9 @@ def patient_events(i: int, seed: int = 3) -> pd.DataFrame:
     """MEDS events of synthetic patient ``i`` (FHIR resources through the one-patient ingest)."""
     rec = simulate(SynthConfig(seed=seed), i)
     text = "\n".join(medication_lines() + [ln for lines in patient_lines(rec).values() for ln in lines])
-    return bundle_to_events(text, validate="none", source_file=f"patient-{rec.id}.ndjson").events_df()
+    events: pd.DataFrame = bundle_to_events(text, validate="none",
+                                            source_file=f"patient-{rec.id}.ndjson").events_df()
+    return events
 
 
 def finetuned(vocab: Any, backbone: str, seed: int = 0, d_model: int = 32) -> FinetunedModel:

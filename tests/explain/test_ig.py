@@ -194,3 +194,31 @@ def test_parameters_need_no_grad_while_explaining_and_get_their_flags_back(
     for other in both:
         np.testing.assert_allclose(other.tokens, frozen.tokens, rtol=1e-5, atol=1e-7)
     assert [q.requires_grad for q in params] == before
+
+
+def test_cpu_passes_stay_within_the_cache_budget_and_do_not_change_the_result(
+        events: list[pd.DataFrame], vocab_bins: tuple[Any, Bins], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the points go through at most CPU_PASS_TOKENS tokens per pass (cache-sized), whatever
+    batch_tokens allows; how the points are split into passes does not change the attributions."""
+    import ehrfm.explain.ig as ig_mod
+
+    vocab, bins = vocab_bins
+    fm, spec = finetuned(vocab, "mamba2"), SPECS[0]
+    batch = _batch(task_rows(events[:1], vocab, bins, spec.task))
+    width = batch["concept_ids"].shape[1]
+    passes: list[int] = []
+    handle = fm.model.embeddings.norm.register_forward_hook(
+        lambda _m, args, _o: passes.append(args[0].shape[0]))
+    try:
+        monkeypatch.setattr(ig_mod, "CPU_PASS_TOKENS", 2 * width)  # two points per pass
+        split = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=8, max_steps=8)).explain(batch)
+        path_passes = passes[2:]  # after the embedding pass and the forward of both ends
+        assert path_passes == [2, 2, 2, 2]
+        passes.clear()
+        monkeypatch.setattr(ig_mod, "CPU_PASS_TOKENS", 10**9)
+        whole = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=8, max_steps=8)).explain(batch)
+        assert passes[2:] == [8]
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(split.tokens, whole.tokens, rtol=1e-5, atol=1e-7)
+    assert split.rel_error[0] == pytest.approx(whole.rel_error[0], rel=1e-3, abs=1e-6)
