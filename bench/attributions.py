@@ -299,7 +299,7 @@ def latency_only(root: Path, repeats: int, output: Path) -> int:
                         "shared": True, "torch_threads": 1}
     result = json.loads(output.read_text()) if output.exists() else {}
     result["latency"] = block
-    print_table({"tasks": {}, **result})  # a file without the oracle part prints the timing alone
+    print_latency(block)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {output}")
@@ -402,7 +402,12 @@ def print_table(result: dict[str, Any]) -> None:
                          f"{v['completeness']['max_rel_error']:.1e})" for m, v in t["models"].items())
         oracle = "n/a" if t["oracle_auroc"] is None else f"{t['oracle_auroc']:.3f}"
         print(f"{task}: {t['rows']} rows; AUROC {aucs}, oracle {oracle}; completeness {comp}")
-    for b in result.get("latency", {}).get("bundles", []):
+    print_latency(result.get("latency", {}))
+
+
+def print_latency(block: dict[str, Any]) -> None:
+    """One line per timed bundle: median seconds without and with explanations, their ratio."""
+    for b in block.get("bundles", []):
         print(f"serving {b['events']} events, both tasks: {b['median_s']['off']:.3f} s without "
               f"explanations, {b['median_s']['on']:.3f} s with ({b['ratio']:.2f}x)")
 
