@@ -17,7 +17,7 @@ from ehrfm.schema import CODE, SUBJECT_ID, TIME, TRAIN_SPLIT
 @pytest.fixture(scope="session")
 def events() -> list[pd.DataFrame]:
     """Events of six synthetic patients with at least 40 timed events each."""
-    out = []
+    out: list[pd.DataFrame] = []
     i = 0
     while len(out) < 6:
         ev = patient_events(i)

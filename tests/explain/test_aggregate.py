@@ -27,7 +27,7 @@ from ehrfm.schema import CODE, NUMERIC_VALUE, TIME, TokenType
 
 
 def _cut(ev: pd.DataFrame) -> pd.Timestamp:
-    return ev[TIME].dropna().sort_values().iloc[29]
+    return pd.Timestamp(ev[TIME].dropna().sort_values().iloc[29])
 
 
 def test_items_partition_the_tokens(events: list[pd.DataFrame], vocab_bins: tuple[Any, Bins]) -> None:
@@ -67,7 +67,9 @@ def test_code_tokens_align_to_their_events(max_tokens: int, events: list[pd.Data
         assert all(src[p] is not None for p in code_pos)
         assert len({src[p] for p in code_pos}) == len(code_pos)  # distinct events
         for p in code_pos:
-            e = ev.iloc[src[p]]
+            j = src[p]
+            assert j is not None
+            e = ev.iloc[j]
             assert vocab.id(e[CODE]) == row["concept_ids"][p]
             assert e[TIME] <= _cut(ev)
             assert abs(e[TIME].value / 86_400e9 - float(row["times"][p])) < 0.01  # days, float32 stream
@@ -75,7 +77,8 @@ def test_code_tokens_align_to_their_events(max_tokens: int, events: list[pd.Data
                 scaled = bins.scaled_value(e[CODE], float(e[NUMERIC_VALUE]))
                 assert scaled == pytest.approx(float(row["values"][p + 1]), abs=1e-5)
         for p in np.flatnonzero(types == TokenType.STATIC):
-            assert src[p] is not None and vocab.id(ev.iloc[src[p]][CODE]) == row["concept_ids"][p]
+            j = src[p]
+            assert j is not None and vocab.id(ev.iloc[j][CODE]) == row["concept_ids"][p]
     # a row from another patient's events cannot be aligned
     row = kept_row(task_rows(events[:1], vocab, bins, SPECS[0].task)[0], 10_000)
     with pytest.raises(ValueError, match="subject_id="):
@@ -97,6 +100,7 @@ def test_explained_events_carry_raw_values(events: list[pd.DataFrame], vocab_bin
         valued = [e for e in x.events if e.kind == EVENT and e.bin is not None]
         assert valued and all(e.value is not None and e.source is not None for e in valued)
         for e in valued:
+            assert e.source is not None
             assert e.value == pytest.approx(float(ev.iloc[e.source][NUMERIC_VALUE]))
         top = x.top(3)
         assert [abs(e.attribution) for e in top] == sorted((abs(e.attribution) for e in top), reverse=True)
