@@ -19,9 +19,8 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from ehrfm.config.base import ConfigError
 from ehrfm.config.serve import Limits as Limits  # re-exported: serving code and users import it from here
 from ehrfm.config.serve import ServeConfig
 from ehrfm.data.multitask import MultiTaskCollator
+from ehrfm.gcstate import shared_setting
 from ehrfm.layout import TokenPaths
 from ehrfm.prepare.bins import Bins, load_bins
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID, TIME
@@ -198,29 +198,22 @@ def task_descriptions(folder: Path) -> dict[str, str]:
     return out
 
 
-_gc_lock = threading.Lock()
-_gc_state = {"users": 0, "was_enabled": False}
+def _pause_gc() -> bool:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    return was_enabled
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
+_gc_paused = shared_setting(_pause_gc, lambda was_enabled: gc.enable() if was_enabled else None)
+
+
+def gc_paused() -> AbstractContextManager[None]:
     """Pause Python's cyclic garbage collector while a request runs (re-entrant, thread-safe; the last
-    request out restores the state found by the first one in).
+    request out restores the state found by the first one in; :func:`ehrfm.gcstate.shared_setting`).
 
     Why: a 10 MB Bundle parses into ~400k dicts and lists, and every few hundred allocations the collector
     scans the young objects, then the older generations over and over: measured, it more than doubles the
     parse time (orjson 119 -> 44 ms without it). Reference counting frees a request's objects when it ends;
     the rare cycle waits for the next collection after the pause.
     """
-    with _gc_lock:
-        if _gc_state["users"] == 0:
-            _gc_state["was_enabled"] = gc.isenabled()
-            gc.disable()
-        _gc_state["users"] += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_state["users"] -= 1
-            if _gc_state["users"] == 0 and _gc_state["was_enabled"]:
-                gc.enable()
+    return _gc_paused()

@@ -24,14 +24,14 @@ I     a subject id and its source id (``subject_id``, ``patient_ref``)
 from __future__ import annotations
 
 import gc
-import threading
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pyarrow as pa
 
+from ehrfm.gcstate import shared_setting
 from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.dedup import content_digest, last_updated
 from ehrfm.ingest.fhir.mapper import NOT_COMPUTED, MapContext, reference_id, subject_and_ref, subject_of
@@ -165,15 +165,21 @@ def _med_key(res: dict[str, Any]) -> str | None:
 
 
 GC_YOUNG_THRESHOLD = 100_000  # allocations between young collections while rows are mapped (default 700)
-_gc_lock = threading.Lock()
-_gc_state: dict[str, Any] = {"users": 0, "saved": None}
 
 
-@contextmanager
-def young_gc_widened() -> Iterator[None]:
+def _widen_young_gc() -> tuple[int, ...]:
+    saved = gc.get_threshold()
+    gc.set_threshold(max(saved[0], GC_YOUNG_THRESHOLD), *saved[1:])
+    return saved
+
+
+_young_gc_widened = shared_setting(_widen_young_gc, lambda saved: gc.set_threshold(*saved))
+
+
+def young_gc_widened() -> AbstractContextManager[None]:
     """Collect the young generation every :data:`GC_YOUNG_THRESHOLD` allocations instead of every 700 while
     the block runs (re-entrant and thread-safe: the last one out restores the thresholds the first one in
-    found).
+    found; :func:`ehrfm.gcstate.shared_setting`).
 
     Why: mapping allocates ~30 dicts, lists and tuples per record and keeps a batch of row tuples alive
     until it becomes Arrow; with the default thresholds the collector walks them over and over: measured
@@ -181,19 +187,7 @@ def young_gc_widened() -> Iterator[None]:
     (the serving path's ``gc_paused``), cycles (a rare exception's traceback) are still collected, so a
     long unit's memory stays bounded.
     """
-    with _gc_lock:
-        if _gc_state["users"] == 0:
-            saved = gc.get_threshold()
-            _gc_state["saved"] = saved
-            gc.set_threshold(max(saved[0], GC_YOUNG_THRESHOLD), *saved[1:])
-        _gc_state["users"] += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_state["users"] -= 1
-            if _gc_state["users"] == 0:
-                gc.set_threshold(*_gc_state["saved"])
+    return _young_gc_widened()
 
 
 def map_records(path: str, records: Iterable[Record], births: Mapping[int, int],
