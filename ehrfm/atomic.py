@@ -280,10 +280,10 @@ class Outputs:
 
     # --- URIs: in place, marker first out and last in -----------------------------------------------------
     def _fs(self) -> tuple[Any, str]:
-        import pyarrow.fs as pafs
+        from ehrfm.storage import filesystem
 
         assert isinstance(self.root, str)
-        return pafs.FileSystem.from_uri(self.root)  # type: ignore[no-any-return]
+        return filesystem(self.root)
 
     def _open_uri(self) -> None:
         import pyarrow.fs as pafs

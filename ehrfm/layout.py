@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ehrfm.config.base import ConfigBase
+from ehrfm.config.base import ConfigBase, ConfigError
 
 # No pyarrow / Spark names here, not even under TYPE_CHECKING: the CLI builds its --help from the Layout
 # dataclass, and jsonargparse resolves a module's TYPE_CHECKING imports (tests/test_cli.py checks that
@@ -60,13 +60,17 @@ SYNTH_SUMMARY = "truth/summary.yaml"
 def local_path(value: str) -> Path:
     """A folder option as an absolute local path: a ``file:`` URI (``file:///x``, ``file:/x``,
     ``file://localhost/x``, percent-encoded as ``Path.as_uri()`` writes it) becomes its path; a relative path
-    is taken from the driver's current folder (never an executor's). Other URIs (``hdfs://``) are the
-    Spark writers' business (:attr:`Layout.meds_uri`), not a local folder."""
-    if value.startswith("file:"):
-        from urllib.parse import unquote, urlparse
+    is taken from the driver's current folder (never an executor's). A remote URI (``hdfs://``, ``s3a://``) is
+    refused with a :class:`ConfigError` naming it: a step that needs a local folder cannot take one, and a
+    ``Path`` would silently collapse ``//`` into a relative folder; steps that take URIs read the
+    ``*_uri`` accessors of :class:`Layout`."""
+    from ehrfm import storage
 
-        return Path(unquote(urlparse(value).path))
-    return Path(value).absolute()
+    if storage.is_remote(value):
+        raise ConfigError(f"{value!r}: this step needs a local folder here, not a {storage.scheme(value)}:// "
+                          "URI (ingest, label, prepare, tokenize and score take URIs; training, evaluation "
+                          "and serving read local folders)")
+    return Path(storage.local_path(value))
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,12 @@ class Layout(ConfigBase):
         # absolute: Spark executors (and pyarrow writers on them) run in their own working folders
         return local_path(override) if override else self.root_dir / name
 
+    def _uri(self, override: str | None, name: str) -> str:
+        # a URI kept intact (a Path collapses "hdfs:///x" to "hdfs:/x"), a local folder made absolute
+        from ehrfm import storage
+
+        return storage.normalize(override) if override else storage.join(storage.normalize(self.root), name)
+
     @property
     def root_dir(self) -> Path:
         """The pipeline root as an absolute path (relative roots are taken from the current folder)."""
@@ -252,11 +262,23 @@ class Layout(ConfigBase):
     @property
     def meds_uri(self) -> str:
         """The MEDS dataset folder as a string that keeps a URI intact (``hdfs:///meds``: a Path collapses
-        ``//``): what the Spark writers of ``ehrfm ingest`` take."""
-        base = self.meds or self.root
-        if "://" not in base:
-            return str(self._dir(self.meds, "meds"))
-        return base.rstrip("/") if self.meds else f"{base.rstrip('/')}/meds"
+        ``//``), a local folder as an absolute path: what the stages that take URIs read and write."""
+        return self._uri(self.meds, "meds")
+
+    @property
+    def labels_uri(self) -> str:
+        """The labels folder, URI kept intact (see :attr:`meds_uri`)."""
+        return self._uri(self.labels, "labels")
+
+    @property
+    def tokens_uri(self) -> str:
+        """The tokens folder, URI kept intact (see :attr:`meds_uri`)."""
+        return self._uri(self.tokens, "tokens")
+
+    @property
+    def scores_uri(self) -> str:
+        """The scores folder of ``ehrfm score``, URI kept intact (see :attr:`meds_uri`)."""
+        return self._uri(self.scores, "scores")
 
     @property
     def meds_paths(self) -> MedsPaths:

@@ -58,7 +58,9 @@ def data_files(folder: str | Path) -> list[str]:
 def _uri_files(uri: str) -> list[str]:
     import pyarrow.fs as pafs
 
-    fs, base = pafs.FileSystem.from_uri(uri)
+    from ehrfm.storage import filesystem
+
+    fs, base = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=True))
     rels = []
     for info in infos:
@@ -92,10 +94,10 @@ def read_meds_table(root: str | Path, columns: list[str] | None = None, filter: 
 
     files = _require(root)
     if "://" in str(root):
-        import pyarrow.fs as pafs
+        from ehrfm.storage import filesystem
 
-        fs, _ = pafs.FileSystem.from_uri(files[0])
-        dset = ds.dataset([pafs.FileSystem.from_uri(f)[1] for f in files], format="parquet", filesystem=fs)
+        fs, _ = filesystem(files[0])
+        dset = ds.dataset([filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
     else:
         dset = ds.dataset(files, format="parquet")
     return dset.to_table(columns=columns, filter=filter)
@@ -103,8 +105,9 @@ def read_meds_table(root: str | Path, columns: list[str] | None = None, filter: 
 
 def read_meds_spark(spark: SparkSession, root: str | Path) -> DataFrame:
     """The events of the MEDS dataset at ``root`` (either layout, local path or URI) as a Spark DataFrame."""
-    data = f"{str(root).rstrip('/')}/{MEDS_DATA}"
-    if "://" not in data:
-        _require(root)  # a named error instead of Spark's schema-inference failure
+    from ehrfm.storage import spark_uri
+
+    data = spark_uri(f"{str(root).rstrip('/')}/{MEDS_DATA}")
+    _require(root)  # a named error instead of Spark's schema-inference failure
     return (spark.read.option("recursiveFileLookup", "true").option("pathGlobFilter", "*.parquet")
             .parquet(data))

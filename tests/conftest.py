@@ -4,7 +4,9 @@ missing."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -67,6 +69,55 @@ def spark() -> Iterator[object]:
     s = get_spark("ehrfm-tests", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
     yield s
     s.stop()
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A remote folder for a test (``uri``) and where its bytes land on this machine (``local``)."""
+
+    uri: str
+    local: Path | None
+
+
+@pytest.fixture
+def viewfs(spark, tmp_path: Path) -> Remote:  # type: ignore[no-untyped-def]
+    """A ``viewfs://`` folder served by Hadoop's FileSystem in the test Spark session (a mount table,
+    unique per test, links it to a local temporary folder): a scheme only Hadoop knows, so a stage that
+    passes it touches no driver-local path. Spark readers/writers and :func:`ehrfm.storage.filesystem`
+    (Hadoop in Spark's JVM) both serve it."""
+    target = tmp_path / "viewfs"
+    target.mkdir()
+    table = f"t{uuid.uuid4().hex[:12]}"  # a new authority: Hadoop's FileSystem cache reads the mount afresh
+    spark.sparkContext._jsc.hadoopConfiguration().set(f"fs.viewfs.mounttable.{table}.link./data",
+                                                      target.as_uri())
+    return Remote(f"viewfs://{table}/data", target)
+
+
+@pytest.fixture(scope="session")
+def _moto_endpoint() -> Iterator[str]:
+    """One in-process S3 server (moto) for the test session, on a free local port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Remote:
+    """A fresh bucket on the test S3 server as ``s3://<bucket>`` (credentials and endpoint in the standard
+    AWS environment variables, which pyarrow and polars read): the local engines' object-store path."""
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": _moto_endpoint, "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"ehrfm-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=_moto_endpoint).create_bucket(Bucket=bucket)
+    return Remote(f"s3://{bucket}", None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -74,13 +74,11 @@ _STATS_SCHEMA = ("file string, rows long, subjects long, code string, subject_id
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it for a local path or URI."""
-    if "://" not in uri:
-        import os
+    """A pyarrow filesystem and the path inside it for a local path or URI (:func:`ehrfm.storage.filesystem`:
+    Hadoop's FileSystem when a Spark session runs)."""
+    from ehrfm.storage import filesystem
 
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return fs, path
+    return filesystem(uri)
 
 
 def check_sorted_table(table: pa.Table, where: str) -> int:
