@@ -47,7 +47,7 @@ class _HadoopOutput(io.RawIOBase):
         super().close()
 
 
-class HadoopHandler(pafs.FileSystemHandler):
+class HadoopHandler(pafs.FileSystemHandler):  # type: ignore[misc]  # pyarrow has no stubs
     """``pyarrow.fs.FileSystemHandler`` over ``org.apache.hadoop.fs.FileSystem`` through py4j. Paths are full
     URIs (``viewfs://cluster/data/meds/summary.json``); the children of a folder are reported under the URI
     the caller gave (Hadoop qualifies ``hdfs:///x`` to ``hdfs://namenode:8020/x``; readers strip the prefix
