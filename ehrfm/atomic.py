@@ -332,29 +332,33 @@ def folder_outputs(final: str | Path, marker: str, *, overwrite: bool = False,
 
 
 # --- readers -----------------------------------------------------------------------------------------------
-def parquet_files(folder: Path) -> list[Path]:
+def parquet_files(folder: str | Path) -> list[str]:
     """Parquet files under ``folder`` (recursively: flat ``data/*.parquet`` and ``data/<split>/<n>.parquet``),
-    skipping hidden and ``_``-prefixed names as Spark and pyarrow do (:func:`ehrfm.meds_files.data_files`)."""
+    skipping hidden and ``_``-prefixed names as Spark and pyarrow do (:func:`ehrfm.meds_files.data_files`);
+    local paths or URIs."""
     from ehrfm.meds_files import data_files
 
-    return [Path(f) for f in data_files(folder)]
+    return data_files(folder)
 
 
-def check_columns(files: Iterable[Path], columns: Sequence[str], what: str) -> None:
+def check_columns(files: Iterable[str | Path], columns: Sequence[str], what: str) -> None:
     """Raise :class:`IncompleteInputError` naming the first file (and ``what`` it is) that lacks one of
-    ``columns`` (read from the parquet footers only)."""
+    ``columns`` (read from the parquet footers only; local paths or URIs)."""
     import pyarrow.parquet as pq
 
+    from ehrfm.storage import filesystem
+
     for f in files:
-        names = set(pq.read_schema(f).names)
+        fs, path = filesystem(str(f))
+        names = set(pq.read_schema(path, filesystem=fs).names)
         missing = [c for c in columns if c not in names]
         if missing:
             raise IncompleteInputError(f"{f}: {what} without column(s) {missing} (has {sorted(names)})")
 
 
 def check_meds(root: str | Path, columns: Sequence[str] = ("subject_id", "time", "code"), *,
-               key: str = "meds") -> list[Path]:
-    """Check a MEDS folder before reading it; returns its event files.
+               key: str = "meds") -> list[str]:
+    """Check a MEDS folder (local path or URI) before reading it; returns its event files.
 
     Refuses (:class:`IncompleteInputError`, naming the folder and what is missing) a missing ``data/``,
     ``data/`` without parquet files, an event file without one of ``columns``, a folder ehrfm began writing
@@ -362,26 +366,28 @@ def check_meds(root: str | Path, columns: Sequence[str] = ("subject_id", "time",
     whose shards are not in ``data/``. Folders other tools wrote (no ``summary.json``) need only the
     data and columns.
     """
-    from ehrfm.layout import MedsPaths
+    from ehrfm import storage
+    from ehrfm.layout import MEDS_DATA, MEDS_DATASET_JSON, MEDS_SUMMARY
 
-    meds = MedsPaths(Path(root))
-    where = f"{key}={str(meds.root)!r}"
-    if not meds.data.is_dir():
+    base = storage.normalize(str(root))
+    where = f"{key}={base!r}"
+    data = storage.join(base, MEDS_DATA)
+    if not storage.is_dir(data):
         raise IncompleteInputError(f"{where}: no data/ folder (expected an ingested MEDS dataset; run "
                                    "`ehrfm ingest`)")
-    if meds.summary.is_file():
-        summary = json.loads(meds.summary.read_text())
+    if storage.is_file(storage.join(base, MEDS_SUMMARY)):
+        summary = storage.read_json(storage.join(base, MEDS_SUMMARY))
         listed = [s.get("file") for s in summary.get("shards", []) if isinstance(s, dict)]
-        lost = [f for f in listed if isinstance(f, str) and not (meds.data / f).is_file()]
+        lost = [f for f in listed if isinstance(f, str) and not storage.is_file(storage.join(data, f))]
         if lost:
             raise IncompleteInputError(f"{where}: summary.json lists {len(lost)} event file(s) not in data/ "
                                        f"(first: {lost[0]}); rerun `ehrfm ingest`")
-    elif meds.dataset_json.is_file():
-        etl = str(json.loads(meds.dataset_json.read_text()).get("etl_name", ""))
+    elif storage.is_file(storage.join(base, MEDS_DATASET_JSON)):
+        etl = str(storage.read_json(storage.join(base, MEDS_DATASET_JSON)).get("etl_name", ""))
         if etl.startswith("ehrfm"):
             raise IncompleteInputError(f"{where}: no summary.json (the completion marker ehrfm ingest writes "
                                        "last): an interrupted ingest; rerun `ehrfm ingest --overwrite true`")
-    files = parquet_files(meds.data)
+    files = parquet_files(data)
     if not files:
         raise IncompleteInputError(f"{where}: data/ holds no event files (*.parquet)")
     check_columns(files, columns, "MEDS event file")
@@ -390,23 +396,24 @@ def check_meds(root: str | Path, columns: Sequence[str] = ("subject_id", "time",
 
 def check_tokens(root: str | Path, folders: Sequence[str] = ("pretrain",), *,
                  columns: Sequence[str] = ("subject_id", "length", "concept_ids"),
-                 key: str = "tokens") -> dict[str, list[Path]]:
-    """Check a tokens folder before reading token rows from ``folders`` (``pretrain``, ``tasks/<task>``);
-    returns their parquet files by folder.
+                 key: str = "tokens") -> dict[str, list[str]]:
+    """Check a tokens folder (local path or URI) before reading token rows from ``folders`` (``pretrain``,
+    ``tasks/<task>``); returns their parquet files by folder.
 
     Refuses (:class:`IncompleteInputError`) a folder without ``tokenize.json`` (the marker ``ehrfm tokenize``
     writes last), a missing or empty row folder, and row files without one of ``columns``.
     """
-    from ehrfm.layout import TokenPaths
+    from ehrfm import storage
+    from ehrfm.layout import TOKENS_META
 
-    paths = TokenPaths(Path(root))
-    where = f"{key}={str(paths.root)!r}"
-    if not paths.meta.is_file():
-        raise IncompleteInputError(f"{where}: no {paths.meta.name} (the completion marker `ehrfm tokenize` "
+    base = storage.normalize(str(root))
+    where = f"{key}={base!r}"
+    if not storage.is_file(storage.join(base, TOKENS_META)):
+        raise IncompleteInputError(f"{where}: no {TOKENS_META} (the completion marker `ehrfm tokenize` "
                                    "writes last): never tokenized, or interrupted; run `ehrfm tokenize`")
     out = {}
     for rel in folders:
-        files = parquet_files(paths.root / rel)
+        files = parquet_files(storage.join(base, rel))
         if not files:
             raise IncompleteInputError(f"{where}: no token rows in {rel}/ (run `ehrfm tokenize` with them)")
         check_columns(files, columns, "token row file")

@@ -50,6 +50,13 @@ LABEL_SUFFIX = ".parquet"
 LABEL_EXTRAS_SUFFIX = ".extra.parquet"
 LABEL_KINDS_JSON = "tasks.json"
 LABEL_SUMMARY_JSON = "summary.json"
+# Names inside a tokens folder (``ehrfm prepare`` + ``ehrfm tokenize``); tokenize.json: its completion marker.
+TOKENS_VOCAB = "vocab.json"
+TOKENS_BINS = "bins.json"
+TOKENS_PREPARE = "prepare.json"
+TOKENS_META = "tokenize.json"
+TOKENS_PRETRAIN = "pretrain"
+TOKENS_TASKS = "tasks"
 # Completion marker of the explanations folder (``ehrfm explain``), written last.
 EXPLAIN_JSON = "attributions.json"
 # Names inside a synthetic population folder (``ehrfm synth``), relative to it.
@@ -149,32 +156,32 @@ class TokenPaths:
     @property
     def vocab(self) -> Path:
         """``vocab.json``."""
-        return self.root / "vocab.json"
+        return self.root / TOKENS_VOCAB
 
     @property
     def bins(self) -> Path:
         """``bins.json``."""
-        return self.root / "bins.json"
+        return self.root / TOKENS_BINS
 
     @property
     def prepare_json(self) -> Path:
         """``prepare.json``: config and summary of ``ehrfm prepare``."""
-        return self.root / "prepare.json"
+        return self.root / TOKENS_PREPARE
 
     @property
     def meta(self) -> Path:
         """``tokenize.json``: the tokenizer config (``max_len`` of these rows), tasks and summary."""
-        return self.root / "tokenize.json"
+        return self.root / TOKENS_META
 
     @property
     def pretrain(self) -> Path:
         """``pretrain/``: one row per subject."""
-        return self.root / "pretrain"
+        return self.root / TOKENS_PRETRAIN
 
     @property
     def tasks(self) -> Path:
         """``tasks/``: one folder per task."""
-        return self.root / "tasks"
+        return self.root / TOKENS_TASKS
 
     def task(self, name: str) -> Path:
         """``tasks/<name>/``: one row per label."""

@@ -229,7 +229,7 @@ def test_check_meds_names_what_is_missing(tmp_path: Path) -> None:
                        match=r"part-0.parquet: MEDS event file without column\(s\) \['code'\]"):
         check_meds(meds)
     _events(meds / "data" / "part-0.parquet")
-    assert check_meds(meds) == [meds / "data" / "part-0.parquet"]  # hand-made / other tools: no marker needed
+    assert check_meds(meds) == [str(meds / "data" / "part-0.parquet")]  # other tools: no marker needed
     with pytest.raises(IncompleteInputError, match=r"\['numeric_value'\]"):
         check_meds(meds, ("subject_id", "numeric_value"))
 
@@ -241,7 +241,7 @@ def test_check_meds_accepts_split_folders_and_skips_hidden(tmp_path: Path) -> No
     (meds / "data" / "_temporary").mkdir()
     (meds / "data" / "_temporary" / "x.parquet").write_text("not parquet")
     data = meds / "data"
-    assert check_meds(meds) == [data / "held_out" / "0.parquet", data / "train" / "0.parquet"]
+    assert check_meds(meds) == [str(data / "held_out" / "0.parquet"), str(data / "train" / "0.parquet")]
 
 
 def test_check_meds_catches_an_interrupted_ehrfm_write(tmp_path: Path) -> None:
@@ -272,7 +272,7 @@ def test_check_meds_follows_shards_listed_in_split_folders(tmp_path: Path) -> No
     with pytest.raises(IncompleteInputError, match=r"lists 1 event file.*first: held_out/0.parquet"):
         check_meds(meds)
     _events(meds / "data" / "held_out" / "0.parquet")
-    assert check_meds(meds) == [meds / "data" / f for f in ("held_out/0.parquet", *listed[:2])]
+    assert check_meds(meds) == [str(meds / "data" / f) for f in ("held_out/0.parquet", *listed[:2])]
 
 
 def test_check_tokens(tmp_path: Path) -> None:
@@ -285,4 +285,4 @@ def test_check_tokens(tmp_path: Path) -> None:
     with pytest.raises(IncompleteInputError, match=r"\['concept_ids'\]"):
         check_tokens(tmp_path)
     _events(tmp_path / "pretrain" / "part-0.parquet", ("subject_id", "length", "concept_ids"))
-    assert check_tokens(tmp_path) == {"pretrain": [tmp_path / "pretrain" / "part-0.parquet"]}
+    assert check_tokens(tmp_path) == {"pretrain": [str(tmp_path / "pretrain" / "part-0.parquet")]}
