@@ -65,14 +65,34 @@ class Vocabulary:
         return self.tokens[idx]
 
     def save(self, path: str | Path) -> None:
-        """Write the JSON file."""
-        Path(path).write_text(json.dumps({"format": FORMAT, "tokens": self.tokens, "counts": self.counts}))
+        """Write the JSON file (a local path, or a URI through :mod:`ehrfm.storage`)."""
+        write_text(path, json.dumps({"format": FORMAT, "tokens": self.tokens, "counts": self.counts}))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        """Read a file written by :meth:`save`."""
-        data = json.loads(Path(path).read_text())
+        """Read a file written by :meth:`save` (a local path or URI)."""
+        data = json.loads(read_text(path))
         if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not an ehrfm vocabulary (format={data.get('format')!r}, want "
                              f"{FORMAT!r})")
         return cls(tokens=list(data["tokens"]), counts=dict(data.get("counts", {})))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a small text file: a local path as :meth:`Path.write_text` always did (the same bytes, no
+    temporary file), a remote URI (``s3://``, ``hdfs://`` ...) through :func:`ehrfm.storage.write_text`."""
+    from ehrfm import storage
+
+    if storage.is_remote(str(path)):
+        storage.write_text(str(path), text)
+    else:
+        Path(storage.local_path(str(path))).write_text(text)
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a small file at a local path or URI (see :func:`write_text`)."""
+    from ehrfm import storage
+
+    if storage.is_remote(str(path)):
+        return storage.read_text(str(path))
+    return Path(storage.local_path(str(path))).read_text()

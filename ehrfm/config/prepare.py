@@ -29,13 +29,21 @@ class PrepareConfig(OverwriteOption):
     """Folder of task YAML files used when tasks is empty (default: the task specifications packaged with
     ehrfm)."""
     engine: Literal["spark", "local"] = "spark"
-    """Spark (population scale) or one local process (small data, tests); both write identical files."""
+    """Spark (population scale) or one local process (small data, tests): identical vocab.json; bins.json
+    exact in the local engine, within the rank error 1/percentile_accuracy in the Spark engine."""
+    percentile_accuracy: int = 10_000
+    """Spark engine: accuracy of ``percentile_approx`` for the bin cut points. Each cut point at level q of a
+    code with n train values is an observed value whose rank is within n/percentile_accuracy of q*n (rank
+    error 1/percentile_accuracy; 10,000: 0.01 %). Higher costs sketch memory per code; exactness would
+    shuffle all values of a code into one task. The local engine is exact (linear interpolation)."""
     spark: SparkConfig = field(default_factory=SparkConfig)
     """Spark session settings."""
 
     def __post_init__(self) -> None:
         require(self.min_count >= 1, "min_count", self.min_count, "must be >= 1")
         require(self.n_bins >= 2, "n_bins", self.n_bins, "must be >= 2")
+        require(self.percentile_accuracy >= 1, "percentile_accuracy", self.percentile_accuracy,
+                "must be >= 1")
         require(all(t.strip() for t in self.tasks), "tasks", self.tasks, "task names must not be empty")
         require(self.task_tokens or not self.tasks, "task_tokens", self.task_tokens,
                 "tasks are named but task_tokens is false")

@@ -1,4 +1,5 @@
-"""Numeric bins: quantile cut points on train only, ties, file round trip, Spark == pandas."""
+"""Numeric bins: quantile cut points on train only, ties, file round trip, Spark within its stated rank error
+of the exact (pandas) cut points."""
 
 from __future__ import annotations
 
@@ -81,11 +82,42 @@ def test_file_round_trip(tmp_path) -> None:
     assert isinstance(back, Bins)
 
 
+def _rank_bounds(values: np.ndarray, edge: float) -> tuple[int, int]:
+    """(values below ``edge``, values at or below it): the ranks ``edge`` takes in ``values``."""
+    return int((values < edge).sum()), int((values <= edge).sum())
+
+
 @pytest.mark.spark
-def test_spark_bins_equal_pandas(spark) -> None:
-    ev = events(BASE + [(3, "LAB//A", 1000.0)] * 5)
-    sp = fit_bins_spark(spark.createDataFrame(ev), spark.createDataFrame(SPLITS), n_bins=4, min_count=5)
-    pd_bins = fit_bins_pandas(ev, SPLITS, n_bins=4, min_count=5)
-    assert sp.edges.keys() == pd_bins.edges.keys()
-    for code, edges in pd_bins.edges.items():
-        assert sp.edges[code] == pytest.approx(edges, rel=1e-12), code
+@pytest.mark.parametrize("accuracy", [40, 10_000])
+def test_spark_bins_within_the_stated_rank_error(spark, accuracy: int) -> None:
+    """Every Spark cut point is an observed train value whose rank is within n/accuracy of the level's rank
+    q*n (the bound fit_bins_spark states), computed on the data; codes and min_count as pandas."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    rows = ([(1 + i % 2, "LAB//A", float(v)) for i, v in enumerate(rng.lognormal(2, 1, n))]
+            + [(1 + i % 2, "LAB//D", float(v)) for i, v in enumerate(rng.normal(0, 5, n))]
+            + [(1, "LAB//C", 1.0)] * 3 + [(3, "LAB//A", 1e6)] * 50)  # too few values; not train
+    ev = pd.DataFrame(rows, columns=["subject_id", "code", "numeric_value"])
+    n_bins = 8
+    sp = fit_bins_spark(spark.createDataFrame(ev), spark.createDataFrame(SPLITS), n_bins=n_bins, min_count=5,
+                        accuracy=accuracy)
+    exact = fit_bins_pandas(ev, SPLITS, n_bins=n_bins, min_count=5)
+    assert sp.edges.keys() == exact.edges.keys() == {"LAB//A", "LAB//D"}
+    differs = False
+    for code in sp.edges:
+        train = ev.loc[(ev["code"] == code) & ev["subject_id"].isin([1, 2]), "numeric_value"].to_numpy()
+        assert len(sp.edges[code]) == len(exact.edges[code]) == n_bins - 1  # distinct values: no ties
+        for k, (edge, want) in enumerate(zip(sp.edges[code], exact.edges[code], strict=True), start=1):
+            assert edge in set(train), (code, k)  # an observed value
+            below, at_or_below = _rank_bounds(train, edge)
+            target, err = k / n_bins * len(train), len(train) / accuracy
+            assert below <= target + err and at_or_below >= target - err, (code, k, below, target, err)
+            differs |= edge != want
+    assert differs  # approximate: the observed values differ from the interpolated exact cut points
+
+
+@pytest.mark.spark
+def test_spark_accuracy_is_checked(spark) -> None:
+    ev = events(BASE)
+    with pytest.raises(ValueError, match="accuracy"):
+        fit_bins_spark(spark.createDataFrame(ev), spark.createDataFrame(SPLITS), accuracy=0)
