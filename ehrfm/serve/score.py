@@ -13,9 +13,12 @@ Three inputs, one prediction function (:meth:`ehrfm.serve.core.Scorer.predict_ro
   the server answers with, so partial records, limits and errors are the server's. A file that cannot be
   scored does not fail the job: it becomes a reject row (file, status, message).
 
-The serving folder is shipped to the executors with ``SparkContext.addFile`` and loaded once per Python
-worker. Output: parquet in the contract of :mod:`ehrfm.evaluate` (subject_id, prediction_time, task,
-split, model, prob, risk, survival, times_days, topk_codes, topk_probs); FHIR scoring adds
+Inputs and outputs are local folders or Hadoop-compatible URIs, read and written by Spark only (through
+:func:`ehrfm.storage.spark_uri`); nothing proportional to rows reaches the driver (the write summary is a
+Spark aggregate, a MEDS folder's splits are joined in Spark). The serving folder (the model, not patient
+data) is shipped to the executors as one zip file with ``SparkContext.addFile`` (any master) and loaded once
+per Python worker. Output: parquet in the contract of :mod:`ehrfm.evaluate` (subject_id, prediction_time,
+task, split, model, prob, risk, survival, times_days, topk_codes, topk_probs); FHIR scoring adds
 :data:`FHIR_EXTRA_COLUMNS` (the evaluation ignores extra columns).
 """
 
@@ -33,7 +36,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
-from ehrfm.layout import MedsPaths, TokenPaths
+from ehrfm import storage
+from ehrfm.layout import MEDS_SUBJECT_SPLITS, TOKENS_TASKS
 from ehrfm.schema import PREDICTION_TIME, SUBJECT_ID
 from ehrfm.serve.core import Scorer
 from ehrfm.serve.fhir_io import InputError
@@ -138,8 +142,12 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
     from pyspark.sql import functions as F
 
     local = Scorer(folder)
-    tokens = TokenPaths(Path(tokens_dir))
-    names = list(tasks) if tasks else [t for t in local.tasks if tokens.task(t).is_dir()]
+    base = storage.normalize(str(tokens_dir))
+
+    def task_dir(t: str) -> str:
+        return storage.join(base, TOKENS_TASKS, t)
+
+    names = list(tasks) if tasks else [t for t in local.tasks if storage.is_dir(task_dir(t))]
     if not names:
         raise FileNotFoundError(f"--tokens {tokens_dir}: no tasks/<task>/ folder for the model's tasks "
                                 f"{local.tasks}")
@@ -150,7 +158,7 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
     frames = []
     for t in names:
         local.spec(t)
-        df = spark.read.parquet(str(tokens.task(t))).select(*cols)
+        df = spark.read.parquet(storage.spark_uri(task_dir(t))).select(*cols)
         frames.append(df.filter(F.col("split").isin(list(splits))) if splits else df)
     rows = frames[0]
     for f in frames[1:]:
@@ -174,7 +182,11 @@ def score_tokens(spark: SparkSession, folder: Path, tokens_dir: str | Path,
 
 def score_meds(spark: SparkSession, folder: Path, meds_dir: str | Path, prediction_time: str | None = None,
                tasks: Sequence[str] | None = None) -> SparkDataFrame:
-    """Contract rows for every subject of ``<meds>/data`` at ``prediction_time`` (None: last event)."""
+    """Contract rows for every subject of ``<meds>/data`` at ``prediction_time`` (None: last event); ``split``
+    from ``metadata/subject_splits.parquet`` when present (a Spark join: no per-subject table on the driver or
+    in the tasks' closures; a subject listed twice takes the smallest split name), else null."""
+    from pyspark.sql import functions as F
+
     from ehrfm.tokenize.spark_job import read_events_spark
 
     local = Scorer(folder)
@@ -183,21 +195,21 @@ def score_meds(spark: SparkSession, folder: Path, meds_dir: str | Path, predicti
         local.spec(t)
     where, model_name = _shipped(spark, folder), local.fm.model_name
     pt = pd.Timestamp(prediction_time) if prediction_time else None
-    events = read_events_spark(spark, meds_dir)
-    splits_path = MedsPaths(Path(meds_dir)).subject_splits
-    split_of: dict[int, str] = {}
-    if splits_path.exists():
-        sp = pd.read_parquet(splits_path)
-        split_of = dict(zip(sp[SUBJECT_ID].astype(int), sp["split"].astype(str), strict=True))
+    base = storage.normalize(str(meds_dir))
+    events = read_events_spark(spark, base)
 
     def fn(pdf: pd.DataFrame) -> pd.DataFrame:
         scorer = _scorer(where())
-        results = scorer.score_events(pdf, pt, names)
-        for r in results:
-            r["split"] = split_of.get(int(r[SUBJECT_ID]))
-        return _contract(results, model_name)
+        return _contract(scorer.score_events(pdf, pt, names), model_name)
 
-    return events.groupBy(SUBJECT_ID).applyInPandas(fn, CONTRACT_DDL)
+    scored = events.groupBy(SUBJECT_ID).applyInPandas(fn, CONTRACT_DDL)
+    splits_path = storage.join(base, MEDS_SUBJECT_SPLITS)
+    if not storage.exists(splits_path):
+        return scored
+    splits = (spark.read.parquet(storage.spark_uri(splits_path))
+              .select(F.col(SUBJECT_ID).cast("long").alias(SUBJECT_ID), F.col("split").cast("string"))
+              .groupBy(SUBJECT_ID).agg(F.min("split").alias("split")))
+    return scored.drop("split").join(splits, SUBJECT_ID, "left").select(*CONTRACT_COLUMNS)
 
 
 def bundle_bytes(content: bytes, max_bytes: int) -> bytes:
@@ -235,7 +247,8 @@ def score_fhir(spark: SparkSession, folder: Path, input_dir: str | Path, predict
         local.spec(t)  # an unknown task fails the job now, not every file
     where, model_name = _shipped(spark, folder), local.fm.model_name
     files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-             .option("pathGlobFilter", BUNDLE_GLOB).load(str(input_dir)).select("path", "content"))
+             .option("pathGlobFilter", BUNDLE_GLOB).load(storage.spark_uri(storage.normalize(str(input_dir))))
+             .select("path", "content"))
 
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = _scorer(where())
@@ -265,11 +278,14 @@ def fhir_rejects(df: SparkDataFrame) -> SparkDataFrame:
 
 
 def write_predictions(df: SparkDataFrame, output: str | Path) -> pd.DataFrame:
-    """Write ``df`` as parquet to ``output`` (overwrite) and return per-task counts (rows, mean score)."""
+    """Write ``df`` as parquet to ``output`` (a local path or URI; overwrite) and return per-task counts
+    (rows, subjects, mean scores): a Spark aggregate over the written files, one small row per task to the
+    driver."""
     from pyspark.sql import functions as F
 
-    df.write.mode("overwrite").parquet(str(output))
-    back = df.sparkSession.read.parquet(str(output))
+    target = storage.spark_uri(storage.normalize(str(output)))
+    df.write.mode("overwrite").parquet(target)
+    back = df.sparkSession.read.parquet(target)
     summary = back.groupBy("task").agg(F.count("*").alias("rows"),
                                        F.countDistinct(SUBJECT_ID).alias("subjects"),
                                        F.mean("prob").alias("mean_prob"), F.mean("risk").alias("mean_risk"))

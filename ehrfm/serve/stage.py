@@ -8,19 +8,21 @@ import json
 import os
 import time
 
+from ehrfm import storage
 from ehrfm.atomic import check_meds, check_tokens, folder_outputs
 from ehrfm.config.base import ConfigError
 from ehrfm.config.serve import RegisterConfig, RegisterSummary, ScoreConfig, ScoreSummary, ServeConfig
 from ehrfm.config.tokenize import TokenizerConfig
-from ehrfm.layout import SCORES_MARKER, Layout
+from ehrfm.layout import SCORES_MARKER, TOKENS_META, TOKENS_TASKS, Layout
 
 
 def _tokenizer(layout: Layout) -> TokenizerConfig:
-    """The tokenizer rules recorded with the layout's tokens (defaults when there are none)."""
-    meta = layout.token_paths.meta
-    if not meta.exists():
+    """The tokenizer rules recorded with the layout's tokens (defaults when there are none); the tokens
+    folder may be a local path or a URI."""
+    meta = storage.join(layout.tokens_uri, TOKENS_META)
+    if not storage.is_file(meta):
         return TokenizerConfig()
-    return TokenizerConfig.from_dict(json.loads(meta.read_text()).get("config", {}))
+    return TokenizerConfig.from_dict(storage.read_json(meta).get("config", {}))
 
 
 def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
@@ -51,13 +53,19 @@ def run_register(cfg: RegisterConfig, layout: Layout) -> RegisterSummary:
 
 def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
     """Resolve the model, score the layout's tokens, its MEDS dataset or a folder of FHIR Bundles with
-    Spark, write ``layout.scores_dir`` (FHIR: the files that could not be scored to ``cfg.rejects``,
-    default ``<scores>_rejects``)."""
+    Spark, write ``layout.scores_uri`` (FHIR: the files that could not be scored to ``cfg.rejects``,
+    default ``<scores>_rejects``).
+
+    Inputs and outputs are local folders or Hadoop-compatible URIs (``hdfs://``, ``s3a://``, ``viewfs://``
+    ...): the data moves through Spark's readers and writers only, the driver reads and writes small files
+    (markers, ``tokenize.json``) through :mod:`ehrfm.storage`, and relative paths are resolved here, on the
+    driver. Local folders are staged and renamed into place; URIs are written in place, marker last
+    (:mod:`ehrfm.atomic`)."""
     import mlflow
 
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None and layout.mlflow_db.exists():
-        uri = layout.tracking_uri()
+    if uri is None and not storage.is_remote(layout.root) and layout.mlflow_db.exists():
+        uri = layout.tracking_uri()  # the embedded store lives only under a local root
     if uri:
         mlflow.set_tracking_uri(uri)
     from ehrfm.serve.score import (
@@ -72,32 +80,33 @@ def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
     from ehrfm.spark import get_spark
 
     t0 = time.time()
-    folder = local_serving_dir(cfg.model)
+    folder = local_serving_dir(cfg.model)  # the model (not patient data) on the driver, shipped as one file
     print(f"model {cfg.model} -> {folder}")
     spark = get_spark("ehrfm-score", master=cfg.spark.master, conf=cfg.spark.conf)
     tasks = cfg.tasks or None
-    out = layout.scores_dir
+    out = layout.scores_uri
     rejects_out, rejected, combined = None, 0, None
     if cfg.source == "fhir":
         assert cfg.input is not None  # ScoreConfig requires it with source=fhir
         # predictions and rejects come from one scoring pass: kept, then written as two outputs
         combined = score_fhir(spark, folder, cfg.input, cfg.prediction_time, tasks).persist()
-        rejects_out = cfg.rejects or f"{out}_rejects"
+        rejects_out = storage.normalize(cfg.rejects) if cfg.rejects else f"{out}_rejects"
         with folder_outputs(rejects_out, SCORES_MARKER, overwrite=cfg.overwrite, key="rejects") as staged:
-            fhir_rejects(combined).write.mode("overwrite").parquet(staged.path())
-            rejected = spark.read.parquet(staged.path()).count()
+            fhir_rejects(combined).write.mode("overwrite").parquet(storage.spark_uri(staged.path()))
+            rejected = spark.read.parquet(storage.spark_uri(staged.path())).count()
             staged.publish({"rejected": rejected})
         df = fhir_predictions(combined)
     elif cfg.source == "tokens":
-        tokens = layout.token_paths.root
-        if not tokens.is_dir():
+        tokens = layout.tokens_uri
+        if not storage.is_dir(tokens):
             raise ConfigError(f"source=tokens: no tokens folder at {tokens}")
-        check_tokens(tokens, [f"tasks/{t}" for t in tasks or []])  # marker (and named task rows) first
+        # marker (and named task rows) first
+        check_tokens(tokens, [storage.join(TOKENS_TASKS, t) for t in tasks or []])
         df = score_tokens(spark, folder, tokens, tasks, cfg.splits or None)
     else:
-        check_meds(layout.meds_paths.root)  # a named message instead of an Arrow error
-        df = score_meds(spark, folder, layout.meds_paths.root, cfg.prediction_time, tasks)
-    # written under a staging folder, renamed into place with its marker (ehrfm.atomic)
+        check_meds(layout.meds_uri)  # a named message instead of an Arrow error
+        df = score_meds(spark, folder, layout.meds_uri, cfg.prediction_time, tasks)
+    # local: written under a staging folder, renamed into place with its marker; URI: in place, marker last
     with folder_outputs(out, SCORES_MARKER, overwrite=cfg.overwrite, key="scores") as staged:
         summary = write_predictions(df, staged.path())
         staged.publish({"model": cfg.model, "source": cfg.source,
@@ -109,5 +118,5 @@ def run_score(cfg: ScoreConfig, layout: Layout) -> ScoreSummary:
     print(f"{int(summary['rows'].sum())} predictions in {seconds} s -> {out}")
     if rejects_out is not None:
         print(f"{rejected} file(s) could not be scored -> {rejects_out}")
-    return ScoreSummary(output=str(out), rows=json.loads(summary.to_json(orient="records")), seconds=seconds,
+    return ScoreSummary(output=out, rows=json.loads(summary.to_json(orient="records")), seconds=seconds,
                         rejects=rejects_out, rejected=rejected)
