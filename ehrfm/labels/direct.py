@@ -10,12 +10,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ehrfm import storage
 from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.spec import TaskSpec
 
 # the label tables' reader lives with their writer; re-exported here, where callers found it
 from ehrfm.labels.tables import read_labels, sort_labels
-from ehrfm.layout import MedsPaths
+from ehrfm.layout import MEDS_CODES, MEDS_SUBJECT_SPLITS, MedsPaths
+from ehrfm.meds_files import read_meds_table
 from ehrfm.schema import CODE, ENCOUNTER_ID, SUBJECT_ID, TIME
 
 ENGINE_COLUMNS = [SUBJECT_ID, TIME, CODE, ENCOUNTER_ID]
@@ -50,8 +52,12 @@ def label_events(events: pd.DataFrame, specs: Iterable[TaskSpec]) -> dict[str, p
 def read_splits(meds_dir: str | Path) -> pd.DataFrame | None:
     """The subject splits of a MEDS dataset (:attr:`MedsPaths.subject_splits`) as (subject_id, split), or None
     when absent."""
-    path = MedsPaths(Path(meds_dir)).subject_splits
-    return pq.read_table(path).to_pandas() if path.exists() else None
+    path = storage.join(storage.normalize(str(meds_dir)), MEDS_SUBJECT_SPLITS)  # a local path or URI
+    if not storage.exists(path):
+        return None
+    fs, inner = storage.filesystem(path)
+    splits: pd.DataFrame = pq.read_table(inner, filesystem=fs).to_pandas()
+    return splits
 
 
 def summarize(tables: Mapping[str, pa.Table], kinds: Mapping[str, str],
@@ -81,9 +87,10 @@ def summarize(tables: Mapping[str, pa.Table], kinds: Mapping[str, str],
 
 def dataset_codes(meds_dir: str | Path) -> list[str]:
     """Distinct codes of a dataset: its codes metadata (:attr:`MedsPaths.codes`) when present, else a scan of
-    data/."""
-    meds = MedsPaths(Path(meds_dir))
-    if meds.codes.exists():
-        return [str(c) for c in pq.read_table(meds.codes, columns=[CODE]).column(CODE).to_pylist()]
-    table = meds.read_table([CODE])
+    data/ (a local path or URI)."""
+    codes = storage.join(storage.normalize(str(meds_dir)), MEDS_CODES)
+    if storage.exists(codes):
+        fs, inner = storage.filesystem(codes)
+        return [str(c) for c in pq.read_table(inner, columns=[CODE], filesystem=fs).column(CODE).to_pylist()]
+    table = read_meds_table(str(meds_dir), [CODE])
     return [str(c) for c in pc.unique(table.column(CODE)).to_pylist()]

@@ -68,7 +68,7 @@ def _scan(file: str) -> pl.LazyFrame:
     """One event file in :func:`read_events`' columns and types."""
     import polars as pl
 
-    scan = pl.scan_parquet(file, hive_partitioning=False)
+    scan = _scan_parquet(file)
     schema = scan.collect_schema()
     for c in (SUBJECT_ID, TIME, CODE):
         if c not in schema:
@@ -85,6 +85,30 @@ def _scan(file: str) -> pl.LazyFrame:
         pl.col(CODE).cast(pl.String).alias("code"),
         enc.alias("enc"),
     ).filter(pl.col("t").is_not_null())
+
+
+# schemes polars reads itself (object stores, credentials from the usual environment); s3a:// is Hadoop's name
+# for s3://
+_POLARS_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs"}
+
+
+def _scan_parquet(file: str) -> pl.LazyFrame:
+    """A lazy scan of one parquet file at a local path or URI: local files and object stores by polars,
+    other schemes (``hdfs://`` ...) through :func:`ehrfm.storage.filesystem` as a pyarrow dataset."""
+    import polars as pl
+
+    from ehrfm import storage
+
+    kind = storage.scheme(file)
+    if kind in (None, "file"):
+        return pl.scan_parquet(storage.local_path(file), hive_partitioning=False)
+    if kind in _POLARS_SCHEMES:
+        uri = f"{_POLARS_SCHEMES[kind]}://{file.split('://', 1)[1]}"
+        return pl.scan_parquet(uri, hive_partitioning=False)
+    import pyarrow.dataset as ds
+
+    fs, path = storage.filesystem(file)
+    return pl.scan_pyarrow_dataset(ds.dataset(path, filesystem=fs, format="parquet"))
 
 
 def _code_table(codes: Sequence[str], specs: Sequence[TaskSpec], groups: _Flags) -> pl.DataFrame:

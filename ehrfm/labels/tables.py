@@ -18,8 +18,6 @@ prediction_time), with each label in one place: ``boolean_value`` (binary), ``du
 
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ehrfm.layout import Layout
+from ehrfm import storage
+from ehrfm.layout import LABEL_EXTRAS_SUFFIX, LABEL_KINDS_JSON, LABEL_SUFFIX
 from ehrfm.schema import (
     BOOLEAN_VALUE,
     DURATION_DAYS,
@@ -112,46 +111,105 @@ def split_labels(table: pa.Table, kind: str, task: str = "?") -> tuple[pa.Table,
     return meds, extras
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def label_files(labels_dir: str | Path, task: str) -> tuple[str, str]:
+    """``(<labels>/<task>.parquet, <labels>/<task>.extra.parquet)``: a local folder as an absolute path, a URI
+    kept intact (:func:`ehrfm.storage.normalize`)."""
+    base = storage.normalize(str(labels_dir))
+    return storage.join(base, f"{task}{LABEL_SUFFIX}"), storage.join(base, f"{task}{LABEL_EXTRAS_SUFFIX}")
 
 
-def write_labels(table: pa.Table, kind: str, labels_dir: str | Path, task: str) -> list[Path]:
+def _write_table(table: pa.Table, location: str) -> None:
+    fs, path = storage.filesystem(location)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def write_labels(table: pa.Table, kind: str, labels_dir: str | Path, task: str) -> list[str]:
     """Write ``<labels_dir>/<task>.parquet`` (one MEDS label file) and, for time-to-event and forecast tasks,
-    ``<task>.extra.parquet`` (:func:`split_labels`); returns the paths written. A table or sidecar left there
-    by an earlier run (a folder of parts, a sidecar of a task that is now binary) is replaced / removed."""
-    layout = Layout(labels=str(labels_dir))
+    ``<task>.extra.parquet`` (:func:`split_labels`); returns where (local paths or URIs, as ``labels_dir``). A
+    table or sidecar left there by an earlier run (a folder of parts, a sidecar of a task that is now binary)
+    is replaced / removed."""
     meds, extras = split_labels(table, kind, task)
-    layout.labels_dir.mkdir(parents=True, exist_ok=True)
-    written = [layout.label_table(task)]
-    _remove(written[0])
-    pq.write_table(meds, written[0])
-    _remove(layout.label_extras(task))
-    if extras is not None:
-        written.append(layout.label_extras(task))
-        pq.write_table(extras, written[1])
-    return written
+    path, sidecar = label_files(labels_dir, task)
+    storage.makedirs(storage.parent(path))
+    storage.delete(path)
+    _write_table(meds, path)
+    storage.delete(sidecar)
+    if extras is None:
+        return [path]
+    _write_table(extras, sidecar)
+    return [path, sidecar]
+
+
+def write_labels_spark(frame: DataFrame, kind: str, labels_dir: str | Path, task: str) -> list[str]:
+    """:func:`write_labels` for a Spark DataFrame of label rows (LABELS_DDL columns): the label file and the
+    sidecar as Spark folders of parts (``<task>.parquet/part-*.parquet``, which pyarrow, polars, pandas and
+    Spark read as one table), written by the executors -- no label row reaches the driver. Same columns and
+    types as :func:`split_labels`, rows sorted by (subject_id, prediction_time) across the parts in name
+    order: a key is unique, so the label folder and its sidecar line up row for row whatever the range
+    boundaries of each write. Nulls where none may be are refused before writing (counts only)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    _check_kind(kind, task)
+    need = [*LABEL_KEY, *_LABEL_OF[kind]]
+    nulls = frame.select(F.count(F.lit(1)).alias("_n"),
+                         *[F.count_if(F.col(c).isNull()).alias(c) for c in need]).first()
+    assert nulls is not None
+    for c in need:
+        if nulls[c]:
+            raise ValueError(f"task {task!r}: label table: column {c!r} is null in {nulls[c]} of "
+                             f"{nulls['_n']} rows")
+    derived = {BOOLEAN_VALUE: F.col(BOOLEAN_VALUE) if kind == "binary" else F.col(EVENT) == 1,
+               FLOAT_VALUE: F.col(DURATION_DAYS).cast("float"),
+               INTEGER_VALUE: F.size(TARGET_CODES).cast("bigint")}
+    meds_cols = [F.col(c) if c in LABEL_KEY else derived[c].alias(c)
+                 for c in (*LABEL_KEY, *MEDS_LABEL_VALUES[kind])]
+    rows = frame.select(F.col(SUBJECT_ID).cast("bigint"), F.col(PREDICTION_TIME).cast("timestamp_ntz"),
+                        *[c for c in frame.columns if c not in LABEL_KEY]).orderBy(*LABEL_KEY)
+    path, sidecar = label_files(labels_dir, task)
+    extras = LABEL_EXTRAS[kind]
+    if extras:
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # two writes, one sort
+    try:
+        rows.select(*meds_cols).write.mode("overwrite").parquet(spark_path(path))
+        if extras:
+            types = {DURATION_DAYS: "double", EVENT: "tinyint", TARGET_CODES: "array<string>"}
+            rows.select(*LABEL_KEY, *[F.col(c).cast(types[c]) for c in extras]).write.mode(
+                "overwrite").parquet(spark_path(sidecar))
+    finally:
+        if extras:
+            rows.unpersist()
+    if not extras:
+        storage.delete(sidecar)
+        return [path]
+    return [path, sidecar]
+
+
+def spark_path(location: str) -> str:
+    """``location`` for Spark's writers: a URI as :func:`ehrfm.storage.spark_uri` gives it, a local path as a
+    ``file:`` URI (a bare path would be resolved against the cluster's default filesystem)."""
+    return storage.spark_uri(location) if storage.is_remote(location) else Path(location).as_uri()
 
 
 # --- read ------------------------------------------------------------------------------------------------
 def read_kinds(labels_dir: str | Path) -> dict[str, str]:
     """``<labels_dir>/tasks.json`` (task -> kind) as written by ``ehrfm label``; empty when absent (a folder
     another tool wrote)."""
-    path = Layout(labels=str(labels_dir)).label_kinds
-    if not path.is_file():
+    path = storage.join(storage.normalize(str(labels_dir)), LABEL_KINDS_JSON)
+    if not storage.is_file(path):
         return {}
-    kinds = json.loads(path.read_text())
+    kinds = storage.read_json(path)
     if not isinstance(kinds, dict):
         raise ValueError(f"{path}: expected an object task -> kind")
     return {str(k): str(v) for k, v in kinds.items()}
 
 
 def label_tasks(labels_dir: str | Path) -> list[str]:
-    """Tasks with a label table in ``labels_dir`` (:meth:`Layout.label_tasks`: sidecars are not tasks)."""
-    return Layout(labels=str(labels_dir)).label_tasks()
+    """Tasks with a label table (a file or a folder of parts) in ``labels_dir``, sorted; sidecars and hidden
+    names (staging folders) are not tasks (as :meth:`Layout.label_tasks`, for local paths and URIs)."""
+    return [n[: -len(LABEL_SUFFIX)] for n in storage.list_names(storage.normalize(str(labels_dir)))
+            if n.endswith(LABEL_SUFFIX) and not n.endswith(LABEL_EXTRAS_SUFFIX)
+            and not n.startswith((".", "_"))]
 
 
 def _typed(table: pa.Table, name: str, to: pa.DataType, task: str) -> pa.Array | pa.ChunkedArray:
@@ -184,17 +242,18 @@ def _kind_of(task: str, raw: pa.Table, extras: pa.Table | None, kinds: dict[str,
     return "binary"
 
 
-def _aligned(raw: pa.Table, extras: pa.Table, task: str, sidecar: Path) -> None:
+def _aligned(raw: pa.Table, extras: pa.Table, task: str, sidecar: str) -> None:
     """The sidecar must hold the label file's keys in the same order (it is joined by position)."""
+    sidecar = storage.name(sidecar)
     for c in LABEL_KEY:
         if c not in extras.column_names:
-            raise ValueError(f"task {task!r}: {sidecar.name}: missing key column {c!r}")
+            raise ValueError(f"task {task!r}: {sidecar}: missing key column {c!r}")
     if extras.num_rows != raw.num_rows:
-        raise ValueError(f"task {task!r}: {sidecar.name} has {extras.num_rows} rows, the label file "
+        raise ValueError(f"task {task!r}: {sidecar} has {extras.num_rows} rows, the label file "
                          f"{raw.num_rows}: written by different runs")
     for c, to in ((SUBJECT_ID, pa.int64()), (PREDICTION_TIME, pa.timestamp("us"))):
         if not _typed(raw, c, to, task).equals(_typed(extras, c, to, task)):
-            raise ValueError(f"task {task!r}: {sidecar.name}: column {c!r} differs from the label file's "
+            raise ValueError(f"task {task!r}: {sidecar}: column {c!r} differs from the label file's "
                              "(written by different runs)")
 
 
@@ -236,41 +295,49 @@ def read_task_labels(labels_dir: str | Path, task: str, kind: str | None = None)
     """The label table of ``task`` in ``labels_dir`` in the in-memory form (LABELS_SCHEMA, sorted by
     (subject_id, prediction_time)). ``kind``: the task's kind when known (default: ``tasks.json``, the
     sidecar, else binary). Errors name the task, the file and the column, never a value."""
-    layout = Layout(labels=str(labels_dir))
-    path, sidecar = layout.label_table(task), layout.label_extras(task)
-    if not path.exists():
-        raise FileNotFoundError(f"task {task!r}: no label table {path} (have: {layout.label_tasks()})")
-    raw = pq.read_table(path)
+    path, sidecar = label_files(labels_dir, task)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"task {task!r}: no label table {path} (have: {label_tasks(labels_dir)})")
+    raw = _read_table(path)
+    file = storage.name(path)
     for c in LABEL_KEY:
         if c not in raw.column_names:
-            raise ValueError(f"task {task!r}: {path.name}: missing label column {c!r}")
-    extras = pq.read_table(sidecar) if sidecar.exists() else None
+            raise ValueError(f"task {task!r}: {file}: missing label column {c!r}")
+    extras = _read_table(sidecar) if storage.exists(sidecar) else None
     kind = _kind_of(task, raw, extras, read_kinds(labels_dir) if kind is None else {task: kind})
     if LABEL_EXTRAS[kind] and extras is not None:
         _aligned(raw, extras, task, sidecar)
     else:
         extras = None  # binary: a sidecar left by an earlier run of a task of that name is not read
-    _no_nulls(raw, LABEL_KEY, task, path.name)  # e.g. an ACES config without index_timestamp
+    _no_nulls(raw, LABEL_KEY, task, file)  # e.g. an ACES config without index_timestamp
     columns = {SUBJECT_ID: _typed(raw, SUBJECT_ID, pa.int64(), task),
                PREDICTION_TIME: _typed(raw, PREDICTION_TIME, pa.timestamp("us"), task),
                **_label_columns(task, kind, raw, extras)}
     for c in _LABEL_OF[kind]:
         if columns[c].null_count:
-            raise ValueError(f"task {task!r}: {path.name}: column {c!r} (the {kind} label) is null in "
+            raise ValueError(f"task {task!r}: {file}: column {c!r} (the {kind} label) is null in "
                              f"{columns[c].null_count} of {raw.num_rows} rows")
     return _dedupe(columns, kind, task)
 
 
+def _read_table(location: str) -> pa.Table:
+    """A parquet file, or a folder of parts (hidden and ``_``-prefixed names skipped), at a path or URI."""
+    fs, path = storage.filesystem(location)
+    return pq.read_table(path, filesystem=fs)
+
+
 def read_labels(path: str | Path, kind: str | None = None) -> pa.Table:
-    """:func:`read_task_labels` of the label table at ``path`` (``<labels>/<task>.parquet``)."""
-    path = Path(path)
-    return read_task_labels(path.parent, path.name.removesuffix(".parquet"), kind)
+    """:func:`read_task_labels` of the label table at ``path`` (``<labels>/<task>.parquet``; a path or
+    URI)."""
+    location = storage.normalize(str(path))
+    task = storage.name(location).removesuffix(LABEL_SUFFIX)
+    return read_task_labels(storage.parent(location), task, kind)
 
 
 def read_tasks(labels_dir: str | Path, tasks: Sequence[str] | None = None) -> dict[str, pa.Table]:
     """task -> in-memory label table for ``tasks`` (default: every task in ``labels_dir``)."""
-    root = Path(labels_dir)
-    if not root.is_dir():
+    root = storage.normalize(str(labels_dir))
+    if not storage.is_dir(root):
         raise FileNotFoundError(f"labels directory not found: {root}")
     return {t: read_task_labels(root, t) for t in (tasks or label_tasks(root))}
 

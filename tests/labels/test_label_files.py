@@ -76,7 +76,7 @@ def test_written_files_are_valid_meds_labels_and_read_back_exactly(
     written = write_labels(shuffled, kind, tmp_path, task)
     layout = Layout(labels=str(tmp_path))
     path, sidecar = layout.label_table(task), layout.label_extras(task)
-    assert path.is_file() and written[0] == path  # one file, not a Spark folder of parts
+    assert path.is_file() and Path(written[0]) == path  # one file, not a Spark folder of parts
     meds = pq.read_table(path)
     LabelSchema.validate(meds)  # raises on a wrong type, an extra column or a null value
     assert meds.schema.names == [*LABEL_KEY, *MEDS_LABEL_VALUES[kind]]
