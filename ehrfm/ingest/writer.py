@@ -1,10 +1,16 @@
 """Write Spark events as a MEDS 0.4 dataset in the layout of docs/CONVENTIONS.md.
 
-Shards are written by the executors themselves (``mapInArrow`` + pyarrow) rather than by Spark's parquet
-writer, for two reasons: the files get the exact ``EVENTS_SCHEMA`` types MEDS tools expect (Spark cannot
-write ``large_string`` or naive timestamps through its own writer), and each task checks the ordering
-invariants of the rows it writes and reports per-file statistics back to the driver. Paths may be any
-filesystem pyarrow understands (local, ``hdfs://``, ``s3://``, ``gs://``).
+Every file of the dataset that grows with events or subjects is written by Spark's executors through
+Spark's own writer, hence through Hadoop's FileSystem: any scheme the cluster's Hadoop configuration serves
+(``hdfs://``, ``s3a://``, ``viewfs://`` ...) works, and the driver never holds a per-subject or per-event
+row. The parquet bytes themselves are made by pyarrow in the task (:func:`_shard_table`, the very code the
+local engine runs), because Spark's parquet writer cannot give MEDS tools the exact ``DATA_SCHEMA`` (no
+``large_string``, no Arrow schema in the footer): each task hands its finished file to Spark's *text*
+writer as one row whose bytes end where the file's trailing ``PAR1`` magic would be, and the text writer's
+line separator — set to ``PAR1`` — completes it (:func:`_write_payloads`). The files are therefore
+byte-identical to the local engine's. The tasks write into a hidden folder (``_``-prefixed: MEDS readers skip
+it), then the driver renames each file into place through :mod:`ehrfm.storage` (Hadoop's FileSystem in
+Spark's JVM): ``data/<split>/<n>.parquet`` and ``metadata/subject_{splits,ids}.parquet``.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,9 +64,9 @@ if TYPE_CHECKING:
 SUBJECT_IDS_SCHEMA = pa.schema(
     [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field("source_id", pa.string())]
 )
-# what each shard-writing task returns: one row of file statistics, then one row per code (with its count)
-# and one row per subject — so the driver gets codes and subjects without more passes over the events
-# and one row per source with events after their subject's death (``after_death`` set)
+# a shard's statistics: one row for the file, then one row per code (with its count), one row per subject
+# (the local engine only: the Spark tasks leave them out, the driver must not receive a row per subject) and
+# one row per source with events after their subject's death (``after_death`` set)
 _STATS_ARROW = pa.schema(
     [("file", pa.string()), ("rows", pa.int64()), ("subjects", pa.int64()), ("code", pa.string()),
      ("subject_id", pa.int64()), ("source", pa.string()), ("after_death", pa.int64())]
@@ -69,8 +76,11 @@ UNKNOWN_VERSION = "unknown"
 # columns the writer adds to the events: each subject's split and shard (dropped from the files), and the
 # partition key that gives each shard its own task; the tasks' temporary file names (hidden from readers)
 SPLIT, SHARD, PART_KEY, SHARD_PREFIX = "split", "_shard", "_part_key", "_shard-"
-_STATS_SCHEMA = ("file string, rows long, subjects long, code string, subject_id long, source string, "
-                 "after_death long")
+# what the Spark tasks hand to Spark's writer: a file's key (its hidden folder ``_f=<key>``) and its bytes
+# (without the trailing magic, see the module docstring)
+PAYLOAD, PAYLOAD_KEY, PAYLOAD_SCHEMA = "v", "_f", "_f string, v binary"
+PARQUET_MAGIC = b"PAR1"
+SPLITS_KEY, IDS_KEY = "subject_splits", "subject_ids"
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -122,9 +132,11 @@ def _stats(**columns: list[Any]) -> pa.RecordBatch:
                                       schema=_STATS_ARROW)
 
 
-def _shard_writer(data_uri: str, plan: Sequence[str]) -> Any:
-    """The function each Spark task runs: write each ``_shard`` of its sorted partition to one parquet file
-    (``<split>/_shard-<i>.parquet``, ``split`` = ``plan[i]``; renamed by the driver), return stats."""
+def _shard_writer(plan: Sequence[str]) -> Any:
+    """The function each Spark task runs over its sorted partition: for each ``_shard`` ``i`` in it, the
+    shard's parquet file (``data-<i>``) and its statistics as a small parquet file (``stats-<i>``:
+    ``_STATS_ARROW`` rows without per-subject rows), as :data:`PAYLOAD_SCHEMA` rows for
+    :func:`_write_payloads`; ``split`` = ``plan[i]`` (the file is renamed by the driver)."""
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
@@ -136,16 +148,58 @@ def _shard_writer(data_uri: str, plan: Sequence[str]) -> Any:
         # shards only when the partition keys could not give every shard a partition of its own
         bounds = np.flatnonzero(np.diff(shard)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(shard)], strict=True):
-            part = table.slice(int(lo), int(hi - lo))
-            name = f"{plan[int(shard[lo])]}/{SHARD_PREFIX}{int(shard[lo]):06d}.parquet"
-            yield from _write_shard(part, data_uri, name)
+            i = int(shard[lo])
+            name = f"{plan[i]}/{SHARD_PREFIX}{i:06d}.parquet"
+            data, subjects, late_mask = _shard_table(table.slice(int(lo), int(hi - lo)), name)
+            yield _payload(f"data-{i:06d}", data, compression="zstd")
+            stats = _shard_stats(data, name, subjects, late_mask, per_subject=False)
+            yield _payload(f"stats-{i:06d}", pa.Table.from_batches(list(stats), schema=_STATS_ARROW))
 
     return write
 
 
-def _write_shard(table: pa.Table, data_uri: str, name: str) -> Iterator[pa.RecordBatch]:
-    """Write one shard's rows (EVENTS_SCHEMA types, ordering checked) as ``data_uri/name``; yield its
-    stats."""
+def _payload(key: str, table: pa.Table, **write_args: Any) -> pa.RecordBatch:
+    """One :data:`PAYLOAD_SCHEMA` row: ``table`` as the bytes of a parquet file (``pq.write_table`` with
+    ``write_args``, as the local engine writes it) less its trailing magic, for :func:`_write_payloads`."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **write_args)
+    data = sink.getvalue().to_pybytes()
+    if not data.endswith(PARQUET_MAGIC):  # never seen: the parquet format ends every file with it
+        raise RuntimeError(f"{key}: parquet bytes do not end with {PARQUET_MAGIC!r}")
+    return pa.record_batch({PAYLOAD_KEY: pa.array([key], pa.string()),
+                            PAYLOAD: pa.array([data[:-len(PARQUET_MAGIC)]], pa.binary())})
+
+
+def _write_payloads(payloads: DataFrame, tmp_uri: str) -> dict[str, str]:
+    """Write each :data:`PAYLOAD_SCHEMA` row of ``payloads`` as one file with Spark's text writer (Hadoop's
+    FileSystem on the executors) under ``tmp_uri/_f=<key>/``; return ``{key: URI of its file}``.
+
+    The text writer writes a row's bytes unchanged followed by its line separator; with the separator set to
+    the parquet magic ``PAR1`` that the payload lacks, each file is exactly the parquet file the task made.
+    Each key is one row made by one task, hence one file (checked)."""
+    from pyspark.sql import functions as F
+
+    from ehrfm.storage import join, list_names, spark_uri
+
+    (payloads.select(PAYLOAD_KEY, F.col(PAYLOAD).cast("string").alias(PAYLOAD))
+     .write.mode("overwrite").option("lineSep", PARQUET_MAGIC.decode()).partitionBy(PAYLOAD_KEY)
+     .text(spark_uri(tmp_uri)))
+    found: dict[str, str] = {}
+    prefix = f"{PAYLOAD_KEY}="
+    # O(files) listings on the driver, nothing per row
+    for folder in list_names(tmp_uri):
+        if not folder.startswith(prefix):
+            continue
+        parts = [n for n in list_names(join(tmp_uri, folder)) if not n.startswith((".", "_"))]
+        if len(parts) != 1:
+            raise RuntimeError(f"{join(tmp_uri, folder)}: {len(parts)} files written, expected 1")
+        found[folder[len(prefix):]] = join(tmp_uri, folder, parts[0])
+    return found
+
+
+def _shard_table(table: pa.Table, name: str) -> tuple[pa.Table, int, pa.ChunkedArray]:
+    """One shard's rows as written (EVENTS_SCHEMA types, ``after_death`` added), after checking their
+    ordering; also the number of subjects and the after-death mask."""
     cols = []
     for f in EVENTS_SCHEMA:
         col = table.column(f.name)
@@ -157,17 +211,32 @@ def _write_shard(table: pa.Table, data_uri: str, name: str) -> Iterator[pa.Recor
     # a subject's rows are all in this shard, so its death (and the flag) is known here
     late_mask = after_death_mask(table)
     table = table.append_column(DATA_SCHEMA.field(AFTER_DEATH), late_mask.cast(pa.int8()))
-    fs, base = _fs(data_uri)
-    pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
+    return table, subjects, late_mask
+
+
+def _shard_stats(table: pa.Table, name: str, subjects: int, late_mask: pa.ChunkedArray, *,
+                 per_subject: bool) -> Iterator[pa.RecordBatch]:
+    """The ``_STATS_ARROW`` rows of one written shard (``name``); the per-subject rows only when
+    ``per_subject``."""
     counts = pc.value_counts(table.column(CODE))
     yield _stats(file=[name] * (1 + len(counts)),
                  rows=[table.num_rows] + counts.field("counts").to_pylist(),
                  subjects=[subjects] + [None] * len(counts),
                  code=[None] + counts.field("values").to_pylist())
-    ids = pc.unique(table.column(SUBJECT_ID)).to_pylist()
-    yield _stats(file=[name] * len(ids), subject_id=ids)
+    if per_subject:
+        ids = pc.unique(table.column(SUBJECT_ID)).to_pylist()
+        yield _stats(file=[name] * len(ids), subject_id=ids)
     late = count_after_death(table, late_mask)
     yield _stats(file=[name] * len(late), source=list(late), after_death=list(late.values()))
+
+
+def _write_shard(table: pa.Table, data_uri: str, name: str) -> Iterator[pa.RecordBatch]:
+    """Write one shard's rows (EVENTS_SCHEMA types, ordering checked) as ``data_uri/name`` (the local
+    engine); yield its stats, per-subject rows included."""
+    table, subjects, late_mask = _shard_table(table, name)
+    fs, base = _fs(data_uri)
+    pq.write_table(table, f"{base}/{name}", filesystem=fs, compression="zstd")
+    yield from _shard_stats(table, name, subjects, late_mask, per_subject=True)
 
 
 def shard_plan(split_rows: dict[str, int], rows_per_shard: int) -> list[str]:
@@ -257,15 +326,16 @@ def dataset_metadata(dataset_name: str, etl_name: str, dataset_version: str | No
     return meta
 
 
-def _write_shards(spark: SparkSession, events: DataFrame, plan: list[str], data_uri: str) -> pa.Table:
-    """Write ``events`` (with a ``split`` column) as one temporary file per shard of ``plan``; return the
-    tasks' statistics (``_STATS_ARROW``)."""
+def _write_shards(spark: SparkSession, events: DataFrame, plan: list[str], tmp_uri: str
+                  ) -> tuple[pa.Table, dict[int, str]]:
+    """Write ``events`` (with a ``split`` column) as one file per shard of ``plan`` under the hidden folder
+    ``tmp_uri`` (Spark's writer); return the tasks' statistics (``_STATS_ARROW``, no per-subject rows: one
+    small file per shard, read here) and ``{shard number: URI of its file}``."""
     from pyspark.sql import functions as F
 
     n = len(plan)
     if n == 0:
-        return _STATS_ARROW.empty_table()
-    fs, base = _fs(data_uri)
+        return _STATS_ARROW.empty_table(), {}
     splits = list(dict.fromkeys(plan))
     # offset(split) + pmod(hash(subject_id), k_split): a subject in one shard of its own split
     bucket = F.hash(F.col(SUBJECT_ID))
@@ -273,22 +343,26 @@ def _write_shards(spark: SparkSession, events: DataFrame, plan: list[str], data_
     shard = F.when(*cases[0])
     for case in cases[1:]:
         shard = shard.when(*case)
-    for s in splits:
-        fs.create_dir(f"{base}/{s}", recursive=True)
     keys = F.array(*[F.lit(k) for k in _partition_keys(spark, n)])
     ordered = (events.withColumn(SHARD, shard).withColumn(PART_KEY, F.element_at(keys, F.col(SHARD) + 1))
                .repartition(n, PART_KEY)
                .sortWithinPartitions(F.col(SHARD), F.col(SUBJECT_ID), F.col(TIME).asc_nulls_first(),
                                      F.col(CODE))
                .drop(SPLIT, PART_KEY))  # the shard number names the split: less to ship to Python
-    return ordered.mapInArrow(_shard_writer(data_uri, plan), _STATS_SCHEMA).toArrow()
+    files = _write_payloads(ordered.mapInArrow(_shard_writer(plan), PAYLOAD_SCHEMA), tmp_uri)
+    stats = []
+    for key in sorted(k for k in files if k.startswith("stats-")):  # O(shards x codes) rows in all
+        fs, path = _fs(files[key])
+        stats.append(pq.read_table(path, filesystem=fs, schema=_STATS_ARROW))
+    data = {int(k.removeprefix("data-")): uri for k, uri in files.items() if k.startswith("data-")}
+    return (pa.concat_tables(stats) if stats else _STATS_ARROW.empty_table()), data
 
 
-def _publish_shards(fs: pafs.FileSystem, data_dir: str, stats: pa.Table) -> list[dict[str, Any]]:
-    """Rename the tasks' ``<split>/_shard-<i>.parquet`` files to ``<split>/<n>.parquet``, ``n`` = 0, 1, …
-    in shard order per split (a shard no subject hashed to has no file); return one ``{file, rows,
-    subjects}`` per file (new names), in ``SPLITS`` then ``n`` order. Works on any pyarrow filesystem (a
-    rename locally, copy and delete on object stores)."""
+def _publish_shards(stats: pa.Table, move: Callable[[str, str], None]) -> list[dict[str, Any]]:
+    """Rename the shard files named by ``stats`` (``<split>/_shard-<i>.parquet``) to ``<split>/<n>.parquet``
+    with ``move(old name, new name)``, ``n`` = 0, 1, … in shard order per split (a shard no subject hashed
+    to has no file); return one ``{file, rows, subjects}`` per file (new names), in ``SPLITS`` then ``n``
+    order."""
     is_file = pc.and_(pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])),
                       pc.is_null(stats["source"]))
     files: list[dict[str, Any]] = stats.filter(is_file).select(["file", "rows", "subjects"]).to_pylist()
@@ -298,7 +372,7 @@ def _publish_shards(fs: pafs.FileSystem, data_dir: str, stats: pa.Table) -> list
         split = f["file"].split("/", 1)[0]
         new = f"{split}/{numbered.setdefault(split, 0)}.parquet"
         numbered[split] += 1
-        fs.move(f"{data_dir}/{f['file']}", f"{data_dir}/{new}")
+        move(f["file"], new)
         f["file"] = new
     return files
 
@@ -324,60 +398,116 @@ def prepare_output(out: str) -> tuple[pafs.FileSystem, str]:
 
 @dataclass(frozen=True)
 class WrittenShards:
-    """What :func:`publish_shards` learnt from the shard writers' statistics."""
+    """What the shard writers' statistics say about the published shards."""
 
     files: list[dict[str, Any]]
     """``{file, rows, subjects}`` per published shard, in SPLITS then shard order."""
-    subjects: np.ndarray
-    """Sorted subject ids of the events."""
-    splits: np.ndarray
-    """The split folder of each of ``subjects`` (object array of split names)."""
     codes: list[str]
     """Sorted distinct codes of the events."""
     events: int
     after_death: dict[str, int]
     """Events after their subject's death, per source."""
+    split_subjects: dict[str, int]
+    """Subjects per split (every split of ``SPLITS``, 0 for an empty one)."""
+    subjects: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Sorted subject ids of the events: the local engine only (the Spark driver gets no per-subject row:
+    empty there)."""
+
+    @property
+    def n_subjects(self) -> int:
+        """Subjects of the events."""
+        return sum(self.split_subjects.values())
+
+
+def _written(stats: pa.Table, file_rows: list[dict[str, Any]], split_rows: dict[str, int],
+             subjects: np.ndarray | None = None) -> WrittenShards:
+    """Check that the published files' rows reconcile with ``split_rows`` (events assigned per split), in
+    all and per split; sum up codes, subjects per split and events after death from ``stats``."""
+    n_events = sum(split_rows.values())
+    if sum(f["rows"] for f in file_rows) != n_events:
+        raise RuntimeError(f"shard statistics do not reconcile: {file_rows} vs {n_events} events")
+    for split in SPLITS:
+        in_files = sum(f["rows"] for f in file_rows if f["file"].startswith(f"{split}/"))
+        if in_files != split_rows.get(split, 0):
+            raise RuntimeError(f"split {split}: {in_files} events in its shards, {split_rows.get(split, 0)} "
+                               "assigned")
+    # a subject is in one shard (its shard is a function of its id), so the shards' counts add up
+    split_subjects = {s: sum(f["subjects"] for f in file_rows if f["file"].startswith(f"{s}/"))
+                      for s in SPLITS}
+    code_counts = stats.filter(pc.is_valid(stats["code"])).group_by("code").aggregate([("rows", "sum")])
+    late = stats.filter(pc.is_valid(stats["source"])).group_by("source").aggregate([("after_death", "sum")])
+    after_death = dict(sorted(zip(late["source"].to_pylist(), late["after_death_sum"].to_pylist(),
+                                  strict=True)))
+    return WrittenShards(file_rows, sorted(code_counts["code"].to_pylist()), n_events, after_death,
+                         split_subjects, *([] if subjects is None else [subjects]))
 
 
 def publish_shards(fs: pafs.FileSystem, out: str, stats: pa.Table, split_rows: dict[str, int],
                    ratios: Sequence[float], split_seed: int) -> WrittenShards:
-    """Engine-neutral half of a shard write: rename the shard writers' temporary files (``stats`` in
-    ``_STATS_ARROW`` form, one batch per shard from :func:`_write_shard`), check that rows, subjects and
-    splits reconcile with ``split_rows`` (events assigned per split) and that every subject's folder is the
-    split :func:`assign_splits` gives, and write metadata/subject_splits.parquet."""
+    """The local engine's half of a shard write: rename the shard writers' temporary files (``stats`` in
+    ``_STATS_ARROW`` form, one batch per shard from :func:`_write_shard`, per-subject rows included), check
+    that rows, subjects and splits reconcile with ``split_rows`` (events assigned per split) and that every
+    subject's folder is the split :func:`assign_splits` gives, and write metadata/subject_splits.parquet."""
     _, base = _fs(out)
-    n_events = sum(split_rows.values())
-    file_rows = _publish_shards(fs, f"{base}/{MEDS_DATA}", stats)
+    data_dir = f"{base}/{MEDS_DATA}"
+    file_rows = _publish_shards(stats, lambda old, new: fs.move(f"{data_dir}/{old}", f"{data_dir}/{new}"))
     subject_split = {int(r["subject_id"]): r["file"].split("/", 1)[0]
                      for r in stats.filter(pc.is_valid(stats["subject_id"])).to_pylist()}
     subject_arr = np.sort(np.fromiter(subject_split, dtype=np.int64, count=len(subject_split)))
     n_subjects = len(subject_arr)
     # a subject in two shards would be counted twice by the files (and once by the dict)
     n_ids = int(pc.count(stats["subject_id"]).as_py())
-    if sum(f["rows"] for f in file_rows) != n_events or sum(f["subjects"] for f in file_rows) != n_ids:
-        raise RuntimeError(f"shard statistics do not reconcile: {file_rows} vs {n_events} events")
+    if sum(f["subjects"] for f in file_rows) != n_ids:
+        raise RuntimeError(f"shard statistics do not reconcile: {file_rows} vs {n_ids} subject rows")
     if n_ids != n_subjects:
         raise RuntimeError(f"{n_ids - n_subjects} subject(s) landed in more than one shard")
-    for split in SPLITS:
-        in_files = sum(f["rows"] for f in file_rows if f["file"].startswith(f"{split}/"))
-        if in_files != split_rows.get(split, 0):
-            raise RuntimeError(f"split {split}: {in_files} events in its shards, {split_rows.get(split, 0)} "
-                               "assigned")
+    written = _written(stats, file_rows, split_rows, subject_arr)
     split_arr = np.array([subject_split[int(i)] for i in subject_arr], dtype=object)
+    _write_small(_subject_splits_table(subject_arr, split_arr, ratios, split_seed),
+                 f"{out}/{MEDS_SUBJECT_SPLITS}")
+    return written
+
+
+def _subject_splits_table(subject_arr: np.ndarray, split_arr: np.ndarray, ratios: Sequence[float],
+                          split_seed: int) -> pa.Table:
+    """metadata/subject_splits.parquet's table from sorted subject ids and their split folders, after
+    checking each split against :func:`assign_splits` (the engine's split and its numpy twin are tested
+    equal) and that no subject is in two folders."""
+    if len(np.unique(subject_arr)) != len(subject_arr):
+        raise RuntimeError(f"{len(subject_arr) - len(np.unique(subject_arr))} subject(s) in more than one "
+                           "split folder")
     twin = assign_splits(subject_arr, ratios, split_seed)
-    if not np.array_equal(split_arr, twin):  # the engine's split and its numpy twin are tested equal
+    if not np.array_equal(split_arr, twin):
         raise RuntimeError(f"{int((split_arr != twin).sum())} subject(s) in a different split folder than "
                            "ehrfm.prepare.splits.assign_splits gives")
-    _write_small(
-        pa.table({SUBJECT_ID: subject_arr, "split": split_arr.astype(str)}, schema=SPLITS_SCHEMA),
-        f"{out}/{MEDS_SUBJECT_SPLITS}",
-    )
-    code_counts = stats.filter(pc.is_valid(stats["code"])).group_by("code").aggregate([("rows", "sum")])
-    late = stats.filter(pc.is_valid(stats["source"])).group_by("source").aggregate([("after_death", "sum")])
-    after_death = dict(sorted(zip(late["source"].to_pylist(), late["after_death_sum"].to_pylist(),
-                                  strict=True)))
-    return WrittenShards(file_rows, subject_arr, split_arr, sorted(code_counts["code"].to_pylist()),
-                         n_events, after_death)
+    return pa.table({SUBJECT_ID: subject_arr, "split": split_arr.astype(str)}, schema=SPLITS_SCHEMA)
+
+
+def _subject_files(ratios: Sequence[float], split_seed: int, default_ids: bool) -> Any:
+    """The function of the one Spark task that makes metadata/subject_splits.parquet (and, with
+    ``default_ids``, subject_ids.parquet: each subject's id as its source id) from the distinct
+    (subject_id, split) rows sorted by subject_id: :data:`PAYLOAD_SCHEMA` rows for :func:`_write_payloads`.
+    MEDS wants one file each, so one task writes it: two columns per subject, never the driver."""
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
+        ids = (pa.concat_tables(tables)[SUBJECT_ID].to_numpy() if tables else np.zeros(0, np.int64))
+        splits = np.array(pa.concat_tables(tables)[SPLIT].to_pylist() if tables else [], dtype=object)
+        yield _payload(SPLITS_KEY, _subject_splits_table(ids.astype(np.int64), splits, ratios,
+                                                                  split_seed))
+        if default_ids:
+            yield _payload(IDS_KEY, _subject_ids_table([int(i) for i in ids], [str(i) for i in ids]))
+
+    return write
+
+
+def _ids_file(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The function of the one Spark task that makes metadata/subject_ids.parquet from the distinct
+    (subject_id, source_id) rows, sorted (one file, as MEDS wants: two columns per subject in one task)."""
+    tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
+    t = pa.concat_tables(tables) if tables else None
+    yield _payload(IDS_KEY, _subject_ids_table(
+        [] if t is None else t[SUBJECT_ID].to_pylist(), [] if t is None else t["source_id"].to_pylist()))
 
 
 def describe_codes(code_descriptions: pa.Table, code_list: Sequence[str]) -> tuple[dict[str, str],
@@ -418,10 +548,21 @@ def write_codes(out: str, code_list: Sequence[str], described: dict[str, str],
     )
 
 
+def _subject_ids_table(subject_ids: Sequence[int], source_ids: Sequence[str | None]) -> pa.Table:
+    """metadata/subject_ids.parquet's table."""
+    return pa.table({SUBJECT_ID: list(subject_ids), "source_id": list(source_ids)}, schema=SUBJECT_IDS_SCHEMA)
+
+
 def write_subject_ids(out: str, subject_ids: Sequence[int], source_ids: Sequence[str | None]) -> None:
     """metadata/subject_ids.parquet: (subject_id, source_id), in the caller's (subject_id) order."""
-    _write_small(pa.table({SUBJECT_ID: list(subject_ids), "source_id": list(source_ids)},
-                          schema=SUBJECT_IDS_SCHEMA), f"{out}/{MEDS_SUBJECT_IDS}")
+    _write_small(_subject_ids_table(subject_ids, source_ids), f"{out}/{MEDS_SUBJECT_IDS}")
+
+
+def _parquet_rows(uri: str) -> int:
+    """Rows of the parquet file ``uri``, from its footer."""
+    fs, path = _fs(uri)
+    with fs.open_input_file(path) as fh:
+        return int(pq.ParquetFile(fh).metadata.num_rows)
 
 
 def count_parquet_rows(uri: str) -> int:
@@ -443,15 +584,14 @@ def finish_dataset(out: str, written: WrittenShards, *, dataset_name: str, etl_n
     fs, base = _fs(out)
     meta = dataset_metadata(dataset_name, etl_name, dataset_version)
     _write_json(meta, f"{out}/{MEDS_DATASET_JSON}")
-    split_counts = {s: int((written.splits == s).sum()) for s in SPLITS}
     result = {
         **(summary or {}),
         "dataset_name": dataset_name,
         "events": written.events,
-        "subjects": len(written.subjects),
+        "subjects": written.n_subjects,
         "codes": len(written.codes),
         "rejects": n_rejects,
-        "splits": split_counts,
+        "splits": dict(written.split_subjects),
         "split_ratios": list(ratios),
         "split_seed": split_seed,
         **runtime,
@@ -501,9 +641,11 @@ def write_meds_dataset(
     """
     from pyspark.sql import functions as F
 
+    from ehrfm.storage import delete, join, move, spark_uri
+
     ratios = validate_ratios(split_ratios)
     out = output.rstrip("/")
-    fs, _ = prepare_output(out)
+    prepare_output(out)
 
     events = conform_events(events_df)
     if cache_events:
@@ -513,8 +655,40 @@ def write_meds_dataset(
     events = events.withColumn(SPLIT, split_column(SUBJECT_ID, ratios, split_seed))
     split_rows = {r[SPLIT]: int(r["count"]) for r in events.groupBy(SPLIT).count().collect()}
     plan = shard_plan(split_rows, rows_per_shard or DEFAULT_ROWS_PER_SHARD)
-    stats = _write_shards(spark, events, plan, f"{out}/{MEDS_DATA}")
-    written = publish_shards(fs, out, stats, split_rows, ratios, split_seed)
+    # hidden from MEDS readers ("_" prefix); unique, so that no other write can collide with it
+    tmp = join(out, MEDS_DATA, f"_writing-{uuid.uuid4().hex}")
+    meta_tmp = join(out, MEDS_METADATA, f"_writing-{uuid.uuid4().hex}")
+    try:
+        stats, shard_files = _write_shards(spark, events, plan, tmp)
+        data_uri = join(out, MEDS_DATA)
+        file_rows = _publish_shards(stats, lambda old, new: move(shard_files[_shard_number(old)],
+                                                                 join(data_uri, new)))
+        written = _written(stats, file_rows, split_rows)
+
+        # metadata/subject_splits.parquet (+ subject_ids.parquet by default) from one Spark task
+        subjects = events.select(SUBJECT_ID, SPLIT).distinct().repartition(1).sortWithinPartitions(SUBJECT_ID)
+        files = _write_payloads(subjects.mapInArrow(_subject_files(ratios, split_seed, subject_ids is None),
+                                                    PAYLOAD_SCHEMA), join(meta_tmp, SPLITS_KEY))
+        if subject_ids is not None:
+            ids = (subject_ids.select(F.col(SUBJECT_ID).cast("bigint"), F.col("source_id").cast("string"))
+                   .distinct().repartition(1).sortWithinPartitions(SUBJECT_ID, "source_id"))
+            files.update(_write_payloads(ids.mapInArrow(_ids_file, PAYLOAD_SCHEMA), join(meta_tmp, IDS_KEY)))
+        for key, dest in ((SPLITS_KEY, MEDS_SUBJECT_SPLITS), (IDS_KEY, MEDS_SUBJECT_IDS)):
+            if key not in files:  # an empty input may leave Spark no partition to run the task in
+                if written.n_subjects:
+                    raise RuntimeError(f"{join(out, dest)}: no Spark task wrote it")
+                _write_small(_subject_splits_table(np.zeros(0, np.int64), np.zeros(0, object), ratios,
+                                                   split_seed) if key == SPLITS_KEY
+                             else _subject_ids_table([], []), join(out, dest))
+            else:
+                move(files[key], join(out, dest))
+        in_file = _parquet_rows(join(out, MEDS_SUBJECT_SPLITS))
+        if in_file != written.n_subjects:  # a subject in two shards is counted twice by the shards
+            raise RuntimeError(f"{written.n_subjects} subjects in the shards, {in_file} in "
+                               f"{join(out, MEDS_SUBJECT_SPLITS)}")
+    finally:
+        delete(tmp)
+        delete(meta_tmp)
     code_list = written.codes
 
     described: dict[str, str] = {}
@@ -536,21 +710,14 @@ def write_meds_dataset(
         parents = {r["code"]: r["p"] for r in firsts if r["p"]}
     write_codes(out, code_list, described, parents)
 
-    if subject_ids is None:
-        write_subject_ids(out, [int(i) for i in written.subjects], [str(i) for i in written.subjects])
-    else:
-        ids = subject_ids.select(F.col(SUBJECT_ID).cast("bigint"),
-                                 F.col("source_id").cast("string")).distinct()
-        id_rows = [(r[0], r[1]) for r in ids.orderBy(SUBJECT_ID).collect()]
-        write_subject_ids(out, [r[0] for r in id_rows], [r[1] for r in id_rows])
-
     n_rejects = 0
     if rejects is not None:
         rej = rejects.select(
             *[F.col(f.name).cast("bigint" if f.name == "record_index" else "string") for f in REJECTS_SCHEMA]
         )
-        # Spark's writer keeps this scalable to any number of rejects; the count comes from the footers
-        rej.coalesce(1).write.mode("overwrite").parquet(f"{out}/{MEDS_REJECTS}")
+        # Spark's writer, one file per partition (as many tasks as the rejects have partitions): scalable to
+        # any number of rejects; the count comes from the footers
+        rej.write.mode("overwrite").parquet(spark_uri(f"{out}/{MEDS_REJECTS}"))
         n_rejects = count_parquet_rows(f"{out}/{MEDS_REJECTS}")
     if cache_events:
         events.unpersist()

@@ -209,10 +209,12 @@ def test_shard_plan_follows_the_events_of_each_split() -> None:
         shard_plan({"train": 5}, 0)
 
 
-def test_a_task_with_several_shards_writes_one_file_each(tmp_path: Path) -> None:
-    """The shard writer alone (no Spark): rows sorted by (_shard, subject, time, code) become one file per
-    _shard value, in the folder of the split the plan gives that shard, without the _shard column."""
-    from ehrfm.ingest.writer import _shard_writer
+def test_a_task_with_several_shards_writes_one_file_each() -> None:
+    """The shard writer alone (no Spark): rows sorted by (_shard, subject, time, code) become one parquet
+    file per _shard value (its bytes less the trailing magic that Spark's text writer adds), named for the
+    split the plan gives that shard, without the _shard column; with one small statistics file per shard and
+    no per-subject rows."""
+    from ehrfm.ingest.writer import _STATS_ARROW, PARQUET_MAGIC, _shard_writer
 
     t1 = dt.datetime(2020, 1, 1)
     plan = ["train"] * 4 + ["tuning"] + ["held_out"] * 3
@@ -225,15 +227,19 @@ def test_a_task_with_several_shards_writes_one_file_each(tmp_path: Path) -> None
                                                                                           "code")},
         SHARD: pa.array([r[0] for r in rows], pa.int32()),
     }).to_batches(max_chunksize=2)  # batches do not follow shard boundaries
-    for split in ("train", "tuning", "held_out"):
-        (tmp_path / split).mkdir()
-    stats = pa.Table.from_batches(list(_shard_writer(str(tmp_path), plan)(iter(batch))))
-    files = stats.filter(pc.and_(pc.and_(pc.is_null(stats["code"]), pc.is_null(stats["subject_id"])),
-                                 pc.is_null(stats["source"])))
-    assert files["file"].to_pylist() == ["train/_shard-000003.parquet", "tuning/_shard-000004.parquet",
-                                         "held_out/_shard-000007.parquet"]
-    assert files["rows"].to_pylist() == [2, 1, 2] and files["subjects"].to_pylist() == [2, 1, 2]
-    written = pq.read_table(tmp_path / "held_out" / "_shard-000007.parquet")
+    out = pa.Table.from_batches(list(_shard_writer(plan)(iter(batch))))
+    assert out["_f"].to_pylist() == ["data-000003", "stats-000003", "data-000004", "stats-000004",
+                                     "data-000007", "stats-000007"]
+    payload = dict(zip(out["_f"].to_pylist(), out["v"].to_pylist(), strict=True))
+    assert not any(v.endswith(PARQUET_MAGIC) for v in payload.values())  # the text writer appends it
+    files = {k: pq.read_table(pa.BufferReader(v + PARQUET_MAGIC)) for k, v in payload.items()}
+    stats = pa.concat_tables([files[f"stats-{i:06d}"].cast(_STATS_ARROW) for i in (3, 4, 7)])
+    assert stats["subject_id"].null_count == stats.num_rows  # nothing per subject
+    file_rows = stats.filter(pc.is_null(stats["code"]))
+    assert file_rows["file"].to_pylist() == ["train/_shard-000003.parquet", "tuning/_shard-000004.parquet",
+                                             "held_out/_shard-000007.parquet"]
+    assert file_rows["rows"].to_pylist() == [2, 1, 2] and file_rows["subjects"].to_pylist() == [2, 1, 2]
+    written = files["data-000007"]
     assert written.schema.equals(DATA_SCHEMA, check_metadata=False)
     assert written.column("subject_id").to_pylist() == [6, 8]
 
