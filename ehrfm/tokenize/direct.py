@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.labels.tables import tasks_frame
-from ehrfm.layout import TokenPaths
+from ehrfm.layout import TOKENS_PRETRAIN, TOKENS_TASKS
 from ehrfm.prepare.bins import Bins
 from ehrfm.schema import SUBJECT_ID, TOKENS_SCHEMA
 from ehrfm.tokenize.tokenizer import tokenize_subject
@@ -66,18 +66,25 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
 def write_local(table: pa.Table, output: str | Path, tasks: Sequence[str], *,
                 pretrain: bool = True) -> list[str]:
     """Write ``<output>/pretrain/part-0.parquet`` (unless ``pretrain`` is false: that folder is left alone)
-    and ``<output>/tasks/<task>/part-0.parquet``, replacing what they held."""
+    and ``<output>/tasks/<task>/part-0.parquet``, replacing what they held; ``output``: a local folder or a
+    URI (pyarrow's filesystems, :func:`ehrfm.storage.filesystem`). Returns the folders written, in the form
+    of ``output``."""
+    from ehrfm import storage
+
     written = []
-    paths = TokenPaths(Path(output))
+    base = storage.normalize(str(output))
     task_col = table.column("task").to_numpy(zero_copy_only=False)
-    targets = [(paths.pretrain, pd.isna(task_col))] if pretrain else []
-    targets += [(paths.task(t), task_col == t) for t in tasks]
-    for folder, mask in targets:
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.parquet"):
-            old.unlink()
-        pq.write_table(table.filter(pa.array(np.asarray(mask, dtype=bool))), folder / "part-0.parquet")
-        written.append(str(folder))
+    targets = [(TOKENS_PRETRAIN, pd.isna(task_col))] if pretrain else []
+    targets += [(f"{TOKENS_TASKS}/{t}", task_col == t) for t in tasks]
+    for rel, mask in targets:
+        folder = storage.join(base, rel)
+        storage.makedirs(folder)
+        for old in storage.list_names(folder):
+            if old.endswith(".parquet"):
+                storage.delete(storage.join(folder, old))
+        fs, path = storage.filesystem(storage.join(folder, "part-0.parquet"))
+        pq.write_table(table.filter(pa.array(np.asarray(mask, dtype=bool))), path, filesystem=fs)
+        written.append(folder)
     return written
 
 
@@ -101,15 +108,26 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_tokens(path: str | Path) -> pa.Table:
-    """Read token parquet (a folder of ``*.parquet`` as either engine writes, or one file) as TOKENS_SCHEMA.
+    """Read token parquet (a folder of ``*.parquet`` as either engine writes, or one file; a local path or
+    URI) as TOKENS_SCHEMA.
 
     Spark names list items ``element`` and drops non-null flags; the cast restores the exact schema.
     """
-    p = Path(path)
-    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    from ehrfm import storage
+
+    if storage.is_remote(str(path)):
+        uri = storage.normalize(str(path))
+        files = ([storage.join(uri, n) for n in storage.list_names(uri) if n.endswith(".parquet")]
+                 if storage.is_dir(uri) else [uri])
+    else:
+        p = Path(path)
+        files = [str(f) for f in sorted(p.glob("*.parquet"))] if p.is_dir() else [str(p)]
     if not files:
         return TOKENS_SCHEMA.empty_table()
-    tables = [pq.read_table(f).select(TOKENS_SCHEMA.names).cast(TOKENS_SCHEMA) for f in files]
+    tables = []
+    for f in files:
+        fs, inner = storage.filesystem(f)
+        tables.append(pq.read_table(inner, filesystem=fs).select(TOKENS_SCHEMA.names).cast(TOKENS_SCHEMA))
     return pa.concat_tables(tables)
 
 

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from ehrfm import storage
 from ehrfm.config.tokenize import TokenizerConfig
 from ehrfm.labels.tables import tasks_spark
-from ehrfm.layout import MedsPaths, TokenPaths
+from ehrfm.layout import TOKENS_PRETRAIN, TOKENS_TASKS
+from ehrfm.meds_files import read_meds_spark
 from ehrfm.prepare.bins import Bins
 from ehrfm.schema import (
     CODE,
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from pyspark.sql.types import DataType, StructType
 
 EVENT_INPUT_COLUMNS = (SUBJECT_ID, TIME, CODE, NUMERIC_VALUE, ENCOUNTER_ID)
+# percentile_approx accuracy of the Spark summary's length percentiles (rank error 1/accuracy)
+SUMMARY_ACCURACY = 10_000
 
 
 def _spark_type(t: pa.DataType) -> DataType:
@@ -68,9 +72,9 @@ def spark_tokens_schema() -> StructType:
 
 
 def read_events_spark(spark: SparkSession, meds_dir: str | Path) -> SparkDataFrame:
-    """MEDS events of ``<meds>/data`` (either layout) with the columns the tokenizer uses (``encounter_id``
-    when present)."""
-    df: SparkDataFrame = MedsPaths(Path(meds_dir)).read_spark(spark)
+    """MEDS events of ``<meds>/data`` (either layout; a local path or any URI Spark's Hadoop serves) with the
+    columns the tokenizer uses (``encounter_id`` when present)."""
+    df: SparkDataFrame = read_meds_spark(spark, storage.normalize(str(meds_dir)))
     missing = [c for c in (SUBJECT_ID, TIME, CODE) if c not in df.columns]
     if missing:
         raise ValueError(f"{meds_dir}/data: missing MEDS column(s) {missing}")
@@ -120,17 +124,50 @@ def tokenize_spark(
 def write_tokens(rows: SparkDataFrame, output: str | Path, tasks: Sequence[str], *,
                  pretrain: bool = True) -> Iterator[str]:
     """Write ``<output>/pretrain`` (unless ``pretrain`` is false: that folder is left alone) and
-    ``<output>/tasks/<task>`` (overwrite), yielding each path written.
+    ``<output>/tasks/<task>`` (overwrite), yielding each path written (``output``: a local path or URI; the
+    paths yielded keep its form).
 
     Rows are sorted within files by subject and prediction time so reruns write the same content.
     """
     from pyspark.sql import functions as F
 
-    paths = TokenPaths(Path(output))
-    targets: list[tuple[Path, Any]] = [(paths.pretrain, F.col("task").isNull())] if pretrain else []
-    targets += [(paths.task(t), F.col("task") == t) for t in tasks]
-    for folder, cond in targets:
-        path = str(folder)
+    base = storage.normalize(str(output))
+    targets: list[tuple[str, Any]] = [(TOKENS_PRETRAIN, F.col("task").isNull())] if pretrain else []
+    targets += [(f"{TOKENS_TASKS}/{t}", F.col("task") == t) for t in tasks]
+    for rel, cond in targets:
+        path = storage.join(base, rel)
         part = rows.where(cond).sortWithinPartitions(SUBJECT_ID, PREDICTION_TIME)
-        part.write.mode("overwrite").parquet(path)
+        part.write.mode("overwrite").parquet(storage.spark_uri(path))
         yield path
+
+
+def summarize_spark(rows: SparkDataFrame, accuracy: int = SUMMARY_ACCURACY) -> pd.DataFrame:
+    """:func:`ehrfm.tokenize.direct.summarize` as one Spark aggregate: per (task, split) rows, label mean,
+    event rate, length p50/p90/p99 and max; only those few rows reach the driver.
+
+    The length percentiles are ``percentile_approx`` with ``accuracy``: each is an observed length whose rank
+    among the group's ``n`` rows is within ``n / accuracy`` of ``q * n`` (rank error ``1/accuracy``; 0.01 %
+    with the default). So they may differ from the local engine's exact, linearly interpolated percentiles by
+    that rank error plus the interpolation between neighbouring lengths; every other column is exact and
+    equal to the local engine's.
+    """
+    from pyspark.sql import functions as F
+
+    levels = F.array(*[F.lit(q) for q in (0.5, 0.9, 0.99)])
+    keyed = rows.select(F.coalesce("task", F.lit("(pretrain)")).alias("task"),
+                        F.coalesce("split", F.lit("(none)")).alias("split"), "length", "label", "event")
+    agg = keyed.groupBy("task", "split").agg(
+        F.count(F.lit(1)).alias("rows"), F.avg("label").alias("label_mean"),
+        F.avg("event").alias("event_rate"),
+        F.percentile_approx("length", levels, accuracy).alias("p"), F.max("length").alias("len_max"))
+    got = agg.orderBy("task", "split").collect()
+    frame = pd.DataFrame({
+        "task": [r["task"] for r in got], "split": [r["split"] for r in got],
+        "rows": pd.array([r["rows"] for r in got], dtype="int64"),
+        "label_mean": pd.array([r["label_mean"] for r in got], dtype="float64"),
+        "event_rate": pd.array([r["event_rate"] for r in got], dtype="float64"),
+        **{name: pd.array([float(r["p"][i]) for r in got], dtype="float64")
+           for i, name in enumerate(("len_p50", "len_p90", "len_p99"))},
+        "len_max": pd.array([r["len_max"] for r in got], dtype="int32"),
+    })
+    return frame

@@ -12,7 +12,7 @@ from tok_helpers import population
 
 from ehrfm.cli import main
 from ehrfm.layout import Layout
-from ehrfm.prepare.bins import Bins
+from ehrfm.prepare.bins import Bins, load_bins
 from ehrfm.schema import EVENTS_SCHEMA, LABELS_SCHEMA, TOKENS_SCHEMA
 from ehrfm.tokenize import TokenizerConfig, read_tokenizer_config
 from ehrfm.tokenize.direct import iter_rows, read_tokens, rows_to_table, tokens_equal
@@ -86,7 +86,10 @@ def test_cli_prepare_and_tokenize_end_to_end(spark: Any, tmp_path: Path,
     local = Layout(root=str(tmp_path), tokens=str(tmp_path / "tokens_local")).token_paths
     assert main(["prepare", *root, "--tokens", str(local.root), *prep, "--engine", "local"]) == 0
     assert local.vocab.read_text() == out.vocab.read_text()
-    assert local.bins.read_text() == out.bins.read_text()
+    # bins: exact (interpolated) locally, observed values within the rank error in Spark (tests/prepare)
+    assert load_bins(local.bins).edges.keys() == load_bins(out.bins).edges.keys()
+    # tokens from the same bins are identical between the engines
+    local.bins.write_bytes(out.bins.read_bytes())
     assert main(["tokenize", *root, "--tokens", str(local.root), "--tokenizer.max_len", "64",
                  "--engine", "local"]) == 0
     for sub in (out.pretrain, out.task("t1"), out.task("t2")):
@@ -96,3 +99,41 @@ def test_cli_prepare_and_tokenize_end_to_end(spark: Any, tmp_path: Path,
     capsys.readouterr()
     assert main(["tokenize", *root, "--engine", "local"]) == 2
     assert "no prompt token [TASK:t3]" in capsys.readouterr().err
+
+
+@pytest.mark.spark
+def test_spark_summary_within_the_stated_rank_error(spark: Any, vocab: Vocabulary, bins: Bins) -> None:
+    """The Spark engine's summary (one aggregate, no rows to the driver) equals the local engine's exactly,
+    except the length percentiles: observed lengths whose rank in their group is within n/accuracy of q*n."""
+    import numpy as np
+    import pandas as pd
+
+    from ehrfm.tokenize.direct import summarize
+    from ehrfm.tokenize.spark_job import summarize_spark
+
+    events, labels, _ = population()
+    cfg = TokenizerConfig(max_len=64)
+    # many rows of varied lengths: subject copies with 1..n events, so the percentiles are not trivial
+    copies = [events.assign(subject_id=events["subject_id"] + 10 * k).groupby("subject_id").head(1 + k % 9)
+              for k in range(40)]
+    direct = rows_to_table(list(iter_rows(pd.concat(copies, ignore_index=True), labels, None, vocab, bins,
+                                          cfg)))
+    frame = direct.select(["task", "split", "length", "label", "event"]).to_pandas()
+    frame = frame.assign(split=np.where(frame.index % 3 == 0, "train", None))
+    rows = spark.createDataFrame(frame)
+    want = summarize(frame)
+    assert len(want) == 5 and want["rows"].max() > 100  # the pretrain groups are large
+    for accuracy in (4, 10_000):
+        got = summarize_spark(rows, accuracy=accuracy)
+        assert got[["task", "split", "rows", "len_max"]].values.tolist() == \
+            want[["task", "split", "rows", "len_max"]].values.tolist()
+        for col in ("label_mean", "event_rate"):
+            assert np.allclose(got[col], want[col].astype("float64"), rtol=1e-6, equal_nan=True), col
+        keyed = frame.assign(task=frame["task"].fillna("(pretrain)"), split=frame["split"].fillna("(none)"))
+        for _, r in got.iterrows():
+            lengths = keyed.loc[(keyed["task"] == r["task"]) & (keyed["split"] == r["split"]), "length"]
+            values, n = lengths.to_numpy(), len(lengths)
+            for q, col in ((0.5, "len_p50"), (0.9, "len_p90"), (0.99, "len_p99")):
+                assert r[col] in set(values.tolist()), col
+                below, at_or_below = int((values < r[col]).sum()), int((values <= r[col]).sum())
+                assert below <= q * n + n / accuracy and at_or_below >= q * n - n / accuracy, (col, r)
