@@ -22,8 +22,9 @@ class LabelConfig(OverwriteOption):
     engine: Literal["auto", "spark", "reference", "local"] = "auto"
     """local: the task rules as columnar polars code in this process (no Spark, no JVM; fastest on one
     machine); spark: the rules as Spark SQL expressions (one pass over the events, for a cluster);
-    reference: the per-subject Python engine in Spark (``applyInArrow``); auto: spark under spark-submit or
-    when spark.master names a cluster (spark://, yarn, k8s://, mesos://), else local. All write identical
+    reference: the per-subject Python engine in Spark (``applyInArrow``); auto: spark under spark-submit,
+    when spark.master names a cluster (spark://, yarn, k8s://, mesos://) or when meds or labels is a URI
+    other than file: (hdfs://, s3a://: read and written through Hadoop), else local. All write identical
     tables."""
     spark: SparkConfig = field(default_factory=SparkConfig)
     """Spark session settings (not used by the local engine)."""

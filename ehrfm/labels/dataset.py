@@ -76,15 +76,16 @@ def label_frame(events: DataFrame, specs: list[TaskSpec]) -> DataFrame:
 ENGINES = ("spark", "reference", "local", "auto")
 
 
-def resolve_engine(engine: str, master: str | None) -> str:
+def resolve_engine(engine: str, master: str | None, locations: Sequence[str] = ()) -> str:
     """The engine ``engine`` runs as: ``auto`` is ``spark`` under spark-submit (etl/label.py: the submitted
-    master decides) or when ``master`` (default ``$EHRFM_SPARK_MASTER``) names a cluster (``spark://``,
-    ``yarn``, ``k8s://``, ``mesos://``: any non-local master), else ``local``; any other engine is itself."""
+    master decides), when ``master`` (default ``$EHRFM_SPARK_MASTER``) names a cluster (``spark://``,
+    ``yarn``, ``k8s://``, ``mesos://``: any non-local master) or when one of ``locations`` (the MEDS and
+    labels folders) is a URI other than ``file:``, else ``local``; any other engine is itself."""
     from ehrfm.config.spark import resolve_engine as resolve  # one rule for every stage's ``auto``
 
     if engine not in ENGINES:
         raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
-    return resolve(engine, master)
+    return resolve(engine, master, locations)
 
 
 def _codes(meds: str, events: DataFrame | None) -> list[str]:

@@ -35,7 +35,7 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
     from ehrfm.labels.dataset import label_dataset, resolve_engine
     from ehrfm.labels.tables import label_tasks, read_kinds
 
-    engine = resolve_engine(cfg.engine, cfg.spark.master)
+    engine = resolve_engine(cfg.engine, cfg.spark.master, (meds, out))
     spark = None
     if engine != "local":  # the local engine never starts Spark (nor imports it): no JVM
         from ehrfm.spark import get_spark
