@@ -155,10 +155,11 @@ class ScoreConfig(OverwriteOption):
     layout's MEDS dataset at prediction_time; fhir: every FHIR Bundle file (one patient each) under
     ``input``, scored as the server scores it."""
     input: str | None = None
-    """source=fhir: folder of Bundle files (``*.json``, ``*.json.gz``, searched recursively)."""
+    """source=fhir: folder of Bundle files (``*.json``, ``*.json.gz``, searched recursively); a local path or
+    a Hadoop-compatible URI (``hdfs://``, ``s3a://`` ...)."""
     rejects: str | None = None
     """source=fhir: parquet folder of the files that could not be scored (file, status, message); default
-    ``<scores>_rejects`` next to the predictions."""
+    ``<scores>_rejects`` next to the predictions; a local path or a URI."""
     tasks: list[str] = field(default_factory=list)
     """Tasks to score (empty: every task of the model)."""
     splits: list[str] = field(default_factory=list)

@@ -128,3 +128,34 @@ def test_score_fhir_on_viewfs_equals_local(spark: object, viewfs: object, servin
     pd.testing.assert_frame_equal(frames[2], frames[3])
     assert frames[2]["file"].tolist() == ["broken.json"] and "ZZMARKERZZ" not in frames[2].to_json()
     assert json.loads((mount / "out_rejects" / SCORES_MARKER).read_text()) == {"rejected": 1}
+
+
+def test_score_meds_on_viewfs_equals_local(spark: object, viewfs: object, serving_dir: Path,
+                                           bundle_events: list[pd.DataFrame], tmp_path: Path) -> None:
+    """A MEDS folder on viewfs:// scored at each subject's last event, splits from its
+    ``metadata/subject_splits.parquet`` (joined in Spark): the same rows as from a local folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ehrfm.schema import EVENTS_SCHEMA
+    from ehrfm.serve.stage import run_score
+
+    uri, mount = viewfs.uri, viewfs.local  # type: ignore[attr-defined]
+    ev = pd.concat(bundle_events[:3], ignore_index=True)
+    subjects = ev[SUBJECT_ID].unique()
+    for meds in (tmp_path / "meds", mount / "meds"):
+        (meds / "data" / "train").mkdir(parents=True)
+        (meds / "metadata").mkdir()
+        pq.write_table(pa.Table.from_pandas(ev, schema=EVENTS_SCHEMA, preserve_index=False),
+                       meds / "data" / "train" / "0.parquet")
+        # the last subject has no split: a null split, as before
+        pd.DataFrame({SUBJECT_ID: subjects[:2], "split": ["train", "held_out"]}).to_parquet(
+            meds / "metadata" / "subject_splits.parquet", index=False)
+    cfg = ScoreConfig(model=str(serving_dir), source="meds")
+    local = run_score(cfg, Layout(root=str(tmp_path)))
+    remote = run_score(cfg, Layout(root=uri))
+    assert remote.output == f"{uri}/scores" and remote.rows == local.rows
+    got, want = pd.read_parquet(mount / "scores"), pd.read_parquet(tmp_path / "scores")
+    _same_rows(got, want, [SUBJECT_ID, "task"])
+    split_of = dict(zip(got[SUBJECT_ID], got["split"], strict=False))
+    assert [split_of[s] for s in subjects] == ["train", "held_out", None]
