@@ -21,7 +21,6 @@ from ehrfm.atomic import Outputs, check_meds
 from ehrfm.config.base import ConfigError
 from ehrfm.config.tokenize import TokenizeConfig, TokenizeSummary
 from ehrfm.layout import (
-    LABEL_EXTRAS_SUFFIX,
     LABEL_SUFFIX,
     MEDS_SUBJECT_SPLITS,
     TOKENS_BINS,
@@ -46,6 +45,7 @@ def resolve_tasks(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary) -> lis
     if not cfg.task_rows:
         return []
     from ehrfm import storage
+    from ehrfm.labels.tables import label_tasks
     from ehrfm.schema import task_token
 
     labels = layout.labels_uri
@@ -63,19 +63,6 @@ def resolve_tasks(cfg: TokenizeConfig, layout: Layout, vocab: Vocabulary) -> lis
                               f"vocabulary {storage.join(layout.tokens_uri, TOKENS_VOCAB)}; rerun "
                               "`ehrfm prepare` with it in --tasks")
     return tasks
-
-
-def label_tasks(labels: str) -> list[str]:
-    """Tasks with a label table (``<task>.parquet``: one file, or a folder of part files) in the labels
-    folder ``labels`` (a local path or URI), sorted; sidecars and hidden names (staging folders) are not
-    tasks (:meth:`ehrfm.layout.Layout.label_tasks` for a local folder)."""
-    from ehrfm import storage
-
-    if not storage.is_remote(labels):
-        return Layout(labels=labels).label_tasks()
-    return sorted(n[: -len(LABEL_SUFFIX)] for n in storage.list_names(labels)
-                  if n.endswith(LABEL_SUFFIX) and not n.endswith(LABEL_EXTRAS_SUFFIX)
-                  and not n.startswith((".", "_")))
 
 
 def _splits(meds: str) -> str | None:
