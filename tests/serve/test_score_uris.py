@@ -177,3 +177,24 @@ def test_score_meds_on_viewfs_equals_local(spark: object, viewfs: object, servin
     _same_rows(got, want, [SUBJECT_ID, "task"])
     split_of = dict(zip(got[SUBJECT_ID], got["split"], strict=False))
     assert [split_of[s] for s in subjects] == ["train", "held_out", None]
+
+
+def test_score_checks_remote_inputs_before_scoring(spark: object, viewfs: object, serving_dir: Path,
+                                                   tokens_dir: Path) -> None:
+    """The driver's checks read the remote folders through Hadoop: a missing tokens folder and one without
+    its completion marker are refused by name, and nothing is written."""
+    from ehrfm.atomic import IncompleteInputError
+    from ehrfm.config.base import ConfigError
+    from ehrfm.layout import TOKENS_META
+    from ehrfm.serve.stage import run_score
+
+    uri, mount = viewfs.uri, viewfs.local  # type: ignore[attr-defined]
+    cfg, remote = ScoreConfig(model=str(serving_dir)), Layout(root=uri)
+    with pytest.raises(ConfigError, match=re.escape(f"source=tokens: no tokens folder at {uri}/tokens")):
+        run_score(cfg, remote)
+    shutil.copytree(tokens_dir, mount / "tokens")
+    (mount / "tokens" / TOKENS_META).unlink()  # an interrupted tokenize
+    unmarked = re.escape(f"tokens={uri + '/tokens'!r}: no {TOKENS_META}")
+    with pytest.raises(IncompleteInputError, match=unmarked):
+        run_score(cfg, remote)
+    assert sorted(p.name for p in mount.iterdir()) == ["tokens"]
