@@ -167,7 +167,10 @@ def fit_bins_spark(
     whose rank lies within ``n / accuracy`` of ``q * n`` (``n`` the code's train values; rank error
     ``1 / accuracy``), and it is an observed value (no interpolation between neighbours, unlike
     :func:`fit_bins_pandas`). With the default accuracy 10,000 the rank error is 0.01 % of a code's values,
-    far inside one bin of 1/n_bins. Only the per-code cut points reach the driver.
+    far inside one bin of 1/n_bins. Within that bound a cut point may depend on how the values are
+    partitioned (the sketches merge in shuffle order), so two clusters may write different ``bins.json``
+    for a code with many values; tokens built from one ``bins.json`` are identical in both engines. Only the
+    per-code cut points reach the driver.
     """
     from pyspark.sql import functions as F
 

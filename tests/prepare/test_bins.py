@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,7 @@ def _rank_bounds(values: np.ndarray, edge: float) -> tuple[int, int]:
 
 @pytest.mark.spark
 @pytest.mark.parametrize("accuracy", [40, 10_000])
-def test_spark_bins_within_the_stated_rank_error(spark, accuracy: int) -> None:
+def test_spark_bins_within_the_stated_rank_error(spark: Any, accuracy: int) -> None:
     """Every Spark cut point is an observed train value whose rank is within n/accuracy of the level's rank
     q*n (the bound fit_bins_spark states), computed on the data; codes and min_count as pandas."""
     rng = np.random.default_rng(1)
@@ -117,7 +118,7 @@ def test_spark_bins_within_the_stated_rank_error(spark, accuracy: int) -> None:
 
 
 @pytest.mark.spark
-def test_spark_accuracy_is_checked(spark) -> None:
+def test_spark_accuracy_is_checked(spark: Any) -> None:
     ev = events(BASE)
     with pytest.raises(ValueError, match="accuracy"):
         fit_bins_spark(spark.createDataFrame(ev), spark.createDataFrame(SPLITS), accuracy=0)

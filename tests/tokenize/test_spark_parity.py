@@ -119,7 +119,7 @@ def test_spark_summary_within_the_stated_rank_error(spark: Any, vocab: Vocabular
     direct = rows_to_table(list(iter_rows(pd.concat(copies, ignore_index=True), labels, None, vocab, bins,
                                           cfg)))
     frame = direct.select(["task", "split", "length", "label", "event"]).to_pandas()
-    frame = frame.assign(split=np.where(frame.index % 3 == 0, "train", None))
+    frame = frame.assign(split=["train" if i % 3 == 0 else None for i in range(len(frame))])
     rows = spark.createDataFrame(frame)
     want = summarize(frame)
     assert len(want) == 5 and want["rows"].max() > 100  # the pretrain groups are large
