@@ -58,6 +58,7 @@ LABELS_DDL = (
     "float_value double, categorical_value string, duration_days double, event tinyint, "
     "target_codes array<string>"
 )
+_DDL_TYPES = dict(f.split(" ", 1) for f in LABELS_DDL.split(", "))  # column -> Spark type
 # the label of each kind in the in-memory form: what must be present and non-null in every row
 _LABEL_OF = {"binary": (BOOLEAN_VALUE,), "time_to_event": (DURATION_DAYS, EVENT), "forecast": (TARGET_CODES,)}
 
@@ -362,8 +363,81 @@ def tasks_frame(labels_dir: str | Path, tasks: Sequence[str]) -> pd.DataFrame:
 
 
 def tasks_spark(spark: SparkSession, labels_dir: str | Path, tasks: Sequence[str]) -> DataFrame | None:
-    """:func:`tasks_table` as a Spark DataFrame in LABELS_DDL (None for no tasks). Read on the driver: a
-    label table has one row per index event, and so one reader serves every layout and sidecar."""
+    """:func:`tasks_table` as a Spark DataFrame in LABELS_DDL (None for no tasks), in no particular order.
+
+    A table ``ehrfm label`` wrote (``tasks.json`` names its kind; a file or a folder of parts, its sidecar
+    when the kind has one) is read by Spark itself (:func:`_task_spark`): no label row reaches the driver.
+    Files of other tools and older layouts (no ``tasks.json`` entry, extras inline, timezone-aware or other
+    types, repeated keys to drop) are read by the Arrow reader on the driver and handed to Spark: one reader
+    keeps those rules (a one-off import, not what a cluster pipeline writes)."""
     if not tasks:
         return None
-    return spark.createDataFrame(tasks_table(labels_dir, tasks), f"{LABELS_DDL}, {TASK} string")
+    base = storage.normalize(str(labels_dir))
+    kinds = read_kinds(base)
+    ddl = f"{LABELS_DDL}, {TASK} string"
+    frames: list[DataFrame] = []
+    driver: list[str] = []
+    for task in tasks:
+        native = _task_spark(spark, base, task, kinds[task]) if task in kinds else None
+        if native is None:
+            driver.append(task)
+        else:
+            frames.append(native)
+    if driver:
+        frames.append(spark.createDataFrame(tasks_table(base, driver), ddl))
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out
+
+
+def _task_spark(spark: SparkSession, labels_dir: str, task: str, kind: str) -> DataFrame | None:
+    """The label table of ``task`` (of ``kind``, from ``tasks.json``) read by Spark, in LABELS_DDL plus
+    ``task``; None when it is not in the form ehrfm writes (the caller reads it with the Arrow reader).
+
+    Checked as the Arrow reader checks (one Spark aggregate; counts, never values): no null key or label,
+    and the sidecar holds exactly the label file's keys (joined on the key, unique in ehrfm's tables)."""
+    from pyspark.sql import functions as F
+
+    _check_kind(kind, task)
+    path, sidecar = label_files(labels_dir, task)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"task {task!r}: no label table {path} (have: {label_tasks(labels_dir)})")
+    extras = LABEL_EXTRAS[kind]
+    if extras and not storage.exists(sidecar):
+        return None  # a time-to-event file without its sidecar: the Arrow reader's fallbacks
+    raw = spark.read.parquet(spark_path(path))
+    side = spark.read.parquet(spark_path(sidecar)) if extras else None
+    for frame, cols in ((raw, (*LABEL_KEY, *MEDS_LABEL_VALUES[kind])), (side, (*LABEL_KEY, *extras))):
+        types = {} if frame is None else dict(frame.dtypes)
+        if frame is not None and (types.get(PREDICTION_TIME) != "timestamp_ntz"
+                                  or any(c not in types for c in cols)):
+            return None
+    key = [F.col(SUBJECT_ID).cast("bigint").alias(SUBJECT_ID), F.col(PREDICTION_TIME)]
+    if side is None:
+        rows = raw.select(*key, F.col(BOOLEAN_VALUE).cast("boolean"), F.lit(True).alias("_l"),
+                          F.lit(True).alias("_r"))
+    else:
+        rows = raw.select(*key, F.lit(True).alias("_l")).join(
+            side.select(*key, *[F.col(c).cast(_DDL_TYPES[c]) for c in extras], F.lit(True).alias("_r")),
+            list(LABEL_KEY), "full_outer")
+    need = [*LABEL_KEY, *_LABEL_OF[kind]]
+    got = rows.select(F.count(F.lit(1)).alias("_n"), F.count_if(F.col("_l").isNull()).alias("_side"),
+                      F.count_if(F.col("_r").isNull()).alias("_file"),
+                      *[F.count_if(F.col(c).isNull()).alias(c) for c in need]).first()
+    assert got is not None
+    for c in LABEL_KEY:
+        if got[c]:
+            raise ValueError(f"task {task!r}: {storage.name(path)}: column {c!r} is null in {got[c]} of "
+                             f"{got['_n']} rows")
+    if got["_side"] or got["_file"]:
+        raise ValueError(f"task {task!r}: {storage.name(sidecar)} and the label file hold different keys "
+                         f"({got['_file']} only in the label file, {got['_side']} only in the sidecar): "
+                         "written by different runs")
+    for c in _LABEL_OF[kind]:
+        if got[c]:
+            raise ValueError(f"task {task!r}: {storage.name(path)}: column {c!r} (the {kind} label) is null "
+                             f"in {got[c]} of {got['_n']} rows")
+    present = set(rows.columns)
+    return rows.select(*[F.col(c) if c in present else F.lit(None).cast(_DDL_TYPES[c]).alias(c)
+                         for c in LABELS_SCHEMA.names], F.lit(task).alias(TASK))

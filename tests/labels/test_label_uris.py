@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,9 +17,11 @@ from ehrfm import storage
 from ehrfm.atomic import PartialOutputError
 from ehrfm.config.label import LabelConfig
 from ehrfm.config.spark import SparkConfig
+from ehrfm.labels import tables
 from ehrfm.labels.stage import run
 from ehrfm.labels.tables import label_tasks, read_kinds, read_labels
 from ehrfm.layout import Layout
+from ehrfm.schema import LABELS_SCHEMA
 
 from .timelines import random_population, write_meds
 
@@ -120,3 +123,32 @@ def test_spark_engines_read_and_write_viewfs(spark, viewfs, tmp_path: Path,  # t
             tmp_path / "local" / f"{task}.parquet").num_rows
     assert json.loads((out / "summary.json").read_text()) == got.rows
     _no_scheme_folders(tmp_path, viewfs.local)
+    # what tokenize reads: the tables ehrfm wrote (folders of parts on viewfs, single files locally) are read
+    # by Spark itself, none through the driver, and equal the Arrow reader's
+    want = _by_key(tables.tasks_table(str(tmp_path / "local"), TASKS))
+
+    def no_driver_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("label rows read on the driver")
+
+    monkeypatch.setattr(tables, "read_tasks", no_driver_read)
+    for where in (f"{viewfs.uri}/labels", str(tmp_path / "local")):
+        frame = tables.tasks_spark(spark, where, TASKS)
+        assert frame is not None and frame.columns == [*LABELS_SCHEMA.names, tables.TASK]
+        assert _by_key(frame.toArrow().cast(want.schema)).equals(want), where
+
+
+def _by_key(table: pa.Table) -> pa.Table:
+    return table.sort_by([(tables.TASK, "ascending"), ("subject_id", "ascending"),
+                          ("prediction_time", "ascending")])
+
+
+@pytest.mark.spark
+def test_spark_reader_refuses_a_sidecar_of_another_run(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_meds(random_population(10, seed=4), tmp_path / "meds")
+    layout = Layout(meds=str(tmp_path / "meds"), labels=str(tmp_path / "labels"))
+    run(LabelConfig(tasks=["death_1y_tte"], engine="local"), layout)
+    sidecar = layout.label_extras("death_1y_tte")
+    table = pq.read_table(sidecar)
+    pq.write_table(table.slice(1), sidecar)  # one key fewer than the label file
+    with pytest.raises(ValueError, match=r"death_1y_tte.*different keys \(1 only in the label file"):
+        tables.tasks_spark(spark, layout.labels_uri, ["death_1y_tte"])
