@@ -165,4 +165,5 @@ def test_label_prepare_tokenize_agree_on_both_layouts(spark, tmp_path: Path) -> 
     assert any(r[2] for r in results["split"]["labels"])  # type: ignore[union-attr, index]
     for key, value in results["split"].items():
         assert value == results["flat"][key], key
-    assert results["split"]["prepare spark"] == results["split"]["prepare local"]
+    # vocab.json identical; bins.json: exact locally, percentile_approx in Spark (tests/prepare/test_bins.py)
+    assert results["split"]["prepare spark"][0] == results["split"]["prepare local"][0]
