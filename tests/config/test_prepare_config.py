@@ -34,6 +34,7 @@ def test_round_trips(tmp_path: Path) -> None:
     ({"min_count": 0}, "min_count=0"),
     ({"n_bins": 1}, "n_bins=1"),
     ({"n_bins": "many"}, "n_bins='many'"),
+    ({"percentile_accuracy": 0}, "percentile_accuracy=0"),
     ({"engine": "gpu"}, "engine='gpu'"),
     ({"tasks": "readmission_30d"}, "tasks='readmission_30d': expected a list"),
     ({"tasks": [""]}, "tasks=['']"),
