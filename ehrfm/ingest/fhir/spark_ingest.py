@@ -5,17 +5,17 @@ streamed in bounded memory (:mod:`ehrfm.ingest.fhir.spark_units`); the per-recor
 one-patient path's (:mod:`ehrfm.ingest.fhir.spark_rows`):
 
 1. **scan** (executors, cheap): per unit its format, newline count (so a range knows the line number
-   of its first line) and the lookup records (Patient birth floors, Medications); only lines that
-   may be one of those are parsed. The lookups are small (one row per patient) and are broadcast.
-2. **map** (executors): every record mapped once with the global lookups, written to a temporary
-   parquet. With NDJSON inputs only, this is the only pass over the data.
-3. **cross-file** (only when Bundle files exist, whose Patients step 1 does not read): the records
-   that lacked a lookup or were rejected ⟕ birth floor ⟕ Medication (broadcast joins), then the same
-   per-record code.
+   of its first line) and gzip problem; one row per unit reaches the driver, which plans the map.
+2. **map** (executors): every record mapped once with its unit's own lookups (Patient birth floors,
+   Medications; :func:`~ehrfm.ingest.fhir.spark_units.map_unit_joined`), which are written along with the
+   rows to a temporary parquet; a record that needs another unit's lookup, or was rejected, waits (``P``).
+3. **cross-file** (when records wait): ``P`` rows ⟕ birth floor ⟕ Medication, both aggregated from every
+   unit's lookup rows, then the same per-record code. Spark chooses the joins (a shuffle, or a broadcast
+   below its size threshold): the lookups, one row per patient, never pass through the driver.
 4. **settle** (:mod:`ehrfm.ingest.fhir.spark_settle`): copies of a resource across the whole input become
    ``duplicate`` or conflicting-version rejects, records of subjects without a mapped Patient rejects.
 5. **write**: :func:`ehrfm.ingest.writer.write_meds_dataset` with events, rejects, descriptions,
-   subject ids and the reconciling summary. Only aggregates and the lookups reach the driver.
+   subject ids and the reconciling summary. Only aggregates and the per-unit facts reach the driver.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def _batches(rows: Iterator[tuple[Any, ...]]) -> Iterator[pa.RecordBatch]:
 
 
 def _scan_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``mapInArrow`` function: units -> SCAN_SCHEMA rows (unit facts and lookups)."""
+    """``mapInArrow`` function: units -> SCAN_SCHEMA ``U`` rows (unit facts, no lookups: those are found
+    and joined in the later steps)."""
     from ehrfm.ingest.fhir.spark_rows import arrow_schema
     from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, scan_unit
 
@@ -71,23 +72,22 @@ def _scan_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for u in batch.to_pylist():
-                rows = list(scan_unit(u["path"], u["start"], u["end"], u["mode"]))
+                rows = list(scan_unit(u["path"], u["start"], u["end"], u["mode"], lookups=False))
                 yield to_batch(rows, schema)
 
     return run
 
 
-def _map_fn(lookup: Any, complete: bool, validate: str, limit: int, every: int,
+def _map_fn(validate: str, limit: int, every: int,
             version: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``mapInArrow`` function: units (with their first line number) -> ROW_SCHEMA batches.
-    ``lookup``: a broadcast of (births, meds)."""
-    from ehrfm.ingest.fhir.spark_units import map_unit
+    """``mapInArrow`` function: units (with their first line number) -> ROW_SCHEMA batches, each unit
+    mapped with its own lookups (:func:`~ehrfm.ingest.fhir.spark_units.map_unit_joined`)."""
+    from ehrfm.ingest.fhir.spark_units import map_unit_joined
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        births, meds = lookup.value
         for batch in batches:
             for u in batch.to_pylist():
-                yield from _batches(map_unit(u, births, meds, complete, validate, limit, every, version))
+                yield from _batches(map_unit_joined(u, validate, limit, every, version))
 
     return run
 
@@ -236,45 +236,29 @@ def ingest_fhir(
     parallelism = spark.sparkContext.defaultParallelism
     units = [dict(zip(("path", "start", "end", "mode"), u, strict=True))
              for u in plan_units(files, SPLIT_BYTES)]
-    # 1. scan: formats, line numbers of the ranges, lookups (small: collected and broadcast)
+    # 1. scan: formats, line numbers of the ranges (one row per unit, collected: the driver plans the map)
     from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA
 
     scan = _units_df(spark, units, UNIT_SCHEMA, parallelism).mapInArrow(_scan_fn(), SCAN_SCHEMA).toArrow()
-    births, med_rows, meds, complete = apply_scan(scan, units)
-    lookup = spark.sparkContext.broadcast((births, meds))
+    apply_scan(scan, units)  # only U rows: the lookups it would gather are left to the executors and joins
     seconds["scan"] = round(time.perf_counter() - clock, 1)
     steps.update()
 
     # 2. map every record once; rows kept in a temporary parquet (the summary and the writer read it)
     unit_schema = UNIT_SCHEMA + ", fmt string, base long, problem string, good_len long"
     (_units_df(spark, units, unit_schema, parallelism)
-     .mapInArrow(_map_fn(lookup, complete, mode, limit, every, fhir_version), ROW_SCHEMA)
+     .mapInArrow(_map_fn(mode, limit, every, fhir_version), ROW_SCHEMA)
      .write.mode("overwrite").parquet(f"{tmp}/pass1"))
     p1 = spark.read.parquet(f"{tmp}/pass1")
     out = p1.where(F.col("kind").isin("E", "R", "K", "D", "V"))
     seconds["map"] = round(time.perf_counter() - clock - sum(seconds.values()), 1)
     steps.update()
 
-    # 3. cross-file lookups for what waited (only with Bundle inputs): broadcast joins, same per-record code
-    if not complete and p1.where(F.col("kind") == "P").limit(1).count():
-        scan_lookups = spark.createDataFrame(
-            [("B", k, v, None, None, None, None) for k, v in births.items()]
-            + [("M", None, None, k, v[2], v[0], v[1]) for k, v in med_rows.items()],
-            "kind string, subject_id long, floor long, med_key string, payload string, source_file string, "
-            "record_index long")
-        lk = p1.where(F.col("kind").isin("B", "M")).select(*scan_lookups.columns).unionByName(scan_lookups)
-        births_df = lk.where(F.col("kind") == "B").groupBy("subject_id").agg(F.min("floor").alias("floor"))
-        meds_df = (lk.where(F.col("kind") == "M").groupBy("med_key")
-                   .agg(F.min(F.struct("source_file", "record_index", "payload")).alias("m"))
-                   .select("med_key", F.col("m.payload").alias("med_payload")))
-        pending = (p1.where(F.col("kind") == "P")
-                   .select("source_file", "record_index", "subject_id", "med_key", "payload")
-                   .join(F.broadcast(births_df), on="subject_id", how="left")
-                   .join(F.broadcast(meds_df), on="med_key", how="left"))
-        (pending.mapInArrow(_pass2(mode, limit, every, fhir_version), ROW_SCHEMA)
+    # 3. cross-file lookups for what waited: joins with the lookup rows of every unit, same per-record code
+    if p1.where(F.col("kind") == "P").limit(1).count():
+        (_pending(p1).mapInArrow(_pass2(mode, limit, every, fhir_version), ROW_SCHEMA)
          .write.mode("overwrite").parquet(f"{tmp}/pass2"))
         out = out.unionByName(spark.read.parquet(f"{tmp}/pass2"))
-    lookup.unpersist()
     seconds["cross_file"] = round(max(0.0, time.perf_counter() - clock - sum(seconds.values())), 1)
     steps.update()
 
@@ -309,6 +293,24 @@ def ingest_fhir(
     if not keep_tmp:
         cleanup(spark, tmp)
     return result
+
+
+def _pending(p1: DataFrame) -> DataFrame:
+    """The ``P`` rows of the map output ``p1`` with the global birth floor of their subject (``floor``: the
+    minimum over every unit's ``B`` rows) and their Medication (``med_payload``: the first ``M`` row by
+    (source_file, record_index, payload), as the local engine chooses it). No join hint: a broadcast would
+    gather the lookups (one row per patient) on the driver; Spark still broadcasts them when they are
+    below its threshold (``spark.sql.autoBroadcastJoinThreshold``, bounded)."""
+    from pyspark.sql import functions as F
+
+    births = p1.where(F.col("kind") == "B").groupBy("subject_id").agg(F.min("floor").alias("floor"))
+    meds = (p1.where(F.col("kind") == "M").groupBy("med_key")
+            .agg(F.min(F.struct("source_file", "record_index", "payload")).alias("m"))
+            .select("med_key", F.col("m.payload").alias("med_payload")))
+    return (p1.where(F.col("kind") == "P")
+            .select("source_file", "record_index", "subject_id", "med_key", "payload")
+            .join(births, on="subject_id", how="left")
+            .join(meds, on="med_key", how="left"))
 
 
 def _summary(out: DataFrame, counts: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,18 @@
-"""Work units of the Spark path and the two per-unit functions run on executors (no Spark import).
+"""Work units of the Spark path and the per-unit functions run on executors (no Spark import).
 
 A *unit* is a whole file, or a byte range ``[start, end)`` of a big plain NDJSON file. Every unit
 is streamed (:mod:`ehrfm.ingest.fhir.streams`), so a task holds a few MB plus the rows it has not
 yet handed back, whatever the file size; only Bundle / single-document files are read whole.
 
 1. :func:`scan_unit` (cheap: no mapping) finds each unit's format, newline count (line numbers of
-   the next ranges), gzip problem, and the lookup records: birth floors and Medications. Only the
-   lines that may be a Patient or a Medication are parsed.
-2. :func:`map_unit` maps every record with the *global* lookups of step 1. When every input is
-   NDJSON the lookups are complete, so every record is final in this one pass; when Bundle files
-   exist (their Patients are seen only here) records that lack a lookup or are rejected are kept
-   as ``P`` rows for the join pass, as before (see :mod:`ehrfm.ingest.fhir.spark_ingest`).
+   the next ranges), gzip problem, and (``lookups``) the lookup records: birth floors and Medications.
+   Only the lines that may be a Patient or a Medication are parsed.
+2. :func:`map_unit` maps every record with given lookups: the *global* ones of step 1 make every record
+   final in this one pass (``complete``, the local engine with NDJSON inputs); otherwise records that lack
+   a lookup or are rejected are kept as ``P`` rows for the join pass.
+   :func:`map_unit_joined` (the Spark engine) is :func:`map_unit` with only the unit's own lookups, which it
+   also emits as ``B`` / ``M`` rows: nothing per patient passes through the driver, the cross-unit lookups
+   reach the records by Spark joins (see :mod:`ehrfm.ingest.fhir.spark_ingest`).
 """
 
 from __future__ import annotations
@@ -57,13 +59,13 @@ def scan_row(kind: str, **values: Any) -> tuple[Any, ...]:
 class _Lookups:
     """Birth floors (minimum per subject) and Medications (first by byte offset) of one unit."""
 
-    def __init__(self, rules: Rules) -> None:
-        self.rules = rules
+    def __init__(self, rules: Rules, enabled: bool = True) -> None:
+        self.rules, self.enabled = rules, enabled
         self.births: dict[int, int] = {}
         self.meds: dict[str, tuple[int, dict[str, Any]]] = {}
 
     def line(self, offset: int, line: bytes) -> None:
-        if not LOOKUP_LINE.search(line):
+        if not self.enabled or not LOOKUP_LINE.search(line):
             return
         try:
             res = jsonio.loads(line)
@@ -99,10 +101,13 @@ def _head(segs: Iterator[tuple[int, bytes]], count: int = 3) -> tuple[list[tuple
     return buffered, head
 
 
-def scan_unit(path: str, start: int, end: int, mode: str) -> Iterator[tuple[Any, ...]]:
+def scan_unit(path: str, start: int, end: int, mode: str, lookups: bool = True) -> Iterator[tuple[Any, ...]]:
     """Step 1 for one unit: a ``U`` row (format, newlines, gzip problem and kept length) and the
-    unit's ``B`` (birth floor) and ``M`` (Medication) lookup rows."""
-    found = _Lookups(load_rules())
+    unit's ``B`` (birth floor) and ``M`` (Medication) lookup rows.
+
+    ``lookups=False``: the ``U`` row only, read as little as it needs (a plain file unit, the only unit of
+    its file, is not read past its first lines: its ``newlines`` are not needed and left null)."""
+    found = _Lookups(load_rules(), lookups)
     with open_binary(path) as f:
         if mode == "range":
             newlines = count_newlines(f, start, end)
@@ -118,6 +123,9 @@ def scan_unit(path: str, start: int, end: int, mode: str) -> Iterator[tuple[Any,
         _, head = _head(segments(chunks))
         if not is_ndjson(head):  # a document (or empty / unreadable): read whole in step 2
             yield scan_row("U", path=path, start=0, fmt=WHOLE)
+            return
+        if not lookups and gz is None:  # plain: no gzip problem to find, no line number needed
+            yield scan_row("U", path=path, start=0, fmt=NDJSON)
             return
         f.seek(0)  # from the start again (the head was a few lines of the first chunk)
         chunks, gz = file_chunks(f)
@@ -243,3 +251,33 @@ def map_unit(unit: Mapping[str, Any], births: Mapping[int, int], meds: Mapping[s
     yield from map_records(path, records, MinFloors(local_births, births), FirstMeds(local_meds, meds),
                            complete,
                            validate, max_time_us, every, fhir_version)
+
+
+def map_unit_joined(unit: Mapping[str, Any], validate: str, max_time_us: int, every: int,
+                    fhir_version: str = "auto") -> Iterator[tuple[Any, ...]]:
+    """Step 2 of the Spark engine for one unit (as :func:`map_unit`): every record mapped with the unit's
+    *own* lookups only, which are also emitted (``B`` birth floors, ``M`` Medications with their location,
+    as :func:`scan_unit` finds them in NDJSON and :func:`map_unit` in documents), so that the records that
+    need another unit's lookup (``P`` rows) get it from a Spark join of these rows.
+
+    Why the output equals a pass with the global lookups: a record is final here only when it was mapped
+    and not rejected with the unit's birth floor of its subject (the global floor, a minimum over more
+    Patient records, is lower or equal, so the check still passes; the floor decides nothing else); an
+    NDJSON unit's own Medications are not used (the global choice, first by file and byte offset, may be
+    another unit's copy), so every record referencing one waits for the join. Documents keep their own
+    Medications first, as :func:`map_unit` always did.
+    """
+    births: dict[int, int] = {}
+    if unit["fmt"] == NDJSON:
+        # a second, cheap read of the unit: only the lines that may be a Patient or a Medication are parsed
+        path = unit["path"]
+        for r in scan_unit(path, unit["start"], unit["end"], unit["mode"]):
+            kind = r[0]
+            if kind == "B":
+                sid, floor = r[_SCAN_COLS.index("subject_id")], r[_SCAN_COLS.index("floor")]
+                births[sid] = floor
+                yield row("B", subject_id=sid, floor=floor)
+            elif kind == "M":
+                yield row("M", med_key=r[_SCAN_COLS.index("med_key")], payload=r[_SCAN_COLS.index("payload")],
+                          source_file=path, record_index=r[_SCAN_COLS.index("offset")])
+    yield from map_unit(unit, births, {}, False, validate, max_time_us, every, fhir_version)
