@@ -18,6 +18,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark workers use thi
 
 from ehrfm import storage  # noqa: E402
 from ehrfm.atomic import PartialOutputError  # noqa: E402
+from ehrfm.cli import main  # noqa: E402
 from ehrfm.config.prepare import PrepareConfig  # noqa: E402
 from ehrfm.layout import Layout  # noqa: E402
 from ehrfm.prepare.stage import run  # noqa: E402
@@ -70,7 +71,10 @@ def test_local_engine_on_s3_equals_local_folders(s3: Any, tmp_path: Path) -> Non
     storage.delete(storage.join(s3.uri, "x", "tokens", "prepare.json"))
     with pytest.raises(PartialOutputError, match="prepare.json"):
         run(cfg, Layout(root=storage.join(s3.uri, "x")))
-    run(PrepareConfig(**{**cfg.to_dict(), "overwrite": True}), Layout(root=storage.join(s3.uri, "x")))
+    # the CLI takes the URI as it is (--root s3://...), replacing the partial folder with --overwrite
+    assert main(["prepare", "--root", storage.join(s3.uri, "x"), "--min_count", "2", "--n_bins", "4",
+                 "--tasks", "[t1]", "--engine", "local", "--overwrite", "true"]) == 0
+    assert _read(storage.join(s3.uri, "x", "tokens")) == local
 
 
 @pytest.mark.spark
