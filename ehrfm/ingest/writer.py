@@ -134,9 +134,11 @@ def _stats(**columns: list[Any]) -> pa.RecordBatch:
 
 def _shard_writer(plan: Sequence[str]) -> Any:
     """The function each Spark task runs over its sorted partition: for each ``_shard`` ``i`` in it, the
-    shard's parquet file (``data-<i>``) and its statistics as a small parquet file (``stats-<i>``:
-    ``_STATS_ARROW`` rows without per-subject rows), as :data:`PAYLOAD_SCHEMA` rows for
-    :func:`_write_payloads`; ``split`` = ``plan[i]`` (the file is renamed by the driver)."""
+    shard's parquet file (``data-<i>``), its statistics (``stats-<i>``: ``_STATS_ARROW`` rows without
+    per-subject rows, read by the driver) and its subjects with the split folder they go to
+    (``subjects-<i>``: read by the Spark task that writes subject_splits.parquet), as
+    :data:`PAYLOAD_SCHEMA` rows for :func:`_write_payloads`; ``split`` = ``plan[i]`` (the file is renamed
+    by the driver)."""
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
@@ -154,6 +156,9 @@ def _shard_writer(plan: Sequence[str]) -> Any:
             yield _payload(f"data-{i:06d}", data, compression="zstd")
             stats = _shard_stats(data, name, subjects, late_mask, per_subject=False)
             yield _payload(f"stats-{i:06d}", pa.Table.from_batches(list(stats), schema=_STATS_ARROW))
+            ids = pc.unique(data.column(SUBJECT_ID))  # rows are sorted by subject: so are these
+            split = pa.array([plan[i]] * len(ids), pa.string())
+            yield _payload(f"subjects-{i:06d}", pa.table({SUBJECT_ID: ids, SPLIT: split}))
 
     return write
 
@@ -327,15 +332,16 @@ def dataset_metadata(dataset_name: str, etl_name: str, dataset_version: str | No
 
 
 def _write_shards(spark: SparkSession, events: DataFrame, plan: list[str], tmp_uri: str
-                  ) -> tuple[pa.Table, dict[int, str]]:
+                  ) -> tuple[pa.Table, dict[int, str], list[str]]:
     """Write ``events`` (with a ``split`` column) as one file per shard of ``plan`` under the hidden folder
     ``tmp_uri`` (Spark's writer); return the tasks' statistics (``_STATS_ARROW``, no per-subject rows: one
-    small file per shard, read here) and ``{shard number: URI of its file}``."""
+    small file per shard, read here), ``{shard number: URI of its file}`` and the URIs of the shards'
+    (subject_id, split) files."""
     from pyspark.sql import functions as F
 
     n = len(plan)
     if n == 0:
-        return _STATS_ARROW.empty_table(), {}
+        return _STATS_ARROW.empty_table(), {}, []
     splits = list(dict.fromkeys(plan))
     # offset(split) + pmod(hash(subject_id), k_split): a subject in one shard of its own split
     bucket = F.hash(F.col(SUBJECT_ID))
@@ -355,7 +361,8 @@ def _write_shards(spark: SparkSession, events: DataFrame, plan: list[str], tmp_u
         fs, path = _fs(files[key])
         stats.append(pq.read_table(path, filesystem=fs, schema=_STATS_ARROW))
     data = {int(k.removeprefix("data-")): uri for k, uri in files.items() if k.startswith("data-")}
-    return (pa.concat_tables(stats) if stats else _STATS_ARROW.empty_table()), data
+    subjects = [uri for k, uri in sorted(files.items()) if k.startswith("subjects-")]
+    return (pa.concat_tables(stats) if stats else _STATS_ARROW.empty_table()), data, subjects
 
 
 def _publish_shards(stats: pa.Table, move: Callable[[str, str], None]) -> list[dict[str, Any]]:
@@ -636,7 +643,8 @@ def write_meds_dataset(
     over its rows, so parents may come in rows of their own with a null description); ``subject_ids``
     (subject_id, source_id); ``dataset_version`` goes to dataset.json (default :data:`UNKNOWN_VERSION`).
     ``cache_events=False`` when ``events_df`` is a cheap projection of a frame the caller already cached
-    (the events are read twice: count and shards).
+    (the events are read twice: count and shards). The driver receives rows per split, shard, code and
+    source only; the per-subject metadata files are made by one Spark task each.
     Returns the summary dict written to summary.json.
     """
     from pyspark.sql import functions as F
@@ -659,16 +667,21 @@ def write_meds_dataset(
     tmp = join(out, MEDS_DATA, f"_writing-{uuid.uuid4().hex}")
     meta_tmp = join(out, MEDS_METADATA, f"_writing-{uuid.uuid4().hex}")
     try:
-        stats, shard_files = _write_shards(spark, events, plan, tmp)
+        stats, shard_files, subject_files = _write_shards(spark, events, plan, tmp)
         data_uri = join(out, MEDS_DATA)
         file_rows = _publish_shards(stats, lambda old, new: move(shard_files[_shard_number(old)],
                                                                  join(data_uri, new)))
         written = _written(stats, file_rows, split_rows)
 
-        # metadata/subject_splits.parquet (+ subject_ids.parquet by default) from one Spark task
-        subjects = events.select(SUBJECT_ID, SPLIT).distinct().repartition(1).sortWithinPartitions(SUBJECT_ID)
-        files = _write_payloads(subjects.mapInArrow(_subject_files(ratios, split_seed, subject_ids is None),
-                                                    PAYLOAD_SCHEMA), join(meta_tmp, SPLITS_KEY))
+        # metadata/subject_splits.parquet (+ subject_ids.parquet by default) from one Spark task, out of the
+        # shard tasks' (subject_id, split folder) files: no further pass over the events
+        files: dict[str, str] = {}
+        if subject_files:
+            subjects = (spark.read.schema(f"{SUBJECT_ID} long, {SPLIT} string")
+                        .parquet(*[spark_uri(f) for f in subject_files])
+                        .repartition(1).sortWithinPartitions(SUBJECT_ID))
+            one_task = _subject_files(ratios, split_seed, default_ids=subject_ids is None)
+            files = _write_payloads(subjects.mapInArrow(one_task, PAYLOAD_SCHEMA), join(meta_tmp, SPLITS_KEY))
         if subject_ids is not None:
             ids = (subject_ids.select(F.col(SUBJECT_ID).cast("bigint"), F.col("source_id").cast("string"))
                    .distinct().repartition(1).sortWithinPartitions(SUBJECT_ID, "source_id"))

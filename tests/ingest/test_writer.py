@@ -228,8 +228,8 @@ def test_a_task_with_several_shards_writes_one_file_each() -> None:
         SHARD: pa.array([r[0] for r in rows], pa.int32()),
     }).to_batches(max_chunksize=2)  # batches do not follow shard boundaries
     out = pa.Table.from_batches(list(_shard_writer(plan)(iter(batch))))
-    assert out["_f"].to_pylist() == ["data-000003", "stats-000003", "data-000004", "stats-000004",
-                                     "data-000007", "stats-000007"]
+    assert out["_f"].to_pylist() == [f"{kind}-{i:06d}" for i in (3, 4, 7)
+                                     for kind in ("data", "stats", "subjects")]
     payload = dict(zip(out["_f"].to_pylist(), out["v"].to_pylist(), strict=True))
     assert not any(v.endswith(PARQUET_MAGIC) for v in payload.values())  # the text writer appends it
     files = {k: pq.read_table(pa.BufferReader(v + PARQUET_MAGIC)) for k, v in payload.items()}
@@ -239,6 +239,8 @@ def test_a_task_with_several_shards_writes_one_file_each() -> None:
     assert file_rows["file"].to_pylist() == ["train/_shard-000003.parquet", "tuning/_shard-000004.parquet",
                                              "held_out/_shard-000007.parquet"]
     assert file_rows["rows"].to_pylist() == [2, 1, 2] and file_rows["subjects"].to_pylist() == [2, 1, 2]
+    assert files["subjects-000007"].to_pylist() == [{"subject_id": 6, "split": "held_out"},
+                                                    {"subject_id": 8, "split": "held_out"}]
     written = files["data-000007"]
     assert written.schema.equals(DATA_SCHEMA, check_metadata=False)
     assert written.column("subject_id").to_pylist() == [6, 8]

@@ -109,24 +109,24 @@ def test_the_driver_gets_nothing_per_subject(spark, viewfs, monkeypatch: pytest.
     n_subjects = 600
     events = _events(n_subjects, seed=1)
     df = spark.createDataFrame(events.to_pandas())
-    DataFrame = type(df)  # Spark 4: the classic implementation of pyspark.sql.DataFrame
+    frame_cls = type(df)  # Spark 4: the classic implementation of pyspark.sql.DataFrame
     collected: list[tuple[str, int]] = []
     for method in ("collect", "toArrow", "toPandas"):
-        original = getattr(DataFrame, method)
+        original = getattr(frame_cls, method)
 
-        def spy(self: DataFrame, *a: Any, _original: Any = original, _name: str = method, **k: Any) -> Any:
+        def spy(self: Any, *a: Any, _original: Any = original, _name: str = method, **k: Any) -> Any:
             out = _original(self, *a, **k)
             collected.append((_name, out.num_rows if hasattr(out, "num_rows") else len(out)))
             return out
 
-        monkeypatch.setattr(DataFrame, method, spy)
+        monkeypatch.setattr(frame_cls, method, spy)
     stats_rows: list[int] = []
     write_shards = writer._write_shards
 
     def counting(*a: Any, **k: Any) -> Any:
-        stats, files = write_shards(*a, **k)
-        stats_rows.append(stats.num_rows)
-        return stats, files
+        out = write_shards(*a, **k)
+        stats_rows.append(out[0].num_rows)
+        return out
 
     monkeypatch.setattr(writer, "_write_shards", counting)
     summary = writer.write_meds_dataset(spark, df, f"{viewfs.uri}/meds", dataset_name="d", etl_name="t",
