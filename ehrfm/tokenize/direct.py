@@ -120,7 +120,7 @@ def read_tokens(path: str | Path) -> pa.Table:
         files = ([storage.join(uri, n) for n in storage.list_names(uri) if n.endswith(".parquet")]
                  if storage.is_dir(uri) else [uri])
     else:
-        p = Path(path)
+        p = Path(storage.local_path(str(path)))  # a file: URI as its path
         files = [str(f) for f in sorted(p.glob("*.parquet"))] if p.is_dir() else [str(p)]
     if not files:
         return TOKENS_SCHEMA.empty_table()
