@@ -92,10 +92,17 @@ def parent(location: str) -> str:
 
 
 def spark_uri(location: str) -> str:
-    """``location`` as Spark's readers and writers take it: ``s3://`` as ``s3a://`` (Hadoop's connector),
-    everything else unchanged."""
+    """``location`` as Spark's readers and writers take it: ``s3://`` as ``s3a://`` (Hadoop's connector), a
+    local path or ``file:`` URI as ``file://<absolute path>`` (a bare path would resolve against the cluster's
+    default filesystem, e.g. HDFS, while the driver's own reads and writes of it are local: one meaning for
+    both), other URIs unchanged. Not percent-encoded: Hadoop's ``Path`` takes the characters as they are."""
     text = str(location)
-    return "s3a://" + text[len("s3://"):] if scheme(text) == "s3" else text
+    kind = scheme(text)
+    if kind == "s3":
+        return "s3a://" + text[len("s3://"):]
+    if kind in (None, "file"):
+        return "file://" + local_path(text)
+    return text
 
 
 def active_spark() -> Any:

@@ -29,7 +29,7 @@ from ehrfm.labels.engine import label_subject_rows, rows_to_arrow
 from ehrfm.labels.parse import load_task, load_tasks, warn_missing_codes
 from ehrfm.labels.spark_engine import summarize_spark
 from ehrfm.labels.spec import TaskSpec, relevant_codes_regex
-from ehrfm.labels.tables import LABELS_DDL, TASK, spark_path, write_labels, write_labels_spark
+from ehrfm.labels.tables import LABELS_DDL, TASK, write_labels, write_labels_spark
 from ehrfm.layout import MEDS_CODES, MEDS_SUBJECT_SPLITS
 from ehrfm.meds_files import read_meds_spark
 from ehrfm.schema import CODE, ENCOUNTER_ID, LABELS_SCHEMA, SUBJECT_ID, TIME
@@ -166,7 +166,7 @@ def label_dataset(
         by_task = by_subject(labels, specs).persist(StorageLevel.MEMORY_AND_DISK)
         labels.unpersist()
     splits_uri = storage.join(meds, MEDS_SUBJECT_SPLITS)
-    splits = spark.read.parquet(spark_path(splits_uri)) if storage.exists(splits_uri) else None
+    splits = spark.read.parquet(storage.spark_uri(splits_uri)) if storage.exists(splits_uri) else None
     summary = summarize_spark(by_task, specs, splits)
     by_task.unpersist()
     return summary

@@ -172,11 +172,11 @@ def write_labels_spark(frame: DataFrame, kind: str, labels_dir: str | Path, task
     if extras:
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # two writes, one sort
     try:
-        rows.select(*meds_cols).write.mode("overwrite").parquet(spark_path(path))
+        rows.select(*meds_cols).write.mode("overwrite").parquet(storage.spark_uri(path))
         if extras:
             types = {DURATION_DAYS: "double", EVENT: "tinyint", TARGET_CODES: "array<string>"}
             rows.select(*LABEL_KEY, *[F.col(c).cast(types[c]) for c in extras]).write.mode(
-                "overwrite").parquet(spark_path(sidecar))
+                "overwrite").parquet(storage.spark_uri(sidecar))
     finally:
         if extras:
             rows.unpersist()
@@ -184,12 +184,6 @@ def write_labels_spark(frame: DataFrame, kind: str, labels_dir: str | Path, task
         storage.delete(sidecar)
         return [path]
     return [path, sidecar]
-
-
-def spark_path(location: str) -> str:
-    """``location`` for Spark's writers: a URI as :func:`ehrfm.storage.spark_uri` gives it, a local path as a
-    ``file:`` URI (a bare path would be resolved against the cluster's default filesystem)."""
-    return storage.spark_uri(location) if storage.is_remote(location) else Path(location).as_uri()
 
 
 # --- read ------------------------------------------------------------------------------------------------
@@ -406,8 +400,8 @@ def _task_spark(spark: SparkSession, labels_dir: str, task: str, kind: str) -> D
     extras = LABEL_EXTRAS[kind]
     if extras and not storage.exists(sidecar):
         return None  # a time-to-event file without its sidecar: the Arrow reader's fallbacks
-    raw = spark.read.parquet(spark_path(path))
-    side = spark.read.parquet(spark_path(sidecar)) if extras else None
+    raw = spark.read.parquet(storage.spark_uri(path))
+    side = spark.read.parquet(storage.spark_uri(sidecar)) if extras else None
     for frame, cols in ((raw, (*LABEL_KEY, *MEDS_LABEL_VALUES[kind])), (side, (*LABEL_KEY, *extras))):
         types = {} if frame is None else dict(frame.dtypes)
         if frame is not None and (types.get(PREDICTION_TIME) != "timestamp_ntz"
