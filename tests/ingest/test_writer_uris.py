@@ -170,3 +170,33 @@ def test_mimic_spark_stage_reads_and_writes_viewfs(spark, viewfs, tmp_path: Path
                                              "metadata/subject_ids.parquet"]:
         assert pq.read_table(out_v / n).equals(pq.read_table(out_l / n)), n
     assert pq.read_table(out_v / "rejects").num_rows == runs["local"].rejects > 0
+
+
+def test_fhir_spark_stage_writes_viewfs(spark, viewfs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``ehrfm ingest fhir --engine spark`` (inputs on this machine: see the module docstring) with its
+    output on viewfs:// — the stage's own temporary folder, the shards, metadata and the dataset version
+    stamped afterwards — equals the run into a local folder, file by file."""
+    import json
+
+    from ehrfm.config.ingest import FhirIngestConfig
+    from ehrfm.config.synth import SynthConfig
+    from ehrfm.ingest.fhir.stage import run
+    from ehrfm.layout import Layout
+    from ehrfm.synth.stage import run as synth
+
+    synth(SynthConfig(n_patients=12, seed=5, patients_per_file=6, progress=False), Layout(root=str(tmp_path)))
+    cfg = FhirIngestConfig(input=[str(tmp_path / "synthetic")], engine="spark", max_time="2030-01-01",
+                           dataset_version="v7", rows_per_shard=400)
+    local = run(cfg, Layout(root=str(tmp_path), meds=str(tmp_path / "out")))
+    remote = run(cfg, Layout(root=str(tmp_path), meds=f"{viewfs.uri}/out"))
+    assert remote.events == local.events > 0 and remote.subjects == local.subjects == 12
+    out_l, out_v = tmp_path / "out", viewfs.local / "out"
+    names = _visible(out_l, "data")
+    assert len(names) > 1 and _visible(out_v, "data") == names
+    # no _fhir_tmp left (Hadoop's local filesystem behind viewfs adds hidden .crc files: not compared)
+    assert sorted(p.name for p in out_v.iterdir() if not p.name.startswith(".")) == \
+        sorted(p.name for p in out_l.iterdir())
+    for n in [f"data/{n}" for n in names] + ["metadata/codes.parquet", "metadata/subject_splits.parquet",
+                                             "metadata/subject_ids.parquet"]:
+        assert pq.read_table(out_v / n).equals(pq.read_table(out_l / n)), n
+    assert json.loads((out_v / "metadata" / "dataset.json").read_text())["dataset_version"] == "v7"

@@ -14,18 +14,17 @@ from ehrfm.layout import MEDS_SUMMARY, Layout
 def stamp_dataset_version(meds: str, version: str) -> None:
     """Set ``dataset_version`` in ``<meds>/metadata/dataset.json`` (FHIR carries no release of its own, so
     only the user's ``--dataset_version`` names one; done here, before the staged folder is published,
-    because :func:`ehrfm.ingest.fhir.spark_ingest.ingest_fhir` has no parameter for it yet)."""
+    because :func:`ehrfm.ingest.fhir.spark_ingest.ingest_fhir` has no parameter for it yet). ``meds`` is a
+    local path or any URI :mod:`ehrfm.storage` serves (Hadoop's FileSystem when a Spark session runs)."""
     import json
 
-    from ehrfm.ingest.writer import _fs
+    from ehrfm import storage
     from ehrfm.layout import MEDS_DATASET_JSON
 
-    fs, path = _fs(f"{meds.rstrip('/')}/{MEDS_DATASET_JSON}")
-    with fs.open_input_stream(path) as f:
-        meta = json.loads(f.read().decode())
+    uri = storage.join(meds, MEDS_DATASET_JSON)
+    meta = storage.read_json(uri)
     meta["dataset_version"] = version
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(meta, indent=2).encode())
+    storage.write_text(uri, json.dumps(meta, indent=2))
 
 
 def resolve_engine(cfg: FhirIngestConfig) -> str:
