@@ -187,8 +187,10 @@ def _write_payloads(payloads: DataFrame, tmp_uri: str) -> dict[str, str]:
     from ehrfm.storage import join, list_names, spark_uri
 
     (payloads.select(PAYLOAD_KEY, F.col(PAYLOAD).cast("string").alias(PAYLOAD))
-     .write.mode("overwrite").option("lineSep", PARQUET_MAGIC.decode()).partitionBy(PAYLOAD_KEY)
-     .text(spark_uri(tmp_uri)))
+     .write.mode("overwrite").option("lineSep", PARQUET_MAGIC.decode())
+     # explicit: a cluster-wide mapreduce.output.fileoutputformat.compress would otherwise gzip the bytes
+     .option("compression", "none")
+     .partitionBy(PAYLOAD_KEY).text(spark_uri(tmp_uri)))
     found: dict[str, str] = {}
     prefix = f"{PAYLOAD_KEY}="
     # O(files) listings on the driver, nothing per row

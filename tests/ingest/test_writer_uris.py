@@ -79,7 +79,15 @@ def test_viewfs_output_is_the_local_folder_output(spark, viewfs, tmp_path: Path)
                                   rejects=spark.createDataFrame(rejects.to_pandas()).repartition(2),
                                   subject_ids=spark.createDataFrame(ids.to_pandas()), **args)
 
-    remote = spark_write(f"{viewfs.uri}/meds")
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    # a cluster that compresses job output by default must not compress the writer's files
+    hadoop.set("mapreduce.output.fileoutputformat.compress", "true")
+    hadoop.set("mapreduce.output.fileoutputformat.compress.codec", "org.apache.hadoop.io.compress.GzipCodec")
+    try:
+        remote = spark_write(f"{viewfs.uri}/meds")
+    finally:
+        hadoop.unset("mapreduce.output.fileoutputformat.compress")
+        hadoop.unset("mapreduce.output.fileoutputformat.compress.codec")
     local = spark_write(str(tmp_path / "spark"))
     engine = write_meds_local(events, str(tmp_path / "local"), rejects=rejects, subject_ids=ids, **args)
     on_viewfs = viewfs.local / "meds"
