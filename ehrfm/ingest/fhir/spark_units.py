@@ -105,13 +105,14 @@ def scan_unit(path: str, start: int, end: int, mode: str, lookups: bool = True) 
     """Step 1 for one unit: a ``U`` row (format, newlines, gzip problem and kept length) and the
     unit's ``B`` (birth floor) and ``M`` (Medication) lookup rows.
 
-    ``lookups=False``: the ``U`` row only, read as little as it needs (a plain file unit, the only unit of
-    its file, is not read past its first lines: its ``newlines`` are not needed and left null)."""
+    ``lookups=False``: the ``U`` row only, read as little as it needs (a range's newlines are counted, its
+    lines not searched; a plain file unit, the only unit of its file, is not read past its first lines: its
+    ``newlines`` are not needed and left null)."""
     found = _Lookups(load_rules(), lookups)
     with open_binary(path) as f:
         if mode == "range":
             newlines = count_newlines(f, start, end)
-            first = range_start(f, start, end)
+            first = range_start(f, start, end) if lookups else None
             if first is not None:
                 f.seek(first[0])
                 for offset, line, _ in lines_matching(_raw_chunks(f), LOOKUP_LINE, end - first[0]):
