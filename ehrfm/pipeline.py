@@ -47,19 +47,20 @@ def pipeline_steps(cfg: DemoConfig, progress: bool = True) -> list[PipelineStep]
     """The steps of the pipeline ``cfg`` describes, in order (register last)."""
     steps: list[PipelineStep] = []
     if cfg.mimic:
-        steps.append(PipelineStep("ingest", "ingest (MIMIC-IV, Spark)", "ingest mimic",
-                                  MimicIngestConfig(input=cfg.mimic, spark=cfg.spark)))
+        steps.append(PipelineStep("ingest", f"ingest (MIMIC-IV, {cfg.engine})", "ingest mimic",
+                                  MimicIngestConfig(input=cfg.mimic, engine=cfg.engine, spark=cfg.spark)))
     else:
         if cfg.synthetic:
             steps.append(PipelineStep("synth", "synthetic FHIR population", "synth",
                                       SynthConfig(n_patients=cfg.n_patients, seed=cfg.seed,
                                                   progress=progress)))
-        steps.append(PipelineStep("ingest", "ingest (FHIR R4, Spark)", "ingest fhir",
+        steps.append(PipelineStep("ingest", f"ingest (FHIR R4, {cfg.engine})", "ingest fhir",
                                   FhirIngestConfig(input=list(cfg.fhir), max_time=cfg.max_time,
-                                                   spark=cfg.spark)))
+                                                   engine=cfg.engine, spark=cfg.spark)))
     tasks = list(cfg.tasks)
     steps += [
-        PipelineStep("label", "labels (Spark)", "label", LabelConfig(tasks=tasks, spark=cfg.spark)),
+        PipelineStep("label", f"labels ({cfg.engine})", "label",
+                     LabelConfig(tasks=tasks, engine=cfg.engine, spark=cfg.spark)),
         PipelineStep("prepare", "vocabulary + bins (train split)", "prepare",
                      PrepareConfig(tasks=tasks, engine=cfg.engine, spark=cfg.spark)),
         PipelineStep("tokenize", f"tokenize ({cfg.engine})", "tokenize",

@@ -106,8 +106,14 @@ def spark_uri(location: str) -> str:
 
 
 def active_spark() -> Any:
-    """The Spark session running in this process, or None (never imports pyspark: local engines stay
-    JVM-free)."""
+    """The Spark session running in this process, or None (never imports pyspark in a process without
+    one: local engines stay JVM-free). A spark-submit driver (``$PYSPARK_GATEWAY_PORT``) always has one: its
+    session is attached (with the submitted configuration) on first use, so a job may touch its folders
+    before it asks for the session itself."""
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        from ehrfm.spark import get_spark
+
+        return get_spark()
     if "pyspark.sql" not in sys.modules:
         return None
     from pyspark.sql import SparkSession

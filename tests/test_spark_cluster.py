@@ -4,8 +4,12 @@ mode.
 A master and one worker (1 core, 1 GiB) run on 127.0.0.1 from the pyspark install of the venv
 (``spark-class org.apache.spark.deploy.master.Master`` / ``...deploy.worker.Worker``); each job is a
 ``spark-submit --master spark://127.0.0.1:<port> --py-files ehrfm.zip etl/<job>.py`` whose executor is a
-separate JVM in its own working directory (the worker's ``--work-dir``), and every input and output is a
-``file://`` absolute URI. The worker and every Python process of the runs start without the venv's editable
+separate JVM in its own working directory (the worker's ``--work-dir``). Inputs are ``file://`` absolute
+URIs; every MEDS, labels, tokens and scores folder is a ``viewfs://ehrfm/data/...`` URI — a scheme only
+Hadoop serves, mounted (``--conf spark.hadoop.fs.viewfs.mounttable.ehrfm.link./data=file://...``) onto a
+local folder: the drivers read and write their markers, summaries, vocab and bins through Hadoop's
+FileSystem (``ehrfm.storage``) and the executors through Spark's writers, never through a driver-local path.
+The worker and every Python process of the runs start without the venv's editable
 ``ehrfm`` (the isolating ``sitecustomize`` of ``test_spark_submit_jobs``), so the driver and the executors
 can only use the shipped zip.
 
@@ -72,6 +76,8 @@ class Cluster:
         self.log = root / "origin.log"
         self.env = {**_isolated_env(site, self.log), "SPARK_HOME": str(self.home), "OMP_NUM_THREADS": "1"}
         self.work = root / "work"  # the executors' working folders: work/<app>/<executor>/
+        self.vfs = root / "vfs"  # where viewfs://ehrfm/data/... lands
+        self.vfs.mkdir()
         self.port, self.ui = free_port(), free_port()
         self.master_url = f"spark://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -104,10 +110,12 @@ class Cluster:
             stop_group(p, grace_s=15)  # the whole process group: spark-class execs a JVM
 
     def submit(self, job: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """``spark-submit`` ``etl/<job>`` to the cluster from ``root`` (the driver's working folder)."""
+        """``spark-submit`` ``etl/<job>`` to the cluster from ``root`` (the driver's working folder), with the
+        ``viewfs://ehrfm/data`` mount table onto ``root/vfs`` in the Hadoop configuration of every JVM."""
         cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.master_url,
                "--total-executor-cores", "1", "--executor-memory", "768m",
                "--conf", "spark.sql.shuffle.partitions=2", "--conf", "spark.ui.enabled=false",
+               "--conf", f"spark.hadoop.fs.viewfs.mounttable.ehrfm.link./data={self.vfs.as_uri()}",
                "--py-files", str(self.zip), str(REPO / "etl" / job), *args]
         proc = subprocess.run(cmd, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, \
@@ -151,8 +159,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, spark: object,
     common = ["--split_ratios", "[0.6,0.2,0.2]"]
     assert main(["ingest", "fhir", "--root", local.root, "--input", f"[{fhir}]", *common]) == 0
     assert main(["label", "--root", local.root, "--tasks", TASKS]) == 0
-    assert main(["prepare", "--root", local.root, "--min_count", "1", "--n_bins", "4", "--tasks", TASKS]) == 0
-    assert main(["tokenize", "--root", local.root, "--tokenizer.max_len", "128"]) == 0
+    # Spark's prepare in local mode (the cluster's engine: bins from percentile_approx) and tokenize
+    assert main(["prepare", "--root", local.root, "--min_count", "1", "--n_bins", "4", "--tasks", TASKS,
+                 "--engine", "spark"]) == 0
+    assert main(["tokenize", "--root", local.root, "--tokenizer.max_len", "128", "--engine", "spark"]) == 0
     # a tiny random model, vocabulary and bins fitted on these events (scores are meaningless but exact)
     model = tiny_serving_dir(pd.read_parquet(local.meds_paths.data), tmp / "model")
     assert main(["score", "--root", local.root, "--model", str(model), "--source", "meds"]) == 0
@@ -164,8 +174,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, spark: object,
     try:
         cluster.start()
         start_s = time.time() - t0
-        c = cluster.root
-        meds, labels, tokens, scores = (_uri(c / n) for n in ("meds", "labels", "tokens", "scores"))
+        meds, labels, tokens, scores = (f"viewfs://ehrfm/data/{n}"
+                                        for n in ("meds", "labels", "tokens", "scores"))
         procs = {
             "ingest_fhir": cluster.submit("ingest_fhir.py", "--input", f"[{_uri(fhir)}]", "--meds", meds,
                                           *common),
@@ -183,7 +193,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, spark: object,
     finally:
         cluster.stop()
     print(f"local {local_s:.0f} s; cluster start {start_s:.0f} s, jobs {cluster_s - start_s:.0f} s")
-    yield {"local": tmp / "local", "cluster": cluster.root, "work": cluster.work,
+    yield {"local": tmp / "local", "cluster": cluster.vfs, "cluster_root": cluster.root, "work": cluster.work,
            "master": cluster.master_url, "procs": procs, "zip": cluster.zip, "log": cluster.log}
 
 
@@ -207,7 +217,9 @@ def test_every_job_ran_on_an_executor(runs: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", ["meds", "mimic_meds"])
 def test_meds_equal(runs: dict[str, Any], name: str) -> None:
-    got, want = (Path(runs[k]) / name for k in ("cluster", "local"))
+    # meds: written to viewfs://ehrfm/data/meds (lands in cluster/vfs); mimic_meds: a relative local folder
+    got = Path(runs["cluster" if name == "meds" else "cluster_root"]) / name
+    want = Path(runs["local"]) / name
     summary = json.loads((got / "summary.json").read_text())
     assert summary["spark_master"] == runs["master"]  # spark-submit's master was kept
     assert summary["events"] == json.loads((want / "summary.json").read_text())["events"] > 0
@@ -218,7 +230,7 @@ def test_meds_equal(runs: dict[str, Any], name: str) -> None:
 
 
 def test_relative_output_resolved_on_the_driver(runs: dict[str, Any]) -> None:
-    assert (runs["cluster"] / "mimic_meds" / "summary.json").is_file()
+    assert (runs["cluster_root"] / "mimic_meds" / "summary.json").is_file()
     assert not [p for p in runs["work"].rglob("mimic_meds")], "relative --meds written in an executor folder"
 
 
@@ -269,4 +281,11 @@ def test_folder_options_take_file_uris(tmp_path: Path) -> None:
     layout = Layout(root="file://localhost/r", meds=spaced.as_uri(), labels="file:/x/y", tokens="rel/dir")
     assert layout.meds_paths.root == spaced and layout.labels_dir == Path("/x/y")
     assert layout.root_dir == Path("/r") and layout.token_paths.root == Path("rel/dir").absolute()
-    assert layout.meds_uri == spaced.as_uri()  # the ingest writers keep the URI
+    assert layout.meds_uri == str(spaced)  # a local folder, whatever way it was written
+    remote = Layout(root="viewfs://ehrfm/data/r/", labels="s3a://b/l")
+    assert (remote.meds_uri, remote.labels_uri, remote.tokens_uri) == (
+        "viewfs://ehrfm/data/r/meds", "s3a://b/l", "viewfs://ehrfm/data/r/tokens")
+    from ehrfm.config.base import ConfigError
+
+    with pytest.raises(ConfigError, match="s3a:// URI"):
+        remote.labels_dir  # noqa: B018 - a Path would collapse the URI into a relative folder

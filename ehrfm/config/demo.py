@@ -43,8 +43,9 @@ class DemoConfig(ConfigBase):
     """Finetuning optimizer steps (0: stop after pretraining)."""
     bootstrap: int = 100
     """Bootstrap resamples for the evaluation's confidence intervals."""
-    engine: Literal["spark", "local"] = "spark"
-    """Engine of prepare and tokenize (ingest and label always run on Spark)."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """Engine of ingest, label, prepare and tokenize (auto: local on this machine, Spark under spark-submit or
+    with a non-local spark.master: ehrfm.config.spark.resolve_engine)."""
     evaluate: bool = True
     """Run the evaluation report with the supervised baselines."""
     register: bool = True

@@ -28,9 +28,11 @@ class PrepareConfig(OverwriteOption):
     tasks_dir: str | None = None
     """Folder of task YAML files used when tasks is empty (default: the task specifications packaged with
     ehrfm)."""
-    engine: Literal["spark", "local"] = "spark"
-    """Spark (population scale) or one local process (small data, tests): identical vocab.json; bins.json
-    exact in the local engine, within the rank error 1/percentile_accuracy in the Spark engine."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """Spark (population scale, any master) or one local process (no JVM): identical vocab.json; bins.json
+    exact in the local engine, within the rank error 1/percentile_accuracy in the Spark engine. auto: spark
+    under spark-submit, with a non-local spark.master / $EHRFM_SPARK_MASTER or a non-file: URI folder, else
+    local (the rule of every stage: ehrfm.config.spark.resolve_engine)."""
     percentile_accuracy: int = 10_000
     """Spark engine: accuracy of ``percentile_approx`` for the bin cut points. Each cut point at level q of a
     code with n train values is an observed value whose rank is within n/percentile_accuracy of q*n (rank
@@ -42,6 +44,8 @@ class PrepareConfig(OverwriteOption):
     def __post_init__(self) -> None:
         require(self.min_count >= 1, "min_count", self.min_count, "must be >= 1")
         require(self.n_bins >= 2, "n_bins", self.n_bins, "must be >= 2")
+        require(self.engine in ("auto", "spark", "local"), "engine", self.engine,
+                "must be auto, spark or local")
         require(self.percentile_accuracy >= 1, "percentile_accuracy", self.percentile_accuracy,
                 "must be >= 1")
         require(all(t.strip() for t in self.tasks), "tasks", self.tasks, "task names must not be empty")

@@ -23,7 +23,8 @@ def resolve_engine(engine: str, master: str | None, inputs: Sequence[str] = ()) 
     when the process runs under spark-submit (the submitted master decides), when ``master`` (else
     ``$EHRFM_SPARK_MASTER``) names a non-local master (``spark://``, ``yarn``, ``k8s://``, ``mesos://``) or
     when an input is a URI other than ``file:`` (HDFS, S3, ...: read through Hadoop), else ``local`` (this
-    machine, no JVM). One rule for every stage with a local engine (ingest fhir/mimic, label)."""
+    machine, no JVM). One rule for every stage with a local engine (ingest fhir/mimic, label, prepare,
+    tokenize)."""
     import os
 
     if engine != "auto":

@@ -52,12 +52,16 @@ class TokenizeConfig(OverwriteOption):
     """Write task rows from the label tables (false: pretraining rows only; no labels folder needed)."""
     pretrain_rows: bool = True
     """Write pretraining rows (one per subject)."""
-    engine: Literal["spark", "local"] = "spark"
-    """Spark (population scale) or one local process (small data, tests)."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """Spark (population scale, any master) or one local process (no JVM); identical token rows. auto: spark
+    under spark-submit, with a non-local spark.master / $EHRFM_SPARK_MASTER or a non-file: URI folder, else
+    local (the rule of every stage: ehrfm.config.spark.resolve_engine)."""
     spark: SparkConfig = field(default_factory=SparkConfig)
     """Spark session settings."""
 
     def __post_init__(self) -> None:
+        require(self.engine in ("auto", "spark", "local"), "engine", self.engine,
+                "must be auto, spark or local")
         require(self.task_rows or self.pretrain_rows, "pretrain_rows", self.pretrain_rows,
                 "nothing to write with task_rows=false")
         require(self.task_rows or not self.tasks, "task_rows", self.task_rows,

@@ -31,7 +31,6 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
     # local folders or URIs (ehrfm.storage): local outputs are staged and renamed into place, URIs written in
     # place with summary.json (the marker) deleted first and written last (ehrfm.atomic.Outputs)
     meds, out = layout.meds_uri, layout.labels_uri
-    check_meds(meds, (SUBJECT_ID, TIME, CODE))  # a named message, not an Arrow error, on a bad folder
     from ehrfm.labels.dataset import label_dataset, resolve_engine
     from ehrfm.labels.tables import label_tasks, read_kinds
 
@@ -40,7 +39,9 @@ def run(cfg: LabelConfig, layout: Layout) -> LabelSummary:
     if engine != "local":  # the local engine never starts Spark (nor imports it): no JVM
         from ehrfm.spark import get_spark
 
+        # first: the folders' filesystem is then Spark's Hadoop FileSystem (ehrfm.storage)
         spark = get_spark("ehrfm-label", master=cfg.spark.master, conf=cfg.spark.conf)
+    check_meds(meds, (SUBJECT_ID, TIME, CODE))  # a named message, not an Arrow error, on a bad folder
     kinds = {s.name: s.kind for s in specs}
     # each task's MEDS label file and, for time-to-event and forecast tasks, its sidecar (ehrfm.labels.tables)
     tables = [f"{s.name}{LABEL_SUFFIX}" for s in specs]

@@ -141,11 +141,14 @@ def run(cfg: PrepareConfig, layout: Layout) -> PrepareSummary:
     folder is staged and published atomically (:class:`ehrfm.atomic.Outputs`), a remote one written in
     place with ``prepare.json`` last."""
     from ehrfm import storage
+    from ehrfm.config.spark import resolve_engine
     from ehrfm.schema import CODE, NUMERIC_VALUE, SUBJECT_ID
 
+    meds, tokens = layout.meds_uri, layout.tokens_uri
+    # resolved once, and recorded so in prepare.json
+    cfg = cfg.replace(engine=resolve_engine(cfg.engine, cfg.spark.master, [meds, tokens]))
     if cfg.engine == "spark":
         _spark(cfg.spark)
-    meds, tokens = layout.meds_uri, layout.tokens_uri
     check_meds(meds, (SUBJECT_ID, CODE, NUMERIC_VALUE))
     tasks = resolve_tasks(cfg)
     if not storage.is_remote(tokens):

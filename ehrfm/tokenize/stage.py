@@ -161,11 +161,14 @@ def run(cfg: TokenizeConfig, layout: Layout) -> TokenizeSummary:
     import pandas as pd
 
     from ehrfm import storage
+    from ehrfm.config.spark import resolve_engine
     from ehrfm.prepare.bins import load_bins
     from ehrfm.schema import CODE, SUBJECT_ID, TIME
     from ehrfm.tokenize.meta import meta_text
     from ehrfm.vocab import Vocabulary
 
+    folders = [layout.meds_uri, layout.tokens_uri] + ([layout.labels_uri] if cfg.task_rows else [])
+    cfg = cfg.replace(engine=resolve_engine(cfg.engine, cfg.spark.master, folders))  # recorded resolved
     if cfg.engine == "spark":
         _spark(cfg)
     tokens = layout.tokens_uri

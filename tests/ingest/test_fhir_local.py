@@ -120,6 +120,7 @@ def test_stage_runs_the_local_engine(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert resolve_engine(FhirIngestConfig(engine="auto")) == "local"
     assert resolve_engine(FhirIngestConfig(engine="auto", input=["file:///x", "/y"])) == "local"
     assert resolve_engine(FhirIngestConfig(engine="auto", input=["s3a://bucket/x"])) == "spark"
+    assert resolve_engine(FhirIngestConfig(engine="auto", input=["/y"]), "viewfs://c/meds") == "spark"
     monkeypatch.setenv("EHRFM_SPARK_MASTER", "spark://host:7077")
     assert resolve_engine(FhirIngestConfig(engine="auto")) == "spark"
     with pytest.raises(ValueError, match="engine"):

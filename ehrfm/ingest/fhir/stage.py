@@ -27,12 +27,13 @@ def stamp_dataset_version(meds: str, version: str) -> None:
     storage.write_text(uri, json.dumps(meta, indent=2))
 
 
-def resolve_engine(cfg: FhirIngestConfig) -> str:
-    """``local`` or ``spark`` for ``cfg.engine`` (:func:`ehrfm.config.spark.resolve_engine` over the inputs:
-    ``auto`` goes to Spark for a cluster master, spark-submit or a non-``file:`` URI input)."""
+def resolve_engine(cfg: FhirIngestConfig, output: str | None = None) -> str:
+    """``local`` or ``spark`` for ``cfg.engine`` (:func:`ehrfm.config.spark.resolve_engine` over the inputs
+    and the output folder: ``auto`` goes to Spark for a cluster master, spark-submit or a non-``file:``
+    URI)."""
     from ehrfm.config.spark import resolve_engine as resolve
 
-    return resolve(cfg.engine, cfg.spark.master, cfg.input)
+    return resolve(cfg.engine, cfg.spark.master, [*cfg.input, *([output] if output else [])])
 
 
 def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
@@ -59,8 +60,13 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
         inputs = [str(layout.synthetic_dir)]
     from ehrfm.ingest.summary import fhir_counts, make_summary, print_summary
 
-    engine = resolve_engine(cfg)
     out = layout.meds_uri
+    engine = resolve_engine(cfg, out)
+    spark = None
+    if engine != "local":  # first: the output's filesystem is then Spark's Hadoop FileSystem (ehrfm.storage)
+        from ehrfm.spark import get_spark
+
+        spark = get_spark("ehrfm-ingest-fhir", master=cfg.spark.master, conf=cfg.spark.conf)
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
     common: dict[str, Any] = dict(
         validate=cfg.validate, sample_every=cfg.sample_every, max_time_us=max_time_us,
@@ -74,9 +80,8 @@ def run(cfg: FhirIngestConfig, layout: Layout) -> IngestSummary:
             result = ingest_fhir_local(inputs, staged.path(), **common)
         else:
             from ehrfm.ingest.fhir.spark_ingest import ingest_fhir
-            from ehrfm.spark import get_spark
 
-            spark = get_spark("ehrfm-ingest-fhir", master=cfg.spark.master, conf=cfg.spark.conf)
+            assert spark is not None
             result = ingest_fhir(spark, inputs, staged.path(), progress=True, **common)
         if cfg.dataset_version:
             stamp_dataset_version(staged.path(), cfg.dataset_version)

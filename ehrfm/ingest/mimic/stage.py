@@ -23,8 +23,13 @@ def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
     from ehrfm.ingest.summary import make_summary, mimic_counts, print_summary
 
     rules = load_rules(cfg.rules) if cfg.rules else None
-    engine = resolve_engine(cfg.engine, cfg.spark.master, [cfg.input])
     out = layout.meds_uri
+    engine = resolve_engine(cfg.engine, cfg.spark.master, [cfg.input, out])
+    spark = None
+    if engine != "local":  # first: the output's filesystem is then Spark's Hadoop FileSystem (ehrfm.storage)
+        from ehrfm.spark import get_spark
+
+        spark = get_spark("ehrfm-ingest-mimic", master=cfg.spark.master, conf=cfg.spark.conf)
     named: dict[str, Any] = {"dataset_name": cfg.dataset_name} if cfg.dataset_name else {}
     t0 = time.perf_counter()
     with folder_outputs(out, MEDS_SUMMARY, overwrite=cfg.overwrite, key="meds") as staged:
@@ -37,9 +42,8 @@ def run(cfg: MimicIngestConfig, layout: Layout) -> IngestSummary:
             result = ingest_mimic_local(cfg.input, staged.path(), **common)
         else:
             from ehrfm.ingest.mimic.ingest import ingest_mimic
-            from ehrfm.spark import get_spark
 
-            spark = get_spark("ehrfm-ingest-mimic", master=cfg.spark.master, conf=cfg.spark.conf)
+            assert spark is not None
             result = ingest_mimic(spark, cfg.input, staged.path(), **common)
         staged.publish()
     summary = make_summary("mimic", result, mimic_counts(result), out, time.perf_counter() - t0)
