@@ -15,9 +15,10 @@ removes the stage's completion marker, renames each staged output into place and
   refused with :class:`PartialOutputError`, naming the folder and the missing marker, unless ``overwrite``;
 - a complete output (marker present) is replaced by a rerun, as before.
 
-Paths with a scheme (``hdfs://``, ``s3a://``, ``file://``) are written in place (no rename: S3 has none,
-and HDFS would need the JVM's FileSystem): the marker is deleted first and written last, so an interrupted
-write is a folder without its marker, refused by the next run unless ``overwrite``.
+Paths with a scheme (``hdfs://``, ``s3a://``, ``viewfs://``, ``file://``) are written in place (no rename: S3
+has none) through :func:`ehrfm.storage.filesystem` (Hadoop's FileSystem in Spark's JVM when a Spark session
+runs, pyarrow otherwise): the marker is deleted first and written last, so an interrupted write is a folder
+without its marker, refused by the next run unless ``overwrite``.
 
 The staging folders are hidden (a leading dot), so Spark and pyarrow readers of the parent folder skip them.
 """
