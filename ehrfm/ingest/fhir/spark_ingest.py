@@ -16,16 +16,27 @@ one-patient path's (:mod:`ehrfm.ingest.fhir.spark_rows`):
    ``duplicate`` or conflicting-version rejects, records of subjects without a mapped Patient rejects.
 5. **write**: :func:`ehrfm.ingest.writer.write_meds_dataset` with events, rejects, descriptions,
    subject ids and the reconciling summary. Only aggregates and the per-unit facts reach the driver.
+
+Inputs are listed through Hadoop on the driver (:func:`~ehrfm.ingest.fhir.paths.expand_inputs`); the
+executors open local files and ``s3://`` / ``gs://`` objects themselves
+(:func:`~ehrfm.ingest.fhir.streams.open_binary`). A file on any other scheme (:func:`read_by_hadoop`:
+``hdfs://``, ``viewfs://``, ``abfs://``, ``s3a://`` ..., served only by the cluster's Hadoop config, which
+Python workers cannot reach) is read by Spark's own Hadoop reader (``binaryFile``: the whole file in one
+row) and mapped from memory as one unit (:func:`~ehrfm.ingest.fhir.spark_units.map_unit_given`): no byte
+ranges, no scan job, the same rows.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from ehrfm import storage
+from ehrfm.config.base import ConfigError
 from ehrfm.ingest.fhir import jsonio
 from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
 from ehrfm.ingest.fhir.paths import cleanup, expand_inputs
@@ -81,13 +92,20 @@ def _scan_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 def _map_fn(validate: str, limit: int, every: int,
             version: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow`` function: units (with their first line number) -> ROW_SCHEMA batches, each unit
-    mapped with its own lookups (:func:`~ehrfm.ingest.fhir.spark_units.map_unit_joined`)."""
-    from ehrfm.ingest.fhir.spark_units import map_unit_joined
+    mapped with its own lookups (:func:`~ehrfm.ingest.fhir.spark_units.map_unit_joined`); a unit whose
+    ``content`` is given (a file only Hadoop reads) from that content
+    (:func:`~ehrfm.ingest.fhir.spark_units.map_unit_given`)."""
+    from ehrfm.ingest.fhir.spark_units import map_unit_given, map_unit_joined
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for u in batch.to_pylist():
-                yield from _batches(map_unit_joined(u, validate, limit, every, version))
+            content = batch.column("content")  # null, or the whole file read by Spark (read_by_hadoop)
+            for i, u in enumerate(batch.drop_columns(["content"]).to_pylist()):
+                data = content[i]
+                if data.is_valid:  # a Buffer over the batch's memory: the file's bytes are not copied
+                    yield from _batches(map_unit_given(u, data.as_buffer(), validate, limit, every, version))
+                else:
+                    yield from _batches(map_unit_joined(u, validate, limit, every, version))
 
     return run
 
@@ -120,6 +138,46 @@ def plan_units(files: Sequence[tuple[str, int]],
     return units
 
 
+def read_by_hadoop(uri: str) -> bool:
+    """Whether an input file is read by Spark's Hadoop reader rather than opened by the executors' Python
+    workers: every scheme except local files and the object stores pyarrow serves itself
+    (:data:`ehrfm.storage.ARROW_SCHEMES`) — the rule of :func:`ehrfm.storage.filesystem` with a Spark session,
+    so ``s3a://`` (Hadoop's connector, the cluster's credentials) is read by Hadoop too."""
+    return storage.scheme(uri) not in (None, "file", *storage.ARROW_SCHEMES)
+
+
+def _hidden_by_spark(name: str) -> bool:
+    """Names Spark's file sources skip even when a file is named explicitly (its
+    ``HadoopFSUtils.shouldFilterOutPathName``)."""
+    return (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
+
+
+def _glob_escaped(uri: str) -> str:
+    """``uri`` with Hadoop's glob characters escaped: Spark's readers take paths as glob patterns, an input
+    file's name is literal."""
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", uri)
+
+
+def _hadoop_units_df(spark: SparkSession, uris: Sequence[str], schema: str) -> DataFrame:
+    """One ``schema`` row (``path start end mode``, null facts, ``content``) per file in ``uris``, the whole
+    file read by Spark's ``binaryFile`` source (Hadoop's FileSystem, the cluster's config and credentials;
+    Spark packs small files into a task). ``path`` is the reader's, which is the listing's URI (both
+    Hadoop's ``Path.toString``), so rows name the input as for a file opened by path.
+
+    Raises :class:`~ehrfm.config.base.ConfigError` for a file name that Spark's reader would skip silently."""
+    from pyspark.sql import functions as F
+
+    hidden = [u for u in uris if _hidden_by_spark(storage.name(u))]
+    if hidden:
+        raise ConfigError(f"input={hidden[0]!r}: Spark's Hadoop file reader skips names starting with '_' or "
+                          f"'.'; rename the file (or copy it to a local or s3:// folder)")
+    read = spark.read.format("binaryFile").load([_glob_escaped(u) for u in uris])
+    cols = [c.strip().split(" ") for c in schema.split(",")]
+    given = {"path": F.col("path"), "start": F.lit(0), "end": F.col("length"), "mode": F.lit("file"),
+             "content": F.col("content")}
+    return read.select([given.get(c, F.lit(None)).cast(t).alias(c) for c, t in cols])
+
+
 def _units_df(spark: SparkSession, units: Sequence[dict[str, Any]], schema: str,
               parallelism: int) -> DataFrame:
     """A DataFrame of units, partitioned so that tasks get similar byte counts (largest first into
@@ -133,7 +191,7 @@ def _units_df(spark: SparkSession, units: Sequence[dict[str, Any]], schema: str,
         groups[i].append(u)
         loads[i] += max(u["end"] - u["start"], 1)
     cols = [c.strip().split(" ")[0] for c in schema.split(",")]
-    rdd = spark.sparkContext.parallelize([[tuple(u[c] for c in cols) for u in g] for g in groups], n)
+    rdd = spark.sparkContext.parallelize([[tuple(u.get(c) for c in cols) for u in g] for g in groups], n)
     return spark.createDataFrame(rdd.flatMap(lambda g: g), schema)
 
 
@@ -234,19 +292,24 @@ def ingest_fhir(
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
     parallelism = spark.sparkContext.defaultParallelism
+    hadoop = [path for path, _ in files if read_by_hadoop(path)]  # one whole-file unit each, read by Spark
     units = [dict(zip(("path", "start", "end", "mode"), u, strict=True))
-             for u in plan_units(files, SPLIT_BYTES)]
+             for u in plan_units([f for f in files if not read_by_hadoop(f[0])], SPLIT_BYTES)]
     # 1. scan: formats, line numbers of the ranges (one row per unit, collected: the driver plans the map)
     from ehrfm.ingest.fhir.spark_units import SCAN_SCHEMA, UNIT_SCHEMA
 
-    scan = _units_df(spark, units, UNIT_SCHEMA, parallelism).mapInArrow(_scan_fn(), SCAN_SCHEMA).toArrow()
-    apply_scan(scan, units)  # only U rows: the lookups it would gather are left to the executors and joins
+    if units:
+        scan = _units_df(spark, units, UNIT_SCHEMA, parallelism).mapInArrow(_scan_fn(), SCAN_SCHEMA).toArrow()
+        apply_scan(scan, units)  # only U rows: the lookups are left to the executors and joins
     seconds["scan"] = round(time.perf_counter() - clock, 1)
     steps.update()
 
     # 2. map every record once; rows kept in a temporary parquet (the summary and the writer read it)
-    unit_schema = UNIT_SCHEMA + ", fmt string, base long, problem string, good_len long"
-    (_units_df(spark, units, unit_schema, parallelism)
+    unit_schema = UNIT_SCHEMA + ", fmt string, base long, problem string, good_len long, content binary"
+    parts = ([_units_df(spark, units, unit_schema, parallelism)] if units else []) + (
+        [_hadoop_units_df(spark, hadoop, unit_schema)] if hadoop else [])
+    unit_rows = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+    (unit_rows
      .mapInArrow(_map_fn(mode, limit, every, fhir_version), ROW_SCHEMA)
      .write.mode("overwrite").parquet(f"{tmp}/pass1"))
     p1 = spark.read.parquet(f"{tmp}/pass1")

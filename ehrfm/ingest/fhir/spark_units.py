@@ -13,6 +13,8 @@ yet handed back, whatever the file size; only Bundle / single-document files are
    :func:`map_unit_joined` (the Spark engine) is :func:`map_unit` with only the unit's own lookups, which it
    also emits as ``B`` / ``M`` rows: nothing per patient passes through the driver, the cross-unit lookups
    reach the records by Spark joins (see :mod:`ehrfm.ingest.fhir.spark_ingest`).
+   :func:`map_unit_given` is the same for a whole file whose bytes Spark's Hadoop reader read (a scheme the
+   executors cannot open themselves): its facts are found in the same task, from memory.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ehrfm.ingest.fhir.streams import (
     is_ndjson,
     lines_matching,
     open_binary,
+    provided,
     range_lines,
     range_start,
     segments,
@@ -282,3 +285,17 @@ def map_unit_joined(unit: Mapping[str, Any], validate: str, max_time_us: int, ev
                 yield row("M", med_key=r[_SCAN_COLS.index("med_key")], payload=r[_SCAN_COLS.index("payload")],
                           source_file=path, record_index=r[_SCAN_COLS.index("offset")])
     yield from map_unit(unit, births, {}, False, validate, max_time_us, every, fhir_version)
+
+
+def map_unit_given(unit: Mapping[str, Any], data: Any, validate: str, max_time_us: int, every: int,
+                   fhir_version: str = "auto") -> Iterator[tuple[Any, ...]]:
+    """:func:`map_unit_joined` for a whole-file unit (``path``, ``start`` 0, ``end``, ``mode`` ``file``) whose
+    content ``data`` (``bytes`` or a ``pyarrow.Buffer``) was read by Spark's Hadoop reader: the file is opened
+    from memory (:func:`~ehrfm.ingest.fhir.streams.provided`), its facts (format, gzip problem and kept
+    length; the scan step's ``U`` row) are found here rather than by the scan job, which would need to read
+    the file again, and rows name ``unit["path"]`` exactly as for a file opened by path."""
+    path = unit["path"]
+    with provided(path, data):
+        facts = next(scan_unit(path, 0, unit["end"], "file", lookups=False))
+        fact = {c: facts[_SCAN_COLS.index(c)] for c in ("fmt", "problem", "good_len")}
+        yield from map_unit_joined({**unit, **fact, "base": 0}, validate, max_time_us, every, fhir_version)

@@ -6,6 +6,12 @@ lines are ``content.split(b"\\n")``, numbered from 0, and a damaged gzip stream 
 :func:`ehrfm.ingest.fhir.records.decompress` would return. A byte range ``[start, end)`` owns the
 lines that *start* inside it (the Hadoop convention), so a line straddling a boundary is read once,
 by the range where it starts.
+
+A file on a scheme only Hadoop serves (``viewfs://``, ``hdfs://``, ``abfs://``, ``s3a://`` with its
+credentials in the cluster's Hadoop config) cannot be opened by an executor's Python worker (no JVM there):
+the Spark engine reads its bytes with Spark's own Hadoop reader and hands them to the task, which names them
+with :func:`provided`; :func:`open_binary` then serves that URI from memory, so the per-unit code is the
+same.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
 from ehrfm.ingest.fhir import jsonio
@@ -32,9 +39,31 @@ def local_path(uri: str) -> str | None:
     return rest[2:] if rest.startswith("///") else rest
 
 
+# URI -> bytes (or a pyarrow Buffer) of files this process was given rather than opens (see :func:`provided`);
+# one Python worker runs one task at a time, and an entry lives only while its unit is processed
+_PROVIDED: dict[str, Any] = {}
+
+
+@contextmanager
+def provided(uri: str, data: Any) -> Iterator[None]:
+    """While the block runs, :func:`open_binary` serves ``uri`` from ``data`` (``bytes`` or a
+    ``pyarrow.Buffer``, not copied): the whole content of the file, read by someone else."""
+    _PROVIDED[uri] = data
+    try:
+        yield
+    finally:
+        _PROVIDED.pop(uri, None)
+
+
 def open_binary(uri: str) -> IO[bytes] | Any:
-    """Open ``uri`` for binary, seekable reading: local files directly, others through
-    ``pyarrow.fs`` (``s3a://`` is read as ``s3://``; credentials come from pyarrow's usual sources)."""
+    """Open ``uri`` for binary, seekable reading: bytes given by :func:`provided` from memory, local files
+    directly, others through ``pyarrow.fs`` (``s3a://`` is read as ``s3://``; credentials come from pyarrow's
+    usual sources)."""
+    data = _PROVIDED.get(uri)
+    if data is not None:
+        import pyarrow as pa
+
+        return pa.BufferReader(data)
     path = local_path(uri)
     if path is not None or "://" not in uri:
         return open(path if path is not None else uri, "rb")  # noqa: SIM115 - the caller closes it
