@@ -120,16 +120,18 @@ def test_viewfs_inputs_equal_local_paths(spark: Any, viewfs: Any, synthea_bundle
 
 
 def test_stage_reads_viewfs_inputs(spark: Any, viewfs: Any, tmp_path: Path) -> None:
-    """``ehrfm ingest fhir --engine spark --input viewfs://... --meds <local folder>`` equals the stage on the
-    local paths."""
+    """``ehrfm ingest fhir --engine spark --input viewfs://... --input <local file> --meds <local folder>``
+    (one job reading both ways) equals the stage on the local paths."""
     from ehrfm.config.ingest import FhirIngestConfig
     from ehrfm.ingest.fhir.stage import run
     from ehrfm.layout import Layout
 
     _corpus(viewfs.local / "in", None)
+    files = [str(viewfs.local / "in" / n) for n in ("extra.ndjson", "cut.ndjson.gz")]
     runs = {}
-    for name, inputs in (("remote", f"{viewfs.uri}/in"), ("local", str(viewfs.local / "in"))):
-        cfg = FhirIngestConfig(input=[inputs], engine="spark", max_time="2030-01-01")
+    for name, inputs in (("remote", [f"{viewfs.uri}/in/export", *files]),
+                         ("local", [str(viewfs.local / "in" / "export"), *files])):
+        cfg = FhirIngestConfig(input=inputs, engine="spark", max_time="2030-01-01")
         runs[name] = run(cfg, Layout(root=str(tmp_path), meds=str(tmp_path / name)))
     assert runs["remote"].events == runs["local"].events > 1000 and runs["remote"].reconciled
     rename = (viewfs.uri, f"file:{viewfs.local}")
