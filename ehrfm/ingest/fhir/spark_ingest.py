@@ -170,7 +170,8 @@ def _hadoop_units_df(spark: SparkSession, uris: Sequence[str], schema: str) -> D
     hidden = [u for u in uris if _hidden_by_spark(storage.name(u))]
     if hidden:
         raise ConfigError(f"input={hidden[0]!r}: Spark's Hadoop file reader skips names starting with '_' or "
-                          f"'.'; rename the file (or copy it to a local or s3:// folder)")
+                          f"'.' (or ending in '._COPYING_'); rename the file (or copy it to a local or s3:// "
+                          f"folder)")
     read = spark.read.format("binaryFile").load([_glob_escaped(u) for u in uris])
     cols = [c.strip().split(" ") for c in schema.split(",")]
     given = {"path": F.col("path"), "start": F.lit(0), "end": F.col("length"), "mode": F.lit("file"),
