@@ -4,10 +4,10 @@ mode.
 A master and one worker (1 core, 1 GiB) run on 127.0.0.1 from the pyspark install of the venv
 (``spark-class org.apache.spark.deploy.master.Master`` / ``...deploy.worker.Worker``); each job is a
 ``spark-submit --master spark://127.0.0.1:<port> --py-files ehrfm.zip etl/<job>.py`` whose executor is a
-separate JVM in its own working directory (the worker's ``--work-dir``). Inputs are ``file://`` absolute
-URIs; every MEDS, labels, tokens and scores folder is a ``viewfs://ehrfm/data/...`` URI — a scheme only
-Hadoop serves, mounted (``--conf spark.hadoop.fs.viewfs.mounttable.ehrfm.link./data=file://...``) onto a
-local folder: the drivers read and write their markers, summaries, vocab and bins through Hadoop's
+separate JVM in its own working directory (the worker's ``--work-dir``). The FHIR input and every MEDS,
+labels, tokens and scores folder is a ``viewfs://ehrfm/data/...`` URI (the MIMIC input a ``file://`` URI) —
+a scheme only Hadoop serves, mounted (``--conf spark.hadoop.fs.viewfs.mounttable.ehrfm.link./data=...``)
+onto a local folder: the drivers read and write their markers, summaries, vocab and bins through Hadoop's
 FileSystem (``ehrfm.storage``) and the executors through Spark's writers, never through a driver-local path.
 The worker and every Python process of the runs start without the venv's editable
 ``ehrfm`` (the isolating ``sitecustomize`` of ``test_spark_submit_jobs``), so the driver and the executors
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -174,11 +175,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory, spark: object,
     try:
         cluster.start()
         start_s = time.time() - t0
+        shutil.copytree(fhir, cluster.vfs / "fhir")
         meds, labels, tokens, scores = (f"viewfs://ehrfm/data/{n}"
                                         for n in ("meds", "labels", "tokens", "scores"))
         procs = {
-            "ingest_fhir": cluster.submit("ingest_fhir.py", "--input", f"[{_uri(fhir)}]", "--meds", meds,
-                                          *common),
+            # the FHIR input on viewfs too: the executors get its bytes through Spark's Hadoop reader
+            "ingest_fhir": cluster.submit("ingest_fhir.py", "--input", "[viewfs://ehrfm/data/fhir]", "--meds",
+                                          meds, *common),
             "label": cluster.submit("label.py", "--meds", meds, "--labels", labels, "--tasks", TASKS),
             "prepare": cluster.submit("prepare.py", "--meds", meds, "--tokens", tokens, "--min_count", "1",
                                       "--n_bins", "4", "--tasks", TASKS),
