@@ -35,7 +35,11 @@ missing). Its numbers are noise (a few dozen held-out rows): it checks the plumb
 
 Expected at 10k patients per site with ``--steps full`` on a CPU: ~10 min of data stages per site,
 pretraining ~30-60 min, and 15 finetuning runs at B of ~5-10 min each, i.e. roughly 3-4 hours in all (much
-less on a GPU); not measured yet — the JSON records every stage's seconds and the load average.
+less on a GPU). Measured 2026-12-05 (``bench/results/transfer.json``, README "Transfer to a second
+site"): with
+site A reused from the 30k calibrated finetune_oracle root (``<root>/A`` a link to it) and 10k patients at B,
+B's data stages + zero-shot + the 15 finetuning runs + head-only / baselines / domain classifier took ~110 min
+on 2 vCPUs shared with other jobs (load 3-16); the JSON records every stage's seconds and the load average.
 """
 
 from __future__ import annotations
