@@ -28,6 +28,12 @@ def _batch(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return MultiTaskCollator(None)([{**r, "task_idx": 0} for r in rows])
 
 
+def _last_tokens(row: dict[str, Any], n: int) -> dict[str, Any]:
+    """``row`` cut to its last ``n`` tokens in every token stream."""
+    streams = ("concept_ids", "type_ids", "ages", "times", "visit_orders", "visit_segments", "values")
+    return {**row, **{k: row[k][-n:] for k in streams}, "length": n}
+
+
 @pytest.mark.parametrize("path", ["ref", "chunked"])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_completeness_for_every_backbone(backbone: str, path: str, events: list[pd.DataFrame],
@@ -65,9 +71,7 @@ def test_prompt_and_padding_get_zero_and_rows_do_not_interact(events: list[pd.Da
     vocab, bins = vocab_bins
     fm, spec = finetuned(vocab, "mamba"), SPECS[0]
     rows = task_rows(events[:2], vocab, bins, spec.task)
-    rows[1] = {**rows[1], **{k: rows[1][k][-40:] for k in ("concept_ids", "type_ids", "ages", "times",
-                                                           "visit_orders", "visit_segments", "values")},
-               "length": 40}  # a shorter row: padded in the batch
+    rows[1] = _last_tokens(rows[1], 40)  # a shorter row: padded in the batch
     ig = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=16))
     batch = _batch(rows)
     together = ig.explain(batch)
@@ -142,9 +146,7 @@ def test_both_ends_of_the_path_are_the_model_on_the_row_and_on_its_pad_baseline(
     vocab, bins = vocab_bins
     fm, spec = finetuned(vocab, "mamba2"), SPECS[0]
     rows = task_rows(events[:3], vocab, bins, spec.task)
-    rows[1] = {**rows[1], **{k: rows[1][k][-40:] for k in ("concept_ids", "type_ids", "ages", "times",
-                                                           "visit_orders", "visit_segments", "values")},
-               "length": 40}  # a shorter row: padded in the batch
+    rows[1] = _last_tokens(rows[1], 40)  # a shorter row: padded in the batch
     batch = _batch(rows)
     ig = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=4))
     att = ig.explain(batch)
