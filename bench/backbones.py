@@ -14,6 +14,8 @@ threads spinning against other jobs (the torch default uses every core).
     .venv/bin/python bench/backbones.py                      # defaults: d_model 64, 16k tokens
     .venv/bin/python bench/backbones.py --lengths 512 2048 --tokens 8192 --repeats 1
     .venv/bin/python bench/backbones.py --tokens 8192 --threads 1 # as in bench/results/backbones.json
+    .venv/bin/python bench/backbones.py --backbones mamba2 mamba3 mamba3_mimo --cpu-chunks 64 32 16 \
+        --tokens 8192 --threads 1 --output bench/results/backbones_cpu_chunk.json   # the CPU scan chunk
 """
 
 from __future__ import annotations
@@ -43,19 +45,20 @@ LAYERS = {"mamba": 4, "mamba2": 4, "mamba3": 4, "mamba3_mimo": 4, "transformer":
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"mamba3_mimo": ("mamba3", {"mimo_rank": 2})}
 
 
-def _config(backbone: str, d_model: int, max_len: int) -> Any:
+def _config(backbone: str, d_model: int, max_len: int, cpu_chunk: int = 32, headdim: int = 32) -> Any:
     from ehrfm.models import ModelConfig
 
     name, extra = VARIANTS.get(backbone, (backbone, {}))
     return ModelConfig(vocab_size=1000, backbone=name, d_model=d_model, n_layers=LAYERS[backbone],
-                       dropout=0.0,
-                       max_len=max_len, headdim=32, chunk_size=64, n_heads=max(1, d_model // 32), **extra)
+                       dropout=0.0, max_len=max_len, headdim=headdim, chunk_size=64, cpu_chunk_size=cpu_chunk,
+                       n_heads=max(1, d_model // 32), **extra)
 
 
 def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int, device: str,
-            threads: int = 0) -> dict[str, Any]:
+            threads: int = 0, cpu_chunk: int = 32, headdim: int = 32) -> dict[str, Any]:
     """One point (run inside the child process): seconds per fwd+bwd step, tokens/s, memory.
-    ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default)."""
+    ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default); ``cpu_chunk``: the model's
+    ``cpu_chunk_size`` (the Mamba-2 / Mamba-3 scan chunk on the CPU); ``headdim``: SSM head width."""
     import psutil
     import torch
 
@@ -66,7 +69,7 @@ def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int,
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     batch = max(1, tokens // length)
-    model = EHRFoundationModel(_config(backbone, d_model, length)).to(device)
+    model = EHRFoundationModel(_config(backbone, d_model, length, cpu_chunk, headdim)).to(device)
     ids = torch.randint(7, 1000, (batch, length), device=device)
     ages = torch.rand(batch, length, device=device) * 80
     rss0 = psutil.Process().memory_info().rss
@@ -100,6 +103,7 @@ def measure(backbone: str, length: int, tokens: int, d_model: int, repeats: int,
         "rss_growth_mb": round((peak - rss0) / 2**20, 1),
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
         "ops_path": current_ops_path() or "none", "device": device, "threads": torch.get_num_threads(),
+        "cpu_chunk": cpu_chunk, "headdim": headdim,
     }
 
 
@@ -116,43 +120,52 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch intra-op threads in each point (0 = torch default)")
     p.add_argument("--timeout", type=float, default=900,
                    help="seconds per point before it is recorded as timed out")
+    p.add_argument("--cpu-chunks", nargs="+", type=int, default=[32],
+                   help="the models' cpu_chunk_size (Mamba-2 / Mamba-3 scan chunk on the CPU); several "
+                        "values time every point once per chunk, side by side (the ratios use the first)")
+    p.add_argument("--headdim", type=int, default=32,
+                   help="Mamba-2 / Mamba-3 head width (the tiny preset's is 16: twice the heads)")
     p.add_argument("--output", type=Path, default=RESULTS)
-    p.add_argument("--_child", nargs=2, metavar=("BACKBONE", "L"), help=argparse.SUPPRESS)
+    p.add_argument("--_child", nargs=3, metavar=("BACKBONE", "L", "CPU_CHUNK"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
         print(json.dumps(measure(args._child[0], int(args._child[1]), args.tokens, args.d_model, args.repeats,
-                                 args.device, args.threads)))
+                                 args.device, args.threads, int(args._child[2]), args.headdim)))
         return 0
 
     rows: list[dict[str, Any]] = []
     print(
-        f"{'backbone':<12}{'L':>6}{'B':>5}{'params':>10}{'s/step':>9}{'cpu s':>8}{'tok/s':>10}{'peak MB':>9}"
-          f"{'+MB':>8}  ops")
-    for backbone in args.backbones:
-        for length in args.lengths:
-            cmd = [sys.executable, __file__, "--_child", backbone, str(length), "--tokens", str(args.tokens),
-                   "--d-model", str(args.d_model), "--repeats", str(args.repeats), "--device", args.device,
-                   "--threads", str(args.threads)]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-            except subprocess.TimeoutExpired:
-                row = {"backbone": backbone, "L": length, "error": f"timed out after {args.timeout:.0f} s"}
-            except subprocess.CalledProcessError as exc:
-                row = {"backbone": backbone, "L": length, "error": exc.stderr.strip().splitlines()[-1][:200]}
-            rows.append(row)
-            if "error" in row:
-                print(f"{backbone:<12}{length:>6}  {row['error']}")
-            else:
-                print(f"{backbone:<12}{length:>6}{row['B']:>5}{row['parameters']:>10}{row['seconds']:>9.3f}"
-                      f"{row['cpu_seconds']:>8.3f}{row['tokens_per_s']:>10.0f}{row['peak_rss_mb']:>9.0f}"
-                      f"{row['rss_growth_mb']:>8.0f}  {row['ops_path']}")
-            sys.stdout.flush()
+        f"{'backbone':<12}{'L':>6}{'chunk':>6}{'B':>5}{'params':>10}{'s/step':>9}{'cpu s':>8}{'tok/s':>10}"
+        f"{'peak MB':>9}{'+MB':>8}  ops")
+    points = [(b, n, c) for b in args.backbones for n in args.lengths for c in args.cpu_chunks]
+    for backbone, length, chunk in points:
+        cmd = [sys.executable, __file__, "--_child", backbone, str(length), str(chunk),
+               "--tokens", str(args.tokens),
+               "--d-model", str(args.d_model), "--repeats", str(args.repeats), "--device", args.device,
+               "--threads", str(args.threads), "--headdim", str(args.headdim)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+        except subprocess.TimeoutExpired:
+            row = {"backbone": backbone, "L": length, "cpu_chunk": chunk,
+                   "error": f"timed out after {args.timeout:.0f} s"}
+        except subprocess.CalledProcessError as exc:
+            row = {"backbone": backbone, "L": length, "cpu_chunk": chunk,
+                   "error": exc.stderr.strip().splitlines()[-1][:200]}
+        rows.append(row)
+        if "error" in row:
+            print(f"{backbone:<12}{length:>6}{chunk:>6}  {row['error']}")
+        else:
+            print(f"{backbone:<12}{length:>6}{chunk:>6}{row['B']:>5}{row['parameters']:>10}{row['seconds']:>9.3f}"
+                  f"{row['cpu_seconds']:>8.3f}{row['tokens_per_s']:>10.0f}{row['peak_rss_mb']:>9.0f}"
+                  f"{row['rss_growth_mb']:>8.0f}  {row['ops_path']}")
+        sys.stdout.flush()
     ratios: dict[str, float | None] = {}
     cpu_ratios: dict[str, float | None] = {}
     for backbone in args.backbones:
         for key, out in (("seconds", ratios), ("cpu_seconds", cpu_ratios)):
-            t = {r["L"]: r.get(key) for r in rows if r["backbone"] == backbone}
+            t = {r["L"]: r.get(key) for r in rows
+                 if r["backbone"] == backbone and r["cpu_chunk"] == args.cpu_chunks[0]}
             out[backbone] = round(t[8192] / t[2048], 2) if t.get(8192) and t.get(2048) else None
     print("t(8192)/t(2048) at a fixed token budget, wall:", json.dumps(ratios), "cpu:",
           json.dumps(cpu_ratios))

@@ -30,8 +30,8 @@ def _is_int(value: object) -> bool:
 
 
 _POSITIVE = ("d_model", "n_layers", "type_vocab_size", "max_visit_orders", "visit_segment_size", "d_state",
-             "d_conv", "expand", "headdim", "chunk_size", "ngroups", "n_heads", "mlp_ratio", "max_code_count",
-             "mimo_rank")
+             "d_conv", "expand", "headdim", "chunk_size", "cpu_chunk_size", "ngroups", "n_heads", "mlp_ratio",
+             "max_code_count", "mimo_rank")
 
 
 @dataclass
@@ -97,7 +97,13 @@ class ModelConfig(ConfigBase):
     headdim: int = 32
     """Mamba-2: width of one SSM head (must divide expand * d_model)."""
     chunk_size: int = 64
-    """Mamba-2: chunk length of the SSD scan."""
+    """Mamba-2 / Mamba-3: chunk length of the scan on CUDA (the kernels', and the PyTorch path's on a GPU)."""
+    cpu_chunk_size: int = 32
+    """Mamba-2 / Mamba-3: chunk length of the chunked PyTorch scan on the CPU. The chunk only regroups the
+    same sums (outputs and gradients equal to rounding), so it is a speed setting, not a shape. On the 2-core
+    dev VM (d_model 64, 4 layers, 8k-token fwd+bwd steps, one thread; ``bench/results/backbones_cpu_chunk*
+    .json``) 32 against 64 takes 0.83-0.93x the time for Mamba-2 and 0.77-0.88x for Mamba-3 at headdim 16
+    (the tiny preset's), 0.77-1.04x at headdim 32, over L = 512-8,192; 16 is slower at 8,192."""
     ngroups: int = 1
     """Mamba-2: groups sharing B/C (must divide the number of heads)."""
     mimo_rank: int = 1
@@ -143,6 +149,14 @@ class ModelConfig(ConfigBase):
                     "d_model/n_heads must be even for rotary embeddings")
 
     # --- derived sizes -----------------------------------------------------------------------------
+    def scan_chunk(self, cuda: bool) -> int:
+        """Chunk length of the Mamba-2 / Mamba-3 scan for inputs on CUDA (``chunk_size``; Mamba-3 MIMO
+        divides it by the rank, at least 8, as mamba-ssm's kernels do) or elsewhere (``cpu_chunk_size`` as
+        it is: on the CPU a MIMO chunk of 16 is slower than 32, bench/results/backbones_cpu_chunk.json)."""
+        if not cuda:
+            return self.cpu_chunk_size
+        return self.chunk_size if self.mimo_rank == 1 else max(8, self.chunk_size // self.mimo_rank)
+
     @property
     def d_inner(self) -> int:
         """Inner width of the Mamba blocks."""

@@ -73,7 +73,7 @@ class Mamba2Mixer(nn.Module):
         x, b_, c_ = self._split_xbc(xbc)  # (b, l, h, p), (b, l, g, n), (b, l, g, n)
         a = -torch.exp(self.A_log.float())
         y = ops.ssd_chunk_scan(
-            x, dt, a, b_, c_, self.cfg.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(),
+            x, dt, a, b_, c_, self.cfg.scan_chunk(x.is_cuda), D=self.D.float(), dt_bias=self.dt_bias.float(),
             dt_softplus=True,
         )
         assert isinstance(y, Tensor)

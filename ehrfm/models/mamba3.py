@@ -10,9 +10,9 @@ projected back (``mimo_x``, ``mimo_z``, ``mimo_o``). Output ``(y + D x) * silu(z
 
 Choices where mamba-ssm offers options (it is the reference): rotary pairs interleaved for SISO and split
 in halves for MIMO, as its kernels do (so weights are interchangeable); the optional output RMSNorm
-(``is_outproj_norm``, off by default there) is not built; the MIMO chunk is ``chunk_size / mimo_rank``
-(at least 8), mamba-ssm's recommendation. The recurrent step keeps angle, SSM state and the previous
-token's (B, x) in :class:`Mamba3State`: O(1) per token.
+(``is_outproj_norm``, off by default there) is not built; the MIMO chunk on CUDA is ``chunk_size /
+mimo_rank`` (at least 8), mamba-ssm's recommendation (``ModelConfig.scan_chunk``). The recurrent step
+keeps angle, SSM state and the previous token's (B, x) in :class:`Mamba3State`: O(1) per token.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ class Mamba3Mixer(nn.Module):
                                   cfg.mimo_rank)
         self.a_floor = a_floor
         self.rope = "interleaved" if r == 1 else "halves"
-        self.chunk = cfg.chunk_size if r == 1 else max(8, cfg.chunk_size // r)
         # order of the projection: [z, x, B, C, dt, A, trap, angles]
         self.sizes = [d_inner, d_inner, r * g * n, r * g * n, h, h, h, cfg.n_rope_angles]
         self.in_proj = nn.Linear(cfg.d_model, sum(self.sizes), bias=False)
@@ -112,7 +111,8 @@ class Mamba3Mixer(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (b, l, d_model) -> (b, l, d_model)."""
         bsz, length, _ = hidden.shape
-        y = mamba3_scan(**self._inputs(hidden), rope=self.rope, chunk_size=self.chunk)  # type: ignore[arg-type]
+        chunk = self.cfg.scan_chunk(hidden.is_cuda)
+        y = mamba3_scan(**self._inputs(hidden), rope=self.rope, chunk_size=chunk)  # type: ignore[arg-type]
         assert isinstance(y, Tensor)
         return cast(Tensor, self.out_proj(y.reshape(bsz, length, self.cfg.d_inner).to(hidden.dtype)))
 

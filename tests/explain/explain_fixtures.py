@@ -40,7 +40,7 @@ def finetuned(vocab: Any, backbone: str, seed: int = 0, d_model: int = 32) -> Fi
     torch.manual_seed(seed)
     fields = {**load_preset("tiny"), "d_model": d_model, "n_layers": 2, "backbone": backbone,
               "vocab_size": len(vocab), "dropout": 0.0, "d_state": 8, "headdim": 16, "chunk_size": 16,
-              "max_len": MAX_LEN}
+              "cpu_chunk_size": 16, "max_len": MAX_LEN}
     model = EHRFoundationModel(ModelConfig.from_dict(fields)).eval()
     heads = TaskHeads(list(SPECS), d_model, dropout=0.0).eval()
     with torch.no_grad():  # heads of a trained size: random N(0, 1) rows, so outputs move with the input

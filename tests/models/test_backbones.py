@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ V = 40
 def _model(backbone: str, dropout: float = 0.0) -> EHRFoundationModel:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=V, backbone=backbone, d_model=32, n_layers=2, d_state=8, headdim=16,
-                      chunk_size=8, n_heads=4, dropout=dropout, max_len=64)
+                      chunk_size=8, cpu_chunk_size=8, n_heads=4, dropout=dropout, max_len=64)
     return EHRFoundationModel(cfg).eval()
 
 
@@ -134,3 +136,42 @@ def test_cuda_matches_cpu_and_steps(backbone: str) -> None:
     assert cpu is not None and gpu is not None
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(stepped, gpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(("backbone", "mimo_rank"), [("mamba2", 1), ("mamba3", 1), ("mamba3", 2)])
+def test_cpu_chunk_is_a_speed_setting(backbone: str, mimo_rank: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the scan runs with ``cpu_chunk_size`` (not ``chunk_size``), and the chunk only regroups the
+    scan's sums: a model run with chunks of 4 and of 32 (one chunk for these 29 tokens) gives the same outputs
+    and the same parameter gradients."""
+    from ehrfm.models import mamba2, mamba3
+
+    used: list[int] = []
+
+    def spy(fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            used.append(kwargs["chunk_size"] if "chunk_size" in kwargs else args[5])
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(mamba2.ops, "ssd_chunk_scan", spy(mamba2.ops.ssd_chunk_scan))
+    monkeypatch.setattr(mamba3, "mamba3_scan", spy(mamba3.mamba3_scan))
+    s = _streams(length=29)
+    grads, outs = [], []
+    for cpu_chunk in (4, 32):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=V, backbone=backbone, d_model=32, n_layers=2, d_state=8, headdim=16,
+                          chunk_size=8, cpu_chunk_size=cpu_chunk, mimo_rank=mimo_rank, max_len=64)
+        assert cfg.scan_chunk(cuda=False) == cpu_chunk
+        assert cfg.scan_chunk(cuda=True) == 8
+        model = EHRFoundationModel(cfg)
+        logits = model(**s).logits
+        assert logits is not None
+        logits.sum().backward()
+        assert used and set(used) == {cfg.scan_chunk(cuda=False)}
+        used.clear()
+        outs.append(logits.detach())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

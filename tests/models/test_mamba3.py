@@ -20,7 +20,7 @@ V = 40
 
 def _cfg(**kw: object) -> ModelConfig:
     base: dict[str, object] = dict(vocab_size=V, backbone="mamba3", d_model=32, n_layers=2, d_state=8,
-                                   headdim=16, chunk_size=8, dropout=0.0, max_len=64)
+                                   headdim=16, chunk_size=8, cpu_chunk_size=8, dropout=0.0, max_len=64)
     return ModelConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -80,7 +80,7 @@ def test_parameter_names_and_shapes_are_mamba_ssm_s() -> None:
         "mimo_x": (h, r, p), "mimo_z": (h, r, p), "mimo_o": (h, r, p), "D": (h,),
         "out_proj.weight": (cfg.d_model, cfg.d_inner),
     }
-    assert mixer.rope == "halves" and mixer.chunk == 8  # mamba-ssm's MIMO conventions
+    assert mixer.rope == "halves" and cfg.scan_chunk(cuda=True) == 8  # mamba-ssm's MIMO conventions
     assert Mamba3Mixer(_cfg()).rope == "interleaved"
 
 
@@ -133,7 +133,7 @@ def test_our_layer_matches_mamba_ssm_mamba3_on_identical_weights(rank: int) -> N
                       mimo_rank=rank, max_len=256)
     ours = Mamba3Mixer(cfg).cuda()
     theirs = ssm_mod.Mamba3(d_model=128, d_state=64, expand=2, headdim=64, ngroups=1, rope_fraction=0.5,
-                            is_mimo=rank > 1, mimo_rank=rank, chunk_size=ours.chunk).cuda()
+                            is_mimo=rank > 1, mimo_rank=rank, chunk_size=cfg.scan_chunk(cuda=True)).cuda()
     with torch.no_grad():  # random, not init, values everywhere so that no term hides behind a 1 or a 0
         for prm in ours.parameters():
             vector = prm.dim() == 1

@@ -154,7 +154,8 @@ def test_the_model_sees_the_row_without_its_prompt_tokens() -> None:
 def test_a_real_model_simulates_on_every_backbone(backbone: str) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(VOCAB), backbone=backbone, d_model=32, n_layers=1, headdim=16,
-                      chunk_size=8, max_len=32, dropout=0.0, use_code_counts=True, use_value_deltas=True)
+                      chunk_size=8, cpu_chunk_size=8, max_len=32, dropout=0.0, use_code_counts=True,
+                      use_value_deltas=True)
     model = EHRFoundationModel(cfg).eval()
     rows = [CLOSED] if backbone == "transformer" else [CLOSED, OPEN[:3], CLOSED[:4]]
     batch = prefix_batch(VOCAB, rows)
@@ -170,7 +171,8 @@ def test_a_real_model_simulates_on_every_backbone(backbone: str) -> None:
 def test_prefill_on_cache_views_equals_the_reference_prefill(backbone: str) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(VOCAB), backbone=backbone, d_model=32, n_layers=2, headdim=16,
-                      chunk_size=8, max_len=32, dropout=0.0, use_code_counts=True, use_value_deltas=True)
+                      chunk_size=8, cpu_chunk_size=8, max_len=32, dropout=0.0, use_code_counts=True,
+                      use_value_deltas=True)
     model = EHRFoundationModel(cfg).eval()
     batch = prefix_batch(VOCAB, [OPEN[:3], CLOSED, OPEN, CLOSED[:2], OPEN])  # ragged, unsorted
     batch["values"][:, 3] = 0.7  # a value on some tokens: the per-code value tables are state too

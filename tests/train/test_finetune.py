@@ -119,7 +119,7 @@ def write_pretrained(run_dir: Path, vocab_path: Path, backbone: str = "mamba2",
     """A randomly initialised tiny model saved like `ehrfm pretrain` (``<run>/model``)."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(Vocabulary.load(vocab_path)), backbone=backbone, d_model=32, n_layers=1,
-                      headdim=16, chunk_size=16, max_len=max_len, dropout=0.0)
+                      headdim=16, chunk_size=16, cpu_chunk_size=16, max_len=max_len, dropout=0.0)
     model_dir = EHRFoundationModel(cfg).save_pretrained(run_dir / "model")
     (model_dir / "vocab.json").write_text(vocab_path.read_text())
     return run_dir

@@ -19,7 +19,7 @@ VOCAB = Vocabulary.build(["[W0]", *[f"DIAGNOSIS//X{i}" for i in range(10)],
 def _model(backbone: str, code_features: bool = True) -> EHRFoundationModel:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(VOCAB), backbone=backbone, d_model=32, n_layers=2, headdim=16,
-                      chunk_size=8,
+                      chunk_size=8, cpu_chunk_size=8,
                       max_len=64, dropout=0.0, use_code_counts=code_features, use_value_deltas=code_features)
     return EHRFoundationModel(cfg).eval()
 

@@ -13,7 +13,7 @@ from ehrfm.train.lora import LoRALinear, apply_lora, lora_parameters, merge_lora
 def _model(backbone: str) -> EHRFoundationModel:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=40, backbone=backbone, d_model=32, n_layers=2, headdim=16, chunk_size=8,
-                      max_len=32, dropout=0.0)
+                      cpu_chunk_size=8, max_len=32, dropout=0.0)
     return EHRFoundationModel(cfg).eval()
 
 
