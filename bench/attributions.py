@@ -254,40 +254,69 @@ def finetune(root: Path, steps: int, sets: list[str]) -> None:
            "--patience", "0", *oracle._overrides(sets))
 
 
-def latency(root: Path, repeats: int, n_bundles: int = 3) -> dict[str, Any]:
+BEFORE_IG = {"steps": 8, "max_steps": 32, "method": "gauss"}
+"""Served explanations before nested Clenshaw-Curtis refinement and the CPU scan chunk of 32 (2026-12-05
+morning): Gauss-Legendre 8 points refined to 16 and 32 afresh, scan chunks of 64 on the CPU."""
+BEFORE_CPU_CHUNK = 64
+
+
+def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -> dict[str, Any]:
     """Serving real Synthea patients with ~1,000 events (``bench/serve.py``'s mid-size bundles): in-process
-    ``predict_frame`` wall time with and without explanations (both tasks), interleaved, median per bundle."""
+    ``predict_frame`` wall time without explanations (``off``), with them as served now (``on``) and, with
+    ``before``, with the earlier settings (:data:`BEFORE_IG`, CPU chunk 64: ``on_before``), interleaved in one
+    process, median per bundle."""
     import tempfile
 
+    from ehrfm.config.explain import IGSettings
     from ehrfm.serve.core import Scorer, build_serving_dir
     from ehrfm.serve.pyfunc import predict_frame
 
     lay = Layout(root=str(root))
     bundles = _bench("serve").mid_bundles(n_bundles)
     per_bundle = []
+    modes = ("off", "on", "on_before") if before else ("off", "on")
     with tempfile.TemporaryDirectory() as tmp:
         scorer = Scorer(build_serving_dir(lay.finetune_run.model, Path(tmp) / "serving",
                                           tokens_dir=lay.token_paths.root))
+        now_ig, model_cfg = scorer.config.explain_ig, scorer.fm.model.config
+        now_chunk = model_cfg.cpu_chunk_size
+        before_ig = IGSettings(**{**now_ig.to_dict(), **BEFORE_IG})
         for text, n_events in bundles:
-            times: dict[str, list[float]] = {"off": [], "on": []}
-            out = None
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            outs: dict[str, Any] = {}
             for r in range(repeats + 1):
-                for mode in ("off", "on"):
+                for mode in modes:
+                    old = mode == "on_before"
+                    scorer.config.explain_ig = before_ig if old else now_ig
+                    model_cfg.cpu_chunk_size = BEFORE_CPU_CHUNK if old else now_chunk
                     t0 = time.perf_counter()
-                    out = predict_frame(scorer, [{"bundle": text, "explain": mode == "on",
-                                                  "tasks": ",".join(TASKS)}])
+                    outs[mode] = predict_frame(scorer, [{"bundle": text, "explain": mode != "off",
+                                                         "tasks": ",".join(TASKS)}])
                     if r:  # the first round warms up
                         times[mode].append(time.perf_counter() - t0)
-            assert out is not None
-            ex = [json.loads(e) for e in out["explanation"] if e]
+            scorer.config.explain_ig, model_cfg.cpu_chunk_size = now_ig, now_chunk
             med = {k: float(np.median(v)) for k, v in times.items()}
-            per_bundle.append({"events": n_events, "median_s": med, "ratio": med["on"] / med["off"],
-                               "rel_errors": [e["rel_error"] for e in ex], "steps": [e["steps"] for e in ex],
-                               "referenced_events": sum(1 for e in ex for v in e["events"] if v["resource"]),
-                               "listed_events": sum(len(e["events"]) for e in ex)})
-        ig = scorer.config.explain_ig.to_dict()
-    return {"bundles": per_bundle, "repeats": repeats, "row_tokens": scorer.tokenize_cfg.max_len, "ig": ig,
-            "ratio_median": float(np.median([b["ratio"] for b in per_bundle]))}
+            row: dict[str, Any] = {"events": n_events, "median_s": med, "ratio": med["on"] / med["off"]}
+            for mode in modes[1:]:
+                ex = [json.loads(e) for e in outs[mode]["explanation"] if e]
+                suffix = "" if mode == "on" else "_before"
+                row.update({f"rel_errors{suffix}": [e["rel_error"] for e in ex],
+                            f"steps{suffix}": [e["steps"] for e in ex],
+                            f"converged{suffix}": [e["converged"] for e in ex]})
+                if mode == "on":
+                    row.update({"referenced_events": sum(1 for e in ex for v in e["events"] if v["resource"]),
+                                "listed_events": sum(len(e["events"]) for e in ex)})
+                else:
+                    row["ratio_before"] = med["on_before"] / med["off"]
+            per_bundle.append(row)
+        ig = now_ig.to_dict()
+    block: dict[str, Any] = {"bundles": per_bundle, "repeats": repeats, "ig": ig, "cpu_chunk_size": now_chunk,
+                             "row_tokens": scorer.tokenize_cfg.max_len,
+                             "ratio_median": float(np.median([b["ratio"] for b in per_bundle]))}
+    if before:
+        block.update({"before": {"ig": BEFORE_IG, "cpu_chunk_size": BEFORE_CPU_CHUNK},
+                      "ratio_before_median": float(np.median([b["ratio_before"] for b in per_bundle]))})
+    return block
 
 
 def latency_only(root: Path, repeats: int, output: Path) -> int:
@@ -408,8 +437,11 @@ def print_table(result: dict[str, Any]) -> None:
 def print_latency(block: dict[str, Any]) -> None:
     """One line per timed bundle: median seconds without and with explanations, their ratio."""
     for b in block.get("bundles", []):
+        was = (f"; before: {b['median_s']['on_before']:.3f} s ({b['ratio_before']:.2f}x), nodes "
+               f"{b['steps_before']}" if "ratio_before" in b else "")
         print(f"serving {b['events']} events, both tasks: {b['median_s']['off']:.3f} s without "
-              f"explanations, {b['median_s']['on']:.3f} s with ({b['ratio']:.2f}x)")
+              f"explanations, {b['median_s']['on']:.3f} s with ({b['ratio']:.2f}x), nodes {b['steps']}, "
+              f"converged {b.get('converged', '?')}{was}")
 
 
 if __name__ == "__main__":

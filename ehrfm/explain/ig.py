@@ -17,8 +17,9 @@ the padding keep their real embedding (``e' = e`` there), so they are fixed and 
 trailing prompt token's embedding includes the gap from the last event to the prediction time: held fixed,
 that gap is not attributed.)
 
-Quadrature: Gauss-Legendre (default) or midpoint nodes on [0, 1], batched over interpolation points up to
-``batch_tokens`` tokens per pass (on the CPU at most :data:`CPU_PASS_TOKENS`). The row and its baseline go
+Quadrature: Clenshaw-Curtis (default; nested, so refinement reuses every node already computed),
+Gauss-Legendre or midpoint nodes on [0, 1], batched over interpolation points up to ``batch_tokens`` tokens
+per pass (on the CPU at most :data:`CPU_PASS_TOKENS`). The row and its baseline go
 through one stacked forward for ``f(x)`` and ``f(baseline)``, and the model's parameters are frozen while
 gradients are taken (:func:`parameters_frozen`): only the embedding's gradient is built. Rows whose
 completeness error exceeds ``tolerance`` are recomputed with twice the points until ``max_steps``; what
@@ -75,7 +76,9 @@ class Attributions:
 
 
 def quadrature(n: int, method: str = "gauss") -> tuple[np.ndarray, np.ndarray]:
-    """``n`` nodes in (0, 1) and their weights (summing to 1): Gauss-Legendre or the midpoint rule."""
+    """Nodes in [0, 1] and their weights (summing to 1): ``n`` Gauss-Legendre nodes or midpoints, or the
+    ``n + 1`` Clenshaw-Curtis nodes ``(1 - cos(k pi / n)) / 2``, k = 0..n (both ends included). Clenshaw-
+    Curtis rules are nested: the nodes of ``n`` are among those of ``2 n``, so refining reuses them."""
     if n < 1:
         raise ValueError(f"quadrature: n={n} must be >= 1")
     if method == "gauss":
@@ -83,7 +86,15 @@ def quadrature(n: int, method: str = "gauss") -> tuple[np.ndarray, np.ndarray]:
         return (x + 1.0) / 2.0, w / 2.0
     if method == "riemann":
         return (np.arange(n) + 0.5) / n, np.full(n, 1.0 / n)
-    raise ValueError(f"quadrature: method={method!r}; expected gauss or riemann")
+    if method == "clenshaw_curtis":
+        k = np.arange(n + 1)
+        j = np.arange(1, n // 2 + 1)
+        b = np.where(2 * j == n, 1.0, 2.0)
+        # w_k = c_k / n (1 - sum_j b_j cos(2 j k pi / n) / (4 j^2 - 1)), c_k = 1 at the ends, 2 inside
+        s = (b / (4.0 * j**2 - 1.0) * np.cos(2.0 * np.outer(k, j) * np.pi / n)).sum(1)
+        w = np.where((k == 0) | (k == n), 1.0, 2.0) / n * (1.0 - s)
+        return (1.0 - np.cos(k * np.pi / n)) / 2.0, w / 2.0
+    raise ValueError(f"quadrature: method={method!r}; expected gauss, clenshaw_curtis or riemann")
 
 
 def scalar_output(spec: HeadSpec, heads: TaskHeads, hidden: Tensor, lengths: Tensor) -> Tensor:
@@ -223,28 +234,31 @@ class IntegratedGradients:
             hidden = self.model(**streams, return_logits=False).hidden
         return scalar_output(self.spec, self.heads, hidden, lengths)
 
-    def _path_gradients(self, batch: dict[str, Tensor], x: Tensor, base: Tensor, alphas: np.ndarray,
-                        weights: np.ndarray) -> Tensor:
-        """sum_k w_k grad f(base + a_k (x - base)) (b, l, d), batched over points within ``batch_tokens``."""
+    def _node_contributions(self, batch: dict[str, Tensor], x: Tensor, base: Tensor,
+                            alphas: np.ndarray) -> np.ndarray:
+        """(k, b, l) float64: ``(x - base) . grad f(base + a_k (x - base))`` per node and position,
+        batched over nodes within ``batch_tokens`` (the quadrature weights are applied by the caller, so
+        the nodes of a nested rule are computed once)."""
         b, width = x.shape[:2]
         budget = self.settings.batch_tokens
         if x.device.type == "cpu":
             budget = min(budget, CPU_PASS_TOKENS)
         per_pass = max(1, budget // max(width * b, 1))
-        total = torch.zeros_like(x, dtype=torch.float64)
+        out = np.zeros((len(alphas), b, width))
         streams = _streams(batch)
+        delta = x - base
         for s in range(0, len(alphas), per_pass):
             a = torch.tensor(alphas[s : s + per_pass], dtype=x.dtype, device=x.device)
-            w = torch.tensor(weights[s : s + per_pass], dtype=torch.float64, device=x.device)
             k = len(a)
-            e = (base[None] + a[:, None, None, None] * (x - base)[None]).reshape(k * b, width, -1)
+            e = (base[None] + a[:, None, None, None] * delta[None]).reshape(k * b, width, -1)
             e.requires_grad_(True)
             rep = {n: t.repeat(k, 1) for n, t in streams.items()}
             with torch.enable_grad():
                 f = self.output(rep, batch["lengths"].repeat(k), e)
                 (grad,) = torch.autograd.grad(f.sum(), e)
-            total += (grad.reshape(k, b, width, -1).double() * w[:, None, None, None]).sum(0)
-        return total
+            dots = (grad.reshape(k, b, width, -1).double() * delta.double()[None]).sum(-1)
+            out[s : s + k] = dots.cpu().numpy()
+        return out
 
     def explain(self, batch: dict[str, Tensor]) -> Attributions:
         """Attributions of every row of a collated batch (see :class:`Attributions`)."""
@@ -270,16 +284,26 @@ class IntegratedGradients:
         tokens = np.zeros(tuple(x.shape[:2]))
         rel = np.full(b, np.inf)
         steps = np.zeros(b, dtype=np.int64)
+        fixed_np = fixed.cpu().numpy()
+        # node -> (b, l) contributions of the rows computed there; the rows still to refine are always a
+        # subset of those computed at every earlier node, so a nested rule's old nodes are reused
+        seen: dict[float, np.ndarray] = {}
         todo = np.arange(b)
         n = cfg.steps
         while len(todo):
-            idx = torch.as_tensor(todo)
-            sub = {k: v[idx] for k, v in batch.items() if isinstance(v, Tensor) and v.shape[:1] == (b,)}
             alphas, weights = quadrature(n, cfg.method)
-            grads = self._path_gradients(sub, x[idx], base[idx], alphas, weights)
-            att = ((x[idx] - base[idx]).double() * grads).sum(-1).masked_fill(fixed[idx], 0.0)
-            tokens[todo] = att.cpu().numpy()
-            steps[todo] = n
+            keys = [round(float(a), 12) for a in alphas]
+            new = [i for i, key in enumerate(keys) if key not in seen]
+            if new:
+                idx = torch.as_tensor(todo)
+                sub = {k: v[idx] for k, v in batch.items() if isinstance(v, Tensor) and v.shape[:1] == (b,)}
+                contrib = self._node_contributions(sub, x[idx], base[idx], alphas[new])
+                for j, i in enumerate(new):
+                    seen[keys[i]] = np.zeros(tokens.shape)
+                    seen[keys[i]][todo] = contrib[j]
+            att = np.tensordot(weights, np.stack([seen[key][todo] for key in keys]), axes=1)  # (t, l)
+            tokens[todo] = np.where(fixed_np[todo], 0.0, att)
+            steps[todo] = len(alphas)
             diff = f_x[todo] - f_b[todo]
             rel[todo] = np.abs(tokens[todo].sum(1) - diff) / np.maximum(np.abs(diff), ABS_FLOOR)
             if n >= cfg.max_steps:

@@ -102,16 +102,54 @@ def test_the_explained_output_is_the_raw_head_output(events: list[pd.DataFrame],
         IntegratedGradients(fm.model, fm.heads, forecast)
 
 
-@pytest.mark.parametrize("method", ["gauss", "riemann"])
+@pytest.mark.parametrize("method", ["gauss", "riemann", "clenshaw_curtis"])
 def test_quadrature_integrates_polynomials(method: str) -> None:
     x, w = quadrature(8, method)
-    assert ((x > 0) & (x < 1)).all() and w.sum() == pytest.approx(1.0)
-    # Gauss-Legendre with 8 nodes is exact up to degree 15; the midpoint rule is exact for degree 1
+    assert ((x >= 0) & (x <= 1)).all() and w.sum() == pytest.approx(1.0)
+    # Gauss-Legendre with 8 nodes is exact up to degree 15, Clenshaw-Curtis with 9 (n = 8) up to degree 9,
+    # the midpoint rule for degree 1
     assert (w * x).sum() == pytest.approx(0.5)
     exact = (w * x**7).sum() == pytest.approx(1 / 8, rel=1e-12)
-    assert exact == (method == "gauss")
+    assert exact == (method != "riemann")
+    if method == "clenshaw_curtis":
+        assert len(x) == 9 and x[0] == 0 and x[-1] == pytest.approx(1)
+        assert (w * x**9).sum() == pytest.approx(1 / 10, rel=1e-12)
+        assert (w * x**12).sum() != pytest.approx(1 / 13, rel=1e-9)
+        finer = {round(float(a), 12) for a in quadrature(16, method)[0]}
+        assert {round(float(a), 12) for a in x} <= finer  # nested: refining reuses every node
     with pytest.raises(ValueError, match="method"):
         quadrature(4, "simpson")
+
+
+def test_nested_refinement_computes_each_node_once(events: list[pd.DataFrame],
+                                                    vocab_bins: tuple[Any, Bins],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clenshaw-Curtis refinement evaluates only the new nodes, and gives what the final rule gives alone."""
+    vocab, bins = vocab_bins
+    fm, spec = finetuned(vocab, "mamba2"), SPECS[0]
+    rows = task_rows(events[:3], vocab, bins, spec.task)
+    batch = _batch(rows)
+    evaluated: list[int] = []
+    original = IntegratedGradients._node_contributions
+
+    def counting(self: IntegratedGradients, sub: dict[str, torch.Tensor], x: torch.Tensor,
+                 base: torch.Tensor, alphas: np.ndarray) -> np.ndarray:
+        evaluated.append(len(alphas) * int(x.shape[0]))  # node evaluations x rows
+        return original(self, sub, x, base, alphas)
+
+    monkeypatch.setattr(IntegratedGradients, "_node_contributions", counting)
+    refined = IntegratedGradients(fm.model, fm.heads, spec,
+                                  IGSettings(steps=1, max_steps=16, method="clenshaw_curtis",
+                                             tolerance=1e-6)).explain(batch)
+    assert refined.steps.max() > 2, "the tolerance must force refinement, or nothing is tested"
+    # row i's nodes were evaluated once each: the evaluations add up to the rows' final node counts
+    assert sum(evaluated) == int(refined.steps.sum())
+    for i, n_nodes in enumerate(refined.steps):
+        direct = IntegratedGradients(fm.model, fm.heads, spec,
+                                     IGSettings(steps=int(n_nodes) - 1, max_steps=int(n_nodes) - 1,
+                                                method="clenshaw_curtis")).explain(_batch([rows[i]]))
+        n = int(batch["lengths"][i])
+        np.testing.assert_allclose(refined.tokens[i, :n], direct.tokens[0, :n], rtol=1e-5, atol=1e-8)
 
 
 def test_other_threads_predict_untouched_while_a_row_is_explained(events: list[pd.DataFrame],
@@ -209,16 +247,17 @@ def test_cpu_passes_stay_within_the_cache_budget_and_do_not_change_the_result(
     batch = _batch(task_rows(events[:1], vocab, bins, spec.task))
     width = batch["concept_ids"].shape[1]
     passes: list[int] = []
+    gauss8 = IGSettings(steps=8, max_steps=8, method="gauss")
     handle = fm.model.embeddings.norm.register_forward_hook(
         lambda _m, args, _o: passes.append(args[0].shape[0]))
     try:
         monkeypatch.setattr(ig_mod, "CPU_PASS_TOKENS", 2 * width)  # two points per pass
-        split = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=8, max_steps=8)).explain(batch)
+        split = IntegratedGradients(fm.model, fm.heads, spec, gauss8).explain(batch)
         path_passes = passes[2:]  # after the embedding pass and the forward of both ends
         assert path_passes == [2, 2, 2, 2]
         passes.clear()
         monkeypatch.setattr(ig_mod, "CPU_PASS_TOKENS", 10**9)
-        whole = IntegratedGradients(fm.model, fm.heads, spec, IGSettings(steps=8, max_steps=8)).explain(batch)
+        whole = IntegratedGradients(fm.model, fm.heads, spec, gauss8).explain(batch)
         assert passes[2:] == [8]
     finally:
         handle.remove()
