@@ -6,7 +6,8 @@
 # 2. Kernels: mamba-ssm + causal-conv1d from carried wheels in wheels/ when present, else
 #    `pip install mamba-ssm causal-conv1d --no-build-isolation` with TORCH_CUDA_ARCH_LIST=9.0 (timed; needs
 #    a reachable package index, so it fails fast on an offline machine and the kernel tests then skip).
-# 3. `pytest -m gpu tests/ops` (ours on CUDA vs reference; kernels vs reference) and
+# 3. `pytest -m gpu tests/ops tests/models` (ours on CUDA vs reference; kernels vs reference; every backbone
+#    on CUDA vs CPU; our Mamba-3 layer vs mamba-ssm's on identical weights) and
 #    `bench/scan.py --gpu` at L=2048, 8192 (kernel vs chunked vs reference), then a short table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,8 +64,8 @@ for mod in ("mamba_ssm.ops.selective_scan_interface", "mamba_ssm.ops.triton.ssd_
         print("import FAILED:", mod, type(exc).__name__, exc)
 PY
 
-say "pytest -m gpu tests/ops"
-PYTHONPATH=. "$VPY" -m pytest -m gpu tests/ops -q -rs -p no:cacheprovider 2>&1 | tail -25
+say "pytest -m gpu tests/ops tests/models"
+PYTHONPATH=. "$VPY" -m pytest -m gpu tests/ops tests/models -q -rs -p no:cacheprovider 2>&1 | tail -25
 PYTEST_RC=${PIPESTATUS[0]}
 
 say "bench/scan.py --gpu (L = 2048, 8192)"
