@@ -28,10 +28,12 @@ Pipeline (each step skipped when its output exists under ``--root``): ``bench/fi
 and pretraining steps (synth seed 0 -> ingest -> label -> prepare -> tokenize -> pretrain), then ``ehrfm
 finetune`` on the two tasks. ``--latency`` also times serving real ~1,000-event patients with and without
 explanations; ``--latency-only`` re-times only that (the trained model must exist under ``--root``) and
-replaces the ``latency`` block of ``--output``, keeping the rest of the file.
+replaces the ``latency`` block of ``--output`` (``latency_<n>_threads`` with ``--threads n``), keeping the
+rest of the file.
 
     .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --n-patients 4000 --rows 300
     .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --latency 5 --latency-only
+    .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --latency 5 --latency-only --threads 2
 """
 
 from __future__ import annotations
@@ -262,10 +264,12 @@ BEFORE_CPU_CHUNK = 64
 
 def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -> dict[str, Any]:
     """Serving real Synthea patients with ~1,000 events (``bench/serve.py``'s mid-size bundles): in-process
-    ``predict_frame`` wall time without explanations (``off``), with them as served now (``on``) and, with
-    ``before``, with the earlier settings (:data:`BEFORE_IG`, CPU chunk 64: ``on_before``), interleaved in one
-    process, median per bundle."""
+    ``predict_frame`` wall time without explanations (``off``), with them as served now (``on``), with
+    ``before`` also with the earlier settings (:data:`BEFORE_IG`, CPU chunk 64: ``on_before``), interleaved in
+    one process, median per bundle, on torch's intra-op threads as set by the caller."""
     import tempfile
+
+    import torch
 
     from ehrfm.config.explain import IGSettings
     from ehrfm.serve.core import Scorer, build_serving_dir
@@ -274,30 +278,32 @@ def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -
     lay = Layout(root=str(root))
     bundles = _bench("serve").mid_bundles(n_bundles)
     per_bundle = []
-    modes = ("off", "on", "on_before") if before else ("off", "on")
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         scorer = Scorer(build_serving_dir(lay.finetune_run.model, Path(tmp) / "serving",
                                           tokens_dir=lay.token_paths.root))
         now_ig, model_cfg = scorer.config.explain_ig, scorer.fm.model.config
         now_chunk = model_cfg.cpu_chunk_size
-        before_ig = IGSettings(**{**now_ig.to_dict(), **BEFORE_IG})
+        # mode -> (IG settings, CPU scan chunk); None: no explanations
+        modes: dict[str, tuple[IGSettings, int] | None] = {"off": None, "on": (now_ig, now_chunk)}
+        if before:
+            modes["on_before"] = (IGSettings(**{**now_ig.to_dict(), **BEFORE_IG}), BEFORE_CPU_CHUNK)
         for text, n_events in bundles:
             times: dict[str, list[float]] = {m: [] for m in modes}
             outs: dict[str, Any] = {}
             for r in range(repeats + 1):
-                for mode in modes:
-                    old = mode == "on_before"
-                    scorer.config.explain_ig = before_ig if old else now_ig
-                    model_cfg.cpu_chunk_size = BEFORE_CPU_CHUNK if old else now_chunk
+                for mode, setting in modes.items():
+                    if setting is not None:
+                        scorer.config.explain_ig, model_cfg.cpu_chunk_size = setting
                     t0 = time.perf_counter()
-                    outs[mode] = predict_frame(scorer, [{"bundle": text, "explain": mode != "off",
+                    outs[mode] = predict_frame(scorer, [{"bundle": text, "explain": setting is not None,
                                                          "tasks": ",".join(TASKS)}])
                     if r:  # the first round warms up
                         times[mode].append(time.perf_counter() - t0)
             scorer.config.explain_ig, model_cfg.cpu_chunk_size = now_ig, now_chunk
             med = {k: float(np.median(v)) for k, v in times.items()}
             row: dict[str, Any] = {"events": n_events, "median_s": med, "ratio": med["on"] / med["off"]}
-            for mode in modes[1:]:
+            for mode in list(modes)[1:]:
                 ex = [json.loads(e) for e in outs[mode]["explanation"] if e]
                 suffix = "" if mode == "on" else "_before"
                 row.update({f"rel_errors{suffix}": [e["rel_error"] for e in ex],
@@ -307,11 +313,11 @@ def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -
                     row.update({"referenced_events": sum(1 for e in ex for v in e["events"] if v["resource"]),
                                 "listed_events": sum(len(e["events"]) for e in ex)})
                 else:
-                    row["ratio_before"] = med["on_before"] / med["off"]
+                    row[f"ratio{suffix}"] = med[mode] / med["off"]
             per_bundle.append(row)
         ig = now_ig.to_dict()
     block: dict[str, Any] = {"bundles": per_bundle, "repeats": repeats, "ig": ig, "cpu_chunk_size": now_chunk,
-                             "row_tokens": scorer.tokenize_cfg.max_len,
+                             "torch_threads": threads, "row_tokens": scorer.tokenize_cfg.max_len,
                              "ratio_median": float(np.median([b["ratio"] for b in per_bundle]))}
     if before:
         block.update({"before": {"ig": BEFORE_IG, "cpu_chunk_size": BEFORE_CPU_CHUNK},
@@ -319,15 +325,21 @@ def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -
     return block
 
 
-def latency_only(root: Path, repeats: int, output: Path) -> int:
-    """Re-time serving alone (:func:`latency`) and replace the ``latency`` block of ``output`` (the rest of
-    the file, from a full run, is kept; the machine's load is recorded next to the timings)."""
+def latency_key(threads: int) -> str:
+    """The result file's block for serving timed with ``threads`` torch threads (``latency`` for one)."""
+    return "latency" if threads == 1 else f"latency_{threads}_threads"
+
+
+def latency_only(root: Path, repeats: int, output: Path, threads: int = 1) -> int:
+    """Re-time serving alone (:func:`latency`) and replace the ``latency`` block of ``output`` for this
+    thread count (the rest of the file, from a full run, is kept; the machine's load is recorded next to the
+    timings)."""
     load0 = os.getloadavg()
-    block = latency(root, repeats)
+    block = latency(root, repeats, before=threads == 1)
     block["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
-                        "shared": True, "torch_threads": 1}
+                        "shared": True, "torch_threads": threads}
     result = json.loads(output.read_text()) if output.exists() else {}
-    result["latency"] = block
+    result[latency_key(threads)] = block
     print_latency(block)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2, default=str))
@@ -351,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", type=int, default=0, metavar="REPEATS", help="also time serving (0: skip)")
     ap.add_argument("--latency-only", action="store_true",
                     help="only the serving timing (default 5 repeats): rewrite the latency block of --output")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads of the run (the latency block records them)")
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "attributions.json")
     args = ap.parse_args(argv)
     import torch
@@ -359,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     from ehrfm.data import TokenStreamDataset
     from ehrfm.train.predict import FinetunedModel
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.latency_only:
-        return latency_only(args.root, args.latency or 5, args.output)
+        return latency_only(args.root, args.latency or 5, args.output, args.threads)
     load0, t0 = os.getloadavg(), time.time()
     _bench("finetune_oracle").prepare_data(args.root, args.n_patients, args.master,
                                            [f"trainer.max_steps={args.pretrain_steps}",
@@ -396,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         result["tasks"][task] = {"rows": len(rows), "oracle_auroc": oracle_auroc(lay, task, rows, times),
                                  "models": per_model, "groups": compare(shares, args.bootstrap, args.seed)}
     if args.latency:
-        result["latency"] = latency(args.root, args.latency)
+        result[latency_key(args.threads)] = latency(args.root, args.latency, before=args.threads == 1)
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
-                         "shared": True, "torch_threads": 1}
+                         "shared": True, "torch_threads": args.threads}
     result["seconds"] = round(time.time() - t0, 1)
     print_table(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -431,7 +445,8 @@ def print_table(result: dict[str, Any]) -> None:
                          f"{v['completeness']['max_rel_error']:.1e})" for m, v in t["models"].items())
         oracle = "n/a" if t["oracle_auroc"] is None else f"{t['oracle_auroc']:.3f}"
         print(f"{task}: {t['rows']} rows; AUROC {aucs}, oracle {oracle}; completeness {comp}")
-    print_latency(result.get("latency", {}))
+    for key in [k for k in result if k.startswith("latency")]:
+        print_latency(result[key])
 
 
 def print_latency(block: dict[str, Any]) -> None:
@@ -439,9 +454,9 @@ def print_latency(block: dict[str, Any]) -> None:
     for b in block.get("bundles", []):
         was = (f"; before: {b['median_s']['on_before']:.3f} s ({b['ratio_before']:.2f}x), nodes "
                f"{b['steps_before']}" if "ratio_before" in b else "")
-        print(f"serving {b['events']} events, both tasks: {b['median_s']['off']:.3f} s without "
-              f"explanations, {b['median_s']['on']:.3f} s with ({b['ratio']:.2f}x), nodes {b['steps']}, "
-              f"converged {b.get('converged', '?')}{was}")
+        print(f"serving {b['events']} events, both tasks, {block.get('torch_threads', 1)} thread(s): "
+              f"{b['median_s']['off']:.3f} s without explanations, {b['median_s']['on']:.3f} s with "
+              f"({b['ratio']:.2f}x), nodes {b['steps']}, converged {b.get('converged', '?')}{was}")
 
 
 if __name__ == "__main__":
