@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ehrfm import storage
 from ehrfm.config.base import ConfigError
 from ehrfm.ingest.mimic.prepare import parse_time, with_row_index
 from ehrfm.ingest.writer import _fs, write_meds_dataset
@@ -99,7 +100,7 @@ def _events_of_file(spark: SparkSession, uri: str, cols: dict[str, str | None],
     from pyspark.sql import functions as F
 
     _, n_rows = parquet_footer(uri)
-    df, _ = with_row_index(spark.read.parquet(uri))
+    df, _ = with_row_index(spark.read.parquet(storage.spark_uri(uri)))  # the file pyarrow found
 
     def col(key: str, typ: str) -> Column:
         name = cols[key]
@@ -157,7 +158,7 @@ def ingest_meds(
     ``dataset_version`` carry over unless given here."""
     from pyspark.sql import functions as F
 
-    files, root, names = list_parquet(input_path)
+    files, root, names = list_parquet(storage.normalize(input_path))  # file: URIs percent-decoded
     columns = parquet_footer(files[0])[0].names
     cols: dict[str, str | None] = {
         "subject": _pick(columns, subject_col, ["subject_id"], "subject", True),
@@ -188,7 +189,7 @@ def ingest_meds(
     if root is not None:
         fs, p = _fs(root)
         if fs.get_file_info(f"{p}/{MEDS_CODES}").type == pafs.FileType.File:
-            codes = spark.read.parquet(f"{root}/{MEDS_CODES}")
+            codes = spark.read.parquet(storage.spark_uri(f"{root}/{MEDS_CODES}"))
             keep = [c for c in ("code", "description", "parent_codes") if c in codes.columns]
             descriptions = codes.select(*keep)
         if fs.get_file_info(f"{p}/{MEDS_DATASET_JSON}").type == pafs.FileType.File:

@@ -101,6 +101,25 @@ def test_local_inputs_found_as_spark_finds_them(spark: Any, tmp_path: Path) -> N
         expand_local_inputs(["s3a://bucket/x"])
 
 
+def test_percent_encoded_file_uris_name_the_same_files_in_both_engines(spark: Any, tmp_path: Path) -> None:
+    """``Path.as_uri()`` of a folder with a space (``file:///.../my%20export``) is that folder for both
+    engines, as for every other stage (``ehrfm.storage.local_path``), and the rows name the same files as a
+    plain path's; a file literally named with ``%20`` is still read as it is."""
+    top = tmp_path / "my export"
+    _ndjson_corpus(top)
+    odd = top / "odd%20name.ndjson"
+    shutil.copy(sorted((top / "export").glob("Patient.*.ndjson"))[0], odd)
+    plain = expand_local_inputs([str(top)])
+    assert odd.name in {Path(f).name for f, _ in plain.files}
+    for inputs in ([top.as_uri()], [(top / "export").as_uri() + "/*.ndjson", odd.as_uri()]):
+        want = expand_local_inputs([str(top)] if len(inputs) == 1 else
+                                   [str(top / "export" / "*.ndjson"), str(odd)])
+        got_local, got_spark = expand_local_inputs(inputs), expand_inputs(spark, inputs)
+        assert got_local.files == want.files and got_spark.files == want.files
+    with pytest.raises(ConfigError, match="no such file"):
+        expand_local_inputs([(tmp_path / "my%20export").as_uri()])  # encoded twice: no such folder
+
+
 def test_stage_runs_the_local_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ehrfm.config.ingest import FhirIngestConfig
     from ehrfm.ingest.fhir.stage import resolve_engine, run

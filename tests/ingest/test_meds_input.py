@@ -50,14 +50,15 @@ def pc_sum(col) -> float:  # type: ignore[no-untyped-def]
     return float(pc.sum(col.cast("float64")).as_py())
 
 
-@pytest.mark.parametrize("shard", ["train/0.parquet", "part-0.parquet"])
+@pytest.mark.parametrize(("shard", "as_uri"), [("train/0.parquet", False), ("part-0.parquet", True)])
 def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                          shard: str) -> None:
+                                          shard: str, as_uri: bool) -> None:
     """Through the stage runner: ``run(MedsIngestConfig, Layout)`` writes ``layout.meds``; the input root in
-    either layout (MEDS-Transforms split folders or flat), hidden and ``_``-prefixed files skipped."""
+    either layout (MEDS-Transforms split folders or flat), hidden and ``_``-prefixed files skipped; the root
+    in a folder with a space, given as a path or as its percent-encoded ``file:`` URI."""
     from ehrfm.ingest.meds_stage import run
 
-    root = MedsPaths(tmp_path / "root")
+    root = MedsPaths(tmp_path / "meds root")
     (root.data / "_temporary").mkdir(parents=True)
     (root.data / "_temporary" / "0.parquet").write_text("a writer's leftover, not parquet")
     (root.data / ".0.parquet.crc").write_text("checksum")
@@ -77,7 +78,8 @@ def test_meds_root_round_trip_and_rejects(spark, tmp_path: Path,  # type: ignore
                   "parent_codes": [["LOINC/1-8"], None]}).to_parquet(root.codes, index=False)
     root.dataset_json.write_text(json.dumps({"dataset_name": "tiny-meds", "dataset_version": "3.1"}))
     layout = Layout(root=str(tmp_path / "pipeline"))
-    cfg = MedsIngestConfig(input=str(root.root), split_ratios=(0.5, 0.25, 0.25), split_seed=3)
+    cfg = MedsIngestConfig(input=root.root.as_uri() if as_uri else str(root.root),
+                           split_ratios=(0.5, 0.25, 0.25), split_seed=3)
     summary = run(cfg, layout)
     assert summary.dataset_name == "tiny-meds" and summary.events == 3 and summary.rejects == 2
     assert summary.by_type == {"meds": {"in": 5, "mapped": 3, "events": 3, "rejected": 2, "skipped": 0,

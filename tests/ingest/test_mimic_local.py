@@ -162,6 +162,19 @@ def test_bad_rows_give_the_same_rejects_and_events(spark, tmp_path: Path) -> Non
     assert_meds_valid(tmp_path / "local")
 
 
+def test_a_percent_encoded_root_uri_reads_the_same_tables(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A root given as ``Path.as_uri()`` of a folder with a space (``file:///.../mimic%20iv``) is read by both
+    engines as the plain path is: the same dataset."""
+    from ehrfm.ingest.mimic.ingest import ingest_mimic
+
+    root = _tiny_root(tmp_path / "mimic iv")
+    ingest_mimic_local(str(root), str(tmp_path / "plain"), rows_per_shard=5)
+    ingest_mimic_local(root.as_uri(), str(tmp_path / "local"), rows_per_shard=5)
+    ingest_mimic(spark, root.as_uri(), str(tmp_path / "spark"), rows_per_shard=5)
+    assert_same_output(tmp_path / "plain", tmp_path / "local")
+    assert_same_output(tmp_path / "spark", tmp_path / "local")
+
+
 def test_missing_column_names_table_and_column(tmp_path: Path) -> None:
     root = _tiny_root(tmp_path)
     (root / "hosp" / "labevents.csv").write_text(LABEVENTS.replace("valueuom", "unit_of_measure"))

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from ehrfm import storage
 from ehrfm.config.base import ConfigError
 from ehrfm.ingest.fhir.bundle import VALIDATE_CHOICES
 from ehrfm.ingest.fhir.paths import INPUT_SUFFIXES, Inputs, LocalWalk
-from ehrfm.ingest.fhir.streams import local_path
 from ehrfm.ingest.fhir.times import US_PER_DAY, now_us
 from ehrfm.ingest.fhir.versions import check_version
 
@@ -50,11 +50,10 @@ def expand_local_inputs(inputs: Sequence[str]) -> Inputs:
         inputs = [inputs]
     walk = LocalWalk()
     for item in inputs:
-        path = local_path(item)
-        if path is None and "://" in item:
+        if storage.is_remote(item):
             raise ConfigError(f"input={item!r}: the local engine reads local files only (use --engine spark "
                               "for other file systems)")
-        path = os.path.normpath(os.path.abspath(path if path is not None else item))
+        path = os.path.normpath(storage.local_path(item))  # a file: URI percent-decoded, as stages read it
         matches = [m for m in (sorted(glob.glob(path)) if glob.has_magic(path) else [path])
                    if os.path.exists(m)]
         if not matches:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ehrfm import storage
 from ehrfm.config.base import ConfigError
 from ehrfm.ingest.fhir.streams import local_path
 
@@ -111,7 +112,9 @@ def expand_inputs(spark: SparkSession, inputs: Sequence[str]) -> Inputs:
     found: dict[str, int] = {}
     walk = LocalWalk()
     for item in inputs:
-        fs, path = _hadoop(spark, item)
+        # a local path or file: URI as Hadoop's file:// form (percent-decoded, as every stage reads it; a bare
+        # path would resolve against the cluster's default filesystem)
+        fs, path = _hadoop(spark, item if storage.is_remote(item) else storage.spark_uri(item))
         statuses = fs.globStatus(path)
         if not statuses:
             raise ConfigError(f"input={item!r}: no such file, folder or glob match")

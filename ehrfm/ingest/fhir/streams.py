@@ -32,7 +32,10 @@ LOOKUP_LINE = re.compile(rb'"resourceType"\s*:\s*"(?:Patient"|Medication"|[^"]*\
 
 
 def local_path(uri: str) -> str | None:
-    """The local path of a ``file:`` URI (``file:/x``, ``file:///x``), else ``None``."""
+    """The local path of a ``file:`` URI (``file:/x``, ``file:///x``), else ``None``. For the ids this package
+    builds (``"file:" + path``, :func:`~ehrfm.ingest.fhir.paths.expand_inputs`) and Hadoop's ``Path``
+    strings: the path as it is, NOT percent-decoded (a file may be named ``a%20b``). A user's input goes
+    through :func:`ehrfm.storage.local_path` instead, which decodes ``file:`` URIs."""
     if not uri.startswith("file:"):
         return None
     rest = uri[5:]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from ehrfm import storage
 from ehrfm.ingest.mimic.codes import code_metadata
 from ehrfm.ingest.mimic.prepare import PREPARE, find_table, parse_time, read_csv, with_row_index
 from ehrfm.ingest.mimic.rules import (
@@ -312,6 +313,7 @@ def ingest_mimic(
     (:func:`version_from_path`), else the writer's ``unknown``; summary.json says which."""
     from pyspark.sql import functions as F
 
+    input_root = storage.normalize(input_root)  # a file: URI as its (percent-decoded) absolute path
     rules = rules or load_rules()
     candidates, birth, tables = mimic_candidates(spark, input_root, rules)
     checked = check_against_birth(candidates, birth).persist()

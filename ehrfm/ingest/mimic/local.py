@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from ehrfm import storage
 from ehrfm.ingest.mimic.codes import code_metadata
 from ehrfm.ingest.mimic.ingest import resolve_dataset_version, rule_summary
 from ehrfm.ingest.mimic.prepare import csv_header, find_table
@@ -284,10 +285,9 @@ PREPARE_LOCAL: dict[str, Callable[[pl.LazyFrame, LocalLoader], pl.LazyFrame]] = 
 
 
 def _local_path(uri: str) -> str:
-    """A path polars can scan: a ``file:`` URI becomes a plain path; other URIs are passed through."""
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    return uri.removeprefix("file:")
+    """A path polars can scan: a local path or ``file:`` URI becomes a plain absolute path (percent-decoded,
+    :func:`ehrfm.storage.local_path`, as pyarrow found it); other URIs are passed through."""
+    return uri if storage.is_remote(uri) else storage.local_path(uri)
 
 
 class _LocalTables:
@@ -447,6 +447,7 @@ def ingest_mimic_local(
     :func:`ehrfm.ingest.mimic.ingest.ingest_mimic` (the summary says ``"engine": "local"``)."""
     from ehrfm.ingest.local_writer import write_meds_local
 
+    input_root = storage.normalize(input_root)  # a file: URI as its (percent-decoded) absolute path
     rules = rules or load_rules()
     results, subject_ids, tables = mimic_local_candidates(input_root, rules)
     counts = pl.concat([r[2] for r in results])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ehrfm import storage
 from ehrfm.ingest.writer import _fs
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def read_csv(spark: SparkSession, uri: str) -> DataFrame:
         .option("header", True)
         .option("escape", '"')
         .option("mode", "PERMISSIVE")
-        .csv(uri)
+        .csv(storage.spark_uri(uri))  # as pyarrow found it: a local path stays local on a cluster
     )
 
 
