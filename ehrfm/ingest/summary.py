@@ -22,17 +22,21 @@ def fhir_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def mimic_counts(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """Per MIMIC rule: the rows of its table in, rows that became an event, rejected, and (rules with a
+    """Per MIMIC rule: the rows of its table in, rows that became events (``mapped``; a row split into
+    several events, omr's ``120/80``, is one row and two ``events``), rows rejected, and (rules with a
     ``when`` column) skipped as not applicable. ``in`` is the table's row count when known, so a rule
-    reconciles only when every row of its table is accounted for."""
+    reconciles only when every row of its table is accounted for. (Summaries without the row counts of a
+    rule count its events and rejects as rows.)"""
     tables = result.get("tables", {})
     out: dict[str, dict[str, int]] = {}
     for name, e in result["rules"].items():
-        events, rejected = int(e["events"]), int(sum(e["rejects"].values()))
+        events = int(e["events"])
+        mapped = int(e.get("rows_mapped", events))
+        rejected = int(e.get("rows_rejected", sum(e["rejects"].values())))
         skipped = int(e.get("not_applicable", 0))
         rows = tables.get(e["table"], {}).get("rows")
-        n_in = int(rows) if rows is not None else events + rejected + skipped
-        out[name] = {"in": n_in, "mapped": events, "events": events, "rejected": rejected, "skipped": skipped,
+        n_in = int(rows) if rows is not None else mapped + rejected + skipped
+        out[name] = {"in": n_in, "mapped": mapped, "events": events, "rejected": rejected, "skipped": skipped,
                      "duplicate": 0}
     return out
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ehrfm.ingest.summary import make_summary, mimic_counts
 from ehrfm.ingest.validate import validate_meds_dataset
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -106,10 +107,18 @@ def test_every_row_is_accounted_for_and_null_code_parts_are_unk(ingested: tuple[
     stored = json.loads((out / "summary.json").read_text())
     assert stored["tables"]["chartevents"]["absent"] is True  # tolerated: not in the demo
     assert stored["rules"]["labevents:LAB//{itemid}//{valueuom}"]["events"] == 107_727
-    for name, rule in stored["rules"].items():  # per rule: events + rejects + not applicable = table rows
+    for name, rule in stored["rules"].items():  # per rule: rows mapped + rejected + not applicable = rows
         rows = stored["tables"][rule["table"]]["rows"]
-        accounted = rule["events"] + sum(rule["rejects"].values()) + rule.get("not_applicable", 0)
-        assert accounted == rows or rule["table"] == "omr", name  # omr: a blood pressure row is two events
+        accounted = rule["rows_mapped"] + rule["rows_rejected"] + rule.get("not_applicable", 0)
+        assert accounted == rows, name
+        if rule["table"] != "omr":  # one event (or reject) per row
+            assert rule["events"] == rule["rows_mapped"], name
+            assert sum(rule["rejects"].values()) == rule["rows_rejected"], name
+    omr = stored["rules"]["omr:OMR//{_name}"]  # a blood pressure row is two events and one row
+    omr_rows = _csv(mimic_demo / "hosp", "omr")
+    pairs = omr_rows.result_value.str.strip().str.fullmatch(r"[0-9]+(\.[0-9]+)?/[0-9]+(\.[0-9]+)?").sum()
+    assert pairs > 0 and omr["rows_mapped"] == len(omr_rows) and omr["events"] == len(omr_rows) + pairs
+    assert make_summary("mimic", stored, mimic_counts(stored), str(out), 0.0).reconciled  # no warning
 
 
 def test_codes_have_descriptions_and_dataset_validates(ingested: tuple[Path, dict, pd.DataFrame]) -> None:

@@ -42,6 +42,19 @@ def test_mimic_counts_use_the_table_rows() -> None:
     assert not make_summary("mimic", result, mimic_counts(result), "out", 0.0).reconciled
 
 
+def test_mimic_rows_split_into_several_events_count_once() -> None:
+    """omr's ``120/80`` is two events of one row: ``mapped``/``rejected`` count rows, ``events`` events."""
+    result: dict[str, Any] = {**WRITER, "tables": {"omr": {"rows": 5}}, "rules": {
+        "omr:OMR//{_name}": {"table": "omr", "events": 6, "rejects": {"time before birth": 2},
+                             "rows_mapped": 4, "rows_rejected": 1}}}
+    by = mimic_counts(result)
+    assert by["omr:OMR//{_name}"] == {"in": 5, "mapped": 4, "events": 6, "rejected": 1, "skipped": 0,
+                                      "duplicate": 0}
+    assert make_summary("mimic", result, by, "out", 0.0).reconciled
+    result["rules"]["omr:OMR//{_name}"]["rows_mapped"] = 6  # events counted as rows: 2 too many
+    assert not make_summary("mimic", result, mimic_counts(result), "out", 0.0).reconciled
+
+
 def test_meds_counts() -> None:
     result: dict[str, Any] = {**WRITER, "rows_in": 12}
     by = meds_counts(result)

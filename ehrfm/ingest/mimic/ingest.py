@@ -123,6 +123,9 @@ def candidate_columns(columns: dict[str, str], rule: EventRule, spec: TableSpec)
         F.lit(spec.name).alias("_table"),
         F.lit(rule.name).alias("_rule"),
         F.col("_row"),
+        # a prepare step that makes several events of one row (omr: 120/80) numbers them in _part: the row is
+        # counted once, by its first
+        (F.col("_part") == 0 if "_part" in columns else F.lit(True)).alias("_first"),
         (F.col(spec.id).cast("string") if spec.id in columns
          else F.lit(None).cast("string")).alias("_rid"),
         reason.alias("_reason"),
@@ -265,10 +268,12 @@ def check_against_birth(candidates: DataFrame, birth: DataFrame) -> DataFrame:
 def rule_summary(counts: Iterable[Mapping[str, Any]], info: dict[str, dict[str, Any]],
                  rules: MimicRules) -> tuple[dict[str, str | None], dict[str, dict[str, Any]]]:
     """The codes of the events (code -> the smallest text_value of its events) and the per-rule summary
-    (events, rejects per reason, rows a ``when`` rule does not apply to) from ``counts``: one row per
-    (``_table``, ``_rule``, ``_reason``, ``code``) with ``count``, ``last`` (largest ``_row``) and ``text``
-    (smallest text_value), as either engine aggregates its candidates. Fills in ``info[table]["rows"]``
-    where the reader did not count the rows (gzip): every row reaches a rule without ``when``."""
+    (events, rejects per reason, the table rows that became events / were rejected, rows a ``when`` rule
+    does not apply to) from ``counts``: one row per (``_table``, ``_rule``, ``_reason``, ``code``) with
+    ``count``, ``rows`` (the source rows among them: a row split into several events counts once), ``last``
+    (largest ``_row``) and ``text`` (smallest text_value), as either engine aggregates its candidates. Fills
+    in ``info[table]["rows"]`` where the reader did not count the rows (gzip): every row reaches a rule
+    without ``when``."""
     codes: dict[str, str | None] = {}
     per_rule: dict[str, dict[str, Any]] = {}
     for r in counts:
@@ -279,11 +284,14 @@ def rule_summary(counts: Iterable[Mapping[str, Any]], info: dict[str, dict[str, 
         if table.get("rows") is None:
             last = -1 if r["last"] is None else r["last"]  # row 0 is a row: never `r["last"] or -1`
             table["rows_seen"] = max(table.get("rows_seen", 0), last + 1)
-        entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {}})
+        entry = per_rule.setdefault(r["_rule"], {"table": r["_table"], "events": 0, "rejects": {},
+                                                 "rows_mapped": 0, "rows_rejected": 0})
         if r["_reason"] is None:
             entry["events"] += r["count"]
+            entry["rows_mapped"] += r["rows"]
         else:
             entry["rejects"][r["_reason"]] = entry["rejects"].get(r["_reason"], 0) + r["count"]
+            entry["rows_rejected"] += r["rows"]
     for table in info.values():
         if table.get("rows") is None and "rows_seen" in table:
             table["rows"] = table.pop("rows_seen")
@@ -291,7 +299,7 @@ def rule_summary(counts: Iterable[Mapping[str, Any]], info: dict[str, dict[str, 
         found = per_rule.get(rule.name)
         rows = info.get(rule.table, {}).get("rows")
         if found is not None and rule.when and rows is not None:
-            found["not_applicable"] = rows - found["events"] - sum(found["rejects"].values())
+            found["not_applicable"] = rows - found["rows_mapped"] - found["rows_rejected"]
     return codes, per_rule
 
 
@@ -319,8 +327,8 @@ def ingest_mimic(
     checked = check_against_birth(candidates, birth).persist()
     # per code too: the same pass yields the codes (and a text of each) that codes.parquet describes
     counts = (checked.groupBy("_table", "_rule", "_reason", "code")
-              .agg(F.count(F.lit(1)).alias("count"), F.max("_row").alias("last"),
-                   F.min("text_value").alias("text")).collect())
+              .agg(F.count(F.lit(1)).alias("count"), F.sum(F.col("_first").cast("long")).alias("rows"),
+                   F.max("_row").alias("last"), F.min("text_value").alias("text")).collect())
     codes, per_rule = rule_summary((r.asDict() for r in counts), tables.info, rules)
     events = checked.where(F.col("_reason").isNull()).select(*EVENT_COLUMNS)
     rejects = checked.where(F.col("_reason").isNotNull()).select(

@@ -168,6 +168,7 @@ def candidate_exprs(schema: dict[str, Any], rule: EventRule, spec: TableSpec) ->
         pl.lit(spec.name).alias("_table"),
         pl.lit(rule.name).alias("_rule"),
         pl.col("_row"),
+        (pl.col("_part") == 0 if "_part" in schema else pl.lit(True)).alias("_first"),
         rid.alias("_rid"),
         first_missing_expr(rule.code, rule.unknown).alias("__gap"),
         *extra,
@@ -255,7 +256,8 @@ def prepare_prescriptions_local(lf: pl.LazyFrame, load: LocalLoader) -> pl.LazyF
 
 
 def prepare_omr_local(lf: pl.LazyFrame, load: LocalLoader) -> pl.LazyFrame:
-    """``_name``/``_numeric``/``_text``: ``120/80`` becomes a ``//SYSTOLIC`` and a ``//DIASTOLIC`` row."""
+    """``_name``/``_numeric``/``_text``: ``120/80`` becomes a ``//SYSTOLIC`` and a ``//DIASTOLIC`` row
+    (``_part`` 0 and 1)."""
     value = _trim(pl.col("result_value"))
     name = _trim(pl.col("result_name"))
     is_pair = value.str.contains(r"^[0-9]+(\.[0-9]+)?/[0-9]+(\.[0-9]+)?$").fill_null(False)
@@ -265,8 +267,10 @@ def prepare_omr_local(lf: pl.LazyFrame, load: LocalLoader) -> pl.LazyFrame:
         pl.struct(pl.concat_str([name, pl.lit("//DIASTOLIC")]).alias("n"), parts.list.get(1).alias("v")),
     ])
     single = pl.concat_list([pl.struct(name.alias("n"), value.alias("v"))])
-    lf = (lf.with_columns(pl.when(is_pair).then(pair).otherwise(single).alias("_parts"))
-          .explode("_parts", empty_as_null=True))
+    parts_list = pl.when(is_pair).then(pair).otherwise(single)
+    lf = (lf.with_columns(parts_list.alias("_parts"),
+                          pl.int_ranges(0, parts_list.list.len(), dtype=pl.Int32).alias("_part"))
+          .explode(["_parts", "_part"], empty_as_null=True))
     num = _to_float(pl.col("_parts").struct.field("v"))
     return lf.with_columns(
         pl.col("_parts").struct.field("n").alias("_name"),
@@ -370,7 +374,8 @@ def _table_result(lf: pl.LazyFrame, rules: Sequence[EventRule], spec: TableSpec,
     """Run one table's candidates and split them into events, rejects and per (rule, reason, code) counts."""
     checked = _check_against_birth(table_candidates_local(lf, rules, spec), births).collect()
     counts = checked.group_by("_table", "_rule", "_reason", "code").agg(
-        pl.len().alias("count"), pl.col("_row").max().alias("last"),
+        pl.len().alias("count"), pl.col("_first").cast(pl.Int64).sum().alias("rows"),
+        pl.col("_row").max().alias("last"),
         pl.col("text_value").min().alias("text"))
     good = checked["_reason"].is_null()
     rejects = checked.filter(~good).select(

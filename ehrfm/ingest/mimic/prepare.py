@@ -168,7 +168,8 @@ def prepare_prescriptions(df: DataFrame, load: Loader) -> DataFrame:
 
 def prepare_omr(df: DataFrame, load: Loader) -> DataFrame:
     """``_name``/``_numeric``/``_text``: a value like ``120/80`` becomes two rows, ``<name>//SYSTOLIC`` and
-    ``<name>//DIASTOLIC``; otherwise a number goes to ``_numeric`` and anything else to ``_text``."""
+    ``<name>//DIASTOLIC`` (``_part`` 0 and 1: the summary counts the source row once); otherwise a number goes
+    to ``_numeric`` and anything else to ``_text``."""
     from pyspark.sql import functions as F
 
     value = F.trim(F.col("result_value"))
@@ -180,7 +181,7 @@ def prepare_omr(df: DataFrame, load: Loader) -> DataFrame:
         F.struct(F.concat(name, F.lit("//DIASTOLIC")).alias("n"), parts.getItem(1).alias("v")),
     )
     single = F.array(F.struct(name.alias("n"), value.alias("v")))
-    df = df.withColumn("_parts", F.explode(F.when(is_pair, pair).otherwise(single)))
+    df = df.select("*", F.posexplode(F.when(is_pair, pair).otherwise(single)).alias("_part", "_parts"))
     num = F.col("_parts.v").try_cast("float")
     return (
         df.withColumn("_name", F.col("_parts.n"))
