@@ -234,17 +234,26 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame([{"bundle": json.dumps(example_bundle()), "prediction_time": "2020-01-05T12:00:00Z"}])
 
 
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+"""The model-from-code file logged as the pyfunc's ``python_model``: it builds :class:`EhrfmPyfunc` when
+MLflow loads the model (no pickled object in the model)."""
+
+
 class _PortablePyfunc:
-    """``mlflow.pyfunc`` as a flavor for ``Model.log``, minus the one machine-specific thing it writes:
+    """``mlflow.pyfunc`` as a flavor for ``Model.log``, minus the machine-specific things it writes:
     ``MLmodel`` records each pyfunc artifact's source ``uri`` (here a temporary serving folder) beside its
-    ``path`` inside the model; loading reads only ``path``, so the ``uri`` is dropped."""
+    ``path`` inside the model, and the source path of the model's code file (copied into the model);
+    loading reads only ``path`` and the code file's name: the ``uri`` is dropped, the code path is a name."""
 
     @staticmethod
     def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
-        """``mlflow.pyfunc.save_model`` into ``path``, then rewrite ``MLmodel`` without artifact URIs."""
+        """``mlflow.pyfunc.save_model`` into ``path``, then rewrite ``MLmodel`` without local paths."""
         mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
-        for info in mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME].get("artifacts", {}).values():
+        conf = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
+        for info in conf.get("artifacts", {}).values():
             info.pop("uri", None)
+        if conf.get("model_code_path"):  # the loader joins the model folder and this name
+            conf["model_code_path"] = os.path.basename(conf["model_code_path"])
         mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
 
 
@@ -260,7 +269,7 @@ def log_pyfunc(serving_dir: str | Path, name: str = "ehrfm_pyfunc", *,
     with tempfile.TemporaryDirectory(prefix="ehrfm-wheel-") as tmp:
         whl = ehrfm_wheel(tmp, wheel)
         return Model.log(artifact_path=None, name=name, flavor=_PortablePyfunc,
-                         flavor_name="pyfunc.CustomPythonModel", python_model=EhrfmPyfunc(),
+                         flavor_name="pyfunc.CustomPythonModel", python_model=str(MODEL_CODE),
                          artifacts={ARTIFACT: str(serving_dir)},
                          code_paths=[str(whl)], signature=signature(), input_example=input_example(),
                          pip_requirements=model_requirements(whl))

@@ -82,6 +82,10 @@ def test_registered_model_carries_wheel_and_pins(registry: dict[str, str], tmp_p
     mlmodel = yaml.safe_load((model / "MLmodel").read_text())
     conf = mlmodel["flavors"]["python_function"]
     assert conf["code"] == "code" and conf["artifacts"] == {"serving": {"path": "artifacts/serving"}}
+    # models from code: the model is built by its code file when loaded, nothing is unpickled
+    assert conf["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert conf["model_code_path"] == "pyfunc_model.py" and (model / "pyfunc_model.py").is_file()
+    assert not list(model.rglob("*.pkl")), "a pickled object in the model"
     del mlmodel["artifact_path"]  # the store's own location, by MLflow's design
     texts = {"MLmodel": json.dumps(mlmodel)} | {
         str(f.relative_to(model)): f.read_text() for f in model.rglob("*")
