@@ -7,7 +7,8 @@
 #    `pip install mamba-ssm causal-conv1d --no-build-isolation` with TORCH_CUDA_ARCH_LIST=9.0 (timed; needs
 #    a reachable package index, so it fails fast on an offline machine and the kernel tests then skip).
 # 3. `pytest -m gpu tests/ops tests/models` (ours on CUDA vs reference; kernels vs reference; every backbone
-#    on CUDA vs CPU; our Mamba-3 layer vs mamba-ssm's on identical weights) and
+#    on CUDA vs CPU; our Mamba-3 layer vs mamba-ssm's on identical weights), serving on CUDA vs the CPU
+#    (tests/serve/test_device.py, when the serving dependencies import) and
 #    `bench/scan.py --gpu` at L=2048, 8192 (kernel vs chunked vs reference), then a short table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,15 @@ say "pytest -m gpu tests/ops tests/models"
 PYTHONPATH=. "$VPY" -m pytest -m gpu tests/ops tests/models -q -rs -p no:cacheprovider 2>&1 | tail -25
 PYTEST_RC=${PIPESTATUS[0]}
 
+say "pytest -m gpu tests/serve/test_device.py (serving on CUDA vs CPU; needs ehrfm's serving dependencies)"
+if "$VPY" -c "import mlflow, fhir.resources, orjson, polars, yaml" 2>/dev/null; then
+  PYTHONPATH=. "$VPY" -m pytest -m gpu tests/serve/test_device.py -q -rs -p no:cacheprovider 2>&1 | tail -10
+  SERVE_RC=${PIPESTATUS[0]}
+else
+  echo "not run: mlflow / fhir.resources / orjson / polars / pyyaml not importable (carry their wheels in wheels/)"
+  SERVE_RC=0
+fi
+
 say "bench/scan.py --gpu (L = 2048, 8192)"
 PYTHONPATH=. "$VPY" bench/scan.py --gpu --lengths 2048 8192 --repeats 5 --ref-max-len 2048 \
   --out "$RES/scan_gpu.json" 2>&1 | grep -v Warning | tail -40
@@ -88,5 +98,5 @@ for r in rows:
     else:
         print(f"{r['op']:<15}{r['impl']:<9}{r['L']:>6} {r['mode']:<8}{r.get('status'):>10}")
 PY
-echo "pytest rc=$PYTEST_RC bench rc=$BENCH_RC total $(( $(date +%s) - t0 )) s; log: $LOG"
-exit $(( PYTEST_RC != 0 || BENCH_RC != 0 ))
+echo "pytest rc=$PYTEST_RC serve rc=$SERVE_RC bench rc=$BENCH_RC total $(( $(date +%s) - t0 )) s; log: $LOG"
+exit $(( PYTEST_RC != 0 || SERVE_RC != 0 || BENCH_RC != 0 ))

@@ -18,6 +18,7 @@ import pandas as pd
 from ehrfm.config.explain import IGSettings
 from ehrfm.data.collate import padded_length
 from ehrfm.data.multitask import MultiTaskCollator
+from ehrfm.devices import to_device
 from ehrfm.explain.aggregate import (
     EventAttribution,
     VisitAttribution,
@@ -101,9 +102,10 @@ def explain_rows(fm: FinetunedModel, spec: HeadSpec, rows: Sequence[Mapping[str,
     cfg = settings or IGSettings()
     ig = IntegratedGradients(fm.model, fm.heads, spec, cfg)
     collate = MultiTaskCollator(cfg.max_tokens)
+    device = next(fm.model.parameters()).device  # rows go where the model is (a served model may be on a GPU)
     out: list[RowExplanation | None] = [None] * len(rows)
     for idx in _batches(rows, cfg.max_tokens, cfg.batch_tokens):
-        batch = collate([{**rows[i], "task_idx": 0} for i in idx])
+        batch = to_device(collate([{**rows[i], "task_idx": 0} for i in idx]), device)
         att = ig.explain(batch)
         for j, i in enumerate(idx):
             kept = kept_row(rows[i], cfg.max_tokens)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -32,6 +33,7 @@ from ehrfm.config.base import ConfigError
 from ehrfm.config.serve import Limits as Limits  # re-exported: serving code and users import it from here
 from ehrfm.config.serve import ServeConfig
 from ehrfm.data.multitask import MultiTaskCollator
+from ehrfm.devices import resolve_device, to_device
 from ehrfm.gcstate import shared_setting
 from ehrfm.layout import TokenPaths
 from ehrfm.prepare.bins import Bins, load_bins
@@ -95,13 +97,23 @@ def build_serving_dir(model_dir: str | Path, output: str | Path, *, tokens_dir: 
     return out
 
 
+DEVICE_ENV = "EHRFM_SERVE_DEVICE"
+"""The device serving runs the model on when the caller names none: cpu (default), cuda, cuda:<n> or auto."""
+
+
 class Scorer:
     """A loaded serving folder: events (or token rows) in, one result dict per (patient, task) out."""
 
-    def __init__(self, directory: str | Path) -> None:
-        """Load everything in ``directory`` (see the module docstring); CPU, eval mode."""
+    def __init__(self, directory: str | Path, device: str | None = None) -> None:
+        """Load everything in ``directory`` (see the module docstring), eval mode, on ``device`` (default:
+        ``$EHRFM_SERVE_DEVICE``, else the CPU; see :func:`ehrfm.devices.resolve_device`). Rows are collated on
+        the CPU and moved there; results come back as Python values."""
         d = Path(directory)
+        self.device = (resolve_device(device, "device") if device is not None
+                       else resolve_device(os.environ.get(DEVICE_ENV, "cpu"), f"${DEVICE_ENV}"))
         self.fm = FinetunedModel.load(d)
+        self.fm.model.to(self.device)
+        self.fm.heads.to(self.device)
         self.bins: Bins = load_bins(d / BINS_JSON)
         self.config = (ServeConfig.from_dict(json.loads((d / SERVE_JSON).read_text()))
                        if (d / SERVE_JSON).exists() else ServeConfig())
@@ -134,7 +146,7 @@ class Scorer:
         out: list[dict[str, Any]] = []
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
-            batch = self.collate([{**r, "task_idx": 0} for r in chunk])
+            batch = to_device(self.collate([{**r, "task_idx": 0} for r in chunk]), self.device)
             cols = predict_batch(self.fm, spec, batch)
             out.extend({k: v[j] for k, v in cols.items()} for j in range(len(chunk)))
         return out

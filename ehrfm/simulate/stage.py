@@ -30,6 +30,7 @@ from ehrfm.config.base import ConfigError
 from ehrfm.config.simulate import SimulateConfig, SimulatedTask, SimulateSummary
 from ehrfm.data import TokenStreamDataset
 from ehrfm.data.collate import Collator
+from ehrfm.devices import resolve_device
 from ehrfm.labels.parse import load_task
 from ehrfm.layout import Layout
 from ehrfm.models import EHRFoundationModel
@@ -54,8 +55,7 @@ def run(cfg: SimulateConfig, layout: Layout) -> SimulateSummary:
     if Vocabulary.load(tokens.vocab).tokens != vocab.tokens:
         raise ConfigError(f"tokens={tokens.root}: vocab.json differs from the pretrained model's "
                           f"({model_dir})")
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    device = resolve_device(cfg.device, "device")
     model = EHRFoundationModel.from_pretrained(model_dir, map_location=device).to(device).eval()
     rules, skipped = _rules(cfg, layout, vocab, device)
     train = TokenStreamDataset(tokens.pretrain, split=TRAIN_SPLIT)
