@@ -34,6 +34,7 @@ rest of the file.
     .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --n-patients 4000 --rows 300
     .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --latency 5 --latency-only
     .venv/bin/python bench/attributions.py --root /tmp/e_attr/root --latency 5 --latency-only --threads 2
+    python bench/attributions.py --root <root> --latency 5 --latency-only --device cuda   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -262,11 +263,13 @@ morning): Gauss-Legendre 8 points refined to 16 and 32 afresh, scan chunks of 64
 BEFORE_CPU_CHUNK = 64
 
 
-def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -> dict[str, Any]:
+def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True,
+            device: str | None = None) -> dict[str, Any]:
     """Serving real Synthea patients with ~1,000 events (``bench/serve.py``'s mid-size bundles): in-process
     ``predict_frame`` wall time without explanations (``off``), with them as served now (``on``), with
     ``before`` also with the earlier settings (:data:`BEFORE_IG`, CPU chunk 64: ``on_before``), interleaved in
-    one process, median per bundle, on torch's intra-op threads as set by the caller."""
+    one process, median per bundle, on torch's intra-op threads as set by the caller; ``device``: where the
+    served model runs (default ``$EHRFM_SERVE_DEVICE``, else the CPU)."""
     import tempfile
 
     import torch
@@ -281,7 +284,7 @@ def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         scorer = Scorer(build_serving_dir(lay.finetune_run.model, Path(tmp) / "serving",
-                                          tokens_dir=lay.token_paths.root))
+                                          tokens_dir=lay.token_paths.root), device=device)
         now_ig, model_cfg = scorer.config.explain_ig, scorer.fm.model.config
         now_chunk = model_cfg.cpu_chunk_size
         # mode -> (IG settings, CPU scan chunk); None: no explanations
@@ -317,7 +320,8 @@ def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -
             per_bundle.append(row)
         ig = now_ig.to_dict()
     block: dict[str, Any] = {"bundles": per_bundle, "repeats": repeats, "ig": ig, "cpu_chunk_size": now_chunk,
-                             "torch_threads": threads, "row_tokens": scorer.tokenize_cfg.max_len,
+                             "torch_threads": threads, "device": str(scorer.device),
+                             "row_tokens": scorer.tokenize_cfg.max_len,
                              "ratio_median": float(np.median([b["ratio"] for b in per_bundle]))}
     if before:
         block.update({"before": {"ig": BEFORE_IG, "cpu_chunk_size": BEFORE_CPU_CHUNK},
@@ -325,21 +329,23 @@ def latency(root: Path, repeats: int, n_bundles: int = 3, before: bool = True) -
     return block
 
 
-def latency_key(threads: int) -> str:
-    """The result file's block for serving timed with ``threads`` torch threads (``latency`` for one)."""
-    return "latency" if threads == 1 else f"latency_{threads}_threads"
+def latency_key(threads: int, device: str | None = None) -> str:
+    """The result file's block for serving timed with ``threads`` torch threads (``latency`` for one) on
+    ``device`` (``_cuda`` appended for a GPU)."""
+    key = "latency" if threads == 1 else f"latency_{threads}_threads"
+    return key if device in (None, "cpu") else f"{key}_{str(device).replace(':', '')}"
 
 
-def latency_only(root: Path, repeats: int, output: Path, threads: int = 1) -> int:
+def latency_only(root: Path, repeats: int, output: Path, threads: int = 1, device: str | None = None) -> int:
     """Re-time serving alone (:func:`latency`) and replace the ``latency`` block of ``output`` for this
     thread count (the rest of the file, from a full run, is kept; the machine's load is recorded next to the
     timings)."""
     load0 = os.getloadavg()
-    block = latency(root, repeats, before=threads == 1)
+    block = latency(root, repeats, before=threads == 1, device=device)
     block["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
                         "shared": True, "torch_threads": threads}
     result = json.loads(output.read_text()) if output.exists() else {}
-    result[latency_key(threads)] = block
+    result[latency_key(threads, device)] = block
     print_latency(block)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2, default=str))
@@ -365,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the serving timing (default 5 repeats): rewrite the latency block of --output")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads of the run (the latency block records them)")
+    ap.add_argument("--device", default=None,
+                    help="the served model's device for --latency: cpu, cuda, auto (default: env)")
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "attributions.json")
     args = ap.parse_args(argv)
     import torch
@@ -375,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.latency_only:
-        return latency_only(args.root, args.latency or 5, args.output, args.threads)
+        return latency_only(args.root, args.latency or 5, args.output, args.threads, args.device)
     load0, t0 = os.getloadavg(), time.time()
     _bench("finetune_oracle").prepare_data(args.root, args.n_patients, args.master,
                                            [f"trainer.max_steps={args.pretrain_steps}",
@@ -410,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         result["tasks"][task] = {"rows": len(rows), "oracle_auroc": oracle_auroc(lay, task, rows, times),
                                  "models": per_model, "groups": compare(shares, args.bootstrap, args.seed)}
     if args.latency:
-        result[latency_key(args.threads)] = latency(args.root, args.latency, before=args.threads == 1)
+        result[latency_key(args.threads, args.device)] = latency(args.root, args.latency,
+                                                                 before=args.threads == 1, device=args.device)
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
                          "shared": True, "torch_threads": args.threads}
     result["seconds"] = round(time.time() - t0, 1)
