@@ -42,4 +42,6 @@ def resolve_device(value: str, field: str) -> torch.device:
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """A collated batch with its tensors on ``device`` (other values as they are; no copy when already
     there)."""
-    return {k: v.to(device) if hasattr(v, "to") and hasattr(v, "device") else v for k, v in batch.items()}
+    import torch
+
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -30,7 +30,7 @@ from ehrfm.config.base import ConfigError
 from ehrfm.config.simulate import SimulateConfig, SimulatedTask, SimulateSummary
 from ehrfm.data import TokenStreamDataset
 from ehrfm.data.collate import Collator
-from ehrfm.devices import resolve_device
+from ehrfm.devices import resolve_device, to_device
 from ehrfm.labels.parse import load_task
 from ehrfm.layout import Layout
 from ehrfm.models import EHRFoundationModel
@@ -146,7 +146,7 @@ def _simulate_split(cfg: SimulateConfig, layout: Layout, vocab: Vocabulary, mode
     for b, idx in enumerate(tqdm(batches, desc=desc, disable=not cfg.progress, leave=False)):
         items = [ds[int(i)] for i in idx]
         batch = strip_prompt(collate(items), vocab, rule.task, [it["subject_id"] for it in items])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         # one generator per batch, seeded from (seed, split, batch): reproducible for the same settings
         gen = torch.Generator(device=device).manual_seed(_batch_seed(cfg.seed, rule.task, split, b))
         pred_days = torch.from_numpy(pts[idx] / US_PER_DAY).to(device)
